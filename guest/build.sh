@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Builds ferry's guest image from Debian packages: the cloud kernel, busybox-static,
+# and our small static programs (src/*.c), packed into an initramfs.
+#
+#   guest/build.sh [--force]
+#
+# Output (guest/out/): vmlinuz, initramfs.gz, manifest.json. The build is skipped when
+# its inputs (this script, rootfs/, src/, the kernel and busybox versions) are unchanged.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+out="$here/out"
+cache="$out/cache"
+force=0
+[ "${1:-}" = "--force" ] && force=1
+
+fail() { echo "guest/build.sh: $*" >&2; exit 1; }
+need_tool() { command -v "$1" >/dev/null 2>&1 || fail "missing tool '$1' (install the Debian package '$2': apt-get install -y $2)"; }
+
+need_tool gcc gcc
+need_tool cpio cpio
+need_tool gzip gzip
+need_tool dpkg-deb dpkg
+need_tool apt-get apt
+need_tool sha256sum coreutils
+[ -f /usr/include/stdio.h ] || fail "missing C headers (install the Debian package 'libc6-dev')"
+busybox=/bin/busybox
+if [ ! -x "$busybox" ] || ldd "$busybox" >/dev/null 2>&1; then
+  fail "missing a static busybox at $busybox (install the Debian package 'busybox-static': apt-get install -y busybox-static)"
+fi
+
+# The kernel package the 'linux-image-cloud-amd64' metapackage points at.
+kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+[ -n "$kernel_pkg" ] || fail "cannot resolve the package 'linux-image-cloud-amd64' (run 'apt-get update' first)"
+busybox_version=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || echo unknown)
+
+inputs_hash=$( {
+  echo "kernel=$kernel_pkg busybox=$busybox_version"
+  cat "$here/build.sh"
+  (cd "$here" && find rootfs src -type f | LC_ALL=C sort | xargs sha256sum)
+} | sha256sum | cut -c1-16)
+
+if [ $force = 0 ] && [ -f "$out/manifest.json" ] && grep -q "\"inputsHash\": \"$inputs_hash\"" "$out/manifest.json" \
+   && [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.gz" ]; then
+  echo "guest image up to date ($out, inputs $inputs_hash)"
+  exit 0
+fi
+
+mkdir -p "$cache"
+deb=$(ls "$cache/${kernel_pkg}"_*.deb 2>/dev/null | head -1 || true)
+if [ -z "$deb" ]; then
+  echo "downloading $kernel_pkg ..."
+  (cd "$cache" && apt-get download "$kernel_pkg" >/dev/null 2>&1) || fail "could not download the Debian package '$kernel_pkg' (check 'apt-get update' and the package sources)"
+  deb=$(ls "$cache/${kernel_pkg}"_*.deb | head -1)
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+dpkg-deb -x "$deb" "$work/kernel"
+kver=${kernel_pkg#linux-image-}
+moddir="$work/kernel/lib/modules/$kver/kernel"
+[ -d "$moddir" ] || fail "kernel package $kernel_pkg has no modules under lib/modules/$kver"
+
+root="$work/root"
+mkdir -p "$root"/{bin,dev,proc,sys,tmp,run,etc,lib/modules}
+cp -a "$here/rootfs/." "$root/"
+cp "$busybox" "$root/bin/busybox"
+for m in $(cat "$here/rootfs/etc/modules.order"); do
+  ko=$(find "$moddir" -name "$m.ko" | head -1)
+  [ -n "$ko" ] || fail "module $m.ko not found in $kernel_pkg"
+  cp "$ko" "$root/lib/modules/$m.ko"
+done
+for prog in "$here"/src/*.c; do
+  name=$(basename "$prog" .c)
+  gcc -O2 -static -Wall -Wextra -Werror -o "$root/bin/$name" "$prog" || fail "compiling $prog failed"
+  strip "$root/bin/$name" 2>/dev/null || true
+done
+
+mkdir -p "$out"
+cp "$work/kernel/boot/vmlinuz-$kver" "$out/vmlinuz.tmp"
+(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > "$out/initramfs.gz.tmp"
+mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+mv "$out/initramfs.gz.tmp" "$out/initramfs.gz"
+cat > "$out/manifest.json" <<JSON
+{
+  "inputsHash": "$inputs_hash",
+  "kernelPackage": "$kernel_pkg",
+  "busyboxVersion": "$busybox_version",
+  "programs": [$(for p in "$here"/src/*.c; do printf '"%s",' "$(basename "$p" .c)"; done | sed 's/,$//')],
+  "readyLine": "FERRY-GUEST-READY"
+}
+JSON
+echo "guest image built: $out/vmlinuz, $out/initramfs.gz ($(du -h "$out/initramfs.gz" | cut -f1)), inputs $inputs_hash"
