@@ -1,0 +1,227 @@
+/**
+ * The migration protocol: begin → prepare → perform → switchover → finish → confirm.
+ *
+ * Until switchover commits, any failure (destination dies, stream breaks,
+ * cancel, timeout, refused switchover) rolls back: the destination is removed
+ * and the guest runs on the source as before. After the commit the destination
+ * owns the guest and the remaining phases only tidy up.
+ */
+import { performance } from 'node:perf_hooks';
+import {
+  MigrationCancelledError,
+  MigrationRefusedError,
+  MigrationRolledBackError,
+  PhaseFailure,
+  SourceLostError,
+} from './errors.ts';
+import { migrationIncompatibilities } from '../qemu/spec.ts';
+import type { DestinationSide, MigrationCapabilities, QemuMigrationSummary, SourceSide, SwitchoverHook } from './sides.ts';
+import { ALWAYS_SWITCH } from './sides.ts';
+import {
+  DEFAULT_PARAMS,
+  UNLIMITED_BANDWIDTH,
+  type MigrationParams,
+  type MigrationPhase,
+  type MigrationProgress,
+  type MigrationRecord,
+  type PhaseTiming,
+} from './types.ts';
+
+export interface MigrateOptions {
+  source: SourceSide;
+  destination: DestinationSide;
+  /** The ownership decision at switchover; by default the destination always wins. */
+  switchover?: SwitchoverHook;
+  params?: Partial<MigrationParams>;
+  signal?: AbortSignal;
+  onProgress?: (progress: MigrationProgress) => void;
+  /** A human-readable task log, one line per call. */
+  log?: (line: string) => void;
+}
+
+/** Capabilities set on both sides. `events` lets the destination report completion at once (no polling delay in the blackout). */
+const CAPABILITIES: MigrationCapabilities = { events: true };
+/** Source only: the destination reports load failures back, so "completed" on the source means loaded. */
+const SOURCE_CAPABILITIES: MigrationCapabilities = { ...CAPABILITIES, 'return-path': true };
+
+export async function migrate(options: MigrateOptions): Promise<MigrationRecord> {
+  return new MigrationRun(options).run();
+}
+
+class MigrationRun {
+  private readonly params: MigrationParams;
+  private readonly startedAt = new Date();
+  private readonly t0 = performance.now();
+  private readonly timings: PhaseTiming[] = [];
+  private current: MigrationPhase = 'begin';
+  private readonly log: (line: string) => void;
+
+  /** Rejects at the first event that must stop the migration; raced against every step before switchover. */
+  private readonly interrupted: Promise<never>;
+
+  constructor(private readonly o: MigrateOptions) {
+    this.params = { ...DEFAULT_PARAMS, ...o.params };
+    this.log = o.log ?? (() => undefined);
+    this.interrupted = new Promise<never>((_, reject) => {
+      o.source.lost.then((detail) => reject(new SourceLostError(o.source.spec.name, this.current, detail)));
+      o.destination.lost.then((detail) => reject(new PhaseFailure(this.current, `the destination QEMU exited: ${detail}`)));
+      const signal = o.signal;
+      if (signal?.aborted) reject(new MigrationCancelledError());
+      signal?.addEventListener('abort', () => reject(new MigrationCancelledError()), { once: true });
+    });
+    this.interrupted.catch(() => undefined);
+  }
+
+  async run(): Promise<MigrationRecord> {
+    const vm = this.o.source.spec.name;
+    this.log(`migration of ${vm}: begin`);
+    await this.phase('begin', () => this.begin());
+
+    try {
+      const prepared = await this.phase('prepare', () => this.guarded(this.o.destination.prepare(CAPABILITIES)));
+      this.log(`destination ready and paused, listening on ${prepared.uri}`);
+      await this.phase('perform', () => this.perform(prepared.uri));
+      await this.phase('switchover', () => this.switchover());
+    } catch (err) {
+      return this.rollback(err);
+    }
+
+    // Past the commit: the destination owns the guest. Nothing below may resume the source.
+    await this.phase('finish', () => this.o.destination.finish());
+    const summary = await this.o.source.summary();
+    await this.phase('confirm', () => this.o.source.retire());
+    const record = this.record('completed', summary);
+    this.log(
+      `completed in ${record.totalMs} ms: QEMU downtime ${record.downtimeMs} ms, ` +
+        `${(record.bytes / 2 ** 20).toFixed(1)} MiB sent in ${record.rounds} round(s)`,
+    );
+    return record;
+  }
+
+  /** begin (source): is the VM migratable, and is the destination the same machine model? */
+  private async begin(): Promise<void> {
+    const problems = [
+      ...(await this.o.source.checkMigratable()),
+      ...migrationIncompatibilities(this.o.source.spec, this.o.destination.spec),
+    ];
+    if (!Number.isFinite(this.params.downtimeLimitMs) || this.params.downtimeLimitMs < 1)
+      problems.push(`downtime limit ${this.params.downtimeLimitMs} ms must be at least 1 ms`);
+    if (this.params.maxBandwidth !== 'unlimited' && !(this.params.maxBandwidth >= 1024 * 1024))
+      problems.push(`bandwidth ${this.params.maxBandwidth} B/s is below 1 MiB/s; give a larger limit or 'unlimited'`);
+    if (problems.length) throw new MigrationRefusedError(this.o.source.spec.name, problems);
+    this.throwIfCancelled();
+  }
+
+  /** perform (source): stream RAM until the destination has loaded everything. */
+  private async perform(uri: string): Promise<void> {
+    const bandwidth = this.params.maxBandwidth === 'unlimited' ? UNLIMITED_BANDWIDTH : this.params.maxBandwidth;
+    await this.guarded(
+      this.o.source.startMigration(uri, SOURCE_CAPABILITIES, {
+        'max-bandwidth': bandwidth,
+        'downtime-limit': this.params.downtimeLimitMs,
+      }),
+    );
+    this.log(
+      `streaming RAM (bandwidth ${this.params.maxBandwidth === 'unlimited' ? 'unlimited' : `${(bandwidth / 2 ** 20).toFixed(0)} MiB/s`}, ` +
+        `downtime limit ${this.params.downtimeLimitMs} ms)`,
+    );
+
+    let loaded = false;
+    const complete = this.o.destination.incomingComplete(this.params.performTimeoutMs).then(() => {
+      loaded = true;
+    });
+    complete.catch(() => undefined);
+    const deadline = performance.now() + this.params.performTimeoutMs;
+    while (!loaded) {
+      const ram = await this.guarded(this.o.source.progress());
+      this.o.onProgress?.({ phase: 'perform', elapsedMs: this.elapsed(), ram });
+      if (ram.qemuStatus === 'failed' || ram.qemuStatus === 'cancelled') {
+        const summary = await this.o.source.summary();
+        throw new PhaseFailure('perform', `the migration stream ${ram.qemuStatus}${summary.error ? `: ${summary.error}` : ''}`);
+      }
+      if (performance.now() > deadline)
+        throw new PhaseFailure('perform', `RAM copy did not finish within ${Math.round(this.params.performTimeoutMs / 1000)} s`);
+      await this.guarded(Promise.race([complete, sleep(this.params.progressIntervalMs)]));
+    }
+  }
+
+  /** switchover: the destination resumes only once the hook has said yes; otherwise the source resumes (in rollback). */
+  private async switchover(): Promise<void> {
+    this.throwIfCancelled();
+    const hook: SwitchoverHook = this.o.switchover ?? ALWAYS_SWITCH;
+    if (!(await hook.commit())) throw new PhaseFailure('switchover', 'the switchover was refused (ownership not granted to the destination)');
+    try {
+      await this.o.destination.resume();
+    } catch (err) {
+      await hook.revert?.();
+      throw new PhaseFailure('switchover', `the destination could not resume: ${(err as Error).message}`);
+    }
+    this.log('switched over: guest running on the destination');
+  }
+
+  private async rollback(err: unknown): Promise<never> {
+    if (err instanceof SourceLostError) {
+      await this.o.destination.abort();
+      throw err;
+    }
+    const reason = err instanceof Error ? err.message : String(err);
+    const failedPhase = err instanceof PhaseFailure ? err.phase : this.current;
+    this.log(`${failedPhase} failed: ${reason}; rolling back`);
+    // Destination first: once it is gone no second copy of the guest can run.
+    await this.o.destination.abort();
+    try {
+      await this.o.source.cancelAndResume();
+    } catch (resumeErr) {
+      throw new SourceLostError(this.o.source.spec.name, failedPhase, (resumeErr as Error).message);
+    }
+    const summary = await this.o.source.summary().catch(() => undefined);
+    const record = this.record('rolled-back', summary, { phase: failedPhase, reason });
+    this.log('rolled back: guest running on the source, destination removed');
+    throw new MigrationRolledBackError(record);
+  }
+
+  private async phase<T>(phase: MigrationPhase, body: () => Promise<T>): Promise<T> {
+    this.current = phase;
+    const t = performance.now();
+    this.o.onProgress?.({ phase, elapsedMs: this.elapsed() });
+    try {
+      return await body();
+    } finally {
+      this.timings.push({ phase, ms: Math.round(performance.now() - t) });
+    }
+  }
+
+  /** Races a step against cancel, the source dying and the destination dying. */
+  private guarded<T>(step: Promise<T>): Promise<T> {
+    step.catch(() => undefined);
+    return Promise.race([step, this.interrupted]);
+  }
+
+  private throwIfCancelled(): void {
+    if (this.o.signal?.aborted) throw new MigrationCancelledError();
+  }
+
+  private elapsed(): number {
+    return Math.round(performance.now() - this.t0);
+  }
+
+  private record(outcome: MigrationRecord['outcome'], summary: QemuMigrationSummary | undefined, failure?: MigrationRecord['failure']): MigrationRecord {
+    return {
+      vm: this.o.source.spec.name,
+      outcome,
+      startedAt: this.startedAt.toISOString(),
+      totalMs: this.elapsed(),
+      downtimeMs: outcome === 'completed' ? (summary?.downtimeMs ?? null) : null,
+      setupMs: summary?.setupMs ?? null,
+      bytes: summary?.bytes ?? 0,
+      rounds: summary?.rounds ?? 0,
+      phases: this.timings,
+      params: this.params,
+      ...(failure ? { failure } : {}),
+    };
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,47 @@
+import type { MigrationPhase, MigrationRecord } from './types.ts';
+
+export class MigrationError extends Error {
+  override name = 'MigrationError';
+}
+
+/** Refused in 'begin': nothing was started, nothing changed. */
+export class MigrationRefusedError extends MigrationError {
+  override name = 'MigrationRefusedError';
+  constructor(readonly vm: string, readonly problems: string[]) {
+    super(`migration of '${vm}' refused, nothing was changed:\n  - ${problems.join('\n  - ')}`);
+  }
+}
+
+/** Failed before switchover and rolled back: the VM runs on the source, the destination is gone. */
+export class MigrationRolledBackError extends MigrationError {
+  override name = 'MigrationRolledBackError';
+  constructor(readonly record: MigrationRecord) {
+    super(
+      `migration of '${record.vm}' failed in ${record.failure?.phase}: ${record.failure?.reason}; ` +
+        'the VM is still running on the source and the destination was cleaned up',
+    );
+  }
+}
+
+/** The source QEMU itself died: there is nothing to roll back to. */
+export class SourceLostError extends MigrationError {
+  override name = 'SourceLostError';
+  constructor(readonly vm: string, readonly phase: MigrationPhase, detail: string) {
+    super(`the source QEMU of '${vm}' exited during ${phase} (${detail}); the VM is not running anywhere — start it again`);
+  }
+}
+
+/** Raised inside the engine to stop a phase; turned into a rollback. */
+export class PhaseFailure extends MigrationError {
+  override name = 'PhaseFailure';
+  constructor(readonly phase: MigrationPhase, reason: string) {
+    super(reason);
+  }
+}
+
+export class MigrationCancelledError extends MigrationError {
+  override name = 'MigrationCancelledError';
+  constructor() {
+    super('cancelled by the user');
+  }
+}

@@ -1,0 +1,173 @@
+/**
+ * Both sides of a migration as QEMU processes on this machine. The source
+ * wraps a running VmInstance; the destination launches one paused. A host agent
+ * uses the same classes for its own side and speaks to the peer over its API.
+ */
+import path from 'node:path';
+import type { NetworkAttacher } from '../qemu/instance.ts';
+import { VmInstance } from '../qemu/instance.ts';
+import type { Accel, VmSpec } from '../qemu/spec.ts';
+import { ACTIVE_STATUSES, toRamProgress, toSummary, type QemuMigrationInfo } from './qmp-migration.ts';
+import type { DestinationSide, MigrationCapabilities, PreparedDestination, QemuMigrationSummary, SourceSide } from './sides.ts';
+import type { RamProgress } from './types.ts';
+
+function capabilityList(capabilities: MigrationCapabilities) {
+  return Object.entries(capabilities).map(([capability, state]) => ({ capability, state }));
+}
+
+/** Resolves with a description when the instance's QEMU exits without ferry asking. */
+function unexpectedExit(instance: VmInstance): Promise<string> {
+  return instance.process.exited.then((exit) =>
+    exit.expected ? new Promise<string>(() => undefined) : `exit code ${exit.code}, signal ${exit.signal}; ${instance.process.stderrTail(3) || 'no error output'}`,
+  );
+}
+
+export class LocalSource implements SourceSide {
+  readonly lost: Promise<string>;
+
+  constructor(readonly instance: VmInstance) {
+    this.lost = unexpectedExit(instance);
+  }
+
+  get spec(): VmSpec {
+    return this.instance.spec;
+  }
+
+  async checkMigratable(): Promise<string[]> {
+    if (!this.instance.process.isRunning) return [`the VM '${this.spec.name}' has no running QEMU; start it first`];
+    const { status } = await this.instance.qmp.execute<{ status: string }>('query-status');
+    const migration = await this.instance.qmp.execute<QemuMigrationInfo>('query-migrate');
+    const problems: string[] = [];
+    if (status !== 'running') problems.push(`the VM '${this.spec.name}' is ${status}, not running; only a running VM is live-migrated`);
+    if (migration.status && ACTIVE_STATUSES.has(migration.status))
+      problems.push(`a migration of '${this.spec.name}' is already in progress (${migration.status}); wait for it or cancel it`);
+    return problems;
+  }
+
+  async startMigration(uri: string, capabilities: MigrationCapabilities, parameters: Record<string, unknown>): Promise<void> {
+    const qmp = this.instance.qmp;
+    await qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(capabilities) });
+    await qmp.execute('migrate-set-parameters', parameters);
+    await qmp.execute('migrate', { uri });
+  }
+
+  async progress(): Promise<RamProgress> {
+    return toRamProgress(await this.instance.qmp.execute<QemuMigrationInfo>('query-migrate'));
+  }
+
+  async summary(): Promise<QemuMigrationSummary> {
+    return toSummary(await this.instance.qmp.execute<QemuMigrationInfo>('query-migrate'));
+  }
+
+  async cancelAndResume(): Promise<void> {
+    const qmp = this.instance.qmp;
+    let info = await qmp.execute<QemuMigrationInfo>('query-migrate');
+    if (info.status && ACTIVE_STATUSES.has(info.status)) {
+      await qmp.execute('migrate_cancel');
+      const deadline = Date.now() + 30_000;
+      while (info.status && ACTIVE_STATUSES.has(info.status)) {
+        if (Date.now() > deadline) throw new Error(`the source migration is still ${info.status} 30 s after migrate_cancel`);
+        await new Promise((r) => setTimeout(r, 20));
+        info = await qmp.execute<QemuMigrationInfo>('query-migrate');
+      }
+    }
+    // A stream that completed (or failed in its last stage) leaves the source paused in postmigrate.
+    const { status } = await qmp.execute<{ status: string }>('query-status');
+    if (status !== 'running') await qmp.execute('cont');
+  }
+
+  async retire(): Promise<void> {
+    await this.instance.stop({ powerdownTimeoutMs: 0 });
+  }
+}
+
+export interface LocalDestinationOptions {
+  spec: VmSpec;
+  accel: Accel;
+  runDir: string;
+  network?: NetworkAttacher;
+}
+
+export class LocalDestination implements DestinationSide {
+  private launched: VmInstance | undefined;
+  private preparing: Promise<unknown> | undefined;
+  private completion: Promise<void> | undefined;
+  private aborted = false;
+  readonly lost: Promise<string>;
+  private reportLost!: (detail: string) => void;
+
+  constructor(private readonly options: LocalDestinationOptions) {
+    this.lost = new Promise((resolve) => (this.reportLost = resolve));
+  }
+
+  get spec(): VmSpec {
+    return this.options.spec;
+  }
+
+  /** The running VM once the migration completed. */
+  get instance(): VmInstance {
+    if (!this.launched) throw new Error('the destination has not been prepared');
+    return this.launched;
+  }
+
+  prepare(capabilities: MigrationCapabilities): Promise<PreparedDestination> {
+    const work = this.doPrepare(capabilities);
+    this.preparing = work.catch(() => undefined);
+    return work;
+  }
+
+  private async doPrepare(capabilities: MigrationCapabilities): Promise<PreparedDestination> {
+    const instance = await VmInstance.launch({ ...this.options, incoming: true });
+    this.launched = instance;
+    if (this.aborted) throw new Error('aborted');
+    unexpectedExit(instance).then(this.reportLost);
+    const qmp = instance.qmp;
+    await qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(capabilities) });
+    const uri = `unix:${path.join(instance.dir, 'migrate.sock')}`;
+    // Listen for the end of the incoming stream before starting it, so the event cannot be missed.
+    this.completion = new Promise<void>((resolve, reject) => {
+      const onEvent = (e: { event: string; data: Record<string, unknown> }) => {
+        if (e.event !== 'MIGRATION') return;
+        if (e.data['status'] === 'completed') resolve();
+        else if (e.data['status'] === 'failed') reject(new Error('the destination failed to load the incoming state (see its QEMU log)'));
+        else return;
+        qmp.off('event', onEvent);
+      };
+      qmp.on('event', onEvent);
+    });
+    this.completion.catch(() => undefined);
+    await qmp.execute('migrate-incoming', { uri });
+    return { uri };
+  }
+
+  async incomingComplete(timeoutMs: number): Promise<void> {
+    if (!this.completion) throw new Error('the destination has not been prepared');
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`the destination did not finish loading within ${timeoutMs} ms`)), timeoutMs);
+    });
+    try {
+      await Promise.race([this.completion, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async resume(): Promise<void> {
+    const qmp = this.instance.qmp;
+    await qmp.execute('cont');
+    // Tell the switches where the guest's MACs are now, at once and a few times more.
+    await qmp.execute('announce-self', { initial: 0, max: 100, rounds: 3, step: 50 });
+  }
+
+  async finish(): Promise<void> {
+    const { status } = await this.instance.qmp.execute<{ status: string }>('query-status');
+    if (status !== 'running') throw new Error(`the destination guest is ${status} after switchover, not running`);
+  }
+
+  async abort(): Promise<void> {
+    this.aborted = true;
+    await this.preparing;
+    await this.launched?.destroy();
+  }
+}

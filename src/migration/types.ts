@@ -1,0 +1,79 @@
+/** The vocabulary of a live migration: phases, parameters, progress and the final record. */
+
+/**
+ * The protocol phases, after libvirt's begin/prepare/perform/finish/confirm.
+ * Owner of each: begin, perform, confirm = source; prepare, finish = destination;
+ * switchover = the orchestrator (ownership decision), between the two.
+ */
+export type MigrationPhase = 'begin' | 'prepare' | 'perform' | 'switchover' | 'finish' | 'confirm';
+
+export const PHASES: readonly MigrationPhase[] = ['begin', 'prepare', 'perform', 'switchover', 'finish', 'confirm'];
+
+export interface MigrationParams {
+  /** Bytes per second for the RAM stream. QEMU 7.2 silently caps at 128 MiB/s unless this is set, so it always is. */
+  maxBandwidth: number | 'unlimited';
+  /** Longest pause QEMU may plan for the final copy, in ms. */
+  downtimeLimitMs: number;
+  /** Give up (cancel and roll back) when the RAM copy has not finished after this long. */
+  performTimeoutMs: number;
+  /** How often progress is read from QEMU. */
+  progressIntervalMs: number;
+}
+
+export const DEFAULT_PARAMS: MigrationParams = {
+  maxBandwidth: 'unlimited',
+  downtimeLimitMs: 300,
+  performTimeoutMs: 10 * 60_000,
+  progressIntervalMs: 200,
+};
+
+/** "Unlimited" as QEMU understands it: its maximum accepted max-bandwidth. */
+export const UNLIMITED_BANDWIDTH = 2 ** 50; // 1 PiB/s
+
+/** RAM figures of one progress sample, from the source's query-migrate. */
+export interface RamProgress {
+  /** QEMU's migration status: setup, active, device, completed, ... */
+  qemuStatus: string;
+  transferredBytes: number;
+  remainingBytes: number;
+  totalBytes: number;
+  /** Bytes the guest dirties per second (QEMU's dirty-pages-rate × page size). */
+  dirtyRateBytesPerSec: number;
+  /** QEMU's estimate of the final pause if it stopped now, in ms. */
+  expectedDowntimeMs: number;
+  /** Round = QEMU's dirty-sync-count: 1 during the first full pass. */
+  round: number;
+  throughputBytesPerSec: number;
+}
+
+export interface MigrationProgress {
+  phase: MigrationPhase;
+  elapsedMs: number;
+  ram?: RamProgress;
+}
+
+export type MigrationOutcome = 'completed' | 'rolled-back';
+
+export interface PhaseTiming {
+  phase: MigrationPhase;
+  ms: number;
+}
+
+/** What a migration did, kept as its final record whatever the outcome. */
+export interface MigrationRecord {
+  vm: string;
+  outcome: MigrationOutcome;
+  startedAt: string;
+  totalMs: number;
+  /** QEMU's own figure for the pause on the source (vCPUs stopped until the stream ended). */
+  downtimeMs: number | null;
+  /** QEMU's setup time: from 'migrate' until the RAM copy began. */
+  setupMs: number | null;
+  /** RAM bytes sent over the migration stream. */
+  bytes: number;
+  rounds: number;
+  phases: PhaseTiming[];
+  params: MigrationParams;
+  /** For a rolled-back migration: the phase that failed and why. */
+  failure?: { phase: MigrationPhase; reason: string };
+}

@@ -1,0 +1,39 @@
+/** Network namespaces, bridges and taps through iproute2. Only namespaces ferry created are touched. */
+import { run } from '../util/exec.ts';
+
+export function ip(netns: string | undefined, ...args: string[]): Promise<string> {
+  return run('ip', netns ? ['-n', netns, ...args] : args);
+}
+
+export async function netnsExists(name: string): Promise<boolean> {
+  const out = await run('ip', ['netns', 'list']);
+  return out.split('\n').some((line) => line.split(' ')[0] === name);
+}
+
+export async function createNetns(name: string): Promise<void> {
+  if (!(await netnsExists(name))) await run('ip', ['netns', 'add', name]);
+  await ip(name, 'link', 'set', 'lo', 'up');
+}
+
+export async function deleteNetns(name: string): Promise<void> {
+  if (await netnsExists(name)) await run('ip', ['netns', 'delete', name]);
+}
+
+export async function linkExists(netns: string | undefined, name: string): Promise<boolean> {
+  try {
+    await ip(netns, 'link', 'show', 'dev', name);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A bridge with an optional address; idempotent. */
+export async function createBridge(netns: string | undefined, name: string, address?: string): Promise<void> {
+  if (!(await linkExists(netns, name))) {
+    // forward_delay 0: a port forwards at once; a migrated guest's new tap must not wait in "learning".
+    await ip(netns, 'link', 'add', name, 'type', 'bridge', 'forward_delay', '0', 'stp_state', '0');
+  }
+  if (address) await ip(netns, 'addr', 'replace', address, 'dev', name);
+  await ip(netns, 'link', 'set', name, 'up');
+}

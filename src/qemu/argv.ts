@@ -1,0 +1,58 @@
+/** The QEMU command line for a VM spec on this host. */
+import type { Accel, VmSpec } from './spec.ts';
+
+/** Where QEMU gets the TLS credentials of the migration stream (a directory with ca-cert.pem, server-/client-cert.pem, -key.pem). */
+export interface TlsCredentials {
+  id: string;
+  dir: string;
+  endpoint: 'server' | 'client';
+}
+
+/** Host-side facts of one QEMU process: not part of the VM, different on each side of a migration. */
+export interface QemuRuntime {
+  accel: Accel;
+  qmpSocket: string;
+  serialLog: string;
+  /** Tap device per bridge NIC, in the order of spec.nics. */
+  taps: string[];
+  /** Start as a migration destination: paused, waiting for `migrate-incoming`. */
+  incoming: boolean;
+  tls?: TlsCredentials;
+}
+
+export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
+  const argv = [
+    '-name', `guest=${spec.name},debug-threads=on`,
+    '-uuid', spec.uuid,
+    '-machine', `type=${spec.machine}`,
+    '-accel', runtime.accel,
+    '-cpu', spec.cpuModel,
+    '-m', `${spec.memoryMiB}M`,
+    '-smp', String(spec.vcpus),
+    '-nodefaults', '-no-user-config', '-display', 'none',
+    '-msg', 'timestamp=on',
+    '-chardev', `socket,id=qmp,path=${runtime.qmpSocket},server=on,wait=off`,
+    '-mon', 'chardev=qmp,mode=control',
+    '-chardev', `file,id=serial0,path=${runtime.serialLog}`,
+    '-device', 'isa-serial,chardev=serial0',
+    '-kernel', spec.boot.kernel,
+    '-initrd', spec.boot.initrd,
+    '-append', spec.boot.cmdline,
+  ];
+  let tapIndex = 0;
+  spec.nics.forEach((nic, i) => {
+    if (nic.backend.kind === 'bridge') {
+      const tap = runtime.taps[tapIndex++];
+      if (!tap) throw new Error(`no tap device given for NIC ${i} (bridge ${nic.backend.bridge})`);
+      argv.push('-netdev', `tap,id=net${i},ifname=${tap},script=no,downscript=no`);
+    } else {
+      argv.push('-netdev', `user,id=net${i}`);
+    }
+    argv.push('-device', `${nic.model},netdev=net${i},mac=${nic.mac},id=nic${i}`);
+  });
+  if (runtime.tls) {
+    argv.push('-object', `tls-creds-x509,id=${runtime.tls.id},dir=${runtime.tls.dir},endpoint=${runtime.tls.endpoint},verify-peer=on`);
+  }
+  if (runtime.incoming) argv.push('-S', '-incoming', 'defer');
+  return argv;
+}

@@ -1,0 +1,55 @@
+/** ferry's own guest image (guest/build.sh): where it is, and the boot spec for it. */
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { run } from '../util/exec.ts';
+import type { KernelBoot } from './spec.ts';
+
+export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const OUT = path.join(PROJECT_ROOT, 'guest', 'out');
+
+export interface GuestImage {
+  kernel: string;
+  initrd: string;
+  inputsHash: string;
+}
+
+export class GuestImageMissingError extends Error {
+  override name = 'GuestImageMissingError';
+  constructor() {
+    super(`the guest image is not built (${OUT}); run 'bash guest/build.sh' (needs the Debian packages gcc, cpio, busybox-static)`);
+  }
+}
+
+export function guestImage(): GuestImage {
+  const manifest = path.join(OUT, 'manifest.json');
+  if (!existsSync(manifest) || !existsSync(path.join(OUT, 'vmlinuz')) || !existsSync(path.join(OUT, 'initramfs.gz')))
+    throw new GuestImageMissingError();
+  const { inputsHash } = JSON.parse(readFileSync(manifest, 'utf8')) as { inputsHash: string };
+  return { kernel: path.join(OUT, 'vmlinuz'), initrd: path.join(OUT, 'initramfs.gz'), inputsHash };
+}
+
+/** Builds the image if its inputs changed (cheap when up to date). */
+export async function ensureGuestImage(): Promise<GuestImage> {
+  await run('bash', [path.join(PROJECT_ROOT, 'guest', 'build.sh')], { timeoutMs: 300_000 });
+  return guestImage();
+}
+
+export interface GuestConfig {
+  /** eth0 address with prefix, e.g. 10.77.0.10/24. */
+  ip?: string;
+  gateway?: string;
+  /** MiB that memcheck fills (0: no memcheck). */
+  memcheckMiB?: number;
+  /** MiB/s that memcheck rewrites. */
+  dirtyMiBps?: number;
+}
+
+export function guestBoot(image: GuestImage, config: GuestConfig = {}): KernelBoot {
+  const words = ['console=ttyS0', 'quiet', 'panic=-1'];
+  if (config.ip) words.push(`ferry.ip=${config.ip}`);
+  if (config.gateway) words.push(`ferry.gw=${config.gateway}`);
+  words.push(`ferry.memcheck=${config.memcheckMiB ?? 32}`);
+  words.push(`ferry.dirty=${config.dirtyMiBps ?? 0}`);
+  return { kind: 'kernel', kernel: image.kernel, initrd: image.initrd, cmdline: words.join(' ') };
+}

@@ -1,0 +1,112 @@
+/**
+ * One running QEMU for one VM on this host: the spec, the host-side runtime
+ * (private directory with the QMP socket and serial log, taps) and the
+ * supervised process. Used for a normal start and for a migration destination.
+ */
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { buildQemuArgv, type TlsCredentials } from './argv.ts';
+import { GuestBootTimeoutError } from './errors.ts';
+import { QemuProcess, type ShutdownOutcome } from './process.ts';
+import type { Accel, NicSpec, VmSpec } from './spec.ts';
+
+/** Gives each bridge NIC a host device. Implemented by net/ (taps on a bridge). */
+export interface NetworkAttacher {
+  readonly netns: string | undefined;
+  attach(nic: NicSpec): Promise<string>;
+  detach(device: string): Promise<void>;
+}
+
+/** What the guest prints on its serial console when its programs are up (guest/rootfs/init). */
+export const GUEST_READY = /FERRY-GUEST-READY/;
+
+export interface LaunchOptions {
+  spec: VmSpec;
+  accel: Accel;
+  /** Parent directory; each instance gets a private (0700) subdirectory for its QMP socket and serial log. */
+  runDir: string;
+  network?: NetworkAttacher;
+  /** Start paused as a migration destination (`-S -incoming defer`). */
+  incoming?: boolean;
+  tls?: TlsCredentials;
+}
+
+export class VmInstance {
+  private constructor(
+    readonly spec: VmSpec,
+    readonly accel: Accel,
+    readonly dir: string,
+    readonly process: QemuProcess,
+    private readonly taps: string[],
+    private readonly network: NetworkAttacher | undefined,
+  ) {}
+
+  get qmp() {
+    return this.process.qmp;
+  }
+
+  static async launch(options: LaunchOptions): Promise<VmInstance> {
+    await mkdir(options.runDir, { recursive: true, mode: 0o700 });
+    // The QMP socket lives in a 0700 directory: only this agent (its user) can reach it.
+    const dir = await mkdtemp(path.join(options.runDir, `${options.spec.name}-`));
+    const taps: string[] = [];
+    try {
+      for (const nic of options.spec.nics) {
+        if (nic.backend.kind !== 'bridge') continue;
+        if (!options.network) throw new Error(`NIC ${nic.mac} is on bridge ${nic.backend.bridge} but no host network was given`);
+        taps.push(await options.network.attach(nic));
+      }
+      const runtime = {
+        accel: options.accel,
+        qmpSocket: path.join(dir, 'qmp.sock'),
+        serialLog: path.join(dir, 'serial.log'),
+        taps,
+        incoming: options.incoming ?? false,
+        ...(options.tls ? { tls: options.tls } : {}),
+      };
+      const process = await QemuProcess.start({
+        argv: buildQemuArgv(options.spec, runtime),
+        qmpSocket: runtime.qmpSocket,
+        serialLog: runtime.serialLog,
+        ...(options.network?.netns ? { netns: options.network.netns } : {}),
+      });
+      return new VmInstance(options.spec, options.accel, dir, process, taps, options.network);
+    } catch (err) {
+      await releaseHostResources(dir, taps, options.network);
+      throw err;
+    }
+  }
+
+  /** Waits for the guest's ready line; a guest that never says it is ready is an error naming the accelerator. */
+  async waitUntilReady(timeoutMs: number): Promise<string> {
+    try {
+      return await this.process.waitForSerialLine(GUEST_READY, timeoutMs);
+    } catch (err) {
+      if (this.process.isRunning) throw new GuestBootTimeoutError(this.spec.name, this.accel, timeoutMs);
+      throw err;
+    }
+  }
+
+  /** Graceful stop (see QemuProcess.shutdown), then the host resources are released. */
+  async stop(options: { powerdownTimeoutMs?: number } = {}): Promise<ShutdownOutcome> {
+    const outcome = await this.process.shutdown(options);
+    await this.release();
+    return outcome;
+  }
+
+  /** Kills QEMU at once and releases the host resources. */
+  async destroy(): Promise<void> {
+    await this.process.kill();
+    await this.release();
+  }
+
+  /** Releases taps and the private directory; call after the process is gone. */
+  async release(): Promise<void> {
+    await releaseHostResources(this.dir, this.taps.splice(0), this.network);
+  }
+}
+
+async function releaseHostResources(dir: string, taps: string[], network: NetworkAttacher | undefined): Promise<void> {
+  for (const tap of taps) await network?.detach(tap).catch(() => undefined);
+  await rm(dir, { recursive: true, force: true });
+}

@@ -1,0 +1,140 @@
+/**
+ * A VM spec: what a guest *is* (memory, CPUs, devices), independent of the host
+ * it runs on. Host-side details (QMP socket path, tap device names, accelerator
+ * actually used) belong to the runtime, not the spec, so that the same spec can
+ * be started on a migration destination.
+ */
+import { randomUUID } from 'node:crypto';
+import { InvalidVmSpecError } from './errors.ts';
+
+export type Accel = 'kvm' | 'tcg';
+export type AccelChoice = Accel | 'auto';
+
+/** How a NIC reaches the network. */
+export type NicBackend =
+  /** A tap device that the host attaches to this bridge (lab hosts, real hosts). */
+  | { kind: 'bridge'; bridge: string }
+  /** QEMU's user-mode network: no root needed, not reachable from outside, not for migration tests. */
+  | { kind: 'user' };
+
+export interface NicSpec {
+  /** Locally administered unicast MAC, kept across migration so the guest keeps its identity on the LAN. */
+  mac: string;
+  model: 'virtio-net-pci';
+  backend: NicBackend;
+}
+
+/** Direct kernel boot: how ferry's own guest image starts. */
+export interface KernelBoot {
+  kind: 'kernel';
+  kernel: string;
+  initrd: string;
+  cmdline: string;
+}
+
+export interface VmSpec {
+  name: string;
+  uuid: string;
+  memoryMiB: number;
+  vcpus: number;
+  /** A named, migratable CPU model ("qemu64", "Haswell-v4", ...). "host" is refused: it ties a VM to one CPU. */
+  cpuModel: string;
+  machine: string;
+  accel: AccelChoice;
+  boot: KernelBoot;
+  nics: NicSpec[];
+}
+
+export interface VmSpecInput {
+  name: string;
+  uuid?: string;
+  memoryMiB?: number;
+  vcpus?: number;
+  cpuModel?: string;
+  machine?: string;
+  accel?: AccelChoice;
+  boot: KernelBoot;
+  nics?: NicSpec[];
+}
+
+const NAME = /^[a-z][a-z0-9-]{0,62}$/;
+const MAC = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** Fills defaults and validates; throws InvalidVmSpecError naming the field at fault. */
+export function makeVmSpec(input: VmSpecInput): VmSpec {
+  const spec: VmSpec = {
+    name: input.name,
+    uuid: input.uuid ?? randomUUID(),
+    memoryMiB: input.memoryMiB ?? 256,
+    vcpus: input.vcpus ?? 1,
+    cpuModel: input.cpuModel ?? 'qemu64',
+    machine: input.machine ?? 'q35',
+    accel: input.accel ?? 'auto',
+    boot: input.boot,
+    nics: input.nics ?? [],
+  };
+  validateVmSpec(spec);
+  return spec;
+}
+
+export function validateVmSpec(spec: VmSpec): void {
+  if (!NAME.test(spec.name))
+    throw new InvalidVmSpecError('name', `'${spec.name}' must start with a letter and use only a-z, 0-9 and '-' (at most 63 characters)`);
+  if (!UUID.test(spec.uuid)) throw new InvalidVmSpecError('uuid', `'${spec.uuid}' is not a lowercase UUID`);
+  if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 64 || spec.memoryMiB > 1024 * 1024)
+    throw new InvalidVmSpecError('memoryMiB', `${spec.memoryMiB} must be a whole number of MiB between 64 and 1048576`);
+  if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > 255)
+    throw new InvalidVmSpecError('vcpus', `${spec.vcpus} must be a whole number between 1 and 255`);
+  if (spec.cpuModel === 'host')
+    throw new InvalidVmSpecError('cpuModel', "'host' cannot be live-migrated safely between different hosts; name a CPU model such as qemu64 or Haswell-v4");
+  if (!/^[A-Za-z0-9._-]+$/.test(spec.cpuModel)) throw new InvalidVmSpecError('cpuModel', `'${spec.cpuModel}' is not a CPU model name`);
+  if (!/^[a-z0-9._-]+$/.test(spec.machine)) throw new InvalidVmSpecError('machine', `'${spec.machine}' is not a machine type name`);
+  if (!['kvm', 'tcg', 'auto'].includes(spec.accel)) throw new InvalidVmSpecError('accel', `'${spec.accel}' must be kvm, tcg or auto`);
+  if (spec.boot.kind !== 'kernel' || !spec.boot.kernel || !spec.boot.initrd)
+    throw new InvalidVmSpecError('boot', 'needs a kernel and an initrd');
+  if (/[,\n]/.test(spec.boot.kernel + spec.boot.initrd))
+    throw new InvalidVmSpecError('boot', 'paths must not contain commas or newlines');
+  const macs = new Set<string>();
+  spec.nics.forEach((nic, i) => {
+    if (!MAC.test(nic.mac)) throw new InvalidVmSpecError(`nics[${i}].mac`, `'${nic.mac}' is not a lowercase MAC address like 52:54:00:12:34:56`);
+    const firstOctet = parseInt(nic.mac.slice(0, 2), 16);
+    if (firstOctet & 1) throw new InvalidVmSpecError(`nics[${i}].mac`, `'${nic.mac}' is a multicast address; use a unicast one (even first octet)`);
+    if (macs.has(nic.mac)) throw new InvalidVmSpecError(`nics[${i}].mac`, `'${nic.mac}' is used twice`);
+    macs.add(nic.mac);
+    if (nic.backend.kind === 'bridge' && !/^[A-Za-z0-9_.-]{1,15}$/.test(nic.backend.bridge))
+      throw new InvalidVmSpecError(`nics[${i}].backend.bridge`, `'${nic.backend.bridge}' is not a network interface name`);
+  });
+}
+
+/** A stable locally administered MAC derived from a VM's uuid and NIC index. */
+export function macFor(uuid: string, index: number): string {
+  const hex = uuid.replace(/-/g, '');
+  const bytes = [0x52, 0x54, parseInt(hex.slice(0, 2), 16), parseInt(hex.slice(2, 4), 16), parseInt(hex.slice(4, 6), 16), index & 0xff];
+  return bytes.map((b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+/** Where two specs differ in ways that make a live migration between them impossible. */
+export function migrationIncompatibilities(source: VmSpec, destination: VmSpec): string[] {
+  const problems: string[] = [];
+  const differ = (what: string, a: unknown, b: unknown, hint: string) => {
+    if (JSON.stringify(a) !== JSON.stringify(b)) problems.push(`${what}: source ${fmt(a)}, destination ${fmt(b)} — ${hint}`);
+  };
+  differ('memory', `${source.memoryMiB} MiB`, `${destination.memoryMiB} MiB`, "start the destination with the source's memory size");
+  differ('vcpus', source.vcpus, destination.vcpus, "start the destination with the source's vCPU count");
+  differ('CPU model', source.cpuModel, destination.cpuModel, 'use the same CPU model on both sides');
+  differ('machine type', source.machine, destination.machine, 'use the same machine type on both sides');
+  differ('uuid', source.uuid, destination.uuid, 'the destination must run the same VM');
+  differ('boot', source.boot, destination.boot, 'the destination must load the same kernel, initrd and command line');
+  differ(
+    'NICs',
+    source.nics.map((n) => `${n.model} ${n.mac}`),
+    destination.nics.map((n) => `${n.model} ${n.mac}`),
+    'the destination must have the same NICs with the same MACs',
+  );
+  return problems;
+}
+
+function fmt(v: unknown): string {
+  return typeof v === 'string' ? v : JSON.stringify(v);
+}

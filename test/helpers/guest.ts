@@ -1,0 +1,77 @@
+/** Shared fixtures for tests that boot real guests under TCG. */
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { HostNetwork } from '../../src/lab/host-network.ts';
+import { Probe } from '../../src/lab/probe.ts';
+import { ensureGuestImage, guestBoot } from '../../src/qemu/guest-image.ts';
+import { VmInstance } from '../../src/qemu/instance.ts';
+import { macFor, makeVmSpec, type VmSpec } from '../../src/qemu/spec.ts';
+import { LocalDestination, LocalSource } from '../../src/migration/local.ts';
+import { migrate, type MigrateOptions } from '../../src/migration/engine.ts';
+import type { MigrationRecord } from '../../src/migration/types.ts';
+
+export interface Lab {
+  net: HostNetwork;
+  probe: Probe;
+  runDir: string;
+  close(): Promise<void>;
+}
+
+/** A namespace with a bridge and a probe inside it; unique per test process. */
+export async function openLab(tag: string): Promise<Lab> {
+  await ensureGuestImage();
+  const netns = `ferry-t-${tag}-${process.pid}`;
+  const net = await HostNetwork.create(netns);
+  const runDir = await mkdtemp(path.join(os.tmpdir(), `ferry-${tag}-`));
+  const probe = await Probe.start(netns);
+  return {
+    net,
+    probe,
+    runDir,
+    async close() {
+      await probe.close().catch(() => undefined);
+      await net.destroy().catch(() => undefined);
+      await rm(runDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function guestSpec(lab: Lab, name: string, options: { memoryMiB?: number; memcheckMiB?: number; dirtyMiBps?: number; ipIndex?: number } = {}): Promise<VmSpec> {
+  const image = await ensureGuestImage();
+  const uuid = crypto.randomUUID();
+  return makeVmSpec({
+    name,
+    uuid,
+    memoryMiB: options.memoryMiB ?? 256,
+    accel: 'tcg',
+    boot: guestBoot(image, {
+      ip: `${lab.net.guestIp(options.ipIndex ?? 10)}/24`,
+      memcheckMiB: options.memcheckMiB ?? 32,
+      dirtyMiBps: options.dirtyMiBps ?? 0,
+    }),
+    nics: [{ mac: macFor(uuid, 0), model: 'virtio-net-pci', backend: { kind: 'bridge', bridge: lab.net.bridge } }],
+  });
+}
+
+export async function bootGuest(lab: Lab, spec: VmSpec): Promise<VmInstance> {
+  const vm = await VmInstance.launch({ spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher });
+  try {
+    await vm.waitUntilReady(60_000);
+  } catch (err) {
+    await vm.destroy();
+    throw err;
+  }
+  return vm;
+}
+
+/** Migrates a running instance to a new local QEMU; returns the new instance with the record. */
+export async function migrateLocally(
+  lab: Lab,
+  vm: VmInstance,
+  extra: Omit<MigrateOptions, 'source' | 'destination'> & { destinationSpec?: VmSpec } = {},
+): Promise<{ vm: VmInstance; record: MigrationRecord; destination: LocalDestination }> {
+  const destination = new LocalDestination({ spec: extra.destinationSpec ?? vm.spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher });
+  const record = await migrate({ ...extra, source: new LocalSource(vm), destination });
+  return { vm: destination.instance, record, destination };
+}
