@@ -75,3 +75,13 @@ export async function migrateLocally(
   const record = await migrate({ ...extra, source: new LocalSource(vm), destination });
   return { vm: destination.instance, record, destination };
 }
+
+/** Tap devices ferry made in the lab's namespace (names start with "ft"). */
+export async function tapsIn(lab: Lab): Promise<string[]> {
+  const { ip } = await import('../../src/net/netns.ts');
+  const out = await ip(lab.net.netns, '-br', 'link');
+  return out
+    .split('\n')
+    .map((l) => l.split(/\s+/)[0]!.split('@')[0]!)
+    .filter((n) => n.startsWith('ft'));
+}

@@ -1,0 +1,33 @@
+import { parseArgs } from 'node:util';
+import type { Command } from '../main.ts';
+import { UsageError } from '../errors.ts';
+import { ensureGuestImage } from '../../qemu/guest-image.ts';
+import { probeHost, resolveAccel } from '../../qemu/host-probe.ts';
+
+export const hostCommand: Command = {
+  summary: 'what this host\'s QEMU can do: version, working accelerators, migration capabilities, CPU models',
+  usage: [
+    'Usage: ferry host probe [--refresh] [--json]',
+    '',
+    '  --refresh  probe again instead of using the cached result',
+    '  --json     print the probe as JSON',
+  ].join('\n'),
+  async run(args) {
+    const { values, positionals } = parseArgs({ args, options: { refresh: { type: 'boolean' }, json: { type: 'boolean' } }, allowPositionals: true });
+    if (positionals[0] !== 'probe') throw new UsageError('usage: ferry host probe [--refresh] [--json]');
+    await ensureGuestImage();
+    const probe = await probeHost({ refresh: values.refresh ?? false });
+    if (values.json) {
+      console.log(JSON.stringify(probe, null, 2));
+      return;
+    }
+    const auto = resolveAccel('auto', probe);
+    const usable = probe.cpuModels.filter((m) => m.unavailableFeatures.length === 0);
+    console.log(`QEMU ${probe.qemuVersion} on Linux ${probe.hostKernel} (probed ${probe.probedAt})`);
+    for (const [name, verdict] of Object.entries(probe.accelerators))
+      console.log(`  accel ${name.padEnd(3)}  ${verdict.usable ? 'works  ' : 'NO     '} ${verdict.reason}`);
+    console.log(`  accel=auto uses ${auto.accel}${auto.warning ? ` — ${auto.warning}` : ''}`);
+    console.log(`  migration capabilities: ${probe.migrationCapabilities.join(', ')}`);
+    console.log(`  CPU models runnable here: ${usable.length} of ${probe.cpuModels.length} (${usable.slice(0, 8).map((m) => m.name).join(', ')}, ...)`);
+  },
+};

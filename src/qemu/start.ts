@@ -1,0 +1,48 @@
+/**
+ * Starting a VM the way a user expects: the accelerator chosen for this host
+ * (auto = KVM only where a guest really boots under it), and a boot watchdog
+ * on the guest's ready line, so a guest that hangs is reported, never left
+ * silently hung.
+ */
+import { GuestBootTimeoutError } from './errors.ts';
+import { probeHost, resolveAccel, type HostProbe } from './host-probe.ts';
+import { VmInstance, type NetworkAttacher } from './instance.ts';
+import type { VmSpec } from './spec.ts';
+
+export interface StartVmOptions {
+  runDir: string;
+  network?: NetworkAttacher;
+  /** The host probe; taken from the cache (or made) when the spec says accel=auto and none is given. */
+  probe?: HostProbe;
+  bootTimeoutMs?: number;
+  onWarning?: (message: string) => void;
+}
+
+export async function startVm(spec: VmSpec, options: StartVmOptions): Promise<VmInstance> {
+  const warn = options.onWarning ?? ((m: string) => process.emitWarning(m));
+  const bootTimeoutMs = options.bootTimeoutMs ?? 60_000;
+  const probe = spec.accel === 'tcg' ? undefined : (options.probe ?? (await probeHost({ runDir: options.runDir })));
+  const { accel, warning } = probe ? resolveAccel(spec.accel, probe) : { accel: 'tcg' as const, warning: undefined };
+  if (warning) warn(warning);
+
+  const vm = await VmInstance.launch({ spec, accel, runDir: options.runDir, ...(options.network ? { network: options.network } : {}) });
+  try {
+    await vm.waitUntilReady(bootTimeoutMs);
+    return vm;
+  } catch (err) {
+    await vm.destroy();
+    if (err instanceof GuestBootTimeoutError && accel === 'kvm' && spec.accel === 'auto') {
+      // The probe said KVM works, yet this guest hung: fall back rather than leave it hung.
+      warn(`guest '${spec.name}' did not boot under KVM within ${bootTimeoutMs / 1000} s; starting it again under TCG`);
+      const retry = await VmInstance.launch({ spec, accel: 'tcg', runDir: options.runDir, ...(options.network ? { network: options.network } : {}) });
+      try {
+        await retry.waitUntilReady(bootTimeoutMs);
+        return retry;
+      } catch (retryErr) {
+        await retry.destroy();
+        throw retryErr;
+      }
+    }
+    throw err;
+  }
+}
