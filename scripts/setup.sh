@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what ferry needs on a Debian 12 machine (as root) and builds the guest image.
+# Safe to run again: installed packages are skipped, the guest build is cached.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { echo "==> $*"; }
+[ "$(id -u)" = 0 ] || { echo "setup: run as root (it installs Debian packages and creates network namespaces)" >&2; exit 1; }
+
+packages=(qemu-system-x86 qemu-utils busybox-static cpio gcc libc6-dev iproute2 ca-certificates)
+node_ok=0
+if command -v node >/dev/null 2>&1 && [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ] && command -v npm >/dev/null 2>&1; then
+  node_ok=1
+else
+  packages+=(nodejs npm)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# The guest build downloads the kernel package with apt-get download: it needs package lists.
+if [ ${#missing[@]} -gt 0 ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+  say "apt-get update"
+  apt-get update -qq
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ $node_ok = 0 ] && [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  echo "setup: ferry needs Node.js 20 or newer; this machine has $(node --version)" >&2
+  exit 1
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+say "guest image"
+bash guest/build.sh

@@ -1,0 +1,76 @@
+/**
+ * The host probe on this machine's real QEMU, and accel=auto: whatever KVM does
+ * here, a guest started with accel=auto must come up, and when KVM is not used
+ * the user is told why.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { ensureGuestImage, guestBoot } from '../../src/qemu/guest-image.ts';
+import { probeHost, resolveAccel, type HostProbe } from '../../src/qemu/host-probe.ts';
+import { makeVmSpec } from '../../src/qemu/spec.ts';
+import { startVm } from '../../src/qemu/start.ts';
+
+describe('host probe', () => {
+  let cacheDir: string;
+  let probe: HostProbe;
+
+  before(async () => {
+    await ensureGuestImage();
+    cacheDir = await mkdtemp(path.join(os.tmpdir(), 'ferry-probe-'));
+    probe = await probeHost({ cacheDir });
+  });
+  after(() => rm(cacheDir, { recursive: true, force: true }));
+
+  it('reads the QEMU version and migration capabilities', () => {
+    assert.match(probe.qemuVersion, /^\d+\.\d+\.\d+$/);
+    for (const cap of ['xbzrle', 'auto-converge', 'postcopy-ram', 'events', 'return-path', 'multifd'])
+      assert.ok(probe.migrationCapabilities.includes(cap), `capability ${cap} missing from ${probe.migrationCapabilities.join(',')}`);
+  });
+
+  it('lists CPU models with the features this host lacks for them', () => {
+    const qemu64 = probe.cpuModels.find((m) => m.name === 'qemu64');
+    assert.ok(qemu64, 'qemu64 must be listed');
+    assert.deepEqual(qemu64.unavailableFeatures, [], 'qemu64 runs everywhere under TCG');
+    assert.ok(probe.cpuModels.some((m) => m.unavailableFeatures.length > 0), 'some models must need features TCG lacks');
+  });
+
+  it('judges KVM by booting a guest, and says why when it is not used', () => {
+    assert.equal(probe.accelerators.tcg.usable, true);
+    assert.ok(probe.accelerators.kvm.reason.length > 10);
+    const auto = resolveAccel('auto', probe);
+    if (probe.accelerators.kvm.usable) {
+      assert.equal(auto.accel, 'kvm');
+      assert.match(probe.accelerators.kvm.reason, /booted under KVM/);
+    } else {
+      assert.equal(auto.accel, 'tcg');
+      assert.match(auto.warning ?? '', /accel=auto uses TCG/);
+      assert.match(auto.warning ?? '', new RegExp(probe.accelerators.kvm.reason.slice(0, 20).replace(/[/.]/g, '\\$&')));
+    }
+  });
+
+  it('answers from its cache the second time', async () => {
+    const started = Date.now();
+    const again = await probeHost({ cacheDir });
+    assert.equal(again.probedAt, probe.probedAt);
+    assert.ok(Date.now() - started < 2000);
+  });
+
+  it('a guest with accel=auto comes up, on the accelerator the probe chose', async () => {
+    const runDir = path.join(cacheDir, 'run');
+    const warnings: string[] = [];
+    const spec = makeVmSpec({ name: 'auto1', memoryMiB: 128, accel: 'auto', boot: guestBoot(await ensureGuestImage(), { memcheckMiB: 0 }) });
+    const vm = await startVm(spec, { runDir, probe, onWarning: (w) => warnings.push(w) });
+    try {
+      const expected = resolveAccel('auto', probe);
+      assert.equal(vm.accel, expected.accel);
+      assert.equal(warnings.length, expected.warning ? 1 : 0);
+      const status = await vm.qmp.execute<{ status: string }>('query-status');
+      assert.equal(status.status, 'running');
+    } finally {
+      await vm.destroy();
+    }
+  });
+});
