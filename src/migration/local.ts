@@ -93,6 +93,7 @@ export class LocalDestination implements DestinationSide {
   private preparing: Promise<unknown> | undefined;
   private completion: Promise<void> | undefined;
   private aborted = false;
+  private completionTimer: NodeJS.Timeout | undefined;
   readonly lost: Promise<string>;
   private reportLost!: (detail: string) => void;
 
@@ -142,14 +143,13 @@ export class LocalDestination implements DestinationSide {
 
   async incomingComplete(timeoutMs: number): Promise<void> {
     if (!this.completion) throw new Error('the destination has not been prepared');
-    let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`the destination did not finish loading within ${timeoutMs} ms`)), timeoutMs);
+      this.completionTimer = setTimeout(() => reject(new Error(`the destination did not finish loading within ${timeoutMs} ms`)), timeoutMs);
     });
     try {
       await Promise.race([this.completion, timeout]);
     } finally {
-      clearTimeout(timer);
+      clearTimeout(this.completionTimer);
     }
   }
 
@@ -167,6 +167,7 @@ export class LocalDestination implements DestinationSide {
 
   async abort(): Promise<void> {
     this.aborted = true;
+    clearTimeout(this.completionTimer); // nobody waits for the stream any more
     await this.preparing;
     await this.launched?.destroy();
   }
