@@ -1,0 +1,109 @@
+/**
+ * Runs a local etcd cluster (Debian's etcd-server) for the lab and the tests:
+ * N members, each with its own data directory and ports, optionally each in a
+ * network namespace of the lab.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { EtcdStore } from './etcd.ts';
+
+export interface EtcdMemberSpec {
+  name: string;
+  /** The member's address (loopback, or a lab address inside `netns`). */
+  host: string;
+  clientPort: number;
+  peerPort: number;
+  netns?: string;
+}
+
+export class EtcdMember {
+  private child: ChildProcess | undefined;
+  private log = '';
+
+  constructor(readonly spec: EtcdMemberSpec, private readonly dataDir: string, private readonly initialCluster: string, private readonly token: string) {}
+
+  get clientUrl(): string {
+    return `http://${this.spec.host}:${this.spec.clientPort}`;
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  start(): void {
+    const s = this.spec;
+    const args = [
+      '--name', s.name,
+      '--data-dir', this.dataDir,
+      '--listen-client-urls', this.clientUrl,
+      '--advertise-client-urls', this.clientUrl,
+      '--listen-peer-urls', `http://${s.host}:${s.peerPort}`,
+      '--initial-advertise-peer-urls', `http://${s.host}:${s.peerPort}`,
+      '--initial-cluster', this.initialCluster,
+      '--initial-cluster-token', this.token,
+      '--initial-cluster-state', 'new',
+      '--heartbeat-interval', '50',
+      '--election-timeout', '500',
+      '--logger', 'zap',
+      '--log-outputs', 'stderr',
+    ];
+    const [cmd, argv] = s.netns ? ['ip', ['netns', 'exec', s.netns, 'etcd', ...args]] : ['etcd', args];
+    this.child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.child.stderr?.setEncoding('utf8');
+    this.child.stderr?.on('data', (c: string) => (this.log = (this.log + c).slice(-8000)));
+    this.child.on('error', (err) => (this.log += `\ncannot run etcd: ${err.message} (install the Debian package etcd-server)`));
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill(signal);
+    await exited;
+  }
+
+  logTail(): string {
+    return this.log.trim().split('\n').slice(-5).join('\n');
+  }
+}
+
+export class EtcdCluster {
+  private constructor(readonly members: EtcdMember[]) {}
+
+  get endpoints(): string[] {
+    return this.members.map((m) => m.clientUrl);
+  }
+
+  /** Starts all members and waits until the cluster answers a write. */
+  static async start(specs: EtcdMemberSpec[], dataRoot: string, timeoutMs = 30_000): Promise<EtcdCluster> {
+    const initialCluster = specs.map((s) => `${s.name}=http://${s.host}:${s.peerPort}`).join(',');
+    const token = `ferry-${path.basename(dataRoot)}`;
+    const members: EtcdMember[] = [];
+    for (const s of specs) {
+      const dir = path.join(dataRoot, s.name);
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      members.push(new EtcdMember(s, dir, initialCluster, token));
+    }
+    members.forEach((m) => m.start());
+    const cluster = new EtcdCluster(members);
+    const store = new EtcdStore(cluster.endpoints, 1000);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        await store.put('ferry/health', String(Date.now()));
+        return cluster;
+      } catch (err) {
+        if (Date.now() > deadline) {
+          await cluster.stop();
+          throw new Error(`etcd cluster did not become ready within ${timeoutMs / 1000} s: ${(err as Error).message}\n${members.map((m) => m.logTail()).join('\n')}`);
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.members.map((m) => m.stop()));
+  }
+}

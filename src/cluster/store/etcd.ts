@@ -1,0 +1,191 @@
+/**
+ * The etcd v3 store, spoken through etcd's JSON gateway (/v3/...) with
+ * Node's fetch: no gRPC dependency. Endpoints are tried in order, so a
+ * three-member cluster keeps answering while one member is down.
+ */
+import { LeaseExpiredError, StoreUnavailableError, type Compare, type KeyValue, type Op, type Store, type TxnResult, type WatchEvent } from './types.ts';
+
+interface EtcdKv {
+  key: string;
+  value?: string;
+  create_revision?: string;
+  mod_revision?: string;
+  lease?: string;
+}
+
+interface Header {
+  header?: { revision?: string };
+}
+
+const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
+const unb64 = (s: string | undefined) => (s ? Buffer.from(s, 'base64').toString('utf8') : '');
+
+/** The key just after every key with this prefix, etcd's range_end for a prefix. */
+function prefixEnd(prefix: string): string {
+  const bytes = Buffer.from(prefix, 'utf8');
+  for (let i = bytes.length - 1; i >= 0; i--) {
+    if (bytes[i]! < 0xff) {
+      const end = bytes.subarray(0, i + 1);
+      end[i]!++;
+      return end.toString('base64');
+    }
+  }
+  return Buffer.from([0]).toString('base64');
+}
+
+function toKv(kv: EtcdKv): KeyValue {
+  return {
+    key: unb64(kv.key),
+    value: unb64(kv.value),
+    createRevision: Number(kv.create_revision ?? 0),
+    modRevision: Number(kv.mod_revision ?? 0),
+    lease: kv.lease && kv.lease !== '0' ? kv.lease : '',
+  };
+}
+
+function toRequestOp(op: Op): Record<string, unknown> {
+  return op.type === 'put'
+    ? { request_put: { key: b64(op.key), value: b64(op.value), ...(op.lease ? { lease: op.lease } : {}) } }
+    : { request_delete_range: { key: b64(op.key) } };
+}
+
+export class EtcdStore implements Store {
+  readonly kind = 'etcd' as const;
+  private readonly watches = new Set<AbortController>();
+
+  /** endpoints: http://host:port of each member. */
+  constructor(readonly endpoints: string[], private readonly requestTimeoutMs = 5000) {
+    if (!endpoints.length) throw new StoreUnavailableError('no etcd endpoints given');
+  }
+
+  private async call<T>(path: string, body: unknown): Promise<T> {
+    const errors: string[] = [];
+    for (const endpoint of this.endpoints) {
+      try {
+        const res = await fetch(`${endpoint}${path}`, {
+          method: 'POST',
+          body: JSON.stringify(body),
+          headers: { 'content-type': 'application/json' },
+          signal: AbortSignal.timeout(this.requestTimeoutMs),
+        });
+        const json = (await res.json()) as T & { error?: string; message?: string; code?: number };
+        if (!res.ok) {
+          const message = json.message ?? json.error ?? `HTTP ${res.status}`;
+          if (/lease not found|requested lease not found/.test(message)) throw new LeaseExpiredError((body as { ID?: string; lease?: string }).ID ?? (body as { lease?: string }).lease ?? '');
+          // "etcdserver: no leader" and friends: another member may answer.
+          errors.push(`${endpoint}: ${message}`);
+          continue;
+        }
+        return json;
+      } catch (err) {
+        if (err instanceof LeaseExpiredError) throw err;
+        errors.push(`${endpoint}: ${(err as Error).message}`);
+      }
+    }
+    throw new StoreUnavailableError(`no etcd member answered ${path}: ${errors.join('; ')}`);
+  }
+
+  async get(key: string): Promise<KeyValue | undefined> {
+    const res = await this.call<{ kvs?: EtcdKv[] }>('/v3/kv/range', { key: b64(key) });
+    return res.kvs?.[0] && toKv(res.kvs[0]);
+  }
+
+  async list(prefix: string): Promise<KeyValue[]> {
+    const res = await this.call<{ kvs?: EtcdKv[] }>('/v3/kv/range', { key: b64(prefix), range_end: prefixEnd(prefix) });
+    return (res.kvs ?? []).map(toKv);
+  }
+
+  async put(key: string, value: string, options: { lease?: string } = {}): Promise<number> {
+    const res = await this.call<Header>('/v3/kv/put', { key: b64(key), value: b64(value), ...(options.lease ? { lease: options.lease } : {}) });
+    return Number(res.header?.revision ?? 0);
+  }
+
+  async delete(key: string): Promise<number> {
+    const res = await this.call<Header>('/v3/kv/deleterange', { key: b64(key) });
+    return Number(res.header?.revision ?? 0);
+  }
+
+  async txn(compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
+    const res = await this.call<Header & { succeeded?: boolean }>('/v3/kv/txn', {
+      compare: compares.map((c) => ({ key: b64(c.key), target: 'MOD', result: 'EQUAL', mod_revision: String(c.modRevision) })),
+      success: success.map(toRequestOp),
+      failure: failure.map(toRequestOp),
+    });
+    return { succeeded: res.succeeded === true, revision: Number(res.header?.revision ?? 0) };
+  }
+
+  watch(prefix: string, onEvent: (event: WatchEvent) => void, afterRevision?: number): () => void {
+    const abort = new AbortController();
+    this.watches.add(abort);
+    let after = afterRevision;
+    const loop = async () => {
+      while (!abort.signal.aborted) {
+        for (const endpoint of this.endpoints) {
+          if (abort.signal.aborted) return;
+          try {
+            after ??= await this.revision();
+            const res = await fetch(`${endpoint}/v3/watch`, {
+              method: 'POST',
+              body: JSON.stringify({ create_request: { key: b64(prefix), range_end: prefixEnd(prefix), start_revision: String(after + 1) } }),
+              signal: abort.signal,
+            });
+            let buffer = '';
+            for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+              buffer += Buffer.from(chunk).toString('utf8');
+              let nl: number;
+              while ((nl = buffer.indexOf('\n')) >= 0) {
+                const line = buffer.slice(0, nl).trim();
+                buffer = buffer.slice(nl + 1);
+                if (!line) continue;
+                const msg = JSON.parse(line) as { result?: { events?: { type?: string; kv: EtcdKv }[] } };
+                for (const e of msg.result?.events ?? []) {
+                  const kv = toKv(e.kv);
+                  after = kv.modRevision;
+                  onEvent({ type: e.type === 'DELETE' ? 'delete' : 'put', key: kv.key, value: e.type === 'DELETE' ? null : kv.value, modRevision: kv.modRevision });
+                }
+              }
+            }
+          } catch {
+            /* member gone or watch closed: try the next member */
+          }
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    };
+    void loop();
+    return () => {
+      abort.abort();
+      this.watches.delete(abort);
+    };
+  }
+
+  async grantLease(ttlSeconds: number): Promise<string> {
+    const res = await this.call<{ ID: string }>('/v3/lease/grant', { TTL: ttlSeconds });
+    return res.ID;
+  }
+
+  async keepAlive(lease: string): Promise<number> {
+    const res = await this.call<{ result?: { TTL?: string } }>('/v3/lease/keepalive', { ID: lease });
+    const ttl = Number(res.result?.TTL ?? 0);
+    if (ttl <= 0) throw new LeaseExpiredError(lease);
+    return ttl;
+  }
+
+  async revokeLease(lease: string): Promise<void> {
+    try {
+      await this.call('/v3/lease/revoke', { ID: lease });
+    } catch (err) {
+      if (!(err instanceof LeaseExpiredError)) throw err;
+    }
+  }
+
+  async revision(): Promise<number> {
+    const res = await this.call<Header>('/v3/kv/range', { key: b64('\0'), count_only: true });
+    return Number(res.header?.revision ?? 0);
+  }
+
+  async close(): Promise<void> {
+    for (const w of this.watches) w.abort();
+    this.watches.clear();
+  }
+}

@@ -1,0 +1,142 @@
+/**
+ * The store contract, run against both implementations: SQLite (a file shared
+ * by processes) and a real three-member etcd cluster (Debian's etcd-server).
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { EtcdStore } from '../../src/cluster/store/etcd.ts';
+import { EtcdCluster } from '../../src/cluster/store/etcd-cluster.ts';
+import { SqliteStore } from '../../src/cluster/store/sqlite.ts';
+import { LeaseExpiredError, type Store, type WatchEvent } from '../../src/cluster/store/types.ts';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function contract(name: string, open: () => Promise<{ store: Store; second: Store; close(): Promise<void> }>) {
+  describe(`${name} store`, () => {
+    let store: Store;
+    let second: Store;
+    let close: () => Promise<void>;
+    before(async () => ({ store, second, close } = await open()));
+    after(() => close());
+
+    it('put and get carry revisions; list returns a prefix in key order', async () => {
+      const r1 = await store.put('t/a', '1');
+      const r2 = await store.put('t/b', '2');
+      assert.ok(r2 > r1);
+      const a = await second.get('t/a');
+      assert.equal(a?.value, '1');
+      assert.equal(a?.modRevision, r1);
+      await store.put('t/a', '3');
+      const again = await store.get('t/a');
+      assert.equal(again?.createRevision, r1);
+      assert.ok(again!.modRevision > r2);
+      assert.deepEqual((await second.list('t/')).map((kv) => kv.key), ['t/a', 't/b']);
+      assert.equal(await store.get('t/none'), undefined);
+    });
+
+    it('compare-and-swap: exactly one of two writers holding the same revision wins', async () => {
+      const rev = await store.put('own/vm1', 'h1');
+      const results = await Promise.all([
+        store.txn([{ key: 'own/vm1', modRevision: rev }], [{ type: 'put', key: 'own/vm1', value: 'h2' }]),
+        second.txn([{ key: 'own/vm1', modRevision: rev }], [{ type: 'put', key: 'own/vm1', value: 'h3' }]),
+      ]);
+      assert.equal(results.filter((r) => r.succeeded).length, 1);
+      const winner = results[0]!.succeeded ? 'h2' : 'h3';
+      assert.equal((await store.get('own/vm1'))?.value, winner);
+      // modRevision 0 means "does not exist": create-if-absent.
+      assert.equal((await store.txn([{ key: 'own/vm1', modRevision: 0 }], [{ type: 'put', key: 'own/vm1', value: 'x' }])).succeeded, false);
+      assert.equal((await store.txn([{ key: 'own/new', modRevision: 0 }], [{ type: 'put', key: 'own/new', value: 'x' }])).succeeded, true);
+      const failed = await store.txn([{ key: 'own/new', modRevision: 1 }], [], [{ type: 'put', key: 'own/else', value: 'y' }]);
+      assert.equal(failed.succeeded, false);
+      assert.equal((await store.get('own/else'))?.value, 'y');
+    });
+
+    it('watch sees changes made by another client, in order', async () => {
+      const events: WatchEvent[] = [];
+      const stop = store.watch('w/', (e) => events.push(e));
+      await sleep(300);
+      await second.put('w/x', '1');
+      await second.put('other/y', '1');
+      await second.delete('w/x');
+      const deadline = Date.now() + 5000;
+      while (events.length < 2 && Date.now() < deadline) await sleep(50);
+      stop();
+      assert.deepEqual(events.map((e) => [e.type, e.key, e.value]), [['put', 'w/x', '1'], ['delete', 'w/x', null]]);
+    });
+
+    it('a key bound to a lease vanishes when the lease is not renewed', async () => {
+      const lease = await store.grantLease(2);
+      await store.put('lease/host1', 'alive', { lease });
+      await sleep(1200);
+      assert.equal(await store.keepAlive(lease), 2);
+      await sleep(1200);
+      assert.equal((await second.get('lease/host1'))?.value, 'alive', 'renewed lease must keep the key');
+      await sleep(3000);
+      assert.equal(await second.get('lease/host1'), undefined);
+      await assert.rejects(store.keepAlive(lease), LeaseExpiredError);
+    });
+  });
+}
+
+contract('sqlite', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-sqlite-'));
+  const file = path.join(dir, 'state.db');
+  const store = new SqliteStore(file);
+  const second = new SqliteStore(file); // a second connection stands for another agent process
+  return {
+    store,
+    second,
+    async close() {
+      await store.close();
+      await second.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+});
+
+contract('etcd (3 members)', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-etcd-'));
+  const base = 23790 + (process.pid % 100) * 10;
+  const cluster = await EtcdCluster.start(
+    [1, 2, 3].map((i) => ({ name: `m${i}`, host: '127.0.0.1', clientPort: base + i, peerPort: base + 3 + i })),
+    dir,
+  );
+  const store = new EtcdStore(cluster.endpoints);
+  const second = new EtcdStore([...cluster.endpoints].reverse());
+  return {
+    store,
+    second,
+    async close() {
+      await store.close();
+      await second.close();
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+});
+
+describe('etcd quorum', () => {
+  it('keeps answering compare-and-swap with one of three members killed', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-etcdq-'));
+    const base = 24790 + (process.pid % 100) * 10;
+    const cluster = await EtcdCluster.start(
+      [1, 2, 3].map((i) => ({ name: `q${i}`, host: '127.0.0.1', clientPort: base + i, peerPort: base + 3 + i })),
+      dir,
+    );
+    const store = new EtcdStore(cluster.endpoints);
+    try {
+      const rev = await store.put('q/vm', 'h1');
+      await cluster.members[0]!.stop('SIGKILL');
+      const result = await store.txn([{ key: 'q/vm', modRevision: rev }], [{ type: 'put', key: 'q/vm', value: 'h2' }]);
+      assert.equal(result.succeeded, true);
+      assert.equal((await store.get('q/vm'))?.value, 'h2');
+    } finally {
+      await store.close();
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
