@@ -15,7 +15,7 @@ import {
   SourceLostError,
 } from './errors.ts';
 import { migrationIncompatibilities } from '../qemu/spec.ts';
-import type { DestinationSide, MigrationCapabilities, QemuMigrationSummary, SourceSide, SwitchoverHook } from './sides.ts';
+import type { DestinationSide, MigrationCapabilities, PreparedDestination, QemuMigrationSummary, SourceSide, SwitchoverHook } from './sides.ts';
 import { ALWAYS_SWITCH } from './sides.ts';
 import {
   DEFAULT_PARAMS,
@@ -80,7 +80,7 @@ class MigrationRun {
     try {
       const prepared = await this.phase('prepare', () => this.guarded(this.o.destination.prepare(CAPABILITIES)));
       this.log(`destination ready and paused, listening on ${prepared.uri}`);
-      await this.phase('perform', () => this.perform(prepared.uri));
+      await this.phase('perform', () => this.perform(prepared));
       await this.phase('switchover', () => this.switchover());
     } catch (err) {
       return this.rollback(err);
@@ -113,16 +113,16 @@ class MigrationRun {
   }
 
   /** perform (source): stream RAM until the destination has loaded everything. */
-  private async perform(uri: string): Promise<void> {
+  private async perform(prepared: PreparedDestination): Promise<void> {
     const bandwidth = this.params.maxBandwidth === 'unlimited' ? UNLIMITED_BANDWIDTH : this.params.maxBandwidth;
     await this.guarded(
-      this.o.source.startMigration(uri, SOURCE_CAPABILITIES, {
+      this.o.source.startMigration(prepared, SOURCE_CAPABILITIES, {
         'max-bandwidth': bandwidth,
         'downtime-limit': this.params.downtimeLimitMs,
       }),
     );
     this.log(
-      `streaming RAM (bandwidth ${this.params.maxBandwidth === 'unlimited' ? 'unlimited' : `${(bandwidth / 2 ** 20).toFixed(0)} MiB/s`}, ` +
+      `streaming RAM${prepared.tlsHostname ? ' over TLS' : ''} (bandwidth ${this.params.maxBandwidth === 'unlimited' ? 'unlimited' : `${(bandwidth / 2 ** 20).toFixed(0)} MiB/s`}, ` +
         `downtime limit ${this.params.downtimeLimitMs} ms)`,
     );
 

@@ -22,10 +22,25 @@ function unexpectedExit(instance: VmInstance): Promise<string> {
   );
 }
 
+/** TLS for the migration stream: a directory in QEMU's tls-creds-x509 layout (ca-cert.pem, server-/client-cert.pem, -key.pem). */
+export interface StreamTls {
+  dir: string;
+}
+
+const TLS_OBJECT = 'ferry-migration-tls';
+
+/** Creates (or recreates) the TLS credentials object and points the migration parameters at it. */
+async function useTls(instance: VmInstance, tls: StreamTls, endpoint: 'server' | 'client', hostname?: string): Promise<void> {
+  const qmp = instance.qmp;
+  await qmp.execute('object-del', { id: TLS_OBJECT }).catch(() => undefined);
+  await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_OBJECT, dir: tls.dir, endpoint, 'verify-peer': true });
+  await qmp.execute('migrate-set-parameters', { 'tls-creds': TLS_OBJECT, ...(hostname ? { 'tls-hostname': hostname } : {}) });
+}
+
 export class LocalSource implements SourceSide {
   readonly lost: Promise<string>;
 
-  constructor(readonly instance: VmInstance) {
+  constructor(readonly instance: VmInstance, private readonly tls?: StreamTls) {
     this.lost = unexpectedExit(instance);
   }
 
@@ -44,11 +59,14 @@ export class LocalSource implements SourceSide {
     return problems;
   }
 
-  async startMigration(uri: string, capabilities: MigrationCapabilities, parameters: Record<string, unknown>): Promise<void> {
+  async startMigration(destination: PreparedDestination, capabilities: MigrationCapabilities, parameters: Record<string, unknown>): Promise<void> {
     const qmp = this.instance.qmp;
     await qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(capabilities) });
     await qmp.execute('migrate-set-parameters', parameters);
-    await qmp.execute('migrate', { uri });
+    if (destination.tlsHostname && !this.tls) throw new Error('the destination expects a TLS migration stream but this source has no certificate');
+    if (this.tls) await useTls(this.instance, this.tls, 'client', destination.tlsHostname);
+    else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
+    await qmp.execute('migrate', { uri: destination.uri });
   }
 
   async progress(): Promise<RamProgress> {
@@ -86,6 +104,12 @@ export interface LocalDestinationOptions {
   accel: Accel;
   runDir: string;
   network?: NetworkAttacher;
+  /** Listen on TCP at this address (another host); default: a unix socket (same machine). */
+  listenAddress?: string;
+  /** Require TLS on the stream; the certificate must name `listenAddress`. */
+  tls?: StreamTls;
+  /** Called once QEMU is started, before it listens: for the agent to write its pid down. */
+  onLaunched?: (instance: VmInstance) => Promise<void>;
 }
 
 export class LocalDestination implements DestinationSide {
@@ -118,13 +142,16 @@ export class LocalDestination implements DestinationSide {
   }
 
   private async doPrepare(capabilities: MigrationCapabilities): Promise<PreparedDestination> {
-    const instance = await VmInstance.launch({ ...this.options, incoming: true });
+    const { spec, accel, runDir, network } = this.options;
+    const instance = await VmInstance.launch({ spec, accel, runDir, ...(network ? { network } : {}), incoming: true });
     this.launched = instance;
     if (this.aborted) throw new Error('aborted');
     unexpectedExit(instance).then(this.reportLost);
+    await this.options.onLaunched?.(instance);
     const qmp = instance.qmp;
     await qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(capabilities) });
-    const uri = `unix:${path.join(instance.dir, 'migrate.sock')}`;
+    const address = this.options.listenAddress;
+    if (this.options.tls) await useTls(instance, this.options.tls, 'server');
     // Listen for the end of the incoming stream before starting it, so the event cannot be missed.
     this.completion = new Promise<void>((resolve, reject) => {
       const onEvent = (e: { event: string; data: Record<string, unknown> }) => {
@@ -137,8 +164,17 @@ export class LocalDestination implements DestinationSide {
       qmp.on('event', onEvent);
     });
     this.completion.catch(() => undefined);
-    await qmp.execute('migrate-incoming', { uri });
-    return { uri };
+    await qmp.execute('migrate-incoming', { uri: address ? `tcp:${address}:0` : `unix:${path.join(instance.dir, 'migrate.sock')}` });
+    const uri = address ? `tcp:${address}:${await this.listeningPort()}` : `unix:${path.join(instance.dir, 'migrate.sock')}`;
+    return { uri, ...(this.options.tls && address ? { tlsHostname: address } : {}) };
+  }
+
+  /** The port QEMU picked for `tcp:ADDRESS:0`. */
+  private async listeningPort(): Promise<number> {
+    const info = await this.instance.qmp.execute<{ 'socket-address'?: { type: string; port?: string }[] }>('query-migrate');
+    const port = info['socket-address']?.find((a) => a.type === 'inet')?.port;
+    if (!port) throw new Error('the destination QEMU did not report its migration port');
+    return Number(port);
   }
 
   async incomingComplete(timeoutMs: number): Promise<void> {

@@ -23,8 +23,8 @@ export interface SourceSide {
   readonly spec: VmSpec;
   /** begin: why this VM cannot be migrated now (not running, already migrating...); empty when it can. */
   checkMigratable(): Promise<string[]>;
-  /** perform: set capabilities and parameters, then start sending to the destination's URI. */
-  startMigration(uri: string, capabilities: MigrationCapabilities, parameters: Record<string, unknown>): Promise<void>;
+  /** perform: set capabilities and parameters, then start sending to the prepared destination. */
+  startMigration(destination: PreparedDestination, capabilities: MigrationCapabilities, parameters: Record<string, unknown>): Promise<void>;
   /** perform: one progress sample. */
   progress(): Promise<RamProgress>;
   /** QEMU's figures once the stream has ended (completed, failed or cancelled). */
@@ -40,6 +40,8 @@ export interface SourceSide {
 export interface PreparedDestination {
   /** Where the source sends the stream (unix:..., tcp:host:port). */
   uri: string;
+  /** When the stream is TLS: the name the destination's certificate carries, for the source to check. */
+  tlsHostname?: string;
 }
 
 export interface DestinationSide {

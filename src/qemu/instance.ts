@@ -77,6 +77,17 @@ export class VmInstance {
     }
   }
 
+  /** Takes over a running QEMU from an earlier run of this agent (see QemuProcess.adopt). */
+  static async adopt(options: { spec: VmSpec; accel: Accel; dir: string; pid: number; taps: string[]; network?: NetworkAttacher }): Promise<VmInstance> {
+    const process = await QemuProcess.adopt({ pid: options.pid, qmpSocket: path.join(options.dir, 'qmp.sock'), serialLog: path.join(options.dir, 'serial.log') });
+    return new VmInstance(options.spec, options.accel, options.dir, process, [...options.taps], options.network);
+  }
+
+  /** Tap devices of this instance, in NIC order. */
+  get tapDevices(): readonly string[] {
+    return this.taps;
+  }
+
   /** Waits for the guest's ready line; a guest that never says it is ready is an error naming the accelerator. */
   async waitUntilReady(timeoutMs: number): Promise<string> {
     try {

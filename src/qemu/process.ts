@@ -35,19 +35,46 @@ export class QemuProcess {
   readonly exited: Promise<QemuExit>;
 
   private constructor(
-    private readonly child: ChildProcess,
+    private readonly child: ChildProcess | { pid: number },
     readonly serialLog: string,
   ) {
     this.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => {
+      const done = (code: number | null, signal: NodeJS.Signals | null) => {
+        if (this.exitInfo) return;
         this.exitInfo = { code, signal, expected: this.expectingExit };
         resolve(this.exitInfo);
+      };
+      if ('once' in child) child.once('exit', done);
+      else this.watchAdopted(child.pid, done);
+    });
+    if ('stderr' in child) {
+      child.stderr?.setEncoding('utf8');
+      child.stderr?.on('data', (chunk: string) => {
+        this.stderr = (this.stderr + chunk).slice(-16_384);
       });
-    });
-    child.stderr?.setEncoding('utf8');
-    child.stderr?.on('data', (chunk: string) => {
-      this.stderr = (this.stderr + chunk).slice(-16_384);
-    });
+    }
+  }
+
+  /**
+   * Takes over a QEMU that an earlier run of this agent started (the agent was
+   * restarted, QEMU kept running). Its exit is noticed by polling the pid.
+   */
+  static async adopt(options: { pid: number; qmpSocket: string; serialLog: string }): Promise<QemuProcess> {
+    const proc = new QemuProcess({ pid: options.pid }, options.serialLog);
+    proc.qmp = await QmpClient.connect(options.qmpSocket, { connectTimeoutMs: 2_000 });
+    return proc;
+  }
+
+  private watchAdopted(pid: number, done: (code: number | null, signal: NodeJS.Signals | null) => void): void {
+    const timer = setInterval(() => {
+      try {
+        process.kill(pid, 0);
+      } catch {
+        clearInterval(timer);
+        done(null, null);
+      }
+    }, 200);
+    timer.unref();
   }
 
   qmp!: QmpClient;
@@ -55,6 +82,8 @@ export class QemuProcess {
   get pid(): number {
     return this.child.pid ?? -1;
   }
+
+
 
   get isRunning(): boolean {
     return this.exitInfo === undefined;
@@ -139,7 +168,10 @@ export class QemuProcess {
   /** Stops QEMU at once (SIGKILL) and waits for it. */
   async kill(): Promise<QemuExit> {
     this.expectingExit = true;
-    if (this.isRunning) this.child.kill('SIGKILL');
+    if (this.isRunning) {
+      if ('kill' in this.child) this.child.kill('SIGKILL');
+      else process.kill(this.child.pid, 'SIGKILL');
+    }
     if (this.qmp && !this.qmp.isClosed) this.qmp.close();
     return this.exited;
   }

@@ -1,0 +1,164 @@
+/**
+ * What the store holds and how it is read and changed. Keys:
+ *   /ferry/hosts/<host>        HostRecord, bound to the host's lease (gone when the agent is)
+ *   /ferry/vms/<vm>            VmRecord: spec, owner host, desired state. Its modRevision is the
+ *                              VM's fencing token: ownership changes only by CAS on it.
+ *   /ferry/migrations/<vm>     the in-flight migration, written before it acts (for crash recovery)
+ *   /ferry/jobs/<id>           Job: every long operation, with progress and final record
+ */
+import { randomUUID } from 'node:crypto';
+import type { VmSpec } from '../qemu/spec.ts';
+import type { MigrationProgress, MigrationRecord } from '../migration/types.ts';
+import type { Store } from './store/types.ts';
+
+export const KEYS = {
+  host: (name: string) => `/ferry/hosts/${name}`,
+  hosts: '/ferry/hosts/',
+  vm: (name: string) => `/ferry/vms/${name}`,
+  vms: '/ferry/vms/',
+  migration: (vm: string) => `/ferry/migrations/${vm}`,
+  migrations: '/ferry/migrations/',
+  job: (id: string) => `/ferry/jobs/${id}`,
+  jobs: '/ferry/jobs/',
+};
+
+export interface HostRecord {
+  name: string;
+  /** https://address:port of the agent's API. */
+  url: string;
+  /** The address guests' migration streams reach this host at. */
+  address: string;
+  memoryMiB: number;
+  /** Unix socket of the agent's API, for a CLI on the same machine (the lab). */
+  socket?: string;
+  startedAt: string;
+}
+
+export type DesiredState = 'running' | 'stopped';
+
+export interface VmRecord {
+  spec: VmSpec;
+  owner: string;
+  desired: DesiredState;
+  /** Guest address, when known (the lab assigns it), for the probe. */
+  ip?: string;
+}
+
+/** A VM record with its fencing token. */
+export interface OwnedVm extends VmRecord {
+  token: number;
+}
+
+export interface InFlightMigration {
+  id: string;
+  vm: string;
+  source: string;
+  destination: string;
+  /** The VM's token when the migration began; the switchover CAS compares against it. */
+  token: number;
+  jobId: string;
+  startedAt: string;
+}
+
+export type JobState = 'running' | 'succeeded' | 'failed';
+export type JobKind = 'create' | 'start' | 'stop' | 'migrate';
+
+export interface Job {
+  id: string;
+  kind: JobKind;
+  vm: string;
+  host: string;
+  state: JobState;
+  createdAt: string;
+  updatedAt: string;
+  progress?: MigrationProgress;
+  /** Task log, one line per step, as a human reads it. */
+  log: string[];
+  result?: MigrationRecord | Record<string, unknown>;
+  error?: string;
+}
+
+export class ClusterState {
+  constructor(readonly store: Store) {}
+
+  async hosts(): Promise<HostRecord[]> {
+    return (await this.store.list(KEYS.hosts)).map((kv) => JSON.parse(kv.value) as HostRecord);
+  }
+
+  async host(name: string): Promise<HostRecord | undefined> {
+    const kv = await this.store.get(KEYS.host(name));
+    return kv && (JSON.parse(kv.value) as HostRecord);
+  }
+
+  async vm(name: string): Promise<OwnedVm | undefined> {
+    const kv = await this.store.get(KEYS.vm(name));
+    return kv && { ...(JSON.parse(kv.value) as VmRecord), token: kv.modRevision };
+  }
+
+  async vms(): Promise<OwnedVm[]> {
+    return (await this.store.list(KEYS.vms)).map((kv) => ({ ...(JSON.parse(kv.value) as VmRecord), token: kv.modRevision }));
+  }
+
+  /** Creates the record if no VM of that name exists; returns its token, or undefined if the name is taken. */
+  async createVm(record: VmRecord): Promise<number | undefined> {
+    const key = KEYS.vm(record.spec.name);
+    const r = await this.store.txn([{ key, modRevision: 0 }], [{ type: 'put', key, value: JSON.stringify(record) }]);
+    return r.succeeded ? r.revision : undefined;
+  }
+
+  /** Changes a VM record only if its token is still `token`; returns the new token or undefined. */
+  async updateVm(vm: OwnedVm, change: Partial<VmRecord>, extra: { deleteKeys?: string[] } = {}): Promise<number | undefined> {
+    const key = KEYS.vm(vm.spec.name);
+    const { token: _token, ...record } = vm;
+    const r = await this.store.txn(
+      [{ key, modRevision: vm.token }],
+      [{ type: 'put', key, value: JSON.stringify({ ...record, ...change }) }, ...(extra.deleteKeys ?? []).map((k) => ({ type: 'delete' as const, key: k }))],
+    );
+    return r.succeeded ? r.revision : undefined;
+  }
+
+  async deleteVm(vm: OwnedVm): Promise<boolean> {
+    const key = KEYS.vm(vm.spec.name);
+    return (await this.store.txn([{ key, modRevision: vm.token }], [{ type: 'delete', key }])).succeeded;
+  }
+
+  async migration(vm: string): Promise<InFlightMigration | undefined> {
+    const kv = await this.store.get(KEYS.migration(vm));
+    return kv && (JSON.parse(kv.value) as InFlightMigration);
+  }
+
+  async migrations(): Promise<InFlightMigration[]> {
+    return (await this.store.list(KEYS.migrations)).map((kv) => JSON.parse(kv.value) as InFlightMigration);
+  }
+
+  /** Records a migration before it starts; fails if one is already in flight for the VM. */
+  async beginMigration(m: InFlightMigration): Promise<boolean> {
+    const key = KEYS.migration(m.vm);
+    return (await this.store.txn([{ key, modRevision: 0 }], [{ type: 'put', key, value: JSON.stringify(m) }])).succeeded;
+  }
+
+  async endMigration(vm: string): Promise<void> {
+    await this.store.delete(KEYS.migration(vm));
+  }
+
+  async newJob(kind: JobKind, vm: string, host: string): Promise<Job> {
+    const now = new Date().toISOString();
+    const job: Job = { id: `${now.slice(0, 19).replace(/[-:T]/g, '')}-${randomUUID().slice(0, 8)}`, kind, vm, host, state: 'running', createdAt: now, updatedAt: now, log: [] };
+    await this.saveJob(job);
+    return job;
+  }
+
+  async saveJob(job: Job): Promise<void> {
+    job.updatedAt = new Date().toISOString();
+    await this.store.put(KEYS.job(job.id), JSON.stringify(job));
+  }
+
+  async job(id: string): Promise<Job | undefined> {
+    const kv = await this.store.get(KEYS.job(id));
+    return kv && (JSON.parse(kv.value) as Job);
+  }
+
+  async jobs(): Promise<Job[]> {
+    return (await this.store.list(KEYS.jobs)).map((kv) => JSON.parse(kv.value) as Job);
+  }
+}

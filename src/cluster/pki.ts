@@ -1,0 +1,86 @@
+/**
+ * The cluster's certificates, made with the openssl command: one CA per
+ * cluster (at `ferry init`), one certificate per node (at join) valid for both
+ * ends of a TLS connection, and one for the administrator's CLI. Agents accept
+ * only peers whose certificate this CA signed; QEMU's migration stream uses
+ * the same files (tls-creds-x509).
+ */
+import { mkdir, readFile, rm, writeFile, copyFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { run } from '../util/exec.ts';
+
+export interface Identity {
+  /** PEM strings, ready for node:tls. */
+  ca: string;
+  cert: string;
+  key: string;
+}
+
+export class PkiError extends Error {
+  override name = 'PkiError';
+}
+
+const CURVE = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+
+/** Creates the cluster CA in dir (ca-cert.pem, ca-key.pem) unless it exists. */
+export async function createCa(dir: string, clusterName: string): Promise<void> {
+  if (existsSync(path.join(dir, 'ca-cert.pem'))) return;
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await openssl([
+    'req', '-x509', ...CURVE,
+    '-keyout', path.join(dir, 'ca-key.pem'), '-out', path.join(dir, 'ca-cert.pem'),
+    '-days', '3650', '-subj', `/O=ferry/CN=ferry cluster CA ${clusterName}`,
+    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
+}
+
+/**
+ * Issues a certificate for `name` into outDir: cert.pem, key.pem, ca-cert.pem, and the
+ * file names QEMU's tls-creds-x509 looks for (server-/client-cert.pem, -key.pem).
+ */
+export async function issueCertificate(caDir: string, outDir: string, name: string, addresses: string[] = []): Promise<void> {
+  if (!existsSync(path.join(caDir, 'ca-key.pem'))) throw new PkiError(`no cluster CA in ${caDir}; run 'ferry init' first`);
+  await mkdir(outDir, { recursive: true, mode: 0o700 });
+  const key = path.join(outDir, 'key.pem');
+  const cert = path.join(outDir, 'cert.pem');
+  const csr = path.join(outDir, 'req.csr');
+  const ext = path.join(outDir, 'ext.cnf');
+  const san = [`DNS:${name}`, ...addresses.map((a) => (/^[\d.]+$|:/.test(a) ? `IP:${a}` : `DNS:${a}`))].join(',');
+  await writeFile(ext, `subjectAltName=${san}\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=CA:FALSE\n`);
+  await openssl(['req', ...CURVE, '-keyout', key, '-out', csr, '-subj', `/O=ferry/CN=${name}`]);
+  await openssl([
+    'x509', '-req', '-in', csr, '-CA', path.join(caDir, 'ca-cert.pem'), '-CAkey', path.join(caDir, 'ca-key.pem'),
+    '-CAcreateserial', '-days', '825', '-out', cert, '-extfile', ext,
+  ]);
+  await rm(csr);
+  await rm(ext);
+  await copyFile(path.join(caDir, 'ca-cert.pem'), path.join(outDir, 'ca-cert.pem'));
+  for (const role of ['server', 'client']) {
+    await copyFile(cert, path.join(outDir, `${role}-cert.pem`));
+    await copyFile(key, path.join(outDir, `${role}-key.pem`));
+  }
+}
+
+export async function loadIdentity(dir: string): Promise<Identity> {
+  try {
+    const [ca, cert, key] = await Promise.all(['ca-cert.pem', 'cert.pem', 'key.pem'].map((f) => readFile(path.join(dir, f), 'utf8')));
+    return { ca: ca!, cert: cert!, key: key! };
+  } catch (err) {
+    throw new PkiError(`cannot read the certificate in ${dir}: ${(err as Error).message}; issue one with 'ferry join' or 'ferry init'`);
+  }
+}
+
+async function openssl(args: string[]): Promise<void> {
+  try {
+    await run('openssl', args, { timeoutMs: 30_000 });
+  } catch (err) {
+    throw new PkiError(`openssl failed (install the Debian package openssl): ${(err as Error).message}`);
+  }
+}
+
+/** A throwaway directory for a CA that is not the cluster's (tests of refusal). */
+export function tmpPkiDir(tag: string): string {
+  return path.join(os.tmpdir(), `ferry-pki-${tag}-${process.pid}`);
+}
