@@ -3,6 +3,12 @@ import { UsageError } from './errors.ts';
 import { demoCommand } from './commands/demo.ts';
 import { guestCommand } from './commands/guest.ts';
 import { hostCommand } from './commands/host.ts';
+import { agentCommand, initCommand, joinCommand } from './commands/cluster.ts';
+import { jobCommand } from './commands/job.ts';
+import { labCommand } from './commands/lab.ts';
+import { nodeCommand } from './commands/node.ts';
+import { probeCommand } from './commands/probe.ts';
+import { vmCommand } from './commands/vm.ts';
 
 export interface Command {
   summary: string;
@@ -11,6 +17,14 @@ export interface Command {
 }
 
 const COMMANDS: Record<string, Command> = {
+  lab: labCommand,
+  node: nodeCommand,
+  vm: vmCommand,
+  job: jobCommand,
+  probe: probeCommand,
+  init: initCommand,
+  join: joinCommand,
+  agent: agentCommand,
   demo: demoCommand,
   host: hostCommand,
   guest: guestCommand,

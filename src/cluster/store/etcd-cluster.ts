@@ -31,7 +31,8 @@ export class EtcdMember {
     return this.child?.pid;
   }
 
-  start(): void {
+  /** Starts the member; with logFile it runs detached (outlives this process, as in the lab). */
+  start(logFile?: number): void {
     const s = this.spec;
     const args = [
       '--name', s.name,
@@ -49,6 +50,11 @@ export class EtcdMember {
       '--log-outputs', 'stderr',
     ];
     const [cmd, argv] = s.netns ? ['ip', ['netns', 'exec', s.netns, 'etcd', ...args]] : ['etcd', args];
+    if (logFile !== undefined) {
+      this.child = spawn(cmd, argv, { stdio: ['ignore', logFile, logFile], detached: true });
+      this.child.unref();
+      return;
+    }
     this.child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
     this.child.stderr?.setEncoding('utf8');
     this.child.stderr?.on('data', (c: string) => (this.log = (this.log + c).slice(-8000)));
@@ -76,7 +82,7 @@ export class EtcdCluster {
   }
 
   /** Starts all members and waits until the cluster answers a write. */
-  static async start(specs: EtcdMemberSpec[], dataRoot: string, timeoutMs = 30_000): Promise<EtcdCluster> {
+  static async start(specs: EtcdMemberSpec[], dataRoot: string, timeoutMs = 30_000, logFile?: number): Promise<EtcdCluster> {
     const initialCluster = specs.map((s) => `${s.name}=http://${s.host}:${s.peerPort}`).join(',');
     const token = `ferry-${path.basename(dataRoot)}`;
     const members: EtcdMember[] = [];
@@ -85,7 +91,7 @@ export class EtcdCluster {
       await mkdir(dir, { recursive: true, mode: 0o700 });
       members.push(new EtcdMember(s, dir, initialCluster, token));
     }
-    members.forEach((m) => m.start());
+    members.forEach((m) => m.start(logFile));
     const cluster = new EtcdCluster(members);
     const store = new EtcdStore(cluster.endpoints, 1000);
     const deadline = Date.now() + timeoutMs;

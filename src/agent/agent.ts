@@ -1,0 +1,93 @@
+/**
+ * `ferry agent`: the daemon of one host. It joins the cluster under a lease,
+ * recovers what an earlier run left, and serves the API.
+ */
+import { performance } from 'node:perf_hooks';
+import { ClusterState, KEYS, type HostRecord } from '../cluster/model.ts';
+import { loadIdentity } from '../cluster/pki.ts';
+import { LeaseExpiredError, type Store } from '../cluster/store/types.ts';
+import { BridgeTapAttacher } from '../net/tap.ts';
+import { loadClusterConfig, openStore, type ClusterConfig, type NodeConfig } from './config.ts';
+import type { AgentContext } from './context.ts';
+import { IncomingMigrations } from './incoming.ts';
+import { reconcile } from './reconcile.ts';
+import { routes } from './routes.ts';
+import { LocalRuntime } from './runtime.ts';
+import { serve } from './server.ts';
+
+export interface RunningAgent {
+  ctx: AgentContext;
+  stop(): Promise<void>;
+}
+
+export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
+  const cluster: ClusterConfig = await loadClusterConfig(node.clusterDir);
+  const identity = await loadIdentity(node.certDir);
+  const store = openStore(cluster.store);
+  const log = (line: string) => console.log(`${new Date().toISOString()} ${node.name}: ${line}`);
+  const runtime = new LocalRuntime(node.stateDir, node.runDir, new BridgeTapAttacher(node.netns), log);
+  const ctx: AgentContext = { node, identity, state: new ClusterState(store), runtime, log };
+
+  await reconcile(ctx);
+  const membership = await keepMembership(ctx, store);
+  const servers = await serve(ctx, routes(ctx, new IncomingMigrations(ctx), cluster));
+  log(`agent up at https://${node.address}:${node.port}${node.socket ? ` and ${node.socket}` : ''} (store: ${cluster.store.kind})`);
+  return {
+    ctx,
+    async stop() {
+      membership.stop();
+      for (const s of servers) s.close();
+      await runtime.shutdownAll();
+      await store.close();
+    },
+  };
+}
+
+/**
+ * The host record lives under a lease renewed every third of its TTL. If the
+ * agent cannot renew for most of the TTL (measured on the local monotonic
+ * clock, not trusted to the store client) it stops its guests before the lease
+ * can expire elsewhere: the self-fencing rule of sanlock and Proxmox.
+ */
+async function keepMembership(ctx: AgentContext, store: Store): Promise<{ stop(): void }> {
+  const { node } = ctx;
+  const ttl = node.leaseTtlSeconds;
+  const record: HostRecord = {
+    name: node.name,
+    url: `https://${node.address}:${node.port}`,
+    address: node.address,
+    memoryMiB: node.memoryMiB,
+    ...(node.socket ? { socket: node.socket } : {}),
+    startedAt: new Date().toISOString(),
+  };
+  const register = async () => {
+    const lease = await store.grantLease(ttl);
+    await store.put(KEYS.host(node.name), JSON.stringify(record), { lease });
+    return lease;
+  };
+  let lease = await register();
+  let lastRenewed = performance.now();
+  let fenced = false;
+  const timer = setInterval(async () => {
+    try {
+      try {
+        await store.keepAlive(lease);
+      } catch (err) {
+        if (!(err instanceof LeaseExpiredError)) throw err;
+        lease = await register();
+        ctx.log('host lease had expired; registered again');
+      }
+      lastRenewed = performance.now();
+      fenced = false;
+    } catch (err) {
+      const silentMs = performance.now() - lastRenewed;
+      ctx.log(`cannot renew the host lease for ${Math.round(silentMs)} ms: ${(err as Error).message}`);
+      if (!fenced && silentMs > (ttl * 2000) / 3) {
+        fenced = true;
+        ctx.log('self-fencing: stopping all guests of this host before its lease expires');
+        for (const vm of await ctx.runtime.list()) await ctx.runtime.stop(vm.name, true).catch(() => undefined);
+      }
+    }
+  }, (ttl * 1000) / 3);
+  return { stop: () => clearInterval(timer) };
+}

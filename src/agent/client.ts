@@ -1,0 +1,65 @@
+/**
+ * A client of an agent's API: HTTPS with this node's (or the admin's)
+ * certificate, to a URL or to the agent's unix socket.
+ */
+import https from 'node:https';
+import type { Identity } from '../cluster/pki.ts';
+import { ApiError } from './errors.ts';
+
+export interface AgentEndpoint {
+  url: string;
+  /** Preferred when set and reachable: the agent's unix socket on this machine. */
+  socket?: string;
+  /** The host name the agent's certificate carries. */
+  name: string;
+}
+
+export class AgentUnreachableError extends Error {
+  override name = 'AgentUnreachableError';
+}
+
+export class AgentClient {
+  constructor(readonly endpoint: AgentEndpoint, private readonly identity: Identity, private readonly timeoutMs = 30_000) {}
+
+  call<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown, timeoutMs = this.timeoutMs): Promise<T> {
+    const url = new URL(this.endpoint.url);
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    return new Promise<T>((resolve, reject) => {
+      const req = https.request(
+        {
+          method,
+          path,
+          ...(this.endpoint.socket ? { socketPath: this.endpoint.socket } : { host: url.hostname, port: url.port }),
+          servername: this.endpoint.name,
+          ca: this.identity.ca,
+          cert: this.identity.cert,
+          key: this.identity.key,
+          checkServerIdentity: (_host, cert) =>
+            cert.subject?.CN === this.endpoint.name ? undefined : new Error(`the agent presented '${cert.subject?.CN}', expected '${this.endpoint.name}'`),
+          headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {},
+          timeout: timeoutMs,
+        },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (text += c));
+          res.on('end', () => {
+            let json: unknown;
+            try {
+              json = text ? JSON.parse(text) : {};
+            } catch {
+              return reject(new ApiError(res.statusCode ?? 500, `agent ${this.endpoint.name} sent a non-JSON answer: ${text.slice(0, 200)}`));
+            }
+            if ((res.statusCode ?? 500) >= 400) reject(new ApiError(res.statusCode ?? 500, (json as { error?: string }).error ?? `HTTP ${res.statusCode}`));
+            else resolve(json as T);
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(new AgentUnreachableError(`agent ${this.endpoint.name} did not answer ${method} ${path} within ${timeoutMs} ms`)));
+      req.on('error', (err) =>
+        reject(err instanceof AgentUnreachableError ? err : new AgentUnreachableError(`cannot reach the agent of ${this.endpoint.name} (${this.endpoint.socket ?? this.endpoint.url}): ${err.message}`)),
+      );
+      req.end(payload);
+    });
+  }
+}

@@ -1,0 +1,63 @@
+/** On-disk configuration of a cluster and of one node (host) in it. */
+import { readFile, writeFile, mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { EtcdStore } from '../cluster/store/etcd.ts';
+import { SqliteStore } from '../cluster/store/sqlite.ts';
+import type { Store } from '../cluster/store/types.ts';
+
+export type StoreConfig = { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[] };
+
+/** cluster.json, next to the cluster CA (ca-cert.pem). */
+export interface ClusterConfig {
+  name: string;
+  store: StoreConfig;
+  /** Where guests get addresses from: "<prefix>.<first..last>/<prefixLength>". */
+  guestNetwork?: { prefix: string; prefixLength: number; first: number; last: number; gateway?: string };
+}
+
+/** node.json: everything `ferry agent` needs to run one host. */
+export interface NodeConfig {
+  name: string;
+  clusterDir: string;
+  /** This node's certificate (cert.pem, key.pem, ca-cert.pem, and QEMU's file names). */
+  certDir: string;
+  /** Address other hosts reach this one at (API and migration streams). */
+  address: string;
+  port: number;
+  /** Also serve the API on this unix socket (a CLI on the same machine). */
+  socket?: string;
+  runDir: string;
+  stateDir: string;
+  /** Network namespace the host lives in (lab hosts); QEMU is started there. */
+  netns?: string;
+  /** Bridge the guests' taps join. */
+  bridge: string;
+  /** Memory this host offers to guests. */
+  memoryMiB: number;
+  /** Seconds of the host lease; the agent renews it every third of that. */
+  leaseTtlSeconds: number;
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export async function readJson<T>(file: string, what: string): Promise<T> {
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as T;
+  } catch (err) {
+    throw new ConfigError(`cannot read the ${what} at ${file}: ${(err as Error).message}`);
+  }
+}
+
+export async function writeJson(file: string, value: unknown): Promise<void> {
+  await mkdir(path.dirname(file), { recursive: true });
+  await writeFile(file, JSON.stringify(value, null, 2) + '\n', { mode: 0o600 });
+}
+
+export const loadClusterConfig = (clusterDir: string) => readJson<ClusterConfig>(path.join(clusterDir, 'cluster.json'), 'cluster configuration');
+export const loadNodeConfig = (file: string) => readJson<NodeConfig>(file, 'node configuration');
+
+export function openStore(config: StoreConfig): Store {
+  return config.kind === 'sqlite' ? new SqliteStore(config.path) : new EtcdStore(config.endpoints);
+}

@@ -1,0 +1,49 @@
+/** What every part of a running agent shares. */
+import type { Identity } from '../cluster/pki.ts';
+import type { ClusterState } from '../cluster/model.ts';
+import { AgentClient } from './client.ts';
+import type { NodeConfig } from './config.ts';
+import { NotFoundError, RefusedError, StaleTokenError } from './errors.ts';
+import type { LocalRuntime } from './runtime.ts';
+import type { OwnedVm } from '../cluster/model.ts';
+
+export interface AgentContext {
+  node: NodeConfig;
+  identity: Identity;
+  state: ClusterState;
+  runtime: LocalRuntime;
+  log: (line: string) => void;
+}
+
+export async function peer(ctx: AgentContext, host: string): Promise<AgentClient> {
+  const record = await ctx.state.host(host);
+  if (!record) throw new NotFoundError(`host '${host}' is not in the cluster (or its agent is down); see 'ferry node list'`);
+  return new AgentClient({ url: record.url, name: record.name }, ctx.identity);
+}
+
+export async function requireVm(ctx: AgentContext, name: string): Promise<OwnedVm> {
+  const vm = await ctx.state.vm(name);
+  if (!vm) throw new NotFoundError(`no VM named '${name}'; see 'ferry vm list'`);
+  return vm;
+}
+
+/** The VM as the store has it, if the caller's token is current; else a StaleTokenError. */
+export async function checkToken(ctx: AgentContext, name: string, token: unknown): Promise<OwnedVm> {
+  const vm = await ctx.state.vm(name);
+  if (typeof token !== 'number' || !vm || vm.token !== token) throw new StaleTokenError(name, Number(token), vm?.token);
+  return vm;
+}
+
+/** MiB of guest memory a host has left, by the VMs the store says it owns. */
+export async function freeMemoryMiB(ctx: AgentContext, host: string): Promise<number> {
+  const record = await ctx.state.host(host);
+  if (!record) throw new NotFoundError(`host '${host}' is not in the cluster (or its agent is down)`);
+  const used = (await ctx.state.vms()).filter((v) => v.owner === host).reduce((sum, v) => sum + v.spec.memoryMiB, 0);
+  return record.memoryMiB - used;
+}
+
+export async function requireRoom(ctx: AgentContext, host: string, memoryMiB: number, vm: string): Promise<void> {
+  const free = await freeMemoryMiB(ctx, host);
+  if (free < memoryMiB)
+    throw new RefusedError(`host '${host}' has ${free} MiB free for guests, '${vm}' needs ${memoryMiB} MiB; choose another host or stop a VM there`);
+}

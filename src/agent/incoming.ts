@@ -1,0 +1,104 @@
+/**
+ * The destination side of migrations on this host (libvirt's prepare and
+ * finish). The incoming QEMU stays paused until the source, having won the
+ * ownership compare-and-swap, asks it to resume with the new token — which
+ * this agent checks against the store itself.
+ */
+import { LocalDestination } from '../migration/local.ts';
+import { checkToken, requireRoom, type AgentContext } from './context.ts';
+import { NotFoundError, RefusedError, StaleTokenError } from './errors.ts';
+import type { IncomingRequest, IncomingState } from './remote-destination.ts';
+
+interface Incoming {
+  request: IncomingRequest;
+  destination: LocalDestination;
+  state: IncomingState;
+  loaded: Promise<void>;
+}
+
+export class IncomingMigrations {
+  private readonly byId = new Map<string, Incoming>();
+
+  constructor(private readonly ctx: AgentContext) {}
+
+  async prepare(request: IncomingRequest): Promise<{ uri: string; tlsHostname?: string }> {
+    const { ctx } = this;
+    const vm = await checkToken(ctx, request.spec.name, request.token);
+    if (vm.owner !== request.source) throw new RefusedError(`'${vm.spec.name}' is owned by ${vm.owner}, not by ${request.source}`);
+    if (vm.owner === ctx.node.name) throw new RefusedError(`'${vm.spec.name}' already runs on ${ctx.node.name}`);
+    if (ctx.runtime.get(vm.spec.name)) throw new RefusedError(`a copy of '${vm.spec.name}' already runs on ${ctx.node.name}`);
+    await requireRoom(ctx, ctx.node.name, request.spec.memoryMiB, request.spec.name);
+
+    const destination = new LocalDestination({
+      spec: request.spec,
+      accel: request.accel,
+      runDir: ctx.runtime.runDir,
+      network: ctx.runtime.network,
+      listenAddress: ctx.node.address,
+      tls: { dir: ctx.node.certDir },
+      onLaunched: (instance) => ctx.runtime.record(instance, 'incoming', request.migrationId),
+    });
+    const entry: Incoming = { request, destination, state: 'preparing', loaded: Promise.resolve() };
+    this.byId.set(request.migrationId, entry);
+    try {
+      const prepared = await destination.prepare(request.capabilities);
+      entry.state = 'listening';
+      entry.loaded = destination.incomingComplete(24 * 3600_000).then(() => {
+        if (entry.state === 'listening') entry.state = 'loaded';
+      });
+      entry.loaded.catch(() => undefined);
+      void destination.lost.then(() => {
+        if (entry.state !== 'aborted' && entry.state !== 'running') entry.state = 'lost';
+      });
+      ctx.log(`incoming migration ${request.migrationId} of ${request.spec.name} from ${request.source}: listening on ${prepared.uri}`);
+      return prepared;
+    } catch (err) {
+      await this.abort(request.migrationId);
+      throw err;
+    }
+  }
+
+  get(id: string): Incoming {
+    const entry = this.byId.get(id);
+    if (!entry) throw new NotFoundError(`no incoming migration ${id} on this host (it was aborted, or this agent restarted)`);
+    return entry;
+  }
+
+  /** Long poll: returns when the state leaves 'listening' or the time is up. */
+  async wait(id: string, timeoutMs: number): Promise<IncomingState> {
+    const entry = this.get(id);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([entry.loaded.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, Math.min(timeoutMs, 30_000))))]);
+    clearTimeout(timer);
+    return entry.state;
+  }
+
+  /** switchover: only with the token that made this host the owner. */
+  async resume(id: string, token: unknown): Promise<void> {
+    const entry = this.get(id);
+    const vm = await checkToken(this.ctx, entry.request.spec.name, token);
+    if (vm.owner !== this.ctx.node.name) throw new StaleTokenError(vm.spec.name, Number(token), vm.token);
+    if (entry.state !== 'loaded') throw new RefusedError(`incoming migration ${id} is ${entry.state}, not loaded; it cannot resume`);
+    await entry.destination.resume();
+    entry.state = 'running';
+    await this.ctx.runtime.adoptRunning(entry.destination.instance);
+    await this.ctx.runtime.forget(entry.request.spec.name, 'incoming');
+  }
+
+  async finish(id: string): Promise<void> {
+    const entry = this.get(id);
+    await entry.destination.finish();
+    this.byId.delete(id);
+  }
+
+  async abort(id: string): Promise<void> {
+    const entry = this.byId.get(id);
+    if (!entry) return;
+    if (entry.state === 'running') throw new RefusedError(`incoming migration ${id} already switched over; the VM runs here now`);
+    entry.state = 'aborted';
+    this.byId.delete(id);
+    await entry.destination.abort();
+    await this.ctx.runtime.forget(entry.request.spec.name, 'incoming');
+    this.ctx.log(`incoming migration ${id} of ${entry.request.spec.name} aborted; destination removed`);
+  }
+}

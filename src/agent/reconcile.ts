@@ -1,0 +1,58 @@
+/**
+ * Recovery when an agent starts: every QEMU an earlier run wrote down is
+ * compared with the store, and the store wins. A copy this host owns keeps (or
+ * resumes) running; a copy it does not own is removed. An in-flight migration
+ * this host was the source of is closed: rolled back if ownership had not
+ * moved, completed if it had. After this, exactly one host runs each VM and
+ * the store agrees with what runs.
+ */
+import { LocalSource } from '../migration/local.ts';
+import { peer, type AgentContext } from './context.ts';
+
+export async function reconcile(ctx: AgentContext): Promise<void> {
+  const me = ctx.node.name;
+  for (const recorded of await ctx.runtime.recorded()) {
+    const instance = await ctx.runtime.adopt(recorded);
+    const vm = await ctx.state.vm(recorded.vm);
+    if (!instance) {
+      await ctx.runtime.forget(recorded.vm, recorded.role);
+      continue;
+    }
+    if (vm?.owner === me) {
+      const { status } = await instance.qmp.execute<{ status: string }>('query-status');
+      if (status !== 'running') {
+        // A source paused at the end of a stream that never switched over, or a destination that
+        // won the swap but was never resumed: either way this copy is the owner's and must run.
+        if (recorded.role === 'running') await new LocalSource(instance).cancelAndResume();
+        else await instance.qmp.execute('cont');
+        ctx.log(`recovered ${recorded.vm}: it was ${status}, resumed (this host owns it)`);
+      } else ctx.log(`recovered ${recorded.vm}: running (this host owns it)`);
+      await ctx.runtime.adoptRunning(instance);
+      if (recorded.role === 'incoming') await ctx.runtime.forget(recorded.vm, 'incoming');
+    } else {
+      await instance.destroy();
+      await ctx.runtime.forget(recorded.vm, recorded.role);
+      ctx.log(`removed a stale ${recorded.role} copy of ${recorded.vm} (owner: ${vm?.owner ?? 'none'})`);
+    }
+  }
+
+  for (const m of await ctx.state.migrations()) {
+    if (m.source !== me && m.destination !== me) continue;
+    const vm = await ctx.state.vm(m.vm);
+    const job = await ctx.state.job(m.jobId);
+    const switched = vm?.owner === m.destination;
+    if (m.source === me && !switched) {
+      // Tell the destination to drop its paused copy; it may be gone already.
+      await peer(ctx, m.destination)
+        .then((client) => client.call('POST', `/v1/incoming/${m.id}/abort`, {}))
+        .catch(() => undefined);
+    }
+    if (job && job.state === 'running') {
+      job.state = switched ? 'succeeded' : 'failed';
+      job.log.push(`${new Date().toISOString()} agent of ${me} restarted during the migration; ${switched ? `ownership had moved: ${m.vm} runs on ${m.destination}` : `rolled back: ${m.vm} runs on ${m.source}`}`);
+      if (!switched) job.error = `interrupted by the restart of ${me}'s agent; rolled back`;
+      await ctx.state.saveJob(job);
+    }
+    await ctx.state.endMigration(m.vm);
+  }
+}

@@ -1,0 +1,87 @@
+/** The destination side of a migration, run by the destination host's agent and driven over its API. */
+import type { DestinationSide, MigrationCapabilities, PreparedDestination } from '../migration/sides.ts';
+import type { Accel, VmSpec } from '../qemu/spec.ts';
+import { AgentUnreachableError, type AgentClient } from './client.ts';
+
+export interface IncomingRequest {
+  migrationId: string;
+  source: string;
+  spec: VmSpec;
+  accel: Accel;
+  /** The VM's fencing token as the source saw it at begin. */
+  token: number;
+  capabilities: MigrationCapabilities;
+}
+
+export type IncomingState = 'preparing' | 'listening' | 'loaded' | 'running' | 'lost' | 'aborted';
+
+export class RemoteDestination implements DestinationSide {
+  readonly lost: Promise<string>;
+  private reportLost!: (detail: string) => void;
+  private watching: NodeJS.Timeout | undefined;
+  /** Set by the switchover hook: the token that makes the destination the owner. */
+  ownerToken: number | undefined;
+
+  constructor(
+    private readonly agent: AgentClient,
+    readonly spec: VmSpec,
+    private readonly request: Omit<IncomingRequest, 'capabilities' | 'spec'>,
+  ) {
+    this.lost = new Promise((resolve) => (this.reportLost = resolve));
+  }
+
+  private get base(): string {
+    return `/v1/incoming/${this.request.migrationId}`;
+  }
+
+  async prepare(capabilities: MigrationCapabilities): Promise<PreparedDestination> {
+    const prepared = await this.agent.call<PreparedDestination>('POST', '/v1/incoming', { ...this.request, spec: this.spec, capabilities }, 60_000);
+    this.watch();
+    return prepared;
+  }
+
+  async incomingComplete(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`the destination did not finish loading within ${timeoutMs} ms`);
+      const { state } = await this.agent.call<{ state: IncomingState }>('POST', `${this.base}/wait`, { timeoutMs: Math.min(left, 10_000) }, Math.min(left, 10_000) + 5_000);
+      if (state === 'loaded') return;
+      if (state === 'lost' || state === 'aborted') throw new Error(`the destination is ${state}`);
+    }
+  }
+
+  async resume(): Promise<void> {
+    await this.agent.call('POST', `${this.base}/resume`, { token: this.ownerToken });
+  }
+
+  async finish(): Promise<void> {
+    this.unwatch();
+    await this.agent.call('POST', `${this.base}/finish`, {});
+  }
+
+  async abort(): Promise<void> {
+    this.unwatch();
+    await this.agent.call('POST', `${this.base}/abort`, {}).catch(() => undefined);
+  }
+
+  /** Polls the destination: its QEMU dying or its agent going silent is a lost destination. */
+  private watch(): void {
+    let misses = 0;
+    this.watching = setInterval(() => {
+      this.agent
+        .call<{ state: IncomingState }>('GET', this.base, undefined, 2000)
+        .then(({ state }) => {
+          misses = 0;
+          if (state === 'lost') this.reportLost('its QEMU exited');
+        })
+        .catch((err: Error) => {
+          if (err instanceof AgentUnreachableError ? ++misses >= 3 : true) this.reportLost(`its agent: ${err.message}`);
+        });
+    }, 500);
+  }
+
+  private unwatch(): void {
+    clearInterval(this.watching);
+  }
+}

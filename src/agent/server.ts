@@ -1,0 +1,88 @@
+/**
+ * The agent's HTTPS API. Mutual TLS: a client without a certificate from the
+ * cluster CA does not get past the handshake. Routes are small; the work is
+ * in runtime.ts, incoming.ts and source-migration.ts.
+ */
+import https from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { rm } from 'node:fs/promises';
+import type { TLSSocket } from 'node:tls';
+import { MigrationRefusedError } from '../migration/errors.ts';
+import { InvalidVmSpecError } from '../qemu/errors.ts';
+import { ApiError, NotFoundError } from './errors.ts';
+import type { AgentContext } from './context.ts';
+
+export type Handler = (params: Record<string, string>, body: Record<string, unknown>) => Promise<unknown>;
+
+export interface Route {
+  method: 'GET' | 'POST' | 'DELETE';
+  pattern: string;
+  handler: Handler;
+}
+
+function compile(routes: Route[]) {
+  return routes.map((r) => {
+    const names: string[] = [];
+    const regex = new RegExp('^' + r.pattern.replace(/:(\w+)/g, (_, n: string) => (names.push(n), '([^/]+)')) + '$');
+    return { ...r, regex, names };
+  });
+}
+
+async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {
+  let text = '';
+  for await (const chunk of req) text += chunk;
+  if (!text) return {};
+  try {
+    return JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    throw new ApiError(400, 'the request body is not JSON');
+  }
+}
+
+function statusOf(err: unknown): number {
+  if (err instanceof ApiError) return err.status;
+  if (err instanceof MigrationRefusedError || err instanceof InvalidVmSpecError) return 422;
+  return 500;
+}
+
+export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.Server[]> {
+  const table = compile(routes);
+  const onRequest = async (req: IncomingMessage, res: ServerResponse) => {
+    const send = (status: number, body: unknown) => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    };
+    try {
+      if (!(req.socket as TLSSocket).authorized) throw new ApiError(401, 'a client certificate from the cluster CA is required');
+      const url = new URL(req.url ?? '/', 'https://agent');
+      for (const r of table) {
+        const m = r.method === req.method ? r.regex.exec(url.pathname) : null;
+        if (!m) continue;
+        const params = Object.fromEntries(r.names.map((n, i) => [n, decodeURIComponent(m[i + 1]!)]));
+        return send(200, (await r.handler(params, await readBody(req))) ?? {});
+      }
+      throw new NotFoundError(`no route ${req.method} ${url.pathname}`);
+    } catch (err) {
+      const status = statusOf(err);
+      if (status >= 500) ctx.log(`error in ${req.method} ${req.url}: ${(err as Error).stack}`);
+      send(status, { error: (err as Error).message, kind: (err as Error).name });
+    }
+  };
+  const tls = { key: ctx.identity.key, cert: ctx.identity.cert, ca: ctx.identity.ca, requestCert: true, rejectUnauthorized: true };
+  const servers: https.Server[] = [];
+  const listen = (server: https.Server, target: { port: number; host: string } | { path: string }) =>
+    new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(target, () => resolve());
+    });
+  const tcp = https.createServer(tls, (req, res) => void onRequest(req, res));
+  await listen(tcp, { port: ctx.node.port, host: ctx.node.address });
+  servers.push(tcp);
+  if (ctx.node.socket) {
+    await rm(ctx.node.socket, { force: true });
+    const local = https.createServer(tls, (req, res) => void onRequest(req, res));
+    await listen(local, { path: ctx.node.socket });
+    servers.push(local);
+  }
+  return servers;
+}

@@ -1,0 +1,121 @@
+/**
+ * A migration as the source host's agent runs it (libvirt's begin, perform and
+ * confirm): checked and written down as a job before anything moves, run in
+ * the background, with progress and the final record saved to the job.
+ * The switchover is the ownership compare-and-swap on the VM's record.
+ */
+import { randomUUID } from 'node:crypto';
+import type { InFlightMigration, Job, OwnedVm } from '../cluster/model.ts';
+import { migrate } from '../migration/engine.ts';
+import { MigrationRolledBackError } from '../migration/errors.ts';
+import { LocalSource } from '../migration/local.ts';
+import type { SwitchoverHook } from '../migration/sides.ts';
+import type { MigrationParams } from '../migration/types.ts';
+import { checkToken, peer, requireRoom, type AgentContext } from './context.ts';
+import { RefusedError } from './errors.ts';
+import { RemoteDestination } from './remote-destination.ts';
+
+export interface MigrateRequest {
+  to: string;
+  token: number;
+  params?: Partial<MigrationParams>;
+}
+
+const running = new Map<string, AbortController>();
+
+/** Checks everything a user can get wrong, then starts the job. Throws (changing nothing) when refused. */
+export async function startMigration(ctx: AgentContext, name: string, request: MigrateRequest): Promise<Job> {
+  const vm = await checkToken(ctx, name, request.token);
+  if (vm.owner !== ctx.node.name) throw new RefusedError(`'${name}' runs on ${vm.owner}, not on ${ctx.node.name}; send the request to its owner`);
+  if (request.to === ctx.node.name) throw new RefusedError(`'${name}' already runs on ${request.to}; choose another host`);
+  const instance = ctx.runtime.get(name);
+  if (!instance) throw new RefusedError(`'${name}' is not running; start it with 'ferry vm start ${name}' (only a running VM is live-migrated)`);
+  const destinationAgent = await peer(ctx, request.to);
+  await requireRoom(ctx, request.to, vm.spec.memoryMiB, name);
+
+  const job = await ctx.state.newJob('migrate', name, ctx.node.name);
+  const record: InFlightMigration = { id: randomUUID(), vm: name, source: ctx.node.name, destination: request.to, token: vm.token, jobId: job.id, startedAt: job.createdAt };
+  if (!(await ctx.state.beginMigration(record))) {
+    job.state = 'failed';
+    job.error = `a migration of '${name}' is already in flight`;
+    await ctx.state.saveJob(job);
+    throw new RefusedError(`a migration of '${name}' is already in flight; wait for it (ferry job list) or cancel it`);
+  }
+  const cancel = new AbortController();
+  running.set(job.id, cancel);
+  void runMigration(ctx, vm, record, job, destinationAgent, request.params ?? {}, cancel.signal).finally(() => running.delete(job.id));
+  return job;
+}
+
+export function cancelMigration(jobId: string): boolean {
+  const c = running.get(jobId);
+  c?.abort();
+  return Boolean(c);
+}
+
+async function runMigration(
+  ctx: AgentContext,
+  vm: OwnedVm,
+  record: InFlightMigration,
+  job: Job,
+  destinationAgent: Awaited<ReturnType<typeof peer>>,
+  params: Partial<MigrationParams>,
+  signal: AbortSignal,
+): Promise<void> {
+  const name = vm.spec.name;
+  const instance = ctx.runtime.require(name);
+  const log = (line: string) => {
+    job.log.push(`${new Date().toISOString()} ${line}`);
+    ctx.log(`[job ${job.id}] ${line}`);
+  };
+  const destination = new RemoteDestination(destinationAgent, instance.spec, {
+    migrationId: record.id,
+    source: ctx.node.name,
+    accel: instance.accel,
+    token: vm.token,
+  });
+  const switchover: SwitchoverHook = {
+    commit: async () => {
+      const token = await ctx.state.updateVm(vm, { owner: record.destination });
+      if (token === undefined) return false;
+      destination.ownerToken = token;
+      log(`ownership of ${name} moved to ${record.destination} (token ${vm.token} -> ${token})`);
+      return true;
+    },
+    revert: async () => {
+      const now = await ctx.state.vm(name);
+      if (now && now.token === destination.ownerToken) await ctx.state.updateVm(now, { owner: ctx.node.name });
+    },
+  };
+  let lastSave = 0;
+  log(`migrating ${name} from ${ctx.node.name} to ${record.destination}`);
+  try {
+    const result = await migrate({
+      source: new LocalSource(instance, { dir: ctx.node.certDir }),
+      destination,
+      switchover,
+      params,
+      signal,
+      log,
+      onProgress: (p) => {
+        job.progress = p;
+        if (p.phase === 'confirm') ctx.runtime.release(name); // the source QEMU is being retired: not ours any more
+        if (Date.now() - lastSave > 250 || !p.ram) {
+          lastSave = Date.now();
+          void ctx.state.saveJob(job).catch(() => undefined);
+        }
+      },
+    });
+    await ctx.runtime.forget(name, 'running');
+    job.state = 'succeeded';
+    job.result = result;
+  } catch (err) {
+    job.state = 'failed';
+    job.error = (err as Error).message;
+    if (err instanceof MigrationRolledBackError) job.result = err.record;
+    log(`failed: ${job.error}`);
+  } finally {
+    await ctx.state.endMigration(name).catch(() => undefined);
+    await ctx.state.saveJob(job);
+  }
+}

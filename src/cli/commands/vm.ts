@@ -1,0 +1,164 @@
+/** ferry vm create|start|stop|destroy|show|list|console|migrate, in the habits of virsh and qm. */
+import { parseArgs } from 'node:util';
+import type { HostRecord, Job, OwnedVm } from '../../cluster/model.ts';
+import { Probe, type StreamWindow } from '../../lab/probe.ts';
+import type { MigrationRecord } from '../../migration/types.ts';
+import { Cli } from '../context.ts';
+import { UsageError } from '../errors.ts';
+import { mib, ms, table } from '../format.ts';
+import type { Command } from '../main.ts';
+import { ProgressDisplay, progressLine } from '../progress.ts';
+
+const USAGE = `Usage:
+  ferry vm create NAME [--memory MiB] [--vcpus N] [--host HOST] [--memcheck MiB] [--dirty MiB/s]
+  ferry vm start|stop|destroy|show NAME   (stop --force kills at once)
+  ferry vm list
+  ferry vm console NAME                   the guest's serial console log
+  ferry vm migrate NAME --to HOST [--downtime-limit ms] [--bandwidth MiB/s] [--no-probe]
+Every command takes --json.`;
+
+function wholeNumber(flag: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${flag} must be a whole number, not '${value}'`);
+  return n;
+}
+
+export const vmCommand: Command = {
+  summary: 'create, start, stop, destroy, list, show and live-migrate VMs',
+  usage: USAGE,
+  async run(args) {
+    const { values, positionals } = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        memory: { type: 'string' }, vcpus: { type: 'string' }, host: { type: 'string' }, memcheck: { type: 'string' }, dirty: { type: 'string' },
+        to: { type: 'string' }, 'downtime-limit': { type: 'string' }, bandwidth: { type: 'string' }, 'no-probe': { type: 'boolean' },
+        force: { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
+      },
+    });
+    const [verb, name] = positionals;
+    const json = values.json ?? false;
+    const out = (human: string, doc: unknown) => console.log(json ? JSON.stringify(doc, null, 2) : human);
+    if (!verb) throw new UsageError(USAGE);
+    if (verb !== 'list' && !name) throw new UsageError(`ferry vm ${verb} needs a VM name`);
+    const cli = await Cli.load(values.context);
+
+    switch (verb) {
+      case 'list': {
+        const { vms } = await (await cli.anyAgent()).call<{ vms: OwnedVm[] }>('GET', '/v1/cluster/vms');
+        return out(table(['vm', 'host', 'memory', 'vcpus', 'address', 'token'], vms.map((v) => [v.spec.name, v.owner, `${v.spec.memoryMiB} MiB`, String(v.spec.vcpus), v.ip ?? '-', String(v.token)])), vms);
+      }
+      case 'create': {
+        const memoryMiB = wholeNumber('memory', values.memory) ?? 256;
+        const hosts = (await (await cli.anyAgent()).call<{ hosts: (HostRecord & { freeMemoryMiB: number })[] }>('GET', '/v1/cluster/hosts')).hosts;
+        const host = values.host ?? [...hosts].sort((a, b) => b.freeMemoryMiB - a.freeMemoryMiB)[0]?.name;
+        if (!host) throw new UsageError('no host is up; see ferry node list');
+        if (!hosts.some((h) => h.name === host)) throw new UsageError(`unknown or down host '${host}'; hosts up: ${hosts.map((h) => h.name).join(', ')}`);
+        const { vm } = await cli.agent(host).call<{ vm: OwnedVm }>(
+          'POST',
+          '/v1/vms',
+          {
+            name,
+            memoryMiB,
+            vcpus: wholeNumber('vcpus', values.vcpus) ?? 1,
+            ...(values.memcheck ? { memcheckMiB: wholeNumber('memcheck', values.memcheck) } : {}),
+            ...(values.dirty ? { dirtyMiBps: wholeNumber('dirty', values.dirty) } : {}),
+          },
+          120_000,
+        );
+        return out(`created ${name} on ${vm.owner} (${vm.spec.memoryMiB} MiB, address ${vm.ip ?? 'none'}); it is running`, vm);
+      }
+      case 'show': {
+        const vm = await cli.vm(name!);
+        return out(
+          [`${vm.spec.name}: on ${vm.owner}, ${vm.spec.memoryMiB} MiB, ${vm.spec.vcpus} vCPU, ${vm.spec.cpuModel}, accel ${vm.spec.accel}`, `  address ${vm.ip ?? '-'}, MAC ${vm.spec.nics[0]?.mac ?? '-'}, uuid ${vm.spec.uuid}, token ${vm.token}`].join('\n'),
+          vm,
+        );
+      }
+      case 'start':
+      case 'stop':
+      case 'destroy': {
+        const vm = await cli.vm(name!);
+        const agent = cli.agent(vm.owner);
+        const body = { token: vm.token, force: values.force ?? false };
+        const result = verb === 'destroy' ? await agent.call('DELETE', `/v1/vms/${name}`, body, 120_000) : await agent.call('POST', `/v1/vms/${name}/${verb}`, body, 120_000);
+        return out(`${name}: ${verb === 'stop' ? `stopped (${(result as { outcome: string }).outcome})` : verb === 'start' ? 'started' : 'destroyed'} on ${vm.owner}`, result);
+      }
+      case 'console': {
+        const vm = await cli.vm(name!);
+        const { log } = await cli.agent(vm.owner).call<{ log: string }>('GET', `/v1/vms/${name}/console`);
+        return out(log, { log });
+      }
+      case 'migrate':
+        return migrateVm(cli, name!, values, json);
+      default:
+        throw new UsageError(USAGE);
+    }
+  },
+};
+
+async function migrateVm(
+  cli: Cli,
+  name: string,
+  values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean },
+  json: boolean,
+): Promise<number> {
+  if (!values.to) throw new UsageError('ferry vm migrate needs --to HOST');
+  const vm = await cli.vm(name);
+  cli.agent(values.to); // unknown host: a usage error before anything is asked of an agent
+  const downtimeLimit = wholeNumber('downtime-limit', values['downtime-limit']);
+  const bandwidth = wholeNumber('bandwidth', values.bandwidth);
+  const params = { ...(downtimeLimit ? { downtimeLimitMs: downtimeLimit } : {}), ...(bandwidth ? { maxBandwidth: bandwidth * 2 ** 20 } : {}) };
+
+  // The probe plays the game client during the migration: its longest silence is the blackout.
+  const probe = !values['no-probe'] && vm.ip && cli.context.clientNetns ? await Probe.start(cli.context.clientNetns) : undefined;
+  let window: StreamWindow | undefined;
+  try {
+    if (probe) {
+      await probe.startStream(vm.ip!, 200);
+      await new Promise((r) => setTimeout(r, 300)); // a baseline before the migration starts
+      await probe.window();
+    }
+    const { job: started } = await cli.agent(vm.owner).call<{ job: Job }>('POST', `/v1/vms/${name}/migrate`, { to: values.to, token: vm.token, params });
+    const display = new ProgressDisplay();
+    let job = started;
+    const agent = cli.agent(vm.owner);
+    while (job.state === 'running') {
+      await new Promise((r) => setTimeout(r, 200));
+      job = (await agent.call<{ job: Job }>('GET', `/v1/jobs/${job.id}`)).job;
+      if (job.progress && !json) display.update(progressLine(`${name} ${vm.owner}→${values.to}:`, job.progress));
+    }
+    display.clear();
+    if (probe) {
+      await new Promise((r) => setTimeout(r, 200));
+      window = await probe.stopStream();
+    }
+    const record = job.result as MigrationRecord | undefined;
+    const doc = {
+      status: job.state === 'succeeded' ? 'completed' : 'failed',
+      vm: name,
+      from: vm.owner,
+      to: values.to,
+      job: job.id,
+      totalMs: record?.totalMs ?? null,
+      downtimeMs: record?.downtimeMs ?? null,
+      blackoutMs: window ? window.maxGapMs : null,
+      packetsLost: window ? window.lost : null,
+      packetsSent: window ? window.sent : null,
+      bytes: record?.bytes ?? 0,
+      rounds: record?.rounds ?? 0,
+      ...(job.error ? { error: job.error } : {}),
+    };
+    if (json) console.log(JSON.stringify(doc, null, 2));
+    else if (job.state === 'succeeded')
+      console.log(
+        `migrated ${name} ${vm.owner} → ${values.to}: total ${ms(doc.totalMs)}, QEMU downtime ${ms(doc.downtimeMs)}, ` +
+          `client blackout ${window ? `${ms(window.maxGapMs)} (${window.lost} of ${window.sent} packets lost)` : 'not measured'}, ${mib(doc.bytes)} in ${doc.rounds} rounds`,
+      );
+    else console.error(`ferry: migration of ${name} failed: ${job.error}`);
+    return job.state === 'succeeded' ? 0 : 1;
+  } finally {
+    await probe?.close();
+  }
+}

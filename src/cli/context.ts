@@ -1,0 +1,48 @@
+/** How the CLI finds its cluster: a context file naming the agents and the admin certificate. */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { AgentClient, AgentUnreachableError } from '../agent/client.ts';
+import { readJson } from '../agent/config.ts';
+import type { OwnedVm } from '../cluster/model.ts';
+import { loadIdentity, type Identity } from '../cluster/pki.ts';
+import { DEFAULT_LAB_DIR, type CliContext } from '../lab/lab.ts';
+import { UsageError } from './errors.ts';
+
+export class Cli {
+  private constructor(readonly context: CliContext, readonly identity: Identity) {}
+
+  static async load(explicit?: string): Promise<Cli> {
+    const file = explicit ?? process.env['FERRY_CONTEXT'] ?? path.join(DEFAULT_LAB_DIR, 'context.json');
+    if (!existsSync(file)) throw new UsageError(`no cluster to talk to (${file} does not exist): run 'ferry lab up', or 'ferry init', or set FERRY_CONTEXT`);
+    const context = await readJson<CliContext>(file, 'CLI context');
+    return new Cli(context, await loadIdentity(context.certDir));
+  }
+
+  agent(host: string): AgentClient {
+    const endpoint = this.context.agents.find((a) => a.name === host);
+    if (!endpoint) throw new UsageError(`unknown host '${host}'; hosts: ${this.context.agents.map((a) => a.name).join(', ')}`);
+    const viaSocket = endpoint.socket && existsSync(endpoint.socket);
+    return new AgentClient(viaSocket ? endpoint : { name: endpoint.name, url: endpoint.url }, this.identity);
+  }
+
+  /** Any agent that answers, for cluster-wide reads. */
+  async anyAgent(): Promise<AgentClient> {
+    const errors: string[] = [];
+    for (const a of this.context.agents) {
+      const client = this.agent(a.name);
+      try {
+        await client.call('GET', '/v1/health', undefined, 3000);
+        return client;
+      } catch (err) {
+        if (!(err instanceof AgentUnreachableError)) throw err;
+        errors.push(err.message);
+      }
+    }
+    throw new AgentUnreachableError(`no agent of the cluster answers:\n  ${errors.join('\n  ')}`);
+  }
+
+  async vm(name: string): Promise<OwnedVm> {
+    const { vm } = await (await this.anyAgent()).call<{ vm: OwnedVm }>('GET', `/v1/cluster/vms/${encodeURIComponent(name)}`);
+    return vm;
+  }
+}

@@ -1,0 +1,257 @@
+/**
+ * The lab: many hosts on one machine. Each host is a network namespace with
+ * its own agent and a bridge for its guests; a switch namespace joins the
+ * hosts' bridges into one L2 segment (so a guest keeps its address wherever it
+ * runs); a client namespace holds the probe. Everything made is written to
+ * lab.json, and `down` removes exactly that.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, openSync } from 'node:fs';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { AgentClient, type AgentEndpoint } from '../agent/client.ts';
+import { readJson, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../agent/config.ts';
+import { createCa, issueCertificate, loadIdentity } from '../cluster/pki.ts';
+import { EtcdCluster } from '../cluster/store/etcd-cluster.ts';
+import { createBridge, createNetns, deleteNetns, ip, linkExists, netnsExists } from '../net/netns.ts';
+import { PROJECT_ROOT } from '../qemu/guest-image.ts';
+
+export const DEFAULT_LAB_DIR = process.env['FERRY_LAB_DIR'] ?? '/var/lib/ferry/lab';
+const SUBNET = '10.80.0';
+
+export interface LabHost {
+  name: string;
+  netns: string;
+  address: string;
+  config: string;
+  pid?: number;
+}
+
+export interface LabRecord {
+  dir: string;
+  prefix: string;
+  store: 'sqlite' | 'etcd';
+  switchNetns: string;
+  clientNetns: string;
+  clientAddress: string;
+  storeNetns?: string;
+  etcdPids: number[];
+  hosts: LabHost[];
+  createdAt: string;
+}
+
+/** What the CLI needs to reach a cluster: agents and the admin certificate. */
+export interface CliContext {
+  cluster: string;
+  certDir: string;
+  agents: AgentEndpoint[];
+  /** The lab's client namespace, where probes run. */
+  clientNetns?: string;
+}
+
+export class LabError extends Error {
+  override name = 'LabError';
+}
+
+export async function readLab(dir = DEFAULT_LAB_DIR): Promise<LabRecord | undefined> {
+  return existsSync(path.join(dir, 'lab.json')) ? readJson<LabRecord>(path.join(dir, 'lab.json'), 'lab record') : undefined;
+}
+
+function alive(pid: number | undefined): boolean {
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export interface LabOptions {
+  dir?: string;
+  hosts?: number;
+  store?: 'sqlite' | 'etcd';
+  /** Namespace name prefix, so that tests can run a lab beside a user's. */
+  prefix?: string;
+  memoryMiBPerHost?: number;
+  log?: (line: string) => void;
+}
+
+export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
+  const dir = options.dir ?? DEFAULT_LAB_DIR;
+  const log = options.log ?? (() => undefined);
+  const existing = await readLab(dir);
+  if (existing) {
+    for (const h of existing.hosts) if (!alive(h.pid)) await startAgent(existing, h.name);
+    return existing;
+  }
+  const hostCount = options.hosts ?? 3;
+  if (!Number.isInteger(hostCount) || hostCount < 2 || hostCount > 9) throw new LabError(`--hosts ${hostCount}: a lab has 2 to 9 hosts`);
+  const store = options.store ?? 'sqlite';
+  const prefix = options.prefix ?? 'ferry-lab';
+  const lab: LabRecord = {
+    dir,
+    prefix,
+    store,
+    switchNetns: `${prefix}-sw`,
+    clientNetns: `${prefix}-client`,
+    clientAddress: `${SUBNET}.2`,
+    etcdPids: [],
+    hosts: [],
+    createdAt: new Date().toISOString(),
+  };
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const save = () => writeJson(path.join(dir, 'lab.json'), lab);
+  try {
+    // Switch and client first: written down before anything else is made.
+    await save();
+    await createNetns(lab.switchNetns);
+    await createBridge(lab.switchNetns, 'sw0');
+    await plug(lab, lab.clientNetns, 'c0', `${lab.clientAddress}/24`, false);
+    log(`switch ${lab.switchNetns}, client ${lab.clientNetns} (${lab.clientAddress})`);
+
+    const clusterDir = path.join(dir, 'cluster');
+    await createCa(clusterDir, prefix);
+    let storeConfig: StoreConfig = { kind: 'sqlite', path: path.join(dir, 'state.db') };
+    if (store === 'etcd') {
+      lab.storeNetns = `${prefix}-store`;
+      await save();
+      await plug(lab, lab.storeNetns, 'st0', `${SUBNET}.5/24`, false);
+      for (const a of [6, 7]) await ip(lab.storeNetns, 'addr', 'add', `${SUBNET}.${a}/24`, 'dev', 'st0');
+      const logFd = openSync(path.join(dir, 'etcd.log'), 'a');
+      const cluster = await EtcdCluster.start(
+        [5, 6, 7].map((a, i) => ({ name: `etcd${i + 1}`, host: `${SUBNET}.${a}`, clientPort: 2379, peerPort: 2380, netns: lab.storeNetns! })),
+        path.join(dir, 'etcd'),
+        30_000,
+        logFd,
+      );
+      lab.etcdPids = cluster.members.map((m) => m.pid!).filter(Boolean);
+      storeConfig = { kind: 'etcd', endpoints: cluster.endpoints };
+      await save();
+      log(`etcd: 3 members at ${cluster.endpoints.join(', ')}`);
+    }
+    const clusterConfig: ClusterConfig = {
+      name: prefix,
+      store: storeConfig,
+      guestNetwork: { prefix: SUBNET, prefixLength: 24, first: 100, last: 199 },
+    };
+    await writeJson(path.join(clusterDir, 'cluster.json'), clusterConfig);
+    await issueCertificate(clusterDir, path.join(dir, 'admin'), 'admin');
+
+    for (let i = 1; i <= hostCount; i++) {
+      const name = `h${i}`;
+      const host: LabHost = { name, netns: `${prefix}-${name}`, address: `${SUBNET}.${10 + i}`, config: path.join(dir, 'hosts', name, 'node.json') };
+      lab.hosts.push(host);
+      await save();
+      await plug(lab, host.netns, 'up0', undefined, true);
+      await createBridge(host.netns, 'br0', `${host.address}/24`);
+      await ip(host.netns, 'link', 'set', 'up0', 'master', 'br0', 'up');
+      const hostDir = path.join(dir, 'hosts', name);
+      await issueCertificate(clusterDir, path.join(hostDir, 'cert'), name, [host.address]);
+      const node: NodeConfig = {
+        name,
+        clusterDir,
+        certDir: path.join(hostDir, 'cert'),
+        address: host.address,
+        port: 7443,
+        socket: path.join(hostDir, 'agent.sock'),
+        runDir: path.join(hostDir, 'run'),
+        stateDir: path.join(hostDir, 'state'),
+        netns: host.netns,
+        bridge: 'br0',
+        memoryMiB: options.memoryMiBPerHost ?? 2048,
+        leaseTtlSeconds: 10,
+      };
+      await writeJson(host.config, node);
+      await startAgent(lab, name);
+      log(`host ${name}: namespace ${host.netns}, address ${host.address}, agent pid ${host.pid}`);
+    }
+    await writeJson(path.join(dir, 'context.json'), labContext(lab));
+    return lab;
+  } catch (err) {
+    await labDown(dir).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Connects a namespace to the switch with a veth pair (name inside, `<ns>-s` on the switch side). */
+async function plug(lab: LabRecord, netns: string, inside: string, address: string | undefined, bare: boolean): Promise<void> {
+  await createNetns(netns);
+  const outside = `s-${netns.slice(-9)}`.slice(0, 15);
+  if (!(await linkExists(lab.switchNetns, outside))) {
+    await ip(lab.switchNetns, 'link', 'add', outside, 'type', 'veth', 'peer', 'name', inside, 'netns', netns);
+  }
+  await ip(lab.switchNetns, 'link', 'set', outside, 'master', 'sw0', 'up');
+  if (address && !bare) await ip(netns, 'addr', 'replace', address, 'dev', inside);
+  await ip(netns, 'link', 'set', inside, 'up');
+}
+
+export function labContext(lab: LabRecord): CliContext {
+  return {
+    cluster: lab.prefix,
+    certDir: path.join(lab.dir, 'admin'),
+    agents: lab.hosts.map((h) => ({ name: h.name, url: `https://${h.address}:7443`, socket: path.join(lab.dir, 'hosts', h.name, 'agent.sock') })),
+    clientNetns: lab.clientNetns,
+  };
+}
+
+/** Starts (or restarts) a host's agent in its namespace, detached, and waits until it answers. */
+export async function startAgent(lab: LabRecord, name: string): Promise<number> {
+  const host = lab.hosts.find((h) => h.name === name);
+  if (!host) throw new LabError(`no host ${name} in the lab`);
+  const logFd = openSync(path.join(lab.dir, 'hosts', name, 'agent.log'), 'a');
+  const child = spawn('ip', ['netns', 'exec', host.netns, process.execPath, path.join(PROJECT_ROOT, 'bin', 'ferry.mjs'), 'agent', '--config', host.config], {
+    stdio: ['ignore', logFd, logFd],
+    detached: true,
+    cwd: PROJECT_ROOT,
+  });
+  child.unref();
+  host.pid = child.pid!;
+  await writeJson(path.join(lab.dir, 'lab.json'), lab);
+  const client = new AgentClient(labContext(lab).agents.find((a) => a.name === name)!, await loadIdentity(path.join(lab.dir, 'admin')), 2000);
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    try {
+      await client.call('GET', '/v1/health');
+      return host.pid;
+    } catch (err) {
+      if (!alive(host.pid) || Date.now() > deadline) {
+        const logText = await readFile(path.join(lab.dir, 'hosts', name, 'agent.log'), 'utf8').catch(() => '');
+        throw new LabError(`the agent of ${name} did not come up: ${(err as Error).message}\n${logText.split('\n').slice(-8).join('\n')}`);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}
+
+/** Kills a host's agent (not its guests): for recovery tests and `ferry lab kill-agent`. */
+export async function killAgent(lab: LabRecord, name: string, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+  const host = lab.hosts.find((h) => h.name === name);
+  if (!host?.pid || !alive(host.pid)) return;
+  process.kill(host.pid, signal);
+  while (alive(host.pid)) await new Promise((r) => setTimeout(r, 50));
+}
+
+export async function labDown(dir = DEFAULT_LAB_DIR): Promise<string[]> {
+  const lab = await readLab(dir);
+  if (!lab) return [];
+  const removed: string[] = [];
+  for (const h of lab.hosts) {
+    await killAgent(lab, h.name, 'SIGKILL');
+    // Guests outlive a killed agent: stop the QEMUs it wrote down.
+    const instances = path.join(dir, 'hosts', h.name, 'state', 'instances');
+    for (const f of existsSync(instances) ? await import('node:fs/promises').then((fs) => fs.readdir(instances)) : []) {
+      const { pid } = JSON.parse(await readFile(path.join(instances, f), 'utf8')) as { pid: number };
+      if (alive(pid)) process.kill(pid, 'SIGKILL');
+    }
+  }
+  for (const pid of lab.etcdPids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+  for (const ns of [...lab.hosts.map((h) => h.netns), lab.clientNetns, ...(lab.storeNetns ? [lab.storeNetns] : []), lab.switchNetns]) {
+    if (await netnsExists(ns)) {
+      await deleteNetns(ns);
+      removed.push(ns);
+    }
+  }
+  await rm(dir, { recursive: true, force: true });
+  return removed;
+}
