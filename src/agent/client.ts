@@ -22,14 +22,14 @@ export class AgentClient {
   constructor(readonly endpoint: AgentEndpoint, private readonly identity: Identity, private readonly timeoutMs = 30_000) {}
 
   call<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown, timeoutMs = this.timeoutMs): Promise<T> {
-    const url = new URL(this.endpoint.url);
+    const url = this.endpoint.socket ? undefined : new URL(this.endpoint.url);
     const payload = body === undefined ? undefined : JSON.stringify(body);
     return new Promise<T>((resolve, reject) => {
       const req = https.request(
         {
           method,
           path,
-          ...(this.endpoint.socket ? { socketPath: this.endpoint.socket } : { host: url.hostname, port: url.port }),
+          ...(url ? { host: url.hostname, port: url.port } : { socketPath: this.endpoint.socket }),
           servername: this.endpoint.name,
           ca: this.identity.ca,
           cert: this.identity.cert,

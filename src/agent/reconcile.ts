@@ -19,14 +19,13 @@ export async function reconcile(ctx: AgentContext): Promise<void> {
       continue;
     }
     if (vm?.owner === me) {
-      const { status } = await instance.qmp.execute<{ status: string }>('query-status');
-      if (status !== 'running') {
-        // A source paused at the end of a stream that never switched over, or a destination that
-        // won the swap but was never resumed: either way this copy is the owner's and must run.
-        if (recorded.role === 'running') await new LocalSource(instance).cancelAndResume();
-        else await instance.qmp.execute('cont');
-        ctx.log(`recovered ${recorded.vm}: it was ${status}, resumed (this host owns it)`);
-      } else ctx.log(`recovered ${recorded.vm}: running (this host owns it)`);
+      const before = (await instance.qmp.execute<{ status: string }>('query-status')).status;
+      // This copy is the owner's and must run: a source may be mid-stream or paused at the end of a
+      // stream that never switched over (cancel, resume); a destination may have won the swap but
+      // never been resumed (cont).
+      if (recorded.role === 'running') await new LocalSource(instance).cancelAndResume();
+      else if (before !== 'running') await instance.qmp.execute('cont');
+      ctx.log(`recovered ${recorded.vm}: was ${before}, now running (this host owns it)`);
       await ctx.runtime.adoptRunning(instance);
       if (recorded.role === 'incoming') await ctx.runtime.forget(recorded.vm, 'incoming');
     } else {

@@ -21,8 +21,9 @@ export class Cli {
   agent(host: string): AgentClient {
     const endpoint = this.context.agents.find((a) => a.name === host);
     if (!endpoint) throw new UsageError(`unknown host '${host}'; hosts: ${this.context.agents.map((a) => a.name).join(', ')}`);
-    const viaSocket = endpoint.socket && existsSync(endpoint.socket);
-    return new AgentClient(viaSocket ? endpoint : { name: endpoint.name, url: endpoint.url }, this.identity);
+    // A socket, when the context names one, is the only way used: lab addresses exist only inside
+    // the lab's namespaces, and must never be tried from this one.
+    return new AgentClient(endpoint, this.identity);
   }
 
   /** Any agent that answers, for cluster-wide reads. */

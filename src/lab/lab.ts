@@ -88,7 +88,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
   const hostCount = options.hosts ?? 3;
   if (!Number.isInteger(hostCount) || hostCount < 2 || hostCount > 9) throw new LabError(`--hosts ${hostCount}: a lab has 2 to 9 hosts`);
   const store = options.store ?? 'sqlite';
-  const prefix = options.prefix ?? 'ferry-lab';
+  const prefix = options.prefix ?? process.env['FERRY_LAB_PREFIX'] ?? 'ferry-lab';
   const lab: LabRecord = {
     dir,
     prefix,

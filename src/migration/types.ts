@@ -22,7 +22,7 @@ export interface MigrationParams {
 
 export const DEFAULT_PARAMS: MigrationParams = {
   maxBandwidth: 'unlimited',
-  downtimeLimitMs: 300,
+  downtimeLimitMs: 50,
   performTimeoutMs: 10 * 60_000,
   progressIntervalMs: 200,
 };

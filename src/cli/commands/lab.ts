@@ -23,7 +23,8 @@ export const labCommand: Command = {
         const store = values.store ?? 'sqlite';
         if (store !== 'sqlite' && store !== 'etcd') throw new UsageError(`--store ${store}: choose sqlite or etcd`);
         const hosts = values.hosts === undefined ? 3 : Number(values.hosts);
-        const lab = await labUp({ hosts, store, log: json ? undefined : (l) => console.log(l) });
+        const memory = process.env['FERRY_LAB_HOST_MEMORY'];
+        const lab = await labUp({ hosts, store, ...(memory ? { memoryMiBPerHost: Number(memory) } : {}), ...(json ? {} : { log: (l: string) => console.log(l) }) });
         if (json) return void console.log(JSON.stringify(lab, null, 2));
         console.log(`lab up in ${lab.dir} (store ${lab.store}):`);
         for (const h of lab.hosts) console.log(`  ${h.name}  ${h.address}  namespace ${h.netns}  agent pid ${h.pid}`);

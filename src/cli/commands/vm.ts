@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import type { HostRecord, Job, OwnedVm } from '../../cluster/model.ts';
 import { Probe, type StreamWindow } from '../../lab/probe.ts';
 import type { MigrationRecord } from '../../migration/types.ts';
+import { AgentUnreachableError } from '../../agent/client.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { mib, ms, table } from '../format.ts';
@@ -123,10 +124,25 @@ async function migrateVm(
     const { job: started } = await cli.agent(vm.owner).call<{ job: Job }>('POST', `/v1/vms/${name}/migrate`, { to: values.to, token: vm.token, params });
     const display = new ProgressDisplay();
     let job = started;
-    const agent = cli.agent(vm.owner);
+    let unreachableSince = 0;
+    let lastChange = Date.now();
     while (job.state === 'running') {
       await new Promise((r) => setTimeout(r, 200));
-      job = (await agent.call<{ job: Job }>('GET', `/v1/jobs/${job.id}`)).job;
+      try {
+        // Jobs live in the store: any agent can report them, also while the source's agent restarts.
+        const agent = unreachableSince ? await cli.anyAgent() : cli.agent(vm.owner);
+        const previous = job.updatedAt;
+        job = (await agent.call<{ job: Job }>('GET', `/v1/jobs/${job.id}`)).job;
+        unreachableSince = 0;
+        if (job.updatedAt !== previous) lastChange = Date.now();
+        else if (Date.now() - lastChange > 120_000)
+          throw new AgentUnreachableError(`job ${job.id} has not moved for 2 minutes; the agent of ${vm.owner} may be down (its restart resolves the job: see 'ferry job show ${job.id}')`);
+      } catch (err) {
+        if (!(err instanceof AgentUnreachableError)) throw err;
+        unreachableSince ||= Date.now();
+        if (Date.now() - unreachableSince > 120_000) throw err;
+        continue;
+      }
       if (job.progress && !json) display.update(progressLine(`${name} ${vm.owner}→${values.to}:`, job.progress));
     }
     display.clear();

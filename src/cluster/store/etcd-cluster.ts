@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { EtcdStore } from './etcd.ts';
+import { run } from '../../util/exec.ts';
 
 export interface EtcdMemberSpec {
   name: string;
@@ -82,6 +83,10 @@ export class EtcdCluster {
   }
 
   /** Starts all members and waits until the cluster answers a write. */
+  /**
+   * logFile: run the members detached, logging there. Members in a network namespace are
+   * checked from inside it (with etcdctl): their addresses are not reachable from here.
+   */
   static async start(specs: EtcdMemberSpec[], dataRoot: string, timeoutMs = 30_000, logFile?: number): Promise<EtcdCluster> {
     const initialCluster = specs.map((s) => `${s.name}=http://${s.host}:${s.peerPort}`).join(',');
     const token = `ferry-${path.basename(dataRoot)}`;
@@ -94,10 +99,12 @@ export class EtcdCluster {
     members.forEach((m) => m.start(logFile));
     const cluster = new EtcdCluster(members);
     const store = new EtcdStore(cluster.endpoints, 1000);
+    const netns = specs[0]?.netns;
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       try {
-        await store.put('ferry/health', String(Date.now()));
+        if (netns) await run('ip', ['netns', 'exec', netns, 'etcdctl', `--endpoints=${cluster.endpoints.join(',')}`, '--command-timeout=1s', 'put', 'ferry/health', 'ok']);
+        else await store.put('ferry/health', String(Date.now()));
         return cluster;
       } catch (err) {
         if (Date.now() > deadline) {

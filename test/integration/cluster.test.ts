@@ -1,0 +1,194 @@
+/**
+ * End to end through the `ferry` command in a 3-host lab (network namespaces
+ * with real agents under mutual TLS, real QEMU guests under TCG), once with the
+ * SQLite store and once with a 3-member etcd cluster.
+ */
+import assert from 'node:assert/strict';
+import https from 'node:https';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { AgentClient } from '../../src/agent/client.ts';
+import { createCa, issueCertificate, loadIdentity } from '../../src/cluster/pki.ts';
+import { killAgent, readLab, startAgent, type LabRecord } from '../../src/lab/lab.ts';
+import { Probe } from '../../src/lab/probe.ts';
+import { run } from '../../src/util/exec.ts';
+import { ferry, type CliResult } from '../helpers/cli.ts';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** QEMU processes running the named guest, on any host of this machine. */
+async function qemuCount(vm: string): Promise<number> {
+  const out = await run('pgrep', ['-f', `qemu-system-x86_64 -name guest=${vm},`]).catch(() => '');
+  return out.split('\n').filter(Boolean).length;
+}
+
+for (const store of ['sqlite', 'etcd'] as const) {
+  describe(`cluster end to end (${store} store)`, () => {
+    let dir: string;
+    let env: Record<string, string>;
+    let lab: LabRecord;
+    let probe: Probe;
+    let ip: string;
+    let boot: string;
+    let tick = 0;
+    const cli = (...args: string[]) => ferry(env, ...args, '--json');
+
+    before(async () => {
+      dir = await mkdtemp(path.join(os.tmpdir(), `ferry-lab-${store}-`));
+      env = { FERRY_LAB_DIR: dir, FERRY_CONTEXT: path.join(dir, 'context.json'), FERRY_LAB_PREFIX: `fy${process.pid % 10000}${store[0]}`, FERRY_LAB_HOST_MEMORY: '768' };
+      const up = await cli('lab', 'up', '--hosts', '3', '--store', store);
+      assert.equal(up.code, 0, up.stderr);
+      lab = (await readLab(dir))!;
+      probe = await Probe.start(lab.clientNetns);
+    });
+
+    after(async () => {
+      await probe?.close();
+      const down = await ferry(env, 'lab', 'down');
+      assert.equal(down.code, 0, down.stderr);
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    /** What a user checks after each step: same server, tick grew, memory intact, one QEMU, the store agrees. */
+    async function assertHealthyOn(host: string) {
+      const now = await probe.gamesrv(ip);
+      assert.equal(now.boot, boot, 'gamesrv restarted: the guest was rebooted or lost');
+      assert.ok(now.tick > tick, `tick went from ${tick} to ${now.tick}`);
+      tick = now.tick;
+      const verdict = await probe.memcheckVerify(ip);
+      assert.equal(verdict.mismatches, 0, `memcheck found ${verdict.mismatches} bad pages`);
+      assert.equal(await qemuCount('g1'), 1, 'exactly one QEMU must run the guest');
+      const show = await cli('vm', 'show', 'g1');
+      assert.equal(show.json.owner, host, `the store says ${show.json.owner}, expected ${host}`);
+      const health = await new AgentClient(
+        { name: host, url: '', socket: path.join(dir, 'hosts', host, 'agent.sock') },
+        await loadIdentity(path.join(dir, 'admin')),
+      ).call<{ vms: { name: string; status: string }[] }>('GET', '/v1/health');
+      assert.deepEqual(health.vms.filter((v) => v.name === 'g1').map((v) => v.status), ['running'], `${host} must run g1`);
+    }
+
+    it('lists three hosts', async () => {
+      const nodes = await cli('node', 'list');
+      assert.equal(nodes.code, 0, nodes.stderr);
+      assert.deepEqual(nodes.json.hosts.map((h: { name: string }) => h.name).sort(), ['h1', 'h2', 'h3']);
+      assert.deepEqual(nodes.json.down, []);
+    });
+
+    it('creates a VM that answers', async () => {
+      const created = await cli('vm', 'create', 'g1', '--memory', '256', '--memcheck', '32', '--dirty', '2', '--host', 'h1');
+      assert.equal(created.code, 0, created.stderr);
+      ip = created.json.ip;
+      const first = await probe.gamesrv(ip);
+      boot = first.boot;
+      tick = first.tick;
+      await sleep(100);
+      await assertHealthyOn('h1');
+    });
+
+    it('migrates around the ring with the guest answering and its memory verified', async () => {
+      for (const [from, to] of [['h1', 'h2'], ['h2', 'h3'], ['h3', 'h1']] as const) {
+        const result = await cli('vm', 'migrate', 'g1', '--to', to);
+        assert.equal(result.code, 0, result.stderr);
+        assert.equal(result.json.status, 'completed');
+        assert.equal(result.json.from, from);
+        assert.ok(result.json.totalMs > 0 && result.json.bytes > 32 * 2 ** 20);
+        assert.equal(typeof result.json.downtimeMs, 'number');
+        assert.equal(typeof result.json.blackoutMs, 'number', 'the lab probe must measure the blackout');
+        assert.ok(result.json.blackoutMs >= result.json.downtimeMs, 'the client cannot see less than QEMU paused');
+        await assertHealthyOn(to);
+      }
+    });
+
+    it('refuses what a user can get wrong, with a message, a non-zero exit and nothing changed', async () => {
+      const cases: [string[], RegExp][] = [
+        [['vm', 'migrate', 'nope', '--to', 'h2'], /no VM named 'nope'/],
+        [['vm', 'migrate', 'g1', '--to', 'h9'], /unknown host 'h9'; hosts: h1, h2, h3/],
+        [['vm', 'migrate', 'g1', '--to', 'h1'], /already runs on h1/],
+        [['vm', 'migrate', 'g1'], /needs --to HOST/],
+        [['vm', 'create', 'g1'], /already exists/],
+      ];
+      for (const [args, message] of cases) {
+        const r: CliResult = await cli(...args);
+        assert.notEqual(r.code, 0, `${args.join(' ')} must fail`);
+        assert.match(r.stderr, message);
+      }
+      // A destination without room: h3 offers 768 MiB, a 600 MiB VM leaves 168 for g1's 256.
+      const big = await cli('vm', 'create', 'big', '--memory', '600', '--memcheck', '0', '--host', 'h3');
+      assert.equal(big.code, 0, big.stderr);
+      const full = await cli('vm', 'migrate', 'g1', '--to', 'h3');
+      assert.notEqual(full.code, 0);
+      assert.match(full.stderr, /host 'h3' has 168 MiB free for guests, 'g1' needs 256 MiB/);
+      // A VM that is not running is not live-migrated.
+      assert.equal((await cli('vm', 'stop', 'big', '--force')).code, 0);
+      const stopped = await cli('vm', 'migrate', 'big', '--to', 'h2');
+      assert.notEqual(stopped.code, 0);
+      assert.match(stopped.stderr, /'big' is not running; start it with 'ferry vm start big'/);
+      assert.equal((await cli('vm', 'destroy', 'big')).code, 0);
+      await assertHealthyOn('h1');
+    });
+
+    it('refuses requests without a client certificate or with one from another CA', async () => {
+      const socketPath = path.join(dir, 'hosts', 'h1', 'agent.sock');
+      const ca = await readFile(path.join(dir, 'cluster', 'ca-cert.pem'), 'utf8');
+      const attempt = (extra: https.RequestOptions) =>
+        new Promise<string>((resolve) => {
+          const req = https.request({ socketPath, path: '/v1/cluster/vms', method: 'GET', ca, servername: 'h1', ...extra }, (res) => resolve(`HTTP ${res.statusCode}`));
+          req.on('error', (err) => resolve(`refused: ${err.message}`));
+          req.end();
+        });
+      assert.match(await attempt({}), /^refused:/);
+      const otherCa = await mkdtemp(path.join(os.tmpdir(), 'ferry-otherca-'));
+      try {
+        await createCa(otherCa, 'intruder');
+        await issueCertificate(otherCa, path.join(otherCa, 'admin'), 'admin');
+        const intruder = await loadIdentity(path.join(otherCa, 'admin'));
+        assert.match(await attempt({ cert: intruder.cert, key: intruder.key }), /^refused:/);
+      } finally {
+        await rm(otherCa, { recursive: true, force: true });
+      }
+      const admin = await loadIdentity(path.join(dir, 'admin'));
+      assert.equal(await attempt({ cert: admin.cert, key: admin.key }), 'HTTP 200');
+    });
+
+    it('refuses a command carrying a stale fencing token', async () => {
+      const before = (await cli('vm', 'show', 'g1')).json;
+      assert.equal((await cli('vm', 'migrate', 'g1', '--to', 'h2')).code, 0);
+      const agent = new AgentClient({ name: 'h2', url: '', socket: path.join(dir, 'hosts', 'h2', 'agent.sock') }, await loadIdentity(path.join(dir, 'admin')));
+      await assert.rejects(agent.call('POST', '/v1/vms/g1/stop', { token: before.token, force: true }), /stale fencing token for 'g1'/);
+      await assertHealthyOn('h2');
+    });
+
+    for (const victim of ['source', 'destination'] as const) {
+      it(`recovers when the ${victim} agent is killed mid-migration`, async () => {
+        const from = (await cli('vm', 'show', 'g1')).json.owner as string;
+        const to = from === 'h2' ? 'h3' : 'h2';
+        const killed = victim === 'source' ? from : to;
+        // Slow enough (8 MiB/s) to be caught in the middle.
+        const migration = cli('vm', 'migrate', 'g1', '--to', to, '--bandwidth', '8');
+        const deadline = Date.now() + 30_000;
+        for (;;) {
+          const jobs = (await cli('job', 'list')).json as { kind: string; state: string; id: string }[];
+          const running = jobs.find((j) => j.kind === 'migrate' && j.state === 'running');
+          if (running) {
+            const job = (await cli('job', 'show', running.id)).json;
+            if (job.progress?.ram?.transferredBytes > 4 * 2 ** 20) break;
+          }
+          assert.ok(Date.now() < deadline, 'the migration never got going');
+          await sleep(100);
+        }
+        await killAgent(lab, killed);
+        await sleep(victim === 'destination' ? 3000 : 500); // the source notices a silent destination
+        await startAgent(lab, killed);
+        const result = await migration;
+        assert.notEqual(result.code, 0, 'the interrupted migration must be reported as failed');
+        assert.equal(result.json?.status ?? 'failed', 'failed');
+        await sleep(500);
+        await assertHealthyOn(from);
+        const jobs = (await cli('job', 'list')).json as { kind: string; state: string }[];
+        assert.equal(jobs.filter((j) => j.state === 'running').length, 0, 'no job may stay running');
+      });
+    }
+  });
+}
