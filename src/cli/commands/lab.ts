@@ -3,11 +3,18 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_LAB_DIR, killAgent, labDown, labUp, readLab, startAgent } from '../../lab/lab.ts';
 import { UsageError } from '../errors.ts';
 import type { Command } from '../main.ts';
+import path from 'node:path';
+import { Probe } from '../../lab/probe.ts';
+import { Cli } from '../context.ts';
+import { median, mib, ms, table } from '../format.ts';
+import { migrateWithProbe, type MigrationSummary } from '../migrate.ts';
+import { ProgressDisplay, progressLine } from '../progress.ts';
 
 const USAGE = `Usage:
   ferry lab up [--hosts 3] [--store sqlite|etcd] [--json]   bring up hosts (network namespaces with agents), a switch and a client
   ferry lab down [--json]                                    remove everything the lab made (recorded in its lab.json)
   ferry lab kill-agent HOST | start-agent HOST               stop / restart one host's agent (its guests keep running)
+  ferry lab demo [--rounds 2] [--json]                       (lab up, then) migrate a game server around all hosts, print a table
 
 The lab lives in ${DEFAULT_LAB_DIR} (FERRY_LAB_DIR to change); guests get 10.80.0.100-199, hosts 10.80.0.11-19.`;
 
@@ -15,7 +22,7 @@ export const labCommand: Command = {
   summary: 'many hosts on one machine: network namespaces, a switch, agents, a probe client',
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { hosts: { type: 'string' }, store: { type: 'string' }, json: { type: 'boolean' } } });
+    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { hosts: { type: 'string' }, store: { type: 'string' }, rounds: { type: 'string' }, json: { type: 'boolean' } } });
     const [verb, host] = positionals;
     const json = values.json ?? false;
     switch (verb) {
@@ -49,8 +56,65 @@ export const labCommand: Command = {
         else console.log(`${verb === 'kill-agent' ? 'killed' : 'started'} the agent of ${host}`);
         return;
       }
+      case 'demo':
+        return labDemo(Number(values.rounds ?? 2), json);
       default:
         throw new UsageError(USAGE);
     }
   },
 };
+
+/** The seed article's demo made real: a game server moves around the hosts while a client keeps playing. */
+async function labDemo(rounds: number, json: boolean): Promise<number> {
+  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 20) throw new UsageError('--rounds must be between 1 and 20');
+  const say = (line: string) => !json && console.log(line);
+  const lab = await labUp({ log: say });
+  const cli = await Cli.load(path.join(lab.dir, 'context.json'));
+  const hosts = lab.hosts.map((h) => h.name);
+  let vm = await cli.vm('demo').catch(() => undefined);
+  if (!vm) {
+    say("creating VM 'demo' on h1: 256 MiB, gamesrv, memcheck filling 64 MiB and rewriting 4 MiB/s");
+    await cli.agent(hosts[0]!).call('POST', '/v1/vms', { name: 'demo', memoryMiB: 256, memcheckMiB: 64, dirtyMiBps: 4 }, 120_000);
+    vm = await cli.vm('demo');
+  }
+  const probe = await Probe.start(lab.clientNetns);
+  const rows: (MigrationSummary & { memory: string })[] = [];
+  try {
+    const display = new ProgressDisplay();
+    let at = vm.owner;
+    for (let hop = 0; hop < rounds * hosts.length; hop++) {
+      const to = hosts[(hosts.indexOf(at) + 1) % hosts.length]!;
+      const summary = await migrateWithProbe(cli, 'demo', to, { onProgress: json ? undefined : (from, p) => display.update(progressLine(`demo ${from}→${to}:`, p)) });
+      display.clear();
+      const verdict = await probe.memcheckVerify(vm.ip!);
+      rows.push({ ...summary, memory: verdict.mismatches === 0 ? 'verified' : `${verdict.mismatches} BAD` });
+      say(`${summary.from} → ${to}: ${summary.status}, total ${ms(summary.totalMs)}, QEMU downtime ${ms(summary.downtimeMs)}, client blackout ${ms(summary.blackoutMs)}`);
+      if (summary.status !== 'completed') break;
+      at = to;
+    }
+  } finally {
+    await probe.close();
+  }
+  if (json) {
+    console.log(JSON.stringify({ hops: rows }, null, 2));
+  } else {
+    console.log('');
+    console.log(
+      table(
+        ['hop', 'total', 'QEMU downtime', 'client blackout', 'packets lost', 'sent', 'memory'],
+        rows.map((r) => [`${r.from} → ${r.to}`, ms(r.totalMs), ms(r.downtimeMs), ms(r.blackoutMs), `${r.packetsLost}/${r.packetsSent}`, mib(r.bytes), r.memory]),
+      ),
+    );
+    const done = rows.filter((r) => r.status === 'completed');
+    console.log(
+      `median of ${done.length} hops: total ${ms(median(done.map((r) => r.totalMs ?? 0)))}, QEMU downtime ${ms(median(done.map((r) => r.downtimeMs ?? 0)))}, ` +
+        `client blackout ${ms(median(done.map((r) => r.blackoutMs ?? 0)))}`,
+    );
+    console.log('');
+    console.log('The lab keeps running. Try:');
+    console.log('  npx ferry node list; npx ferry vm list; npx ferry probe demo --seconds 5');
+    console.log('  npx ferry vm migrate demo --to h2; npx ferry job list');
+    console.log('  npx ferry lab down        # removes the namespaces, agents, guests and state it made');
+  }
+  return rows.every((r) => r.status === 'completed' && r.memory === 'verified') ? 0 : 1;
+}

@@ -1,13 +1,11 @@
 /** ferry vm create|start|stop|destroy|show|list|console|migrate, in the habits of virsh and qm. */
 import { parseArgs } from 'node:util';
-import type { HostRecord, Job, OwnedVm } from '../../cluster/model.ts';
-import { Probe, type StreamWindow } from '../../lab/probe.ts';
-import type { MigrationRecord } from '../../migration/types.ts';
-import { AgentUnreachableError } from '../../agent/client.ts';
+import type { HostRecord, OwnedVm } from '../../cluster/model.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { mib, ms, table } from '../format.ts';
 import type { Command } from '../main.ts';
+import { migrateWithProbe } from '../migrate.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
 
 const USAGE = `Usage:
@@ -106,75 +104,22 @@ async function migrateVm(
   json: boolean,
 ): Promise<number> {
   if (!values.to) throw new UsageError('ferry vm migrate needs --to HOST');
-  const vm = await cli.vm(name);
-  cli.agent(values.to); // unknown host: a usage error before anything is asked of an agent
   const downtimeLimit = wholeNumber('downtime-limit', values['downtime-limit']);
   const bandwidth = wholeNumber('bandwidth', values.bandwidth);
   const params = { ...(downtimeLimit ? { downtimeLimitMs: downtimeLimit } : {}), ...(bandwidth ? { maxBandwidth: bandwidth * 2 ** 20 } : {}) };
-
-  // The probe plays the game client during the migration: its longest silence is the blackout.
-  const probe = !values['no-probe'] && vm.ip && cli.context.clientNetns ? await Probe.start(cli.context.clientNetns) : undefined;
-  let window: StreamWindow | undefined;
-  try {
-    if (probe) {
-      await probe.startStream(vm.ip!, 200);
-      await new Promise((r) => setTimeout(r, 300)); // a baseline before the migration starts
-      await probe.window();
-    }
-    const { job: started } = await cli.agent(vm.owner).call<{ job: Job }>('POST', `/v1/vms/${name}/migrate`, { to: values.to, token: vm.token, params });
-    const display = new ProgressDisplay();
-    let job = started;
-    let unreachableSince = 0;
-    let lastChange = Date.now();
-    while (job.state === 'running') {
-      await new Promise((r) => setTimeout(r, 200));
-      try {
-        // Jobs live in the store: any agent can report them, also while the source's agent restarts.
-        const agent = unreachableSince ? await cli.anyAgent() : cli.agent(vm.owner);
-        const previous = job.updatedAt;
-        job = (await agent.call<{ job: Job }>('GET', `/v1/jobs/${job.id}`)).job;
-        unreachableSince = 0;
-        if (job.updatedAt !== previous) lastChange = Date.now();
-        else if (Date.now() - lastChange > 120_000)
-          throw new AgentUnreachableError(`job ${job.id} has not moved for 2 minutes; the agent of ${vm.owner} may be down (its restart resolves the job: see 'ferry job show ${job.id}')`);
-      } catch (err) {
-        if (!(err instanceof AgentUnreachableError)) throw err;
-        unreachableSince ||= Date.now();
-        if (Date.now() - unreachableSince > 120_000) throw err;
-        continue;
-      }
-      if (job.progress && !json) display.update(progressLine(`${name} ${vm.owner}→${values.to}:`, job.progress));
-    }
-    display.clear();
-    if (probe) {
-      await new Promise((r) => setTimeout(r, 200));
-      window = await probe.stopStream();
-    }
-    const record = job.result as MigrationRecord | undefined;
-    const doc = {
-      status: job.state === 'succeeded' ? 'completed' : 'failed',
-      vm: name,
-      from: vm.owner,
-      to: values.to,
-      job: job.id,
-      totalMs: record?.totalMs ?? null,
-      downtimeMs: record?.downtimeMs ?? null,
-      blackoutMs: window ? window.maxGapMs : null,
-      packetsLost: window ? window.lost : null,
-      packetsSent: window ? window.sent : null,
-      bytes: record?.bytes ?? 0,
-      rounds: record?.rounds ?? 0,
-      ...(job.error ? { error: job.error } : {}),
-    };
-    if (json) console.log(JSON.stringify(doc, null, 2));
-    else if (job.state === 'succeeded')
-      console.log(
-        `migrated ${name} ${vm.owner} → ${values.to}: total ${ms(doc.totalMs)}, QEMU downtime ${ms(doc.downtimeMs)}, ` +
-          `client blackout ${window ? `${ms(window.maxGapMs)} (${window.lost} of ${window.sent} packets lost)` : 'not measured'}, ${mib(doc.bytes)} in ${doc.rounds} rounds`,
-      );
-    else console.error(`ferry: migration of ${name} failed: ${job.error}`);
-    return job.state === 'succeeded' ? 0 : 1;
-  } finally {
-    await probe?.close();
-  }
+  const display = new ProgressDisplay();
+  const doc = await migrateWithProbe(cli, name, values.to, {
+    params,
+    probe: !values['no-probe'],
+    onProgress: json ? undefined : (from, progress) => display.update(progressLine(`${name} ${from}→${values.to}:`, progress)),
+  });
+  display.clear();
+  if (json) console.log(JSON.stringify(doc, null, 2));
+  else if (doc.status === 'completed')
+    console.log(
+      `migrated ${name} ${doc.from} → ${doc.to}: total ${ms(doc.totalMs)}, QEMU downtime ${ms(doc.downtimeMs)}, ` +
+        `client blackout ${doc.blackoutMs !== null ? `${ms(doc.blackoutMs)} (${doc.packetsLost} of ${doc.packetsSent} packets lost)` : 'not measured'}, ${mib(doc.bytes)} in ${doc.rounds} rounds`,
+    );
+  else console.error(`ferry: migration of ${name} failed: ${doc.error}`);
+  return doc.status === 'completed' ? 0 : 1;
 }

@@ -1,0 +1,98 @@
+/**
+ * A migration as the CLI runs it: asks the VM's owner to migrate it, follows
+ * the job (through any agent while the owner's restarts), and — where the
+ * cluster has a probe client — plays the game client meanwhile, whose longest
+ * silence is the blackout a user saw.
+ */
+import { AgentUnreachableError } from '../agent/client.ts';
+import type { Job } from '../cluster/model.ts';
+import { Probe, type StreamWindow } from '../lab/probe.ts';
+import type { MigrationParams, MigrationProgress, MigrationRecord } from '../migration/types.ts';
+import type { Cli } from './context.ts';
+
+export interface MigrationSummary {
+  status: 'completed' | 'failed';
+  vm: string;
+  from: string;
+  to: string;
+  job: string;
+  totalMs: number | null;
+  downtimeMs: number | null;
+  blackoutMs: number | null;
+  packetsLost: number | null;
+  packetsSent: number | null;
+  bytes: number;
+  rounds: number;
+  error?: string;
+}
+
+export interface MigrateOptions {
+  params?: Partial<MigrationParams>;
+  /** Measure the blackout with a probe (when the cluster has a client namespace and the VM an address). */
+  probe?: boolean;
+  onProgress?: ((from: string, progress: MigrationProgress) => void) | undefined;
+}
+
+export async function migrateWithProbe(cli: Cli, name: string, to: string, options: MigrateOptions = {}): Promise<MigrationSummary> {
+  const vm = await cli.vm(name);
+  cli.agent(to); // an unknown host is a usage error before anything is asked of an agent
+  const probe = options.probe !== false && vm.ip && cli.context.clientNetns ? await Probe.start(cli.context.clientNetns) : undefined;
+  let window: StreamWindow | undefined;
+  try {
+    if (probe) {
+      await probe.startStream(vm.ip!, 200);
+      await new Promise((r) => setTimeout(r, 300)); // a baseline before the migration starts
+      await probe.window();
+    }
+    const { job: started } = await cli.agent(vm.owner).call<{ job: Job }>('POST', `/v1/vms/${name}/migrate`, { to, token: vm.token, params: options.params ?? {} });
+    const job = await follow(cli, started, vm.owner, (p) => options.onProgress?.(vm.owner, p));
+    if (probe) {
+      await new Promise((r) => setTimeout(r, 200));
+      window = await probe.stopStream();
+    }
+    const record = job.result as MigrationRecord | undefined;
+    return {
+      status: job.state === 'succeeded' ? 'completed' : 'failed',
+      vm: name,
+      from: vm.owner,
+      to,
+      job: job.id,
+      totalMs: record?.totalMs ?? null,
+      downtimeMs: record?.downtimeMs ?? null,
+      blackoutMs: window ? window.maxGapMs : null,
+      packetsLost: window ? window.lost : null,
+      packetsSent: window ? window.sent : null,
+      bytes: record?.bytes ?? 0,
+      rounds: record?.rounds ?? 0,
+      ...(job.error ? { error: job.error } : {}),
+    };
+  } finally {
+    await probe?.close();
+  }
+}
+
+/** Polls a job until it ends. Jobs live in the store: any agent can report them, also while the owner's agent restarts. */
+async function follow(cli: Cli, started: Job, owner: string, onProgress: (p: MigrationProgress) => void): Promise<Job> {
+  let job = started;
+  let unreachableSince = 0;
+  let lastChange = Date.now();
+  while (job.state === 'running') {
+    await new Promise((r) => setTimeout(r, 200));
+    try {
+      const agent = unreachableSince ? await cli.anyAgent() : cli.agent(owner);
+      const previous = job.updatedAt;
+      job = (await agent.call<{ job: Job }>('GET', `/v1/jobs/${job.id}`)).job;
+      unreachableSince = 0;
+      if (job.updatedAt !== previous) lastChange = Date.now();
+      else if (Date.now() - lastChange > 120_000)
+        throw new AgentUnreachableError(`job ${job.id} has not moved for 2 minutes; the agent of ${owner} may be down (its restart resolves the job: see 'ferry job show ${job.id}')`);
+    } catch (err) {
+      if (!(err instanceof AgentUnreachableError)) throw err;
+      unreachableSince ||= Date.now();
+      if (Date.now() - unreachableSince > 120_000) throw err;
+      continue;
+    }
+    if (job.progress) onProgress(job.progress);
+  }
+  return job;
+}
