@@ -23,8 +23,8 @@ export const initCommand: Command = {
     if (!values.dir) throw new UsageError('ferry init needs --dir (where the cluster CA and configuration go)');
     const dir = path.resolve(values.dir);
     const name = values.name ?? 'ferry';
+    const config: ClusterConfig = { name, store: parseStore(values.store, dir) }; // bad input fails before anything is written
     await createCa(dir, name);
-    const config: ClusterConfig = { name, store: parseStore(values.store, dir) };
     await writeJson(path.join(dir, 'cluster.json'), config);
     await issueCertificate(dir, path.join(dir, 'admin'), 'admin');
     const context: CliContext = { cluster: name, certDir: path.join(dir, 'admin'), agents: [] };
