@@ -97,13 +97,19 @@ contract('sqlite', async () => {
   };
 });
 
-contract('etcd (3 members)', async () => {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-etcd-'));
-  const base = 23790 + (process.pid % 100) * 10;
+/** Three etcd members on loopback, on ports of their own for this test process. */
+async function localEtcd(tag: string, firstPort: number): Promise<{ dir: string; cluster: EtcdCluster }> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), `ferry-etcd-${tag}-`));
+  const base = firstPort + (process.pid % 100) * 10;
   const cluster = await EtcdCluster.start(
-    [1, 2, 3].map((i) => ({ name: `m${i}`, host: '127.0.0.1', clientPort: base + i, peerPort: base + 3 + i })),
+    [1, 2, 3].map((i) => ({ name: `${tag}${i}`, host: '127.0.0.1', clientPort: base + i, peerPort: base + 3 + i })),
     dir,
   );
+  return { dir, cluster };
+}
+
+contract('etcd (3 members)', async () => {
+  const { dir, cluster } = await localEtcd('m', 23790);
   const store = new EtcdStore(cluster.endpoints);
   const second = new EtcdStore([...cluster.endpoints].reverse());
   return {
@@ -120,12 +126,7 @@ contract('etcd (3 members)', async () => {
 
 describe('etcd quorum', () => {
   it('keeps answering compare-and-swap with one of three members killed', async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-etcdq-'));
-    const base = 24790 + (process.pid % 100) * 10;
-    const cluster = await EtcdCluster.start(
-      [1, 2, 3].map((i) => ({ name: `q${i}`, host: '127.0.0.1', clientPort: base + i, peerPort: base + 3 + i })),
-      dir,
-    );
+    const { dir, cluster } = await localEtcd('q', 24790);
     const store = new EtcdStore(cluster.endpoints);
     try {
       const rev = await store.put('q/vm', 'h1');

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Command } from '../main.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, wholeNumber } from '../errors.ts';
 import { median, mib, ms, table } from '../format.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
 import { HostNetwork } from '../../lab/host-network.ts';
@@ -46,13 +46,6 @@ interface HopResult {
   memoryVerified: boolean;
 }
 
-function positiveInt(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${name} must be a whole number, not '${value}'`);
-  return n;
-}
-
 export const demoCommand: Command = {
   summary: 'live-migrate a game server back and forth on this machine and measure what a player notices',
   usage: USAGE,
@@ -68,11 +61,11 @@ export const demoCommand: Command = {
         json: { type: 'boolean' },
       },
     });
-    const hops = positiveInt('hops', values.hops, 6);
-    const memoryMiB = positiveInt('memory', values.memory, 256);
-    const memcheckMiB = positiveInt('memcheck', values.memcheck, 64);
-    const dirtyMiBps = positiveInt('dirty', values.dirty, 4);
-    const downtimeLimitMs = positiveInt('downtime-limit', values['downtime-limit'], 50);
+    const hops = wholeNumber('hops', values.hops) ?? 6;
+    const memoryMiB = wholeNumber('memory', values.memory) ?? 256;
+    const memcheckMiB = wholeNumber('memcheck', values.memcheck) ?? 64;
+    const dirtyMiBps = wholeNumber('dirty', values.dirty) ?? 4;
+    const downtimeLimitMs = wholeNumber('downtime-limit', values['downtime-limit']) ?? 50;
     if (memcheckMiB > memoryMiB / 2) throw new UsageError(`--memcheck ${memcheckMiB} must be at most half of --memory ${memoryMiB}`);
     const json = values.json ?? false;
     const say = (line: string) => !json && console.log(line);

@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import type { HostRecord, OwnedVm } from '../../cluster/model.ts';
 import { Cli } from '../context.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, wholeNumber } from '../errors.ts';
 import { mib, ms, table } from '../format.ts';
 import type { Command } from '../main.ts';
 import { migrateWithProbe } from '../migrate.ts';
@@ -15,13 +15,6 @@ const USAGE = `Usage:
   ferry vm console NAME                   the guest's serial console log
   ferry vm migrate NAME --to HOST [--downtime-limit ms] [--bandwidth MiB/s] [--no-probe]
 Every command takes --json.`;
-
-function wholeNumber(flag: string, value: string | undefined): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${flag} must be a whole number, not '${value}'`);
-  return n;
-}
 
 export const vmCommand: Command = {
   summary: 'create, start, stop, destroy, list, show and live-migrate VMs',
