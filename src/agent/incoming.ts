@@ -13,7 +13,9 @@ interface Incoming {
   request: IncomingRequest;
   destination: LocalDestination;
   state: IncomingState;
-  loaded: Promise<void>;
+  completed: boolean;
+  /** Settles at the next change worth telling a waiting source about. */
+  changed: Promise<void>;
 }
 
 export class IncomingMigrations {
@@ -38,15 +40,21 @@ export class IncomingMigrations {
       tls: { dir: ctx.node.certDir },
       onLaunched: (instance) => ctx.runtime.record(instance, 'incoming', request.migrationId),
     });
-    const entry: Incoming = { request, destination, state: 'preparing', loaded: Promise.resolve() };
+    const entry: Incoming = { request, destination, state: 'preparing', completed: false, changed: Promise.resolve() };
     this.byId.set(request.migrationId, entry);
     try {
       const prepared = await destination.prepare(request.capabilities);
       entry.state = 'listening';
-      entry.loaded = destination.incomingComplete(24 * 3600_000).then(() => {
+      const completed = destination.incomingComplete(24 * 3600_000).then(() => {
+        entry.completed = true;
         if (entry.state === 'listening') entry.state = 'loaded';
       });
-      entry.loaded.catch(() => undefined);
+      const postcopy = destination.postcopyReady().then(() => {
+        if (entry.state === 'listening') entry.state = 'postcopy';
+      });
+      entry.changed = Promise.race([completed, postcopy]);
+      entry.changed.catch(() => undefined);
+      void postcopy.then(() => (entry.changed = completed));
       void destination.lost.then(() => {
         if (entry.state !== 'aborted' && entry.state !== 'running') entry.state = 'lost';
       });
@@ -64,13 +72,13 @@ export class IncomingMigrations {
     return entry;
   }
 
-  /** Long poll: returns when the state leaves 'listening' or the time is up. */
-  async wait(id: string, timeoutMs: number): Promise<IncomingState> {
+  /** Long poll: returns at the next change (loaded, post-copy, all pages in) or when the time is up. */
+  async wait(id: string, timeoutMs: number): Promise<{ state: IncomingState; completed: boolean }> {
     const entry = this.get(id);
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([entry.loaded.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, Math.min(timeoutMs, 30_000))))]);
+    await Promise.race([entry.changed.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, Math.min(timeoutMs, 30_000))))]);
     clearTimeout(timer);
-    return entry.state;
+    return { state: entry.state, completed: entry.completed };
   }
 
   /** switchover: only with the token that made this host the owner. */
@@ -78,7 +86,7 @@ export class IncomingMigrations {
     const entry = this.get(id);
     const vm = await checkToken(this.ctx, entry.request.spec.name, token);
     if (vm.owner !== this.ctx.node.name) throw new StaleTokenError(vm.spec.name, Number(token), vm.token);
-    if (entry.state !== 'loaded') throw new RefusedError(`incoming migration ${id} is ${entry.state}, not loaded; it cannot resume`);
+    if (entry.state !== 'loaded' && entry.state !== 'postcopy') throw new RefusedError(`incoming migration ${id} is ${entry.state}, not loaded; it cannot resume`);
     await entry.destination.resume();
     entry.state = 'running';
     await this.ctx.runtime.adoptRunning(entry.destination.instance);

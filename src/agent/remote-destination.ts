@@ -13,7 +13,13 @@ export interface IncomingRequest {
   capabilities: MigrationCapabilities;
 }
 
-export type IncomingState = 'preparing' | 'listening' | 'loaded' | 'running' | 'lost' | 'aborted';
+export type IncomingState = 'preparing' | 'listening' | 'loaded' | 'postcopy' | 'running' | 'lost' | 'aborted';
+
+export interface IncomingStatus {
+  state: IncomingState;
+  /** Every page has arrived (for post-copy this comes after the guest already runs here). */
+  completed: boolean;
+}
 
 export class RemoteDestination implements DestinationSide {
   readonly lost: Promise<string>;
@@ -40,14 +46,22 @@ export class RemoteDestination implements DestinationSide {
     return prepared;
   }
 
-  async incomingComplete(timeoutMs: number): Promise<void> {
+  incomingComplete(timeoutMs: number): Promise<void> {
+    return this.waitFor((s) => s.completed, timeoutMs);
+  }
+
+  postcopyReady(): Promise<void> {
+    return this.waitFor((s) => s.state === 'postcopy', 24 * 3600_000);
+  }
+
+  private async waitFor(done: (s: IncomingStatus) => boolean, timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`the destination did not finish loading within ${timeoutMs} ms`);
-      const { state } = await this.agent.call<{ state: IncomingState }>('POST', `${this.base}/wait`, { timeoutMs: Math.min(left, 10_000) }, Math.min(left, 10_000) + 5_000);
-      if (state === 'loaded') return;
-      if (state === 'lost' || state === 'aborted') throw new Error(`the destination is ${state}`);
+      const status = await this.agent.call<IncomingStatus>('POST', `${this.base}/wait`, { timeoutMs: Math.min(left, 10_000) }, Math.min(left, 10_000) + 5_000);
+      if (done(status)) return;
+      if (status.state === 'lost' || status.state === 'aborted') throw new Error(`the destination is ${status.state}`);
     }
   }
 

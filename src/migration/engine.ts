@@ -17,6 +17,7 @@ import {
 import { migrationIncompatibilities } from '../qemu/spec.ts';
 import type { DestinationSide, MigrationCapabilities, PreparedDestination, QemuMigrationSummary, SourceSide, SwitchoverHook } from './sides.ts';
 import { ALWAYS_SWITCH } from './sides.ts';
+import { PolicyController, planMigration, type MigrationPlan, type PolicyAction } from './policy/policy.ts';
 import {
   DEFAULT_PARAMS,
   UNLIMITED_BANDWIDTH,
@@ -39,10 +40,15 @@ export interface MigrateOptions {
   log?: (line: string) => void;
 }
 
-/** Capabilities set on both sides. `events` lets the destination report completion at once (no polling delay in the blackout). */
-const CAPABILITIES: MigrationCapabilities = { events: true };
-/** Source only: the destination reports load failures back, so "completed" on the source means loaded. */
-const SOURCE_CAPABILITIES: MigrationCapabilities = { ...CAPABILITIES, 'return-path': true };
+/** `events` on both sides lets the destination report completion at once (no polling delay in the blackout). */
+function destinationCapabilities(plan: MigrationPlan): MigrationCapabilities {
+  return { events: true, 'postcopy-ram': plan.capabilities['postcopy-ram'] ?? false };
+}
+
+/** return-path: the destination reports load failures back, so "completed" on the source means loaded. */
+function sourceCapabilities(plan: MigrationPlan): MigrationCapabilities {
+  return { events: true, 'return-path': true, ...plan.capabilities };
+}
 
 export async function migrate(options: MigrateOptions): Promise<MigrationRecord> {
   return new MigrationRun(options).run();
@@ -50,6 +56,8 @@ export async function migrate(options: MigrateOptions): Promise<MigrationRecord>
 
 class MigrationRun {
   private readonly params: MigrationParams;
+  private plan!: MigrationPlan;
+  private policy!: PolicyController;
   private readonly startedAt = new Date();
   private readonly t0 = performance.now();
   private readonly timings: PhaseTiming[] = [];
@@ -78,7 +86,7 @@ class MigrationRun {
     await this.phase('begin', () => this.begin());
 
     try {
-      const prepared = await this.phase('prepare', () => this.guarded(this.o.destination.prepare(CAPABILITIES)));
+      const prepared = await this.phase('prepare', () => this.guarded(this.o.destination.prepare(destinationCapabilities(this.plan))));
       this.log(`destination ready and paused, listening on ${prepared.uri}`);
       await this.phase('perform', () => this.perform(prepared));
       await this.phase('switchover', () => this.switchover());
@@ -87,7 +95,11 @@ class MigrationRun {
     }
 
     // Past the commit: the destination owns the guest. Nothing below may resume the source.
-    await this.phase('finish', () => this.o.destination.finish());
+    await this.phase('finish', async () => {
+      // In post-copy the source still holds pages the destination has not pulled: it stays until they are all sent.
+      if (this.policy.inPostcopy) await this.o.destination.incomingComplete(this.plan.timeoutMs);
+      await this.o.destination.finish();
+    });
     const summary = await this.o.source.summary();
     await this.phase('confirm', () => this.o.source.retire());
     const record = this.record('completed', summary);
@@ -104,44 +116,87 @@ class MigrationRun {
       ...(await this.o.source.checkMigratable()),
       ...migrationIncompatibilities(this.o.source.spec, this.o.destination.spec),
     ];
-    if (!Number.isFinite(this.params.downtimeLimitMs) || this.params.downtimeLimitMs < 1)
-      problems.push(`downtime limit ${this.params.downtimeLimitMs} ms must be at least 1 ms`);
     if (this.params.maxBandwidth !== 'unlimited' && !(this.params.maxBandwidth >= 1024 * 1024))
       problems.push(`bandwidth ${this.params.maxBandwidth} B/s is below 1 MiB/s; give a larger limit or 'unlimited'`);
+    try {
+      this.plan = planMigration(
+        {
+          name: this.params.policy,
+          maxBandwidth: this.params.maxBandwidth,
+          allowPostcopy: this.params.allowPostcopy,
+          ...(this.params.downtimeLimitMs !== undefined ? { downtimeLimitMs: this.params.downtimeLimitMs } : {}),
+          ...(this.params.performTimeoutMs !== undefined ? { timeoutMs: this.params.performTimeoutMs } : {}),
+        },
+        this.o.source.spec.memoryMiB,
+      );
+      this.policy = new PolicyController(this.plan);
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
     if (problems.length) throw new MigrationRefusedError(this.o.source.spec.name, problems);
     this.throwIfCancelled();
   }
 
-  /** perform (source): stream RAM until the destination has loaded everything. */
+  /** perform (source): stream RAM until the destination has loaded everything (or, in post-copy, holds the device state). */
   private async perform(prepared: PreparedDestination): Promise<void> {
-    const bandwidth = this.params.maxBandwidth === 'unlimited' ? UNLIMITED_BANDWIDTH : this.params.maxBandwidth;
+    const plan = this.plan;
+    const bandwidth = plan.maxBandwidth === 'unlimited' ? UNLIMITED_BANDWIDTH : plan.maxBandwidth;
     await this.guarded(
-      this.o.source.startMigration(prepared, SOURCE_CAPABILITIES, {
+      this.o.source.startMigration(prepared, sourceCapabilities(plan), {
+        ...plan.parameters,
         'max-bandwidth': bandwidth,
-        'downtime-limit': this.params.downtimeLimitMs,
+        'downtime-limit': plan.downtimeLimitMs,
       }),
     );
     this.log(
-      `streaming RAM${prepared.tlsHostname ? ' over TLS' : ''} (bandwidth ${this.params.maxBandwidth === 'unlimited' ? 'unlimited' : `${(bandwidth / 2 ** 20).toFixed(0)} MiB/s`}, ` +
-        `downtime limit ${this.params.downtimeLimitMs} ms)`,
+      `streaming RAM${prepared.tlsHostname ? ' over TLS' : ''}: policy ${plan.policy}, ` +
+        `bandwidth ${plan.maxBandwidth === 'unlimited' ? 'unlimited' : `${(bandwidth / 2 ** 20).toFixed(0)} MiB/s`}, ` +
+        `downtime limit ${plan.downtimeLimitMs} ms, timeout ${Math.round(plan.timeoutMs / 1000)} s` +
+        `${plan.capabilities['xbzrle'] ? ', XBZRLE' : ''}${plan.postcopyAllowed ? ', post-copy allowed' : ''}`,
     );
 
-    let loaded = false;
-    const complete = this.o.destination.incomingComplete(this.params.performTimeoutMs).then(() => {
-      loaded = true;
+    let ready = false;
+    const destinationReady = Promise.race([this.o.destination.incomingComplete(plan.timeoutMs), this.o.destination.postcopyReady()]).then(() => {
+      ready = true;
     });
-    complete.catch(() => undefined);
-    const deadline = performance.now() + this.params.performTimeoutMs;
-    while (!loaded) {
+    destinationReady.catch(() => undefined);
+    const deadline = performance.now() + plan.timeoutMs;
+    let lastRound = 0;
+    while (!ready) {
       const ram = await this.guarded(this.o.source.progress());
       this.o.onProgress?.({ phase: 'perform', elapsedMs: this.elapsed(), ram });
       if (ram.qemuStatus === 'failed' || ram.qemuStatus === 'cancelled') {
         const summary = await this.o.source.summary();
         throw new PhaseFailure('perform', `the migration stream ${ram.qemuStatus}${summary.error ? `: ${summary.error}` : ''}`);
       }
-      if (performance.now() > deadline)
-        throw new PhaseFailure('perform', `RAM copy did not finish within ${Math.round(this.params.performTimeoutMs / 1000)} s`);
-      await this.guarded(Promise.race([complete, sleep(this.params.progressIntervalMs)]));
+      if (ram.round > lastRound && ram.qemuStatus === 'active') {
+        if (lastRound > 0) {
+          const actions = this.policy.onRound({ ...ram, elapsedMs: this.elapsed(), downtimeLimitMs: plan.downtimeLimitMs });
+          for (const action of actions) await this.guarded(this.apply(action));
+        }
+        lastRound = ram.round;
+      }
+      if (performance.now() > deadline && !this.policy.inPostcopy)
+        throw new PhaseFailure('perform', `the RAM copy did not finish within ${Math.round(plan.timeoutMs / 1000)} s (policy ${plan.policy}); cancelled`);
+      await this.guarded(Promise.race([destinationReady, sleep(this.params.progressIntervalMs)]));
+    }
+  }
+
+  private async apply(action: PolicyAction): Promise<void> {
+    const step = this.policy.steps.at(-1);
+    if (step) this.log(`policy: ${step.reason}`);
+    switch (action.kind) {
+      case 'set-downtime-limit':
+        this.plan = { ...this.plan, downtimeLimitMs: action.ms };
+        return this.o.source.setParameters({ 'downtime-limit': action.ms });
+      case 'throttle':
+        return this.o.source.setParameters({
+          'cpu-throttle-initial': action.initialPercent,
+          'cpu-throttle-increment': action.incrementPercent,
+          'throttle-trigger-threshold': action.triggerThresholdPercent,
+        });
+      case 'start-postcopy':
+        return this.o.source.startPostcopy();
     }
   }
 
@@ -217,6 +272,9 @@ class MigrationRun {
       rounds: summary?.rounds ?? 0,
       phases: this.timings,
       params: this.params,
+      plan: { policy: this.plan.policy, capabilities: this.plan.capabilities, downtimeLimitMs: this.plan.downtimeLimitMs, maxBandwidth: this.plan.maxBandwidth, timeoutMs: this.plan.timeoutMs, postcopyAllowed: this.plan.postcopyAllowed },
+      steps: this.policy.steps,
+      postcopy: this.policy.inPostcopy,
       ...(failure ? { failure } : {}),
     };
   }

@@ -69,6 +69,14 @@ export class LocalSource implements SourceSide {
     await qmp.execute('migrate', { uri: destination.uri });
   }
 
+  async setParameters(parameters: Record<string, unknown>): Promise<void> {
+    await this.instance.qmp.execute('migrate-set-parameters', parameters);
+  }
+
+  async startPostcopy(): Promise<void> {
+    await this.instance.qmp.execute('migrate-start-postcopy');
+  }
+
   async progress(): Promise<RamProgress> {
     return toRamProgress(await this.instance.qmp.execute<QemuMigrationInfo>('query-migrate'));
   }
@@ -116,6 +124,7 @@ export class LocalDestination implements DestinationSide {
   private launched: VmInstance | undefined;
   private preparing: Promise<unknown> | undefined;
   private completion: Promise<void> | undefined;
+  private postcopy: Promise<void> | undefined;
   private aborted = false;
   private completionTimer: NodeJS.Timeout | undefined;
   readonly lost: Promise<string>;
@@ -153,6 +162,15 @@ export class LocalDestination implements DestinationSide {
     const address = this.options.listenAddress;
     if (this.options.tls) await useTls(instance, this.options.tls, 'server');
     // Listen for the end of the incoming stream before starting it, so the event cannot be missed.
+    this.postcopy = new Promise<void>((resolve) => {
+      const onEvent = (e: { event: string; data: Record<string, unknown> }) => {
+        if (e.event === 'MIGRATION' && e.data['status'] === 'postcopy-active') {
+          qmp.off('event', onEvent);
+          resolve();
+        }
+      };
+      qmp.on('event', onEvent);
+    });
     this.completion = new Promise<void>((resolve, reject) => {
       const onEvent = (e: { event: string; data: Record<string, unknown> }) => {
         if (e.event !== 'MIGRATION') return;
@@ -187,6 +205,12 @@ export class LocalDestination implements DestinationSide {
     } finally {
       clearTimeout(this.completionTimer);
     }
+  }
+
+  /** Resolves when a post-copy switch reached the destination (it then runs as soon as it is told to). */
+  postcopyReady(): Promise<void> {
+    if (!this.postcopy) throw new Error('the destination has not been prepared');
+    return this.postcopy;
   }
 
   async resume(): Promise<void> {

@@ -25,6 +25,10 @@ export interface SourceSide {
   checkMigratable(): Promise<string[]>;
   /** perform: set capabilities and parameters, then start sending to the prepared destination. */
   startMigration(destination: PreparedDestination, capabilities: MigrationCapabilities, parameters: Record<string, unknown>): Promise<void>;
+  /** perform: change migration parameters while the stream runs (the policy's steps). */
+  setParameters(parameters: Record<string, unknown>): Promise<void>;
+  /** perform: switch a running precopy stream to post-copy (postcopy-ram must have been set on both sides). */
+  startPostcopy(): Promise<void>;
   /** perform: one progress sample. */
   progress(): Promise<RamProgress>;
   /** QEMU's figures once the stream has ended (completed, failed or cancelled). */
@@ -51,6 +55,8 @@ export interface DestinationSide {
   prepare(capabilities: MigrationCapabilities): Promise<PreparedDestination>;
   /** perform: resolves when the destination has loaded all state (it is still paused), rejects if it failed. */
   incomingComplete(timeoutMs: number): Promise<void>;
+  /** perform, post-copy only: resolves when the destination has the device state and waits, paused, to run. */
+  postcopyReady(): Promise<void>;
   /** switchover: run the guest here (cont) and announce its MACs. */
   resume(): Promise<void>;
   /** finish: confirm the guest runs here and drop what only the migration needed. */

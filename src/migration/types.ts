@@ -1,4 +1,5 @@
 /** The vocabulary of a live migration: phases, parameters, progress and the final record. */
+import type { MigrationPlan, PolicyName, PolicyStep } from './policy/policy.ts';
 
 /**
  * The protocol phases, after libvirt's begin/prepare/perform/finish/confirm.
@@ -10,20 +11,24 @@ export type MigrationPhase = 'begin' | 'prepare' | 'perform' | 'switchover' | 'f
 export const PHASES: readonly MigrationPhase[] = ['begin', 'prepare', 'perform', 'switchover', 'finish', 'confirm'];
 
 export interface MigrationParams {
+  /** What to do when the copy does not converge (policy/policy.ts). */
+  policy: PolicyName;
   /** Bytes per second for the RAM stream. QEMU 7.2 silently caps at 128 MiB/s unless this is set, so it always is. */
   maxBandwidth: number | 'unlimited';
-  /** Longest pause QEMU may plan for the final copy, in ms. */
-  downtimeLimitMs: number;
-  /** Give up (cancel and roll back) when the RAM copy has not finished after this long. */
-  performTimeoutMs: number;
+  /** Longest pause QEMU may plan for the final copy, in ms; default: the policy's. */
+  downtimeLimitMs?: number;
+  /** Give up (cancel and roll back) when the RAM copy has not finished after this long; default: the policy's time per GiB. */
+  performTimeoutMs?: number;
+  /** Let must-finish switch to post-copy (a network failure after the switch can lose the VM). */
+  allowPostcopy: boolean;
   /** How often progress is read from QEMU. */
   progressIntervalMs: number;
 }
 
 export const DEFAULT_PARAMS: MigrationParams = {
+  policy: 'balanced',
   maxBandwidth: 'unlimited',
-  downtimeLimitMs: 50,
-  performTimeoutMs: 10 * 60_000,
+  allowPostcopy: false,
   progressIntervalMs: 200,
 };
 
@@ -74,6 +79,12 @@ export interface MigrationRecord {
   rounds: number;
   phases: PhaseTiming[];
   params: MigrationParams;
+  /** The plan the policy made: limits, capabilities, timeout. */
+  plan: Omit<MigrationPlan, 'parameters'>;
+  /** Every step the policy took, in order. */
+  steps: PolicyStep[];
+  /** Whether the migration switched to post-copy. */
+  postcopy: boolean;
   /** For a rolled-back migration: the phase that failed and why. */
   failure?: { phase: MigrationPhase; reason: string };
 }
