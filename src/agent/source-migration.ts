@@ -10,7 +10,8 @@ import { migrate } from '../migration/engine.ts';
 import { MigrationRolledBackError } from '../migration/errors.ts';
 import { LocalSource } from '../migration/local.ts';
 import type { SwitchoverHook } from '../migration/sides.ts';
-import type { MigrationParams } from '../migration/types.ts';
+import { DEFAULT_PARAMS, type MigrationParams } from '../migration/types.ts';
+import { planMigration } from '../migration/policy/policy.ts';
 import { checkToken, peer, requireRoom, type AgentContext } from './context.ts';
 import { RefusedError } from './errors.ts';
 import { RemoteDestination } from './remote-destination.ts';
@@ -30,6 +31,19 @@ export async function startMigration(ctx: AgentContext, name: string, request: M
   if (request.to === ctx.node.name) throw new RefusedError(`'${name}' already runs on ${request.to}; choose another host`);
   const instance = ctx.runtime.get(name);
   if (!instance) throw new RefusedError(`'${name}' is not running; start it with 'ferry vm start ${name}' (only a running VM is live-migrated)`);
+  const params = request.params ?? {};
+  try {
+    planMigration(
+      {
+        name: params.policy ?? DEFAULT_PARAMS.policy,
+        ...(params.allowPostcopy ? { allowPostcopy: true } : {}),
+        ...(params.downtimeLimitMs !== undefined ? { downtimeLimitMs: params.downtimeLimitMs } : {}),
+      },
+      vm.spec.memoryMiB,
+    );
+  } catch (err) {
+    throw new RefusedError((err as Error).message);
+  }
   const destinationAgent = await peer(ctx, request.to);
   await requireRoom(ctx, request.to, vm.spec.memoryMiB, name);
 

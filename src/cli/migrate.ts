@@ -23,6 +23,9 @@ export interface MigrationSummary {
   packetsSent: number | null;
   bytes: number;
   rounds: number;
+  policy: string | null;
+  /** What the policy did, in order. */
+  steps: string[];
   error?: string;
 }
 
@@ -64,6 +67,8 @@ export async function migrateWithProbe(cli: Cli, name: string, to: string, optio
       packetsSent: window ? window.sent : null,
       bytes: record?.bytes ?? 0,
       rounds: record?.rounds ?? 0,
+      policy: record?.plan?.policy ?? null,
+      steps: (record?.steps ?? []).map((step) => step.reason),
       ...(job.error ? { error: job.error } : {}),
     };
   } finally {

@@ -26,6 +26,7 @@ import {
   type MigrationProgress,
   type MigrationRecord,
   type PhaseTiming,
+  type RamProgress,
 } from './types.ts';
 
 export interface MigrateOptions {
@@ -62,6 +63,8 @@ class MigrationRun {
   private readonly t0 = performance.now();
   private readonly timings: PhaseTiming[] = [];
   private current: MigrationPhase = 'begin';
+  /** The last RAM sample: QEMU drops its figures once a stream is cancelled, the record keeps them. */
+  private lastRam: RamProgress | undefined;
   private readonly log: (line: string) => void;
 
   /** Rejects at the first event that must stop the migration; raced against every step before switchover. */
@@ -156,7 +159,8 @@ class MigrationRun {
     );
 
     let ready = false;
-    const destinationReady = Promise.race([this.o.destination.incomingComplete(plan.timeoutMs), this.o.destination.postcopyReady()]).then(() => {
+    // The engine enforces the timeout itself (and cancels); the destination's wait only has to outlast it.
+    const destinationReady = Promise.race([this.o.destination.incomingComplete(plan.timeoutMs + 60_000), this.o.destination.postcopyReady()]).then(() => {
       ready = true;
     });
     destinationReady.catch(() => undefined);
@@ -164,6 +168,7 @@ class MigrationRun {
     let lastRound = 0;
     while (!ready) {
       const ram = await this.guarded(this.o.source.progress());
+      this.lastRam = ram;
       this.o.onProgress?.({ phase: 'perform', elapsedMs: this.elapsed(), ram });
       if (ram.qemuStatus === 'failed' || ram.qemuStatus === 'cancelled') {
         const summary = await this.o.source.summary();
@@ -268,8 +273,8 @@ class MigrationRun {
       totalMs: this.elapsed(),
       downtimeMs: outcome === 'completed' ? (summary?.downtimeMs ?? null) : null,
       setupMs: summary?.setupMs ?? null,
-      bytes: summary?.bytes ?? 0,
-      rounds: summary?.rounds ?? 0,
+      bytes: summary?.bytes || this.lastRam?.transferredBytes || 0,
+      rounds: summary?.rounds || this.lastRam?.round || 0,
       phases: this.timings,
       params: this.params,
       plan: { policy: this.plan.policy, capabilities: this.plan.capabilities, downtimeLimitMs: this.plan.downtimeLimitMs, maxBandwidth: this.plan.maxBandwidth, timeoutMs: this.plan.timeoutMs, postcopyAllowed: this.plan.postcopyAllowed },

@@ -95,6 +95,7 @@ for (const store of ['sqlite', 'etcd'] as const) {
         assert.equal(result.json.from, from);
         assert.ok(result.json.totalMs > 0 && result.json.bytes > 32 * 2 ** 20);
         assert.equal(typeof result.json.downtimeMs, 'number');
+        assert.equal(result.json.policy, 'balanced');
         assert.equal(typeof result.json.blackoutMs, 'number', 'the lab probe must measure the blackout');
         assert.ok(result.json.blackoutMs >= result.json.downtimeMs, 'the client cannot see less than QEMU paused');
         await assertHealthyOn(to);
@@ -108,6 +109,8 @@ for (const store of ['sqlite', 'etcd'] as const) {
         [['vm', 'migrate', 'g1', '--to', 'h1'], /already runs on h1/],
         [['vm', 'migrate', 'g1'], /needs --to HOST/],
         [['vm', 'create', 'g1'], /already exists/],
+        [['vm', 'migrate', 'g1', '--to', 'h2', '--policy', 'fastest'], /--policy fastest: choose one of minimal-downtime, balanced, must-finish/],
+        [['vm', 'migrate', 'g1', '--to', 'h2', '--allow-postcopy'], /--allow-postcopy goes with --policy must-finish/],
       ];
       for (const [args, message] of cases) {
         const r: CliResult = await cli(...args);

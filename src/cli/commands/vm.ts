@@ -6,6 +6,7 @@ import { UsageError, wholeNumber } from '../errors.ts';
 import { mib, ms, table } from '../format.ts';
 import type { Command } from '../main.ts';
 import { migrateWithProbe } from '../migrate.ts';
+import { POLICY_NAMES, type PolicyName } from '../../migration/policy/policy.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
 
 const USAGE = `Usage:
@@ -13,7 +14,13 @@ const USAGE = `Usage:
   ferry vm start|stop|destroy|show NAME   (stop --force kills at once)
   ferry vm list
   ferry vm console NAME                   the guest's serial console log
-  ferry vm migrate NAME --to HOST [--downtime-limit ms] [--bandwidth MiB/s] [--no-probe]
+  ferry vm migrate NAME --to HOST [--policy balanced|minimal-downtime|must-finish] [--downtime-limit ms]
+                   [--bandwidth MiB/s] [--timeout s] [--allow-postcopy] [--no-probe]
+      Policies: minimal-downtime keeps the pause short and rolls back rather than pause long;
+      balanced (default) allows a longer pause step by step, then throttles the guest;
+      must-finish also uses XBZRLE and throttles hard.
+      --allow-postcopy lets must-finish switch to post-copy: after that switch the VM's memory is
+      split between the two hosts, and a network failure can LOSE THE VM. Off unless given.
 Every command takes --json.`;
 
 export const vmCommand: Command = {
@@ -26,6 +33,7 @@ export const vmCommand: Command = {
       options: {
         memory: { type: 'string' }, vcpus: { type: 'string' }, host: { type: 'string' }, memcheck: { type: 'string' }, dirty: { type: 'string' },
         to: { type: 'string' }, 'downtime-limit': { type: 'string' }, bandwidth: { type: 'string' }, 'no-probe': { type: 'boolean' },
+        policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' },
         force: { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
       },
     });
@@ -93,13 +101,25 @@ export const vmCommand: Command = {
 async function migrateVm(
   cli: Cli,
   name: string,
-  values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean },
+  values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean; policy?: string; timeout?: string; 'allow-postcopy'?: boolean },
   json: boolean,
 ): Promise<number> {
   if (!values.to) throw new UsageError('ferry vm migrate needs --to HOST');
   const downtimeLimit = wholeNumber('downtime-limit', values['downtime-limit']);
   const bandwidth = wholeNumber('bandwidth', values.bandwidth);
-  const params = { ...(downtimeLimit ? { downtimeLimitMs: downtimeLimit } : {}), ...(bandwidth ? { maxBandwidth: bandwidth * 2 ** 20 } : {}) };
+  const timeout = wholeNumber('timeout', values.timeout);
+  if (values.policy !== undefined && !POLICY_NAMES.includes(values.policy as PolicyName))
+    throw new UsageError(`--policy ${values.policy}: choose one of ${POLICY_NAMES.join(', ')}`);
+  if (values['allow-postcopy'] && values.policy !== 'must-finish') throw new UsageError('--allow-postcopy goes with --policy must-finish');
+  const params = {
+    ...(values.policy ? { policy: values.policy as PolicyName } : {}),
+    ...(downtimeLimit ? { downtimeLimitMs: downtimeLimit } : {}),
+    ...(bandwidth ? { maxBandwidth: bandwidth * 2 ** 20 } : {}),
+    ...(timeout ? { performTimeoutMs: timeout * 1000 } : {}),
+    ...(values['allow-postcopy'] ? { allowPostcopy: true } : {}),
+  };
+  if (values['allow-postcopy'] && !json)
+    console.error('warning: post-copy allowed: if the network fails after the switch to post-copy, the VM can be lost.');
   const display = new ProgressDisplay();
   const doc = await migrateWithProbe(cli, name, values.to, {
     params,

@@ -1,0 +1,55 @@
+/**
+ * Policies against a real guest that dirties memory faster than the link
+ * carries it (bandwidth capped at 16 MiB/s, memcheck rewriting 48 MiB/s).
+ *
+ * Not here yet: must-finish completing such a guest. Under TCG on QEMU 7.2 the guest kernel was
+ * seen to crash after migrations of 9 or more rounds at this dirty rate (with or without XBZRLE,
+ * throttling or post-copy; 4-5 rounds were fine). Until that is understood, a test asserting the
+ * guest survives would fail, and one asserting less would hide it.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { MigrationRolledBackError } from '../../src/migration/errors.ts';
+import type { VmInstance } from '../../src/qemu/instance.ts';
+import { bootGuest, guestSpec, migrateLocally, openLab, type Lab } from '../helpers/guest.ts';
+
+const LINK = 16 * 2 ** 20;
+
+describe('migration policies with a guest dirtying above bandwidth', () => {
+  let lab: Lab;
+  let vm: VmInstance;
+  let ip: string;
+  let boot: string;
+
+  before(async () => {
+    lab = await openLab('pol');
+    vm = await bootGuest(lab, await guestSpec(lab, 'busy1', { memoryMiB: 256, memcheckMiB: 48, dirtyMiBps: 48 }));
+    ip = lab.net.guestIp(10);
+    boot = (await lab.probe.gamesrv(ip)).boot;
+  });
+  after(async () => {
+    await vm?.destroy();
+    await lab?.close();
+  });
+
+  async function assertIntact() {
+    assert.equal((await lab.probe.gamesrv(ip)).boot, boot, 'the guest restarted');
+    const verdict = await lab.probe.memcheckVerify(ip);
+    assert.equal(verdict.mismatches, 0, `memcheck found ${verdict.mismatches} bad pages`);
+  }
+
+  it('balanced with a short timeout gives up cleanly: the guest keeps running on the source', async () => {
+    const started = Date.now();
+    await assert.rejects(
+      migrateLocally(lab, vm, { params: { policy: 'balanced', maxBandwidth: LINK, performTimeoutMs: 4000 } }),
+      (err: unknown) => {
+        assert.ok(err instanceof MigrationRolledBackError, String(err));
+        assert.match(err.message, /did not finish within 4 s \(policy balanced\); cancelled/);
+        assert.ok(err.record.rounds >= 1);
+        return true;
+      },
+    );
+    assert.ok(Date.now() - started < 15_000);
+    await assertIntact();
+  });
+});
