@@ -81,6 +81,12 @@ export class IncomingMigrations {
     return { state: entry.state, completed: entry.completed };
   }
 
+  async digest(id: string): Promise<string[]> {
+    const entry = this.get(id);
+    if (entry.state !== 'loaded') throw new RefusedError(`incoming migration ${id} is ${entry.state}; its memory can be compared only once loaded`);
+    return entry.destination.memoryDigest();
+  }
+
   /** switchover: only with the token that made this host the owner. */
   async resume(id: string, token: unknown): Promise<void> {
     const entry = this.get(id);

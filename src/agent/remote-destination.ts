@@ -65,6 +65,10 @@ export class RemoteDestination implements DestinationSide {
     }
   }
 
+  async memoryDigest(): Promise<string[]> {
+    return (await this.agent.call<{ digest: string[] }>('POST', `${this.base}/digest`, {}, 180_000)).digest;
+  }
+
   async resume(): Promise<void> {
     await this.agent.call('POST', `${this.base}/resume`, { token: this.ownerToken });
   }

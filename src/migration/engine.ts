@@ -15,6 +15,7 @@ import {
   SourceLostError,
 } from './errors.ts';
 import { migrationIncompatibilities } from '../qemu/spec.ts';
+import { differingChunks } from '../qemu/memory-digest.ts';
 import type { DestinationSide, MigrationCapabilities, PreparedDestination, QemuMigrationSummary, SourceSide, SwitchoverHook } from './sides.ts';
 import { ALWAYS_SWITCH } from './sides.ts';
 import { PolicyController, planMigration, type MigrationPlan, type PolicyAction } from './policy/policy.ts';
@@ -208,6 +209,7 @@ class MigrationRun {
   /** switchover: the destination resumes only once the hook has said yes; otherwise the source resumes (in rollback). */
   private async switchover(): Promise<void> {
     this.throwIfCancelled();
+    if (this.params.verifyMemory && !this.policy.inPostcopy) await this.verifyMemory();
     const hook: SwitchoverHook = this.o.switchover ?? ALWAYS_SWITCH;
     if (!(await hook.commit())) throw new PhaseFailure('switchover', 'the switchover was refused (ownership not granted to the destination)');
     try {
@@ -217,6 +219,18 @@ class MigrationRun {
       throw new PhaseFailure('switchover', `the destination could not resume: ${(err as Error).message}`);
     }
     this.log('switched over: guest running on the destination');
+  }
+
+  /** Both sides are paused with the same RAM, or the migration lost pages and must not switch over. */
+  private async verifyMemory(): Promise<void> {
+    const [source, destination] = await Promise.all([this.o.source.memoryDigest(), this.o.destination.memoryDigest()]);
+    const bad = differingChunks(source, destination);
+    if (bad.length)
+      throw new PhaseFailure(
+        'switchover',
+        `memory check failed: ${bad.length} of ${source.length} MiB differ between source and destination (first at ${bad[0]} MiB); QEMU lost pages in the stream`,
+      );
+    this.log(`memory check: all ${source.length} MiB identical on both sides`);
   }
 
   private async rollback(err: unknown): Promise<never> {

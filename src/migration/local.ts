@@ -6,6 +6,7 @@
 import path from 'node:path';
 import type { NetworkAttacher } from '../qemu/instance.ts';
 import { VmInstance } from '../qemu/instance.ts';
+import { memoryDigest } from '../qemu/memory-digest.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
 import { ACTIVE_STATUSES, toRamProgress, toSummary, type QemuMigrationInfo } from './qmp-migration.ts';
 import type { DestinationSide, MigrationCapabilities, PreparedDestination, QemuMigrationSummary, SourceSide } from './sides.ts';
@@ -79,6 +80,10 @@ export class LocalSource implements SourceSide {
 
   async progress(): Promise<RamProgress> {
     return toRamProgress(await this.instance.qmp.execute<QemuMigrationInfo>('query-migrate'));
+  }
+
+  memoryDigest(): Promise<string[]> {
+    return memoryDigest(this.instance);
   }
 
   async summary(): Promise<QemuMigrationSummary> {
@@ -211,6 +216,10 @@ export class LocalDestination implements DestinationSide {
   postcopyReady(): Promise<void> {
     if (!this.postcopy) throw new Error('the destination has not been prepared');
     return this.postcopy;
+  }
+
+  memoryDigest(): Promise<string[]> {
+    return memoryDigest(this.instance);
   }
 
   async resume(): Promise<void> {

@@ -31,6 +31,8 @@ export interface SourceSide {
   startPostcopy(): Promise<void>;
   /** perform: one progress sample. */
   progress(): Promise<RamProgress>;
+  /** One hash per MiB of the paused guest's RAM (qemu/memory-digest.ts). */
+  memoryDigest(): Promise<string[]>;
   /** QEMU's figures once the stream has ended (completed, failed or cancelled). */
   summary(): Promise<QemuMigrationSummary>;
   /** Rollback: stop an active migration and make sure the guest runs here again. */
@@ -57,6 +59,8 @@ export interface DestinationSide {
   incomingComplete(timeoutMs: number): Promise<void>;
   /** perform, post-copy only: resolves when the destination has the device state and waits, paused, to run. */
   postcopyReady(): Promise<void>;
+  /** One hash per MiB of the loaded, still paused guest's RAM. */
+  memoryDigest(): Promise<string[]>;
   /** switchover: run the guest here (cont) and announce its MACs. */
   resume(): Promise<void>;
   /** finish: confirm the guest runs here and drop what only the migration needed. */

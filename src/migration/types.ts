@@ -23,6 +23,11 @@ export interface MigrationParams {
   allowPostcopy: boolean;
   /** How often progress is read from QEMU. */
   progressIntervalMs: number;
+  /**
+   * Before switchover, compare the paused source's and destination's RAM (a hash per MiB) and roll
+   * back on any difference. Lengthens the pause by the time to dump and hash RAM on both sides.
+   */
+  verifyMemory: boolean;
 }
 
 export const DEFAULT_PARAMS: MigrationParams = {
@@ -30,6 +35,7 @@ export const DEFAULT_PARAMS: MigrationParams = {
   maxBandwidth: 'unlimited',
   allowPostcopy: false,
   progressIntervalMs: 200,
+  verifyMemory: false,
 };
 
 /** "Unlimited" as QEMU understands it: its maximum accepted max-bandwidth. */
