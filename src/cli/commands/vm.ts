@@ -15,12 +15,14 @@ const USAGE = `Usage:
   ferry vm list
   ferry vm console NAME                   the guest's serial console log
   ferry vm migrate NAME --to HOST [--policy balanced|minimal-downtime|must-finish] [--downtime-limit ms]
-                   [--bandwidth MiB/s] [--timeout s] [--allow-postcopy] [--no-probe]
+                   [--bandwidth MiB/s] [--timeout s] [--allow-postcopy] [--verify-memory auto|always|never] [--no-probe]
       Policies: minimal-downtime keeps the pause short and rolls back rather than pause long;
       balanced (default) allows a longer pause step by step, then throttles the guest;
       must-finish also uses XBZRLE and throttles hard.
       --allow-postcopy lets must-finish switch to post-copy: after that switch the VM's memory is
       split between the two hosts, and a network failure can LOSE THE VM. Off unless given.
+      --verify-memory compares the guest's RAM on both sides (paused) before switching over and rolls
+      back on any difference; auto (default) does it for migrations of 4 rounds or more.
 Every command takes --json.`;
 
 export const vmCommand: Command = {
@@ -33,7 +35,7 @@ export const vmCommand: Command = {
       options: {
         memory: { type: 'string' }, vcpus: { type: 'string' }, host: { type: 'string' }, memcheck: { type: 'string' }, dirty: { type: 'string' },
         to: { type: 'string' }, 'downtime-limit': { type: 'string' }, bandwidth: { type: 'string' }, 'no-probe': { type: 'boolean' },
-        policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' },
+        policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' }, 'verify-memory': { type: 'string' },
         force: { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
       },
     });
@@ -101,7 +103,7 @@ export const vmCommand: Command = {
 async function migrateVm(
   cli: Cli,
   name: string,
-  values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean; policy?: string; timeout?: string; 'allow-postcopy'?: boolean },
+  values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean; policy?: string; timeout?: string; 'allow-postcopy'?: boolean; 'verify-memory'?: string },
   json: boolean,
 ): Promise<number> {
   if (!values.to) throw new UsageError('ferry vm migrate needs --to HOST');
@@ -111,12 +113,16 @@ async function migrateVm(
   if (values.policy !== undefined && !POLICY_NAMES.includes(values.policy as PolicyName))
     throw new UsageError(`--policy ${values.policy}: choose one of ${POLICY_NAMES.join(', ')}`);
   if (values['allow-postcopy'] && values.policy !== 'must-finish') throw new UsageError('--allow-postcopy goes with --policy must-finish');
+  const verify = values['verify-memory'];
+  if (verify !== undefined && verify !== 'auto' && verify !== 'always' && verify !== 'never')
+    throw new UsageError(`--verify-memory ${verify}: choose auto, always or never`);
   const params = {
     ...(values.policy ? { policy: values.policy as PolicyName } : {}),
     ...(downtimeLimit ? { downtimeLimitMs: downtimeLimit } : {}),
     ...(bandwidth ? { maxBandwidth: bandwidth * 2 ** 20 } : {}),
     ...(timeout ? { performTimeoutMs: timeout * 1000 } : {}),
     ...(values['allow-postcopy'] ? { allowPostcopy: true } : {}),
+    ...(verify ? { verifyMemory: verify as 'auto' | 'always' | 'never' } : {}),
   };
   if (values['allow-postcopy'] && !json)
     console.error('warning: post-copy allowed: if the network fails after the switch to post-copy, the VM can be lost.');
