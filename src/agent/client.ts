@@ -22,8 +22,16 @@ export class AgentClient {
   constructor(readonly endpoint: AgentEndpoint, private readonly identity: Identity, private readonly timeoutMs = 30_000) {}
 
   call<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown, timeoutMs = this.timeoutMs): Promise<T> {
+    return this.request<T>(method, path, body === undefined ? undefined : JSON.stringify(body), timeoutMs);
+  }
+
+  /** Sends raw bytes (the link measurement) and returns the agent's JSON answer. */
+  send<T>(path: string, bytes: Buffer, timeoutMs = this.timeoutMs): Promise<T> {
+    return this.request<T>('POST', path, bytes, timeoutMs);
+  }
+
+  private request<T>(method: 'GET' | 'POST' | 'DELETE', path: string, payload: string | Buffer | undefined, timeoutMs: number): Promise<T> {
     const url = this.endpoint.socket ? undefined : new URL(this.endpoint.url);
-    const payload = body === undefined ? undefined : JSON.stringify(body);
     return new Promise<T>((resolve, reject) => {
       const req = https.request(
         {
@@ -36,7 +44,7 @@ export class AgentClient {
           key: this.identity.key,
           checkServerIdentity: (_host, cert) =>
             cert.subject?.CN === this.endpoint.name ? undefined : new Error(`the agent presented '${cert.subject?.CN}', expected '${this.endpoint.name}'`),
-          headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {},
+          headers: payload ? { 'content-type': typeof payload === 'string' ? 'application/json' : 'application/octet-stream', 'content-length': Buffer.byteLength(payload) } : {},
           timeout: timeoutMs,
         },
         (res) => {

@@ -55,6 +55,12 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
     try {
       if (!(req.socket as TLSSocket).authorized) throw new ApiError(401, 'a client certificate from the cluster CA is required');
       const url = new URL(req.url ?? '/', 'https://agent');
+      if (req.method === 'POST' && url.pathname === '/v1/sink') {
+        // The far end of a link measurement: take the bytes, say how many.
+        let bytes = 0;
+        for await (const chunk of req) bytes += (chunk as Buffer).length;
+        return send(200, { bytes });
+      }
       for (const r of table) {
         const m = r.method === req.method ? r.regex.exec(url.pathname) : null;
         if (!m) continue;

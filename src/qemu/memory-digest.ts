@@ -21,34 +21,54 @@ function ramRanges(memoryMiB: number): [number, number][] {
   return ranges;
 }
 
-export async function memoryDigest(instance: VmInstance): Promise<string[]> {
-  const digest: string[] = [];
+/** Dumps the guest's RAM with pmemsave and hands it over in 1 MiB pieces (the last may be shorter). */
+async function scanRam(instance: VmInstance, visit: (chunk: Buffer) => void): Promise<void> {
   for (const [start, size] of ramRanges(instance.spec.memoryMiB)) {
     const file = path.join(instance.dir, 'memory.dump');
     await instance.qmp.execute('pmemsave', { val: start, size, filename: file }, 120_000);
     try {
-      let hash = createHash('sha1');
-      let filled = 0;
+      let pending: Buffer = Buffer.alloc(0);
       for await (const piece of createReadStream(file, { highWaterMark: CHUNK })) {
-        let buf = piece as Buffer;
-        while (buf.length) {
-          const take = Math.min(CHUNK - filled, buf.length);
-          hash.update(buf.subarray(0, take));
-          filled += take;
-          buf = buf.subarray(take);
-          if (filled === CHUNK) {
-            digest.push(hash.digest('hex'));
-            hash = createHash('sha1');
-            filled = 0;
-          }
+        pending = pending.length ? Buffer.concat([pending, piece as Buffer]) : (piece as Buffer);
+        while (pending.length >= CHUNK) {
+          visit(pending.subarray(0, CHUNK));
+          pending = pending.subarray(CHUNK);
         }
       }
-      if (filled) digest.push(hash.digest('hex'));
+      if (pending.length) visit(pending);
     } finally {
       await rm(file, { force: true });
     }
   }
+}
+
+/** One SHA-1 per MiB of guest RAM; the guest should be paused for the result to mean anything. */
+export async function memoryDigest(instance: VmInstance): Promise<string[]> {
+  const digest: string[] = [];
+  await scanRam(instance, (chunk) => digest.push(createHash('sha1').update(chunk).digest('hex')));
   return digest;
+}
+
+/** Bytes of guest RAM in 4 KiB pages that are not all zero: what a migration really has to send. */
+export async function nonZeroBytes(instance: VmInstance): Promise<number> {
+  let pages = 0;
+  const zero = Buffer.alloc(4096);
+  await scanRam(instance, (chunk) => {
+    for (let off = 0; off < chunk.length; off += 4096) if (!chunk.subarray(off, off + 4096).equals(zero)) pages++;
+  });
+  return pages * 4096;
+}
+
+/** The guest's dirty rate in bytes/s, sampled by QEMU over `seconds` (calc-dirty-rate). */
+export async function sampleDirtyRate(instance: VmInstance, seconds = 1): Promise<number> {
+  await instance.qmp.execute('calc-dirty-rate', { 'calc-time': seconds });
+  const deadline = Date.now() + seconds * 1000 + 10_000;
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 250));
+    const info = await instance.qmp.execute<{ status: string; 'dirty-rate'?: number }>('query-dirty-rate');
+    if (info.status === 'measured') return (info['dirty-rate'] ?? 0) * 2 ** 20;
+    if (Date.now() > deadline) throw new Error(`QEMU did not finish measuring the dirty rate (status ${info.status})`);
+  }
 }
 
 /** MiB chunks (by index) whose digests differ. */

@@ -6,6 +6,7 @@ import { UsageError, wholeNumber } from '../errors.ts';
 import { mib, ms, table } from '../format.ts';
 import type { Command } from '../main.ts';
 import { migrateWithProbe } from '../migrate.ts';
+import type { DryRun } from '../../agent/predict.ts';
 import { POLICY_NAMES, type PolicyName } from '../../migration/policy/policy.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
 
@@ -15,7 +16,7 @@ const USAGE = `Usage:
   ferry vm list
   ferry vm console NAME                   the guest's serial console log
   ferry vm migrate NAME --to HOST [--policy balanced|minimal-downtime|must-finish] [--downtime-limit ms]
-                   [--bandwidth MiB/s] [--timeout s] [--allow-postcopy] [--verify-memory auto|always|never] [--no-probe]
+                   [--bandwidth MiB/s] [--timeout s] [--allow-postcopy] [--verify-memory auto|always|never] [--no-probe] [--dry-run]
       Policies: minimal-downtime keeps the pause short and rolls back rather than pause long;
       balanced (default) allows a longer pause step by step, then throttles the guest;
       must-finish also uses XBZRLE and throttles hard.
@@ -23,6 +24,8 @@ const USAGE = `Usage:
       split between the two hosts, and a network failure can LOSE THE VM. Off unless given.
       --verify-memory compares the guest's RAM on both sides (paused) before switching over and rolls
       back on any difference; auto (default) does it for migrations of 4 rounds or more.
+      --dry-run measures the guest's non-zero memory, its dirty rate and the link, and predicts each
+      policy's total time, pause and whether it converges. Nothing moves.
 Every command takes --json.`;
 
 export const vmCommand: Command = {
@@ -35,7 +38,7 @@ export const vmCommand: Command = {
       options: {
         memory: { type: 'string' }, vcpus: { type: 'string' }, host: { type: 'string' }, memcheck: { type: 'string' }, dirty: { type: 'string' },
         to: { type: 'string' }, 'downtime-limit': { type: 'string' }, bandwidth: { type: 'string' }, 'no-probe': { type: 'boolean' },
-        policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' }, 'verify-memory': { type: 'string' },
+        policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' }, 'verify-memory': { type: 'string' }, 'dry-run': { type: 'boolean' },
         force: { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
       },
     });
@@ -103,10 +106,11 @@ export const vmCommand: Command = {
 async function migrateVm(
   cli: Cli,
   name: string,
-  values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean; policy?: string; timeout?: string; 'allow-postcopy'?: boolean; 'verify-memory'?: string },
+  values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean; policy?: string; timeout?: string; 'allow-postcopy'?: boolean; 'verify-memory'?: string; 'dry-run'?: boolean },
   json: boolean,
 ): Promise<number> {
   if (!values.to) throw new UsageError('ferry vm migrate needs --to HOST');
+  if (values['dry-run']) return predictVm(cli, name, values.to, json);
   const downtimeLimit = wholeNumber('downtime-limit', values['downtime-limit']);
   const bandwidth = wholeNumber('bandwidth', values.bandwidth);
   const timeout = wholeNumber('timeout', values.timeout);
@@ -141,4 +145,26 @@ async function migrateVm(
     );
   else console.error(`ferry: migration of ${name} failed: ${doc.error}`);
   return doc.status === 'completed' ? 0 : 1;
+}
+
+async function predictVm(cli: Cli, name: string, to: string, json: boolean): Promise<number> {
+  const vm = await cli.vm(name);
+  cli.agent(to);
+  const result = await cli.agent(vm.owner).call<DryRun>('POST', `/v1/vms/${name}/predict`, { to }, 120_000);
+  if (json) {
+    console.log(JSON.stringify(result, null, 2));
+    return 0;
+  }
+  const m = result.measured;
+  console.log(
+    `${name} ${result.from} → ${result.to} (dry run, nothing moved): ${mib(m.nonZeroBytes)} of ${mib(m.guestBytes)} not zero, ` +
+      `dirtied at ${mib(m.dirtyRateBytesPerSec)}/s, link ${mib(m.linkBytesPerSec)}/s, setup ~${ms(m.setupMs)}`,
+  );
+  console.log(
+    table(
+      ['policy', 'converges', 'total', 'pause', 'rounds', 'note'],
+      result.predictions.map((p) => [p.policy, p.converges ? 'yes' : 'NO', ms(p.totalMs), ms(p.downtimeMs), String(p.rounds), p.reason ?? (p.steps.length ? `${p.steps.length} policy steps` : '')]),
+    ),
+  );
+  return 0;
 }

@@ -1,0 +1,62 @@
+/**
+ * `ferry vm migrate --dry-run`: measure what decides a migration — the guest's
+ * non-zero memory, its dirty rate, the link to the destination — and predict
+ * each policy's outcome. Nothing moves.
+ */
+import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { planMigration, POLICY_NAMES } from '../migration/policy/policy.ts';
+import { predictMigration, type Prediction, type PredictionInput } from '../migration/predict.ts';
+import type { MigrationRecord } from '../migration/types.ts';
+import { nonZeroBytes, sampleDirtyRate } from '../qemu/memory-digest.ts';
+import { peer, requireVm, type AgentContext } from './context.ts';
+import { RefusedError } from './errors.ts';
+
+const PROBE_BYTES = 32 * 2 ** 20;
+
+export interface DryRun {
+  vm: string;
+  from: string;
+  to: string;
+  measured: PredictionInput;
+  predictions: Prediction[];
+}
+
+export async function dryRun(ctx: AgentContext, name: string, to: string): Promise<DryRun> {
+  const vm = await requireVm(ctx, name);
+  if (vm.owner !== ctx.node.name) throw new RefusedError(`'${name}' runs on ${vm.owner}, not on ${ctx.node.name}`);
+  if (to === ctx.node.name) throw new RefusedError(`'${name}' already runs on ${to}; choose another host`);
+  const instance = ctx.runtime.require(name);
+  const destination = await peer(ctx, to);
+
+  const dirtyRateBytesPerSec = await sampleDirtyRate(instance, 1);
+  const nonZero = await nonZeroBytes(instance);
+  const payload = randomBytes(PROBE_BYTES); // random: nothing on the way can compress it
+  const t0 = performance.now();
+  await destination.send('/v1/sink', payload, 60_000);
+  const linkBytesPerSec = PROBE_BYTES / ((performance.now() - t0) / 1000);
+
+  const measured: PredictionInput = {
+    guestBytes: vm.spec.memoryMiB * 2 ** 20,
+    nonZeroBytes: nonZero,
+    dirtyRateBytesPerSec,
+    linkBytesPerSec,
+    setupMs: await typicalSetupMs(ctx),
+  };
+  const predictions = POLICY_NAMES.map((policy) => predictMigration(measured, planMigration({ name: policy }, vm.spec.memoryMiB)));
+  return { vm: name, from: ctx.node.name, to, measured, predictions };
+}
+
+/**
+ * What a migration costs besides streaming RAM (starting the destination, switchover, retiring the
+ * source): the median of this cluster's past migrations, total minus perform; 500 ms before any.
+ */
+async function typicalSetupMs(ctx: AgentContext): Promise<number> {
+  const overheads = (await ctx.state.jobs())
+    .filter((j) => j.kind === 'migrate' && j.state === 'succeeded')
+    .map((j) => j.result as MigrationRecord | undefined)
+    .map((r) => (r?.phases ? r.totalMs - (r.phases.find((p) => p.phase === 'perform')?.ms ?? 0) : undefined))
+    .filter((ms): ms is number => typeof ms === 'number')
+    .sort((a, b) => a - b);
+  return overheads.length ? overheads[Math.floor(overheads.length / 2)]! : 500;
+}
