@@ -212,7 +212,10 @@ class MigrationRun {
     this.throwIfCancelled();
     // One QMP round trip in the pause: the sampled round count can lag the final rounds.
     const rounds = this.params.verifyMemory === 'auto' ? (await this.o.source.summary()).rounds : 0;
-    const verify = this.params.verifyMemory === 'always' || (this.params.verifyMemory === 'auto' && rounds >= VERIFY_AUTO_ROUNDS);
+    const limited = this.plan.maxBandwidth !== 'unlimited';
+    const verify =
+      this.params.verifyMemory === 'always' ||
+      (this.params.verifyMemory === 'auto' && (rounds >= VERIFY_AUTO_ROUNDS || (limited && rounds > 2)));
     if (verify && !this.policy.inPostcopy) await this.verifyMemory();
     const hook: SwitchoverHook = this.o.switchover ?? ALWAYS_SWITCH;
     if (!(await hook.commit())) throw new PhaseFailure('switchover', 'the switchover was refused (ownership not granted to the destination)');

@@ -102,6 +102,27 @@ for (const store of ['sqlite', 'etcd'] as const) {
       }
     });
 
+    it('predicts a migration without moving anything, within 2x of what then happens', async (t) => {
+      const before = (await cli('vm', 'show', 'g1')).json;
+      const dry = await cli('vm', 'migrate', 'g1', '--to', 'h2', '--dry-run');
+      assert.equal(dry.code, 0, dry.stderr);
+      assert.deepEqual(dry.json.predictions.map((p: { policy: string }) => p.policy), ['minimal-downtime', 'balanced', 'must-finish']);
+      assert.ok(dry.json.measured.nonZeroBytes > 32 * 2 ** 20, 'memcheck alone fills 32 MiB');
+      assert.ok(dry.json.measured.linkBytesPerSec > 0);
+      const after = (await cli('vm', 'show', 'g1')).json;
+      assert.equal(after.owner, before.owner, 'a dry run moves nothing');
+      assert.equal(after.token, before.token, 'a dry run changes nothing');
+      const predicted = dry.json.predictions.find((p: { policy: string }) => p.policy === 'balanced');
+      assert.equal(predicted.converges, true);
+      const real = await cli('vm', 'migrate', 'g1', '--to', 'h2');
+      assert.equal(real.code, 0, real.stderr);
+      t.diagnostic(`balanced: predicted ${predicted.totalMs} ms, took ${real.json.totalMs} ms`);
+      assert.ok(real.json.totalMs <= 2 * predicted.totalMs && real.json.totalMs >= predicted.totalMs / 2, `predicted ${predicted.totalMs} ms, took ${real.json.totalMs} ms`);
+      await assertHealthyOn('h2');
+      assert.equal((await cli('vm', 'migrate', 'g1', '--to', 'h1')).code, 0);
+      await assertHealthyOn('h1');
+    });
+
     it('refuses what a user can get wrong, with a message, a non-zero exit and nothing changed', async () => {
       const cases: [string[], RegExp][] = [
         [['vm', 'migrate', 'nope', '--to', 'h2'], /no VM named 'nope'/],

@@ -23,7 +23,8 @@ const USAGE = `Usage:
       --allow-postcopy lets must-finish switch to post-copy: after that switch the VM's memory is
       split between the two hosts, and a network failure can LOSE THE VM. Off unless given.
       --verify-memory compares the guest's RAM on both sides (paused) before switching over and rolls
-      back on any difference; auto (default) does it for migrations of 4 rounds or more.
+      back on any difference; auto (default) does it for bandwidth-limited migrations that needed more
+      than 2 rounds, and for any of 6 rounds or more.
       --dry-run measures the guest's non-zero memory, its dirty rate and the link, and predicts each
       policy's total time, pause and whether it converges. Nothing moves.
 Every command takes --json.`;
