@@ -7,7 +7,6 @@
  */
 import { mkdir, readFile, rm, writeFile, copyFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { run } from '../util/exec.ts';
 
@@ -78,9 +77,4 @@ async function openssl(args: string[]): Promise<void> {
   } catch (err) {
     throw new PkiError(`openssl failed (install the Debian package openssl): ${(err as Error).message}`);
   }
-}
-
-/** A throwaway directory for a CA that is not the cluster's (tests of refusal). */
-export function tmpPkiDir(tag: string): string {
-  return path.join(os.tmpdir(), `ferry-pki-${tag}-${process.pid}`);
 }

@@ -28,10 +28,3 @@ export function ferry(env: Record<string, string>, ...args: string[]): Promise<C
     });
   });
 }
-
-/** Starts a long command and hands back its process, for killing things while it runs. */
-export function ferryInBackground(env: Record<string, string>, ...args: string[]): Promise<CliResult> & { started: true } {
-  const p = ferry(env, ...args) as Promise<CliResult> & { started: true };
-  p.started = true;
-  return p;
-}
