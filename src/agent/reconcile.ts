@@ -8,38 +8,58 @@
  */
 import { LocalSource } from '../migration/local.ts';
 import { peer, type AgentContext } from './context.ts';
+import type { InstanceState } from './runtime.ts';
 
 export async function reconcile(ctx: AgentContext): Promise<void> {
-  const me = ctx.node.name;
   for (const recorded of await ctx.runtime.recorded()) {
-    const instance = await ctx.runtime.adopt(recorded);
-    const vm = await ctx.state.vm(recorded.vm);
-    if (!instance) {
-      await ctx.runtime.forget(recorded.vm, recorded.role);
-      continue;
-    }
-    if (vm?.owner === me) {
-      const before = (await instance.qmp.execute<{ status: string }>('query-status')).status;
-      // This copy is the owner's and must run: a source may be mid-stream or paused at the end of a
-      // stream that never switched over (cancel, resume); a destination may have won the swap but
-      // never been resumed (cont).
-      if (recorded.role === 'running') await new LocalSource(instance).cancelAndResume();
-      else if (before !== 'running') await instance.qmp.execute('cont');
-      ctx.log(`recovered ${recorded.vm}: was ${before}, now running (this host owns it)`);
-      await ctx.runtime.adoptRunning(instance);
-      if (recorded.role === 'incoming') await ctx.runtime.forget(recorded.vm, 'incoming');
-    } else {
-      await instance.destroy();
-      await ctx.runtime.forget(recorded.vm, recorded.role);
-      ctx.log(`removed a stale ${recorded.role} copy of ${recorded.vm} (owner: ${vm?.owner ?? 'none'})`);
+    try {
+      await reconcileInstance(ctx, recorded);
+    } catch (err) {
+      // One VM that cannot be sorted out must not keep the agent (and every other VM) down.
+      ctx.log(`could not recover ${recorded.vm} (${recorded.role}): ${(err as Error).message}; it needs a look`);
     }
   }
+  await closeMigrations(ctx);
+}
 
+async function reconcileInstance(ctx: AgentContext, recorded: InstanceState): Promise<void> {
+  const me = ctx.node.name;
+  const instance = await ctx.runtime.adopt(recorded);
+  const vm = await ctx.state.vm(recorded.vm);
+  if (!instance) {
+    await ctx.runtime.forget(recorded.vm, recorded.role);
+    return;
+  }
+  if (vm?.owner === me) {
+    const before = (await instance.qmp.execute<{ status: string }>('query-status')).status;
+    // This copy is the owner's and must run: a source may be mid-stream or paused at the end of a
+    // stream that never switched over (cancel, resume); a destination may have won the swap but
+    // never been resumed (cont).
+    if (recorded.role === 'running') await new LocalSource(instance).cancelAndResume();
+    else if (before !== 'running') await instance.qmp.execute('cont');
+    ctx.log(`recovered ${recorded.vm}: was ${before}, now running (this host owns it)`);
+    await ctx.runtime.adoptRunning(instance);
+    if (recorded.role === 'incoming') await ctx.runtime.forget(recorded.vm, 'incoming');
+  } else {
+    await instance.destroy();
+    await ctx.runtime.forget(recorded.vm, recorded.role);
+    ctx.log(`removed a stale ${recorded.role} copy of ${recorded.vm} (owner: ${vm?.owner ?? 'none'})`);
+  }
+}
+
+async function closeMigrations(ctx: AgentContext): Promise<void> {
+  const me = ctx.node.name;
   for (const m of await ctx.state.migrations()) {
     if (m.source !== me && m.destination !== me) continue;
     const vm = await ctx.state.vm(m.vm);
     const job = await ctx.state.job(m.jobId);
     const switched = vm?.owner === m.destination;
+    if (m.source === me && switched && vm) {
+      // The swap happened but this agent died before telling the destination to run: tell it now.
+      await peer(ctx, m.destination)
+        .then((client) => client.call('POST', `/v1/incoming/${m.id}/resume`, { token: vm.token }))
+        .catch(() => undefined); // already running, or its agent restarted and resumed it itself
+    }
     if (m.source === me && !switched) {
       // Tell the destination to drop its paused copy; it may be gone already.
       await peer(ctx, m.destination)

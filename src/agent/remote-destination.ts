@@ -51,16 +51,18 @@ export class RemoteDestination implements DestinationSide {
   }
 
   postcopyReady(): Promise<void> {
-    return this.waitFor((s) => s.state === 'postcopy', 24 * 3600_000);
+    // Once the stream has completed (or loaded in pre-copy) post-copy can no longer happen: stop asking.
+    return this.waitFor((s) => s.state === 'postcopy', 24 * 3600_000, (s) => s.completed || s.state === 'loaded' || s.state === 'running');
   }
 
-  private async waitFor(done: (s: IncomingStatus) => boolean, timeoutMs: number): Promise<void> {
+  private async waitFor(done: (s: IncomingStatus) => boolean, timeoutMs: number, unreachable: (s: IncomingStatus) => boolean = () => false): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`the destination did not finish loading within ${timeoutMs} ms`);
       const status = await this.agent.call<IncomingStatus>('POST', `${this.base}/wait`, { timeoutMs: Math.min(left, 10_000) }, Math.min(left, 10_000) + 5_000);
       if (done(status)) return;
+      if (unreachable(status)) return new Promise<void>(() => undefined);
       if (status.state === 'lost' || status.state === 'aborted') throw new Error(`the destination is ${status.state}`);
     }
   }

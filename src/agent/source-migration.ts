@@ -57,7 +57,9 @@ export async function startMigration(ctx: AgentContext, name: string, request: M
   }
   const cancel = new AbortController();
   running.set(job.id, cancel);
-  void runMigration(ctx, vm, record, job, destinationAgent, request.params ?? {}, cancel.signal).finally(() => running.delete(job.id));
+  void runMigration(ctx, vm, record, job, destinationAgent, params, cancel.signal)
+    .catch((err: Error) => ctx.log(`[job ${job.id}] could not be closed properly: ${err.message}`))
+    .finally(() => running.delete(job.id));
   return job;
 }
 
@@ -77,11 +79,19 @@ async function runMigration(
   signal: AbortSignal,
 ): Promise<void> {
   const name = vm.spec.name;
-  const instance = ctx.runtime.require(name);
+  const instance = ctx.runtime.get(name);
   const log = (line: string) => {
     job.log.push(`${new Date().toISOString()} ${line}`);
     ctx.log(`[job ${job.id}] ${line}`);
   };
+  if (!instance) {
+    // Stopped or crashed while the request was being checked.
+    job.state = 'failed';
+    job.error = `'${name}' stopped running before the migration began; nothing was moved`;
+    await ctx.state.endMigration(name).catch(() => undefined);
+    await ctx.state.saveJob(job);
+    return;
+  }
   const destination = new RemoteDestination(destinationAgent, instance.spec, {
     migrationId: record.id,
     source: ctx.node.name,
@@ -90,7 +100,15 @@ async function runMigration(
   });
   const switchover: SwitchoverHook = {
     commit: async () => {
-      const token = await ctx.state.updateVm(vm, { owner: record.destination });
+      let token: number | undefined;
+      try {
+        token = await ctx.state.updateVm(vm, { owner: record.destination });
+      } catch (err) {
+        // The store may have applied the swap and lost the answer: what it holds now decides.
+        const now = await ctx.state.vm(name);
+        if (now?.owner !== record.destination || now.token <= vm.token) throw err;
+        token = now.token;
+      }
       if (token === undefined) return false;
       destination.ownerToken = token;
       log(`ownership of ${name} moved to ${record.destination} (token ${vm.token} -> ${token})`);

@@ -44,7 +44,10 @@ export class QemuProcess {
         this.exitInfo = { code, signal, expected: this.expectingExit };
         resolve(this.exitInfo);
       };
-      if ('once' in child) child.once('exit', done);
+      if ('once' in child) {
+        child.once('exit', done);
+        child.once('error', () => done(null, null)); // never started: no 'exit' will come
+      }
       else this.watchAdopted(child.pid, done);
     });
     if ('stderr' in child) {
