@@ -81,6 +81,10 @@ export class IncomingMigrations {
     return { state: entry.state, completed: entry.completed };
   }
 
+  async running(id: string): Promise<boolean> {
+    return this.get(id).destination.isRunning();
+  }
+
   async digest(id: string): Promise<string[]> {
     const entry = this.get(id);
     if (entry.state !== 'loaded') throw new RefusedError(`incoming migration ${id} is ${entry.state}; its memory can be compared only once loaded`);

@@ -75,6 +75,10 @@ export class RemoteDestination implements DestinationSide {
     await this.agent.call('POST', `${this.base}/resume`, { token: this.ownerToken });
   }
 
+  async isRunning(): Promise<boolean> {
+    return (await this.agent.call<{ running: boolean }>('GET', `${this.base}/running`, undefined, 5000)).running;
+  }
+
   async finish(): Promise<void> {
     this.unwatch();
     await this.agent.call('POST', `${this.base}/finish`, {});

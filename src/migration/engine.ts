@@ -9,6 +9,7 @@
 import { performance } from 'node:perf_hooks';
 import {
   MigrationCancelledError,
+  MigrationError,
   MigrationRefusedError,
   MigrationRolledBackError,
   PhaseFailure,
@@ -99,14 +100,22 @@ class MigrationRun {
       return this.rollback(err);
     }
 
-    // Past the commit: the destination owns the guest. Nothing below may resume the source.
-    await this.phase('finish', async () => {
-      // In post-copy the source still holds pages the destination has not pulled: it stays until they are all sent.
-      if (this.policy.inPostcopy) await this.o.destination.incomingComplete(this.plan.timeoutMs);
-      await this.o.destination.finish();
-    });
+    // Past the commit: the destination owns the guest. Nothing below may resume the source, and the
+    // source is retired whatever finish says: its RAM is older than what ran on the destination.
+    let finishError: Error | undefined;
+    try {
+      await this.phase('finish', async () => {
+        // In post-copy the source still holds pages the destination has not pulled: it stays until they are all sent.
+        if (this.policy.inPostcopy) await this.o.destination.incomingComplete(this.plan.timeoutMs);
+        await this.o.destination.finish();
+      });
+    } catch (err) {
+      finishError = err as Error;
+    }
     const summary = await this.o.source.summary();
     await this.phase('confirm', () => this.o.source.retire());
+    if (finishError)
+      throw new MigrationError(`'${vm}' switched over, but the destination failed afterwards (${finishError.message}); start the VM again on its owner`);
     const record = this.record('completed', summary);
     this.log(
       `completed in ${record.totalMs} ms: QEMU downtime ${record.downtimeMs} ms, ` +
@@ -222,6 +231,12 @@ class MigrationRun {
     try {
       await this.o.destination.resume();
     } catch (err) {
+      // After the commit an error does not prove the guest did not run there: if it runs, it stays.
+      if (await this.o.destination.isRunning().catch(() => false)) {
+        this.log(`resume reported "${(err as Error).message}", but the guest runs on the destination: keeping it there`);
+        return;
+      }
+      await this.o.destination.abort(); // gone for sure before the source may run again
       await hook.revert?.();
       throw new PhaseFailure('switchover', `the destination could not resume: ${(err as Error).message}`);
     }

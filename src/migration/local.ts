@@ -229,6 +229,10 @@ export class LocalDestination implements DestinationSide {
     await qmp.execute('announce-self', { initial: 0, max: 100, rounds: 3, step: 50 });
   }
 
+  async isRunning(): Promise<boolean> {
+    return (await this.instance.qmp.execute<{ status: string }>('query-status')).status === 'running';
+  }
+
   async finish(): Promise<void> {
     const { status } = await this.instance.qmp.execute<{ status: string }>('query-status');
     if (status !== 'running') throw new Error(`the destination guest is ${status} after switchover, not running`);

@@ -63,6 +63,8 @@ export interface DestinationSide {
   memoryDigest(): Promise<string[]>;
   /** switchover: run the guest here (cont) and announce its MACs. */
   resume(): Promise<void>;
+  /** Whether the guest's vCPUs run here now (after a resume that reported an error, it may still have run). */
+  isRunning(): Promise<boolean>;
   /** finish: confirm the guest runs here and drop what only the migration needed. */
   finish(): Promise<void>;
   /** Rollback: kill the destination QEMU and remove everything prepare made. Safe to call twice. */
