@@ -23,7 +23,7 @@ export interface RunningAgent {
 export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   const cluster: ClusterConfig = await loadClusterConfig(node.clusterDir);
   const identity = await loadIdentity(node.certDir);
-  const store = openStore(cluster.store);
+  const store = openStore(cluster.store, identity);
   const log = (line: string) => console.log(`${new Date().toISOString()} ${node.name}: ${line}`);
   const runtime = new LocalRuntime(node.stateDir, node.runDir, new BridgeTapAttacher(node.netns), log);
   const ctx: AgentContext = { node, identity, state: new ClusterState(store), runtime, log };

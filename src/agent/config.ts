@@ -4,6 +4,7 @@ import path from 'node:path';
 import { EtcdStore } from '../cluster/store/etcd.ts';
 import { SqliteStore } from '../cluster/store/sqlite.ts';
 import type { Store } from '../cluster/store/types.ts';
+import type { Identity } from '../cluster/pki.ts';
 
 export type StoreConfig = { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[] };
 
@@ -58,6 +59,7 @@ export async function writeJson(file: string, value: unknown): Promise<void> {
 export const loadClusterConfig = (clusterDir: string) => readJson<ClusterConfig>(path.join(clusterDir, 'cluster.json'), 'cluster configuration');
 export const loadNodeConfig = (file: string) => readJson<NodeConfig>(file, 'node configuration');
 
-export function openStore(config: StoreConfig): Store {
-  return config.kind === 'sqlite' ? new SqliteStore(config.path) : new EtcdStore(config.endpoints);
+/** identity: this node's certificate, presented to etcd members that require client certificates. */
+export function openStore(config: StoreConfig, identity?: Identity): Store {
+  return config.kind === 'sqlite' ? new SqliteStore(config.path) : new EtcdStore(config.endpoints, 5000, identity);
 }

@@ -38,6 +38,8 @@ export interface LabRecord {
   etcdPids: number[];
   hosts: LabHost[];
   createdAt: string;
+  /** Set once everything is up; a record without it is a lab whose `up` was interrupted. */
+  complete?: boolean;
 }
 
 /** What the CLI needs to reach a cluster: agents and the admin certificate. */
@@ -81,7 +83,8 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
   const dir = options.dir ?? DEFAULT_LAB_DIR;
   const log = options.log ?? (() => undefined);
   const existing = await readLab(dir);
-  if (existing) {
+  if (existing && !existing.complete) await labDown(dir); // an interrupted `up`: start over
+  else if (existing) {
     for (const h of existing.hosts) if (!alive(h.pid)) await startAgent(existing, h.name);
     return existing;
   }
@@ -119,8 +122,14 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       await plug(lab, lab.storeNetns, 'st0', `${SUBNET}.5/24`, false);
       for (const a of [6, 7]) await ip(lab.storeNetns, 'addr', 'add', `${SUBNET}.${a}/24`, 'dev', 'st0');
       const logFd = openSync(path.join(dir, 'etcd.log'), 'a');
+      // Each member gets a certificate of the cluster CA: clients and peers must present one too.
+      // All members share the store namespace, so a peer may connect from any of its addresses: name them all.
+      const storeAddresses = [5, 6, 7].map((a) => `${SUBNET}.${a}`);
+      for (const i of [1, 2, 3]) await issueCertificate(clusterDir, path.join(dir, 'etcd', `tls${i}`), `etcd${i}`, storeAddresses);
       const cluster = await EtcdCluster.start(
-        [5, 6, 7].map((a, i) => ({ name: `etcd${i + 1}`, host: `${SUBNET}.${a}`, clientPort: 2379, peerPort: 2380, netns: lab.storeNetns! })),
+        [5, 6, 7].map((a, i) => ({
+          name: `etcd${i + 1}`, host: `${SUBNET}.${a}`, clientPort: 2379, peerPort: 2380, netns: lab.storeNetns!, tlsDir: path.join(dir, 'etcd', `tls${i + 1}`),
+        })),
         path.join(dir, 'etcd'),
         30_000,
         logFd,
@@ -167,6 +176,8 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       log(`host ${name}: namespace ${host.netns}, address ${host.address}, agent pid ${host.pid}`);
     }
     await writeJson(path.join(dir, 'context.json'), labContext(lab));
+    lab.complete = true;
+    await save();
     return lab;
   } catch (err) {
     await labDown(dir).catch(() => undefined);

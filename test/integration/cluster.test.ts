@@ -174,6 +174,14 @@ for (const store of ['sqlite', 'etcd'] as const) {
       }
       const admin = await loadIdentity(path.join(dir, 'admin'));
       assert.equal(await attempt({ cert: admin.cert, key: admin.key }), 'HTTP 200');
+      if (store === 'etcd') {
+        // The store answers only clients with a certificate of the cluster CA, too.
+        const etcdctl = (...extra: string[]) =>
+          run('ip', ['netns', 'exec', lab.storeNetns!, 'etcdctl', '--endpoints=https://10.80.0.5:2379', `--cacert=${path.join(dir, 'cluster', 'ca-cert.pem')}`, '--command-timeout=2s', ...extra, 'get', '--prefix', '--keys-only', '/ferry/hosts/']);
+        await assert.rejects(etcdctl());
+        const keys = await etcdctl(`--cert=${path.join(dir, 'admin', 'cert.pem')}`, `--key=${path.join(dir, 'admin', 'key.pem')}`);
+        assert.match(keys, /\/ferry\/hosts\/h1/);
+      }
     });
 
     it('refuses a command carrying a stale fencing token', async () => {

@@ -16,6 +16,8 @@ export interface EtcdMemberSpec {
   clientPort: number;
   peerPort: number;
   netns?: string;
+  /** Serve clients and peers over TLS with this certificate directory (cert.pem, key.pem, ca-cert.pem), and require client certificates. */
+  tlsDir?: string;
 }
 
 export class EtcdMember {
@@ -25,7 +27,11 @@ export class EtcdMember {
   constructor(readonly spec: EtcdMemberSpec, private readonly dataDir: string, private readonly initialCluster: string, private readonly token: string) {}
 
   get clientUrl(): string {
-    return `http://${this.spec.host}:${this.spec.clientPort}`;
+    return `${this.spec.tlsDir ? 'https' : 'http'}://${this.spec.host}:${this.spec.clientPort}`;
+  }
+
+  get peerUrl(): string {
+    return `${this.spec.tlsDir ? 'https' : 'http'}://${this.spec.host}:${this.spec.peerPort}`;
   }
 
   get pid(): number | undefined {
@@ -40,8 +46,8 @@ export class EtcdMember {
       '--data-dir', this.dataDir,
       '--listen-client-urls', this.clientUrl,
       '--advertise-client-urls', this.clientUrl,
-      '--listen-peer-urls', `http://${s.host}:${s.peerPort}`,
-      '--initial-advertise-peer-urls', `http://${s.host}:${s.peerPort}`,
+      '--listen-peer-urls', this.peerUrl,
+      '--initial-advertise-peer-urls', this.peerUrl,
       '--initial-cluster', this.initialCluster,
       '--initial-cluster-token', this.token,
       '--initial-cluster-state', 'new',
@@ -50,6 +56,13 @@ export class EtcdMember {
       '--logger', 'zap',
       '--log-outputs', 'stderr',
     ];
+    if (s.tlsDir) {
+      const f = (name: string) => path.join(s.tlsDir!, name);
+      args.push(
+        '--cert-file', f('cert.pem'), '--key-file', f('key.pem'), '--trusted-ca-file', f('ca-cert.pem'), '--client-cert-auth',
+        '--peer-cert-file', f('cert.pem'), '--peer-key-file', f('key.pem'), '--peer-trusted-ca-file', f('ca-cert.pem'), '--peer-client-cert-auth',
+      );
+    }
     const [cmd, argv] = s.netns ? ['ip', ['netns', 'exec', s.netns, 'etcd', ...args]] : ['etcd', args];
     if (logFile !== undefined) {
       this.child = spawn(cmd, argv, { stdio: ['ignore', logFile, logFile], detached: true });
@@ -88,7 +101,7 @@ export class EtcdCluster {
    * checked from inside it (with etcdctl): their addresses are not reachable from here.
    */
   static async start(specs: EtcdMemberSpec[], dataRoot: string, timeoutMs = 30_000, logFile?: number): Promise<EtcdCluster> {
-    const initialCluster = specs.map((s) => `${s.name}=http://${s.host}:${s.peerPort}`).join(',');
+    const initialCluster = specs.map((s) => `${s.name}=${s.tlsDir ? 'https' : 'http'}://${s.host}:${s.peerPort}`).join(',');
     const token = `ferry-${path.basename(dataRoot)}`;
     const members: EtcdMember[] = [];
     for (const s of specs) {
@@ -98,13 +111,15 @@ export class EtcdCluster {
     }
     members.forEach((m) => m.start(logFile));
     const cluster = new EtcdCluster(members);
-    const store = new EtcdStore(cluster.endpoints, 1000);
     const netns = specs[0]?.netns;
+    const store = netns ? undefined : new EtcdStore(cluster.endpoints, 1000);
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       try {
-        if (netns) await run('ip', ['netns', 'exec', netns, 'etcdctl', `--endpoints=${cluster.endpoints.join(',')}`, '--command-timeout=1s', 'put', 'ferry/health', 'ok']);
-        else await store.put('ferry/health', String(Date.now()));
+        const tlsDir = specs[0]?.tlsDir;
+        const tlsArgs = tlsDir ? [`--cacert=${path.join(tlsDir, 'ca-cert.pem')}`, `--cert=${path.join(tlsDir, 'cert.pem')}`, `--key=${path.join(tlsDir, 'key.pem')}`] : [];
+        if (netns) await run('ip', ['netns', 'exec', netns, 'etcdctl', `--endpoints=${cluster.endpoints.join(',')}`, ...tlsArgs, '--command-timeout=1s', 'put', 'ferry/health', 'ok']);
+        else await store!.put('ferry/health', String(Date.now()));
         return cluster;
       } catch (err) {
         if (Date.now() > deadline) {

@@ -1,8 +1,13 @@
 /**
- * The etcd v3 store, spoken through etcd's JSON gateway (/v3/...) with
- * Node's fetch: no gRPC dependency. Endpoints are tried in order, so a
- * three-member cluster keeps answering while one member is down.
+ * The etcd v3 store, spoken through etcd's JSON gateway (/v3/...) over
+ * HTTP(S): no gRPC dependency. Endpoints are tried in order, so a three-member
+ * cluster keeps answering while one member is down. With https endpoints the
+ * client presents its certificate (etcd's --client-cert-auth) and checks the
+ * members' against the cluster CA.
  */
+import http from 'node:http';
+import https from 'node:https';
+import type { Identity } from '../pki.ts';
 import { LeaseExpiredError, StoreUnavailableError, type Compare, type KeyValue, type Op, type Store, type TxnResult, type WatchEvent } from './types.ts';
 
 interface EtcdKv {
@@ -53,24 +58,47 @@ export class EtcdStore implements Store {
   readonly kind = 'etcd' as const;
   private readonly watches = new Set<AbortController>();
 
-  /** endpoints: http://host:port of each member. */
-  constructor(readonly endpoints: string[], private readonly requestTimeoutMs = 5000) {
+  /** endpoints: http(s)://host:port of each member; tls: the client identity for https endpoints. */
+  constructor(readonly endpoints: string[], private readonly requestTimeoutMs = 5000, private readonly tls?: Identity) {
     if (!endpoints.length) throw new StoreUnavailableError('no etcd endpoints given');
+    if (endpoints.some((e) => e.startsWith('https:')) && !tls) throw new StoreUnavailableError('https etcd endpoints need a client certificate');
+  }
+
+  /** POSTs JSON; resolves with the status and the response stream. */
+  private post(url: string, body: unknown, options: { timeoutMs?: number; signal?: AbortSignal }): Promise<http.IncomingMessage> {
+    const target = new URL(url);
+    const payload = JSON.stringify(body);
+    const secure = target.protocol === 'https:';
+    return new Promise((resolve, reject) => {
+      const req = (secure ? https : http).request(
+        {
+          method: 'POST',
+          host: target.hostname,
+          port: target.port,
+          path: target.pathname,
+          headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+          ...(secure && this.tls ? { ca: this.tls.ca, cert: this.tls.cert, key: this.tls.key } : {}),
+          ...(options.timeoutMs ? { timeout: options.timeoutMs } : {}),
+          ...(options.signal ? { signal: options.signal } : {}),
+        },
+        resolve,
+      );
+      req.on('timeout', () => req.destroy(new Error(`no answer within ${options.timeoutMs} ms`)));
+      req.on('error', reject);
+      req.end(payload);
+    });
   }
 
   private async call<T>(path: string, body: unknown): Promise<T> {
     const errors: string[] = [];
     for (const endpoint of this.endpoints) {
       try {
-        const res = await fetch(`${endpoint}${path}`, {
-          method: 'POST',
-          body: JSON.stringify(body),
-          headers: { 'content-type': 'application/json' },
-          signal: AbortSignal.timeout(this.requestTimeoutMs),
-        });
-        const json = (await res.json()) as T & { error?: string; message?: string; code?: number };
-        if (!res.ok) {
-          const message = json.message ?? json.error ?? `HTTP ${res.status}`;
+        const res = await this.post(`${endpoint}${path}`, body, { timeoutMs: this.requestTimeoutMs });
+        let text = '';
+        for await (const chunk of res) text += chunk;
+        const json = JSON.parse(text) as T & { error?: string; message?: string; code?: number };
+        if ((res.statusCode ?? 500) >= 400) {
+          const message = json.message ?? json.error ?? `HTTP ${res.statusCode}`;
           if (/lease not found|requested lease not found/.test(message)) throw new LeaseExpiredError((body as { ID?: string; lease?: string }).ID ?? (body as { lease?: string }).lease ?? '');
           // "etcdserver: no leader" and friends: another member may answer.
           errors.push(`${endpoint}: ${message}`);
@@ -124,13 +152,13 @@ export class EtcdStore implements Store {
           if (abort.signal.aborted) return;
           try {
             after ??= await this.revision();
-            const res = await fetch(`${endpoint}/v3/watch`, {
-              method: 'POST',
-              body: JSON.stringify({ create_request: { key: b64(prefix), range_end: prefixEnd(prefix), start_revision: String(after + 1) } }),
-              signal: abort.signal,
-            });
+            const res = await this.post(
+              `${endpoint}/v3/watch`,
+              { create_request: { key: b64(prefix), range_end: prefixEnd(prefix), start_revision: String(after + 1) } },
+              { signal: abort.signal },
+            );
             let buffer = '';
-            for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+            for await (const chunk of res as AsyncIterable<Buffer>) {
               buffer += Buffer.from(chunk).toString('utf8');
               let nl: number;
               while ((nl = buffer.indexOf('\n')) >= 0) {
