@@ -8,7 +8,8 @@ import { performance } from 'node:perf_hooks';
 import { planMigration, POLICY_NAMES } from '../migration/policy/policy.ts';
 import { predictMigration, type Prediction, type PredictionInput } from '../migration/predict.ts';
 import type { MigrationRecord } from '../migration/types.ts';
-import { nonZeroBytes, sampleDirtyRate } from '../qemu/memory-digest.ts';
+import { sampleDirtyRate } from '../qemu/dirty-rate.ts';
+import { nonZeroBytes } from '../qemu/ram-scan.ts';
 import { peer, requireVm, type AgentContext } from './context.ts';
 import { RefusedError } from './errors.ts';
 

@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, openSync } from 'node:fs';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient, type AgentEndpoint } from '../agent/client.ts';
 import { readJson, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../agent/config.ts';
@@ -251,7 +251,7 @@ export async function labDown(dir = DEFAULT_LAB_DIR): Promise<string[]> {
     await killAgent(lab, h.name, 'SIGKILL');
     // Guests outlive a killed agent: stop the QEMUs it wrote down.
     const instances = path.join(dir, 'hosts', h.name, 'state', 'instances');
-    for (const f of existsSync(instances) ? await import('node:fs/promises').then((fs) => fs.readdir(instances)) : []) {
+    for (const f of existsSync(instances) ? await readdir(instances) : []) {
       const { pid } = JSON.parse(await readFile(path.join(instances, f), 'utf8')) as { pid: number };
       if (alive(pid)) process.kill(pid, 'SIGKILL');
     }

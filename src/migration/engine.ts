@@ -16,7 +16,7 @@ import {
   SourceLostError,
 } from './errors.ts';
 import { migrationIncompatibilities } from '../qemu/spec.ts';
-import { differingChunks } from '../qemu/memory-digest.ts';
+import { differingChunks } from '../qemu/ram-scan.ts';
 import type { DestinationSide, MigrationCapabilities, PreparedDestination, QemuMigrationSummary, SourceSide, SwitchoverHook } from './sides.ts';
 import { ALWAYS_SWITCH } from './sides.ts';
 import { PolicyController, planMigration, type MigrationPlan, type PolicyAction } from './policy/policy.ts';
@@ -219,13 +219,7 @@ class MigrationRun {
   /** switchover: the destination resumes only once the hook has said yes; otherwise the source resumes (in rollback). */
   private async switchover(): Promise<void> {
     this.throwIfCancelled();
-    // One QMP round trip in the pause: the sampled round count can lag the final rounds.
-    const rounds = this.params.verifyMemory === 'auto' ? (await this.o.source.summary()).rounds : 0;
-    const limited = this.plan.maxBandwidth !== 'unlimited';
-    const verify =
-      this.params.verifyMemory === 'always' ||
-      (this.params.verifyMemory === 'auto' && (rounds >= VERIFY_AUTO_ROUNDS || (limited && rounds > 2)));
-    if (verify && !this.policy.inPostcopy) await this.verifyMemory();
+    if (!this.policy.inPostcopy && (await this.mustVerifyMemory())) await this.verifyMemory();
     const hook: SwitchoverHook = this.o.switchover ?? ALWAYS_SWITCH;
     if (!(await hook.commit())) throw new PhaseFailure('switchover', 'the switchover was refused (ownership not granted to the destination)');
     try {
@@ -241,6 +235,17 @@ class MigrationRun {
       throw new PhaseFailure('switchover', `the destination could not resume: ${(err as Error).message}`);
     }
     this.log('switched over: guest running on the destination');
+  }
+
+  /** Whether to compare RAM before switching over (MigrationParams.verifyMemory). Runs in the pause: kept cheap. */
+  private async mustVerifyMemory(): Promise<boolean> {
+    if (this.params.verifyMemory !== 'auto') return this.params.verifyMemory === 'always';
+    const limited = this.plan.maxBandwidth !== 'unlimited';
+    const sampled = this.lastRam?.round ?? 0;
+    // The sampled round can lag the last one by a round; ask QEMU only when that could change the answer.
+    if (!limited && sampled < VERIFY_AUTO_ROUNDS - 1) return false;
+    const rounds = Math.max(sampled, (await this.o.source.summary()).rounds);
+    return rounds >= VERIFY_AUTO_ROUNDS || (limited && rounds > 2);
   }
 
   /** Both sides are paused with the same RAM, or the migration lost pages and must not switch over. */

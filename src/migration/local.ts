@@ -6,7 +6,7 @@
 import path from 'node:path';
 import type { NetworkAttacher } from '../qemu/instance.ts';
 import { VmInstance } from '../qemu/instance.ts';
-import { memoryDigest } from '../qemu/memory-digest.ts';
+import { memoryDigest } from '../qemu/ram-scan.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
 import { ACTIVE_STATUSES, toRamProgress, toSummary, type QemuMigrationInfo } from './qmp-migration.ts';
 import type { DestinationSide, MigrationCapabilities, PreparedDestination, QemuMigrationSummary, SourceSide } from './sides.ts';

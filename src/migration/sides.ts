@@ -31,7 +31,7 @@ export interface SourceSide {
   startPostcopy(): Promise<void>;
   /** perform: one progress sample. */
   progress(): Promise<RamProgress>;
-  /** One hash per MiB of the paused guest's RAM (qemu/memory-digest.ts). */
+  /** One hash per MiB of the paused guest's RAM (qemu/ram-scan.ts). */
   memoryDigest(): Promise<string[]>;
   /** QEMU's figures once the stream has ended (completed, failed or cancelled). */
   summary(): Promise<QemuMigrationSummary>;

@@ -8,8 +8,6 @@ import type { MigrationPlan, PolicyName, PolicyStep } from './policy/policy.ts';
  */
 export type MigrationPhase = 'begin' | 'prepare' | 'perform' | 'switchover' | 'finish' | 'confirm';
 
-export const PHASES: readonly MigrationPhase[] = ['begin', 'prepare', 'perform', 'switchover', 'finish', 'confirm'];
-
 export interface MigrationParams {
   /** What to do when the copy does not converge (policy/policy.ts). */
   policy: PolicyName;

@@ -3,6 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { HostNetwork } from '../../src/lab/host-network.ts';
+import { ip } from '../../src/net/netns.ts';
 import { Probe } from '../../src/lab/probe.ts';
 import { ensureGuestImage, guestBoot } from '../../src/qemu/guest-image.ts';
 import { VmInstance } from '../../src/qemu/instance.ts';
@@ -78,7 +79,6 @@ export async function migrateLocally(
 
 /** Tap devices ferry made in the lab's namespace (names start with "ft"). */
 export async function tapsIn(lab: Lab): Promise<string[]> {
-  const { ip } = await import('../../src/net/netns.ts');
   const out = await ip(lab.net.netns, '-br', 'link');
   return out
     .split('\n')

@@ -14,13 +14,26 @@ import { LeaseExpiredError, type Store, type WatchEvent } from '../../src/cluste
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function contract(name: string, open: () => Promise<{ store: Store; second: Store; close(): Promise<void> }>) {
+/** Two clients of one store (standing for two agents), its directory, and how to stop its servers. */
+interface OpenedStore {
+  store: Store;
+  second: Store;
+  dir: string;
+  stopServers?: () => Promise<void>;
+}
+
+function contract(name: string, open: () => Promise<OpenedStore>) {
   describe(`${name} store`, () => {
     let store: Store;
     let second: Store;
-    let close: () => Promise<void>;
-    before(async () => ({ store, second, close } = await open()));
-    after(() => close());
+    let opened: OpenedStore;
+    before(async () => ({ store, second } = opened = await open()));
+    after(async () => {
+      await store.close();
+      await second.close();
+      await opened.stopServers?.();
+      await rm(opened.dir, { recursive: true, force: true });
+    });
 
     it('put and get carry revisions; list returns a prefix in key order', async () => {
       const r1 = await store.put('t/a', '1');
@@ -86,15 +99,7 @@ contract('sqlite', async () => {
   const file = path.join(dir, 'state.db');
   const store = new SqliteStore(file);
   const second = new SqliteStore(file); // a second connection stands for another agent process
-  return {
-    store,
-    second,
-    async close() {
-      await store.close();
-      await second.close();
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
+  return { store, second, dir };
 });
 
 /** Three etcd members on loopback, on ports of their own for this test process. */
@@ -112,16 +117,7 @@ contract('etcd (3 members)', async () => {
   const { dir, cluster } = await localEtcd('m', 23790);
   const store = new EtcdStore(cluster.endpoints);
   const second = new EtcdStore([...cluster.endpoints].reverse());
-  return {
-    store,
-    second,
-    async close() {
-      await store.close();
-      await second.close();
-      await cluster.stop();
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
+  return { store, second, dir, stopServers: () => cluster.stop() };
 });
 
 describe('etcd quorum', () => {

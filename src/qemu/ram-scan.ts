@@ -1,9 +1,9 @@
 /**
- * A digest of a paused guest's RAM: one hash per MiB of guest-physical memory,
- * taken with QMP `pmemsave`. Comparing the digests of a migration's paused
- * source and paused destination proves the destination got every page — a
- * check against the migration losing pages, which QEMU 7.2 under TCG was seen
- * to do for busy guests that need many rounds.
+ * Reading a guest's RAM through QMP `pmemsave`: a digest (one hash per MiB of
+ * guest-physical memory) and the count of non-zero pages. Comparing the digests
+ * of a migration's paused source and paused destination proves the destination
+ * got every page — a check against the migration losing pages, which QEMU 7.2
+ * under TCG was seen to do for bandwidth-limited streams of busy guests.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -57,18 +57,6 @@ export async function nonZeroBytes(instance: VmInstance): Promise<number> {
     for (let off = 0; off < chunk.length; off += 4096) if (!chunk.subarray(off, off + 4096).equals(zero)) pages++;
   });
   return pages * 4096;
-}
-
-/** The guest's dirty rate in bytes/s, sampled by QEMU over `seconds` (calc-dirty-rate). */
-export async function sampleDirtyRate(instance: VmInstance, seconds = 1): Promise<number> {
-  await instance.qmp.execute('calc-dirty-rate', { 'calc-time': seconds });
-  const deadline = Date.now() + seconds * 1000 + 10_000;
-  for (;;) {
-    await new Promise((r) => setTimeout(r, 250));
-    const info = await instance.qmp.execute<{ status: string; 'dirty-rate'?: number }>('query-dirty-rate');
-    if (info.status === 'measured') return (info['dirty-rate'] ?? 0) * 2 ** 20;
-    if (Date.now() > deadline) throw new Error(`QEMU did not finish measuring the dirty rate (status ${info.status})`);
-  }
 }
 
 /** MiB chunks (by index) whose digests differ. */
