@@ -17,15 +17,25 @@ import {
 } from './errors.ts';
 import { migrationIncompatibilities } from '../qemu/spec.ts';
 import { differingChunks } from '../qemu/ram-scan.ts';
-import type { DestinationSide, MigrationCapabilities, PreparedDestination, QemuMigrationSummary, SourceSide, SwitchoverHook } from './sides.ts';
+import type {
+  DestinationSide,
+  DiskNeed,
+  DiskProgress,
+  MigrationCapabilities,
+  PreparedDestination,
+  QemuMigrationSummary,
+  SourceSide,
+  SwitchoverHook,
+} from './sides.ts';
 import { ALWAYS_SWITCH } from './sides.ts';
-import { PolicyController, planMigration, type MigrationPlan, type PolicyAction } from './policy/policy.ts';
+import { PolicyController, diskCopyTimeoutMs, planMigration, type MigrationPlan, type PolicyAction } from './policy/policy.ts';
 import {
   DEFAULT_PARAMS,
   UNLIMITED_BANDWIDTH,
   type MigrationParams,
   type MigrationPhase,
   type MigrationProgress,
+  type DiskOutcome,
   type MigrationRecord,
   type PhaseTiming,
   type RamProgress,
@@ -68,6 +78,9 @@ class MigrationRun {
   private current: MigrationPhase = 'begin';
   /** The last RAM sample: QEMU drops its figures once a stream is cancelled, the record keeps them. */
   private lastRam: RamProgress | undefined;
+  private lastDisk: DiskProgress | undefined;
+  private diskNeeds: DiskNeed[] = [];
+  private diskOutcomes: DiskOutcome[] = [];
   private readonly log: (line: string) => void;
 
   /** Rejects at the first event that must stop the migration; raced against every step before switchover. */
@@ -92,8 +105,11 @@ class MigrationRun {
     await this.phase('begin', () => this.begin());
 
     try {
-      const prepared = await this.phase('prepare', () => this.guarded(this.o.destination.prepare(destinationCapabilities(this.plan))));
+      const prepared = await this.phase('prepare', () => this.guarded(this.o.destination.prepare(destinationCapabilities(this.plan), this.diskNeeds)));
+      this.diskOutcomes = prepared.disks;
       this.log(`destination ready and paused, listening on ${prepared.uri}`);
+      for (const disk of prepared.disks)
+        this.log(`disk ${disk.id}: ${disk.mode === 'shared' ? 'shared storage, the destination opens the same volume' : `copied to the destination over NBD${prepared.nbd?.tlsHostname ? ' with TLS' : ''}`}`);
       await this.phase('perform', () => this.perform(prepared));
       await this.phase('switchover', () => this.switchover());
     } catch (err) {
@@ -130,6 +146,14 @@ class MigrationRun {
       ...(await this.o.source.checkMigratable()),
       ...migrationIncompatibilities(this.o.source.spec, this.o.destination.spec),
     ];
+    if (!problems.length) {
+      try {
+        this.diskNeeds = await this.o.source.diskNeeds();
+        problems.push(...(await this.o.destination.checkStorage(this.diskNeeds)));
+      } catch (err) {
+        problems.push((err as Error).message);
+      }
+    }
     if (this.params.maxBandwidth !== 'unlimited' && !(this.params.maxBandwidth >= 1024 * 1024))
       problems.push(`bandwidth ${this.params.maxBandwidth} B/s is below 1 MiB/s; give a larger limit or 'unlimited'`);
     try {
@@ -151,8 +175,33 @@ class MigrationRun {
     this.throwIfCancelled();
   }
 
-  /** perform (source): stream RAM until the destination has loaded everything (or, in post-copy, holds the device state). */
+  /**
+   * perform, first step for local storage: mirror the copied disks until every
+   * job is ready (from then on guest writes reach both sides), before any RAM moves.
+   */
+  private async mirrorDisks(prepared: PreparedDestination): Promise<void> {
+    if (!prepared.nbd) return;
+    const plan = this.plan;
+    await this.guarded(this.o.source.startDiskMirror(prepared.nbd, plan.maxBandwidth === 'unlimited' ? undefined : plan.maxBandwidth));
+    const totalAllocated = this.diskNeeds.filter((n) => prepared.nbd!.disks.includes(n.id)).reduce((sum, n) => sum + n.allocatedBytes, 0);
+    const timeoutMs = diskCopyTimeoutMs(plan.policy, totalAllocated);
+    this.log(`mirroring ${prepared.nbd.disks.join(', ')} (${(totalAllocated / 2 ** 20).toFixed(0)} MiB allocated) in active mode; RAM follows when the mirror is ready`);
+    const started = performance.now();
+    for (;;) {
+      const disk = await this.guarded(this.o.source.diskProgress());
+      this.lastDisk = disk;
+      this.o.onProgress?.({ phase: 'perform', elapsedMs: this.elapsed(), disk });
+      if (disk.ready) break;
+      if (performance.now() - started > timeoutMs)
+        throw new PhaseFailure('perform', `the disk copy did not finish within ${Math.round(timeoutMs / 1000)} s (policy ${plan.policy}); cancelled`);
+      await this.guarded(sleep(this.params.progressIntervalMs));
+    }
+    this.log(`disk mirror ready: ${(this.lastDisk!.copiedBytes / 2 ** 20).toFixed(1)} MiB copied in ${Math.round(performance.now() - started)} ms`);
+  }
+
+  /** perform (source): mirror disks, then stream RAM until the destination has loaded everything (or, in post-copy, holds the device state). */
   private async perform(prepared: PreparedDestination): Promise<void> {
+    await this.mirrorDisks(prepared);
     const plan = this.plan;
     const bandwidth = plan.maxBandwidth === 'unlimited' ? UNLIMITED_BANDWIDTH : plan.maxBandwidth;
     await this.guarded(
@@ -180,7 +229,9 @@ class MigrationRun {
     while (!ready) {
       const ram = await this.guarded(this.o.source.progress());
       this.lastRam = ram;
-      this.o.onProgress?.({ phase: 'perform', elapsedMs: this.elapsed(), ram });
+      // A mirror that fails while RAM streams must stop the migration too (its jobs end at pre-switchover).
+      if (prepared.nbd && (ram.qemuStatus === 'active' || ram.qemuStatus === 'setup')) this.lastDisk = await this.guarded(this.o.source.diskProgress());
+      this.o.onProgress?.({ phase: 'perform', elapsedMs: this.elapsed(), ram, ...(this.lastDisk ? { disk: this.lastDisk } : {}) });
       if (ram.qemuStatus === 'failed' || ram.qemuStatus === 'cancelled') {
         const summary = await this.o.source.summary();
         throw new PhaseFailure('perform', `the migration stream ${ram.qemuStatus}${summary.error ? `: ${summary.error}` : ''}`);
@@ -316,6 +367,8 @@ class MigrationRun {
       downtimeMs: outcome === 'completed' ? (summary?.downtimeMs ?? null) : null,
       setupMs: summary?.setupMs ?? null,
       bytes: summary?.bytes || this.lastRam?.transferredBytes || 0,
+      disks: this.diskOutcomes,
+      diskBytes: this.lastDisk?.copiedBytes ?? 0,
       rounds: summary?.rounds || this.lastRam?.round || 0,
       phases: this.timings,
       params: this.params,

@@ -9,7 +9,21 @@ import { VmInstance } from '../qemu/instance.ts';
 import { memoryDigest } from '../qemu/ram-scan.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
 import { ACTIVE_STATUSES, toRamProgress, toSummary, type QemuMigrationInfo } from './qmp-migration.ts';
-import type { DestinationSide, MigrationCapabilities, PreparedDestination, QemuMigrationSummary, SourceSide } from './sides.ts';
+import type {
+  DestinationSide,
+  DiskNeed,
+  DiskProgress,
+  MigrationCapabilities,
+  NbdTargets,
+  PreparedDestination,
+  QemuMigrationSummary,
+  SourceSide,
+} from './sides.ts';
+import { cancelMirrors, completeMirrors, mirrorProgress, startMirrors } from './disk-mirror.ts';
+import { startNbdExports, stopNbdExports } from './nbd-export.ts';
+import type { StorageCatalog } from '../storage/registry.ts';
+import { volumeOf, type IncomingDisk } from '../storage/types.ts';
+import { mib } from '../storage/errors.ts';
 import type { RamProgress } from './types.ts';
 
 function capabilityList(capabilities: MigrationCapabilities) {
@@ -30,20 +44,36 @@ export interface StreamTls {
 
 const TLS_OBJECT = 'ferry-migration-tls';
 
-/** Creates (or recreates) the TLS credentials object and points the migration parameters at it. */
-async function useTls(instance: VmInstance, tls: StreamTls, endpoint: 'server' | 'client', hostname?: string): Promise<void> {
+/** Creates (or recreates) the TLS credentials object that the migration stream and the NBD connections use. */
+async function addTlsObject(instance: VmInstance, tls: StreamTls, endpoint: 'server' | 'client'): Promise<void> {
   const qmp = instance.qmp;
   await qmp.execute('object-del', { id: TLS_OBJECT }).catch(() => undefined);
   await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_OBJECT, dir: tls.dir, endpoint, 'verify-peer': true });
-  await qmp.execute('migrate-set-parameters', { 'tls-creds': TLS_OBJECT, ...(hostname ? { 'tls-hostname': hostname } : {}) });
+}
+
+export interface LocalSourceOptions {
+  /** Certificates for a TLS stream (needed when the destination asks for TLS). */
+  tls?: StreamTls;
+  /** This host's storage pools: needed for a VM with disks. */
+  storage?: StorageCatalog;
 }
 
 export class LocalSource implements SourceSide {
   readonly lost: Promise<string>;
+  private readonly tls: StreamTls | undefined;
+  /** Disks being mirrored to the destination, from startDiskMirror on. */
+  private mirrored: string[] = [];
+  /** Disks the destination received a copy of: after switchover this host's copies are stale. */
+  private copied: string[] = [];
+  private tlsReady = false;
 
-  constructor(readonly instance: VmInstance, private readonly tls?: StreamTls) {
+  constructor(readonly instance: VmInstance, private readonly options: LocalSourceOptions = {}) {
     this.lost = unexpectedExit(instance);
+    this.tls = options.tls;
   }
+
+  /** Why the mirrors could not be completed at pre-switchover, if that is why the stream ended. */
+  private mirrorFailure: string | undefined;
 
   get spec(): VmSpec {
     return this.instance.spec;
@@ -57,17 +87,80 @@ export class LocalSource implements SourceSide {
     if (status !== 'running') problems.push(`the VM '${this.spec.name}' is ${status}, not running; only a running VM is live-migrated`);
     if (migration.status && ACTIVE_STATUSES.has(migration.status))
       problems.push(`a migration of '${this.spec.name}' is already in progress (${migration.status}); wait for it or cancel it`);
+    if ((this.spec.disks ?? []).length && !this.options.storage) problems.push(`the VM '${this.spec.name}' has disks but this host has no storage configured`);
     return problems;
   }
 
+  async diskNeeds(): Promise<DiskNeed[]> {
+    const storage = this.options.storage;
+    if (!storage) return [];
+    return Promise.all(
+      (this.spec.disks ?? []).map(async (disk) => ({ id: disk.id, allocatedBytes: (await storage.get(disk.pool).usage(volumeOf(disk))).allocatedBytes })),
+    );
+  }
+
+  private async ensureTls(): Promise<string | undefined> {
+    if (!this.tls) return undefined;
+    if (!this.tlsReady) await addTlsObject(this.instance, this.tls, 'client');
+    this.tlsReady = true;
+    return TLS_OBJECT;
+  }
+
+  async startDiskMirror(targets: NbdTargets, speedBytesPerSec?: number): Promise<void> {
+    if (targets.tlsHostname && !this.tls) throw new Error('the destination expects TLS on its NBD exports but this source has no certificate');
+    this.mirrored = [...targets.disks];
+    this.copied = [...targets.disks];
+    await startMirrors(this.instance.qmp, targets, targets.tlsHostname ? await this.ensureTls() : undefined, speedBytesPerSec);
+  }
+
+  async diskProgress(): Promise<DiskProgress> {
+    // Once completed at pre-switchover the jobs are gone: report their last figures.
+    if (!this.mirrored.length && this.lastMirror) return { ...this.lastMirror, ready: true };
+    this.lastMirror = await mirrorProgress(this.instance.qmp, this.mirrored);
+    return this.lastMirror;
+  }
+
+  private lastMirror: DiskProgress | undefined;
+
   async startMigration(destination: PreparedDestination, capabilities: MigrationCapabilities, parameters: Record<string, unknown>): Promise<void> {
     const qmp = this.instance.qmp;
-    await qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(capabilities) });
+    // With disks mirrored, QEMU stops at pre-switchover (vCPUs paused, disks still active) for the mirrors to complete.
+    const withMirrors = this.mirrored.length > 0;
+    await qmp.execute('migrate-set-capabilities', { capabilities: capabilityList({ ...capabilities, 'pause-before-switchover': withMirrors }) });
     await qmp.execute('migrate-set-parameters', parameters);
     if (destination.tlsHostname && !this.tls) throw new Error('the destination expects a TLS migration stream but this source has no certificate');
-    if (this.tls) await useTls(this.instance, this.tls, 'client', destination.tlsHostname);
-    else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
+    const tlsObject = await this.ensureTls();
+    await qmp.execute('migrate-set-parameters', tlsObject ? { 'tls-creds': tlsObject, ...(destination.tlsHostname ? { 'tls-hostname': destination.tlsHostname } : {}) } : { 'tls-creds': '' });
+    if (withMirrors) this.completeMirrorsAtPreSwitchover();
     await qmp.execute('migrate', { uri: destination.uri });
+  }
+
+  /**
+   * Reacts to the pre-switchover pause at once (it is part of the guest's
+   * downtime): complete the mirrors, then let QEMU send the device state. If
+   * the mirrors cannot complete, the stream is cancelled and the engine rolls back.
+   */
+  private completeMirrorsAtPreSwitchover(): void {
+    const qmp = this.instance.qmp;
+    const onEvent = (e: { event: string; data: Record<string, unknown> }) => {
+      if (e.event !== 'MIGRATION') return;
+      const status = e.data['status'];
+      if (status === 'pre-switchover') {
+        qmp.off('event', onEvent);
+        completeMirrors(qmp, this.mirrored)
+          .then(() => {
+            this.mirrored = [];
+            return qmp.execute('migrate-continue', { state: 'pre-switchover' });
+          })
+          .catch(async (err: Error) => {
+            this.mirrorFailure = err.message;
+            await qmp.execute('migrate_cancel').catch(() => undefined);
+          });
+      } else if (status === 'failed' || status === 'cancelled' || status === 'completed') {
+        qmp.off('event', onEvent);
+      }
+    };
+    qmp.on('event', onEvent);
   }
 
   async setParameters(parameters: Record<string, unknown>): Promise<void> {
@@ -87,7 +180,8 @@ export class LocalSource implements SourceSide {
   }
 
   async summary(): Promise<QemuMigrationSummary> {
-    return toSummary(await this.instance.qmp.execute<QemuMigrationInfo>('query-migrate'));
+    const summary = toSummary(await this.instance.qmp.execute<QemuMigrationInfo>('query-migrate'));
+    return this.mirrorFailure ? { ...summary, error: `disk mirror: ${this.mirrorFailure}` } : summary;
   }
 
   async cancelAndResume(): Promise<void> {
@@ -102,6 +196,10 @@ export class LocalSource implements SourceSide {
         info = await qmp.execute<QemuMigrationInfo>('query-migrate');
       }
     }
+    // The source's own volumes were only read by the mirrors: stopping them leaves them as they were.
+    if (this.mirrored.length) await cancelMirrors(qmp, this.mirrored);
+    this.mirrored = [];
+    this.copied = [];
     // A stream that completed (or failed in its last stage) leaves the source paused in postmigrate.
     const { status } = await qmp.execute<{ status: string }>('query-status');
     if (status !== 'running') await qmp.execute('cont');
@@ -109,6 +207,10 @@ export class LocalSource implements SourceSide {
 
   async retire(): Promise<void> {
     await this.instance.stop({ powerdownTimeoutMs: 0 });
+    // The destination holds the disks now; this host's copies are stale.
+    for (const disk of this.spec.disks ?? []) {
+      if (this.copied.includes(disk.id)) await this.options.storage?.get(disk.pool).releaseAfterMigration(volumeOf(disk));
+    }
   }
 }
 
@@ -123,6 +225,8 @@ export interface LocalDestinationOptions {
   tls?: StreamTls;
   /** Called once QEMU is started, before it listens: for the agent to write its pid down. */
   onLaunched?: (instance: VmInstance) => Promise<void>;
+  /** This host's storage pools: needed for a VM with disks. */
+  storage?: StorageCatalog;
 }
 
 export class LocalDestination implements DestinationSide {
@@ -132,6 +236,9 @@ export class LocalDestination implements DestinationSide {
   private postcopy: Promise<void> | undefined;
   private aborted = false;
   private completionTimer: NodeJS.Timeout | undefined;
+  /** Volumes prepare made available, and how: rollback undoes exactly these. */
+  private readonly incomingDisks = new Map<string, IncomingDisk>();
+  private nbdRunning = false;
   readonly lost: Promise<string>;
   private reportLost!: (detail: string) => void;
 
@@ -149,15 +256,60 @@ export class LocalDestination implements DestinationSide {
     return this.launched;
   }
 
-  prepare(capabilities: MigrationCapabilities): Promise<PreparedDestination> {
-    const work = this.doPrepare(capabilities);
+  async checkStorage(needs: DiskNeed[]): Promise<string[]> {
+    const disks = this.spec.disks ?? [];
+    if (!disks.length) return [];
+    const storage = this.options.storage;
+    if (!storage) return [`the destination has no storage configured for the disks of '${this.spec.name}'`];
+    const problems: string[] = [];
+    // Room is checked per pool: two disks in one pool need the sum.
+    const neededPerPool = new Map<string, number>();
+    for (const disk of disks) {
+      try {
+        const driver = storage.get(disk.pool);
+        const status = await driver.status();
+        if (driver.shared) {
+          if (!(await driver.exists(volumeOf(disk)))) problems.push(`volume '${disk.volume}' is not visible in pool '${disk.pool}' on host '${storage.host}'; is the pool really shared?`);
+          continue;
+        }
+        if (await driver.exists(volumeOf(disk))) {
+          problems.push(`host '${storage.host}' already has a volume '${disk.volume}' in pool '${disk.pool}' (left from an earlier migration?); delete it there first`);
+          continue;
+        }
+        const need = (needs.find((n) => n.id === disk.id)?.allocatedBytes ?? disk.sizeBytes) + (neededPerPool.get(disk.pool) ?? 0);
+        neededPerPool.set(disk.pool, need);
+        if (status.freeBytes < need)
+          problems.push(`pool '${disk.pool}' on host '${storage.host}' has ${mib(status.freeBytes)} free, but copying the disks there needs ${mib(need)}`);
+      } catch (err) {
+        problems.push((err as Error).message);
+      }
+    }
+    return problems;
+  }
+
+  prepare(capabilities: MigrationCapabilities, needs: DiskNeed[] = []): Promise<PreparedDestination> {
+    const work = this.doPrepare(capabilities, needs);
     this.preparing = work.catch(() => undefined);
     return work;
   }
 
-  private async doPrepare(capabilities: MigrationCapabilities): Promise<PreparedDestination> {
-    const { spec, accel, runDir, network } = this.options;
-    const instance = await VmInstance.launch({ spec, accel, runDir, ...(network ? { network } : {}), incoming: true });
+  private async prepareVolumes(needs: DiskNeed[]): Promise<void> {
+    const disks = this.spec.disks ?? [];
+    if (!disks.length) return;
+    const storage = this.options.storage;
+    if (!storage) throw new Error(`the destination has no storage configured for the disks of '${this.spec.name}'`);
+    for (const disk of disks) {
+      if (this.aborted) throw new Error('aborted');
+      const allocated = needs.find((n) => n.id === disk.id)?.allocatedBytes ?? disk.sizeBytes;
+      this.incomingDisks.set(disk.id, await storage.get(disk.pool).prepareIncoming(volumeOf(disk), allocated));
+    }
+  }
+
+  private async doPrepare(capabilities: MigrationCapabilities, needs: DiskNeed[]): Promise<PreparedDestination> {
+    const { spec, accel, runDir, network, storage } = this.options;
+    await this.prepareVolumes(needs);
+    const disks = (spec.disks ?? []).length && storage ? storage.attachments(spec.disks) : undefined;
+    const instance = await VmInstance.launch({ spec, accel, runDir, ...(network ? { network } : {}), ...(disks ? { disks } : {}), incoming: true });
     this.launched = instance;
     if (this.aborted) throw new Error('aborted');
     unexpectedExit(instance).then(this.reportLost);
@@ -165,7 +317,17 @@ export class LocalDestination implements DestinationSide {
     const qmp = instance.qmp;
     await qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(capabilities) });
     const address = this.options.listenAddress;
-    if (this.options.tls) await useTls(instance, this.options.tls, 'server');
+    if (this.options.tls) {
+      await addTlsObject(instance, this.options.tls, 'server');
+      await qmp.execute('migrate-set-parameters', { 'tls-creds': TLS_OBJECT });
+    }
+    const copied = [...this.incomingDisks].filter(([, how]) => how === 'copy').map(([id]) => id);
+    let nbd: NbdTargets | undefined;
+    if (copied.length) {
+      const tls = this.options.tls && address ? { tlsObject: TLS_OBJECT, tlsHostname: address } : {};
+      nbd = await startNbdExports(instance, copied, { ...(address ? { address } : {}), ...tls });
+      this.nbdRunning = true;
+    }
     // Listen for the end of the incoming stream before starting it, so the event cannot be missed.
     this.postcopy = new Promise<void>((resolve) => {
       const onEvent = (e: { event: string; data: Record<string, unknown> }) => {
@@ -189,7 +351,12 @@ export class LocalDestination implements DestinationSide {
     this.completion.catch(() => undefined);
     await qmp.execute('migrate-incoming', { uri: address ? `tcp:${address}:0` : `unix:${path.join(instance.dir, 'migrate.sock')}` });
     const uri = address ? `tcp:${address}:${await this.listeningPort()}` : `unix:${path.join(instance.dir, 'migrate.sock')}`;
-    return { uri, ...(this.options.tls && address ? { tlsHostname: address } : {}) };
+    return {
+      uri,
+      ...(this.options.tls && address ? { tlsHostname: address } : {}),
+      disks: [...this.incomingDisks].map(([id, mode]) => ({ id, mode })),
+      ...(nbd ? { nbd } : {}),
+    };
   }
 
   /** The port QEMU picked for `tcp:ADDRESS:0`. */
@@ -224,6 +391,9 @@ export class LocalDestination implements DestinationSide {
 
   async resume(): Promise<void> {
     const qmp = this.instance.qmp;
+    // The source's mirrors are done; from now on the guest must be the disks' only writer.
+    if (this.nbdRunning) await stopNbdExports(this.instance);
+    this.nbdRunning = false;
     await qmp.execute('cont');
     // Tell the switches where the guest's MACs are now, at once and a few times more.
     await qmp.execute('announce-self', { initial: 0, max: 100, rounds: 3, step: 50 });
@@ -243,5 +413,11 @@ export class LocalDestination implements DestinationSide {
     clearTimeout(this.completionTimer); // nobody waits for the stream any more
     await this.preparing;
     await this.launched?.destroy();
+    // Only what prepare made goes: a copy's half-filled volume; shared volumes stay as they are.
+    for (const disk of this.spec.disks ?? []) {
+      const how = this.incomingDisks.get(disk.id);
+      if (how) await this.options.storage?.get(disk.pool).abortIncoming(volumeOf(disk), how);
+      this.incomingDisks.delete(disk.id);
+    }
   }
 }

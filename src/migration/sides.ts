@@ -9,6 +9,30 @@ import type { RamProgress } from './types.ts';
 /** QEMU migration capabilities ferry turns on, set identically on both sides where QEMU needs that. */
 export type MigrationCapabilities = Record<string, boolean>;
 
+/** What the destination must know about one source disk, from begin on. */
+export interface DiskNeed {
+  id: string;
+  /** Bytes the source's image occupies: what a copy moves at most. */
+  allocatedBytes: number;
+}
+
+export type NbdServerAddress = { type: 'unix'; path: string } | { type: 'inet'; host: string; port: number };
+
+/** Where the source mirrors the disks that the destination copies (export name = disk id). */
+export interface NbdTargets {
+  server: NbdServerAddress;
+  disks: string[];
+  /** Between hosts: the name the destination's certificate carries. */
+  tlsHostname?: string;
+}
+
+export interface DiskProgress {
+  totalBytes: number;
+  copiedBytes: number;
+  /** Every mirror job caught up: from now on guest writes reach both copies. */
+  ready: boolean;
+}
+
 export interface QemuMigrationSummary {
   status: string;
   downtimeMs: number | null;
@@ -23,6 +47,15 @@ export interface SourceSide {
   readonly spec: VmSpec;
   /** begin: why this VM cannot be migrated now (not running, already migrating...); empty when it can. */
   checkMigratable(): Promise<string[]>;
+  /** begin: how much of each disk a copy would move. */
+  diskNeeds(): Promise<DiskNeed[]>;
+  /**
+   * perform, before RAM: mirror the disks the destination copies into its NBD exports.
+   * The source then completes the mirrors by itself in QEMU's pre-switchover pause.
+   */
+  startDiskMirror(targets: NbdTargets, speedBytesPerSec?: number): Promise<void>;
+  /** perform: the mirror jobs' progress; rejects when a job failed. */
+  diskProgress(): Promise<DiskProgress>;
   /** perform: set capabilities and parameters, then start sending to the prepared destination. */
   startMigration(destination: PreparedDestination, capabilities: MigrationCapabilities, parameters: Record<string, unknown>): Promise<void>;
   /** perform: change migration parameters while the stream runs (the policy's steps). */
@@ -37,7 +70,7 @@ export interface SourceSide {
   summary(): Promise<QemuMigrationSummary>;
   /** Rollback: stop an active migration and make sure the guest runs here again. */
   cancelAndResume(): Promise<void>;
-  /** confirm: the VM runs elsewhere now; stop this QEMU and release its resources. */
+  /** confirm: the VM runs elsewhere now; stop this QEMU and release its resources (and the stale copies of disks it mirrored). */
   retire(): Promise<void>;
   /** Resolves if the source QEMU exits unexpectedly. */
   readonly lost: Promise<string>;
@@ -46,6 +79,10 @@ export interface SourceSide {
 export interface PreparedDestination {
   /** Where the source sends the stream (unix:..., tcp:host:port). */
   uri: string;
+  /** What the destination does with each disk: open the same bytes, or receive a copy. */
+  disks: { id: string; mode: 'shared' | 'copy' }[];
+  /** Present when some disks are copied. */
+  nbd?: NbdTargets;
   /** When the stream is TLS: the name the destination's certificate carries, for the source to check. */
   tlsHostname?: string;
 }
@@ -53,8 +90,10 @@ export interface PreparedDestination {
 export interface DestinationSide {
   /** The spec the destination will run, for the compatibility check in begin. */
   readonly spec: VmSpec;
-  /** prepare: start QEMU paused with `-incoming defer`, same devices, and listen. */
-  prepare(capabilities: MigrationCapabilities): Promise<PreparedDestination>;
+  /** begin: why the destination cannot take these disks (pool unreachable from it, no room); empty when it can. */
+  checkStorage(needs: DiskNeed[]): Promise<string[]>;
+  /** prepare: make the volumes, start QEMU paused with `-incoming defer`, same devices, and listen (NBD exports for copied disks). */
+  prepare(capabilities: MigrationCapabilities, needs: DiskNeed[]): Promise<PreparedDestination>;
   /** perform: resolves when the destination has loaded all state (it is still paused), rejects if it failed. */
   incomingComplete(timeoutMs: number): Promise<void>;
   /** perform, post-copy only: resolves when the destination has the device state and waits, paused, to run. */

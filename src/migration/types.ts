@@ -1,5 +1,6 @@
 /** The vocabulary of a live migration: phases, parameters, progress and the final record. */
 import type { MigrationPlan, PolicyName, PolicyStep } from './policy/policy.ts';
+import type { DiskProgress } from './sides.ts';
 
 /**
  * The protocol phases, after libvirt's begin/prepare/perform/finish/confirm.
@@ -64,6 +65,14 @@ export interface MigrationProgress {
   phase: MigrationPhase;
   elapsedMs: number;
   ram?: RamProgress;
+  /** Disks mirrored to the destination (local storage): bytes copied so far. */
+  disk?: DiskProgress;
+}
+
+/** One disk in the record: opened where it was (shared) or copied, and how many bytes the copy moved. */
+export interface DiskOutcome {
+  id: string;
+  mode: 'shared' | 'copy';
 }
 
 export type MigrationOutcome = 'completed' | 'rolled-back';
@@ -85,6 +94,10 @@ export interface MigrationRecord {
   setupMs: number | null;
   /** RAM bytes sent over the migration stream. */
   bytes: number;
+  /** The VM's disks and what the migration did with each. */
+  disks: DiskOutcome[];
+  /** Bytes the disk mirrors copied (0 when every disk is shared). */
+  diskBytes: number;
   rounds: number;
   phases: PhaseTiming[];
   params: MigrationParams;

@@ -8,6 +8,17 @@ export interface TlsCredentials {
   endpoint: 'server' | 'client';
 }
 
+/**
+ * How one disk of the spec is opened on this host: the -blockdev of its format
+ * node (named after the disk id), as the storage driver describes it.
+ */
+export interface DiskAttachment {
+  id: string;
+  blockdev: Record<string, unknown>;
+  /** Guest-visible serial (virtio-blk allows 20 characters): the volume name. */
+  serial: string;
+}
+
 /** Host-side facts of one QEMU process: not part of the VM, different on each side of a migration. */
 export interface QemuRuntime {
   accel: Accel;
@@ -18,6 +29,8 @@ export interface QemuRuntime {
   /** Start as a migration destination: paused, waiting for `migrate-incoming`. */
   incoming: boolean;
   tls?: TlsCredentials;
+  /** One per spec.disks entry, in that order. */
+  disks?: DiskAttachment[];
 }
 
 export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
@@ -49,6 +62,12 @@ export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
       argv.push('-netdev', `user,id=net${i}`);
     }
     argv.push('-device', `${nic.model},netdev=net${i},mac=${nic.mac},id=nic${i}`);
+  });
+  spec.disks.forEach((disk, i) => {
+    const attachment = runtime.disks?.[i];
+    if (!attachment || attachment.id !== disk.id) throw new Error(`no storage given for disk ${disk.id} (${disk.pool}/${disk.volume})`);
+    argv.push('-blockdev', JSON.stringify({ ...attachment.blockdev, 'node-name': disk.id }));
+    argv.push('-device', `virtio-blk-pci,drive=${disk.id},id=${disk.id}-dev,serial=${attachment.serial.slice(0, 20)}`);
   });
   if (runtime.tls) {
     argv.push('-object', `tls-creds-x509,id=${runtime.tls.id},dir=${runtime.tls.dir},endpoint=${runtime.tls.endpoint},verify-peer=on`);

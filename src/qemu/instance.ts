@@ -5,7 +5,7 @@
  */
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { buildQemuArgv, type TlsCredentials } from './argv.ts';
+import { buildQemuArgv, type DiskAttachment, type TlsCredentials } from './argv.ts';
 import { GuestBootTimeoutError } from './errors.ts';
 import { QemuProcess, type ShutdownOutcome } from './process.ts';
 import type { Accel, NicSpec, VmSpec } from './spec.ts';
@@ -29,6 +29,8 @@ export interface LaunchOptions {
   /** Start paused as a migration destination (`-S -incoming defer`). */
   incoming?: boolean;
   tls?: TlsCredentials;
+  /** How each of spec.disks is opened here (storage/attach.ts). */
+  disks?: DiskAttachment[];
 }
 
 export class VmInstance {
@@ -63,6 +65,7 @@ export class VmInstance {
         taps,
         incoming: options.incoming ?? false,
         ...(options.tls ? { tls: options.tls } : {}),
+        ...(options.disks ? { disks: options.disks } : {}),
       };
       const process = await QemuProcess.start({
         argv: buildQemuArgv(options.spec, runtime),

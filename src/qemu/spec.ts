@@ -24,6 +24,22 @@ export interface NicSpec {
   backend: NicBackend;
 }
 
+/** Image formats ferry creates volumes in. */
+export type VolumeFormat = 'qcow2' | 'raw';
+
+/**
+ * A virtio-blk disk backed by a volume of a storage pool. The spec names the
+ * pool and volume; where its bytes are on a host is the storage driver's business.
+ */
+export interface DiskSpec {
+  /** Device and QEMU node name inside this VM: disk0, disk1, ... */
+  id: string;
+  pool: string;
+  volume: string;
+  format: VolumeFormat;
+  sizeBytes: number;
+}
+
 /** Direct kernel boot: how ferry's own guest image starts. */
 export interface KernelBoot {
   kind: 'kernel';
@@ -43,6 +59,7 @@ export interface VmSpec {
   accel: AccelChoice;
   boot: KernelBoot;
   nics: NicSpec[];
+  disks: DiskSpec[];
 }
 
 export interface VmSpecInput {
@@ -55,9 +72,11 @@ export interface VmSpecInput {
   accel?: AccelChoice;
   boot: KernelBoot;
   nics?: NicSpec[];
+  disks?: DiskSpec[];
 }
 
 const NAME = /^[a-z][a-z0-9-]{0,62}$/;
+const DISK_ID = /^disk[0-9]{1,2}$/;
 const MAC = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -73,6 +92,7 @@ export function makeVmSpec(input: VmSpecInput): VmSpec {
     accel: input.accel ?? 'auto',
     boot: input.boot,
     nics: input.nics ?? [],
+    disks: input.disks ?? [],
   };
   validateVmSpec(spec);
   return spec;
@@ -105,6 +125,20 @@ export function validateVmSpec(spec: VmSpec): void {
     if (nic.backend.kind === 'bridge' && !/^[A-Za-z0-9_.-]{1,15}$/.test(nic.backend.bridge))
       throw new InvalidVmSpecError(`nics[${i}].backend.bridge`, `'${nic.backend.bridge}' is not a network interface name`);
   });
+  const ids = new Set<string>();
+  const volumes = new Set<string>();
+  (spec.disks ?? []).forEach((disk, i) => {
+    if (!DISK_ID.test(disk.id)) throw new InvalidVmSpecError(`disks[${i}].id`, `'${disk.id}' must be disk0, disk1, ...`);
+    if (ids.has(disk.id)) throw new InvalidVmSpecError(`disks[${i}].id`, `'${disk.id}' is used twice`);
+    ids.add(disk.id);
+    if (!NAME.test(disk.pool)) throw new InvalidVmSpecError(`disks[${i}].pool`, `'${disk.pool}' is not a storage pool name`);
+    if (!NAME.test(disk.volume)) throw new InvalidVmSpecError(`disks[${i}].volume`, `'${disk.volume}' is not a volume name`);
+    if (volumes.has(`${disk.pool}/${disk.volume}`)) throw new InvalidVmSpecError(`disks[${i}].volume`, `'${disk.pool}/${disk.volume}' is attached twice`);
+    volumes.add(`${disk.pool}/${disk.volume}`);
+    if (disk.format !== 'qcow2' && disk.format !== 'raw') throw new InvalidVmSpecError(`disks[${i}].format`, `'${disk.format}' must be qcow2 or raw`);
+    if (!Number.isInteger(disk.sizeBytes) || disk.sizeBytes < 1024 * 1024 || disk.sizeBytes % 512 !== 0)
+      throw new InvalidVmSpecError(`disks[${i}].sizeBytes`, `${disk.sizeBytes} must be a whole number of 512-byte sectors, at least 1 MiB`);
+  });
 }
 
 /** A stable locally administered MAC derived from a VM's uuid and NIC index. */
@@ -131,6 +165,12 @@ export function migrationIncompatibilities(source: VmSpec, destination: VmSpec):
     source.nics.map((n) => `${n.model} ${n.mac}`),
     destination.nics.map((n) => `${n.model} ${n.mac}`),
     'the destination must have the same NICs with the same MACs',
+  );
+  differ(
+    'disks',
+    (source.disks ?? []).map((d) => `${d.id} ${d.sizeBytes} B`),
+    (destination.disks ?? []).map((d) => `${d.id} ${d.sizeBytes} B`),
+    'the destination must have the same disks with the same sizes',
   );
   return problems;
 }

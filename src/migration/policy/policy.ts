@@ -99,6 +99,11 @@ export class InvalidPolicyError extends Error {
   override name = 'InvalidPolicyError';
 }
 
+/** How long copying `bytes` of disk may take under a policy before the migration gives up. */
+export function diskCopyTimeoutMs(policy: PolicyName, bytes: number): number {
+  return Math.max(MIN_TIMEOUT_MS, Math.round((TABLES[policy].timeoutPerGiBMs * bytes) / 2 ** 30));
+}
+
 export function planMigration(options: PolicyOptions, guestMemoryMiB: number): MigrationPlan {
   const table = TABLES[options.name];
   if (!table) throw new InvalidPolicyError(`unknown policy '${options.name}'; choose one of ${POLICY_NAMES.join(', ')}`);

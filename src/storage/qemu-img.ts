@@ -1,0 +1,20 @@
+/** Image files through qemu-img: create, inspect. */
+import { run } from '../util/exec.ts';
+import type { VolumeFormat } from '../qemu/spec.ts';
+
+export async function createImage(file: string, format: VolumeFormat, sizeBytes: number): Promise<void> {
+  // qcow2 with a small cluster-table preallocation is what admins get by default; raw files are sparse.
+  await run('qemu-img', ['create', '-q', '-f', format, file, String(sizeBytes)], { timeoutMs: 60_000 });
+}
+
+export interface ImageInfo {
+  format: string;
+  virtualSize: number;
+  actualSize: number;
+}
+
+/** Reads an image's header; `-U` so that an image a running QEMU holds can still be inspected. */
+export async function imageInfo(file: string): Promise<ImageInfo> {
+  const out = JSON.parse(await run('qemu-img', ['info', '-U', '--output=json', file])) as Record<string, unknown>;
+  return { format: String(out['format']), virtualSize: Number(out['virtual-size']), actualSize: Number(out['actual-size'] ?? 0) };
+}

@@ -1,0 +1,41 @@
+/** From a pool's configuration to the driver that serves it on this host. */
+import { LocalDirDriver } from './local.ts';
+import { SharedDirDriver } from './shared-dir.ts';
+import { StorageError } from './errors.ts';
+import type { StorageDriver, StoragePoolConfig } from './types.ts';
+import type { DiskAttachment } from '../qemu/argv.ts';
+import type { DiskSpec } from '../qemu/spec.ts';
+import { volumeOf } from './types.ts';
+
+export function driverFor(config: StoragePoolConfig, host: string): StorageDriver {
+  switch (config.type) {
+    case 'shared-dir':
+      return new SharedDirDriver(config, host);
+    case 'local':
+      return new LocalDirDriver(config, host);
+  }
+}
+
+/** The pools one host knows, by name. */
+export class StorageCatalog {
+  private readonly drivers = new Map<string, StorageDriver>();
+
+  constructor(pools: StoragePoolConfig[], readonly host: string) {
+    for (const pool of pools) this.drivers.set(pool.name, driverFor(pool, host));
+  }
+
+  get(pool: string): StorageDriver {
+    const driver = this.drivers.get(pool);
+    if (!driver) throw new StorageError(`storage pool '${pool}' is not configured (known: ${[...this.drivers.keys()].join(', ') || 'none'}); add it with 'ferry storage add'`);
+    return driver;
+  }
+
+  pools(): StorageDriver[] {
+    return [...this.drivers.values()];
+  }
+
+  /** How QEMU opens each disk of a VM on this host. */
+  attachments(disks: DiskSpec[]): DiskAttachment[] {
+    return disks.map((disk) => ({ id: disk.id, blockdev: this.get(disk.pool).blockdev(volumeOf(disk)), serial: disk.volume }));
+  }
+}

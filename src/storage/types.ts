@@ -1,0 +1,72 @@
+/**
+ * The storage driver interface: every backend (a shared directory, a host's own
+ * directory, later NFS, iSCSI, RBD, replicated volumes) answers the same few
+ * questions for the rest of ferry: make and remove volumes, how QEMU opens one,
+ * and what a live migration has to do with it.
+ */
+import type { DiskSpec, VolumeFormat } from '../qemu/spec.ts';
+
+export type StorageType = 'shared-dir' | 'local';
+export const STORAGE_TYPES: readonly StorageType[] = ['shared-dir', 'local'];
+
+/** A storage pool as the cluster configures it (`ferry storage add`). */
+export interface StoragePoolConfig {
+  name: string;
+  type: StorageType;
+  /** shared-dir: the directory every host mounts at the same path; local: each host's own directory. */
+  path: string;
+}
+
+/** A volume as drivers see it: which pool, which name, how big, which format. */
+export interface VolumeSpec {
+  pool: string;
+  name: string;
+  format: VolumeFormat;
+  sizeBytes: number;
+}
+
+export function volumeOf(disk: DiskSpec): VolumeSpec {
+  return { pool: disk.pool, name: disk.volume, format: disk.format, sizeBytes: disk.sizeBytes };
+}
+
+export interface PoolStatus {
+  freeBytes: number;
+  totalBytes: number;
+}
+
+export interface VolumeUsage {
+  /** Bytes the image occupies on its storage (what a copy has to move, at most). */
+  allocatedBytes: number;
+}
+
+/**
+ * What a migration destination does with a disk:
+ * - `shared`: the destination opens the very same bytes; only RAM moves.
+ * - `copy`: the destination made an empty volume; the source mirrors the disk into it over NBD.
+ */
+export type IncomingDisk = 'shared' | 'copy';
+
+export interface StorageDriver {
+  readonly config: StoragePoolConfig;
+  /** Whether every host sees the same bytes under the same name. */
+  readonly shared: boolean;
+  /** Whether the pool is usable from this host; throws PoolUnreachableError naming host and pool. */
+  status(): Promise<PoolStatus>;
+  exists(volume: VolumeSpec): Promise<boolean>;
+  usage(volume: VolumeSpec): Promise<VolumeUsage>;
+  /** Creates an empty volume; refuses an existing one and a pool without room. */
+  create(volume: VolumeSpec): Promise<void>;
+  /** Removes a volume (callers check that no VM uses it). */
+  delete(volume: VolumeSpec): Promise<void>;
+  /** The -blockdev options of the volume's format node (the node name is added by the caller). */
+  blockdev(volume: VolumeSpec): Record<string, unknown>;
+  /**
+   * Migration destination, in prepare: make the volume available to the incoming QEMU.
+   * `allocatedBytes` is what the source holds, for the room check of a copy.
+   */
+  prepareIncoming(volume: VolumeSpec, allocatedBytes: number): Promise<IncomingDisk>;
+  /** Migration destination, on rollback: remove what prepareIncoming made. The source's volume is never touched. */
+  abortIncoming(volume: VolumeSpec, how: IncomingDisk): Promise<void>;
+  /** Migration source, after the destination took over: drop this host's now stale copy (nothing for shared storage). */
+  releaseAfterMigration(volume: VolumeSpec): Promise<void>;
+}
