@@ -6,6 +6,7 @@ import type { NodeConfig } from './config.ts';
 import { NotFoundError, RefusedError, StaleTokenError } from './errors.ts';
 import type { LocalRuntime } from './runtime.ts';
 import type { OwnedVm } from '../cluster/model.ts';
+import { StorageCatalog } from '../storage/registry.ts';
 
 export interface AgentContext {
   node: NodeConfig;
@@ -46,4 +47,9 @@ export async function requireRoom(ctx: AgentContext, host: string, memoryMiB: nu
   const free = await freeMemoryMiB(ctx, host);
   if (free < memoryMiB)
     throw new RefusedError(`host '${host}' has ${free} MiB free for guests, '${vm}' needs ${memoryMiB} MiB; choose another host or stop a VM there`);
+}
+
+/** The cluster's storage pools as this host reaches them. */
+export async function storageCatalog(ctx: AgentContext): Promise<StorageCatalog> {
+  return new StorageCatalog(await ctx.state.pools(), ctx.node.name);
 }

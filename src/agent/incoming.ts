@@ -5,7 +5,10 @@
  * this agent checks against the store itself.
  */
 import { LocalDestination } from '../migration/local.ts';
-import { checkToken, requireRoom, type AgentContext } from './context.ts';
+import { checkToken, requireRoom, storageCatalog, type AgentContext } from './context.ts';
+import { checkIncomingStorage } from '../migration/storage-check.ts';
+import type { DiskNeed, PreparedDestination } from '../migration/sides.ts';
+import type { VmSpec } from '../qemu/spec.ts';
 import { NotFoundError, RefusedError, StaleTokenError } from './errors.ts';
 import type { IncomingRequest, IncomingState } from './remote-destination.ts';
 
@@ -23,7 +26,12 @@ export class IncomingMigrations {
 
   constructor(private readonly ctx: AgentContext) {}
 
-  async prepare(request: IncomingRequest): Promise<{ uri: string; tlsHostname?: string }> {
+  /** begin: could this host take the VM's disks? */
+  async checkStorage(spec: VmSpec, needs: DiskNeed[]): Promise<string[]> {
+    return checkIncomingStorage(spec, await storageCatalog(this.ctx), needs);
+  }
+
+  async prepare(request: IncomingRequest): Promise<PreparedDestination> {
     const { ctx } = this;
     const vm = await checkToken(ctx, request.spec.name, request.token);
     if (vm.owner !== request.source) throw new RefusedError(`'${vm.spec.name}' is owned by ${vm.owner}, not by ${request.source}`);
@@ -38,12 +46,13 @@ export class IncomingMigrations {
       network: ctx.runtime.network,
       listenAddress: ctx.node.address,
       tls: { dir: ctx.node.certDir },
+      storage: await storageCatalog(ctx),
       onLaunched: (instance) => ctx.runtime.record(instance, 'incoming', request.migrationId),
     });
     const entry: Incoming = { request, destination, state: 'preparing', completed: false, changed: Promise.resolve() };
     this.byId.set(request.migrationId, entry);
     try {
-      const prepared = await destination.prepare(request.capabilities);
+      const prepared = await destination.prepare(request.capabilities, request.disks ?? []);
       entry.state = 'listening';
       const completed = destination.incomingComplete(24 * 3600_000).then(() => {
         entry.completed = true;

@@ -1,5 +1,5 @@
 /** The destination side of a migration, run by the destination host's agent and driven over its API. */
-import type { DestinationSide, MigrationCapabilities, PreparedDestination } from '../migration/sides.ts';
+import type { DestinationSide, DiskNeed, MigrationCapabilities, PreparedDestination } from '../migration/sides.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
 import { AgentUnreachableError, type AgentClient } from './client.ts';
 
@@ -11,6 +11,8 @@ export interface IncomingRequest {
   /** The VM's fencing token as the source saw it at begin. */
   token: number;
   capabilities: MigrationCapabilities;
+  /** What each source disk holds, for the destination's volumes. */
+  disks: DiskNeed[];
 }
 
 export type IncomingState = 'preparing' | 'listening' | 'loaded' | 'postcopy' | 'running' | 'lost' | 'aborted';
@@ -31,7 +33,7 @@ export class RemoteDestination implements DestinationSide {
   constructor(
     private readonly agent: AgentClient,
     readonly spec: VmSpec,
-    private readonly request: Omit<IncomingRequest, 'capabilities' | 'spec'>,
+    private readonly request: Omit<IncomingRequest, 'capabilities' | 'spec' | 'disks'>,
   ) {
     this.lost = new Promise((resolve) => (this.reportLost = resolve));
   }
@@ -40,8 +42,13 @@ export class RemoteDestination implements DestinationSide {
     return `/v1/incoming/${this.request.migrationId}`;
   }
 
-  async prepare(capabilities: MigrationCapabilities): Promise<PreparedDestination> {
-    const prepared = await this.agent.call<PreparedDestination>('POST', '/v1/incoming', { ...this.request, spec: this.spec, capabilities }, 60_000);
+  async checkStorage(needs: DiskNeed[]): Promise<string[]> {
+    if (!(this.spec.disks ?? []).length) return [];
+    return (await this.agent.call<{ problems: string[] }>('POST', '/v1/incoming/check-storage', { spec: this.spec, disks: needs }, 30_000)).problems;
+  }
+
+  async prepare(capabilities: MigrationCapabilities, needs: DiskNeed[]): Promise<PreparedDestination> {
+    const prepared = await this.agent.call<PreparedDestination>('POST', '/v1/incoming', { ...this.request, spec: this.spec, capabilities, disks: needs }, 120_000);
     this.watch();
     return prepared;
   }

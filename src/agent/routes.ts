@@ -8,8 +8,11 @@ import type { Route } from './server.ts';
 import { dryRun } from './predict.ts';
 import { cancelMigration, startMigration, type MigrateRequest } from './source-migration.ts';
 import { ensureGuestImage, guestBoot } from '../qemu/guest-image.ts';
-import { macFor, makeVmSpec } from '../qemu/spec.ts';
-import type { OwnedVm } from '../cluster/model.ts';
+import { macFor, makeVmSpec, type DiskSpec, type VmSpec, type VolumeFormat } from '../qemu/spec.ts';
+import type { OwnedVm, StoredVolume } from '../cluster/model.ts';
+import type { DiskNeed } from '../migration/sides.ts';
+import { createVolume, removeVolume, storageRoutes } from './storage-routes.ts';
+import { storageCatalog } from './context.ts';
 
 export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster: ClusterConfig): Route[] {
   const { state, runtime, node } = ctx;
@@ -20,6 +23,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
   };
 
   return [
+    ...storageRoutes(ctx),
     { method: 'GET', pattern: '/v1/health', handler: async () => ({ host: node.name, vms: await runtime.list() }) },
 
     {
@@ -41,6 +45,9 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         const uuid = crypto.randomUUID();
         const ip = (body['ip'] as string | undefined) ?? (await allocateIp(ctx, cluster));
         const net = cluster.guestNetwork;
+        const diskRequests = (body['disks'] as DiskRequest[] | undefined) ?? [];
+        const diskcheck = body['diskcheckRate'] !== undefined ? { ratePerSec: Number(body['diskcheckRate']) } : undefined;
+        if (diskcheck && !diskRequests.length) throw new RefusedError('diskcheck needs a disk; give the VM one with --disk SIZE');
         const spec = makeVmSpec({
           name,
           uuid,
@@ -51,21 +58,32 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
             ...(ip ? { ip: `${ip}/${net?.prefixLength ?? 24}` } : {}),
             memcheckMiB: Number(body['memcheckMiB'] ?? Math.min(64, Math.floor(memoryMiB / 4))),
             dirtyMiBps: Number(body['dirtyMiBps'] ?? 0),
+            ...(diskcheck ? { diskcheck } : {}),
           }),
           nics: [{ mac: macFor(uuid, 0), model: 'virtio-net-pci', backend: { kind: 'bridge', bridge: node.bridge } }],
+          disks: diskRequests.map((d, i) => diskSpec(name, i, d)),
         });
         await requireRoom(ctx, node.name, memoryMiB, name);
-        const token = await state.createVm({ spec, owner: node.name, desired: 'running', ...(ip ? { ip } : {}) });
-        if (token === undefined) throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
+        if ((await state.vm(name)) !== undefined) throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
+        // Volumes first (each refused if its pool is unreachable from here), so a VM record never names a missing disk.
+        const volumes: StoredVolume[] = [];
         const job = await state.newJob('create', name, node.name);
         try {
-          await runtime.start(spec);
+          for (const disk of spec.disks) volumes.push(await createVolume(ctx, { pool: disk.pool, name: disk.volume, format: disk.format, sizeBytes: disk.sizeBytes, vm: name }));
+          const token = await state.createVm({ spec, owner: node.name, desired: 'running', ...(ip ? { ip } : {}) });
+          if (token === undefined) throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
+          try {
+            await runtime.start(spec, (await storageCatalog(ctx)).attachments(spec.disks));
+          } catch (err) {
+            const vm = await state.vm(name);
+            if (vm) await state.deleteVm(vm);
+            throw err;
+          }
           job.state = 'succeeded';
         } catch (err) {
           job.state = 'failed';
           job.error = (err as Error).message;
-          const vm = await state.vm(name);
-          if (vm) await state.deleteVm(vm); // nothing half-made stays behind
+          for (const v of volumes) await removeVolume(ctx, v).catch(() => undefined); // nothing half-made stays behind
           throw err;
         } finally {
           await state.saveJob(job);
@@ -79,7 +97,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       handler: async ({ name }, body) => {
         const vm = await mine(name!, body['token']);
         if (runtime.get(name!)) throw new RefusedError(`'${name}' is already running on ${node.name}`);
-        await runtime.start(vm.spec);
+        await runtime.start(vm.spec, (await storageCatalog(ctx)).attachments(vm.spec.disks ?? []));
         return { vm: await state.vm(name!) };
       },
     },
@@ -100,7 +118,17 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         if (await state.migration(name!)) throw new RefusedError(`'${name}' is being migrated; wait for the migration to end`);
         if (runtime.get(name!)) await runtime.stop(name!, true);
         if (!(await state.deleteVm(vm))) throw new RefusedError(`'${name}' changed while being destroyed; try again`);
-        return { destroyed: name };
+        // Its volumes stay (data is never deleted implicitly), detached, where they are.
+        const kept: string[] = [];
+        for (const disk of vm.spec.disks ?? []) {
+          const volume = await state.volume(disk.pool, disk.volume);
+          if (!volume || volume.vm !== name) continue;
+          const shared = (await storageCatalog(ctx)).get(disk.pool).shared;
+          const { vm: _vm, ...detached } = volume;
+          await state.updateVolume({ ...detached, revision: volume.revision }, shared ? {} : { host: node.name });
+          kept.push(`${disk.pool}/${disk.volume}`);
+        }
+        return { destroyed: name, keptVolumes: kept };
       },
     },
     { method: 'GET', pattern: '/v1/vms/:name/console', handler: async ({ name }) => ({ log: await runtime.consoleLog(name!) }) },
@@ -124,6 +152,11 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     { method: 'POST', pattern: '/v1/jobs/:id/cancel', handler: async ({ id }) => ({ cancelled: cancelMigration(id!) }) },
 
     { method: 'POST', pattern: '/v1/incoming', handler: async (_, body) => incoming.prepare(body as unknown as IncomingRequest) },
+    {
+      method: 'POST',
+      pattern: '/v1/incoming/check-storage',
+      handler: async (_, body) => ({ problems: await incoming.checkStorage(body['spec'] as VmSpec, (body['disks'] as DiskNeed[]) ?? []) }),
+    },
     { method: 'GET', pattern: '/v1/incoming/:id', handler: async ({ id }) => ({ state: incoming.get(id!).state }) },
     { method: 'POST', pattern: '/v1/incoming/:id/wait', handler: async ({ id }, body) => incoming.wait(id!, Number(body['timeoutMs'] ?? 10_000)) },
     { method: 'GET', pattern: '/v1/incoming/:id/running', handler: async ({ id }) => ({ running: await incoming.running(id!) }) },
@@ -132,6 +165,17 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     { method: 'POST', pattern: '/v1/incoming/:id/finish', handler: async ({ id }) => (await incoming.finish(id!), {}) },
     { method: 'POST', pattern: '/v1/incoming/:id/abort', handler: async ({ id }) => (await incoming.abort(id!), {}) },
   ];
+}
+
+interface DiskRequest {
+  sizeBytes: number;
+  pool: string;
+  format?: VolumeFormat;
+}
+
+function diskSpec(vm: string, index: number, request: DiskRequest): DiskSpec {
+  if (!request.pool) throw new RefusedError(`disk ${index} of '${vm}' names no storage pool; add one with 'ferry storage add' and give it as --disk SIZE,storage=NAME`);
+  return { id: `disk${index}`, pool: request.pool, volume: `${vm}-disk${index}`, format: request.format ?? 'qcow2', sizeBytes: Number(request.sizeBytes) };
 }
 
 async function allocateIp(ctx: AgentContext, cluster: ClusterConfig): Promise<string | undefined> {

@@ -10,6 +10,7 @@ import type { NetworkAttacher } from '../qemu/instance.ts';
 import { VmInstance } from '../qemu/instance.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
 import { startVm } from '../qemu/start.ts';
+import type { DiskAttachment } from '../qemu/argv.ts';
 import { writeJson } from './config.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 
@@ -116,9 +117,9 @@ export class LocalRuntime {
     this.running.delete(name);
   }
 
-  async start(spec: VmSpec): Promise<VmInstance> {
+  async start(spec: VmSpec, disks?: DiskAttachment[]): Promise<VmInstance> {
     if (this.running.has(spec.name)) throw new RefusedError(`VM '${spec.name}' is already running on this host`);
-    const instance = await startVm(spec, { runDir: this.runDir, network: this.network, onWarning: (w) => this.log(`warning: ${w}`) });
+    const instance = await startVm(spec, { runDir: this.runDir, network: this.network, onWarning: (w) => this.log(`warning: ${w}`), ...(disks ? { disks } : {}) });
     await this.adoptRunning(instance);
     return instance;
   }

@@ -5,6 +5,7 @@
  */
 import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { StorageError } from '../storage/errors.ts';
 import { rm } from 'node:fs/promises';
 import type { TLSSocket } from 'node:tls';
 import { MigrationRefusedError } from '../migration/errors.ts';
@@ -41,7 +42,7 @@ async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> 
 
 function statusOf(err: unknown): number {
   if (err instanceof ApiError) return err.status;
-  if (err instanceof MigrationRefusedError || err instanceof InvalidVmSpecError) return 422;
+  if (err instanceof MigrationRefusedError || err instanceof InvalidVmSpecError || err instanceof StorageError) return 422;
   return 500;
 }
 

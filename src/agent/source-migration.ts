@@ -12,7 +12,7 @@ import { LocalSource } from '../migration/local.ts';
 import type { SwitchoverHook } from '../migration/sides.ts';
 import { DEFAULT_PARAMS, type MigrationParams } from '../migration/types.ts';
 import { planMigration } from '../migration/policy/policy.ts';
-import { checkToken, peer, requireRoom, type AgentContext } from './context.ts';
+import { checkToken, peer, requireRoom, storageCatalog, type AgentContext } from './context.ts';
 import { RefusedError } from './errors.ts';
 import { RemoteDestination } from './remote-destination.ts';
 
@@ -123,7 +123,7 @@ async function runMigration(
   log(`migrating ${name} from ${ctx.node.name} to ${record.destination}`);
   try {
     const result = await migrate({
-      source: new LocalSource(instance, { dir: ctx.node.certDir }),
+      source: new LocalSource(instance, { tls: { dir: ctx.node.certDir }, storage: await storageCatalog(ctx) }),
       destination,
       switchover,
       params,

@@ -9,6 +9,8 @@ import { labCommand } from './commands/lab.ts';
 import { nodeCommand } from './commands/node.ts';
 import { probeCommand } from './commands/probe.ts';
 import { vmCommand } from './commands/vm.ts';
+import { storageCommand } from './commands/storage.ts';
+import { volumeCommand } from './commands/volume.ts';
 
 export interface Command {
   summary: string;
@@ -20,6 +22,8 @@ const COMMANDS: Record<string, Command> = {
   lab: labCommand,
   node: nodeCommand,
   vm: vmCommand,
+  storage: storageCommand,
+  volume: volumeCommand,
   job: jobCommand,
   probe: probeCommand,
   init: initCommand,

@@ -5,9 +5,12 @@
  *                              VM's fencing token: ownership changes only by CAS on it.
  *   /ferry/migrations/<vm>     the in-flight migration, written before it acts (for crash recovery)
  *   /ferry/jobs/<id>           Job: every long operation, with progress and final record
+ *   /ferry/storage/<pool>      StoragePoolConfig (`ferry storage add`)
+ *   /ferry/volumes/<pool>/<v>  VolumeRecord: size, format, the VM it is attached to, where a local one lives
  */
 import { randomUUID } from 'node:crypto';
-import type { VmSpec } from '../qemu/spec.ts';
+import type { VmSpec, VolumeFormat } from '../qemu/spec.ts';
+import type { StoragePoolConfig } from '../storage/types.ts';
 import type { MigrationProgress, MigrationRecord } from '../migration/types.ts';
 import type { Store } from './store/types.ts';
 
@@ -20,7 +23,26 @@ export const KEYS = {
   migrations: '/ferry/migrations/',
   job: (id: string) => `/ferry/jobs/${id}`,
   jobs: '/ferry/jobs/',
+  pool: (name: string) => `/ferry/storage/${name}`,
+  pools: '/ferry/storage/',
+  volume: (pool: string, name: string) => `/ferry/volumes/${pool}/${name}`,
+  volumes: '/ferry/volumes/',
 };
+
+export interface VolumeRecord {
+  pool: string;
+  name: string;
+  format: VolumeFormat;
+  sizeBytes: number;
+  /** The VM whose spec names this volume; while attached, a local volume lives on that VM's owner. */
+  vm?: string;
+  /** Local pools, detached volume: the host that holds it. */
+  host?: string;
+}
+
+export interface StoredVolume extends VolumeRecord {
+  revision: number;
+}
 
 export interface HostRecord {
   name: string;
@@ -120,6 +142,45 @@ export class ClusterState {
   async deleteVm(vm: OwnedVm): Promise<boolean> {
     const key = KEYS.vm(vm.spec.name);
     return (await this.store.txn([{ key, modRevision: vm.token }], [{ type: 'delete', key }])).succeeded;
+  }
+
+  async pools(): Promise<StoragePoolConfig[]> {
+    return (await this.store.list(KEYS.pools)).map((kv) => JSON.parse(kv.value) as StoragePoolConfig);
+  }
+
+  /** Adds a pool if no pool of that name exists; false if the name is taken. */
+  async addPool(pool: StoragePoolConfig): Promise<boolean> {
+    const key = KEYS.pool(pool.name);
+    return (await this.store.txn([{ key, modRevision: 0 }], [{ type: 'put', key, value: JSON.stringify(pool) }])).succeeded;
+  }
+
+  async volumes(): Promise<StoredVolume[]> {
+    return (await this.store.list(KEYS.volumes)).map((kv) => ({ ...(JSON.parse(kv.value) as VolumeRecord), revision: kv.modRevision }));
+  }
+
+  async volume(pool: string, name: string): Promise<StoredVolume | undefined> {
+    const kv = await this.store.get(KEYS.volume(pool, name));
+    return kv && { ...(JSON.parse(kv.value) as VolumeRecord), revision: kv.modRevision };
+  }
+
+  /** Reserves a volume name (before its image is made); false if taken. */
+  async createVolume(volume: VolumeRecord): Promise<boolean> {
+    const key = KEYS.volume(volume.pool, volume.name);
+    return (await this.store.txn([{ key, modRevision: 0 }], [{ type: 'put', key, value: JSON.stringify(volume) }])).succeeded;
+  }
+
+  /** Changes a volume record only if nobody changed it since it was read. */
+  async updateVolume(volume: StoredVolume, change: Partial<VolumeRecord>): Promise<boolean> {
+    const key = KEYS.volume(volume.pool, volume.name);
+    const { revision, ...record } = volume;
+    const next = { ...record, ...change };
+    for (const k of Object.keys(next) as (keyof VolumeRecord)[]) if (next[k] === undefined) delete next[k];
+    return (await this.store.txn([{ key, modRevision: revision }], [{ type: 'put', key, value: JSON.stringify(next) }])).succeeded;
+  }
+
+  async deleteVolume(volume: StoredVolume): Promise<boolean> {
+    const key = KEYS.volume(volume.pool, volume.name);
+    return (await this.store.txn([{ key, modRevision: volume.revision }], [{ type: 'delete', key }])).succeeded;
   }
 
   async migration(vm: string): Promise<InFlightMigration | undefined> {

@@ -175,6 +175,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       await startAgent(lab, name);
       log(`host ${name}: namespace ${host.netns}, address ${host.address}, agent pid ${host.pid}`);
     }
+    await addLabStorage(lab, log);
     await writeJson(path.join(dir, 'context.json'), labContext(lab));
     lab.complete = true;
     await save();
@@ -183,6 +184,19 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
     await labDown(dir).catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * Two pools for the lab: `shared` (one directory all hosts see, as an NFS mount would be) and
+ * `local` (a directory per host: live migration copies the disks).
+ */
+async function addLabStorage(lab: LabRecord, log: (line: string) => void): Promise<void> {
+  await mkdir(path.join(lab.dir, 'shared-images'), { recursive: true });
+  for (const h of lab.hosts) await mkdir(path.join(lab.dir, 'hosts', h.name, 'images'), { recursive: true });
+  const client = new AgentClient(labContext(lab).agents[0]!, await loadIdentity(path.join(lab.dir, 'admin')), 10_000);
+  await client.call('POST', '/v1/storage', { name: 'shared', type: 'shared-dir', path: path.join(lab.dir, 'shared-images') });
+  await client.call('POST', '/v1/storage', { name: 'local', type: 'local', path: path.join(lab.dir, 'hosts', '%h', 'images') });
+  log(`storage: pool 'shared' (shared-dir ${path.join(lab.dir, 'shared-images')}), pool 'local' (local ${path.join(lab.dir, 'hosts', '%h', 'images')})`);
 }
 
 /** Connects a namespace to the switch with a veth pair (name inside, `<ns>-s` on the switch side). */

@@ -23,7 +23,7 @@ import { cancelMirrors, completeMirrors, mirrorProgress, startMirrors } from './
 import { startNbdExports, stopNbdExports } from './nbd-export.ts';
 import type { StorageCatalog } from '../storage/registry.ts';
 import { volumeOf, type IncomingDisk } from '../storage/types.ts';
-import { mib } from '../storage/errors.ts';
+import { checkIncomingStorage } from './storage-check.ts';
 import type { RamProgress } from './types.ts';
 
 function capabilityList(capabilities: MigrationCapabilities) {
@@ -256,35 +256,8 @@ export class LocalDestination implements DestinationSide {
     return this.launched;
   }
 
-  async checkStorage(needs: DiskNeed[]): Promise<string[]> {
-    const disks = this.spec.disks ?? [];
-    if (!disks.length) return [];
-    const storage = this.options.storage;
-    if (!storage) return [`the destination has no storage configured for the disks of '${this.spec.name}'`];
-    const problems: string[] = [];
-    // Room is checked per pool: two disks in one pool need the sum.
-    const neededPerPool = new Map<string, number>();
-    for (const disk of disks) {
-      try {
-        const driver = storage.get(disk.pool);
-        const status = await driver.status();
-        if (driver.shared) {
-          if (!(await driver.exists(volumeOf(disk)))) problems.push(`volume '${disk.volume}' is not visible in pool '${disk.pool}' on host '${storage.host}'; is the pool really shared?`);
-          continue;
-        }
-        if (await driver.exists(volumeOf(disk))) {
-          problems.push(`host '${storage.host}' already has a volume '${disk.volume}' in pool '${disk.pool}' (left from an earlier migration?); delete it there first`);
-          continue;
-        }
-        const need = (needs.find((n) => n.id === disk.id)?.allocatedBytes ?? disk.sizeBytes) + (neededPerPool.get(disk.pool) ?? 0);
-        neededPerPool.set(disk.pool, need);
-        if (status.freeBytes < need)
-          problems.push(`pool '${disk.pool}' on host '${storage.host}' has ${mib(status.freeBytes)} free, but copying the disks there needs ${mib(need)}`);
-      } catch (err) {
-        problems.push((err as Error).message);
-      }
-    }
-    return problems;
+  checkStorage(needs: DiskNeed[]): Promise<string[]> {
+    return checkIncomingStorage(this.spec, this.options.storage, needs);
   }
 
   prepare(capabilities: MigrationCapabilities, needs: DiskNeed[] = []): Promise<PreparedDestination> {

@@ -7,6 +7,7 @@
 import { GuestBootTimeoutError } from './errors.ts';
 import { probeHost, resolveAccel, type HostProbe } from './host-probe.ts';
 import { VmInstance, type NetworkAttacher } from './instance.ts';
+import type { DiskAttachment } from './argv.ts';
 import type { VmSpec } from './spec.ts';
 
 export interface StartVmOptions {
@@ -16,6 +17,8 @@ export interface StartVmOptions {
   probe?: HostProbe;
   bootTimeoutMs?: number;
   onWarning?: (message: string) => void;
+  /** How each of spec.disks is opened on this host. */
+  disks?: DiskAttachment[];
 }
 
 export async function startVm(spec: VmSpec, options: StartVmOptions): Promise<VmInstance> {
@@ -25,7 +28,8 @@ export async function startVm(spec: VmSpec, options: StartVmOptions): Promise<Vm
   const { accel, warning } = probe ? resolveAccel(spec.accel, probe) : { accel: 'tcg' as const, warning: undefined };
   if (warning) warn(warning);
 
-  const vm = await VmInstance.launch({ spec, accel, runDir: options.runDir, ...(options.network ? { network: options.network } : {}) });
+  const host = { runDir: options.runDir, ...(options.network ? { network: options.network } : {}), ...(options.disks ? { disks: options.disks } : {}) };
+  const vm = await VmInstance.launch({ spec, accel, ...host });
   try {
     await vm.waitUntilReady(bootTimeoutMs);
     return vm;
@@ -34,7 +38,7 @@ export async function startVm(spec: VmSpec, options: StartVmOptions): Promise<Vm
     if (err instanceof GuestBootTimeoutError && accel === 'kvm' && spec.accel === 'auto') {
       // The probe said KVM works, yet this guest hung: fall back rather than leave it hung.
       warn(`guest '${spec.name}' did not boot under KVM within ${bootTimeoutMs / 1000} s; starting it again under TCG`);
-      const retry = await VmInstance.launch({ spec, accel: 'tcg', runDir: options.runDir, ...(options.network ? { network: options.network } : {}) });
+      const retry = await VmInstance.launch({ spec, accel: 'tcg', ...host });
       try {
         await retry.waitUntilReady(bootTimeoutMs);
         return retry;

@@ -64,6 +64,7 @@ export abstract class DirectoryDriver implements StorageDriver {
     return { driver: volume.format, file: { driver: 'file', filename: this.fileOf(volume) } };
   }
 
+  abstract roomForCopy(allocatedBytes: number): number;
   abstract prepareIncoming(volume: VolumeSpec, allocatedBytes: number): Promise<IncomingDisk>;
   abstract abortIncoming(volume: VolumeSpec, how: IncomingDisk): Promise<void>;
   abstract releaseAfterMigration(volume: VolumeSpec): Promise<void>;

@@ -19,11 +19,15 @@ export class LocalDirDriver extends DirectoryDriver {
     const { freeBytes } = await this.status();
     if (await this.exists(volume))
       throw new VolumeExistsError(this.config.name, volume.name, `${this.where()}, left from an earlier migration? delete it there first`);
-    const needed = allocatedBytes + COPY_HEADROOM;
+    const needed = this.roomForCopy(allocatedBytes);
     if (freeBytes < needed)
       throw new NoSpaceError(this.config.name, this.host, needed, freeBytes, `a copy of volume '${volume.name}' (${allocatedBytes} bytes in use at the source, plus ${COPY_HEADROOM / 2 ** 20} MiB headroom)`);
     await createImage(this.fileOf(volume), volume.format, volume.sizeBytes);
     return 'copy';
+  }
+
+  roomForCopy(allocatedBytes: number): number {
+    return allocatedBytes + COPY_HEADROOM;
   }
 
   async abortIncoming(volume: VolumeSpec, how: IncomingDisk): Promise<void> {

@@ -21,7 +21,8 @@ export class StorageCatalog {
   private readonly drivers = new Map<string, StorageDriver>();
 
   constructor(pools: StoragePoolConfig[], readonly host: string) {
-    for (const pool of pools) this.drivers.set(pool.name, driverFor(pool, host));
+    // '%h' in a path stands for the host's name: one configuration, a directory per host (local pools in the lab).
+    for (const pool of pools) this.drivers.set(pool.name, driverFor({ ...pool, path: pool.path.replaceAll('%h', host) }, host));
   }
 
   get(pool: string): StorageDriver {

@@ -16,6 +16,10 @@ export class SharedDirDriver extends DirectoryDriver {
     return 'shared';
   }
 
+  roomForCopy(): number {
+    return 0;
+  }
+
   async abortIncoming(): Promise<void> {
     // The bytes belong to the source: nothing to undo.
   }

@@ -65,6 +65,8 @@ export interface StorageDriver {
    * `allocatedBytes` is what the source holds, for the room check of a copy.
    */
   prepareIncoming(volume: VolumeSpec, allocatedBytes: number): Promise<IncomingDisk>;
+  /** Bytes of free space a copy of a volume with `allocatedBytes` in use needs in this pool (0 for shared pools). */
+  roomForCopy(allocatedBytes: number): number;
   /** Migration destination, on rollback: remove what prepareIncoming made. The source's volume is never touched. */
   abortIncoming(volume: VolumeSpec, how: IncomingDisk): Promise<void>;
   /** Migration source, after the destination took over: drop this host's now stale copy (nothing for shared storage). */

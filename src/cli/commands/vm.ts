@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import type { HostRecord, OwnedVm } from '../../cluster/model.ts';
 import { Cli } from '../context.ts';
-import { UsageError, wholeNumber } from '../errors.ts';
+import { UsageError, sizeBytes, wholeNumber } from '../errors.ts';
 import { mib, ms, table } from '../format.ts';
 import type { Command } from '../main.ts';
 import { migrateWithProbe } from '../migrate.ts';
@@ -12,6 +12,9 @@ import { ProgressDisplay, progressLine } from '../progress.ts';
 
 const USAGE = `Usage:
   ferry vm create NAME [--memory MiB] [--vcpus N] [--host HOST] [--memcheck MiB] [--dirty MiB/s]
+                  [--disk SIZE[,storage=POOL][,format=qcow2|raw]]... [--diskcheck WRITES/s]
+      --disk makes a new volume NAME-diskN in POOL (the only pool, when there is one) for each --disk.
+      --diskcheck runs the guest's disk checker, writing that many checksummed 4 KiB blocks per second.
   ferry vm start|stop|destroy|show NAME   (stop --force kills at once)
   ferry vm list
   ferry vm console NAME                   the guest's serial console log
@@ -38,6 +41,7 @@ export const vmCommand: Command = {
       allowPositionals: true,
       options: {
         memory: { type: 'string' }, vcpus: { type: 'string' }, host: { type: 'string' }, memcheck: { type: 'string' }, dirty: { type: 'string' },
+        disk: { type: 'string', multiple: true }, diskcheck: { type: 'string' },
         to: { type: 'string' }, 'downtime-limit': { type: 'string' }, bandwidth: { type: 'string' }, 'no-probe': { type: 'boolean' },
         policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' }, 'verify-memory': { type: 'string' }, 'dry-run': { type: 'boolean' },
         force: { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
@@ -61,6 +65,7 @@ export const vmCommand: Command = {
         const host = values.host ?? [...hosts].sort((a, b) => b.freeMemoryMiB - a.freeMemoryMiB)[0]?.name;
         if (!host) throw new UsageError('no host is up; see ferry node list');
         if (!hosts.some((h) => h.name === host)) throw new UsageError(`unknown or down host '${host}'; hosts up: ${hosts.map((h) => h.name).join(', ')}`);
+        const disks = values.disk?.length ? await parseDisks(cli, values.disk) : [];
         const { vm } = await cli.agent(host).call<{ vm: OwnedVm }>(
           'POST',
           '/v1/vms',
@@ -70,8 +75,10 @@ export const vmCommand: Command = {
             vcpus: wholeNumber('vcpus', values.vcpus) ?? 1,
             ...(values.memcheck ? { memcheckMiB: wholeNumber('memcheck', values.memcheck) } : {}),
             ...(values.dirty ? { dirtyMiBps: wholeNumber('dirty', values.dirty) } : {}),
+            ...(disks.length ? { disks } : {}),
+            ...(values.diskcheck !== undefined ? { diskcheckRate: wholeNumber('diskcheck', values.diskcheck) } : {}),
           },
-          120_000,
+          180_000,
         );
         return out(`created ${name} on ${vm.owner} (${vm.spec.memoryMiB} MiB, address ${vm.ip ?? 'none'}); it is running`, vm);
       }
@@ -103,6 +110,22 @@ export const vmCommand: Command = {
     }
   },
 };
+
+/** --disk SIZE[,storage=POOL][,format=F], each into { sizeBytes, pool, format }. */
+async function parseDisks(cli: Cli, specs: string[]): Promise<{ sizeBytes: number; pool: string; format: string }[]> {
+  const { pools } = await (await cli.anyAgent()).call<{ pools: { name: string }[] }>('GET', '/v1/cluster/storage');
+  return specs.map((spec) => {
+    const [size, ...options] = spec.split(',');
+    const opts = Object.fromEntries(options.map((o) => o.split('=', 2) as [string, string]));
+    for (const key of Object.keys(opts)) if (key !== 'storage' && key !== 'format') throw new UsageError(`--disk ${spec}: unknown option '${key}' (storage=POOL, format=qcow2|raw)`);
+    const pool = opts['storage'] ?? (pools.length === 1 ? pools[0]!.name : undefined);
+    if (!pool) throw new UsageError(`--disk ${spec}: say which pool with storage=NAME (pools: ${pools.map((p) => p.name).join(', ') || "none; add one with 'ferry storage add'"})`);
+    if (!pools.some((p) => p.name === pool)) throw new UsageError(`--disk ${spec}: no storage pool '${pool}' (pools: ${pools.map((p) => p.name).join(', ') || 'none'})`);
+    const format = opts['format'] ?? 'qcow2';
+    if (format !== 'qcow2' && format !== 'raw') throw new UsageError(`--disk ${spec}: format must be qcow2 or raw`);
+    return { sizeBytes: sizeBytes('disk', size ?? ''), pool, format };
+  });
+}
 
 async function migrateVm(
   cli: Cli,

@@ -1,0 +1,81 @@
+/** ferry storage add|list: the cluster's storage pools and how each host reaches them. */
+import { parseArgs } from 'node:util';
+import type { PoolStatusLine } from '../../agent/storage-routes.ts';
+import { AgentUnreachableError } from '../../agent/client.ts';
+import { STORAGE_TYPES, type StoragePoolConfig } from '../../storage/types.ts';
+import { Cli } from '../context.ts';
+import { UsageError } from '../errors.ts';
+import { mib, table } from '../format.ts';
+import type { Command } from '../main.ts';
+
+const USAGE = `Usage:
+  ferry storage add NAME --type shared-dir|local --path DIR
+      shared-dir: a directory every host mounts at DIR (NFS...); live migration moves only RAM.
+      local:      each host's own DIR; live migration copies the disks (NBD mirror, active mode).
+      '%h' in DIR stands for the host's name (one directory per host on one machine, as in the lab).
+  ferry storage list      every pool, and whether each host reaches it (free space per host)
+Every command takes --json.`;
+
+export const storageCommand: Command = {
+  summary: 'storage pools: add them, see which hosts reach them',
+  usage: USAGE,
+  async run(args) {
+    const { values, positionals } = parseArgs({
+      args,
+      allowPositionals: true,
+      options: { type: { type: 'string' }, path: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },
+    });
+    const [verb, name] = positionals;
+    const json = values.json ?? false;
+    const out = (human: string, doc: unknown) => console.log(json ? JSON.stringify(doc, null, 2) : human);
+    const cli = await Cli.load(values.context);
+    switch (verb) {
+      case 'add': {
+        if (!name) throw new UsageError('ferry storage add needs a pool name');
+        if (!values.type || !STORAGE_TYPES.includes(values.type as never)) throw new UsageError(`--type must be one of ${STORAGE_TYPES.join(', ')}`);
+        if (!values.path) throw new UsageError('--path DIR is required');
+        const result = await (await cli.anyAgent()).call<{ pool: StoragePoolConfig }>('POST', '/v1/storage', { name, type: values.type, path: values.path });
+        const status = await statusPerHost(cli);
+        const unreachable = status.flatMap((s) => (s.pools ?? []).filter((l) => l.pool === name && !l.reachable));
+        return out(
+          [`storage pool ${name} added (${values.type} at ${values.path})`, ...unreachable.map((l) => `  warning: ${l.error}`)].join('\n'),
+          { ...result, hosts: status },
+        );
+      }
+      case 'list': {
+        const { pools } = await (await cli.anyAgent()).call<{ pools: StoragePoolConfig[] }>('GET', '/v1/cluster/storage');
+        const status = await statusPerHost(cli);
+        const rows: string[][] = [];
+        for (const pool of pools) {
+          for (const host of status) {
+            const line = host.pools?.find((l) => l.pool === pool.name);
+            rows.push([pool.name, pool.type, host.host, line?.path ?? '-', host.error ? `agent down` : line?.reachable ? 'ok' : `UNREACHABLE: ${line?.error ?? 'unknown'}`, line?.freeBytes !== undefined ? mib(line.freeBytes) : '-']);
+          }
+        }
+        return out(pools.length ? table(['pool', 'type', 'host', 'path', 'status', 'free'], rows) : "no storage pools; add one with 'ferry storage add'", { pools, hosts: status });
+      }
+      default:
+        throw new UsageError(USAGE);
+    }
+  },
+};
+
+interface HostStatus {
+  host: string;
+  pools?: PoolStatusLine[];
+  error?: string;
+}
+
+async function statusPerHost(cli: Cli): Promise<HostStatus[]> {
+  return Promise.all(
+    cli.context.agents.map(async ({ name }) => {
+      try {
+        const { pools } = await cli.agent(name).call<{ pools: PoolStatusLine[] }>('GET', '/v1/storage/status', undefined, 10_000);
+        return { host: name, pools };
+      } catch (err) {
+        if (!(err instanceof AgentUnreachableError)) throw err;
+        return { host: name, error: err.message };
+      }
+    }),
+  );
+}
