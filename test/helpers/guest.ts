@@ -7,7 +7,8 @@ import { ip } from '../../src/net/netns.ts';
 import { Probe } from '../../src/lab/probe.ts';
 import { ensureGuestImage, guestBoot } from '../../src/qemu/guest-image.ts';
 import { VmInstance } from '../../src/qemu/instance.ts';
-import { macFor, makeVmSpec, type VmSpec } from '../../src/qemu/spec.ts';
+import { macFor, makeVmSpec, type DiskSpec, type VmSpec } from '../../src/qemu/spec.ts';
+import type { StorageCatalog } from '../../src/storage/registry.ts';
 import { LocalDestination, LocalSource } from '../../src/migration/local.ts';
 import { migrate, type MigrateOptions } from '../../src/migration/engine.ts';
 import type { MigrationRecord } from '../../src/migration/types.ts';
@@ -38,7 +39,17 @@ export async function openLab(tag: string): Promise<Lab> {
   };
 }
 
-export async function guestSpec(lab: Lab, name: string, options: { memoryMiB?: number; memcheckMiB?: number; dirtyMiBps?: number; ipIndex?: number } = {}): Promise<VmSpec> {
+export interface GuestOptions {
+  memoryMiB?: number;
+  memcheckMiB?: number;
+  dirtyMiBps?: number;
+  ipIndex?: number;
+  disks?: DiskSpec[];
+  /** diskcheck on the first disk, writing this many 4 KiB blocks per second. */
+  diskcheck?: { ratePerSec: number; mib?: number };
+}
+
+export async function guestSpec(lab: Lab, name: string, options: GuestOptions = {}): Promise<VmSpec> {
   const image = await ensureGuestImage();
   const uuid = crypto.randomUUID();
   return makeVmSpec({
@@ -50,13 +61,16 @@ export async function guestSpec(lab: Lab, name: string, options: { memoryMiB?: n
       ip: `${lab.net.guestIp(options.ipIndex ?? 10)}/24`,
       memcheckMiB: options.memcheckMiB ?? 32,
       dirtyMiBps: options.dirtyMiBps ?? 0,
+      ...(options.diskcheck ? { diskcheck: options.diskcheck } : {}),
     }),
+    ...(options.disks ? { disks: options.disks } : {}),
     nics: [{ mac: macFor(uuid, 0), model: 'virtio-net-pci', backend: { kind: 'bridge', bridge: lab.net.bridge } }],
   });
 }
 
-export async function bootGuest(lab: Lab, spec: VmSpec): Promise<VmInstance> {
-  const vm = await VmInstance.launch({ spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher });
+export async function bootGuest(lab: Lab, spec: VmSpec, storage?: StorageCatalog): Promise<VmInstance> {
+  const disks = storage ? storage.attachments(spec.disks) : undefined;
+  const vm = await VmInstance.launch({ spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher, ...(disks ? { disks } : {}) });
   try {
     await vm.waitUntilReady(60_000);
   } catch (err) {
