@@ -22,6 +22,9 @@ export interface MigrationSummary {
   packetsLost: number | null;
   packetsSent: number | null;
   bytes: number;
+  /** Disk bytes the mirrors copied (local storage); 0 when the disks are shared. */
+  diskBytes: number;
+  disks: { id: string; mode: 'shared' | 'copy' }[];
   rounds: number;
   policy: string | null;
   /** What the policy did, in order. */
@@ -66,6 +69,8 @@ export async function migrateWithProbe(cli: Cli, name: string, to: string, optio
       packetsLost: window ? window.lost : null,
       packetsSent: window ? window.sent : null,
       bytes: record?.bytes ?? 0,
+      diskBytes: record?.diskBytes ?? 0,
+      disks: record?.disks ?? [],
       rounds: record?.rounds ?? 0,
       policy: record?.plan?.policy ?? null,
       steps: (record?.steps ?? []).map((step) => step.reason),

@@ -3,10 +3,11 @@ import type { MigrationProgress } from '../migration/types.ts';
 import { mib } from './format.ts';
 
 export function progressLine(prefix: string, p: MigrationProgress): string {
-  if (!p.ram) return `${prefix} ${p.phase}`;
+  const disk = p.disk ? `disks ${mib(p.disk.copiedBytes)} of ${mib(p.disk.totalBytes)}${p.disk.ready ? ' (in sync)' : ''}` : '';
+  if (!p.ram) return `${prefix} ${p.phase}${disk ? `  ${disk}` : ''}`;
   const r = p.ram;
   const sent = `${mib(r.transferredBytes)} sent, ${mib(r.remainingBytes)} left`;
-  return `${prefix} ${p.phase}  ${sent}  dirty ${mib(r.dirtyRateBytesPerSec)}/s  round ${r.round}  expected downtime ${r.expectedDowntimeMs} ms`;
+  return `${prefix} ${p.phase}  ${sent}  dirty ${mib(r.dirtyRateBytesPerSec)}/s  round ${r.round}  expected downtime ${r.expectedDowntimeMs} ms${disk ? `  ${disk}` : ''}`;
 }
 
 export class ProgressDisplay {

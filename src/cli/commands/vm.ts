@@ -85,7 +85,11 @@ export const vmCommand: Command = {
       case 'show': {
         const vm = await cli.vm(name!);
         return out(
-          [`${vm.spec.name}: on ${vm.owner}, ${vm.spec.memoryMiB} MiB, ${vm.spec.vcpus} vCPU, ${vm.spec.cpuModel}, accel ${vm.spec.accel}`, `  address ${vm.ip ?? '-'}, MAC ${vm.spec.nics[0]?.mac ?? '-'}, uuid ${vm.spec.uuid}, token ${vm.token}`].join('\n'),
+          [
+            `${vm.spec.name}: on ${vm.owner}, ${vm.spec.memoryMiB} MiB, ${vm.spec.vcpus} vCPU, ${vm.spec.cpuModel}, accel ${vm.spec.accel}`,
+            `  address ${vm.ip ?? '-'}, MAC ${vm.spec.nics[0]?.mac ?? '-'}, uuid ${vm.spec.uuid}, token ${vm.token}`,
+            ...(vm.spec.disks ?? []).map((d) => `  ${d.id}: volume ${d.pool}/${d.volume}, ${d.format}, ${mib(d.sizeBytes)}`),
+          ].join('\n'),
           vm,
         );
       }
@@ -165,7 +169,8 @@ async function migrateVm(
   else if (doc.status === 'completed')
     console.log(
       `migrated ${name} ${doc.from} → ${doc.to}: total ${ms(doc.totalMs)}, QEMU downtime ${ms(doc.downtimeMs)}, ` +
-        `client blackout ${doc.blackoutMs !== null ? `${ms(doc.blackoutMs)} (${doc.packetsLost} of ${doc.packetsSent} packets lost)` : 'not measured'}, ${mib(doc.bytes)} in ${doc.rounds} rounds`,
+        `client blackout ${doc.blackoutMs !== null ? `${ms(doc.blackoutMs)} (${doc.packetsLost} of ${doc.packetsSent} packets lost)` : 'not measured'}, ${mib(doc.bytes)} in ${doc.rounds} rounds` +
+        (doc.diskBytes ? `, disks copied: ${mib(doc.diskBytes)}` : doc.disks.length ? ', disks on shared storage' : ''),
     );
   else console.error(`ferry: migration of ${name} failed: ${doc.error}`);
   return doc.status === 'completed' ? 0 : 1;
