@@ -14,12 +14,57 @@ const AGENT = path.join(path.dirname(fileURLToPath(import.meta.url)), 'probe-age
 
 export const GAMESRV_PORT = 7777;
 export const MEMCHECK_PORT = 7778;
+export const DISKCHECK_PORT = 7779;
 
 export interface MemcheckVerdict {
   pages: number;
   mismatches: number;
   firstBadPage: number;
   rewrites: number;
+}
+
+/** What diskcheck found reading its whole area back (guest/src/diskcheck.c). */
+export interface DiskcheckVerdict {
+  blocks: number;
+  ok: number;
+  /** Valid blocks older than the last completed write, or zeros where a write completed. */
+  lost: number;
+  /** Blocks whose header, payload or checksum do not agree. */
+  torn: number;
+  /** Valid blocks newer than the last completed write or of another block, or data in never-written blocks. */
+  foreign: number;
+  /** First bad block, -1 when all are ok. */
+  firstBadBlock: number;
+  /** Time the guest took to read and check the area. */
+  ms: number;
+}
+
+export interface DiskcheckStats {
+  blocks: number;
+  /** Block writes that completed (the device acknowledged them durably). */
+  writes: number;
+  /** Distinct blocks ever written. */
+  written: number;
+  /** Sequence number of the last write handed out. */
+  seq: number;
+  /** Writes that failed (EIO, short writes). */
+  errors: number;
+  /** Blocks per second the writer rewrites. */
+  rate: number;
+}
+
+/** Turns "key=value key=value" into numbers, insisting on every key in `keys`. */
+function parseFields<K extends string>(what: string, prefix: string, reply: string, keys: readonly K[]): Record<K, number> {
+  if (!reply.startsWith(prefix + ' ')) throw new Error(`unexpected ${what} reply to '${prefix}': ${reply}`);
+  const fields = new Map<string, string>();
+  for (const m of reply.slice(prefix.length).matchAll(/(\w+)=(-?\d+)/g)) fields.set(m[1]!, m[2]!);
+  const result = {} as Record<K, number>;
+  for (const key of keys) {
+    const value = fields.get(key);
+    if (value === undefined) throw new Error(`unexpected ${what} reply to '${prefix}' (no ${key}=): ${reply}`);
+    result[key] = Number(value);
+  }
+  return result;
 }
 
 export class Probe {
@@ -87,6 +132,42 @@ export class Probe {
 
   async setDirtyRate(host: string, mibps: number): Promise<void> {
     await this.request(host, MEMCHECK_PORT, `rate ${mibps}`);
+  }
+
+  /**
+   * Asks the guest's diskcheck to read its whole disk area back and judge every
+   * block against the table of completed writes it keeps in RAM.
+   */
+  async diskcheckVerify(host: string, timeoutMs = 120_000): Promise<DiskcheckVerdict> {
+    const reply = await this.request(host, DISKCHECK_PORT, 'verify', timeoutMs);
+    const f = parseFields('diskcheck', 'verify', reply, ['blocks', 'ok', 'lost', 'torn', 'foreign', 'first', 'ms'] as const);
+    return { blocks: f.blocks, ok: f.ok, lost: f.lost, torn: f.torn, foreign: f.foreign, firstBadBlock: f.first, ms: f.ms };
+  }
+
+  async diskcheckStats(host: string, timeoutMs = 5000): Promise<DiskcheckStats> {
+    const reply = await this.request(host, DISKCHECK_PORT, 'stats', timeoutMs);
+    return parseFields('diskcheck', 'stats', reply, ['blocks', 'writes', 'written', 'seq', 'errors', 'rate'] as const);
+  }
+
+  /** Sets how many blocks per second diskcheck rewrites (0: idle). */
+  async diskcheckRate(host: string, blocksPerSec: number): Promise<void> {
+    const reply = await this.request(host, DISKCHECK_PORT, `rate ${blocksPerSec}`);
+    if (reply !== `rate ${blocksPerSec}`) throw new Error(`unexpected diskcheck reply to 'rate ${blocksPerSec}': ${reply}`);
+  }
+
+  /** Writes every block of the first `mib` MiB of the disk (gives a migration data to move); returns the MiB written and the time taken. */
+  async diskcheckFill(host: string, mib: number, timeoutMs = 120_000): Promise<{ mib: number; ms: number }> {
+    const reply = await this.request(host, DISKCHECK_PORT, `fill ${mib}`, timeoutMs);
+    return parseFields('diskcheck', 'fill', reply, ['mib', 'ms'] as const);
+  }
+
+  /**
+   * For tests of diskcheck itself: damages one block behind its table's back,
+   * `corrupt` (a torn block) or `rewind` (an older valid version, a lost write).
+   */
+  async diskcheckDamage(host: string, how: 'corrupt' | 'rewind', block: number): Promise<void> {
+    const reply = await this.request(host, DISKCHECK_PORT, `${how} ${block}`);
+    if (!reply.startsWith(`${how} ${block}`)) throw new Error(`diskcheck refused '${how} ${block}': ${reply}`);
   }
 
   async startStream(host: string, hz = 200): Promise<void> {

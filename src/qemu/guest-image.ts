@@ -43,6 +43,11 @@ export interface GuestConfig {
   memcheckMiB?: number;
   /** MiB/s that memcheck rewrites. */
   dirtyMiBps?: number;
+  /**
+   * Start diskcheck on the guest's first disk (/dev/vda): it rewrites `ratePerSec`
+   * 4 KiB blocks per second (0: idle) over the first `mib` MiB (default: the whole disk).
+   */
+  diskcheck?: { ratePerSec: number; mib?: number };
 }
 
 export function guestBoot(image: GuestImage, config: GuestConfig = {}): KernelBoot {
@@ -51,5 +56,12 @@ export function guestBoot(image: GuestImage, config: GuestConfig = {}): KernelBo
   if (config.gateway) words.push(`ferry.gw=${config.gateway}`);
   words.push(`ferry.memcheck=${config.memcheckMiB ?? 32}`);
   words.push(`ferry.dirty=${config.dirtyMiBps ?? 0}`);
+  if (config.diskcheck) {
+    const { ratePerSec, mib } = config.diskcheck;
+    if (!Number.isInteger(ratePerSec) || ratePerSec < 0) throw new RangeError(`diskcheck.ratePerSec must be a whole number >= 0, not ${ratePerSec}`);
+    if (mib !== undefined && (!Number.isInteger(mib) || mib < 1)) throw new RangeError(`diskcheck.mib must be a whole number >= 1, not ${mib}`);
+    words.push(`ferry.diskcheck=${ratePerSec}`);
+    if (mib !== undefined) words.push(`ferry.diskcheck.mib=${mib}`);
+  }
   return { kind: 'kernel', kernel: image.kernel, initrd: image.initrd, cmdline: words.join(' ') };
 }
