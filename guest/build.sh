@@ -23,6 +23,7 @@ need_tool gzip gzip
 need_tool dpkg-deb dpkg
 need_tool apt-get apt
 need_tool sha256sum coreutils
+need_tool flock util-linux
 [ -f /usr/include/stdio.h ] || fail "missing C headers (install the Debian package 'libc6-dev')"
 busybox=/bin/busybox
 if [ ! -x "$busybox" ] || ldd "$busybox" >/dev/null 2>&1; then
@@ -40,8 +41,13 @@ inputs_hash=$( {
   (cd "$here" && find rootfs src -type f | LC_ALL=C sort | xargs sha256sum)
 } | sha256sum | cut -c1-16)
 
+# Tests build the image from parallel processes: one build at a time, and the
+# others then find it up to date. An image that does not unpack is rebuilt.
+mkdir -p "$out"
+exec 9>"$out/.build.lock"
+flock 9
 if [ $force = 0 ] && [ -f "$out/manifest.json" ] && grep -q "\"inputsHash\": \"$inputs_hash\"" "$out/manifest.json" \
-   && [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.gz" ]; then
+   && [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.gz" ] && gzip -t "$out/initramfs.gz" 2>/dev/null; then
   echo "guest image up to date ($out, inputs $inputs_hash)"
   exit 0
 fi
