@@ -4,9 +4,10 @@
  * ferry policy, interleaved in one run so that the machine's noise hits all
  * variants alike. A 200 Hz game client measures the blackout a player sees.
  *
- *   npm run bench -- [--runs 5] [--json FILE]
+ *   npm run bench -- [--runs 5] [--json FILE] [--only ram|disk]
  *
- * Prints a table per scenario with medians and ratios to the baseline.
+ * Prints a table per scenario with medians and ratios to the baseline; the
+ * disk scenario (disk.bench.ts) follows the RAM ones.
  */
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -22,6 +23,7 @@ import { ensureGuestImage, guestBoot } from '../src/qemu/guest-image.ts';
 import { VmInstance } from '../src/qemu/instance.ts';
 import { macFor, makeVmSpec } from '../src/qemu/spec.ts';
 import { migrateWithQemuDefaults } from './baseline.ts';
+import { runDiskBench, type DiskSample, type DiskVariant } from './disk.bench.ts';
 
 type Variant = 'qemu-defaults' | PolicyName;
 const VARIANTS: Variant[] = ['qemu-defaults', 'minimal-downtime', 'balanced', 'must-finish'];
@@ -47,15 +49,16 @@ interface Sample {
 }
 
 async function main() {
-  const { values } = parseArgs({ options: { runs: { type: 'string' }, json: { type: 'string' } } });
+  const { values } = parseArgs({ options: { runs: { type: 'string' }, json: { type: 'string' }, only: { type: 'string' } } });
   const runs = Number(values.runs ?? 5);
+  if (values.only !== undefined && values.only !== 'ram' && values.only !== 'disk') throw new Error(`--only ${values.only}: choose ram or disk`);
   const image = await ensureGuestImage();
   const net = await HostNetwork.create(`ferry-bench-${process.pid}`, '10.79.0');
   const runDir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-'));
   const probe = await Probe.start(net.netns);
-  const report: Record<string, Record<Variant, Sample[]>> = {};
+  const report: Record<string, Record<Variant, Sample[]> | Record<DiskVariant, DiskSample[]>> = {};
   try {
-    for (const scenario of SCENARIOS) {
+    for (const scenario of values.only === 'disk' ? [] : SCENARIOS) {
       const uuid = crypto.randomUUID();
       const ip = net.guestIp(10);
       const spec = makeVmSpec({
@@ -105,6 +108,7 @@ async function main() {
       report[scenario.name] = samples;
       printScenario(scenario.name, samples, runs);
     }
+    if (values.only !== 'ram') report['local storage, 1 GiB disk, 768 MiB written'] = await runDiskBench({ runs, image, net, probe });
   } finally {
     await probe.close();
     await net.destroy();
