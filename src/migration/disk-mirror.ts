@@ -74,15 +74,38 @@ export async function mirrorProgress(qmp: QmpClient, diskIds: readonly string[])
 
 /**
  * Completes ready jobs without pivoting (block-job-cancel of a ready mirror
- * waits until the target is in sync), then drops the NBD client nodes.
- * Called with the guest paused, so nothing is written meanwhile.
+ * waits until the target is in sync). Called with the guest paused, so nothing
+ * is written meanwhile; this is part of the guest's downtime, hence events
+ * rather than polling. The NBD client nodes are dropped later (dropTargets):
+ * the copy is complete once the jobs have concluded.
  */
 export async function completeMirrors(qmp: QmpClient, diskIds: readonly string[]): Promise<void> {
-  for (const id of diskIds) await qmp.execute('block-job-cancel', { device: mirrorJobId(id) });
+  const jobIds = diskIds.map(mirrorJobId);
+  const pending = new Set(jobIds);
+  const concluded = new Promise<void>((resolve) => {
+    const onEvent = (e: { event: string; data: Record<string, unknown> }) => {
+      if (e.event !== 'JOB_STATUS_CHANGE' || e.data['status'] !== 'concluded') return;
+      pending.delete(String(e.data['id']));
+      if (pending.size === 0) {
+        qmp.off('event', onEvent);
+        resolve();
+      }
+    };
+    qmp.on('event', onEvent);
+  });
+  for (const id of jobIds) await qmp.execute('block-job-cancel', { device: id });
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`mirror jobs ${[...pending].join(', ')} did not conclude within 60 s of completion`)), 60_000);
+  });
+  try {
+    await Promise.race([concluded, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
   await waitConcluded(qmp, diskIds, (job) => {
     if (job.error) throw new Error(`the mirror of ${job.device.slice(JOB_PREFIX.length)} failed at completion: ${job.error}`);
   });
-  await dropTargets(qmp, diskIds);
 }
 
 /** Rollback: stop the jobs at once (the destination's copy is thrown away) and drop the NBD client nodes. */
@@ -111,7 +134,8 @@ async function waitConcluded(qmp: QmpClient, diskIds: readonly string[], check: 
   }
 }
 
-async function dropTargets(qmp: QmpClient, diskIds: readonly string[]): Promise<void> {
+/** Removes the NBD client nodes of finished mirrors. */
+export async function dropTargets(qmp: QmpClient, diskIds: readonly string[]): Promise<void> {
   for (const id of diskIds) await qmp.execute('blockdev-del', { 'node-name': mirrorJobId(id) }).catch(ignoreMissing);
 }
 

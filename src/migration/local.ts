@@ -19,7 +19,7 @@ import type {
   QemuMigrationSummary,
   SourceSide,
 } from './sides.ts';
-import { cancelMirrors, completeMirrors, mirrorProgress, startMirrors } from './disk-mirror.ts';
+import { cancelMirrors, completeMirrors, dropTargets, mirrorProgress, startMirrors } from './disk-mirror.ts';
 import { startNbdExports, stopNbdExports } from './nbd-export.ts';
 import type { StorageCatalog } from '../storage/registry.ts';
 import { volumeOf, type IncomingDisk } from '../storage/types.ts';
@@ -147,10 +147,13 @@ export class LocalSource implements SourceSide {
       const status = e.data['status'];
       if (status === 'pre-switchover') {
         qmp.off('event', onEvent);
-        completeMirrors(qmp, this.mirrored)
-          .then(() => {
+        const done = [...this.mirrored];
+        completeMirrors(qmp, done)
+          .then(async () => {
             this.mirrored = [];
-            return qmp.execute('migrate-continue', { state: 'pre-switchover' });
+            await qmp.execute('migrate-continue', { state: 'pre-switchover' });
+            // Outside the pause: the copy is complete, the NBD connections are no longer needed.
+            await dropTargets(qmp, done).catch(() => undefined);
           })
           .catch(async (err: Error) => {
             this.mirrorFailure = err.message;
