@@ -76,8 +76,7 @@ export async function mirrorProgress(qmp: QmpClient, diskIds: readonly string[])
  * Completes ready jobs without pivoting (block-job-cancel of a ready mirror
  * waits until the target is in sync). Called with the guest paused, so nothing
  * is written meanwhile; this is part of the guest's downtime, hence events
- * rather than polling. The NBD client nodes are dropped later (dropTargets):
- * the copy is complete once the jobs have concluded.
+ * rather than polling. The caller then drops the NBD client nodes (dropTargets).
  */
 export async function completeMirrors(qmp: QmpClient, diskIds: readonly string[]): Promise<void> {
   const jobIds = diskIds.map(mirrorJobId);

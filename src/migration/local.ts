@@ -151,9 +151,9 @@ export class LocalSource implements SourceSide {
         completeMirrors(qmp, done)
           .then(async () => {
             this.mirrored = [];
+            // Under a millisecond here (measured), and a clean NBD disconnect while the destination's server still runs.
+            await dropTargets(qmp, done);
             await qmp.execute('migrate-continue', { state: 'pre-switchover' });
-            // Outside the pause: the copy is complete, the NBD connections are no longer needed.
-            await dropTargets(qmp, done).catch(() => undefined);
           })
           .catch(async (err: Error) => {
             this.mirrorFailure = err.message;

@@ -73,12 +73,16 @@ async function labDemo(rounds: number, json: boolean): Promise<number> {
   const hosts = lab.hosts.map((h) => h.name);
   let vm = await cli.vm('demo').catch(() => undefined);
   if (!vm) {
-    say("creating VM 'demo' on h1: 256 MiB, gamesrv, memcheck filling 64 MiB and rewriting 4 MiB/s");
-    await cli.agent(hosts[0]!).call('POST', '/v1/vms', { name: 'demo', memoryMiB: 256, memcheckMiB: 64, dirtyMiBps: 4 }, 120_000);
+    say("creating VM 'demo' on h1: 256 MiB, gamesrv, memcheck filling 64 MiB and rewriting 4 MiB/s,");
+    say("  a 64 MiB disk in the hosts' local storage (copied on every hop), diskcheck writing 50 blocks/s to it");
+    await cli
+      .agent(hosts[0]!)
+      .call('POST', '/v1/vms', { name: 'demo', memoryMiB: 256, memcheckMiB: 64, dirtyMiBps: 4, disks: [{ sizeBytes: 64 * 2 ** 20, pool: 'local' }], diskcheckRate: 50 }, 180_000);
     vm = await cli.vm('demo');
   }
   const probe = await Probe.start(lab.clientNetns);
-  const rows: (MigrationSummary & { memory: string })[] = [];
+  const rows: (MigrationSummary & { memory: string; disk: string })[] = [];
+  const hasDisk = (vm.spec.disks ?? []).length > 0;
   try {
     const display = new ProgressDisplay();
     let at = vm.owner;
@@ -87,7 +91,13 @@ async function labDemo(rounds: number, json: boolean): Promise<number> {
       const summary = await migrateWithProbe(cli, 'demo', to, { onProgress: json ? undefined : (from, p) => display.update(progressLine(`demo ${from}→${to}:`, p)) });
       display.clear();
       const verdict = await probe.memcheckVerify(vm.ip!);
-      rows.push({ ...summary, memory: verdict.mismatches === 0 ? 'verified' : `${verdict.mismatches} BAD` });
+      const disk = hasDisk ? await probe.diskcheckVerify(vm.ip!) : undefined;
+      const diskBad = disk ? disk.lost + disk.torn + disk.foreign : 0;
+      rows.push({
+        ...summary,
+        memory: verdict.mismatches === 0 ? 'verified' : `${verdict.mismatches} BAD`,
+        disk: !disk ? '-' : diskBad === 0 ? `verified (${mib(summary.diskBytes)} copied)` : `${diskBad} BAD blocks`,
+      });
       say(`${summary.from} → ${to}: ${summary.status}, total ${ms(summary.totalMs)}, QEMU downtime ${ms(summary.downtimeMs)}, client blackout ${ms(summary.blackoutMs)}`);
       if (summary.status !== 'completed') break;
       at = to;
@@ -101,8 +111,8 @@ async function labDemo(rounds: number, json: boolean): Promise<number> {
     console.log('');
     console.log(
       table(
-        ['hop', 'total', 'QEMU downtime', 'client blackout', 'packets lost', 'sent', 'memory'],
-        rows.map((r) => [`${r.from} → ${r.to}`, ms(r.totalMs), ms(r.downtimeMs), ms(r.blackoutMs), `${r.packetsLost}/${r.packetsSent}`, mib(r.bytes), r.memory]),
+        ['hop', 'total', 'QEMU downtime', 'client blackout', 'packets lost', 'RAM sent', 'memory', 'disk'],
+        rows.map((r) => [`${r.from} → ${r.to}`, ms(r.totalMs), ms(r.downtimeMs), ms(r.blackoutMs), `${r.packetsLost}/${r.packetsSent}`, mib(r.bytes), r.memory, r.disk]),
       ),
     );
     const done = rows.filter((r) => r.status === 'completed');
@@ -116,5 +126,5 @@ async function labDemo(rounds: number, json: boolean): Promise<number> {
     console.log('  npx ferry vm migrate demo --to h2; npx ferry job list');
     console.log('  npx ferry lab down        # removes the namespaces, agents, guests and state it made');
   }
-  return rows.every((r) => r.status === 'completed' && r.memory === 'verified') ? 0 : 1;
+  return rows.every((r) => r.status === 'completed' && r.memory === 'verified' && (r.disk === '-' || r.disk.startsWith('verified'))) ? 0 : 1;
 }
