@@ -7,7 +7,9 @@
  * the store agrees with what runs.
  */
 import { LocalSource } from '../migration/local.ts';
-import { peer, type AgentContext } from './context.ts';
+import type { VmSpec } from '../qemu/spec.ts';
+import { volumeOf } from '../storage/types.ts';
+import { peer, storageCatalog, type AgentContext } from './context.ts';
 import type { InstanceState } from './runtime.ts';
 
 export async function reconcile(ctx: AgentContext): Promise<void> {
@@ -36,7 +38,11 @@ async function reconcileInstance(ctx: AgentContext, recorded: InstanceState): Pr
     // stream that never switched over (cancel, resume); a destination may have won the swap but
     // never been resumed (cont).
     if (recorded.role === 'running') await new LocalSource(instance).cancelAndResume();
-    else if (before !== 'running') await instance.qmp.execute('cont');
+    else if (before !== 'running') {
+      // A destination that won the swap: its NBD exports (a disk copy) must be gone before the guest writes.
+      await instance.qmp.execute('nbd-server-stop').catch(() => undefined);
+      await instance.qmp.execute('cont');
+    }
     ctx.log(`recovered ${recorded.vm}: was ${before}, now running (this host owns it)`);
     await ctx.runtime.adoptRunning(instance);
     if (recorded.role === 'incoming') await ctx.runtime.forget(recorded.vm, 'incoming');
@@ -44,6 +50,26 @@ async function reconcileInstance(ctx: AgentContext, recorded: InstanceState): Pr
     await instance.destroy();
     await ctx.runtime.forget(recorded.vm, recorded.role);
     ctx.log(`removed a stale ${recorded.role} copy of ${recorded.vm} (owner: ${vm?.owner ?? 'none'})`);
+    if (vm) await removeStaleLocalVolumes(ctx, recorded.spec, `${recorded.vm} is owned by ${vm.owner}`);
+  }
+}
+
+/**
+ * Local volumes of a VM that another host owns are stale here: a half copy of
+ * an aborted incoming migration, or the source's copy after the swap. Only
+ * called once the store says so; shared volumes are never touched.
+ */
+async function removeStaleLocalVolumes(ctx: AgentContext, spec: VmSpec, why: string): Promise<void> {
+  const storage = await storageCatalog(ctx);
+  for (const disk of spec.disks ?? []) {
+    try {
+      const driver = storage.get(disk.pool);
+      if (driver.shared || !(await driver.exists(volumeOf(disk)))) continue;
+      await driver.delete(volumeOf(disk));
+      ctx.log(`removed the stale local copy of volume ${disk.pool}/${disk.volume} (${why})`);
+    } catch (err) {
+      ctx.log(`could not remove the stale local copy of ${disk.pool}/${disk.volume}: ${(err as Error).message}`);
+    }
   }
 }
 

@@ -117,17 +117,18 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         const vm = await mine(name!, body['token']);
         if (await state.migration(name!)) throw new RefusedError(`'${name}' is being migrated; wait for the migration to end`);
         if (runtime.get(name!)) await runtime.stop(name!, true);
-        if (!(await state.deleteVm(vm))) throw new RefusedError(`'${name}' changed while being destroyed; try again`);
-        // Its volumes stay (data is never deleted implicitly), detached, where they are.
+        // Its volumes stay (data is never deleted implicitly), detached, where they are. Detached
+        // first: a crash between the two steps then leaves a VM without volumes, not volumes held by no VM.
         const kept: string[] = [];
+        const storage = await storageCatalog(ctx);
         for (const disk of vm.spec.disks ?? []) {
           const volume = await state.volume(disk.pool, disk.volume);
           if (!volume || volume.vm !== name) continue;
-          const shared = (await storageCatalog(ctx)).get(disk.pool).shared;
           const { vm: _vm, ...detached } = volume;
-          await state.updateVolume({ ...detached, revision: volume.revision }, shared ? {} : { host: node.name });
+          await state.updateVolume({ ...detached, revision: volume.revision }, storage.get(disk.pool).shared ? {} : { host: node.name });
           kept.push(`${disk.pool}/${disk.volume}`);
         }
+        if (!(await state.deleteVm(vm))) throw new RefusedError(`'${name}' changed while being destroyed; try again`);
         return { destroyed: name, keptVolumes: kept };
       },
     },

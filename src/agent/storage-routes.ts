@@ -87,8 +87,13 @@ export async function createVolume(ctx: AgentContext, volume: VolumeRecord): Pro
   const driver = (await storageCatalog(ctx)).get(volume.pool);
   await driver.status(); // unreachable pool: refused before anything is written down
   const record: VolumeRecord = { ...volume, ...(driver.shared ? {} : { host: ctx.node.name }) };
-  if (!(await ctx.state.createVolume(record)))
-    throw new RefusedError(`a volume named '${volume.name}' already exists in pool '${volume.pool}'; choose another name`);
+  if (!(await ctx.state.createVolume(record))) {
+    const existing = await ctx.state.volume(volume.pool, volume.name);
+    throw new RefusedError(
+      `a volume named '${volume.name}' already exists in pool '${volume.pool}'` +
+        (existing?.vm ? ` (attached to VM '${existing.vm}')` : ` (kept from an earlier VM?); delete it with 'ferry volume delete ${volume.name} --pool ${volume.pool}' or choose another name`),
+    );
+  }
   try {
     await driver.create(record);
   } catch (err) {

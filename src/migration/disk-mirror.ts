@@ -11,6 +11,11 @@ import { QmpCommandError } from '../qemu/errors.ts';
 import type { DiskProgress, NbdTargets } from './sides.ts';
 
 const JOB_PREFIX = 'ferry-mirror-';
+/**
+ * How long completing in-sync mirrors may take in the pause (it takes a few ms): beyond it the
+ * destination is unreachable, and the migration is cancelled rather than the guest kept paused.
+ */
+const COMPLETION_BUDGET_MS = 10_000;
 
 interface BlockJobInfo {
   device: string;
@@ -80,6 +85,12 @@ export async function mirrorProgress(qmp: QmpClient, diskIds: readonly string[])
  */
 export async function completeMirrors(qmp: QmpClient, diskIds: readonly string[]): Promise<void> {
   const jobIds = diskIds.map(mirrorJobId);
+  // Cancelling a job that is not in sync would abort it and leave the destination's copy incomplete.
+  const jobs = await mirrorJobs(qmp);
+  for (const id of jobIds) {
+    const job = jobs.find((j) => j.device === id);
+    if (!job || !job.ready || job.status !== 'ready') throw new Error(`the mirror ${id} is ${job ? `${job.status}${job.error ? ` (${job.error})` : ''}` : 'gone'}, not in sync, at switchover`);
+  }
   const pending = new Set(jobIds);
   const concluded = new Promise<void>((resolve) => {
     const onEvent = (e: { event: string; data: Record<string, unknown> }) => {
@@ -95,7 +106,7 @@ export async function completeMirrors(qmp: QmpClient, diskIds: readonly string[]
   for (const id of jobIds) await qmp.execute('block-job-cancel', { device: id });
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`mirror jobs ${[...pending].join(', ')} did not conclude within 60 s of completion`)), 60_000);
+    timer = setTimeout(() => reject(new Error(`mirror jobs ${[...pending].join(', ')} did not conclude within ${COMPLETION_BUDGET_MS / 1000} s of completion`)), COMPLETION_BUDGET_MS);
   });
   try {
     await Promise.race([concluded, timeout]);
@@ -107,19 +118,43 @@ export async function completeMirrors(qmp: QmpClient, diskIds: readonly string[]
   });
 }
 
-/** Rollback: stop the jobs at once (the destination's copy is thrown away) and drop the NBD client nodes. */
-export async function cancelMirrors(qmp: QmpClient, diskIds: readonly string[]): Promise<void> {
-  for (const id of diskIds) {
-    await qmp.execute('block-job-cancel', { device: mirrorJobId(id), force: true }).catch(ignoreMissing);
+/** Job states in which a job still runs and can be cancelled. */
+const LIVE = new Set(['created', 'running', 'paused', 'ready', 'standby', 'waiting', 'pending']);
+
+/**
+ * Rollback, and tidying before a new mirror or after an agent restart: removes
+ * every ferry mirror job and NBD client node QEMU has, from QEMU's own view
+ * rather than from what this process remembers. The source's volumes are only
+ * read by the jobs, so they stay as they were.
+ */
+export async function removeAllMirrors(qmp: QmpClient): Promise<void> {
+  const jobs = await mirrorJobs(qmp);
+  const nodes = (await qmp.execute<{ 'node-name': string }[]>('query-named-block-nodes')).map((n) => n['node-name']).filter((n) => n.startsWith(JOB_PREFIX));
+  if (!jobs.length && !nodes.length) return;
+  if (jobs.some((j) => LIVE.has(j.status))) {
+    // A partitioned NBD connection holds its in-flight requests (and in write-blocking mode the
+    // guest's writes) until TCP gives up; yanking fails them at once so the cancel can finish.
+    for (const node of nodes) await qmp.execute('yank', { instances: [{ type: 'block-node', 'node-name': node }] }).catch(() => undefined);
+    for (const job of jobs.filter((j) => LIVE.has(j.status))) await qmp.execute('block-job-cancel', { device: job.device, force: true }).catch(() => undefined);
   }
-  await waitConcluded(qmp, diskIds, () => undefined);
-  await dropTargets(qmp, diskIds);
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const left = (await mirrorJobs(qmp)).filter((j) => j.status !== 'concluded' && j.status !== 'null');
+    if (!left.length) break;
+    if (Date.now() > deadline) throw new Error(`mirror jobs still ${left.map((j) => `${j.device}: ${j.status}`).join(', ')} 30 s after being cancelled`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  for (const job of await mirrorJobs(qmp)) await qmp.execute('job-dismiss', { id: job.device }).catch(() => undefined);
+  for (const node of nodes) await qmp.execute('blockdev-del', { 'node-name': node }).catch(ignoreMissing);
 }
 
+/** Waits until the named jobs have concluded, checks each, and dismisses them. */
 async function waitConcluded(qmp: QmpClient, diskIds: readonly string[], check: (job: BlockJobInfo) => void): Promise<void> {
-  const deadline = Date.now() + 60_000;
+  const deadline = Date.now() + COMPLETION_BUDGET_MS;
   for (;;) {
     const jobs = (await mirrorJobs(qmp)).filter((j) => diskIds.includes(j.device.slice(JOB_PREFIX.length)));
+    const vanished = diskIds.filter((id) => !jobs.some((j) => j.device === mirrorJobId(id)));
+    if (vanished.length) throw new Error(`the mirror job of ${vanished.join(', ')} vanished before it was completed`);
     const pending = jobs.filter((j) => j.status !== 'concluded' && j.status !== 'null');
     if (pending.length === 0) {
       for (const job of jobs) {
@@ -128,7 +163,7 @@ async function waitConcluded(qmp: QmpClient, diskIds: readonly string[], check: 
       }
       return;
     }
-    if (Date.now() > deadline) throw new Error(`mirror jobs still ${pending.map((j) => `${j.device}: ${j.status}`).join(', ')} after 60 s`);
+    if (Date.now() > deadline) throw new Error(`mirror jobs still ${pending.map((j) => `${j.device}: ${j.status}`).join(', ')} ${COMPLETION_BUDGET_MS / 1000} s after completion`);
     await new Promise((r) => setTimeout(r, 5));
   }
 }

@@ -129,7 +129,10 @@ class MigrationRun {
       finishError = err as Error;
     }
     const summary = await this.o.source.summary();
-    await this.phase('confirm', () => this.o.source.retire());
+    await this.phase('confirm', async () => {
+      // The migration has succeeded; a source that does not tidy up cleanly does not change that.
+      await this.o.source.retire().catch((err: Error) => this.log(`warning: the source did not retire cleanly: ${err.message}`));
+    });
     if (finishError)
       throw new MigrationError(`'${vm}' switched over, but the destination failed afterwards (${finishError.message}); start the VM again on its owner`);
     const record = this.record('completed', summary);
@@ -184,7 +187,9 @@ class MigrationRun {
     const plan = this.plan;
     await this.guarded(this.o.source.startDiskMirror(prepared.nbd, plan.maxBandwidth === 'unlimited' ? undefined : plan.maxBandwidth));
     const totalAllocated = this.diskNeeds.filter((n) => prepared.nbd!.disks.includes(n.id)).reduce((sum, n) => sum + n.allocatedBytes, 0);
-    const timeoutMs = diskCopyTimeoutMs(plan.policy, totalAllocated);
+    // A limited link sets its own pace: twice the time the bytes need at that rate, at least.
+    const paced = plan.maxBandwidth === 'unlimited' ? 0 : Math.round(((totalAllocated / plan.maxBandwidth) * 2 + 30) * 1000);
+    const timeoutMs = Math.max(diskCopyTimeoutMs(plan.policy, totalAllocated), paced);
     this.log(`mirroring ${prepared.nbd.disks.join(', ')} (${(totalAllocated / 2 ** 20).toFixed(0)} MiB allocated) in active mode; RAM follows when the mirror is ready`);
     const started = performance.now();
     for (;;) {
@@ -193,7 +198,11 @@ class MigrationRun {
       this.o.onProgress?.({ phase: 'perform', elapsedMs: this.elapsed(), disk });
       if (disk.ready) break;
       if (performance.now() - started > timeoutMs)
-        throw new PhaseFailure('perform', `the disk copy did not finish within ${Math.round(timeoutMs / 1000)} s (policy ${plan.policy}); cancelled`);
+        throw new PhaseFailure(
+          'perform',
+          `the disk copy did not finish within ${Math.round(timeoutMs / 1000)} s (policy ${plan.policy}` +
+            `${plan.maxBandwidth === 'unlimited' ? '' : `, bandwidth ${(plan.maxBandwidth / 2 ** 20).toFixed(0)} MiB/s`}); cancelled — is the link slower than expected?`,
+        );
       await this.guarded(sleep(this.params.progressIntervalMs));
     }
     this.log(`disk mirror ready: ${(this.lastDisk!.copiedBytes / 2 ** 20).toFixed(1)} MiB copied in ${Math.round(performance.now() - started)} ms`);

@@ -19,7 +19,7 @@ import type {
   QemuMigrationSummary,
   SourceSide,
 } from './sides.ts';
-import { cancelMirrors, completeMirrors, dropTargets, mirrorProgress, startMirrors } from './disk-mirror.ts';
+import { completeMirrors, dropTargets, mirrorProgress, removeAllMirrors, startMirrors } from './disk-mirror.ts';
 import { startNbdExports, stopNbdExports } from './nbd-export.ts';
 import type { StorageCatalog } from '../storage/registry.ts';
 import { volumeOf, type IncomingDisk } from '../storage/types.ts';
@@ -108,19 +108,22 @@ export class LocalSource implements SourceSide {
 
   async startDiskMirror(targets: NbdTargets, speedBytesPerSec?: number): Promise<void> {
     if (targets.tlsHostname && !this.tls) throw new Error('the destination expects TLS on its NBD exports but this source has no certificate');
+    await removeAllMirrors(this.instance.qmp); // leftovers of an earlier run would clash with the job and node names
     this.mirrored = [...targets.disks];
     this.copied = [...targets.disks];
     await startMirrors(this.instance.qmp, targets, targets.tlsHostname ? await this.ensureTls() : undefined, speedBytesPerSec);
   }
 
   async diskProgress(): Promise<DiskProgress> {
-    // Once completed at pre-switchover the jobs are gone: report their last figures.
-    if (!this.mirrored.length && this.lastMirror) return { ...this.lastMirror, ready: true };
+    // From pre-switchover on the jobs are being completed and then gone: report their last figures.
+    if ((this.completing || !this.mirrored.length) && this.lastMirror) return { ...this.lastMirror, ready: true };
     this.lastMirror = await mirrorProgress(this.instance.qmp, this.mirrored);
     return this.lastMirror;
   }
 
   private lastMirror: DiskProgress | undefined;
+  /** Set at pre-switchover: the jobs are being completed, progress polls must not mistake that for a failure. */
+  private completing = false;
 
   async startMigration(destination: PreparedDestination, capabilities: MigrationCapabilities, parameters: Record<string, unknown>): Promise<void> {
     const qmp = this.instance.qmp;
@@ -148,6 +151,7 @@ export class LocalSource implements SourceSide {
       if (status === 'pre-switchover') {
         qmp.off('event', onEvent);
         const done = [...this.mirrored];
+        this.completing = true;
         completeMirrors(qmp, done)
           .then(async () => {
             this.mirrored = [];
@@ -199,13 +203,19 @@ export class LocalSource implements SourceSide {
         info = await qmp.execute<QemuMigrationInfo>('query-migrate');
       }
     }
-    // The source's own volumes were only read by the mirrors: stopping them leaves them as they were.
-    if (this.mirrored.length) await cancelMirrors(qmp, this.mirrored);
-    this.mirrored = [];
-    this.copied = [];
-    // A stream that completed (or failed in its last stage) leaves the source paused in postmigrate.
-    const { status } = await qmp.execute<{ status: string }>('query-status');
-    if (status !== 'running') await qmp.execute('cont');
+    try {
+      // The source's own volumes were only read by the mirrors: removing them leaves the volumes as they were.
+      await removeAllMirrors(qmp);
+    } catch (err) {
+      this.mirrorFailure = `leftover mirror jobs could not be removed (${(err as Error).message}); restart the VM to clear them`;
+    } finally {
+      this.mirrored = [];
+      this.copied = [];
+      this.completing = false;
+      // A stream that completed (or failed in its last stage) leaves the source paused in postmigrate.
+      const { status } = await qmp.execute<{ status: string }>('query-status');
+      if (status !== 'running') await qmp.execute('cont');
+    }
   }
 
   async retire(): Promise<void> {

@@ -22,7 +22,10 @@ export async function checkIncomingStorage(spec: VmSpec, storage: StorageCatalog
         continue;
       }
       if (await driver.exists(volumeOf(disk))) {
-        problems.push(`host '${storage.host}' already has a volume '${disk.volume}' in pool '${disk.pool}' (left from an earlier migration?); delete it there first`);
+        problems.push(
+          `host '${storage.host}' already has a file for volume '${disk.volume}' of pool '${disk.pool}' (left from an interrupted migration?); ` +
+            `the VM's disk is on its current host, so that file is stale: remove it on '${storage.host}' and try again`,
+        );
         continue;
       }
       const need = driver.roomForCopy(needs.find((n) => n.id === disk.id)?.allocatedBytes ?? disk.sizeBytes) + (neededPerPool.get(disk.pool) ?? 0);

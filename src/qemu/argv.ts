@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 /** The QEMU command line for a VM spec on this host. */
 import type { Accel, VmSpec } from './spec.ts';
 
@@ -31,6 +32,12 @@ export interface QemuRuntime {
   tls?: TlsCredentials;
   /** One per spec.disks entry, in that order. */
   disks?: DiskAttachment[];
+}
+
+/** virtio-blk keeps 20 characters of a serial: longer names are cut and given a hash, so two disks never share one. */
+export function diskSerial(name: string): string {
+  if (name.length <= 20) return name;
+  return `${name.slice(0, 13)}-${createHash('sha1').update(name).digest('hex').slice(0, 6)}`;
 }
 
 export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
@@ -67,7 +74,7 @@ export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
     const attachment = runtime.disks?.[i];
     if (!attachment || attachment.id !== disk.id) throw new Error(`no storage given for disk ${disk.id} (${disk.pool}/${disk.volume})`);
     argv.push('-blockdev', JSON.stringify({ ...attachment.blockdev, 'node-name': disk.id }));
-    argv.push('-device', `virtio-blk-pci,drive=${disk.id},id=${disk.id}-dev,serial=${attachment.serial.slice(0, 20)}`);
+    argv.push('-device', `virtio-blk-pci,drive=${disk.id},id=${disk.id}-dev,serial=${diskSerial(attachment.serial)}`);
   });
   if (runtime.tls) {
     argv.push('-object', `tls-creds-x509,id=${runtime.tls.id},dir=${runtime.tls.dir},endpoint=${runtime.tls.endpoint},verify-peer=on`);

@@ -3,7 +3,7 @@
  * (every host mounts the same directory) and `local` (each host its own).
  */
 import { constants } from 'node:fs';
-import { access, rm, stat, statfs } from 'node:fs/promises';
+import { access, open, rm, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { NoSpaceError, PoolUnreachableError, VolumeExistsError, VolumeNotFoundError } from './errors.ts';
 import { createImage, imageInfo } from './qemu-img.ts';
@@ -53,7 +53,24 @@ export abstract class DirectoryDriver implements StorageDriver {
     // A new image is sparse; ask for room for its metadata only, the guest's writes fill it later.
     const needed = volume.format === 'raw' ? 0 : 1024 * 1024;
     if (freeBytes < needed) throw new NoSpaceError(this.config.name, this.host, needed, freeBytes, `a new ${volume.format} image`);
-    await createImage(this.fileOf(volume), volume.format, volume.sizeBytes);
+    await this.createExclusive(volume);
+  }
+
+  /** Claims the file name atomically (qemu-img would overwrite an existing image), then makes the image. */
+  protected async createExclusive(volume: VolumeSpec): Promise<void> {
+    const file = this.fileOf(volume);
+    try {
+      await (await open(file, 'wx')).close();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new VolumeExistsError(this.config.name, volume.name, `${file} on host '${this.host}'`);
+      throw err;
+    }
+    try {
+      await createImage(file, volume.format, volume.sizeBytes);
+    } catch (err) {
+      await rm(file, { force: true });
+      throw err;
+    }
   }
 
   async delete(volume: VolumeSpec): Promise<void> {
