@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 say() { echo "==> $*"; }
 [ "$(id -u)" = 0 ] || { echo "setup: run as root (it installs Debian packages and creates network namespaces)" >&2; exit 1; }
 
-packages=(qemu-system-x86 qemu-utils busybox-static cpio gcc libc6-dev iproute2 ca-certificates openssl etcd-server etcd-client)
+packages=(qemu-system-x86 qemu-utils busybox-static cpio gcc libc6-dev iproute2 ca-certificates openssl etcd-server etcd-client
+  libnfs-dev nfs-ganesha nfs-ganesha-vfs rpcbind)
 node_ok=0
 if command -v node >/dev/null 2>&1 && [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ] && command -v npm >/dev/null 2>&1; then
   node_ok=1
@@ -40,3 +41,10 @@ fi
 
 say "guest image"
 bash guest/build.sh
+
+# The nfs storage driver's helper (libnfs): rebuilt when its source changes.
+if [ ! tools/out/ferry-nfs -nt tools/ferry-nfs.c ]; then
+  say "tools/out/ferry-nfs"
+  mkdir -p tools/out
+  gcc -O2 -Wall -Wextra -Werror -o tools/out/ferry-nfs tools/ferry-nfs.c -lnfs
+fi

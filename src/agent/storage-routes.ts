@@ -5,7 +5,7 @@
 import type { StoredVolume, VolumeRecord } from '../cluster/model.ts';
 import type { VolumeFormat } from '../qemu/spec.ts';
 import { VolumeInUseError, VolumeNotFoundError } from '../storage/errors.ts';
-import { STORAGE_TYPES, type StoragePoolConfig, type StorageType } from '../storage/types.ts';
+import { STORAGE_TYPES, poolLocation, type StoragePoolConfig, type StorageType } from '../storage/types.ts';
 import { storageCatalog, type AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
@@ -23,7 +23,7 @@ export function storageRoutes(ctx: AgentContext): Route[] {
       handler: async (_, body) => {
         const pool = parsePool(body);
         if (!(await state.addPool(pool))) throw new RefusedError(`a storage pool named '${pool.name}' already exists; see 'ferry storage list'`);
-        ctx.log(`storage pool ${pool.name} added (${pool.type} at ${pool.path})`);
+        ctx.log(`storage pool ${pool.name} added (${pool.type} at ${poolLocation(pool)})`);
         return { pool, status: (await poolStatus(ctx)).find((p) => p.pool === pool.name) };
       },
     },
@@ -69,7 +69,7 @@ async function poolStatus(ctx: AgentContext): Promise<PoolStatusLine[]> {
   const catalog = await storageCatalog(ctx);
   return Promise.all(
     catalog.pools().map(async (driver) => {
-      const base = { pool: driver.config.name, type: driver.config.type, path: driver.config.path.replaceAll('%h', ctx.node.name) };
+      const base = { pool: driver.config.name, type: driver.config.type, path: poolLocation(driver.config, ctx.node.name) };
       try {
         return { ...base, reachable: true, ...(await driver.status()) };
       } catch (err) {
@@ -116,9 +116,16 @@ export async function removeVolume(ctx: AgentContext, volume: StoredVolume): Pro
 function parsePool(body: Record<string, unknown>): StoragePoolConfig {
   const name = String(body['name'] ?? '');
   const type = String(body['type'] ?? '') as StorageType;
-  const path = String(body['path'] ?? '');
   if (!NAME.test(name)) throw new RefusedError(`pool name '${name}' must start with a letter and use only a-z, 0-9 and '-'`);
   if (!STORAGE_TYPES.includes(type)) throw new RefusedError(`pool type '${type}' is not one of ${STORAGE_TYPES.join(', ')}`);
+  if (type === 'nfs') {
+    const server = String(body['server'] ?? '');
+    const exported = String(body['export'] ?? '');
+    if (!/^[A-Za-z0-9.:-]+$/.test(server)) throw new RefusedError(`an nfs pool needs --server HOST (an address or name), not '${server}'`);
+    if (!exported.startsWith('/') || /[\s,]/.test(exported)) throw new RefusedError(`an nfs pool needs --export /PATH (the directory the server exports), not '${exported}'`);
+    return { name, type, server, export: exported.replace(/\/+$/, '') || '/' };
+  }
+  const path = String(body['path'] ?? '');
   if (!path.startsWith('/')) throw new RefusedError(`pool path '${path}' must be absolute ('%h' stands for the host's name)`);
   return { name, type, path };
 }

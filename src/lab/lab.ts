@@ -8,6 +8,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, openSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { NfsServer } from './nfs-server.ts';
 import path from 'node:path';
 import { AgentClient, type AgentEndpoint } from '../agent/client.ts';
 import { readJson, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../agent/config.ts';
@@ -36,6 +37,9 @@ export interface LabRecord {
   clientAddress: string;
   storeNetns?: string;
   etcdPids: number[];
+  /** Storage servers' namespace (`--storage`), at SAN_ADDRESS, and what runs there. */
+  sanNetns?: string;
+  storage?: LabStorage[];
   hosts: LabHost[];
   createdAt: string;
   /** Set once everything is up; a record without it is a lab whose `up` was interrupted. */
@@ -69,10 +73,17 @@ function alive(pid: number | undefined): boolean {
   }
 }
 
+/** Storage servers the lab can run for the shared-storage drivers. */
+export type LabStorage = 'nfs';
+export const LAB_STORAGE: readonly LabStorage[] = ['nfs'];
+const SAN_ADDRESS = `${SUBNET}.8`;
+
 export interface LabOptions {
   dir?: string;
   hosts?: number;
   store?: 'sqlite' | 'etcd';
+  /** Storage servers to run in the lab's storage namespace, each added as a pool of that name. */
+  storage?: LabStorage[];
   /** Namespace name prefix, so that tests can run a lab beside a user's. */
   prefix?: string;
   memoryMiBPerHost?: number;
@@ -176,6 +187,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       log(`host ${name}: namespace ${host.netns}, address ${host.address}, agent pid ${host.pid}`);
     }
     await addLabStorage(lab, log);
+    if (options.storage?.length) await startStorageServers(lab, options.storage, save, log);
     await writeJson(path.join(dir, 'context.json'), labContext(lab));
     lab.complete = true;
     await save();
@@ -197,6 +209,28 @@ async function addLabStorage(lab: LabRecord, log: (line: string) => void): Promi
   await client.call('POST', '/v1/storage', { name: 'shared', type: 'shared-dir', path: path.join(lab.dir, 'shared-images') });
   await client.call('POST', '/v1/storage', { name: 'local', type: 'local', path: path.join(lab.dir, 'hosts', '%h', 'images') });
   log(`storage: pool 'shared' (shared-dir ${path.join(lab.dir, 'shared-images')}), pool 'local' (local ${path.join(lab.dir, 'hosts', '%h', 'images')})`);
+}
+
+/** The storage namespace on the lab network, with the servers asked for, each added as a pool. */
+async function startStorageServers(lab: LabRecord, kinds: LabStorage[], save: () => Promise<void>, log: (line: string) => void): Promise<void> {
+  lab.sanNetns = `${lab.prefix}-san`;
+  lab.storage = [];
+  await save();
+  await plug(lab, lab.sanNetns, 'san0', `${SAN_ADDRESS}/24`, false);
+  await ip(lab.sanNetns, 'link', 'set', 'lo', 'up');
+  const client = new AgentClient(labContext(lab).agents[0]!, await loadIdentity(path.join(lab.dir, 'admin')), 30_000);
+  for (const kind of kinds) {
+    lab.storage.push(kind);
+    await save();
+    switch (kind) {
+      case 'nfs': {
+        const server = await NfsServer.start({ netns: lab.sanNetns, dir: path.join(lab.dir, 'san', 'nfs'), address: SAN_ADDRESS });
+        await client.call('POST', '/v1/storage', { name: 'nfs', type: 'nfs', server: SAN_ADDRESS, export: server.exportPath });
+        log(`storage: pool 'nfs' (NFS-Ganesha at nfs://${SAN_ADDRESS}${server.exportPath}, namespace ${lab.sanNetns})`);
+        break;
+      }
+    }
+  }
 }
 
 /** Connects a namespace to the switch with a veth pair (name inside, `<ns>-s` on the switch side). */
@@ -271,7 +305,9 @@ export async function labDown(dir = DEFAULT_LAB_DIR): Promise<string[]> {
     }
   }
   for (const pid of lab.etcdPids) if (alive(pid)) process.kill(pid, 'SIGKILL');
-  for (const ns of [...lab.hosts.map((h) => h.netns), lab.clientNetns, ...(lab.storeNetns ? [lab.storeNetns] : []), lab.switchNetns]) {
+  if (lab.storage?.includes('nfs')) await NfsServer.stop(path.join(dir, 'san', 'nfs'));
+  const namespaces = [...lab.hosts.map((h) => h.netns), lab.clientNetns, ...(lab.storeNetns ? [lab.storeNetns] : []), ...(lab.sanNetns ? [lab.sanNetns] : []), lab.switchNetns];
+  for (const ns of namespaces) {
     if (await netnsExists(ns)) {
       await deleteNetns(ns);
       removed.push(ns);

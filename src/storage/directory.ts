@@ -7,13 +7,13 @@ import { access, open, rm, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { NoSpaceError, PoolUnreachableError, VolumeExistsError, VolumeNotFoundError } from './errors.ts';
 import { createImage, imageInfo } from './qemu-img.ts';
-import type { IncomingDisk, PoolStatus, StorageDriver, StoragePoolConfig, VolumeSpec, VolumeUsage } from './types.ts';
+import type { DirectoryPoolConfig, IncomingDisk, PoolStatus, StorageDriver, VolumeSpec, VolumeUsage } from './types.ts';
 
 export abstract class DirectoryDriver implements StorageDriver {
   abstract readonly shared: boolean;
 
   constructor(
-    readonly config: StoragePoolConfig,
+    readonly config: DirectoryPoolConfig,
     /** This host's name, for messages. */
     protected readonly host: string,
   ) {}

@@ -1,6 +1,7 @@
 /** From a pool's configuration to the driver that serves it on this host. */
 import { LocalDirDriver } from './local.ts';
 import { SharedDirDriver } from './shared-dir.ts';
+import { NfsDriver } from './nfs.ts';
 import { StorageError } from './errors.ts';
 import type { StorageDriver, StoragePoolConfig } from './types.ts';
 import type { DiskAttachment } from '../qemu/argv.ts';
@@ -13,6 +14,8 @@ export function driverFor(config: StoragePoolConfig, host: string): StorageDrive
       return new SharedDirDriver(config, host);
     case 'local':
       return new LocalDirDriver(config, host);
+    case 'nfs':
+      return new NfsDriver(config, host);
   }
 }
 
@@ -22,7 +25,7 @@ export class StorageCatalog {
 
   constructor(pools: StoragePoolConfig[], readonly host: string) {
     // '%h' in a path stands for the host's name: one configuration, a directory per host (local pools in the lab).
-    for (const pool of pools) this.drivers.set(pool.name, driverFor({ ...pool, path: pool.path.replaceAll('%h', host) }, host));
+    for (const pool of pools) this.drivers.set(pool.name, driverFor(pool.type === 'nfs' ? pool : { ...pool, path: pool.path.replaceAll('%h', host) }, host));
   }
 
   get(pool: string): StorageDriver {

@@ -6,15 +6,33 @@
  */
 import type { DiskSpec, VolumeFormat } from '../qemu/spec.ts';
 
-export type StorageType = 'shared-dir' | 'local';
-export const STORAGE_TYPES: readonly StorageType[] = ['shared-dir', 'local'];
+export type StorageType = 'shared-dir' | 'local' | 'nfs';
+export const STORAGE_TYPES: readonly StorageType[] = ['shared-dir', 'local', 'nfs'];
+
+/** Images in a directory: every host mounts the same one (shared-dir), or each has its own (local). */
+export interface DirectoryPoolConfig {
+  name: string;
+  type: 'shared-dir' | 'local';
+  /** The directory; '%h' stands for the host's name. */
+  path: string;
+}
+
+/** Images on an NFS export, opened by QEMU's own NFS client (libnfs): no mount on the hosts. */
+export interface NfsPoolConfig {
+  name: string;
+  type: 'nfs';
+  server: string;
+  /** The exported directory on the server, as NFSv3 MOUNT knows it. */
+  export: string;
+}
 
 /** A storage pool as the cluster configures it (`ferry storage add`). */
-export interface StoragePoolConfig {
-  name: string;
-  type: StorageType;
-  /** shared-dir: the directory every host mounts at the same path; local: each host's own directory. */
-  path: string;
+export type StoragePoolConfig = DirectoryPoolConfig | NfsPoolConfig;
+
+/** Where a pool's images are, for people: a directory or an nfs:// URL. */
+export function poolLocation(config: StoragePoolConfig, host?: string): string {
+  if (config.type === 'nfs') return `nfs://${config.server}${config.export}`;
+  return host ? config.path.replaceAll('%h', host) : config.path;
 }
 
 /** A volume as drivers see it: which pool, which name, how big, which format. */

@@ -16,7 +16,7 @@ import { ensureGuestImage, guestBoot } from '../../src/qemu/guest-image.ts';
 import { VmInstance } from '../../src/qemu/instance.ts';
 import { macFor, makeVmSpec, type VmSpec } from '../../src/qemu/spec.ts';
 import { StorageCatalog } from '../../src/storage/registry.ts';
-import { volumeOf, type StorageType } from '../../src/storage/types.ts';
+import { volumeOf } from '../../src/storage/types.ts';
 import { openLab, type Lab } from '../helpers/guest.ts';
 
 const DISK_MIB = 64;
@@ -36,7 +36,7 @@ describe('diskcheck: a guest proves its disk intact', () => {
   });
 
   /** One "host": a catalog with one pool named `pool` of the given type, in its own directory (local) or the lab's shared one. */
-  async function hostStorage(host: string, type: StorageType): Promise<StorageCatalog> {
+  async function hostStorage(host: string, type: 'shared-dir' | 'local'): Promise<StorageCatalog> {
     const dir = path.join(lab.runDir, type === 'shared-dir' ? 'shared' : `local-${host}`);
     await mkdir(dir, { recursive: true });
     return new StorageCatalog([{ name: 'pool', type, path: dir }], host);

@@ -1,6 +1,6 @@
 /** ferry lab up|down|kill-agent|start-agent: many hosts on one machine. */
 import { parseArgs } from 'node:util';
-import { DEFAULT_LAB_DIR, killAgent, labDown, labUp, readLab, startAgent } from '../../lab/lab.ts';
+import { DEFAULT_LAB_DIR, LAB_STORAGE, killAgent, labDown, labUp, readLab, startAgent, type LabStorage } from '../../lab/lab.ts';
 import { UsageError } from '../errors.ts';
 import type { Command } from '../main.ts';
 import path from 'node:path';
@@ -11,7 +11,9 @@ import { migrateWithProbe, type MigrationSummary } from '../migrate.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
 
 const USAGE = `Usage:
-  ferry lab up [--hosts 3] [--store sqlite|etcd] [--json]   bring up hosts (network namespaces with agents), a switch and a client
+  ferry lab up [--hosts 3] [--store sqlite|etcd] [--storage nfs] [--json]
+      bring up hosts (network namespaces with agents), a switch and a client; pools 'shared' and 'local';
+      --storage nfs also runs NFS-Ganesha in a storage namespace (10.80.0.8) and adds the pool 'nfs'
   ferry lab down [--json]                                    remove everything the lab made (recorded in its lab.json)
   ferry lab kill-agent HOST | start-agent HOST               stop / restart one host's agent (its guests keep running)
   ferry lab demo [--rounds 2] [--json]                       (lab up, then) migrate a game server around all hosts, print a table
@@ -22,7 +24,7 @@ export const labCommand: Command = {
   summary: 'many hosts on one machine: network namespaces, a switch, agents, a probe client',
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { hosts: { type: 'string' }, store: { type: 'string' }, rounds: { type: 'string' }, json: { type: 'boolean' } } });
+    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { hosts: { type: 'string' }, store: { type: 'string' }, storage: { type: 'string' }, rounds: { type: 'string' }, json: { type: 'boolean' } } });
     const [verb, host] = positionals;
     const json = values.json ?? false;
     switch (verb) {
@@ -31,7 +33,9 @@ export const labCommand: Command = {
         if (store !== 'sqlite' && store !== 'etcd') throw new UsageError(`--store ${store}: choose sqlite or etcd`);
         const hosts = values.hosts === undefined ? 3 : Number(values.hosts);
         const memory = process.env['FERRY_LAB_HOST_MEMORY'];
-        const lab = await labUp({ hosts, store, ...(memory ? { memoryMiBPerHost: Number(memory) } : {}), ...(json ? {} : { log: (l: string) => console.log(l) }) });
+        const storage = (values.storage ?? '').split(',').filter(Boolean);
+        for (const kind of storage) if (!LAB_STORAGE.includes(kind as LabStorage)) throw new UsageError(`--storage ${kind}: the lab can run ${LAB_STORAGE.join(', ')}`);
+        const lab = await labUp({ hosts, store, storage: storage as LabStorage[], ...(memory ? { memoryMiBPerHost: Number(memory) } : {}), ...(json ? {} : { log: (l: string) => console.log(l) }) });
         if (json) return void console.log(JSON.stringify(lab, null, 2));
         console.log(`lab up in ${lab.dir} (store ${lab.store}):`);
         for (const h of lab.hosts) console.log(`  ${h.name}  ${h.address}  namespace ${h.netns}  agent pid ${h.pid}`);

@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import type { PoolStatusLine } from '../../agent/storage-routes.ts';
 import { AgentUnreachableError } from '../../agent/client.ts';
-import { STORAGE_TYPES, type StoragePoolConfig } from '../../storage/types.ts';
+import { STORAGE_TYPES, poolLocation, type StoragePoolConfig } from '../../storage/types.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { mib, table } from '../format.ts';
@@ -10,9 +10,11 @@ import type { Command } from '../main.ts';
 
 const USAGE = `Usage:
   ferry storage add NAME --type shared-dir|local --path DIR
+  ferry storage add NAME --type nfs --server HOST --export /PATH
       shared-dir: a directory every host mounts at DIR (NFS...); live migration moves only RAM.
       local:      each host's own DIR; live migration copies the disks (NBD mirror, active mode).
-      '%h' in DIR stands for the host's name (one directory per host on one machine, as in the lab).
+                  '%h' in DIR stands for the host's name (one directory per host on one machine, as in the lab).
+      nfs:        an NFS export that QEMU opens itself (libnfs, NFSv3; no mount on the hosts); only RAM moves.
   ferry storage list      every pool, and whether each host reaches it (free space per host)
 Every command takes --json.`;
 
@@ -23,7 +25,7 @@ export const storageCommand: Command = {
     const { values, positionals } = parseArgs({
       args,
       allowPositionals: true,
-      options: { type: { type: 'string' }, path: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },
+      options: { type: { type: 'string' }, path: { type: 'string' }, server: { type: 'string' }, export: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },
     });
     const [verb, name] = positionals;
     const json = values.json ?? false;
@@ -33,12 +35,19 @@ export const storageCommand: Command = {
       case 'add': {
         if (!name) throw new UsageError('ferry storage add needs a pool name');
         if (!values.type || !STORAGE_TYPES.includes(values.type as never)) throw new UsageError(`--type must be one of ${STORAGE_TYPES.join(', ')}`);
-        if (!values.path) throw new UsageError('--path DIR is required');
-        const result = await (await cli.anyAgent()).call<{ pool: StoragePoolConfig }>('POST', '/v1/storage', { name, type: values.type, path: values.path });
+        let where: Record<string, string>;
+        if (values.type === 'nfs') {
+          if (!values.server || !values.export) throw new UsageError('an nfs pool needs --server HOST and --export /PATH');
+          where = { server: values.server, export: values.export };
+        } else {
+          if (!values.path) throw new UsageError('--path DIR is required');
+          where = { path: values.path };
+        }
+        const result = await (await cli.anyAgent()).call<{ pool: StoragePoolConfig }>('POST', '/v1/storage', { name, type: values.type, ...where });
         const status = await statusPerHost(cli);
         const unreachable = status.flatMap((s) => (s.pools ?? []).filter((l) => l.pool === name && !l.reachable));
         return out(
-          [`storage pool ${name} added (${values.type} at ${values.path})`, ...unreachable.map((l) => `  warning: ${l.error}`)].join('\n'),
+          [`storage pool ${name} added (${values.type} at ${poolLocation(result.pool)})`, ...unreachable.map((l) => `  warning: ${l.error}`)].join('\n'),
           { ...result, hosts: status },
         );
       }
