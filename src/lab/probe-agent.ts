@@ -32,6 +32,9 @@ export interface StreamWindow {
   lost: number;
   /** Longest time between two replies in this window, in ms. */
   maxGapMs: number;
+  /** Wall-clock time (ms since the epoch) of the reply before, and of the reply that ended, the longest gap: to set it against QEMU's event timestamps. */
+  maxGapFrom: number | null;
+  maxGapTo: number | null;
   /** Ticks of the first and last reply in this window. */
   firstTick: number | null;
   lastTick: number | null;
@@ -46,6 +49,7 @@ class Stream {
   private timer: NodeJS.Timeout | undefined;
   private window = this.newWindow();
   private lastReplyAt: number | null = null;
+  private lastReplyWall: number | null = null;
   /** seq of the first datagram of the window: replies to earlier ones are not counted in it. */
   private windowFirstSeq = 0;
 
@@ -75,6 +79,8 @@ class Stream {
       received: w.received,
       lost: Math.max(0, sent - w.received),
       maxGapMs: Math.round(Math.max(w.maxGapMs, openGap) * 10) / 10,
+      maxGapFrom: w.maxGapMs >= openGap ? w.maxGapFrom : this.lastReplyWall,
+      maxGapTo: w.maxGapMs >= openGap ? w.maxGapTo : null,
       firstTick: w.firstTick,
       lastTick: w.lastTick,
       bootIds: [...w.bootIds],
@@ -100,8 +106,14 @@ class Stream {
     const now = performance.now();
     const w = this.window;
     const since = this.lastReplyAt ?? w.startedAt;
-    w.maxGapMs = Math.max(w.maxGapMs, now - Math.max(since, w.startedAt));
+    const gap = now - Math.max(since, w.startedAt);
+    if (gap > w.maxGapMs) {
+      w.maxGapMs = gap;
+      w.maxGapFrom = this.lastReplyWall;
+      w.maxGapTo = Date.now();
+    }
     this.lastReplyAt = now;
+    this.lastReplyWall = Date.now();
     w.received++;
     const tick = Number(m[1]);
     w.firstTick ??= tick;
@@ -110,7 +122,16 @@ class Stream {
   }
 
   private newWindow() {
-    return { startedAt: performance.now(), received: 0, maxGapMs: 0, firstTick: null as number | null, lastTick: null as number | null, bootIds: new Set<string>() };
+    return {
+      startedAt: performance.now(),
+      received: 0,
+      maxGapMs: 0,
+      maxGapFrom: null as number | null,
+      maxGapTo: null as number | null,
+      firstTick: null as number | null,
+      lastTick: null as number | null,
+      bootIds: new Set<string>(),
+    };
   }
 }
 
