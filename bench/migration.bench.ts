@@ -3,8 +3,13 @@
  * QEMU processes, under QEMU's defaults (what a script gets) and under each
  * ferry policy, interleaved in one run so that the machine's noise hits all
  * variants alike. A 200 Hz game client measures the blackout a player sees.
+ * libvirt is a peer baseline (bench/libvirt.ts): a second guest of the same
+ * spec, run by two libvirtd "hosts" on the same bridge, migrated with
+ * `virsh migrate --live` in the same interleaved loop. libvirt is installed
+ * by bench/setup-libvirt.sh when it is missing; when it cannot be used, the
+ * benchmark runs without it and says why.
  *
- *   npm run bench -- [--runs 5] [--json FILE] [--only ram|disk]
+ *   npm run bench -- [--runs 5] [--json FILE] [--only ram|disk] [--no-libvirt]
  *
  * Prints a table per scenario with medians and ratios to the baseline; the
  * disk scenario (disk.bench.ts) follows the RAM ones.
@@ -24,9 +29,12 @@ import { VmInstance } from '../src/qemu/instance.ts';
 import { macFor, makeVmSpec } from '../src/qemu/spec.ts';
 import { migrateWithQemuDefaults } from './baseline.ts';
 import { runDiskBench, type DiskSample, type DiskVariant } from './disk.bench.ts';
+import { ensureLibvirt, LibvirtPair, type LibvirtHostName, type LibvirtVm } from './libvirt.ts';
 
-type Variant = 'qemu-defaults' | PolicyName;
-const VARIANTS: Variant[] = ['qemu-defaults', 'minimal-downtime', 'balanced', 'must-finish'];
+type Variant = 'qemu-defaults' | PolicyName | 'libvirt-default';
+const FERRY_VARIANTS: Variant[] = ['qemu-defaults', 'minimal-downtime', 'balanced', 'must-finish'];
+/** Guest number (last octet) of the libvirt-run guest of the RAM scenarios; the libvirt hosts are .2 and .3. */
+const LIBVIRT_GUEST = 20;
 
 interface Scenario {
   name: string;
@@ -49,14 +57,24 @@ interface Sample {
 }
 
 async function main() {
-  const { values } = parseArgs({ options: { runs: { type: 'string' }, json: { type: 'string' }, only: { type: 'string' } } });
+  const { values } = parseArgs({ options: { runs: { type: 'string' }, json: { type: 'string' }, only: { type: 'string' }, 'no-libvirt': { type: 'boolean' } } });
   const runs = Number(values.runs ?? 5);
   if (values.only !== undefined && values.only !== 'ram' && values.only !== 'disk') throw new Error(`--only ${values.only}: choose ram or disk`);
   const image = await ensureGuestImage();
   const net = await HostNetwork.create(`ferry-bench-${process.pid}`, '10.79.0');
   const runDir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-'));
   const probe = await Probe.start(net.netns);
-  const report: Record<string, Record<Variant, Sample[]> | Record<DiskVariant, DiskSample[]>> = {};
+  const report: Record<string, Partial<Record<Variant, Sample[]>> | Partial<Record<DiskVariant, DiskSample[]>>> = {};
+  let libvirt: LibvirtPair | undefined;
+  let libvirtReason: string | undefined = values['no-libvirt'] ? '--no-libvirt was given' : await ensureLibvirt();
+  if (libvirtReason === undefined) {
+    try {
+      libvirt = await LibvirtPair.start({ dir: path.join(runDir, 'libvirt'), bridgeNetns: net.netns, addresses: [`${net.guestIp(2)}/24`, `${net.guestIp(3)}/24`] });
+    } catch (err) {
+      libvirtReason = `could not start two libvirtd hosts: ${(err as Error).message.split('\n')[0]}`;
+    }
+  }
+  if (libvirtReason !== undefined) console.log(`libvirt baseline: ${libvirtReason}`);
   try {
     for (const scenario of values.only === 'disk' ? [] : SCENARIOS) {
       const uuid = crypto.randomUUID();
@@ -71,17 +89,43 @@ async function main() {
       });
       let vm = await VmInstance.launch({ spec, accel: 'tcg', runDir, network: net.attacher });
       await vm.waitUntilReady(60_000);
-      const boot = (await probe.gamesrv(ip)).boot;
-      await probe.startStream(ip, 200);
-      const samples = Object.fromEntries(VARIANTS.map((v) => [v, [] as Sample[]])) as Record<Variant, Sample[]>;
+      // A generous first contact: the probe may still map this address to the previous scenario's guest (same IP, new MAC) until ARP re-resolves.
+      const boot = (await probe.gamesrv(ip, 60_000)).boot;
+      // The libvirt variant migrates its own guest of the same spec (libvirt must run it), alive all along like ferry's.
+      let lv: { vm: LibvirtVm; ip: string; boot: string; host: LibvirtHostName } | undefined;
+      let lvReason = libvirtReason;
+      if (libvirt) {
+        const lvUuid = crypto.randomUUID();
+        const lvIp = net.guestIp(LIBVIRT_GUEST);
+        const lvBoot = guestBoot(image, { ip: `${lvIp}/24`, memcheckMiB: scenario.memcheckMiB, dirtyMiBps: scenario.dirtyMiBps });
+        const lvVm: LibvirtVm = { name: 'bench-libvirt', uuid: lvUuid, memoryMiB: scenario.memoryMiB, kernel: lvBoot.kernel, initrd: lvBoot.initrd, cmdline: lvBoot.cmdline, mac: macFor(lvUuid, 0) };
+        try {
+          await libvirt.define(lvVm);
+          await libvirt.start(lvVm, 'h1');
+          lv = { vm: lvVm, ip: lvIp, boot: (await probe.gamesrv(lvIp, 60_000)).boot, host: 'h1' };
+        } catch (err) {
+          lvReason = `libvirt could not start the guest: ${(err as Error).message.split('\n')[0]}`;
+          await libvirt.destroy(lvVm).catch(() => undefined);
+        }
+      }
+      const variants = lv ? [...FERRY_VARIANTS, 'libvirt-default' as const] : FERRY_VARIANTS;
+      let streaming = '';
+      const samples = Object.fromEntries(variants.map((v) => [v, [] as Sample[]])) as Partial<Record<Variant, Sample[]>>;
       for (let run = 1; run <= runs; run++) {
-        for (const variant of VARIANTS) {
+        for (const variant of variants) {
+          // One stream at a time, to the guest that this variant migrates.
+          const target = variant === 'libvirt-default' ? lv!.ip : ip;
+          if (streaming !== target) await probe.startStream((streaming = target), 200);
           await new Promise((r) => setTimeout(r, 300));
           await probe.window();
           let totalMs: number;
           let downtimeMs: number | null;
           let bytes: number;
-          if (variant === 'qemu-defaults') {
+          if (variant === 'libvirt-default') {
+            const to: LibvirtHostName = lv!.host === 'h1' ? 'h2' : 'h1';
+            ({ totalMs, downtimeMs, bytes } = await libvirt!.migrate(lv!.vm, lv!.host, to));
+            lv!.host = to;
+          } else if (variant === 'qemu-defaults') {
             const r = await migrateWithQemuDefaults(vm, runDir, net.attacher);
             ({ totalMs, downtimeMs, bytes } = r);
             vm = r.vm;
@@ -93,23 +137,28 @@ async function main() {
           }
           await new Promise((r) => setTimeout(r, 200));
           const w = await probe.window();
-          samples[variant].push({ totalMs, downtimeMs: downtimeMs ?? 0, blackoutMs: w.maxGapMs, lost: w.lost, bytes });
+          samples[variant]!.push({ totalMs, downtimeMs: downtimeMs ?? 0, blackoutMs: w.maxGapMs, lost: w.lost, bytes });
           process.stderr.write(`\r${scenario.name}: run ${run}/${runs} ${variant}: blackout ${w.maxGapMs} ms        `);
         }
       }
       process.stderr.write('\n');
       await probe.stopStream();
       if ((await probe.gamesrv(ip)).boot !== boot) throw new Error(`${scenario.name}: the guest restarted during the benchmark`);
+      if (lv && (await probe.gamesrv(lv.ip)).boot !== lv.boot) throw new Error(`${scenario.name}: the libvirt guest restarted during the benchmark`);
       if (scenario.memcheckMiB) {
-        const verdict = await probe.memcheckVerify(ip);
-        if (verdict.mismatches) throw new Error(`${scenario.name}: memcheck found ${verdict.mismatches} bad pages`);
+        for (const [who, at] of [['ferry', ip], ...(lv ? [['libvirt', lv.ip]] : [])] as [string, string][]) {
+          const verdict = await probe.memcheckVerify(at);
+          if (verdict.mismatches) throw new Error(`${scenario.name}: memcheck found ${verdict.mismatches} bad pages in the ${who} guest`);
+        }
       }
       await vm.destroy();
+      if (lv) await libvirt!.destroy(lv.vm);
       report[scenario.name] = samples;
-      printScenario(scenario.name, samples, runs);
+      printScenario(scenario.name, samples, runs, lvReason);
     }
-    if (values.only !== 'ram') report['local storage, 1 GiB disk, 768 MiB written'] = await runDiskBench({ runs, image, net, probe });
+    if (values.only !== 'ram') report['local storage, 1 GiB disk, 768 MiB written'] = await runDiskBench({ runs, image, net, probe, libvirt, libvirtReason });
   } finally {
+    await libvirt?.stop().catch((err) => console.error(`stopping the libvirt hosts: ${(err as Error).message}`));
     await probe.close();
     await net.destroy();
     await rm(runDir, { recursive: true, force: true });
@@ -120,16 +169,16 @@ async function main() {
   console.log(`\nraw samples: ${file}`);
 }
 
-function printScenario(name: string, samples: Record<Variant, Sample[]>, runs: number) {
-  const base = samples['qemu-defaults'];
+function printScenario(name: string, samples: Partial<Record<Variant, Sample[]>>, runs: number, libvirtReason: string | undefined) {
+  const base = samples['qemu-defaults']!;
   const med = (xs: Sample[], k: keyof Sample) => median(xs.map((s) => s[k]));
   const ratio = (v: number, b: number) => (b > 0 ? `${(v / b).toFixed(2)}×` : '-');
   console.log(`\n${name} — medians of ${runs} runs, interleaved`);
   console.log(
     table(
       ['variant', 'total', 'QEMU downtime', 'client blackout', 'lost', 'MiB sent', 'blackout vs defaults', 'total vs defaults'],
-      VARIANTS.map((v) => {
-        const s = samples[v];
+      (Object.keys(samples) as Variant[]).map((v) => {
+        const s = samples[v]!;
         return [
           v,
           ms(med(s, 'totalMs')),
@@ -143,6 +192,9 @@ function printScenario(name: string, samples: Record<Variant, Sample[]>, runs: n
       }),
     ),
   );
+  if (samples['libvirt-default'])
+    console.log("libvirt-default: `virsh migrate --live`, default flags, of a libvirt-run guest of the same spec; its QEMU downtime is libvirt's 'Total downtime' (the source's CPUs stopped → migration completed, as libvirt saw it)");
+  else console.log(`libvirt-default: not run (${libvirtReason ?? 'libvirt unavailable'})`);
 }
 
 await main();
