@@ -70,6 +70,8 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         const job = await state.newJob('create', name, node.name);
         try {
           for (const disk of spec.disks) volumes.push(await createVolume(ctx, { pool: disk.pool, name: disk.volume, format: disk.format, sizeBytes: disk.sizeBytes, vm: name }));
+          // Where a driver placed a volume (an iSCSI LUN) is part of how every host opens it.
+          spec.disks = spec.disks.map((d, i) => (volumes[i]?.location ? { ...d, location: volumes[i]!.location! } : d));
           const token = await state.createVm({ spec, owner: node.name, desired: 'running', ...(ip ? { ip } : {}) });
           if (token === undefined) throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
           try {

@@ -86,9 +86,13 @@ async function poolStatus(ctx: AgentContext): Promise<PoolStatusLine[]> {
 export async function createVolume(ctx: AgentContext, volume: VolumeRecord): Promise<StoredVolume> {
   const driver = (await storageCatalog(ctx)).get(volume.pool);
   await driver.status(); // unreachable pool: refused before anything is written down
-  const record: VolumeRecord = { ...volume, ...(driver.shared ? {} : { host: ctx.node.name }) };
+  // Drivers that place volumes (iSCSI LUNs) pick a place no other volume of the pool holds.
+  const taken = (await ctx.state.volumes()).filter((v) => v.pool === volume.pool && v.location).map((v) => v.location!);
+  const location = driver.allocate ? await driver.allocate(volume, taken) : undefined;
+  const record: VolumeRecord = { ...volume, ...(driver.shared ? {} : { host: ctx.node.name }), ...(location ? { location } : {}) };
   if (!(await ctx.state.createVolume(record))) {
     const existing = await ctx.state.volume(volume.pool, volume.name);
+    if (!existing && location) throw new RefusedError(`another volume took LUN ${location} of pool '${volume.pool}' at the same moment; try again`);
     throw new RefusedError(
       `a volume named '${volume.name}' already exists in pool '${volume.pool}'` +
         (existing?.vm ? ` (attached to VM '${existing.vm}')` : ` (kept from an earlier VM?); delete it with 'ferry volume delete ${volume.name} --pool ${volume.pool}' or choose another name`),
@@ -124,6 +128,13 @@ function parsePool(body: Record<string, unknown>): StoragePoolConfig {
     if (!/^[A-Za-z0-9.:-]+$/.test(server)) throw new RefusedError(`an nfs pool needs --server HOST (an address or name), not '${server}'`);
     if (!exported.startsWith('/') || /[\s,]/.test(exported)) throw new RefusedError(`an nfs pool needs --export /PATH (the directory the server exports), not '${exported}'`);
     return { name, type, server, export: exported.replace(/\/+$/, '') || '/' };
+  }
+  if (type === 'iscsi') {
+    const portal = String(body['portal'] ?? '');
+    const target = String(body['target'] ?? '');
+    if (!/^[A-Za-z0-9.-]+(:\d+)?$/.test(portal)) throw new RefusedError(`an iscsi pool needs --portal HOST[:PORT], not '${portal}'`);
+    if (!/^(iqn|eui|naa)\.[A-Za-z0-9.:-]+$/.test(target)) throw new RefusedError(`an iscsi pool needs --target IQN (like iqn.2026-11.org.example:store), not '${target}'`);
+    return { name, type, portal: portal.includes(':') ? portal : `${portal}:3260`, target };
   }
   const path = String(body['path'] ?? '');
   if (!path.startsWith('/')) throw new RefusedError(`pool path '${path}' must be absolute ('%h' stands for the host's name)`);

@@ -27,6 +27,8 @@ export const KEYS = {
   pools: '/ferry/storage/',
   volume: (pool: string, name: string) => `/ferry/volumes/${pool}/${name}`,
   volumes: '/ferry/volumes/',
+  /** Held by the volume at a driver-chosen place (an iSCSI LUN): two volumes can never share one. */
+  volumeLocation: (pool: string, location: string) => `/ferry/volume-locations/${pool}/${location}`,
 };
 
 export interface VolumeRecord {
@@ -38,6 +40,8 @@ export interface VolumeRecord {
   vm?: string;
   /** Local pools, detached volume: the host that holds it. */
   host?: string;
+  /** Where the driver put it (an iSCSI LUN number). */
+  location?: string;
 }
 
 export interface StoredVolume extends VolumeRecord {
@@ -166,7 +170,13 @@ export class ClusterState {
   /** Reserves a volume name (before its image is made); false if taken. */
   async createVolume(volume: VolumeRecord): Promise<boolean> {
     const key = KEYS.volume(volume.pool, volume.name);
-    return (await this.store.txn([{ key, modRevision: 0 }], [{ type: 'put', key, value: JSON.stringify(volume) }])).succeeded;
+    const place = volume.location ? KEYS.volumeLocation(volume.pool, volume.location) : undefined;
+    return (
+      await this.store.txn(
+        [{ key, modRevision: 0 }, ...(place ? [{ key: place, modRevision: 0 }] : [])],
+        [{ type: 'put', key, value: JSON.stringify(volume) }, ...(place ? [{ type: 'put' as const, key: place, value: volume.name }] : [])],
+      )
+    ).succeeded;
   }
 
   /** Changes a volume record only if nobody changed it since it was read. */
@@ -180,7 +190,8 @@ export class ClusterState {
 
   async deleteVolume(volume: StoredVolume): Promise<boolean> {
     const key = KEYS.volume(volume.pool, volume.name);
-    return (await this.store.txn([{ key, modRevision: volume.revision }], [{ type: 'delete', key }])).succeeded;
+    const place = volume.location ? [{ type: 'delete' as const, key: KEYS.volumeLocation(volume.pool, volume.location) }] : [];
+    return (await this.store.txn([{ key, modRevision: volume.revision }], [{ type: 'delete', key }, ...place])).succeeded;
   }
 
   async migration(vm: string): Promise<InFlightMigration | undefined> {

@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, openSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { NfsServer } from './nfs-server.ts';
+import { IscsiServer } from './iscsi-server.ts';
 import path from 'node:path';
 import { AgentClient, type AgentEndpoint } from '../agent/client.ts';
 import { readJson, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../agent/config.ts';
@@ -74,8 +75,8 @@ function alive(pid: number | undefined): boolean {
 }
 
 /** Storage servers the lab can run for the shared-storage drivers. */
-export type LabStorage = 'nfs';
-export const LAB_STORAGE: readonly LabStorage[] = ['nfs'];
+export type LabStorage = 'nfs' | 'iscsi';
+export const LAB_STORAGE: readonly LabStorage[] = ['nfs', 'iscsi'];
 const SAN_ADDRESS = `${SUBNET}.8`;
 
 export interface LabOptions {
@@ -229,6 +230,15 @@ async function startStorageServers(lab: LabRecord, kinds: LabStorage[], save: ()
         log(`storage: pool 'nfs' (NFS-Ganesha at nfs://${SAN_ADDRESS}${server.exportPath}, namespace ${lab.sanNetns})`);
         break;
       }
+      case 'iscsi': {
+        const target = `iqn.2026-11.org.ferry:${lab.prefix}`;
+        // tgtd's management socket is machine-wide (/var/run/tgtd): a port per lab keeps labs and a host's own tgtd apart.
+        const controlPort = 3000 + ([...lab.prefix].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 997, 7));
+        const server = await IscsiServer.start({ netns: lab.sanNetns, dir: path.join(lab.dir, 'san', 'iscsi'), address: SAN_ADDRESS, target, luns: 8, lunMiB: 256, controlPort });
+        await client.call('POST', '/v1/storage', { name: 'iscsi', type: 'iscsi', portal: server.portal, target });
+        log(`storage: pool 'iscsi' (tgt at iscsi://${server.portal}/${target}, 8 LUNs of 256 MiB)`);
+        break;
+      }
     }
   }
 }
@@ -306,6 +316,7 @@ export async function labDown(dir = DEFAULT_LAB_DIR): Promise<string[]> {
   }
   for (const pid of lab.etcdPids) if (alive(pid)) process.kill(pid, 'SIGKILL');
   if (lab.storage?.includes('nfs')) await NfsServer.stop(path.join(dir, 'san', 'nfs'));
+  if (lab.storage?.includes('iscsi')) await IscsiServer.stop(path.join(dir, 'san', 'iscsi'));
   const namespaces = [...lab.hosts.map((h) => h.netns), lab.clientNetns, ...(lab.storeNetns ? [lab.storeNetns] : []), ...(lab.sanNetns ? [lab.sanNetns] : []), lab.switchNetns];
   for (const ns of namespaces) {
     if (await netnsExists(ns)) {

@@ -38,6 +38,8 @@ export interface DiskSpec {
   volume: string;
   format: VolumeFormat;
   sizeBytes: number;
+  /** Where the volume is inside its pool, for pools that say (an iSCSI LUN number). */
+  location?: string;
 }
 
 /** Direct kernel boot: how ferry's own guest image starts. */

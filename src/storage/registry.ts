@@ -2,6 +2,7 @@
 import { LocalDirDriver } from './local.ts';
 import { SharedDirDriver } from './shared-dir.ts';
 import { NfsDriver } from './nfs.ts';
+import { IscsiDriver } from './iscsi.ts';
 import { StorageError } from './errors.ts';
 import type { StorageDriver, StoragePoolConfig } from './types.ts';
 import type { DiskAttachment } from '../qemu/argv.ts';
@@ -16,6 +17,8 @@ export function driverFor(config: StoragePoolConfig, host: string): StorageDrive
       return new LocalDirDriver(config, host);
     case 'nfs':
       return new NfsDriver(config, host);
+    case 'iscsi':
+      return new IscsiDriver(config, host);
   }
 }
 
@@ -25,7 +28,7 @@ export class StorageCatalog {
 
   constructor(pools: StoragePoolConfig[], readonly host: string) {
     // '%h' in a path stands for the host's name: one configuration, a directory per host (local pools in the lab).
-    for (const pool of pools) this.drivers.set(pool.name, driverFor(pool.type === 'nfs' ? pool : { ...pool, path: pool.path.replaceAll('%h', host) }, host));
+    for (const pool of pools) this.drivers.set(pool.name, driverFor(pool.type === 'shared-dir' || pool.type === 'local' ? { ...pool, path: pool.path.replaceAll('%h', host) } : pool, host));
   }
 
   get(pool: string): StorageDriver {

@@ -6,8 +6,8 @@
  */
 import type { DiskSpec, VolumeFormat } from '../qemu/spec.ts';
 
-export type StorageType = 'shared-dir' | 'local' | 'nfs';
-export const STORAGE_TYPES: readonly StorageType[] = ['shared-dir', 'local', 'nfs'];
+export type StorageType = 'shared-dir' | 'local' | 'nfs' | 'iscsi';
+export const STORAGE_TYPES: readonly StorageType[] = ['shared-dir', 'local', 'nfs', 'iscsi'];
 
 /** Images in a directory: every host mounts the same one (shared-dir), or each has its own (local). */
 export interface DirectoryPoolConfig {
@@ -26,12 +26,23 @@ export interface NfsPoolConfig {
   export: string;
 }
 
+/** LUNs of one iSCSI target, opened by QEMU's own initiator (libiscsi): one LUN per volume. */
+export interface IscsiPoolConfig {
+  name: string;
+  type: 'iscsi';
+  /** host:port of the target's portal. */
+  portal: string;
+  /** The target's IQN. */
+  target: string;
+}
+
 /** A storage pool as the cluster configures it (`ferry storage add`). */
-export type StoragePoolConfig = DirectoryPoolConfig | NfsPoolConfig;
+export type StoragePoolConfig = DirectoryPoolConfig | NfsPoolConfig | IscsiPoolConfig;
 
 /** Where a pool's images are, for people: a directory or an nfs:// URL. */
 export function poolLocation(config: StoragePoolConfig, host?: string): string {
   if (config.type === 'nfs') return `nfs://${config.server}${config.export}`;
+  if (config.type === 'iscsi') return `iscsi://${config.portal}/${config.target}`;
   return host ? config.path.replaceAll('%h', host) : config.path;
 }
 
@@ -41,10 +52,12 @@ export interface VolumeSpec {
   name: string;
   format: VolumeFormat;
   sizeBytes: number;
+  /** Where the driver put it, for drivers that choose (an iSCSI LUN number). */
+  location?: string;
 }
 
 export function volumeOf(disk: DiskSpec): VolumeSpec {
-  return { pool: disk.pool, name: disk.volume, format: disk.format, sizeBytes: disk.sizeBytes };
+  return { pool: disk.pool, name: disk.volume, format: disk.format, sizeBytes: disk.sizeBytes, ...(disk.location ? { location: disk.location } : {}) };
 }
 
 export interface PoolStatus {
@@ -72,6 +85,11 @@ export interface StorageDriver {
   status(): Promise<PoolStatus>;
   exists(volume: VolumeSpec): Promise<boolean>;
   usage(volume: VolumeSpec): Promise<VolumeUsage>;
+  /**
+   * For pools whose volumes live at places the driver picks (iSCSI LUNs): a free place for a
+   * new volume, given the places other volumes hold. The caller records it in the volume.
+   */
+  allocate?(volume: VolumeSpec, taken: string[]): Promise<string>;
   /** Creates an empty volume; refuses an existing one and a pool without room. */
   create(volume: VolumeSpec): Promise<void>;
   /** Removes a volume (callers check that no VM uses it). */

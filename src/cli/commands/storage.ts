@@ -11,10 +11,14 @@ import type { Command } from '../main.ts';
 const USAGE = `Usage:
   ferry storage add NAME --type shared-dir|local --path DIR
   ferry storage add NAME --type nfs --server HOST --export /PATH
+  ferry storage add NAME --type iscsi --portal HOST[:PORT] --target IQN
       shared-dir: a directory every host mounts at DIR (NFS...); live migration moves only RAM.
       local:      each host's own DIR; live migration copies the disks (NBD mirror, active mode).
                   '%h' in DIR stands for the host's name (one directory per host on one machine, as in the lab).
       nfs:        an NFS export that QEMU opens itself (libnfs, NFSv3; no mount on the hosts); only RAM moves.
+      iscsi:      the LUNs of a target, opened by QEMU's own initiator (libiscsi); one free LUN per new volume;
+                  only RAM moves; the ownership swap is the only lock (iSCSI has none), no agent opens a LUN of
+                  a VM it does not own.
   ferry storage list      every pool, and whether each host reaches it (free space per host)
 Every command takes --json.`;
 
@@ -25,7 +29,7 @@ export const storageCommand: Command = {
     const { values, positionals } = parseArgs({
       args,
       allowPositionals: true,
-      options: { type: { type: 'string' }, path: { type: 'string' }, server: { type: 'string' }, export: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },
+      options: { type: { type: 'string' }, path: { type: 'string' }, server: { type: 'string' }, export: { type: 'string' }, portal: { type: 'string' }, target: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },
     });
     const [verb, name] = positionals;
     const json = values.json ?? false;
@@ -39,6 +43,9 @@ export const storageCommand: Command = {
         if (values.type === 'nfs') {
           if (!values.server || !values.export) throw new UsageError('an nfs pool needs --server HOST and --export /PATH');
           where = { server: values.server, export: values.export };
+        } else if (values.type === 'iscsi') {
+          if (!values.portal || !values.target) throw new UsageError('an iscsi pool needs --portal HOST[:PORT] and --target IQN');
+          where = { portal: values.portal, target: values.target };
         } else {
           if (!values.path) throw new UsageError('--path DIR is required');
           where = { path: values.path };

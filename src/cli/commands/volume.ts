@@ -50,8 +50,8 @@ export const volumeCommand: Command = {
         return out(
           volumes.length
             ? table(
-                ['volume', 'pool', 'format', 'size', 'vm', 'host'],
-                volumes.map((v) => [v.name, v.pool, v.format, mib(v.sizeBytes), v.vm ?? '-', v.vm ? (owners.get(v.vm) ?? '-') : (v.host ?? 'shared')]),
+                ['volume', 'pool', 'format', 'size', 'vm', 'host', 'place'],
+                volumes.map((v) => [v.name, v.pool, v.format, mib(v.sizeBytes), v.vm ?? '-', v.vm ? (owners.get(v.vm) ?? '-') : (v.host ?? 'shared'), v.location ? `LUN ${v.location}` : '-']),
               )
             : 'no volumes',
           volumes,

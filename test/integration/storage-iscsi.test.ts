@@ -1,0 +1,102 @@
+/**
+ * The `iscsi` driver for real: tgt in the lab's storage namespace, QEMU's own
+ * initiator (libiscsi) on each host, one LUN per volume. iSCSI has no notion
+ * of two writers, so the test also checks that no other agent opens the LUN
+ * of a VM it does not own.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { AgentClient } from '../../src/agent/client.ts';
+import { loadIdentity } from '../../src/cluster/pki.ts';
+import { readLab, type LabRecord } from '../../src/lab/lab.ts';
+import { Probe } from '../../src/lab/probe.ts';
+import { run } from '../../src/util/exec.ts';
+import { ferry } from '../helpers/cli.ts';
+
+describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
+  let dir: string;
+  let env: Record<string, string>;
+  let lab: LabRecord;
+  let probe: Probe;
+  const cli = (...args: string[]) => ferry(env, ...args, '--json');
+  const agent = async (host: string) =>
+    new AgentClient({ name: host, url: '', socket: path.join(dir, 'hosts', host, 'agent.sock') }, await loadIdentity(path.join(dir, 'admin')));
+  /** QEMU processes (any host) that have LUN `lun` of the lab's target open. */
+  const openers = async (lun: string) =>
+    (await run('pgrep', ['-f', `"driver":"iscsi".*"lun":${lun}[,}]`]).catch(() => '')).split('\n').filter(Boolean).length;
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-lab-iscsi-'));
+    env = { FERRY_LAB_DIR: dir, FERRY_CONTEXT: path.join(dir, 'context.json'), FERRY_LAB_PREFIX: `fi${process.pid % 10000}`, FERRY_LAB_HOST_MEMORY: '768' };
+    const up = await cli('lab', 'up', '--hosts', '3', '--storage', 'iscsi');
+    assert.equal(up.code, 0, up.stderr);
+    lab = (await readLab(dir))!;
+    probe = await Probe.start(lab.clientNetns);
+  });
+
+  after(async () => {
+    await probe?.close();
+    const down = await ferry(env, 'lab', 'down');
+    assert.equal(down.code, 0, down.stderr);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  let lun = '';
+  it('a VM on a LUN migrates around the hosts; only RAM moves, the disk verifies after every hop, one QEMU has the LUN open', async (t) => {
+    const created = await cli('vm', 'create', 'i1', '--memory', '192', '--memcheck', '16', '--disk', '64M,storage=iscsi', '--diskcheck', '40', '--host', 'h1');
+    assert.equal(created.code, 0, created.stderr);
+    lun = created.json.spec.disks[0].location;
+    assert.match(lun, /^[1-8]$/, 'the volume was given a LUN');
+    const ip = created.json.ip as string;
+    let writes = 0;
+    for (const to of ['h2', 'h3', 'h1']) {
+      const result = await cli('vm', 'migrate', 'i1', '--to', to);
+      assert.equal(result.code, 0, result.stderr);
+      assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'shared' }]);
+      const stats = await probe.diskcheckStats(ip);
+      assert.equal(stats.errors, 0);
+      assert.ok(stats.writes > writes);
+      writes = stats.writes;
+      const verdict = await probe.diskcheckVerify(ip);
+      assert.deepEqual({ lost: verdict.lost, torn: verdict.torn, foreign: verdict.foreign }, { lost: 0, torn: 0, foreign: 0 });
+      assert.equal(await openers(lun), 1, 'exactly one QEMU may have the LUN open');
+      t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms`);
+    }
+  });
+
+  it('no other agent opens the LUN of a VM it does not own', async () => {
+    const vm = (await cli('vm', 'show', 'i1')).json;
+    assert.equal(vm.owner, 'h1');
+    // Start it on h2 with the current token: refused, the VM is h1's.
+    await assert.rejects((await agent('h2')).call('POST', '/v1/vms/i1/start', { token: vm.token }), /owned by h1/);
+    // An incoming migration to h3 that h1 never began (stale token, wrong source): refused before any QEMU starts.
+    await assert.rejects(
+      (await agent('h3')).call('POST', '/v1/incoming', { migrationId: 'forged', source: 'h2', spec: vm.spec, accel: 'tcg', token: vm.token - 1, capabilities: {}, disks: [] }),
+      /stale fencing token/,
+    );
+    await assert.rejects(
+      (await agent('h3')).call('POST', '/v1/incoming', { migrationId: 'forged2', source: 'h2', spec: vm.spec, accel: 'tcg', token: vm.token, capabilities: {}, disks: [] }),
+      /owned by h1, not by h2/,
+    );
+    assert.equal(await openers(lun), 1, 'still exactly one QEMU with the LUN open');
+  });
+
+  it('each volume gets its own LUN; a deleted volume gives its LUN back, zeroed', async () => {
+    const a = await cli('volume', 'create', 'ia', '--pool', 'iscsi', '--size', '128M');
+    assert.equal(a.code, 0, a.stderr);
+    assert.notEqual(a.json.location, lun, 'a LUN in use is never handed out again');
+    const tooBig = await cli('volume', 'create', 'ib', '--pool', 'iscsi', '--size', '1G');
+    assert.notEqual(tooBig.code, 0);
+    assert.match(tooBig.stderr, /storage pool 'iscsi' .* needs 1.00 GiB/);
+    const backing = path.join(dir, 'san', 'iscsi', `lun${a.json.location}.img`);
+    assert.equal((await readFile(backing)).subarray(0, 4).toString('latin1'), 'QFI\xfb', 'the new volume is a qcow2 image on its LUN');
+    assert.equal((await cli('volume', 'delete', 'ia', '--pool', 'iscsi')).code, 0);
+    assert.ok((await readFile(backing)).subarray(0, 1024 * 1024).every((b) => b === 0), 'a deleted volume leaves its LUN zeroed');
+    const again = await cli('volume', 'create', 'ic', '--pool', 'iscsi', '--size', '128M');
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(again.json.location, a.json.location, 'the freed LUN is used again');
+  });
+});
