@@ -8,7 +8,7 @@ say() { echo "==> $*"; }
 [ "$(id -u)" = 0 ] || { echo "setup: run as root (it installs Debian packages and creates network namespaces)" >&2; exit 1; }
 
 packages=(qemu-system-x86 qemu-utils busybox-static cpio gcc libc6-dev iproute2 ca-certificates openssl etcd-server etcd-client
-  libnfs-dev nfs-ganesha nfs-ganesha-vfs rpcbind tgt libiscsi-bin)
+  libnfs-dev nfs-ganesha nfs-ganesha-vfs rpcbind tgt libiscsi-bin ceph-mon ceph-osd ceph-common)
 node_ok=0
 if command -v node >/dev/null 2>&1 && [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ] && command -v npm >/dev/null 2>&1; then
   node_ok=1

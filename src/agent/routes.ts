@@ -13,6 +13,7 @@ import type { OwnedVm, StoredVolume } from '../cluster/model.ts';
 import type { DiskNeed } from '../migration/sides.ts';
 import { createVolume, removeVolume, storageRoutes } from './storage-routes.ts';
 import { storageCatalog } from './context.ts';
+import { defaultFormat, type StoragePoolConfig } from '../storage/types.ts';
 
 export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster: ClusterConfig): Route[] {
   const { state, runtime, node } = ctx;
@@ -61,7 +62,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
             ...(diskcheck ? { diskcheck } : {}),
           }),
           nics: [{ mac: macFor(uuid, 0), model: 'virtio-net-pci', backend: { kind: 'bridge', bridge: node.bridge } }],
-          disks: diskRequests.map((d, i) => diskSpec(name, i, d)),
+          disks: await Promise.all(diskRequests.map(async (d, i) => diskSpec(name, i, d, await state.pools()))),
         });
         await requireRoom(ctx, node.name, memoryMiB, name);
         if ((await state.vm(name)) !== undefined) throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
@@ -176,9 +177,11 @@ interface DiskRequest {
   format?: VolumeFormat;
 }
 
-function diskSpec(vm: string, index: number, request: DiskRequest): DiskSpec {
+function diskSpec(vm: string, index: number, request: DiskRequest, pools: StoragePoolConfig[]): DiskSpec {
   if (!request.pool) throw new RefusedError(`disk ${index} of '${vm}' names no storage pool; add one with 'ferry storage add' and give it as --disk SIZE,storage=NAME`);
-  return { id: `disk${index}`, pool: request.pool, volume: `${vm}-disk${index}`, format: request.format ?? 'qcow2', sizeBytes: Number(request.sizeBytes) };
+  const pool = pools.find((p) => p.name === request.pool);
+  if (!pool) throw new RefusedError(`disk ${index} of '${vm}': no storage pool '${request.pool}'; see 'ferry storage list'`);
+  return { id: `disk${index}`, pool: request.pool, volume: `${vm}-disk${index}`, format: request.format ?? defaultFormat(pool), sizeBytes: Number(request.sizeBytes) };
 }
 
 async function allocateIp(ctx: AgentContext, cluster: ClusterConfig): Promise<string | undefined> {

@@ -5,7 +5,7 @@
 import type { StoredVolume, VolumeRecord } from '../cluster/model.ts';
 import type { VolumeFormat } from '../qemu/spec.ts';
 import { VolumeInUseError, VolumeNotFoundError } from '../storage/errors.ts';
-import { STORAGE_TYPES, poolLocation, type StoragePoolConfig, type StorageType } from '../storage/types.ts';
+import { STORAGE_TYPES, defaultFormat, poolLocation, type StoragePoolConfig, type StorageType } from '../storage/types.ts';
 import { storageCatalog, type AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
@@ -32,7 +32,7 @@ export function storageRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/volumes',
       handler: async (_, body) => {
-        const volume = parseVolume(body);
+        const volume = parseVolume(body, await state.pools());
         return { volume: await createVolume(ctx, volume) };
       },
     },
@@ -136,15 +136,26 @@ function parsePool(body: Record<string, unknown>): StoragePoolConfig {
     if (!/^(iqn|eui|naa)\.[A-Za-z0-9.:-]+$/.test(target)) throw new RefusedError(`an iscsi pool needs --target IQN (like iqn.2026-11.org.example:store), not '${target}'`);
     return { name, type, portal: portal.includes(':') ? portal : `${portal}:3260`, target };
   }
+  if (type === 'rbd') {
+    const pool = String(body['pool'] ?? 'rbd');
+    const conf = String(body['conf'] ?? '/etc/ceph/ceph.conf');
+    const user = String(body['user'] ?? 'admin');
+    if (!/^[A-Za-z0-9._-]+$/.test(pool)) throw new RefusedError(`an rbd pool needs --ceph-pool NAME, not '${pool}'`);
+    if (!conf.startsWith('/') || /[:,\s]/.test(conf)) throw new RefusedError(`--conf must be the absolute path of ceph.conf on every host, not '${conf}'`);
+    if (!/^[A-Za-z0-9._-]+$/.test(user)) throw new RefusedError(`--user must be a cephx id like admin, not '${user}'`);
+    return { name, type, pool, conf, user };
+  }
   const path = String(body['path'] ?? '');
   if (!path.startsWith('/')) throw new RefusedError(`pool path '${path}' must be absolute ('%h' stands for the host's name)`);
   return { name, type, path };
 }
 
-export function parseVolume(body: Record<string, unknown>): VolumeRecord {
+export function parseVolume(body: Record<string, unknown>, pools: StoragePoolConfig[]): VolumeRecord {
   const name = String(body['name'] ?? '');
   const pool = String(body['pool'] ?? '');
-  const format = String(body['format'] ?? 'qcow2') as VolumeFormat;
+  const config = pools.find((p) => p.name === pool);
+  if (!config) throw new RefusedError(`no storage pool '${pool}'; see 'ferry storage list'`);
+  const format = String(body['format'] ?? defaultFormat(config)) as VolumeFormat;
   const sizeBytes = Number(body['sizeBytes']);
   if (!NAME.test(name)) throw new RefusedError(`volume name '${name}' must start with a letter and use only a-z, 0-9 and '-'`);
   if (!NAME.test(pool)) throw new RefusedError(`give the pool of the volume (--pool NAME); see 'ferry storage list'`);

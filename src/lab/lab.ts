@@ -10,6 +10,7 @@ import { existsSync, openSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { NfsServer } from './nfs-server.ts';
 import { IscsiServer } from './iscsi-server.ts';
+import { CephCluster } from './ceph-cluster.ts';
 import path from 'node:path';
 import { AgentClient, type AgentEndpoint } from '../agent/client.ts';
 import { readJson, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../agent/config.ts';
@@ -75,8 +76,8 @@ function alive(pid: number | undefined): boolean {
 }
 
 /** Storage servers the lab can run for the shared-storage drivers. */
-export type LabStorage = 'nfs' | 'iscsi';
-export const LAB_STORAGE: readonly LabStorage[] = ['nfs', 'iscsi'];
+export type LabStorage = 'nfs' | 'iscsi' | 'rbd';
+export const LAB_STORAGE: readonly LabStorage[] = ['nfs', 'iscsi', 'rbd'];
 const SAN_ADDRESS = `${SUBNET}.8`;
 
 export interface LabOptions {
@@ -239,6 +240,12 @@ async function startStorageServers(lab: LabRecord, kinds: LabStorage[], save: ()
         log(`storage: pool 'iscsi' (tgt at iscsi://${server.portal}/${target}, 8 LUNs of 256 MiB)`);
         break;
       }
+      case 'rbd': {
+        const ceph = await CephCluster.start({ netns: lab.sanNetns, dir: path.join(lab.dir, 'san', 'ceph'), address: SAN_ADDRESS });
+        await client.call('POST', '/v1/storage', { name: 'rbd', type: 'rbd', pool: ceph.pool, conf: ceph.conf, user: 'admin' });
+        log(`storage: pool 'rbd' (Ceph: 1 monitor at ${SAN_ADDRESS}:6789, 3 memstore OSDs, cephx; pool '${ceph.pool}')`);
+        break;
+      }
     }
   }
 }
@@ -317,6 +324,7 @@ export async function labDown(dir = DEFAULT_LAB_DIR): Promise<string[]> {
   for (const pid of lab.etcdPids) if (alive(pid)) process.kill(pid, 'SIGKILL');
   if (lab.storage?.includes('nfs')) await NfsServer.stop(path.join(dir, 'san', 'nfs'));
   if (lab.storage?.includes('iscsi')) await IscsiServer.stop(path.join(dir, 'san', 'iscsi'));
+  if (lab.storage?.includes('rbd')) await CephCluster.stop(path.join(dir, 'san', 'ceph'));
   const namespaces = [...lab.hosts.map((h) => h.netns), lab.clientNetns, ...(lab.storeNetns ? [lab.storeNetns] : []), ...(lab.sanNetns ? [lab.sanNetns] : []), lab.switchNetns];
   for (const ns of namespaces) {
     if (await netnsExists(ns)) {

@@ -30,7 +30,7 @@ export async function checkIncomingStorage(spec: VmSpec, storage: StorageCatalog
       }
       const need = driver.roomForCopy(needs.find((n) => n.id === disk.id)?.allocatedBytes ?? disk.sizeBytes) + (neededPerPool.get(disk.pool) ?? 0);
       neededPerPool.set(disk.pool, need);
-      if (status.freeBytes < need)
+      if (status.freeBytes !== undefined && status.freeBytes < need)
         problems.push(`pool '${disk.pool}' on host '${storage.host}' has ${mib(status.freeBytes)} free, but the copy of the disks needs ${mib(need)}`);
     } catch (err) {
       problems.push((err as Error).message);

@@ -48,7 +48,7 @@ export abstract class DirectoryDriver implements StorageDriver {
   }
 
   async create(volume: VolumeSpec): Promise<void> {
-    const { freeBytes } = await this.status();
+    const freeBytes = (await this.status()).freeBytes ?? 0;
     if (await this.exists(volume)) throw new VolumeExistsError(this.config.name, volume.name, this.where());
     // A new image is sparse; ask for room for its metadata only, the guest's writes fill it later.
     const needed = volume.format === 'raw' ? 0 : 1024 * 1024;

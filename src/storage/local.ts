@@ -45,7 +45,7 @@ export class LocalDirDriver extends DirectoryDriver {
   }
 
   async prepareIncoming(volume: VolumeSpec, allocatedBytes: number): Promise<IncomingDisk> {
-    const { freeBytes } = await this.status();
+    const freeBytes = (await this.status()).freeBytes ?? 0;
     if (await this.exists(volume))
       throw new VolumeExistsError(this.config.name, volume.name, `${this.fileOf(volume)} on host '${this.host}', left from an interrupted migration?`);
     const needed = this.roomForCopy(allocatedBytes);

@@ -3,6 +3,7 @@ import { LocalDirDriver } from './local.ts';
 import { SharedDirDriver } from './shared-dir.ts';
 import { NfsDriver } from './nfs.ts';
 import { IscsiDriver } from './iscsi.ts';
+import { RbdDriver } from './rbd.ts';
 import { StorageError } from './errors.ts';
 import type { StorageDriver, StoragePoolConfig } from './types.ts';
 import type { DiskAttachment } from '../qemu/argv.ts';
@@ -19,6 +20,8 @@ export function driverFor(config: StoragePoolConfig, host: string): StorageDrive
       return new NfsDriver(config, host);
     case 'iscsi':
       return new IscsiDriver(config, host);
+    case 'rbd':
+      return new RbdDriver(config, host);
   }
 }
 

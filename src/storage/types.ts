@@ -6,8 +6,8 @@
  */
 import type { DiskSpec, VolumeFormat } from '../qemu/spec.ts';
 
-export type StorageType = 'shared-dir' | 'local' | 'nfs' | 'iscsi';
-export const STORAGE_TYPES: readonly StorageType[] = ['shared-dir', 'local', 'nfs', 'iscsi'];
+export type StorageType = 'shared-dir' | 'local' | 'nfs' | 'iscsi' | 'rbd';
+export const STORAGE_TYPES: readonly StorageType[] = ['shared-dir', 'local', 'nfs', 'iscsi', 'rbd'];
 
 /** Images in a directory: every host mounts the same one (shared-dir), or each has its own (local). */
 export interface DirectoryPoolConfig {
@@ -36,13 +36,31 @@ export interface IscsiPoolConfig {
   target: string;
 }
 
+/** RBD images of a Ceph pool, opened by QEMU through librbd; cephx through the client's ceph.conf and keyring. */
+export interface RbdPoolConfig {
+  name: string;
+  type: 'rbd';
+  /** The Ceph pool. */
+  pool: string;
+  /** ceph.conf on every host (monitors, and the keyring of `user`). */
+  conf: string;
+  /** The cephx client id (`admin` for client.admin). */
+  user: string;
+}
+
 /** A storage pool as the cluster configures it (`ferry storage add`). */
-export type StoragePoolConfig = DirectoryPoolConfig | NfsPoolConfig | IscsiPoolConfig;
+export type StoragePoolConfig = DirectoryPoolConfig | NfsPoolConfig | IscsiPoolConfig | RbdPoolConfig;
+
+/** The image format a new volume gets when none is asked for: RBD images are raw (Ceph thin-provisions and snapshots them). */
+export function defaultFormat(config: StoragePoolConfig): VolumeFormat {
+  return config.type === 'rbd' ? 'raw' : 'qcow2';
+}
 
 /** Where a pool's images are, for people: a directory or an nfs:// URL. */
 export function poolLocation(config: StoragePoolConfig, host?: string): string {
   if (config.type === 'nfs') return `nfs://${config.server}${config.export}`;
   if (config.type === 'iscsi') return `iscsi://${config.portal}/${config.target}`;
+  if (config.type === 'rbd') return `rbd:${config.pool} (${config.conf}, id ${config.user})`;
   return host ? config.path.replaceAll('%h', host) : config.path;
 }
 
@@ -60,9 +78,10 @@ export function volumeOf(disk: DiskSpec): VolumeSpec {
   return { pool: disk.pool, name: disk.volume, format: disk.format, sizeBytes: disk.sizeBytes, ...(disk.location ? { location: disk.location } : {}) };
 }
 
+/** A reachable pool's space; a backend that cannot say (Ceph without a manager) leaves the figures out. */
 export interface PoolStatus {
-  freeBytes: number;
-  totalBytes: number;
+  freeBytes?: number;
+  totalBytes?: number;
 }
 
 export interface VolumeUsage {

@@ -11,10 +11,10 @@ import { migrateWithProbe, type MigrationSummary } from '../migrate.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
 
 const USAGE = `Usage:
-  ferry lab up [--hosts 3] [--store sqlite|etcd] [--storage nfs,iscsi] [--json]
+  ferry lab up [--hosts 3] [--store sqlite|etcd] [--storage nfs,iscsi,rbd] [--json]
       bring up hosts (network namespaces with agents), a switch and a client; pools 'shared' and 'local';
       --storage runs storage servers in a storage namespace (10.80.0.8), each added as a pool of its name:
-      nfs (NFS-Ganesha), iscsi (tgt, 8 LUNs of 256 MiB)
+      nfs (NFS-Ganesha), iscsi (tgt, 8 LUNs of 256 MiB), rbd (Ceph: 1 monitor, 3 memstore OSDs, cephx)
   ferry lab down [--json]                                    remove everything the lab made (recorded in its lab.json)
   ferry lab kill-agent HOST | start-agent HOST               stop / restart one host's agent (its guests keep running)
   ferry lab demo [--rounds 2] [--json]                       (lab up, then) migrate a game server around all hosts, print a table

@@ -12,6 +12,7 @@ const USAGE = `Usage:
   ferry storage add NAME --type shared-dir|local --path DIR
   ferry storage add NAME --type nfs --server HOST --export /PATH
   ferry storage add NAME --type iscsi --portal HOST[:PORT] --target IQN
+  ferry storage add NAME --type rbd [--ceph-pool rbd] [--conf /etc/ceph/ceph.conf] [--user admin]
       shared-dir: a directory every host mounts at DIR (NFS...); live migration moves only RAM.
       local:      each host's own DIR; live migration copies the disks (NBD mirror, active mode).
                   '%h' in DIR stands for the host's name (one directory per host on one machine, as in the lab).
@@ -19,6 +20,7 @@ const USAGE = `Usage:
       iscsi:      the LUNs of a target, opened by QEMU's own initiator (libiscsi); one free LUN per new volume;
                   only RAM moves; the ownership swap is the only lock (iSCSI has none), no agent opens a LUN of
                   a VM it does not own.
+      rbd:        Ceph RBD images (raw) through librbd, cephx via ceph.conf and the user's keyring on every host.
   ferry storage list      every pool, and whether each host reaches it (free space per host)
 Every command takes --json.`;
 
@@ -29,7 +31,7 @@ export const storageCommand: Command = {
     const { values, positionals } = parseArgs({
       args,
       allowPositionals: true,
-      options: { type: { type: 'string' }, path: { type: 'string' }, server: { type: 'string' }, export: { type: 'string' }, portal: { type: 'string' }, target: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },
+      options: { type: { type: 'string' }, path: { type: 'string' }, server: { type: 'string' }, export: { type: 'string' }, portal: { type: 'string' }, target: { type: 'string' }, 'ceph-pool': { type: 'string' }, conf: { type: 'string' }, user: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },
     });
     const [verb, name] = positionals;
     const json = values.json ?? false;
@@ -46,6 +48,8 @@ export const storageCommand: Command = {
         } else if (values.type === 'iscsi') {
           if (!values.portal || !values.target) throw new UsageError('an iscsi pool needs --portal HOST[:PORT] and --target IQN');
           where = { portal: values.portal, target: values.target };
+        } else if (values.type === 'rbd') {
+          where = { ...(values['ceph-pool'] ? { pool: values['ceph-pool'] } : {}), ...(values.conf ? { conf: values.conf } : {}), ...(values.user ? { user: values.user } : {}) };
         } else {
           if (!values.path) throw new UsageError('--path DIR is required');
           where = { path: values.path };

@@ -13,7 +13,8 @@ import { ProgressDisplay, progressLine } from '../progress.ts';
 const USAGE = `Usage:
   ferry vm create NAME [--memory MiB] [--vcpus N] [--host HOST] [--memcheck MiB] [--dirty MiB/s]
                   [--disk SIZE[,storage=POOL][,format=qcow2|raw]]... [--diskcheck WRITES/s]
-      --disk makes a new volume NAME-diskN in POOL (the only pool, when there is one) for each --disk.
+      --disk makes a new volume NAME-diskN in POOL (the only pool, when there is one) for each --disk
+      (format: qcow2, raw for rbd pools).
       --diskcheck runs the guest's disk checker, writing that many checksummed 4 KiB blocks per second.
   ferry vm start|stop|destroy|show NAME   (stop --force kills at once)
   ferry vm list
@@ -116,7 +117,7 @@ export const vmCommand: Command = {
 };
 
 /** --disk SIZE[,storage=POOL][,format=F], each into { sizeBytes, pool, format }. */
-async function parseDisks(cli: Cli, specs: string[]): Promise<{ sizeBytes: number; pool: string; format: string }[]> {
+async function parseDisks(cli: Cli, specs: string[]): Promise<{ sizeBytes: number; pool: string; format?: string }[]> {
   const { pools } = await (await cli.anyAgent()).call<{ pools: { name: string }[] }>('GET', '/v1/cluster/storage');
   return specs.map((spec) => {
     const [size, ...options] = spec.split(',');
@@ -125,9 +126,9 @@ async function parseDisks(cli: Cli, specs: string[]): Promise<{ sizeBytes: numbe
     const pool = opts['storage'] ?? (pools.length === 1 ? pools[0]!.name : undefined);
     if (!pool) throw new UsageError(`--disk ${spec}: say which pool with storage=NAME (pools: ${pools.map((p) => p.name).join(', ') || "none; add one with 'ferry storage add'"})`);
     if (!pools.some((p) => p.name === pool)) throw new UsageError(`--disk ${spec}: no storage pool '${pool}' (pools: ${pools.map((p) => p.name).join(', ') || 'none'})`);
-    const format = opts['format'] ?? 'qcow2';
-    if (format !== 'qcow2' && format !== 'raw') throw new UsageError(`--disk ${spec}: format must be qcow2 or raw`);
-    return { sizeBytes: sizeBytes('disk', size ?? ''), pool, format };
+    const format = opts['format'];
+    if (format !== undefined && format !== 'qcow2' && format !== 'raw') throw new UsageError(`--disk ${spec}: format must be qcow2 or raw`);
+    return { sizeBytes: sizeBytes('disk', size ?? ''), pool, ...(format ? { format } : {}) };
   });
 }
 

@@ -7,7 +7,7 @@ import { mib, table } from '../format.ts';
 import type { Command } from '../main.ts';
 
 const USAGE = `Usage:
-  ferry volume create NAME --pool POOL --size SIZE [--format qcow2|raw] [--host HOST]
+  ferry volume create NAME --pool POOL --size SIZE [--format qcow2|raw] [--host HOST]   (default qcow2; raw on rbd)
       SIZE like 512M or 1G. A volume of a local pool is made on --host (default: the first host).
   ferry volume list
   ferry volume delete NAME --pool POOL     refused while a VM uses it
@@ -39,7 +39,7 @@ export const volumeCommand: Command = {
         const { volume } = await cli.agent(host).call<{ volume: StoredVolume }>(
           'POST',
           '/v1/volumes',
-          { name, pool: values.pool, sizeBytes: sizeBytes('size', values.size), format: values.format ?? 'qcow2' },
+          { name, pool: values.pool, sizeBytes: sizeBytes('size', values.size), ...(values.format ? { format: values.format } : {}) },
           120_000,
         );
         return out(`volume ${volume.pool}/${volume.name} created (${volume.format}, ${mib(volume.sizeBytes)}${volume.host ? `, on ${volume.host}` : ''})`, volume);
