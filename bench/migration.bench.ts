@@ -22,6 +22,7 @@ import { median, ms, table } from '../src/cli/format.ts';
 import { HostNetwork } from '../src/lab/host-network.ts';
 import { Probe } from '../src/lab/probe.ts';
 import { migrate } from '../src/migration/engine.ts';
+import { run } from '../src/util/exec.ts';
 import { LocalDestination, LocalSource } from '../src/migration/local.ts';
 import type { PolicyName } from '../src/migration/policy/policy.ts';
 import { ensureGuestImage, guestBoot } from '../src/qemu/guest-image.ts';
@@ -158,6 +159,8 @@ async function main() {
     }
     if (values.only !== 'ram') report['local storage, 1 GiB disk, 768 MiB written'] = await runDiskBench({ runs, image, net, probe, libvirt, libvirtReason });
   } finally {
+    // A scenario that failed half-way leaves its guest running: every QEMU of this run has its sockets under runDir.
+    await run('pkill', ['-KILL', '-f', `qemu-system-x86_64 .*${runDir}/`]).catch(() => undefined);
     await libvirt?.stop().catch((err) => console.error(`stopping the libvirt hosts: ${(err as Error).message}`));
     await probe.close();
     await net.destroy();
