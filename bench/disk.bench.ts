@@ -8,12 +8,9 @@
  * bytes that must move (allocated disk + non-zero RAM) over the throughput of
  * the same kind of link (a unix socket), measured in the same run.
  */
-import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { median, ms, table } from '../src/cli/format.ts';
 import type { HostNetwork } from '../src/lab/host-network.ts';
 import type { Probe } from '../src/lab/probe.ts';
@@ -27,6 +24,7 @@ import { macFor, makeVmSpec, type DiskSpec } from '../src/qemu/spec.ts';
 import { imageInfo } from '../src/storage/qemu-img.ts';
 import { StorageCatalog } from '../src/storage/registry.ts';
 import { volumeOf } from '../src/storage/types.ts';
+import { unixSocketThroughput } from './link.ts';
 import { migrateWithMirrorDefaults } from './baseline.ts';
 import type { LibvirtHostName, LibvirtPair, LibvirtVm } from './libvirt.ts';
 
@@ -172,35 +170,6 @@ export async function runDiskBench(options: {
     await vm.destroy().catch(() => undefined);
     if (lv) await libvirt!.destroy(lv.vm).catch(() => undefined);
     await rm(base, { recursive: true, force: true });
-  }
-}
-
-/** Bytes per second one process pushes to another over a unix socket: the link every local migration here uses. */
-async function unixSocketThroughput(bytes: number): Promise<number> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-link-'));
-  const sock = path.join(dir, 'link.sock');
-  try {
-    let received = 0;
-    let t0 = 0;
-    const done = new Promise<number>((resolve) => {
-      const server = createServer((conn) => {
-        t0 = performance.now();
-        conn.on('data', (chunk) => (received += chunk.length));
-        conn.on('end', () => {
-          server.close();
-          resolve(performance.now() - t0);
-        });
-      });
-      server.listen(sock, () => {
-        // A separate writer process, like QEMU on the other side; dd streams zero-filled blocks without compression.
-        spawn('sh', ['-c', `dd if=/dev/zero bs=1M count=${bytes / 2 ** 20} status=none | ${process.execPath} -e "const s=require('net').connect('${sock}');process.stdin.pipe(s)"`], { stdio: 'ignore' });
-      });
-    });
-    const elapsedMs = await done;
-    if (received !== bytes) throw new Error(`link measurement: received ${received} of ${bytes} bytes`);
-    return bytes / (elapsedMs / 1000);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
   }
 }
 
