@@ -19,6 +19,8 @@ interface Incoming {
   completed: boolean;
   /** Settles at the next change worth telling a waiting source about. */
   changed: Promise<void>;
+  /** The resume in progress, if any. */
+  resuming?: Promise<void> | undefined;
 }
 
 export class IncomingMigrations {
@@ -56,7 +58,10 @@ export class IncomingMigrations {
       entry.state = 'listening';
       const completed = destination.incomingComplete(24 * 3600_000).then(() => {
         entry.completed = true;
-        if (entry.state === 'listening') entry.state = 'loaded';
+        if (entry.state === 'listening') {
+          entry.state = 'loaded';
+          this.watchOwnership(request.migrationId);
+        }
       });
       const postcopy = destination.postcopyReady().then(() => {
         if (entry.state === 'listening') entry.state = 'postcopy';
@@ -100,13 +105,39 @@ export class IncomingMigrations {
     return entry.destination.memoryDigest();
   }
 
-  /** switchover: only with the token that made this host the owner. */
+  /**
+   * A loaded destination does not depend on the source to be told it won: once
+   * the store says this host owns the VM, it resumes by itself (the source may
+   * have died, or lost the answer to its resume call, right after the swap).
+   */
+  private watchOwnership(id: string): void {
+    const timer = setInterval(async () => {
+      const entry = this.byId.get(id);
+      if (!entry || (entry.state !== 'loaded' && entry.state !== 'postcopy')) return clearInterval(timer);
+      const vm = await this.ctx.state.vm(entry.request.spec.name).catch(() => undefined);
+      if (vm?.owner !== this.ctx.node.name) return;
+      clearInterval(timer);
+      await this.resume(id, vm.token)
+        .then(() => this.ctx.log(`incoming migration ${id}: ownership of ${vm.spec.name} moved here but the source did not say so; resumed it`))
+        .catch((err: Error) => this.ctx.log(`incoming migration ${id}: could not resume on its own: ${err.message}`));
+    }, 1000);
+    timer.unref();
+  }
+
+  /** switchover: only with the token that made this host the owner. Asking twice is fine. */
   async resume(id: string, token: unknown): Promise<void> {
     const entry = this.get(id);
     const vm = await checkToken(this.ctx, entry.request.spec.name, token);
     if (vm.owner !== this.ctx.node.name) throw new StaleTokenError(vm.spec.name, Number(token), vm.token);
+    if (entry.state === 'running') return;
+    if (entry.resuming) return entry.resuming; // the source and the ownership watch may ask at the same moment
     if (entry.state !== 'loaded' && entry.state !== 'postcopy') throw new RefusedError(`incoming migration ${id} is ${entry.state}, not loaded; it cannot resume`);
-    await entry.destination.resume();
+    entry.resuming = entry.destination.resume();
+    try {
+      await entry.resuming;
+    } finally {
+      entry.resuming = undefined;
+    }
     entry.state = 'running';
     await this.ctx.runtime.adoptRunning(entry.destination.instance);
     await this.ctx.runtime.forget(entry.request.spec.name, 'incoming');

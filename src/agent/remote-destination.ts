@@ -91,9 +91,10 @@ export class RemoteDestination implements DestinationSide {
     await this.agent.call('POST', `${this.base}/finish`, {});
   }
 
+  /** Rejects when the destination agent cannot confirm the removal (the engine decides what that means). */
   async abort(): Promise<void> {
     this.unwatch();
-    await this.agent.call('POST', `${this.base}/abort`, {}).catch(() => undefined);
+    await this.agent.call('POST', `${this.base}/abort`, {}, 30_000);
   }
 
   /** Polls the destination: its QEMU dying or its agent going silent is a lost destination. */

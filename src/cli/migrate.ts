@@ -29,6 +29,8 @@ export interface MigrationSummary {
   policy: string | null;
   /** What the policy did, in order. */
   steps: string[];
+  /** What a user should know about a completed migration. */
+  warnings: string[];
   error?: string;
 }
 
@@ -74,6 +76,7 @@ export async function migrateWithProbe(cli: Cli, name: string, to: string, optio
       rounds: record?.rounds ?? 0,
       policy: record?.plan?.policy ?? null,
       steps: (record?.steps ?? []).map((step) => step.reason),
+      warnings: record?.warnings ?? [],
       ...(job.error ? { error: job.error } : {}),
     };
   } finally {

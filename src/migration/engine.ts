@@ -79,6 +79,8 @@ class MigrationRun {
   /** The last RAM sample: QEMU drops its figures once a stream is cancelled, the record keeps them. */
   private lastRam: RamProgress | undefined;
   private lastDisk: DiskProgress | undefined;
+  /** Set when the switchover committed but the destination could not confirm the guest runs. */
+  private unconfirmed: string | undefined;
   private diskNeeds: DiskNeed[] = [];
   private diskOutcomes: DiskOutcome[] = [];
   private readonly log: (line: string) => void;
@@ -121,6 +123,8 @@ class MigrationRun {
     let finishError: Error | undefined;
     try {
       await this.phase('finish', async () => {
+        // The destination could not be asked: it owns the guest, and its agent runs it when it sees that.
+        if (this.unconfirmed) return;
         // In post-copy the source still holds pages the destination has not pulled: it stays until they are all sent.
         if (this.policy.inPostcopy) await this.o.destination.incomingComplete(this.plan.timeoutMs);
         await this.o.destination.finish();
@@ -136,6 +140,7 @@ class MigrationRun {
     if (finishError)
       throw new MigrationError(`'${vm}' switched over, but the destination failed afterwards (${finishError.message}); start the VM again on its owner`);
     const record = this.record('completed', summary);
+    if (this.unconfirmed) record.warnings = [this.unconfirmed];
     this.log(
       `completed in ${record.totalMs} ms: QEMU downtime ${record.downtimeMs} ms, ` +
         `${(record.bytes / 2 ** 20).toFixed(1)} MiB sent in ${record.rounds} round(s)`,
@@ -286,13 +291,22 @@ class MigrationRun {
       await this.o.destination.resume();
     } catch (err) {
       // After the commit an error does not prove the guest did not run there: if it runs, it stays.
-      if (await this.o.destination.isRunning().catch(() => false)) {
+      const running = await this.o.destination.isRunning().catch(() => undefined);
+      if (running) {
         this.log(`resume reported "${(err as Error).message}", but the guest runs on the destination: keeping it there`);
         return;
       }
-      await this.o.destination.abort(); // gone for sure before the source may run again
-      await hook.revert?.();
-      throw new PhaseFailure('switchover', `the destination could not resume: ${(err as Error).message}`);
+      // The source may run again only once the destination is gone for sure, and the ownership is back.
+      const gone = running === false && (await this.o.destination.abort().then(() => true, () => false));
+      if (gone) {
+        await hook.revert?.();
+        throw new PhaseFailure('switchover', `the destination could not resume: ${(err as Error).message}`);
+      }
+      this.unconfirmed =
+        `the destination took ownership but did not confirm that the guest runs (${(err as Error).message}); ` +
+        'the source is stopped, and the destination runs the guest as soon as its agent sees the ownership';
+      this.log(`warning: ${this.unconfirmed}`);
+      return;
     }
     this.log('switched over: guest running on the destination');
   }
@@ -323,14 +337,16 @@ class MigrationRun {
 
   private async rollback(err: unknown): Promise<never> {
     if (err instanceof SourceLostError) {
-      await this.o.destination.abort();
+      await this.o.destination.abort().catch(() => undefined);
       throw err;
     }
     const reason = err instanceof Error ? err.message : String(err);
     const failedPhase = err instanceof PhaseFailure ? err.phase : this.current;
     this.log(`${failedPhase} failed: ${reason}; rolling back`);
-    // Destination first: once it is gone no second copy of the guest can run.
-    await this.o.destination.abort();
+    // Destination first. If it cannot confirm, it still cannot run: ownership never left the source.
+    await this.o.destination
+      .abort()
+      .catch((e: Error) => this.log(`the destination did not confirm its removal (${e.message}); it cannot run the guest without the ownership, which stays here`));
     try {
       await this.o.source.cancelAndResume();
     } catch (resumeErr) {

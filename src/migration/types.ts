@@ -109,4 +109,6 @@ export interface MigrationRecord {
   postcopy: boolean;
   /** For a rolled-back migration: the phase that failed and why. */
   failure?: { phase: MigrationPhase; reason: string };
+  /** What a user should know about a migration that completed (e.g. a switchover the destination did not confirm). */
+  warnings?: string[];
 }

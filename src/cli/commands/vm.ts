@@ -174,6 +174,7 @@ async function migrateVm(
         (doc.diskBytes ? `, disks copied: ${mib(doc.diskBytes)}` : doc.disks.length ? ', disks on shared storage' : ''),
     );
   else console.error(`ferry: migration of ${name} failed: ${doc.error}`);
+  if (!json) for (const warning of doc.warnings) console.error(`warning: ${warning}`);
   return doc.status === 'completed' ? 0 : 1;
 }
 
