@@ -152,6 +152,8 @@ export class IncomingMigrations {
   async abort(id: string): Promise<void> {
     const entry = this.byId.get(id);
     if (!entry) return;
+    // A resume under way decides first: once the guest runs here, it is not aborted.
+    await entry.resuming?.catch(() => undefined);
     if (entry.state === 'running') throw new RefusedError(`incoming migration ${id} already switched over; the VM runs here now`);
     entry.state = 'aborted';
     this.byId.delete(id);

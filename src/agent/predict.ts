@@ -11,7 +11,8 @@ import type { MigrationRecord } from '../migration/types.ts';
 import { sampleDirtyRate } from '../qemu/dirty-rate.ts';
 import { nonZeroBytes } from '../qemu/ram-scan.ts';
 import type { AgentClient } from './client.ts';
-import { peer, requireVm, type AgentContext } from './context.ts';
+import { peer, requireVm, storageCatalog, type AgentContext } from './context.ts';
+import { LocalSource } from '../migration/local.ts';
 import { RefusedError } from './errors.ts';
 
 const PROBE_BYTES = 32 * 2 ** 20;
@@ -22,6 +23,8 @@ export interface DryRun {
   to: string;
   measured: PredictionInput;
   predictions: Prediction[];
+  /** Why a real migration to this destination would be refused for its storage (empty: it would not). */
+  storageProblems: string[];
 }
 
 export async function dryRun(ctx: AgentContext, name: string, to: string): Promise<DryRun> {
@@ -34,6 +37,13 @@ export async function dryRun(ctx: AgentContext, name: string, to: string): Promi
   const dirtyRateBytesPerSec = await sampleDirtyRate(instance, 1);
   const nonZero = await nonZeroBytes(instance);
   const linkBytesPerSec = await measureLink(destination);
+  const storage = await storageCatalog(ctx);
+  const needs = await new LocalSource(instance, { storage }).diskNeeds();
+  const storageProblems = (vm.spec.disks ?? []).length
+    ? (await destination.call<{ problems: string[] }>('POST', '/v1/incoming/check-storage', { spec: vm.spec, disks: needs }, 30_000)).problems
+    : [];
+  const copied = (vm.spec.disks ?? []).filter((d) => !storage.get(d.pool).shared).map((d) => d.id);
+  const diskCopyBytes = needs.filter((n) => copied.includes(n.id)).reduce((sum, n) => sum + n.allocatedBytes, 0);
 
   const measured: PredictionInput = {
     guestBytes: vm.spec.memoryMiB * 2 ** 20,
@@ -41,9 +51,10 @@ export async function dryRun(ctx: AgentContext, name: string, to: string): Promi
     dirtyRateBytesPerSec,
     linkBytesPerSec,
     setupMs: await typicalSetupMs(ctx),
+    diskCopyBytes,
   };
   const predictions = POLICY_NAMES.map((policy) => predictMigration(measured, planMigration({ name: policy }, vm.spec.memoryMiB)));
-  return { vm: name, from: ctx.node.name, to, measured, predictions };
+  return { vm: name, from: ctx.node.name, to, measured, predictions, storageProblems };
 }
 
 /**

@@ -74,7 +74,10 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
           // Where a driver placed a volume (an iSCSI LUN) is part of how every host opens it.
           spec.disks = spec.disks.map((d, i) => (volumes[i]?.location ? { ...d, location: volumes[i]!.location! } : d));
           const token = await state.createVm({ spec, owner: node.name, desired: 'running', ...(ip ? { ip } : {}) });
-          if (token === undefined) throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
+          if (token === undefined) {
+            if (ip && (await state.addressTaken(ip))) throw new RefusedError(`the guest address ${ip} was taken by another VM created at the same moment; try again`);
+            throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
+          }
           try {
             await runtime.start(spec, (await storageCatalog(ctx)).attachments(spec.disks));
           } catch (err) {
@@ -188,6 +191,9 @@ async function allocateIp(ctx: AgentContext, cluster: ClusterConfig): Promise<st
   const net = cluster.guestNetwork;
   if (!net) return undefined;
   const used = new Set((await ctx.state.vms()).map((v) => v.ip));
-  for (let i = net.first; i <= net.last; i++) if (!used.has(`${net.prefix}.${i}`)) return `${net.prefix}.${i}`;
+  for (let i = net.first; i <= net.last; i++) {
+    const ip = `${net.prefix}.${i}`;
+    if (!used.has(ip) && !(await ctx.state.addressTaken(ip))) return ip;
+  }
   throw new RefusedError(`no free guest address left in ${net.prefix}.${net.first}-${net.last}`);
 }

@@ -5,6 +5,7 @@
  *                              VM's fencing token: ownership changes only by CAS on it.
  *   /ferry/migrations/<vm>     the in-flight migration, written before it acts (for crash recovery)
  *   /ferry/jobs/<id>           Job: every long operation, with progress and final record
+ *   /ferry/guest-addresses/<ip> the VM holding a guest address (taken with the VM record, in one transaction)
  *   /ferry/storage/<pool>      StoragePoolConfig (`ferry storage add`)
  *   /ferry/volumes/<pool>/<v>  VolumeRecord: size, format, the VM it is attached to, where a local one lives
  */
@@ -27,6 +28,8 @@ export const KEYS = {
   pools: '/ferry/storage/',
   volume: (pool: string, name: string) => `/ferry/volumes/${pool}/${name}`,
   volumes: '/ferry/volumes/',
+  /** Held by the VM that has this guest address. */
+  guestAddress: (ip: string) => `/ferry/guest-addresses/${ip}`,
   /** Held by the volume at a driver-chosen place (an iSCSI LUN): two volumes can never share one. */
   volumeLocation: (pool: string, location: string) => `/ferry/volume-locations/${pool}/${location}`,
 };
@@ -128,8 +131,18 @@ export class ClusterState {
   /** Creates the record if no VM of that name exists; returns its token, or undefined if the name is taken. */
   async createVm(record: VmRecord): Promise<number | undefined> {
     const key = KEYS.vm(record.spec.name);
-    const r = await this.store.txn([{ key, modRevision: 0 }], [{ type: 'put', key, value: JSON.stringify(record) }]);
+    // The guest address is held in the same transaction: two creates never get the same one.
+    const ip = record.ip ? KEYS.guestAddress(record.ip) : undefined;
+    const r = await this.store.txn(
+      [{ key, modRevision: 0 }, ...(ip ? [{ key: ip, modRevision: 0 }] : [])],
+      [{ type: 'put', key, value: JSON.stringify(record) }, ...(ip ? [{ type: 'put' as const, key: ip, value: record.spec.name }] : [])],
+    );
     return r.succeeded ? r.revision : undefined;
+  }
+
+  /** Whether a guest address is held by a VM (createVm holds it, deleteVm frees it). */
+  async addressTaken(ip: string): Promise<boolean> {
+    return (await this.store.get(KEYS.guestAddress(ip))) !== undefined;
   }
 
   /** Changes a VM record only if its token is still `token`; returns the new token or undefined. */
@@ -145,7 +158,8 @@ export class ClusterState {
 
   async deleteVm(vm: OwnedVm): Promise<boolean> {
     const key = KEYS.vm(vm.spec.name);
-    return (await this.store.txn([{ key, modRevision: vm.token }], [{ type: 'delete', key }])).succeeded;
+    const ip = vm.ip ? [{ type: 'delete' as const, key: KEYS.guestAddress(vm.ip) }] : [];
+    return (await this.store.txn([{ key, modRevision: vm.token }], [{ type: 'delete', key }, ...ip])).succeeded;
   }
 
   async pools(): Promise<StoragePoolConfig[]> {

@@ -13,6 +13,8 @@ export interface PredictionInput {
   linkBytesPerSec: number;
   /** Fixed cost of starting the destination and the stream (ms). */
   setupMs: number;
+  /** Disk bytes a local-storage migration copies before RAM (0 for shared storage). */
+  diskCopyBytes?: number;
 }
 
 export interface Prediction {
@@ -36,7 +38,8 @@ export function predictMigration(input: PredictionInput, plan: MigrationPlan): P
   let dirtyRate = input.dirtyRateBytesPerSec;
   let limitMs = plan.downtimeLimitMs;
   let toSend = input.nonZeroBytes;
-  let elapsedMs = input.setupMs;
+  // Disks are mirrored before RAM moves; the mirror then keeps up with the guest's writes.
+  let elapsedMs = input.setupMs + ((input.diskCopyBytes ?? 0) / input.linkBytesPerSec) * 1000;
   let bytes = 0;
   for (let round = 1; round <= MAX_ROUNDS; round++) {
     const roundMs = (toSend / link) * 1000;

@@ -111,6 +111,11 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
       assert.notEqual(refused.code, 0);
       assert.match(refused.stderr + (refused.json?.error ?? ''), /host 'h3' cannot reach storage pool 'local'/);
       assert.equal((await cli('vm', 'show', 'd1')).json.owner, 'h1');
+      // The dry run says so too, and counts the disk it would copy.
+      const dry = await cli('vm', 'migrate', 'd1', '--to', 'h3', '--dry-run');
+      assert.equal(dry.code, 0, dry.stderr);
+      assert.ok(dry.json.measured.diskCopyBytes >= 16 * 2 ** 20, 'the local disk is counted in the prediction');
+      assert.match(dry.json.storageProblems.join('\n'), /host 'h3' cannot reach storage pool 'local'/);
     } finally {
       await rename(`${images('h3')}.away`, images('h3'));
     }
