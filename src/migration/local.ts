@@ -79,6 +79,10 @@ export class LocalSource implements SourceSide {
     return this.instance.spec;
   }
 
+  get accel(): Accel {
+    return this.instance.accel;
+  }
+
   async checkMigratable(): Promise<string[]> {
     if (!this.instance.process.isRunning) return [`the VM '${this.spec.name}' has no running QEMU; start it first`];
     const { status } = await this.instance.qmp.execute<{ status: string }>('query-status');

@@ -3,7 +3,7 @@
  * QEMU processes on this machine (local.ts); between hosts the destination is
  * the destination agent behind its API. The orchestrator never touches QMP.
  */
-import type { VmSpec } from '../qemu/spec.ts';
+import type { Accel, VmSpec } from '../qemu/spec.ts';
 import type { RamProgress } from './types.ts';
 
 /** QEMU migration capabilities ferry turns on, set identically on both sides where QEMU needs that. */
@@ -45,6 +45,8 @@ export interface QemuMigrationSummary {
 
 export interface SourceSide {
   readonly spec: VmSpec;
+  /** The accelerator the source QEMU runs under (some features are unsafe under TCG). */
+  readonly accel: Accel;
   /** begin: why this VM cannot be migrated now (not running, already migrating...); empty when it can. */
   checkMigratable(): Promise<string[]>;
   /** begin: how much of each disk a copy would move. */

@@ -25,7 +25,7 @@ const USAGE = `Usage:
       balanced (default) allows a longer pause step by step, then throttles the guest;
       must-finish also uses XBZRLE and throttles hard.
       --allow-postcopy lets must-finish switch to post-copy: after that switch the VM's memory is
-      split between the two hosts, and a network failure can LOSE THE VM. Off unless given.
+      split between the two hosts, and a network failure can LOSE THE VM. Off unless given; refused under TCG.
       --verify-memory compares the guest's RAM on both sides (paused) before switching over and rolls
       back on any difference; auto (default) does it for bandwidth-limited migrations that needed more
       than 2 rounds, and for any of 6 rounds or more.
