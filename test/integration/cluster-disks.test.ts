@@ -12,6 +12,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { readLab, type LabRecord } from '../../src/lab/lab.ts';
 import { Probe } from '../../src/lab/probe.ts';
+import { run } from '../../src/util/exec.ts';
 import { ferry } from '../helpers/cli.ts';
 
 describe('disks end to end (3-host lab, sqlite store)', () => {
@@ -118,6 +119,22 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
       assert.match(dry.json.storageProblems.join('\n'), /host 'h3' cannot reach storage pool 'local'/);
     } finally {
       await rename(`${images('h3')}.away`, images('h3'));
+    }
+    await assertDiskVerifies('d1', 0);
+
+    // A destination without room: h2's pool directory becomes a 32 MiB filesystem, mounted where
+    // h2's agent (and the QEMUs it starts) see it: in its own mount namespace.
+    const h2 = lab.hosts.find((h) => h.name === 'h2')!.pid!;
+    const inH2 = (...argv: string[]) => run('nsenter', ['--target', String(h2), '--mount', ...argv]);
+    await inH2('mount', '-t', 'tmpfs', '-o', 'size=32m', 'tmpfs', images('h2'));
+    try {
+      const full = await cli('vm', 'migrate', 'd1', '--to', 'h2');
+      assert.notEqual(full.code, 0, 'a destination without room must be refused');
+      assert.match(full.stderr + (full.json?.error ?? ''), /pool 'local' on host 'h2' has 3\d\.\d MiB free, but the copy of the disks needs \d+\.\d MiB/);
+      assert.equal((await cli('vm', 'show', 'd1')).json.owner, 'h1');
+      assert.deepEqual((await inH2('ls', images('h2'))).split('\n').filter(Boolean), [], 'nothing was written to the full pool');
+    } finally {
+      await inH2('umount', images('h2'));
     }
     await assertDiskVerifies('d1', 0);
   });
