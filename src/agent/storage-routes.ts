@@ -5,7 +5,7 @@
 import type { StoredVolume, VolumeRecord } from '../cluster/model.ts';
 import type { VolumeFormat } from '../qemu/spec.ts';
 import { VolumeInUseError, VolumeNotFoundError } from '../storage/errors.ts';
-import { STORAGE_TYPES, defaultFormat, poolLocation, type StoragePoolConfig, type StorageType } from '../storage/types.ts';
+import { STORAGE_TYPES, backendOf, defaultFormat, poolLocation, type StoragePoolConfig, type StorageType } from '../storage/types.ts';
 import { storageCatalog, type AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
@@ -22,6 +22,8 @@ export function storageRoutes(ctx: AgentContext): Route[] {
       pattern: '/v1/storage',
       handler: async (_, body) => {
         const pool = parsePool(body);
+        const twin = (await state.pools()).find((p) => backendOf(p) === backendOf(pool));
+        if (twin) throw new RefusedError(`storage pool '${twin.name}' already stores its volumes in ${poolLocation(pool)}; two pools over one backend would hand out the same places`);
         if (!(await state.addPool(pool))) throw new RefusedError(`a storage pool named '${pool.name}' already exists; see 'ferry storage list'`);
         ctx.log(`storage pool ${pool.name} added (${pool.type} at ${poolLocation(pool)})`);
         return { pool, status: (await poolStatus(ctx)).find((p) => p.pool === pool.name) };
@@ -42,12 +44,15 @@ export function storageRoutes(ctx: AgentContext): Route[] {
       handler: async ({ pool, name }) => {
         const volume = await state.volume(pool!, name!);
         if (!volume) throw new NotFoundError(`no volume '${name}' in pool '${pool}'; see 'ferry volume list'`);
-        if (volume.vm) throw new VolumeInUseError(volume.name, volume.vm);
+        // A volume whose VM no longer exists (a creation that failed half-way) is not in use.
+        if (volume.vm && (await state.vm(volume.vm))) throw new VolumeInUseError(volume.name, volume.vm);
         const driver = (await storageCatalog(ctx)).get(volume.pool);
-        if (!driver.shared && volume.host !== ctx.node.name)
+        if (!driver.shared && volume.host && volume.host !== ctx.node.name)
           throw new RefusedError(`volume '${name}' lives on host '${volume.host}', not on ${ctx.node.name}; send the request there`);
-        if (!(await state.deleteVolume(volume))) throw new RefusedError(`volume '${name}' changed while being deleted; try again`);
+        // The bytes first, the record after: the record keeps the name (and a LUN) taken until the data is gone,
+        // and a removal that fails leaves a volume that can be deleted again, not an orphan.
         await driver.delete(volume);
+        if (!(await state.deleteVolume(volume))) throw new RefusedError(`volume '${name}' changed while being deleted; try again`);
         ctx.log(`volume ${pool}/${name} deleted`);
         return { deleted: `${pool}/${name}` };
       },
@@ -125,8 +130,8 @@ function parsePool(body: Record<string, unknown>): StoragePoolConfig {
   if (type === 'nfs') {
     const server = String(body['server'] ?? '');
     const exported = String(body['export'] ?? '');
-    if (!/^[A-Za-z0-9.:-]+$/.test(server)) throw new RefusedError(`an nfs pool needs --server HOST (an address or name), not '${server}'`);
-    if (!exported.startsWith('/') || /[\s,]/.test(exported)) throw new RefusedError(`an nfs pool needs --export /PATH (the directory the server exports), not '${exported}'`);
+    if (!/^[A-Za-z0-9.-]+$/.test(server)) throw new RefusedError(`an nfs pool needs --server HOST (an IPv4 address or a name), not '${server}'`);
+    if (!/^\/[A-Za-z0-9._\/-]*$/.test(exported) || exported.split('/').includes('..')) throw new RefusedError(`an nfs pool needs --export /PATH (the directory the server exports), not '${exported}'`);
     return { name, type, server, export: exported.replace(/\/+$/, '') || '/' };
   }
   if (type === 'iscsi') {

@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { killInNetns } from '../net/netns.ts';
 import { run } from '../util/exec.ts';
 
 export interface CephClusterOptions {
@@ -136,15 +137,9 @@ export class CephCluster {
     }
   }
 
-  /** Kills the monitor and the OSDs (memstore: their data goes with them). */
-  static async stop(dir: string): Promise<void> {
+  /** Kills the monitor and the OSDs still running in `netns` (memstore: their data goes with them). */
+  static async stop(dir: string, netns: string): Promise<void> {
     const known = JSON.parse(await readFile(path.join(dir, 'pids.json'), 'utf8').catch(() => '{}')) as Record<string, number>;
-    for (const pid of Object.values(known)) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
+    await killInNetns(netns, Object.values(known));
   }
 }

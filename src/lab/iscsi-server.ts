@@ -7,6 +7,8 @@
 import { spawn } from 'node:child_process';
 import { mkdir, readFile, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { existsSync } from 'node:fs';
+import { killInNetns } from '../net/netns.ts';
 import { run } from '../util/exec.ts';
 
 export interface IscsiServerOptions {
@@ -28,6 +30,17 @@ export class IscsiServer {
 
   get portal(): string {
     return `${this.options.address}:3260`;
+  }
+
+  /**
+   * A management port no tgtd uses: tgtd's socket and lock live machine-wide in /var/run/tgtd,
+   * so a port whose socket exists (a host's own tgtd, another lab) is skipped.
+   */
+  static async freeControlPort(preferred: number): Promise<number> {
+    for (let port = preferred; port < preferred + 200; port++) {
+      if (!existsSync(`/var/run/tgtd/socket.${port}`) && !existsSync(`/var/run/tgtd/socket.${port}.lock`)) return port;
+    }
+    throw new Error(`no free tgtd management port in ${preferred}-${preferred + 199} (/var/run/tgtd is full of sockets)`);
   }
 
   static async start(options: IscsiServerOptions): Promise<IscsiServer> {
@@ -67,16 +80,12 @@ export class IscsiServer {
     }
   }
 
-  /** Stops tgtd (it ignores SIGTERM while targets exist, so SIGKILL) and removes its management socket. */
-  static async stop(dir: string): Promise<void> {
+  /** Stops our tgtd (it ignores SIGTERM while targets exist, so SIGKILL) and removes its management socket. */
+  static async stop(dir: string, netns: string): Promise<void> {
     const info = JSON.parse(await readFile(path.join(dir, 'tgtd.json'), 'utf8').catch(() => '{}')) as { pid?: number; controlPort?: number };
-    if (info.pid) {
-      try {
-        process.kill(info.pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
+    if (!info.pid) return;
+    await killInNetns(netns, [info.pid]);
+    // The socket is ours: start() chose a port no other tgtd had.
     if (info.controlPort !== undefined) {
       for (const suffix of ['', '.lock']) await run('rm', ['-f', `/var/run/tgtd/socket.${info.controlPort}${suffix}`]).catch(() => undefined);
     }

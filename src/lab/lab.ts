@@ -234,7 +234,7 @@ async function startStorageServers(lab: LabRecord, kinds: LabStorage[], save: ()
       case 'iscsi': {
         const target = `iqn.2026-11.org.ferry:${lab.prefix}`;
         // tgtd's management socket is machine-wide (/var/run/tgtd): a port per lab keeps labs and a host's own tgtd apart.
-        const controlPort = 3000 + ([...lab.prefix].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 997, 7));
+        const controlPort = await IscsiServer.freeControlPort(3000 + ([...lab.prefix].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 997, 7)));
         const server = await IscsiServer.start({ netns: lab.sanNetns, dir: path.join(lab.dir, 'san', 'iscsi'), address: SAN_ADDRESS, target, luns: 8, lunMiB: 256, controlPort });
         await client.call('POST', '/v1/storage', { name: 'iscsi', type: 'iscsi', portal: server.portal, target });
         log(`storage: pool 'iscsi' (tgt at iscsi://${server.portal}/${target}, 8 LUNs of 256 MiB)`);
@@ -322,9 +322,11 @@ export async function labDown(dir = DEFAULT_LAB_DIR): Promise<string[]> {
     }
   }
   for (const pid of lab.etcdPids) if (alive(pid)) process.kill(pid, 'SIGKILL');
-  if (lab.storage?.includes('nfs')) await NfsServer.stop(path.join(dir, 'san', 'nfs'));
-  if (lab.storage?.includes('iscsi')) await IscsiServer.stop(path.join(dir, 'san', 'iscsi'));
-  if (lab.storage?.includes('rbd')) await CephCluster.stop(path.join(dir, 'san', 'ceph'));
+  if (lab.sanNetns) {
+    if (lab.storage?.includes('nfs')) await NfsServer.stop(path.join(dir, 'san', 'nfs'), lab.sanNetns);
+    if (lab.storage?.includes('iscsi')) await IscsiServer.stop(path.join(dir, 'san', 'iscsi'), lab.sanNetns);
+    if (lab.storage?.includes('rbd')) await CephCluster.stop(path.join(dir, 'san', 'ceph'), lab.sanNetns);
+  }
   const namespaces = [...lab.hosts.map((h) => h.netns), lab.clientNetns, ...(lab.storeNetns ? [lab.storeNetns] : []), ...(lab.sanNetns ? [lab.sanNetns] : []), lab.switchNetns];
   for (const ns of namespaces) {
     if (await netnsExists(ns)) {

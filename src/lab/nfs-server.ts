@@ -8,6 +8,7 @@
 import { spawn } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { killInNetns } from '../net/netns.ts';
 import { run } from '../util/exec.ts';
 
 export interface NfsServerOptions {
@@ -81,16 +82,13 @@ export class NfsServer {
     }
   }
 
-  /** Stops Ganesha and its rpcbind, by the pids they left in `dir` (a server already gone is fine). */
-  static async stop(dir: string): Promise<void> {
+  /** Stops Ganesha and its rpcbind, by the pids they left in `dir`, if they still run in `netns`. */
+  static async stop(dir: string, netns: string): Promise<void> {
+    const pids: number[] = [];
     for (const file of ['ganesha.pid', 'rpcbind.pid']) {
       const pid = Number((await readFile(path.join(dir, file), 'utf8').catch(() => '')).trim());
-      if (!pid) continue;
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
+      if (pid) pids.push(pid);
     }
+    await killInNetns(netns, pids);
   }
 }

@@ -5,6 +5,19 @@ export function ip(netns: string | undefined, ...args: string[]): Promise<string
   return run('ip', netns ? ['-n', netns, ...args] : args);
 }
 
+/** Kills those of `pids` that run inside namespace `netns` (a pid saved before a reboot may be someone else's now). */
+export async function killInNetns(netns: string, pids: number[]): Promise<void> {
+  const inside = new Set((await ip(undefined, 'netns', 'pids', netns).catch(() => '')).split('\n').filter(Boolean).map(Number));
+  for (const pid of pids) {
+    if (!inside.has(pid)) continue;
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
 export async function netnsExists(name: string): Promise<boolean> {
   const out = await run('ip', ['netns', 'list']);
   return out.split('\n').some((line) => line.split(' ')[0] === name);

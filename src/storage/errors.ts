@@ -7,7 +7,7 @@ export class StorageError extends Error {
 export class PoolUnreachableError extends StorageError {
   override name = 'PoolUnreachableError';
   constructor(readonly pool: string, readonly host: string, detail: string) {
-    super(`host '${host}' cannot reach storage pool '${pool}': ${detail}; mount or create it on that host, or pick another pool`);
+    super(`host '${host}' cannot reach storage pool '${pool}': ${detail}; make it reachable from that host (mount, network, credentials), or pick another pool`);
   }
 }
 

@@ -46,16 +46,15 @@ export class IscsiDriver implements StorageDriver {
     const luns: Lun[] = [];
     for (const m of section.matchAll(/Lun:(\d+)\s+Type:DIRECT_ACCESS/g)) {
       const lun = Number(m[1]);
-      luns.push({ lun, sizeBytes: (await imageInfo(this.url(lun))).virtualSize });
+      luns.push({ lun, sizeBytes: (await imageInfo(this.url(lun), 'raw')).virtualSize });
     }
     return luns;
   }
 
   async status(): Promise<PoolStatus> {
     const luns = await this.luns();
-    const total = luns.reduce((sum, l) => sum + l.sizeBytes, 0);
-    // Which LUNs are free is the cluster's record (allocate); here only what the target offers.
-    return { freeBytes: total, totalBytes: total };
+    // Which LUNs are free is the cluster's record (allocate), not the target's: only the total here.
+    return { totalBytes: luns.reduce((sum, l) => sum + l.sizeBytes, 0) };
   }
 
   async allocate(volume: VolumeSpec, taken: string[]): Promise<string> {
@@ -82,7 +81,7 @@ export class IscsiDriver implements StorageDriver {
   async usage(volume: VolumeSpec): Promise<VolumeUsage> {
     if (!(await this.exists(volume))) throw new VolumeNotFoundError(this.config.name, volume.name, `${this.url(volume.location ?? '?')}`);
     // A LUN is provisioned in full: a copy of it would move all of it.
-    return { allocatedBytes: (await imageInfo(this.url(this.lunOf(volume)))).virtualSize };
+    return { allocatedBytes: (await imageInfo(this.url(this.lunOf(volume)), 'raw')).virtualSize };
   }
 
   async create(volume: VolumeSpec): Promise<void> {
@@ -98,7 +97,7 @@ export class IscsiDriver implements StorageDriver {
   }
 
   private async wipe(lun: string): Promise<void> {
-    const size = (await imageInfo(this.url(lun))).virtualSize;
+    const size = (await imageInfo(this.url(lun), 'raw')).virtualSize;
     await run('qemu-io', ['-f', 'raw', '-c', `write -z 0 ${size}`, this.url(lun)], { timeoutMs: 300_000 });
   }
 

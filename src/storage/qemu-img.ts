@@ -13,8 +13,8 @@ export interface ImageInfo {
   actualSize: number;
 }
 
-/** Reads an image's header; `-U` so that an image a running QEMU holds can still be inspected. */
-export async function imageInfo(file: string): Promise<ImageInfo> {
-  const out = JSON.parse(await run('qemu-img', ['info', '-U', '--output=json', file])) as Record<string, unknown>;
+/** Reads an image's header; `format` forces how it is read (a LUN's size is its raw size, whatever a guest wrote into it). */
+export async function imageInfo(file: string, format?: 'raw'): Promise<ImageInfo> {
+  const out = JSON.parse(await run('qemu-img', ['info', '-U', '--output=json', ...(format ? ['-f', format] : []), file])) as Record<string, unknown>;
   return { format: String(out['format']), virtualSize: Number(out['virtual-size']), actualSize: Number(out['actual-size'] ?? 0) };
 }

@@ -54,7 +54,7 @@ export class RbdDriver implements StorageDriver {
       await this.rbd(['info', this.image(volume)]);
       return true;
     } catch (err) {
-      if (err instanceof CommandFailedError && /No such file|error opening image/i.test(err.stderr)) return false;
+      if (err instanceof CommandFailedError && /\(2\) No such file or directory/.test(err.stderr)) return false;
       throw this.unreachable(err);
     }
   }

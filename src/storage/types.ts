@@ -51,9 +51,25 @@ export interface RbdPoolConfig {
 /** A storage pool as the cluster configures it (`ferry storage add`). */
 export type StoragePoolConfig = DirectoryPoolConfig | NfsPoolConfig | IscsiPoolConfig | RbdPoolConfig;
 
-/** The image format a new volume gets when none is asked for: RBD images are raw (Ceph thin-provisions and snapshots them). */
+/** The image format a new volume gets when none is asked for: qcow2 for files, raw for RBD images and LUNs. */
 export function defaultFormat(config: StoragePoolConfig): VolumeFormat {
-  return config.type === 'rbd' ? 'raw' : 'qcow2';
+  // A LUN or an RBD image is a fixed-size disk: raw fills it exactly, qcow2's metadata could overflow it.
+  return config.type === 'rbd' || config.type === 'iscsi' ? 'raw' : 'qcow2';
+}
+
+/** What a pool stores its volumes in: two pools over the same backend would hand out the same places. */
+export function backendOf(config: StoragePoolConfig): string {
+  switch (config.type) {
+    case 'shared-dir':
+    case 'local':
+      return `dir:${config.path}`;
+    case 'nfs':
+      return `nfs:${config.server}:${config.export}`;
+    case 'iscsi':
+      return `iscsi:${config.portal}/${config.target}`;
+    case 'rbd':
+      return `rbd:${config.conf}:${config.pool}`;
+  }
 }
 
 /** Where a pool's images are, for people: a directory or an nfs:// URL. */

@@ -95,6 +95,9 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
     assert.match(inUse.stderr, /volume 'd1-disk0' is attached to VM 'd1'/);
 
     assert.equal((await cli('storage', 'add', 'ghost', '--type', 'local', '--path', '/nonexistent/ferry-%h')).code, 0);
+    const twin = await cli('storage', 'add', 'twin', '--type', 'local', '--path', path.join(dir, 'hosts', '%h', 'images'));
+    assert.notEqual(twin.code, 0);
+    assert.match(twin.stderr, /storage pool 'local' already stores its volumes in/);
     const unreachable = await cli('vm', 'create', 'x1', '--memory', '128', '--disk', '16M,storage=ghost', '--host', 'h2');
     assert.notEqual(unreachable.code, 0);
     assert.match(unreachable.stderr, /host 'h2' cannot reach storage pool 'ghost'/);

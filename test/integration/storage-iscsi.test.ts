@@ -85,7 +85,7 @@ describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
   });
 
   it('each volume gets its own LUN; a deleted volume gives its LUN back, zeroed', async () => {
-    const a = await cli('volume', 'create', 'ia', '--pool', 'iscsi', '--size', '128M');
+    const a = await cli('volume', 'create', 'ia', '--pool', 'iscsi', '--size', '128M', '--format', 'qcow2');
     assert.equal(a.code, 0, a.stderr);
     assert.notEqual(a.json.location, lun, 'a LUN in use is never handed out again');
     const tooBig = await cli('volume', 'create', 'ib', '--pool', 'iscsi', '--size', '1G');

@@ -75,7 +75,7 @@ describe('nfs storage (NFS-Ganesha in the lab, QEMU libnfs)', () => {
     assert.equal((await cli('volume', 'delete', 'nv', '--pool', 'nfs')).code, 0);
     assert.equal(existsSync(path.join(dir, 'san', 'nfs', 'export', 'nv.qcow2')), false);
 
-    await NfsServer.stop(path.join(dir, 'san', 'nfs'));
+    await NfsServer.stop(path.join(dir, 'san', 'nfs'), lab.sanNetns!);
     const list = await cli('storage', 'list');
     for (const host of list.json.hosts) {
       const nfs = host.pools.find((p: { pool: string }) => p.pool === 'nfs');
