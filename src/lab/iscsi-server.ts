@@ -21,6 +21,8 @@ export interface IscsiServerOptions {
   lunMiB: number;
   /** tgtd's management channel (socket /var/run/tgtd/socket.N). */
   controlPort: number;
+  /** The only initiator addresses let in (the hosts; not the guests on the same network). Default: any. */
+  initiators?: string[];
 }
 
 export const TGT_PACKAGES = ['tgt', 'libiscsi-bin'];
@@ -62,7 +64,7 @@ export class IscsiServer {
       await truncate(file, options.lunMiB * 2 ** 20);
       await server.admin(['--mode', 'logicalunit', '--op', 'new', '--tid', '1', '--lun', String(lun), '-b', file]);
     }
-    await server.admin(['--mode', 'target', '--op', 'bind', '--tid', '1', '-I', 'ALL']);
+    for (const initiator of options.initiators ?? ['ALL']) await server.admin(['--mode', 'target', '--op', 'bind', '--tid', '1', '-I', initiator]);
     return server;
   }
 

@@ -221,12 +221,14 @@ async function startStorageServers(lab: LabRecord, kinds: LabStorage[], save: ()
   await plug(lab, lab.sanNetns, 'san0', `${SAN_ADDRESS}/24`, false);
   await ip(lab.sanNetns, 'link', 'set', 'lo', 'up');
   const client = new AgentClient(labContext(lab).agents[0]!, await loadIdentity(path.join(lab.dir, 'admin')), 30_000);
+  // Only the hosts may use the storage: the guests share the lab network with it (Ceph needs cephx keys the guests lack).
+  const hostAddresses = lab.hosts.map((h) => h.address);
   for (const kind of kinds) {
     lab.storage.push(kind);
     await save();
     switch (kind) {
       case 'nfs': {
-        const server = await NfsServer.start({ netns: lab.sanNetns, dir: path.join(lab.dir, 'san', 'nfs'), address: SAN_ADDRESS });
+        const server = await NfsServer.start({ netns: lab.sanNetns, dir: path.join(lab.dir, 'san', 'nfs'), address: SAN_ADDRESS, clients: hostAddresses });
         await client.call('POST', '/v1/storage', { name: 'nfs', type: 'nfs', server: SAN_ADDRESS, export: server.exportPath });
         log(`storage: pool 'nfs' (NFS-Ganesha at nfs://${SAN_ADDRESS}${server.exportPath}, namespace ${lab.sanNetns})`);
         break;
@@ -235,7 +237,7 @@ async function startStorageServers(lab: LabRecord, kinds: LabStorage[], save: ()
         const target = `iqn.2026-11.org.ferry:${lab.prefix}`;
         // tgtd's management socket is machine-wide (/var/run/tgtd): a port per lab keeps labs and a host's own tgtd apart.
         const controlPort = await IscsiServer.freeControlPort(3000 + ([...lab.prefix].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 997, 7)));
-        const server = await IscsiServer.start({ netns: lab.sanNetns, dir: path.join(lab.dir, 'san', 'iscsi'), address: SAN_ADDRESS, target, luns: 8, lunMiB: 256, controlPort });
+        const server = await IscsiServer.start({ netns: lab.sanNetns, dir: path.join(lab.dir, 'san', 'iscsi'), address: SAN_ADDRESS, target, luns: 8, lunMiB: 256, controlPort, initiators: hostAddresses });
         await client.call('POST', '/v1/storage', { name: 'iscsi', type: 'iscsi', portal: server.portal, target });
         log(`storage: pool 'iscsi' (tgt at iscsi://${server.portal}/${target}, 8 LUNs of 256 MiB)`);
         break;

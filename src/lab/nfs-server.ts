@@ -17,6 +17,8 @@ export interface NfsServerOptions {
   dir: string;
   /** The address clients use (for messages and the pool's configuration). */
   address: string;
+  /** The only client addresses served (the hosts; not the guests on the same network). Default: any. */
+  clients?: string[];
 }
 
 export const GANESHA_PACKAGES = ['nfs-ganesha', 'nfs-ganesha-vfs', 'rpcbind'];
@@ -44,9 +46,11 @@ export class NfsServer {
         'NFS_CORE_PARAM { Protocols = 3; Enable_NLM = false; Enable_RQUOTA = false; }',
         `NFSv4 { Graceless = true; RecoveryRoot = ${path.join(options.dir, 'recovery')}; }`,
         'EXPORT {',
-        `  Export_Id = 1; Path = ${exportPath}; Pseudo = /export; Access_Type = RW; Squash = No_Root_Squash;`,
+        `  Export_Id = 1; Path = ${exportPath}; Pseudo = /export; Squash = No_Root_Squash;`,
+        `  Access_Type = ${options.clients ? 'None' : 'RW'};`,
         '  Transports = TCP; Protocols = 3; SecType = sys;',
         '  FSAL { Name = VFS; }',
+        ...(options.clients ? [`  CLIENT { Clients = ${options.clients.join(', ')}; Access_Type = RW; }`] : []),
         '}',
         'LOG { Default_Log_Level = WARN; }',
         '',

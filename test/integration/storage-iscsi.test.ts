@@ -67,6 +67,15 @@ describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
     }
   });
 
+  it('only the hosts may log in to the target, not other machines on the lab network (the guests)', async () => {
+    const fromClient = await run('ip', ['netns', 'exec', lab.clientNetns, 'qemu-img', 'info', `iscsi://10.80.0.8:3260/iqn.2026-11.org.ferry:${lab.prefix}/1`]).then(
+      () => 'logged in',
+      (err: Error) => err.message,
+    );
+    assert.notEqual(fromClient, 'logged in');
+    assert.match(fromClient, /login|authoriz|Failed to connect|not found|iSCSI/i);
+  });
+
   it('no other agent opens the LUN of a VM it does not own', async () => {
     const vm = (await cli('vm', 'show', 'i1')).json;
     assert.equal(vm.owner, 'h1');

@@ -12,6 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { readLab, type LabRecord } from '../../src/lab/lab.ts';
 import { NfsServer } from '../../src/lab/nfs-server.ts';
 import { Probe } from '../../src/lab/probe.ts';
+import { run } from '../../src/util/exec.ts';
 import { ferry } from '../helpers/cli.ts';
 
 describe('nfs storage (NFS-Ganesha in the lab, QEMU libnfs)', () => {
@@ -38,7 +39,12 @@ describe('nfs storage (NFS-Ganesha in the lab, QEMU libnfs)', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it('every host reaches the nfs pool', async () => {
+  it('every host reaches the nfs pool; other machines on the lab network (the guests) do not', async () => {
+    const fromClient = await run('ip', ['netns', 'exec', lab.clientNetns, path.join(process.cwd(), 'tools', 'out', 'ferry-nfs'), 'statvfs', '10.80.0.8', path.join(dir, 'san', 'nfs', 'export')]).then(
+      () => 'served',
+      (err: Error) => err.message,
+    );
+    assert.match(fromClient, /MNT3ERR_ACCES|Permission denied/, 'the export must refuse addresses that are not hosts');
     const list = await cli('storage', 'list');
     assert.equal(list.code, 0, list.stderr);
     for (const host of list.json.hosts) {
