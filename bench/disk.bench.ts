@@ -142,7 +142,9 @@ export async function runDiskBench(options: {
           sample = { totalMs: r.totalMs, downtimeMs: r.downtimeMs ?? 0, ramBytes: r.bytes, diskBytes: r.diskBytes };
         } else {
           const destination = new LocalDestination({ spec, accel: 'tcg', runDir, network: net.attacher, storage: storage[to] });
-          const record = await migrate({ source: new LocalSource(vm, { storage: storage[host] }), destination, params: { policy: 'balanced' } });
+          const source = new LocalSource(vm, { storage: storage[host] });
+          const record = await migrate({ source, destination, params: { policy: 'balanced' } });
+          await source.released; // the stale copy goes after the migration completed: not part of its time
           vm = destination.instance;
           sample = { totalMs: record.totalMs, downtimeMs: record.downtimeMs ?? 0, ramBytes: record.bytes, diskBytes: record.diskBytes };
         }

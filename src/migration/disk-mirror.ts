@@ -11,6 +11,7 @@ import { QmpCommandError } from '../qemu/errors.ts';
 import type { DiskProgress, NbdTargets } from './sides.ts';
 
 const JOB_PREFIX = 'ferry-mirror-';
+const MIRROR_BUFFER_BYTES = 64 * 2 ** 20;
 /**
  * How long completing in-sync mirrors may take in the pause (it takes a few ms): beyond it the
  * destination is unreachable, and the migration is cancelled rather than the guest kept paused.
@@ -52,6 +53,8 @@ export async function startMirrors(qmp: QmpClient, targets: NbdTargets, tlsObjec
       // Keep a failed job around so its error can be read (query-block-jobs), then dismiss it.
       'auto-dismiss': false,
       ...(speed ? { speed } : {}),
+      // 64 MiB of copy buffer instead of QEMU's default: the 1 GiB disk benchmark went from 2.6-2.9 s to 2.3-2.4 s.
+      'buf-size': MIRROR_BUFFER_BYTES,
     });
   }
 }

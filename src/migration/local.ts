@@ -56,6 +56,8 @@ export interface LocalSourceOptions {
   tls?: StreamTls;
   /** This host's storage pools: needed for a VM with disks. */
   storage?: StorageCatalog;
+  /** Where to say that a stale copy could not be removed after the migration. */
+  log?: (line: string) => void;
 }
 
 export class LocalSource implements SourceSide {
@@ -222,12 +224,24 @@ export class LocalSource implements SourceSide {
     }
   }
 
+  /**
+   * Settles when this host's stale copies of the migrated disks are removed. That happens after
+   * retire() returns: the migration is complete by then, and deleting a large image takes a while.
+   */
+  released: Promise<void> = Promise.resolve();
+
   async retire(): Promise<void> {
     await this.instance.stop({ powerdownTimeoutMs: 0 });
     // The destination holds the disks now; this host's copies are stale.
-    for (const disk of this.spec.disks ?? []) {
-      if (this.copied.includes(disk.id)) await this.options.storage?.get(disk.pool).releaseAfterMigration(volumeOf(disk));
-    }
+    const stale = (this.spec.disks ?? []).filter((disk) => this.copied.includes(disk.id));
+    this.released = (async () => {
+      for (const disk of stale) {
+        await this.options.storage
+          ?.get(disk.pool)
+          .releaseAfterMigration(volumeOf(disk))
+          .catch((err: Error) => this.options.log?.(`warning: the stale copy of ${disk.pool}/${disk.volume} on this host could not be removed: ${err.message}`));
+      }
+    })();
   }
 }
 

@@ -84,13 +84,15 @@ describe('disks: live migration with shared-dir and local storage', () => {
 
     async migrateTo(to: Host, extra: { params?: Parameters<typeof migrate>[0]['params']; signal?: AbortSignal; onProgress?: (p: MigrationProgress, d: LocalDestination) => void } = {}): Promise<MigrationRecord> {
       const destination = new LocalDestination({ spec: this.vm.spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher, storage: storage[to] });
+      const source = new LocalSource(this.vm, { storage: storage[this.host] });
       const record = await migrate({
-        source: new LocalSource(this.vm, { storage: storage[this.host] }),
+        source,
         destination,
         ...(extra.params ? { params: extra.params } : {}),
         ...(extra.signal ? { signal: extra.signal } : {}),
         ...(extra.onProgress ? { onProgress: (p) => extra.onProgress!(p, destination) } : {}),
       });
+      await source.released; // the stale copy goes after the migration completed
       this.vm = destination.instance;
       this.host = to;
       return record;
