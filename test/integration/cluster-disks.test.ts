@@ -6,47 +6,19 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, rename, rm } from 'node:fs/promises';
-import os from 'node:os';
+import { readdir, rename } from 'node:fs/promises';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { readLab, type LabRecord } from '../../src/lab/lab.ts';
-import { Probe } from '../../src/lab/probe.ts';
+import { describe, it } from 'node:test';
 import { run } from '../../src/util/exec.ts';
-import { ferry } from '../helpers/cli.ts';
+import { assertDiskVerifies as diskVerifies, useLab } from '../helpers/lab.ts';
 
 describe('disks end to end (3-host lab, sqlite store)', () => {
-  let dir: string;
-  let env: Record<string, string>;
-  let lab: LabRecord;
-  let probe: Probe;
-  const cli = (...args: string[]) => ferry(env, ...args, '--json');
-  const images = (host: string) => path.join(dir, 'hosts', host, 'images');
-
-  before(async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-lab-disks-'));
-    env = { FERRY_LAB_DIR: dir, FERRY_CONTEXT: path.join(dir, 'context.json'), FERRY_LAB_PREFIX: `fd${process.pid % 10000}`, FERRY_LAB_HOST_MEMORY: '768' };
-    const up = await cli('lab', 'up', '--hosts', '3');
-    assert.equal(up.code, 0, up.stderr);
-    lab = (await readLab(dir))!;
-    probe = await Probe.start(lab.clientNetns);
-  });
-
-  after(async () => {
-    await probe?.close();
-    const down = await ferry(env, 'lab', 'down');
-    assert.equal(down.code, 0, down.stderr);
-    await rm(dir, { recursive: true, force: true });
-  });
+  const suite = useLab('disks', []);
+  const cli = suite.cli;
+  const images = (host: string) => path.join(suite.dir, 'hosts', host, 'images');
 
   async function assertDiskVerifies(vm: string, writesBefore: number): Promise<number> {
-    const ip = (await cli('vm', 'show', vm)).json.ip as string;
-    const stats = await probe.diskcheckStats(ip);
-    assert.equal(stats.errors, 0, `${vm}: the guest saw ${stats.errors} failed disk writes`);
-    assert.ok(stats.writes > writesBefore, `${vm}: diskcheck stopped writing`);
-    const verdict = await probe.diskcheckVerify(ip);
-    assert.deepEqual({ lost: verdict.lost, torn: verdict.torn, foreign: verdict.foreign }, { lost: 0, torn: 0, foreign: 0 }, `${vm}: first bad block ${verdict.firstBadBlock}`);
-    return stats.writes;
+    return diskVerifies(suite.probe, (await cli('vm', 'show', vm)).json.ip as string, writesBefore, vm);
   }
 
   it('the lab has a shared and a local pool that every host reaches', async () => {
@@ -98,7 +70,7 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
     assert.match(inUse.stderr, /volume 'd1-disk0' is attached to VM 'd1'/);
 
     assert.equal((await cli('storage', 'add', 'ghost', '--type', 'local', '--path', '/nonexistent/ferry-%h')).code, 0);
-    const twin = await cli('storage', 'add', 'twin', '--type', 'local', '--path', path.join(dir, 'hosts', '%h', 'images'));
+    const twin = await cli('storage', 'add', 'twin', '--type', 'local', '--path', path.join(suite.dir, 'hosts', '%h', 'images'));
     assert.notEqual(twin.code, 0);
     assert.match(twin.stderr, /storage pool 'local' already stores its volumes in/);
     const unreachable = await cli('vm', 'create', 'x1', '--memory', '128', '--disk', '16M,storage=ghost', '--host', 'h2');
@@ -130,7 +102,7 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
 
     // A destination without room: h2's pool directory becomes a 32 MiB filesystem, mounted where
     // h2's agent (and the QEMUs it starts) see it: in its own mount namespace.
-    const h2 = lab.hosts.find((h) => h.name === 'h2')!.pid!;
+    const h2 = suite.lab.hosts.find((h) => h.name === 'h2')!.pid!;
     const inH2 = (...argv: string[]) => run('nsenter', ['--target', String(h2), '--mount', ...argv]);
     await inH2('mount', '-t', 'tmpfs', '-o', 'size=32m', 'tmpfs', images('h2'));
     try {

@@ -5,44 +5,22 @@
  * of a VM it does not own.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import os from 'node:os';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { AgentClient } from '../../src/agent/client.ts';
 import { loadIdentity } from '../../src/cluster/pki.ts';
-import { readLab, type LabRecord } from '../../src/lab/lab.ts';
-import { Probe } from '../../src/lab/probe.ts';
 import { run } from '../../src/util/exec.ts';
-import { ferry } from '../helpers/cli.ts';
+import { assertDiskVerifies, useLab } from '../helpers/lab.ts';
 
 describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
-  let dir: string;
-  let env: Record<string, string>;
-  let lab: LabRecord;
-  let probe: Probe;
-  const cli = (...args: string[]) => ferry(env, ...args, '--json');
+  const suite = useLab('iscsi', ['--storage', 'iscsi']);
+  const cli = suite.cli;
   const agent = async (host: string) =>
-    new AgentClient({ name: host, url: '', socket: path.join(dir, 'hosts', host, 'agent.sock') }, await loadIdentity(path.join(dir, 'admin')));
+    new AgentClient({ name: host, url: '', socket: path.join(suite.dir, 'hosts', host, 'agent.sock') }, await loadIdentity(path.join(suite.dir, 'admin')));
   /** QEMU processes (any host) that have LUN `lun` of the lab's target open. */
   const openers = async (lun: string) =>
     (await run('pgrep', ['-f', `"driver":"iscsi".*"lun":${lun}[,}]`]).catch(() => '')).split('\n').filter(Boolean).length;
-
-  before(async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-lab-iscsi-'));
-    env = { FERRY_LAB_DIR: dir, FERRY_CONTEXT: path.join(dir, 'context.json'), FERRY_LAB_PREFIX: `fi${process.pid % 10000}`, FERRY_LAB_HOST_MEMORY: '768' };
-    const up = await cli('lab', 'up', '--hosts', '3', '--storage', 'iscsi');
-    assert.equal(up.code, 0, up.stderr);
-    lab = (await readLab(dir))!;
-    probe = await Probe.start(lab.clientNetns);
-  });
-
-  after(async () => {
-    await probe?.close();
-    const down = await ferry(env, 'lab', 'down');
-    assert.equal(down.code, 0, down.stderr);
-    await rm(dir, { recursive: true, force: true });
-  });
 
   let lun = '';
   it('a VM on a LUN migrates around the hosts; only RAM moves, the disk verifies after every hop, one QEMU has the LUN open', async (t) => {
@@ -56,19 +34,14 @@ describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
       const result = await cli('vm', 'migrate', 'i1', '--to', to);
       assert.equal(result.code, 0, result.stderr);
       assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'shared' }]);
-      const stats = await probe.diskcheckStats(ip);
-      assert.equal(stats.errors, 0);
-      assert.ok(stats.writes > writes);
-      writes = stats.writes;
-      const verdict = await probe.diskcheckVerify(ip);
-      assert.deepEqual({ lost: verdict.lost, torn: verdict.torn, foreign: verdict.foreign }, { lost: 0, torn: 0, foreign: 0 });
+      writes = await assertDiskVerifies(suite.probe, ip, writes);
       assert.equal(await openers(lun), 1, 'exactly one QEMU may have the LUN open');
       t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms`);
     }
   });
 
   it('only the hosts may log in to the target, not other machines on the lab network (the guests)', async () => {
-    const fromClient = await run('ip', ['netns', 'exec', lab.clientNetns, 'qemu-img', 'info', `iscsi://10.80.0.8:3260/iqn.2026-11.org.ferry:${lab.prefix}/1`]).then(
+    const fromClient = await run('ip', ['netns', 'exec', suite.lab.clientNetns, 'qemu-img', 'info', `iscsi://10.80.0.8:3260/iqn.2026-11.org.ferry:${suite.lab.prefix}/1`]).then(
       () => 'logged in',
       (err: Error) => err.message,
     );
@@ -100,7 +73,7 @@ describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
     const tooBig = await cli('volume', 'create', 'ib', '--pool', 'iscsi', '--size', '1G');
     assert.notEqual(tooBig.code, 0);
     assert.match(tooBig.stderr, /storage pool 'iscsi' .* needs 1.00 GiB/);
-    const backing = path.join(dir, 'san', 'iscsi', `lun${a.json.location}.img`);
+    const backing = path.join(suite.dir, 'san', 'iscsi', `lun${a.json.location}.img`);
     assert.equal((await readFile(backing)).subarray(0, 4).toString('latin1'), 'QFI\xfb', 'the new volume is a qcow2 image on its LUN');
     assert.equal((await cli('volume', 'delete', 'ia', '--pool', 'iscsi')).code, 0);
     assert.ok((await readFile(backing)).subarray(0, 1024 * 1024).every((b) => b === 0), 'a deleted volume leaves its LUN zeroed');

@@ -5,42 +5,18 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { readLab, type LabRecord } from '../../src/lab/lab.ts';
+import { describe, it } from 'node:test';
 import { NfsServer } from '../../src/lab/nfs-server.ts';
-import { Probe } from '../../src/lab/probe.ts';
 import { run } from '../../src/util/exec.ts';
-import { ferry } from '../helpers/cli.ts';
+import { assertDiskVerifies, useLab } from '../helpers/lab.ts';
 
 describe('nfs storage (NFS-Ganesha in the lab, QEMU libnfs)', () => {
-  let dir: string;
-  let env: Record<string, string>;
-  let lab: LabRecord;
-  let probe: Probe;
-  const cli = (...args: string[]) => ferry(env, ...args, '--json');
-
-  before(async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-lab-nfs-'));
-    env = { FERRY_LAB_DIR: dir, FERRY_CONTEXT: path.join(dir, 'context.json'), FERRY_LAB_PREFIX: `fn${process.pid % 10000}`, FERRY_LAB_HOST_MEMORY: '768' };
-    const up = await cli('lab', 'up', '--hosts', '3', '--storage', 'nfs');
-    assert.equal(up.code, 0, up.stderr);
-    lab = (await readLab(dir))!;
-    probe = await Probe.start(lab.clientNetns);
-  });
-
-  after(async () => {
-    await probe?.close();
-    const down = await ferry(env, 'lab', 'down');
-    assert.equal(down.code, 0, down.stderr);
-    assert.equal(existsSync(dir), false, 'lab down removes the NFS export with the lab');
-    await rm(dir, { recursive: true, force: true });
-  });
+  const suite = useLab('nfs', ['--storage', 'nfs']);
+  const cli = suite.cli;
 
   it('every host reaches the nfs pool; other machines on the lab network (the guests) do not', async () => {
-    const fromClient = await run('ip', ['netns', 'exec', lab.clientNetns, path.join(process.cwd(), 'tools', 'out', 'ferry-nfs'), 'statvfs', '10.80.0.8', path.join(dir, 'san', 'nfs', 'export')]).then(
+    const fromClient = await run('ip', ['netns', 'exec', suite.lab.clientNetns, path.join(process.cwd(), 'tools', 'out', 'ferry-nfs'), 'statvfs', '10.80.0.8', path.join(suite.dir, 'san', 'nfs', 'export')]).then(
       () => 'served',
       (err: Error) => err.message,
     );
@@ -57,7 +33,7 @@ describe('nfs storage (NFS-Ganesha in the lab, QEMU libnfs)', () => {
   it('a VM on nfs migrates around the hosts; only RAM moves, the disk verifies after every hop', async (t) => {
     const created = await cli('vm', 'create', 'n1', '--memory', '192', '--memcheck', '16', '--disk', '64M,storage=nfs', '--diskcheck', '40', '--host', 'h1');
     assert.equal(created.code, 0, created.stderr);
-    assert.ok(existsSync(path.join(dir, 'san', 'nfs', 'export', 'n1-disk0.qcow2')), 'the image lives on the NFS server');
+    assert.ok(existsSync(path.join(suite.dir, 'san', 'nfs', 'export', 'n1-disk0.qcow2')), 'the image lives on the NFS server');
     const ip = created.json.ip as string;
     let writes = 0;
     for (const to of ['h2', 'h3', 'h1']) {
@@ -65,23 +41,18 @@ describe('nfs storage (NFS-Ganesha in the lab, QEMU libnfs)', () => {
       assert.equal(result.code, 0, result.stderr);
       assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'shared' }]);
       assert.equal(result.json.diskBytes, 0);
-      const stats = await probe.diskcheckStats(ip);
-      assert.equal(stats.errors, 0);
-      assert.ok(stats.writes > writes, 'diskcheck keeps writing');
-      writes = stats.writes;
-      const verdict = await probe.diskcheckVerify(ip);
-      assert.deepEqual({ lost: verdict.lost, torn: verdict.torn, foreign: verdict.foreign }, { lost: 0, torn: 0, foreign: 0 });
+      writes = await assertDiskVerifies(suite.probe, ip, writes);
       t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms`);
     }
   });
 
   it('volumes are made and removed on the server; a server that is down is reported per host', async () => {
     assert.equal((await cli('volume', 'create', 'nv', '--pool', 'nfs', '--size', '16M')).code, 0);
-    assert.ok(existsSync(path.join(dir, 'san', 'nfs', 'export', 'nv.qcow2')));
+    assert.ok(existsSync(path.join(suite.dir, 'san', 'nfs', 'export', 'nv.qcow2')));
     assert.equal((await cli('volume', 'delete', 'nv', '--pool', 'nfs')).code, 0);
-    assert.equal(existsSync(path.join(dir, 'san', 'nfs', 'export', 'nv.qcow2')), false);
+    assert.equal(existsSync(path.join(suite.dir, 'san', 'nfs', 'export', 'nv.qcow2')), false);
 
-    await NfsServer.stop(path.join(dir, 'san', 'nfs'), lab.sanNetns!);
+    await NfsServer.stop(path.join(suite.dir, 'san', 'nfs'), suite.lab.sanNetns!);
     const list = await cli('storage', 'list');
     for (const host of list.json.hosts) {
       const nfs = host.pools.find((p: { pool: string }) => p.pool === 'nfs');

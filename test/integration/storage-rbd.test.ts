@@ -4,39 +4,16 @@
  * librbd on each host, a VM whose diskcheck keeps writing migrated around.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { readLab, type LabRecord } from '../../src/lab/lab.ts';
-import { Probe } from '../../src/lab/probe.ts';
+import { describe, it } from 'node:test';
 import { run } from '../../src/util/exec.ts';
-import { ferry } from '../helpers/cli.ts';
+import { assertDiskVerifies, useLab } from '../helpers/lab.ts';
 
 describe('rbd storage (Ceph in the lab, QEMU librbd)', () => {
-  let dir: string;
-  let env: Record<string, string>;
-  let lab: LabRecord;
-  let probe: Probe;
-  const cli = (...args: string[]) => ferry(env, ...args, '--json');
+  const suite = useLab('rbd', ['--storage', 'rbd']);
+  const cli = suite.cli;
   const rbdLs = async () =>
-    JSON.parse(await run('ip', ['netns', 'exec', lab.sanNetns!, 'rbd', '-c', path.join(dir, 'san', 'ceph', 'ceph.conf'), 'ls', 'rbd', '--format', 'json'])) as string[];
-
-  before(async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-lab-rbd-'));
-    env = { FERRY_LAB_DIR: dir, FERRY_CONTEXT: path.join(dir, 'context.json'), FERRY_LAB_PREFIX: `fr${process.pid % 10000}`, FERRY_LAB_HOST_MEMORY: '768' };
-    const up = await cli('lab', 'up', '--hosts', '3', '--storage', 'rbd');
-    assert.equal(up.code, 0, up.stderr);
-    lab = (await readLab(dir))!;
-    probe = await Probe.start(lab.clientNetns);
-  });
-
-  after(async () => {
-    await probe?.close();
-    const down = await ferry(env, 'lab', 'down');
-    assert.equal(down.code, 0, down.stderr);
-    await rm(dir, { recursive: true, force: true });
-  });
+    JSON.parse(await run('ip', ['netns', 'exec', suite.lab.sanNetns!, 'rbd', '-c', path.join(suite.dir, 'san', 'ceph', 'ceph.conf'), 'ls', 'rbd', '--format', 'json'])) as string[];
 
   it('every host reaches the rbd pool (cephx)', async () => {
     const list = await cli('storage', 'list');
@@ -58,12 +35,7 @@ describe('rbd storage (Ceph in the lab, QEMU librbd)', () => {
       const result = await cli('vm', 'migrate', 'r1', '--to', to);
       assert.equal(result.code, 0, result.stderr);
       assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'shared' }]);
-      const stats = await probe.diskcheckStats(ip);
-      assert.equal(stats.errors, 0);
-      assert.ok(stats.writes > writes);
-      writes = stats.writes;
-      const verdict = await probe.diskcheckVerify(ip);
-      assert.deepEqual({ lost: verdict.lost, torn: verdict.torn, foreign: verdict.foreign }, { lost: 0, torn: 0, foreign: 0 });
+      writes = await assertDiskVerifies(suite.probe, ip, writes);
       t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms`);
     }
   });

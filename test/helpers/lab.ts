@@ -1,0 +1,74 @@
+/** A 3-host lab for an end-to-end suite: brought up before its tests, taken down after, driven through `ferry`. */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before } from 'node:test';
+import { readLab, type LabRecord } from '../../src/lab/lab.ts';
+import { Probe } from '../../src/lab/probe.ts';
+import { ferry, type CliResult } from './cli.ts';
+
+export interface SuiteLab {
+  /** The lab's directory (FERRY_LAB_DIR). */
+  readonly dir: string;
+  readonly env: Record<string, string>;
+  readonly lab: LabRecord;
+  /** A probe in the lab's client namespace. */
+  readonly probe: Probe;
+  /** `ferry ARGS --json` against this lab. */
+  cli(...args: string[]): Promise<CliResult>;
+}
+
+/**
+ * Registers before/after hooks on the calling suite: `ferry lab up --hosts 3 EXTRA...` with a
+ * namespace prefix of its own (tag + pid), and `ferry lab down`, which must succeed.
+ */
+export function useLab(tag: string, extraUpArgs: string[] = []): SuiteLab {
+  const state = {} as { dir: string; env: Record<string, string>; lab: LabRecord; probe: Probe };
+  const suite: SuiteLab = {
+    get dir() {
+      return state.dir;
+    },
+    get env() {
+      return state.env;
+    },
+    get lab() {
+      return state.lab;
+    },
+    get probe() {
+      return state.probe;
+    },
+    cli: (...args) => ferry(state.env, ...args, '--json'),
+  };
+  before(async () => {
+    state.dir = await mkdtemp(path.join(os.tmpdir(), `ferry-lab-${tag}-`));
+    state.env = { FERRY_LAB_DIR: state.dir, FERRY_CONTEXT: path.join(state.dir, 'context.json'), FERRY_LAB_PREFIX: `f${tag.slice(0, 2)}${process.pid % 10000}`, FERRY_LAB_HOST_MEMORY: '768' };
+    const up = await suite.cli('lab', 'up', '--hosts', '3', ...extraUpArgs);
+    assert.equal(up.code, 0, up.stderr);
+    state.lab = (await readLab(state.dir))!;
+    state.probe = await Probe.start(state.lab.clientNetns);
+  });
+  after(async () => {
+    await state.probe?.close();
+    const down = await ferry(state.env, 'lab', 'down');
+    assert.equal(down.code, 0, down.stderr);
+    assert.equal(existsSync(state.dir), false, 'lab down removes everything the lab made (its storage servers\' data too)');
+    await rm(state.dir, { recursive: true, force: true });
+  });
+  return suite;
+}
+
+/** What a user checks of a disk: the guest's diskcheck kept writing without errors, and the disk reads back intact. Returns its write count. */
+export async function assertDiskVerifies(probe: Probe, ip: string, writesBefore: number, what = 'the guest'): Promise<number> {
+  const stats = await probe.diskcheckStats(ip);
+  assert.equal(stats.errors, 0, `${what} saw ${stats.errors} failed disk writes`);
+  assert.ok(stats.writes > writesBefore, `${what}: diskcheck stopped writing (${writesBefore} -> ${stats.writes} writes)`);
+  const verdict = await probe.diskcheckVerify(ip);
+  assert.deepEqual(
+    { lost: verdict.lost, torn: verdict.torn, foreign: verdict.foreign },
+    { lost: 0, torn: 0, foreign: 0 },
+    `${what}: the disk does not verify (first bad block ${verdict.firstBadBlock})`,
+  );
+  return stats.writes;
+}
