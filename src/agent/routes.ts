@@ -47,6 +47,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         const ip = (body['ip'] as string | undefined) ?? (await allocateIp(ctx, cluster));
         const net = cluster.guestNetwork;
         const diskRequests = (body['disks'] as DiskRequest[] | undefined) ?? [];
+        const pools = diskRequests.length ? await state.pools() : [];
         const diskcheck = body['diskcheckRate'] !== undefined ? { ratePerSec: Number(body['diskcheckRate']) } : undefined;
         if (diskcheck && !diskRequests.length) throw new RefusedError('diskcheck needs a disk; give the VM one with --disk SIZE');
         const spec = makeVmSpec({
@@ -62,7 +63,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
             ...(diskcheck ? { diskcheck } : {}),
           }),
           nics: [{ mac: macFor(uuid, 0), model: 'virtio-net-pci', backend: { kind: 'bridge', bridge: node.bridge } }],
-          disks: await Promise.all(diskRequests.map(async (d, i) => diskSpec(name, i, d, await state.pools()))),
+          disks: diskRequests.map((d, i) => diskSpec(name, i, d, pools)),
         });
         await requireRoom(ctx, node.name, memoryMiB, name);
         if ((await state.vm(name)) !== undefined) throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);

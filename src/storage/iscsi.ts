@@ -33,8 +33,8 @@ export class IscsiDriver implements StorageDriver {
     return volume.location;
   }
 
-  /** The target's disk LUNs and their sizes, as an initiator sees them. */
-  async luns(): Promise<Lun[]> {
+  /** The target's disk LUN numbers, as an initiator sees them (one login). */
+  private async lunNumbers(): Promise<number[]> {
     let listing: string;
     try {
       listing = await run('iscsi-ls', ['-s', `iscsi://${this.config.portal}/`], { timeoutMs: 15_000 });
@@ -43,11 +43,13 @@ export class IscsiDriver implements StorageDriver {
     }
     const section = listing.split(/^Target:/m).find((t) => t.startsWith(this.config.target + ' '));
     if (!section) throw new PoolUnreachableError(this.config.name, this.host, `the portal ${this.config.portal} does not offer target ${this.config.target}`);
+    return [...section.matchAll(/Lun:(\d+)\s+Type:DIRECT_ACCESS/g)].map((m) => Number(m[1]));
+  }
+
+  /** The disk LUNs with their exact sizes (read raw: a guest's data in a LUN says nothing about its size). */
+  async luns(): Promise<Lun[]> {
     const luns: Lun[] = [];
-    for (const m of section.matchAll(/Lun:(\d+)\s+Type:DIRECT_ACCESS/g)) {
-      const lun = Number(m[1]);
-      luns.push({ lun, sizeBytes: (await imageInfo(this.url(lun), 'raw')).virtualSize });
-    }
+    for (const lun of await this.lunNumbers()) luns.push({ lun, sizeBytes: (await imageInfo(this.url(lun), 'raw')).virtualSize });
     return luns;
   }
 
@@ -75,7 +77,7 @@ export class IscsiDriver implements StorageDriver {
 
   async exists(volume: VolumeSpec): Promise<boolean> {
     if (!volume.location) return false;
-    return (await this.luns()).some((l) => String(l.lun) === volume.location);
+    return (await this.lunNumbers()).some((lun) => String(lun) === volume.location);
   }
 
   async usage(volume: VolumeSpec): Promise<VolumeUsage> {

@@ -59,6 +59,29 @@ export function useLab(tag: string, extraUpArgs: string[] = []): SuiteLab {
   return suite;
 }
 
+/**
+ * A VM on shared storage migrated h1 → h2 → h3 → h1 (it must start on h1): after every hop only RAM
+ * moved and its disk verifies; `afterHop` adds the driver's own checks.
+ */
+export async function migrateAroundOnSharedStorage(
+  suite: SuiteLab,
+  vm: string,
+  ip: string,
+  t: { diagnostic(message: string): void },
+  afterHop: () => Promise<void> = async () => undefined,
+): Promise<void> {
+  let writes = 0;
+  for (const to of ['h2', 'h3', 'h1']) {
+    const result = await suite.cli('vm', 'migrate', vm, '--to', to);
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'shared' }]);
+    assert.equal(result.json.diskBytes, 0, 'shared storage: no disk bytes copied');
+    writes = await assertDiskVerifies(suite.probe, ip, writes, vm);
+    await afterHop();
+    t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms`);
+  }
+}
+
 /** What a user checks of a disk: the guest's diskcheck kept writing without errors, and the disk reads back intact. Returns its write count. */
 export async function assertDiskVerifies(probe: Probe, ip: string, writesBefore: number, what = 'the guest'): Promise<number> {
   const stats = await probe.diskcheckStats(ip);

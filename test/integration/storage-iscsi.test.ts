@@ -11,7 +11,7 @@ import { describe, it } from 'node:test';
 import { AgentClient } from '../../src/agent/client.ts';
 import { loadIdentity } from '../../src/cluster/pki.ts';
 import { run } from '../../src/util/exec.ts';
-import { assertDiskVerifies, useLab } from '../helpers/lab.ts';
+import { migrateAroundOnSharedStorage, useLab } from '../helpers/lab.ts';
 
 describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
   const suite = useLab('iscsi', ['--storage', 'iscsi']);
@@ -29,15 +29,7 @@ describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
     lun = created.json.spec.disks[0].location;
     assert.match(lun, /^[1-8]$/, 'the volume was given a LUN');
     const ip = created.json.ip as string;
-    let writes = 0;
-    for (const to of ['h2', 'h3', 'h1']) {
-      const result = await cli('vm', 'migrate', 'i1', '--to', to);
-      assert.equal(result.code, 0, result.stderr);
-      assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'shared' }]);
-      writes = await assertDiskVerifies(suite.probe, ip, writes);
-      assert.equal(await openers(lun), 1, 'exactly one QEMU may have the LUN open');
-      t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms`);
-    }
+    await migrateAroundOnSharedStorage(suite, 'i1', ip, t, async () => assert.equal(await openers(lun), 1, 'exactly one QEMU may have the LUN open'));
   });
 
   it('only the hosts may log in to the target, not other machines on the lab network (the guests)', async () => {

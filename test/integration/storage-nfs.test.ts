@@ -9,7 +9,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { NfsServer } from '../../src/lab/nfs-server.ts';
 import { run } from '../../src/util/exec.ts';
-import { assertDiskVerifies, useLab } from '../helpers/lab.ts';
+import { migrateAroundOnSharedStorage, useLab } from '../helpers/lab.ts';
 
 describe('nfs storage (NFS-Ganesha in the lab, QEMU libnfs)', () => {
   const suite = useLab('nfs', ['--storage', 'nfs']);
@@ -35,15 +35,7 @@ describe('nfs storage (NFS-Ganesha in the lab, QEMU libnfs)', () => {
     assert.equal(created.code, 0, created.stderr);
     assert.ok(existsSync(path.join(suite.dir, 'san', 'nfs', 'export', 'n1-disk0.qcow2')), 'the image lives on the NFS server');
     const ip = created.json.ip as string;
-    let writes = 0;
-    for (const to of ['h2', 'h3', 'h1']) {
-      const result = await cli('vm', 'migrate', 'n1', '--to', to);
-      assert.equal(result.code, 0, result.stderr);
-      assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'shared' }]);
-      assert.equal(result.json.diskBytes, 0);
-      writes = await assertDiskVerifies(suite.probe, ip, writes);
-      t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms`);
-    }
+    await migrateAroundOnSharedStorage(suite, 'n1', ip, t);
   });
 
   it('volumes are made and removed on the server; a server that is down is reported per host', async () => {

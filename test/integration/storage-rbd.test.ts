@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { run } from '../../src/util/exec.ts';
-import { assertDiskVerifies, useLab } from '../helpers/lab.ts';
+import { migrateAroundOnSharedStorage, useLab } from '../helpers/lab.ts';
 
 describe('rbd storage (Ceph in the lab, QEMU librbd)', () => {
   const suite = useLab('rbd', ['--storage', 'rbd']);
@@ -30,14 +30,7 @@ describe('rbd storage (Ceph in the lab, QEMU librbd)', () => {
     assert.equal(created.json.spec.disks[0].format, 'raw');
     assert.deepEqual(await rbdLs(), ['r1-disk0']);
     const ip = created.json.ip as string;
-    let writes = 0;
-    for (const to of ['h2', 'h3', 'h1']) {
-      const result = await cli('vm', 'migrate', 'r1', '--to', to);
-      assert.equal(result.code, 0, result.stderr);
-      assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'shared' }]);
-      writes = await assertDiskVerifies(suite.probe, ip, writes);
-      t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms`);
-    }
+    await migrateAroundOnSharedStorage(suite, 'r1', ip, t);
   });
 
   it('volumes are RBD images: made, refused as qcow2, removed', async () => {
