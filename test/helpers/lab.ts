@@ -76,22 +76,33 @@ export async function migrateAroundOnSharedStorage(
     assert.equal(result.code, 0, result.stderr);
     assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'shared' }]);
     assert.equal(result.json.diskBytes, 0, 'shared storage: no disk bytes copied');
-    writes = await assertDiskVerifies(suite.probe, ip, writes, vm);
+    writes = await assertDiskVerifies(suite, vm, writes, ip);
     await afterHop();
     t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms`);
   }
 }
 
-/** What a user checks of a disk: the guest's diskcheck kept writing without errors, and the disk reads back intact. Returns its write count. */
-export async function assertDiskVerifies(probe: Probe, ip: string, writesBefore: number, what = 'the guest'): Promise<number> {
-  const stats = await probe.diskcheckStats(ip);
-  assert.equal(stats.errors, 0, `${what} saw ${stats.errors} failed disk writes`);
-  assert.ok(stats.writes > writesBefore, `${what}: diskcheck stopped writing (${writesBefore} -> ${stats.writes} writes)`);
-  const verdict = await probe.diskcheckVerify(ip);
-  assert.deepEqual(
-    { lost: verdict.lost, torn: verdict.torn, foreign: verdict.foreign },
-    { lost: 0, torn: 0, foreign: 0 },
-    `${what}: the disk does not verify (first bad block ${verdict.firstBadBlock})`,
-  );
-  return stats.writes;
+/**
+ * What a user checks of a disk: the guest's diskcheck kept writing without errors, and the disk
+ * reads back intact. Returns its write count. On failure the message carries the end of the
+ * guest's serial console (a kernel panic and reboot shows there).
+ */
+export async function assertDiskVerifies(suite: SuiteLab, vm: string, writesBefore: number, ip?: string): Promise<number> {
+  const address = ip ?? ((await suite.cli('vm', 'show', vm)).json.ip as string);
+  try {
+    const stats = await suite.probe.diskcheckStats(address);
+    assert.equal(stats.errors, 0, `${vm} saw ${stats.errors} failed disk writes`);
+    assert.ok(stats.writes > writesBefore, `${vm}: diskcheck stopped writing or restarted (${writesBefore} -> ${stats.writes} writes)`);
+    const verdict = await suite.probe.diskcheckVerify(address);
+    assert.deepEqual(
+      { lost: verdict.lost, torn: verdict.torn, foreign: verdict.foreign },
+      { lost: 0, torn: 0, foreign: 0 },
+      `${vm}: the disk does not verify (first bad block ${verdict.firstBadBlock})`,
+    );
+    return stats.writes;
+  } catch (err) {
+    const consoleLog: string = (await suite.cli('vm', 'console', vm)).json?.log ?? '(console not available)';
+    (err as Error).message += `\n--- ${vm}'s serial console since its last start (last 3000 characters) ---\n${consoleLog.slice(-3000)}`;
+    throw err;
+  }
 }

@@ -18,7 +18,7 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
   const images = (host: string) => path.join(suite.dir, 'hosts', host, 'images');
 
   async function assertDiskVerifies(vm: string, writesBefore: number): Promise<number> {
-    return diskVerifies(suite.probe, (await cli('vm', 'show', vm)).json.ip as string, writesBefore, vm);
+    return diskVerifies(suite, vm, writesBefore);
   }
 
   it('the lab has a shared and a local pool that every host reaches', async () => {
