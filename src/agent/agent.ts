@@ -11,6 +11,7 @@ import { loadClusterConfig, openStore, type ClusterConfig, type NodeConfig } fro
 import type { AgentContext } from './context.ts';
 import { IncomingMigrations } from './incoming.ts';
 import { reconcile } from './reconcile.ts';
+import { ReplicationManager } from './replication.ts';
 import { routes } from './routes.ts';
 import { LocalRuntime } from './runtime.ts';
 import { serve } from './server.ts';
@@ -26,9 +27,11 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   const store = openStore(cluster.store, identity);
   const log = (line: string) => console.log(`${new Date().toISOString()} ${node.name}: ${line}`);
   const runtime = new LocalRuntime(node.stateDir, node.runDir, new BridgeTapAttacher(node.netns), log);
-  const ctx: AgentContext = { node, identity, state: new ClusterState(store), runtime, log };
+  const ctx = { node, identity, state: new ClusterState(store), runtime, log } as AgentContext;
+  ctx.replication = new ReplicationManager(ctx);
 
   await reconcile(ctx);
+  ctx.replication.start();
   const membership = await keepMembership(ctx, store);
   const servers = await serve(ctx, routes(ctx, new IncomingMigrations(ctx), cluster));
   log(`agent up at https://${node.address}:${node.port}${node.socket ? ` and ${node.socket}` : ''} (store: ${cluster.store.kind})`);
@@ -36,6 +39,7 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
     ctx,
     async stop() {
       membership.stop();
+      await ctx.replication.stop();
       for (const s of servers) s.close();
       await runtime.shutdownAll();
       await store.close();

@@ -5,6 +5,7 @@ import { AgentClient } from './client.ts';
 import type { NodeConfig } from './config.ts';
 import { NotFoundError, RefusedError, StaleTokenError } from './errors.ts';
 import type { LocalRuntime } from './runtime.ts';
+import type { ReplicationManager } from './replication.ts';
 import type { OwnedVm } from '../cluster/model.ts';
 import { StorageCatalog } from '../storage/registry.ts';
 
@@ -13,6 +14,8 @@ export interface AgentContext {
   identity: Identity;
   state: ClusterState;
   runtime: LocalRuntime;
+  /** Replicated volumes on this host: exports, replication jobs, their handover in migrations. */
+  replication: ReplicationManager;
   log: (line: string) => void;
 }
 

@@ -49,6 +49,7 @@ export class IncomingMigrations {
       listenAddress: ctx.node.address,
       tls: { dir: ctx.node.certDir },
       storage: await storageCatalog(ctx),
+      replicas: ctx.replication,
       onLaunched: (instance) => ctx.runtime.record(instance, 'incoming', request.migrationId),
     });
     const entry: Incoming = { request, destination, state: 'preparing', completed: false, changed: Promise.resolve() };

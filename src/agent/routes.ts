@@ -71,9 +71,15 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         const volumes: StoredVolume[] = [];
         const job = await state.newJob('create', name, node.name);
         try {
-          for (const disk of spec.disks) volumes.push(await createVolume(ctx, { pool: disk.pool, name: disk.volume, format: disk.format, sizeBytes: disk.sizeBytes, vm: name }));
-          // Where a driver placed a volume (an iSCSI LUN) is part of how every host opens it.
-          spec.disks = spec.disks.map((d, i) => (volumes[i]?.location ? { ...d, location: volumes[i]!.location! } : d));
+          for (const [i, disk] of spec.disks.entries()) {
+            const peer = diskRequests[i]?.peer;
+            volumes.push(await createVolume(ctx, { pool: disk.pool, name: disk.volume, format: disk.format, sizeBytes: disk.sizeBytes, vm: name, ...(peer ? { peer } : {}) }));
+          }
+          // Where a driver placed a volume (an iSCSI LUN, the replica hosts) is part of how every host opens it.
+          spec.disks = spec.disks.map((d, i) => {
+            const v = volumes[i];
+            return { ...d, ...(v?.location ? { location: v.location } : {}), ...(v?.replicas ? { replicas: v.replicas } : {}) };
+          });
           const token = await state.createVm({ spec, owner: node.name, desired: 'running', ...(ip ? { ip } : {}) });
           if (token === undefined) {
             if (ip && (await state.addressTaken(ip))) throw new RefusedError(`the guest address ${ip} was taken by another VM created at the same moment; try again`);
@@ -179,12 +185,15 @@ interface DiskRequest {
   sizeBytes: number;
   pool: string;
   format?: VolumeFormat;
+  /** Replicated pools: the host for the second replica. */
+  peer?: string;
 }
 
 function diskSpec(vm: string, index: number, request: DiskRequest, pools: StoragePoolConfig[]): DiskSpec {
   if (!request.pool) throw new RefusedError(`disk ${index} of '${vm}' names no storage pool; add one with 'ferry storage add' and give it as --disk SIZE,storage=NAME`);
   const pool = pools.find((p) => p.name === request.pool);
   if (!pool) throw new RefusedError(`disk ${index} of '${vm}': no storage pool '${request.pool}'; see 'ferry storage list'`);
+  if (request.peer !== undefined && pool.type !== 'replicated') throw new RefusedError(`disk ${index} of '${vm}': peer= is for replicated pools; pool '${pool.name}' is ${pool.type}`);
   return { id: `disk${index}`, pool: request.pool, volume: `${vm}-disk${index}`, format: request.format ?? defaultFormat(pool), sizeBytes: Number(request.sizeBytes) };
 }
 

@@ -123,7 +123,7 @@ async function runMigration(
   log(`migrating ${name} from ${ctx.node.name} to ${record.destination}`);
   try {
     const result = await migrate({
-      source: new LocalSource(instance, { tls: { dir: ctx.node.certDir }, storage: await storageCatalog(ctx), log }),
+      source: new LocalSource(instance, { tls: { dir: ctx.node.certDir }, storage: await storageCatalog(ctx), replicas: ctx.replication, log }),
       destination,
       switchover,
       params,

@@ -6,7 +6,7 @@ import type { StoredVolume, VolumeRecord } from '../cluster/model.ts';
 import type { VolumeFormat } from '../qemu/spec.ts';
 import { VolumeInUseError, VolumeNotFoundError } from '../storage/errors.ts';
 import { STORAGE_TYPES, backendOf, defaultFormat, poolLocation, type StoragePoolConfig, type StorageType } from '../storage/types.ts';
-import { storageCatalog, type AgentContext } from './context.ts';
+import { peer, storageCatalog, type AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
 
@@ -39,6 +39,34 @@ export function storageRoutes(ctx: AgentContext): Route[] {
       },
     },
     {
+      // A replica host makes (or removes) its own replica of a volume the store already records.
+      method: 'POST',
+      pattern: '/v1/replicas/:pool/:name',
+      handler: async ({ pool, name }) => {
+        const volume = await state.volume(pool!, name!);
+        if (!volume?.replicas?.includes(ctx.node.name)) throw new NotFoundError(`the store records no replica of ${pool}/${name} on ${ctx.node.name}`);
+        await (await storageCatalog(ctx)).get(volume.pool).create(volume);
+        ctx.log(`replica of ${pool}/${name} created`);
+        return { created: `${pool}/${name}` };
+      },
+    },
+    {
+      method: 'DELETE',
+      pattern: '/v1/replicas/:pool/:name',
+      handler: async ({ pool, name }) => {
+        const volume = await state.volume(pool!, name!);
+        if (!volume?.replicas?.includes(ctx.node.name)) throw new NotFoundError(`the store records no replica of ${pool}/${name} on ${ctx.node.name}`);
+        await (await storageCatalog(ctx)).get(volume.pool).delete(volume);
+        return { deleted: `${pool}/${name}` };
+      },
+    },
+    {
+      // The replication of a VM's replicated disks, from the host that runs it.
+      method: 'GET',
+      pattern: '/v1/vms/:name/replication',
+      handler: async ({ name }) => ({ host: ctx.node.name, volumes: await ctx.replication.statusOf(name!) }),
+    },
+    {
       method: 'DELETE',
       pattern: '/v1/volumes/:pool/:name',
       handler: async ({ pool, name }) => {
@@ -46,6 +74,13 @@ export function storageRoutes(ctx: AgentContext): Route[] {
         if (!volume) throw new NotFoundError(`no volume '${name}' in pool '${pool}'; see 'ferry volume list'`);
         // A volume whose VM no longer exists (a creation that failed half-way) is not in use.
         if (volume.vm && (await state.vm(volume.vm))) throw new VolumeInUseError(volume.name, volume.vm);
+        if (volume.replicas) {
+          // Both replicas, then the record (a failure leaves a volume that can be deleted again).
+          for (const host of volume.replicas) await replicaCall(ctx, host, 'DELETE', volume);
+          if (!(await state.deleteVolume(volume))) throw new RefusedError(`volume '${name}' changed while being deleted; try again`);
+          ctx.log(`volume ${pool}/${name} deleted (replicas on ${volume.replicas.join(' and ')})`);
+          return { deleted: `${pool}/${name}` };
+        }
         const driver = (await storageCatalog(ctx)).get(volume.pool);
         if (!driver.shared && volume.host && volume.host !== ctx.node.name)
           throw new RefusedError(`volume '${name}' lives on host '${volume.host}', not on ${ctx.node.name}; send the request there`);
@@ -94,7 +129,14 @@ export async function createVolume(ctx: AgentContext, volume: VolumeRecord): Pro
   // Drivers that place volumes (iSCSI LUNs) pick a place no other volume of the pool holds.
   const taken = (await ctx.state.volumes()).filter((v) => v.pool === volume.pool && v.location).map((v) => v.location!);
   const location = driver.allocate ? await driver.allocate(volume, taken) : undefined;
-  const record: VolumeRecord = { ...volume, ...(driver.shared ? {} : { host: ctx.node.name }), ...(location ? { location } : {}) };
+  const replicas = driver.config.type === 'replicated' ? [ctx.node.name, await choosePeer(ctx, volume)] : undefined;
+  const { peer: _asked, ...requested } = volume;
+  const record: VolumeRecord = {
+    ...requested,
+    ...(driver.shared || replicas ? {} : { host: ctx.node.name }),
+    ...(location ? { location } : {}),
+    ...(replicas ? { replicas } : {}),
+  };
   if (!(await ctx.state.createVolume(record))) {
     const existing = await ctx.state.volume(volume.pool, volume.name);
     if (!existing && location) throw new RefusedError(`another volume took LUN ${location} of pool '${volume.pool}' at the same moment; try again`);
@@ -103,23 +145,56 @@ export async function createVolume(ctx: AgentContext, volume: VolumeRecord): Pro
         (existing?.vm ? ` (attached to VM '${existing.vm}')` : ` (kept from an earlier VM?); delete it with 'ferry volume delete ${volume.name} --pool ${volume.pool}' or choose another name`),
     );
   }
+  const made: string[] = [];
   try {
     await driver.create(record);
+    made.push(ctx.node.name);
+    for (const host of replicas?.slice(1) ?? []) {
+      await replicaCall(ctx, host, 'POST', record);
+      made.push(host);
+    }
   } catch (err) {
+    for (const host of made) await (host === ctx.node.name ? driver.delete(record) : replicaCall(ctx, host, 'DELETE', record)).catch(() => undefined);
     const stored = await ctx.state.volume(volume.pool, volume.name);
     if (stored) await ctx.state.deleteVolume(stored);
     throw err;
   }
-  ctx.log(`volume ${volume.pool}/${volume.name} created (${volume.format}, ${volume.sizeBytes} bytes)`);
+  ctx.log(`volume ${volume.pool}/${volume.name} created (${volume.format}, ${volume.sizeBytes} bytes${replicas ? `, replicas on ${replicas.join(' and ')}` : ''})`);
   const stored = await ctx.state.volume(volume.pool, volume.name);
   if (!stored) throw new VolumeNotFoundError(volume.pool, volume.name, 'the store lost it right after creation');
   return stored;
 }
 
-/** Removes a volume's image and record (the creation of a VM that uses it failed). */
+/** Removes a volume's image(s) and record (the creation of a VM that uses it failed). */
 export async function removeVolume(ctx: AgentContext, volume: StoredVolume): Promise<void> {
-  await (await storageCatalog(ctx)).get(volume.pool).delete(volume);
+  if (volume.replicas) for (const host of volume.replicas) await replicaCall(ctx, host, 'DELETE', volume);
+  else await (await storageCatalog(ctx)).get(volume.pool).delete(volume);
   await ctx.state.deleteVolume(volume);
+}
+
+/**
+ * The second replica host: the one asked for (`peer`), else the first other host of the cluster
+ * by name that reaches the pool. Refused when there is none: one replica is not a replicated volume.
+ */
+async function choosePeer(ctx: AgentContext, volume: VolumeRecord): Promise<string> {
+  const others = (await ctx.state.hosts()).map((h) => h.name).filter((h) => h !== ctx.node.name).sort();
+  if (volume.peer) {
+    if (volume.peer === ctx.node.name) throw new RefusedError(`the peer of a replicated volume must be another host than '${ctx.node.name}', which keeps the first replica`);
+    if (!others.includes(volume.peer)) throw new RefusedError(`host '${volume.peer}' is not in the cluster (or its agent is down); see 'ferry node list'`);
+    return volume.peer;
+  }
+  if (!others.length) throw new RefusedError(`a replicated volume needs a second host; '${ctx.node.name}' is the only one in the cluster`);
+  return others[0]!;
+}
+
+/** Makes or removes one host's replica: here directly, elsewhere through that host's agent. */
+async function replicaCall(ctx: AgentContext, host: string, method: 'POST' | 'DELETE', volume: VolumeRecord): Promise<void> {
+  if (host === ctx.node.name) {
+    const driver = (await storageCatalog(ctx)).get(volume.pool);
+    await (method === 'POST' ? driver.create(volume) : driver.delete(volume));
+    return;
+  }
+  await (await peer(ctx, host)).call(method, `/v1/replicas/${volume.pool}/${volume.name}`, {}, 120_000);
 }
 
 function parsePool(body: Record<string, unknown>): StoragePoolConfig {
@@ -167,5 +242,7 @@ export function parseVolume(body: Record<string, unknown>, pools: StoragePoolCon
   if (format !== 'qcow2' && format !== 'raw') throw new RefusedError(`volume format '${format}' must be qcow2 or raw`);
   if (!Number.isInteger(sizeBytes) || sizeBytes < 2 ** 20 || sizeBytes % 512 !== 0)
     throw new RefusedError(`volume size ${body['sizeBytes']} must be at least 1 MiB and a multiple of 512 bytes`);
-  return { pool, name, format, sizeBytes };
+  const peer = body['peer'] === undefined ? undefined : String(body['peer']);
+  if (peer !== undefined && config.type !== 'replicated') throw new RefusedError(`--peer is for replicated pools; pool '${pool}' is ${config.type}`);
+  return { pool, name, format, sizeBytes, ...(peer ? { peer } : {}) };
 }

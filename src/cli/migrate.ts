@@ -9,6 +9,7 @@ import type { Job } from '../cluster/model.ts';
 import { Probe, type StreamWindow } from '../lab/probe.ts';
 import type { MigrationParams, MigrationProgress, MigrationRecord } from '../migration/types.ts';
 import type { Cli } from './context.ts';
+import type { IncomingDisk } from '../storage/types.ts';
 
 export interface MigrationSummary {
   status: 'completed' | 'failed';
@@ -24,7 +25,7 @@ export interface MigrationSummary {
   bytes: number;
   /** Disk bytes the mirrors copied (local storage); 0 when the disks are shared. */
   diskBytes: number;
-  disks: { id: string; mode: 'shared' | 'copy' }[];
+  disks: { id: string; mode: IncomingDisk }[];
   rounds: number;
   policy: string | null;
   /** What the policy did, in order. */

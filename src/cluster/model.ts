@@ -11,7 +11,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { VmSpec, VolumeFormat } from '../qemu/spec.ts';
-import type { StoragePoolConfig } from '../storage/types.ts';
+import type { ReplicaEndpoint, StoragePoolConfig } from '../storage/types.ts';
 import type { MigrationProgress, MigrationRecord } from '../migration/types.ts';
 import type { Store } from './store/types.ts';
 
@@ -32,7 +32,10 @@ export const KEYS = {
   guestAddress: (ip: string) => `/ferry/guest-addresses/${ip}`,
   /** Held by the volume at a driver-chosen place (an iSCSI LUN): two volumes can never share one. */
   volumeLocation: (pool: string, location: string) => `/ferry/volume-locations/${pool}/${location}`,
+  /** Where a host serves its replica of a replicated volume to the primary (NBD over TLS). */
+  replicaEndpoint: (pool: string, name: string, host: string) => `/ferry/replica-endpoints/${pool}/${name}/${host}`,
 };
+
 
 export interface VolumeRecord {
   pool: string;
@@ -45,6 +48,10 @@ export interface VolumeRecord {
   host?: string;
   /** Where the driver put it (an iSCSI LUN number). */
   location?: string;
+  /** Replicated pools: the two hosts that keep a replica. */
+  replicas?: string[];
+  /** Replicated pools, at creation only: the host asked to keep the second replica. */
+  peer?: string;
 }
 
 export interface StoredVolume extends VolumeRecord {
@@ -206,6 +213,19 @@ export class ClusterState {
     const key = KEYS.volume(volume.pool, volume.name);
     const place = volume.location ? [{ type: 'delete' as const, key: KEYS.volumeLocation(volume.pool, volume.location) }] : [];
     return (await this.store.txn([{ key, modRevision: volume.revision }], [{ type: 'delete', key }, ...place])).succeeded;
+  }
+
+  async replicaEndpoint(pool: string, name: string, host: string): Promise<ReplicaEndpoint | undefined> {
+    const kv = await this.store.get(KEYS.replicaEndpoint(pool, name, host));
+    return kv ? (JSON.parse(kv.value) as ReplicaEndpoint) : undefined;
+  }
+
+  async putReplicaEndpoint(pool: string, name: string, endpoint: ReplicaEndpoint): Promise<void> {
+    await this.store.put(KEYS.replicaEndpoint(pool, name, endpoint.host), JSON.stringify(endpoint));
+  }
+
+  async deleteReplicaEndpoint(pool: string, name: string, host: string): Promise<void> {
+    await this.store.delete(KEYS.replicaEndpoint(pool, name, host));
   }
 
   async migration(vm: string): Promise<InFlightMigration | undefined> {

@@ -17,6 +17,7 @@ import type {
   NbdTargets,
   PreparedDestination,
   QemuMigrationSummary,
+  ReplicaHandover,
   SourceSide,
 } from './sides.ts';
 import { completeMirrors, dropTargets, mirrorProgress, removeAllMirrors, startMirrors } from './disk-mirror.ts';
@@ -58,6 +59,13 @@ export interface LocalSourceOptions {
   storage?: StorageCatalog;
   /** Where to say that a stale copy could not be removed after the migration. */
   log?: (line: string) => void;
+  /** Moves the replication of replicated disks (needed for a VM with such disks). */
+  replicas?: ReplicaHandover;
+}
+
+/** The disks of a VM on replicated pools (two replica hosts recorded). */
+function replicatedDiskIds(spec: VmSpec): string[] {
+  return (spec.disks ?? []).filter((d) => d.replicas?.length === 2).map((d) => d.id);
 }
 
 export class LocalSource implements SourceSide {
@@ -94,6 +102,7 @@ export class LocalSource implements SourceSide {
     if (migration.status && ACTIVE_STATUSES.has(migration.status))
       problems.push(`a migration of '${this.spec.name}' is already in progress (${migration.status}); wait for it or cancel it`);
     if ((this.spec.disks ?? []).length && !this.options.storage) problems.push(`the VM '${this.spec.name}' has disks but this host has no storage configured`);
+    if (replicatedDiskIds(this.spec).length && !this.options.replicas) problems.push(`the VM '${this.spec.name}' has replicated disks but nothing on this host moves their replication`);
     return problems;
   }
 
@@ -133,8 +142,9 @@ export class LocalSource implements SourceSide {
 
   async startMigration(destination: PreparedDestination, capabilities: MigrationCapabilities, parameters: Record<string, unknown>): Promise<void> {
     const qmp = this.instance.qmp;
-    // With disks mirrored, QEMU stops at pre-switchover (vCPUs paused, disks still active) for the mirrors to complete.
-    const withMirrors = this.mirrored.length > 0;
+    // With disks mirrored or replicated, QEMU stops at pre-switchover (vCPUs paused, disks still
+    // active) for the mirrors to complete and the replication jobs to end in sync.
+    const withMirrors = this.mirrored.length > 0 || replicatedDiskIds(this.spec).length > 0;
     await qmp.execute('migrate-set-capabilities', { capabilities: capabilityList({ ...capabilities, 'pause-before-switchover': withMirrors }) });
     await qmp.execute('migrate-set-parameters', parameters);
     if (destination.tlsHostname && !this.tls) throw new Error('the destination expects a TLS migration stream but this source has no certificate');
@@ -155,26 +165,41 @@ export class LocalSource implements SourceSide {
       if (e.event !== 'MIGRATION') return;
       const status = e.data['status'];
       if (status === 'pre-switchover') {
-        qmp.off('event', onEvent);
+        // Replicated disks: this host serves its replicas once the stream completed (below).
+        if (!replicatedDiskIds(this.spec).length) qmp.off('event', onEvent);
         const done = [...this.mirrored];
         this.completing = true;
-        completeMirrors(qmp, done)
+        (done.length ? completeMirrors(qmp, done) : Promise.resolve())
           .then(async () => {
             this.mirrored = [];
             // Under a millisecond here (measured), and a clean NBD disconnect while the destination's server still runs.
             await dropTargets(qmp, done);
+            if (replicatedDiskIds(this.spec).length) {
+              this.replicationPaused = true;
+              await this.options.replicas!.pauseForSwitchover(this.instance);
+            }
             await qmp.execute('migrate-continue', { state: 'pre-switchover' });
           })
           .catch(async (err: Error) => {
             this.mirrorFailure = err.message;
             await qmp.execute('migrate_cancel').catch(() => undefined);
           });
-      } else if (status === 'failed' || status === 'cancelled' || status === 'completed') {
+      } else if (status === 'completed') {
+        qmp.off('event', onEvent);
+        // The images are inactive now (their locks released): the destination will replicate into them.
+        if (this.replicationPaused)
+          this.serving = this.options.replicas!.serveAfterSwitchover(this.spec).catch((err: Error) => this.options.log?.(`warning: this host's replicas could not be served: ${err.message}`));
+      } else if (status === 'failed' || status === 'cancelled') {
         qmp.off('event', onEvent);
       }
     };
     qmp.on('event', onEvent);
   }
+
+  /** Set once the replication jobs ended in sync at pre-switchover; rollback restarts them. */
+  private replicationPaused = false;
+  /** This host serving its replicas after the stream completed. */
+  private serving: Promise<void> = Promise.resolve();
 
   async setParameters(parameters: Record<string, unknown>): Promise<void> {
     await this.instance.qmp.execute('migrate-set-parameters', parameters);
@@ -220,7 +245,32 @@ export class LocalSource implements SourceSide {
       this.completing = false;
       // A stream that completed (or failed in its last stage) leaves the source paused in postmigrate.
       const { status } = await qmp.execute<{ status: string }>('query-status');
-      if (status !== 'running') await qmp.execute('cont');
+      await this.takeReplicationBack(status, () => qmp.execute('cont'));
+    }
+  }
+
+  /**
+   * Rollback of a VM with replicated disks, around the `cont` that lets the guest run again. Before
+   * the stream completed the images are still active: replication restarts before the guest runs,
+   * and nothing needs copying. After it completed, the images become writable only with `cont`
+   * (QEMU 7.2 has no other way to reactivate them), so this host stops serving its replicas
+   * first and replicates in full once the guest runs.
+   */
+  private async takeReplicationBack(status: string, cont: () => Promise<unknown>): Promise<void> {
+    const replicas = this.options.replicas;
+    if (!this.replicationPaused || !replicas) {
+      if (status !== 'running') await cont();
+      return;
+    }
+    this.replicationPaused = false;
+    if (status === 'postmigrate') {
+      await this.serving;
+      await replicas.stopServing(this.spec);
+      await cont();
+      await replicas.resumeAfterRollback(this.instance, 'full').catch((err: Error) => this.options.log?.(`warning: replication not restarted (${err.message}); the agent retries`));
+    } else {
+      await replicas.resumeAfterRollback(this.instance, 'none').catch((err: Error) => this.options.log?.(`warning: replication not restarted (${err.message}); the agent retries`));
+      if (status !== 'running') await cont();
     }
   }
 
@@ -258,6 +308,8 @@ export interface LocalDestinationOptions {
   onLaunched?: (instance: VmInstance) => Promise<void>;
   /** This host's storage pools: needed for a VM with disks. */
   storage?: StorageCatalog;
+  /** Moves the replication of replicated disks to this host at resume. */
+  replicas?: ReplicaHandover;
 }
 
 export class LocalDestination implements DestinationSide {
@@ -319,7 +371,11 @@ export class LocalDestination implements DestinationSide {
     unexpectedExit(instance).then(this.reportLost);
     await this.options.onLaunched?.(instance);
     const qmp = instance.qmp;
-    await qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(capabilities) });
+    // This host serves its replica to the source until the guest resumes here: the images may be
+    // activated (locked for writing) only then, at `cont`, not when the stream completes.
+    const replicas = [...this.incomingDisks.values()].includes('replica');
+    if (replicas && !this.options.replicas) throw new Error(`the destination cannot move the replication of '${spec.name}' (no replica handover)`);
+    await qmp.execute('migrate-set-capabilities', { capabilities: capabilityList({ ...capabilities, ...(replicas ? { 'late-block-activate': true } : {}) }) });
     const address = this.options.listenAddress;
     if (this.options.tls) {
       await addTlsObject(instance, this.options.tls, 'server');
@@ -398,6 +454,7 @@ export class LocalDestination implements DestinationSide {
     // The source's mirrors are done; from now on the guest must be the disks' only writer.
     if (this.nbdRunning) await stopNbdExports(this.instance);
     this.nbdRunning = false;
+    if ([...this.incomingDisks.values()].includes('replica')) await this.options.replicas!.takeOver(this.instance);
     await qmp.execute('cont');
     // Tell the switches where the guest's MACs are now, at once and a few times more.
     await qmp.execute('announce-self', { initial: 0, max: 100, rounds: 3, step: 50 });

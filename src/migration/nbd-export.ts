@@ -4,10 +4,10 @@
  * The server stops before the guest resumes here, so the guest is then the
  * only writer.
  */
-import { createServer } from 'node:net';
 import path from 'node:path';
 import type { VmInstance } from '../qemu/instance.ts';
 import type { NbdServerAddress, NbdTargets } from './sides.ts';
+import { freePort } from '../util/net.ts';
 
 export async function startNbdExports(
   instance: VmInstance,
@@ -42,17 +42,6 @@ async function startOnFreePort(instance: VmInstance, address: string, tlsObject:
       if (attempt >= 5 || !/in use/i.test((err as Error).message)) throw err;
     }
   }
-}
-
-function freePort(address: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once('error', reject);
-    probe.listen(0, address, () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-  });
 }
 
 export async function stopNbdExports(instance: VmInstance): Promise<void> {

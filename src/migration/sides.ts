@@ -4,7 +4,9 @@
  * the destination agent behind its API. The orchestrator never touches QMP.
  */
 import type { Accel, VmSpec } from '../qemu/spec.ts';
+import type { VmInstance } from '../qemu/instance.ts';
 import type { RamProgress } from './types.ts';
+import type { IncomingDisk } from '../storage/types.ts';
 
 /** QEMU migration capabilities ferry turns on, set identically on both sides where QEMU needs that. */
 export type MigrationCapabilities = Record<string, boolean>;
@@ -82,7 +84,7 @@ export interface PreparedDestination {
   /** Where the source sends the stream (unix:..., tcp:host:port). */
   uri: string;
   /** What the destination does with each disk: open the same bytes, or receive a copy. */
-  disks: { id: string; mode: 'shared' | 'copy' }[];
+  disks: { id: string; mode: IncomingDisk }[];
   /** Present when some disks are copied. */
   nbd?: NbdTargets;
   /** When the stream is TLS: the name the destination's certificate carries, for the source to check. */
@@ -125,3 +127,17 @@ export interface SwitchoverHook {
 }
 
 export const ALWAYS_SWITCH: SwitchoverHook = { commit: async () => true };
+
+/**
+ * How a migration moves the replication of replicated disks (implemented by the agent, which
+ * owns the replica exports). The source's jobs complete in sync at its pre-switchover pause;
+ * once its stream completed it serves its replicas; the destination, before its guest runs,
+ * stops serving its own and replicates into the source's. On rollback the source takes them back.
+ */
+export interface ReplicaHandover {
+  pauseForSwitchover(instance: VmInstance): Promise<void>;
+  serveAfterSwitchover(spec: VmSpec): Promise<void>;
+  stopServing(spec: VmSpec): Promise<void>;
+  resumeAfterRollback(instance: VmInstance, sync: 'none' | 'full'): Promise<void>;
+  takeOver(instance: VmInstance): Promise<void>;
+}

@@ -3,6 +3,7 @@ import type { VmSpec } from '../qemu/spec.ts';
 import { mib } from '../storage/errors.ts';
 import type { StorageCatalog } from '../storage/registry.ts';
 import { volumeOf } from '../storage/types.ts';
+import { ReplicatedDriver } from '../storage/replicated.ts';
 import type { DiskNeed } from './sides.ts';
 
 export async function checkIncomingStorage(spec: VmSpec, storage: StorageCatalog | undefined, needs: DiskNeed[]): Promise<string[]> {
@@ -16,6 +17,11 @@ export async function checkIncomingStorage(spec: VmSpec, storage: StorageCatalog
     try {
       const driver = storage.get(disk.pool);
       const status = await driver.status();
+      if (driver instanceof ReplicatedDriver) {
+        // Only the other replica host can take the VM; nothing is copied.
+        await driver.prepareIncomingCheck(volumeOf(disk));
+        continue;
+      }
       if (driver.shared) {
         if (!(await driver.exists(volumeOf(disk))))
           problems.push(`volume '${disk.volume}' is not visible in pool '${disk.pool}' on host '${storage.host}'; is the pool really shared?`);

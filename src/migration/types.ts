@@ -1,4 +1,5 @@
 /** The vocabulary of a live migration: phases, parameters, progress and the final record. */
+import type { IncomingDisk } from '../storage/types.ts';
 import type { MigrationPlan, PolicyName, PolicyStep } from './policy/policy.ts';
 import type { DiskProgress } from './sides.ts';
 
@@ -69,10 +70,10 @@ export interface MigrationProgress {
   disk?: DiskProgress;
 }
 
-/** One disk in the record: opened where it was (shared) or copied, and how many bytes the copy moved. */
+/** One disk in the record: opened where it was (shared), copied, or taken over from its replica on the destination. */
 export interface DiskOutcome {
   id: string;
-  mode: 'shared' | 'copy';
+  mode: IncomingDisk;
 }
 
 export type MigrationOutcome = 'completed' | 'rolled-back';

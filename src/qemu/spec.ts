@@ -40,6 +40,8 @@ export interface DiskSpec {
   sizeBytes: number;
   /** Where the volume is inside its pool, for pools that say (an iSCSI LUN number). */
   location?: string;
+  /** Replicated pools: the two hosts that keep a replica; the VM runs on one of them. */
+  replicas?: string[];
 }
 
 /** Direct kernel boot: how ferry's own guest image starts. */

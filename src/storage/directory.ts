@@ -1,19 +1,20 @@
 /**
  * Volumes as image files in a directory: the common ground of `shared-dir`
- * (every host mounts the same directory) and `local` (each host its own).
+ * (every host mounts the same directory), `local` (each host its own) and
+ * `replicated` (each of two hosts its own replica).
  */
 import { constants } from 'node:fs';
 import { access, open, rm, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { NoSpaceError, PoolUnreachableError, VolumeExistsError, VolumeNotFoundError } from './errors.ts';
 import { createImage, imageInfo } from './qemu-img.ts';
-import type { DirectoryPoolConfig, IncomingDisk, PoolStatus, StorageDriver, VolumeSpec, VolumeUsage } from './types.ts';
+import type { DirectoryPoolConfig, IncomingDisk, ReplicatedPoolConfig, PoolStatus, StorageDriver, VolumeSpec, VolumeUsage } from './types.ts';
 
 export abstract class DirectoryDriver implements StorageDriver {
   abstract readonly shared: boolean;
 
   constructor(
-    readonly config: DirectoryPoolConfig,
+    readonly config: DirectoryPoolConfig | ReplicatedPoolConfig,
     /** This host's name, for messages. */
     protected readonly host: string,
   ) {}

@@ -4,6 +4,7 @@ import { SharedDirDriver } from './shared-dir.ts';
 import { NfsDriver } from './nfs.ts';
 import { IscsiDriver } from './iscsi.ts';
 import { RbdDriver } from './rbd.ts';
+import { ReplicatedDriver } from './replicated.ts';
 import { StorageError } from './errors.ts';
 import type { StorageDriver, StoragePoolConfig } from './types.ts';
 import type { DiskAttachment } from '../qemu/argv.ts';
@@ -22,6 +23,8 @@ export function driverFor(config: StoragePoolConfig, host: string): StorageDrive
       return new IscsiDriver(config, host);
     case 'rbd':
       return new RbdDriver(config, host);
+    case 'replicated':
+      return new ReplicatedDriver(config, host);
   }
 }
 
@@ -31,7 +34,7 @@ export class StorageCatalog {
 
   constructor(pools: StoragePoolConfig[], readonly host: string) {
     // '%h' in a path stands for the host's name: one configuration, a directory per host (local pools in the lab).
-    for (const pool of pools) this.drivers.set(pool.name, driverFor(pool.type === 'shared-dir' || pool.type === 'local' ? { ...pool, path: pool.path.replaceAll('%h', host) } : pool, host));
+    for (const pool of pools) this.drivers.set(pool.name, driverFor(pool.type === 'shared-dir' || pool.type === 'local' || pool.type === 'replicated' ? { ...pool, path: pool.path.replaceAll('%h', host) } : pool, host));
   }
 
   get(pool: string): StorageDriver {

@@ -6,8 +6,8 @@
  */
 import type { DiskSpec, VolumeFormat } from '../qemu/spec.ts';
 
-export type StorageType = 'shared-dir' | 'local' | 'nfs' | 'iscsi' | 'rbd';
-export const STORAGE_TYPES: readonly StorageType[] = ['shared-dir', 'local', 'nfs', 'iscsi', 'rbd'];
+export type StorageType = 'shared-dir' | 'local' | 'nfs' | 'iscsi' | 'rbd' | 'replicated';
+export const STORAGE_TYPES: readonly StorageType[] = ['shared-dir', 'local', 'nfs', 'iscsi', 'rbd', 'replicated'];
 
 /** Images in a directory: every host mounts the same one (shared-dir), or each has its own (local). */
 export interface DirectoryPoolConfig {
@@ -48,8 +48,19 @@ export interface RbdPoolConfig {
   user: string;
 }
 
+/**
+ * Two-host replicated volumes (DRBD's protocol C in userspace): each of two hosts keeps a replica
+ * in its own directory; the host running the VM writes to both before a write completes.
+ */
+export interface ReplicatedPoolConfig {
+  name: string;
+  type: 'replicated';
+  /** Each host's directory for its replicas; '%h' stands for the host's name. */
+  path: string;
+}
+
 /** A storage pool as the cluster configures it (`ferry storage add`). */
-export type StoragePoolConfig = DirectoryPoolConfig | NfsPoolConfig | IscsiPoolConfig | RbdPoolConfig;
+export type StoragePoolConfig = DirectoryPoolConfig | NfsPoolConfig | IscsiPoolConfig | RbdPoolConfig | ReplicatedPoolConfig;
 
 /** The image format a new volume gets when none is asked for: qcow2 for files, raw for RBD images and LUNs. */
 export function defaultFormat(config: StoragePoolConfig): VolumeFormat {
@@ -62,6 +73,7 @@ export function backendOf(config: StoragePoolConfig): string {
   switch (config.type) {
     case 'shared-dir':
     case 'local':
+    case 'replicated':
       return `dir:${config.path}`;
     case 'nfs':
       return `nfs:${config.server}:${config.export}`;
@@ -80,6 +92,15 @@ export function poolLocation(config: StoragePoolConfig, host?: string): string {
   return host ? config.path.replaceAll('%h', host) : config.path;
 }
 
+/** A host's NBD export of its replica of a volume, for the host that runs the VM. */
+export interface ReplicaEndpoint {
+  host: string;
+  address: string;
+  port: number;
+  /** The NBD export name. */
+  export: string;
+}
+
 /** A volume as drivers see it: which pool, which name, how big, which format. */
 export interface VolumeSpec {
   pool: string;
@@ -88,10 +109,19 @@ export interface VolumeSpec {
   sizeBytes: number;
   /** Where the driver put it, for drivers that choose (an iSCSI LUN number). */
   location?: string;
+  /** Replicated pools: the two hosts that keep a replica. */
+  replicas?: string[];
 }
 
 export function volumeOf(disk: DiskSpec): VolumeSpec {
-  return { pool: disk.pool, name: disk.volume, format: disk.format, sizeBytes: disk.sizeBytes, ...(disk.location ? { location: disk.location } : {}) };
+  return {
+    pool: disk.pool,
+    name: disk.volume,
+    format: disk.format,
+    sizeBytes: disk.sizeBytes,
+    ...(disk.location ? { location: disk.location } : {}),
+    ...(disk.replicas ? { replicas: disk.replicas } : {}),
+  };
 }
 
 /** A reachable pool's space; a backend that cannot say (Ceph without a manager) leaves the figures out. */
@@ -109,8 +139,10 @@ export interface VolumeUsage {
  * What a migration destination does with a disk:
  * - `shared`: the destination opens the very same bytes; only RAM moves.
  * - `copy`: the destination made an empty volume; the source mirrors the disk into it over NBD.
+ * - `replica`: the destination keeps the volume's other replica, in sync; only RAM moves, and the
+ *   replication changes direction at switchover.
  */
-export type IncomingDisk = 'shared' | 'copy';
+export type IncomingDisk = 'shared' | 'copy' | 'replica';
 
 export interface StorageDriver {
   readonly config: StoragePoolConfig;

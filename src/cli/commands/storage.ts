@@ -9,7 +9,9 @@ import { mib, table } from '../format.ts';
 import type { Command } from '../main.ts';
 
 const USAGE = `Usage:
-  ferry storage add NAME --type shared-dir|local --path DIR
+  ferry storage add NAME --type shared-dir|local|replicated --path DIR
+      replicated: each volume keeps a replica on two hosts (DIR per host, '%h' = host name);
+      the host running the VM writes to both before a write completes.
   ferry storage add NAME --type nfs --server HOST --export /PATH
   ferry storage add NAME --type iscsi --portal HOST[:PORT] --target IQN
   ferry storage add NAME --type rbd [--ceph-pool rbd] [--conf /etc/ceph/ceph.conf] [--user admin]

@@ -12,9 +12,10 @@ import { ProgressDisplay, progressLine } from '../progress.ts';
 
 const USAGE = `Usage:
   ferry vm create NAME [--memory MiB] [--vcpus N] [--host HOST] [--memcheck MiB] [--dirty MiB/s]
-                  [--disk SIZE[,storage=POOL][,format=qcow2|raw]]... [--diskcheck WRITES/s]
+                  [--disk SIZE[,storage=POOL][,format=qcow2|raw][,peer=HOST]]... [--diskcheck WRITES/s]
       --disk makes a new volume NAME-diskN in POOL (the only pool, when there is one) for each --disk
-      (format: qcow2, raw for rbd pools).
+      (format: qcow2, raw for rbd pools); on a replicated pool the second replica goes to peer=HOST
+      (default: the first other host by name).
       --diskcheck runs the guest's disk checker, writing that many checksummed 4 KiB blocks per second.
   ferry vm start|stop|destroy|show NAME   (stop --force kills at once)
   ferry vm list
@@ -117,18 +118,21 @@ export const vmCommand: Command = {
 };
 
 /** --disk SIZE[,storage=POOL][,format=F], each into { sizeBytes, pool, format }. */
-async function parseDisks(cli: Cli, specs: string[]): Promise<{ sizeBytes: number; pool: string; format?: string }[]> {
-  const { pools } = await (await cli.anyAgent()).call<{ pools: { name: string }[] }>('GET', '/v1/cluster/storage');
+async function parseDisks(cli: Cli, specs: string[]): Promise<{ sizeBytes: number; pool: string; format?: string; peer?: string }[]> {
+  const { pools } = await (await cli.anyAgent()).call<{ pools: { name: string; type: string }[] }>('GET', '/v1/cluster/storage');
   return specs.map((spec) => {
     const [size, ...options] = spec.split(',');
     const opts = Object.fromEntries(options.map((o) => o.split('=', 2) as [string, string]));
-    for (const key of Object.keys(opts)) if (key !== 'storage' && key !== 'format') throw new UsageError(`--disk ${spec}: unknown option '${key}' (storage=POOL, format=qcow2|raw)`);
+    for (const key of Object.keys(opts))
+      if (key !== 'storage' && key !== 'format' && key !== 'peer') throw new UsageError(`--disk ${spec}: unknown option '${key}' (storage=POOL, format=qcow2|raw, peer=HOST)`);
     const pool = opts['storage'] ?? (pools.length === 1 ? pools[0]!.name : undefined);
     if (!pool) throw new UsageError(`--disk ${spec}: say which pool with storage=NAME (pools: ${pools.map((p) => p.name).join(', ') || "none; add one with 'ferry storage add'"})`);
     if (!pools.some((p) => p.name === pool)) throw new UsageError(`--disk ${spec}: no storage pool '${pool}' (pools: ${pools.map((p) => p.name).join(', ') || 'none'})`);
     const format = opts['format'];
     if (format !== undefined && format !== 'qcow2' && format !== 'raw') throw new UsageError(`--disk ${spec}: format must be qcow2 or raw`);
-    return { sizeBytes: sizeBytes('disk', size ?? ''), pool, ...(format ? { format } : {}) };
+    const peer = opts['peer'];
+    if (peer !== undefined && pools.find((p) => p.name === pool)?.type !== 'replicated') throw new UsageError(`--disk ${spec}: peer=HOST is for replicated pools`);
+    return { sizeBytes: sizeBytes('disk', size ?? ''), pool, ...(format ? { format } : {}), ...(peer ? { peer } : {}) };
   });
 }
 

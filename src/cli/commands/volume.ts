@@ -7,9 +7,11 @@ import { mib, table } from '../format.ts';
 import type { Command } from '../main.ts';
 
 const USAGE = `Usage:
-  ferry volume create NAME --pool POOL --size SIZE [--format qcow2|raw] [--host HOST]   (default qcow2; raw on rbd)
-      SIZE like 512M or 1G. A volume of a local pool is made on --host (default: the first host).
+  ferry volume create NAME --pool POOL --size SIZE [--format qcow2|raw] [--host HOST] [--peer HOST]
+      SIZE like 512M or 1G; qcow2 by default, raw on rbd and iscsi. A volume of a local pool is made
+      on --host (default: the first host); on a replicated pool --host keeps one replica, --peer the other.
   ferry volume list
+  ferry volume show NAME --pool POOL      where it is; for a replicated volume: in-sync, degraded or resyncing
   ferry volume delete NAME --pool POOL     refused while a VM uses it
 Every command takes --json.`;
 
@@ -21,7 +23,7 @@ export const volumeCommand: Command = {
       args,
       allowPositionals: true,
       options: {
-        pool: { type: 'string' }, size: { type: 'string' }, format: { type: 'string' }, host: { type: 'string' },
+        pool: { type: 'string' }, size: { type: 'string' }, format: { type: 'string' }, host: { type: 'string' }, peer: { type: 'string' },
         json: { type: 'boolean' }, context: { type: 'string' },
       },
     });
@@ -39,10 +41,31 @@ export const volumeCommand: Command = {
         const { volume } = await cli.agent(host).call<{ volume: StoredVolume }>(
           'POST',
           '/v1/volumes',
-          { name, pool: values.pool, sizeBytes: sizeBytes('size', values.size), ...(values.format ? { format: values.format } : {}) },
+          { name, pool: values.pool, sizeBytes: sizeBytes('size', values.size), ...(values.format ? { format: values.format } : {}), ...(values.peer ? { peer: values.peer } : {}) },
           120_000,
         );
-        return out(`volume ${volume.pool}/${volume.name} created (${volume.format}, ${mib(volume.sizeBytes)}${volume.host ? `, on ${volume.host}` : ''})`, volume);
+        const where = volume.replicas ? `, replicas on ${volume.replicas.join(' and ')}` : volume.host ? `, on ${volume.host}` : '';
+        return out(`volume ${volume.pool}/${volume.name} created (${volume.format}, ${mib(volume.sizeBytes)}${where})`, volume);
+      }
+      case 'show': {
+        if (!name) throw new UsageError('ferry volume show needs a volume name');
+        if (!values.pool) throw new UsageError('--pool POOL is required');
+        const { volumes } = await (await cli.anyAgent()).call<{ volumes: StoredVolume[] }>('GET', '/v1/cluster/volumes');
+        const volume = volumes.find((v) => v.name === name && v.pool === values.pool);
+        if (!volume) throw new UsageError(`no volume '${name}' in pool '${values.pool}'; see ferry volume list`);
+        const shown: Record<string, unknown> = { ...volume };
+        if (volume.replicas) shown['replication'] = await replicationOf(cli, volume);
+        const r = shown['replication'] as { state: string; primary?: string; copiedBytes?: number; pendingBytes?: number; error?: string } | undefined;
+        return out(
+          [
+            `volume ${volume.pool}/${volume.name}: ${volume.format}, ${mib(volume.sizeBytes)}${volume.vm ? `, attached to ${volume.vm}` : ', detached'}`,
+            ...(volume.replicas ? [`  replicas: ${volume.replicas.join(', ')}`] : volume.host ? [`  host: ${volume.host}`] : []),
+            ...(r
+              ? [`  replication: ${r.state}${r.primary ? ` (primary ${r.primary}` + `, ${mib(r.copiedBytes ?? 0)} copied, ${mib(r.pendingBytes ?? 0)} to copy)` : ''}${r.error ? `: ${r.error}` : ''}`]
+              : []),
+          ].join('\n'),
+          shown,
+        );
       }
       case 'list': {
         const { volumes } = await (await cli.anyAgent()).call<{ volumes: StoredVolume[] }>('GET', '/v1/cluster/volumes');
@@ -51,7 +74,7 @@ export const volumeCommand: Command = {
           volumes.length
             ? table(
                 ['volume', 'pool', 'format', 'size', 'vm', 'host', 'place'],
-                volumes.map((v) => [v.name, v.pool, v.format, mib(v.sizeBytes), v.vm ?? '-', v.vm ? (owners.get(v.vm) ?? '-') : (v.host ?? 'shared'), v.location ? `LUN ${v.location}` : '-']),
+                volumes.map((v) => [v.name, v.pool, v.format, mib(v.sizeBytes), v.vm ?? '-', v.vm ? (owners.get(v.vm) ?? '-') : (v.host ?? (v.replicas ? '-' : 'shared')), v.location ? `LUN ${v.location}` : v.replicas ? `replicas ${v.replicas.join('+')}` : '-']),
               )
             : 'no volumes',
           volumes,
@@ -73,3 +96,14 @@ export const volumeCommand: Command = {
     }
   },
 };
+
+/** A replicated volume's state, from the host that runs its VM (the only one that knows). */
+async function replicationOf(cli: Cli, volume: StoredVolume): Promise<Record<string, unknown>> {
+  if (!volume.vm) return { state: 'off', reason: 'detached: no VM writes to it, nothing to replicate' };
+  const { vms } = await (await cli.anyAgent()).call<{ vms: { spec: { name: string }; owner: string }[] }>('GET', '/v1/cluster/vms');
+  const owner = vms.find((v) => v.spec.name === volume.vm)?.owner;
+  if (!owner) return { state: 'off', reason: `VM '${volume.vm}' is not placed on a host` };
+  const { volumes } = await cli.agent(owner).call<{ volumes: { pool: string; volume: string }[] }>('GET', `/v1/vms/${volume.vm}/replication`);
+  const mine = volumes.find((v) => v.pool === volume.pool && v.volume === volume.name);
+  return mine ?? { state: 'off', reason: `VM '${volume.vm}' is not running on ${owner}` };
+}

@@ -1,0 +1,290 @@
+/**
+ * Replicated volumes on this host, reconciled once a second from the store
+ * (KubeVirt style: what should be is read, what is is asked of QEMU and of the
+ * export processes, the difference is acted on; a restart at any line is
+ * repaired by the next pass):
+ *
+ * - this host runs the VM (primary): each replicated disk has its replication
+ *   job into the peer's export; a paused job (peer away) is resumed once the
+ *   peer's export answers again, which resynchronises the blocks written meanwhile;
+ * - the peer runs the VM: this host serves its replica over NBD with TLS and
+ *   publishes where (`/ferry/replica-endpoints/`);
+ * - otherwise (VM stopped, destroyed): no export.
+ *
+ * While a VM migrates, the migration moves the replication (ReplicaHandover)
+ * and the pass leaves its volumes alone. Both go through one lock per volume.
+ */
+import path from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import type { OwnedVm, StoredVolume } from '../cluster/model.ts';
+import type { ReplicaHandover } from '../migration/sides.ts';
+import type { VmInstance } from '../qemu/instance.ts';
+import type { DiskSpec, VmSpec } from '../qemu/spec.ts';
+import { ReplicaExport } from '../storage/replica-export.ts';
+import { peerOf, ReplicatedDriver } from '../storage/replicated.ts';
+import {
+  ensureReplicaTls,
+  replicationStatus,
+  resumeReplication,
+  startReplication,
+  stopReplication,
+  type ReplicationStatus,
+} from '../storage/replication.ts';
+import type { ReplicaEndpoint } from '../storage/types.ts';
+import { volumeOf } from '../storage/types.ts';
+import { accepts } from '../util/net.ts';
+import { storageCatalog, type AgentContext } from './context.ts';
+
+const PASS_INTERVAL_MS = 1_000;
+/** How long a new primary waits at switchover for the old one to serve its replica. */
+const HANDOVER_WAIT_MS = 10_000;
+
+const key = (pool: string, name: string) => `${pool}/${name}`;
+
+export interface VolumeReplication extends ReplicationStatus {
+  pool: string;
+  volume: string;
+  replicas: string[];
+  /** The host running the VM (writing to both replicas), if it runs. */
+  primary?: string;
+}
+
+export class ReplicationManager implements ReplicaHandover {
+  private readonly exports = new Map<string, ReplicaExport>();
+  /** Ports used before, per volume: a restarted export takes the same one, so the primary's NBD client reconnects. */
+  private readonly ports = new Map<string, number>();
+  /** The endpoint each local job writes to: a peer that moved to another port needs a new job. */
+  private readonly targets = new Map<string, string>();
+  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly lastState = new Map<string, string>();
+  private timer: NodeJS.Timeout | undefined;
+  private passing = false;
+
+  constructor(private readonly ctx: AgentContext) {}
+
+  start(): void {
+    this.timer = setInterval(() => void this.pass(), PASS_INTERVAL_MS);
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    // Exports outlive the agent on purpose? No: a stopped agent stops serving; the primary degrades and resyncs later.
+    for (const [k, exp] of this.exports) {
+      await exp.stop().catch(() => undefined);
+      this.exports.delete(k);
+    }
+  }
+
+  /** Runs `body` with the volume's lock: the periodic pass and a migration's handover never interleave. */
+  private async locked<T>(volumeKey: string, body: () => Promise<T>): Promise<T> {
+    const before = this.locks.get(volumeKey) ?? Promise.resolve();
+    const run = before.catch(() => undefined).then(body);
+    this.locks.set(volumeKey, run.catch(() => undefined));
+    return run;
+  }
+
+  /** One reconcile pass over the replicated volumes this host keeps a replica of. */
+  async pass(): Promise<void> {
+    if (this.passing) return;
+    this.passing = true;
+    try {
+      const pools = new Set((await this.ctx.state.pools()).filter((p) => p.type === 'replicated').map((p) => p.name));
+      if (!pools.size && !this.exports.size) return;
+      const me = this.ctx.node.name;
+      const volumes = (await this.ctx.state.volumes()).filter((v) => pools.has(v.pool) && v.replicas?.includes(me));
+      const wanted = new Set(volumes.map((v) => key(v.pool, v.name)));
+      for (const volume of volumes) {
+        await this.locked(key(volume.pool, volume.name), () => this.reconcileVolume(volume)).catch((err: Error) =>
+          this.say(volume, 'error', `replication of ${volume.pool}/${volume.name}: ${err.message}`),
+        );
+      }
+      // Volumes deleted meanwhile: their exports go.
+      for (const k of [...this.exports.keys()].filter((k) => !wanted.has(k))) await this.locked(k, () => this.stopExport(k));
+    } catch (err) {
+      this.ctx.log(`replication pass failed: ${(err as Error).message}`);
+    } finally {
+      this.passing = false;
+    }
+  }
+
+  private async reconcileVolume(volume: StoredVolume): Promise<void> {
+    const me = this.ctx.node.name;
+    const vm = volume.vm ? await this.ctx.state.vm(volume.vm) : undefined;
+    if (vm && (await this.ctx.state.migration(vm.spec.name))) return; // the migration moves the replication
+    const peer = peerOf(volume, me);
+    if (vm?.owner === me) {
+      await this.stopExport(key(volume.pool, volume.name));
+      const instance = this.ctx.runtime.get(vm.spec.name);
+      const disk = diskOf(vm, volume);
+      if (instance && disk) await this.keepReplicating(instance, disk, volume, peer);
+    } else if (vm?.owner === peer && vm.desired === 'running') {
+      await this.ensureExport(volume);
+    } else {
+      await this.stopExport(key(volume.pool, volume.name));
+    }
+  }
+
+  /** Primary: the job exists and writes to the peer, or is started; a paused one is resumed once the peer answers. */
+  private async keepReplicating(instance: VmInstance, disk: DiskSpec, volume: StoredVolume, peer: string): Promise<void> {
+    const qmp = instance.qmp;
+    const status = await replicationStatus(qmp, disk.id);
+    const endpoint = await this.ctx.state.replicaEndpoint(volume.pool, volume.name, peer);
+    const reachable = endpoint ? await accepts(endpoint.address, endpoint.port) : false;
+    const k = key(volume.pool, volume.name);
+    const target = endpoint ? `${endpoint.address}:${endpoint.port}` : undefined;
+    if (status.state === 'off' || (status.state === 'degraded' && reachable && target !== this.targets.get(k))) {
+      if (!endpoint || !reachable) return this.say(volume, 'degraded', `${volume.pool}/${volume.name}: no replication yet, the replica on ${peer} is not served`);
+      await ensureReplicaTls(qmp, this.ctx.node.certDir);
+      // Without a running job nothing recorded which blocks differ: copy what the peer lacks.
+      if (status.state !== 'off') await stopReplication(qmp, disk.id, { inSync: false });
+      await startReplication(qmp, disk.id, endpoint, 'full');
+      this.targets.set(k, target!);
+      return this.say(volume, 'resyncing', `${volume.pool}/${volume.name}: replicating to ${peer} (full comparison: no record of what differs)`);
+    }
+    if (status.state === 'degraded') {
+      if (!reachable) return this.say(volume, 'degraded', `${volume.pool}/${volume.name}: degraded, ${peer} is away; writes go to this replica and are recorded`);
+      if (await resumeReplication(qmp, disk.id)) this.say(volume, 'resyncing', `${volume.pool}/${volume.name}: ${peer} is back, copying the blocks written meanwhile`);
+      return;
+    }
+    this.say(volume, status.state, `${volume.pool}/${volume.name}: ${status.state === 'in-sync' ? `in sync with ${peer}` : `resyncing to ${peer}`}`);
+  }
+
+  /** Peer: serve this host's replica, on the port used before if there was one. */
+  private async ensureExport(volume: StoredVolume): Promise<ReplicaEndpoint> {
+    const k = key(volume.pool, volume.name);
+    const me = this.ctx.node.name;
+    const running = this.exports.get(k);
+    if (running?.running) {
+      const published = await this.ctx.state.replicaEndpoint(volume.pool, volume.name, me);
+      if (published?.port === running.port) return published;
+    }
+    const driver = (await storageCatalog(this.ctx)).get(volume.pool);
+    if (!(driver instanceof ReplicatedDriver)) throw new Error(`pool '${volume.pool}' is not a replicated pool`);
+    const spec = volumeOf({ id: 'x', pool: volume.pool, volume: volume.name, format: volume.format, sizeBytes: volume.sizeBytes, ...(volume.replicas ? { replicas: volume.replicas } : {}) });
+    const runDir = path.join(this.ctx.node.stateDir, 'replica-exports');
+    await mkdir(runDir, { recursive: true });
+    const earlier = this.ports.get(k) ?? (await this.ctx.state.replicaEndpoint(volume.pool, volume.name, me))?.port;
+    await running?.stop();
+    const exp = await ReplicaExport.start({
+      file: driver.fileOf(spec),
+      format: volume.format,
+      address: this.ctx.node.address,
+      ...(earlier ? { port: earlier } : {}),
+      exportName: volume.name,
+      tlsDir: this.ctx.node.certDir,
+      pidFile: path.join(runDir, `${volume.pool}.${volume.name}.pid`),
+    });
+    this.exports.set(k, exp);
+    this.ports.set(k, exp.port);
+    const endpoint: ReplicaEndpoint = { host: me, address: this.ctx.node.address, port: exp.port, export: volume.name };
+    await this.ctx.state.putReplicaEndpoint(volume.pool, volume.name, endpoint);
+    this.ctx.log(`serving replica ${volume.pool}/${volume.name} at ${endpoint.address}:${endpoint.port} (NBD, TLS)`);
+    return endpoint;
+  }
+
+  private async stopExport(k: string): Promise<void> {
+    const exp = this.exports.get(k);
+    if (!exp) return;
+    this.exports.delete(k);
+    const [pool, name] = k.split('/') as [string, string];
+    await this.ctx.state.deleteReplicaEndpoint(pool, name, this.ctx.node.name);
+    await exp.stop();
+    this.ctx.log(`stopped serving replica ${k}`);
+  }
+
+  /** Logs a volume's state when it changes (not every second). */
+  private say(volume: StoredVolume, state: string, line: string): void {
+    const k = key(volume.pool, volume.name);
+    if (this.lastState.get(k) === state) return;
+    this.lastState.set(k, state);
+    this.ctx.log(line);
+  }
+
+  /** The replication of each replicated disk of a VM running here. */
+  async statusOf(vmName: string): Promise<VolumeReplication[]> {
+    const vm = await this.ctx.state.vm(vmName);
+    const instance = this.ctx.runtime.get(vmName);
+    if (!vm || !instance) return [];
+    const out: VolumeReplication[] = [];
+    for (const disk of replicatedDisks(vm.spec)) {
+      out.push({ pool: disk.pool, volume: disk.volume, replicas: disk.replicas!, primary: this.ctx.node.name, ...(await replicationStatus(instance.qmp, disk.id)) });
+    }
+    return out;
+  }
+
+  // ---- ReplicaHandover: the migration's part (see migration/local.ts) ----
+
+  /** Source, guest paused before switchover: each job completes in sync, so the replicas are equal. */
+  async pauseForSwitchover(instance: VmInstance): Promise<void> {
+    for (const disk of replicatedDisks(instance.spec)) await stopReplication(instance.qmp, disk.id, { inSync: true });
+  }
+
+  /** Source, the stream completed (its images are inactive, their locks released): serve this host's replicas. */
+  async serveAfterSwitchover(spec: VmSpec): Promise<void> {
+    for (const disk of replicatedDisks(spec)) {
+      const volume = await this.ctx.state.volume(disk.pool, disk.volume);
+      if (volume) await this.locked(key(volume.pool, volume.name), () => this.ensureExport(volume));
+    }
+  }
+
+  /** Source, rolled back: stop serving this host's replicas (the guest needs its images back). */
+  async stopServing(spec: VmSpec): Promise<void> {
+    for (const disk of replicatedDisks(spec)) {
+      const k = key(disk.pool, disk.volume);
+      await this.locked(k, () => this.stopExport(k));
+    }
+  }
+
+  /**
+   * Source, rolled back: replicate into the peer again. `none` when nothing was written since the
+   * jobs completed in sync; `full` when the guest ran meanwhile (it had to continue before its
+   * images could be written again).
+   */
+  async resumeAfterRollback(instance: VmInstance, sync: 'none' | 'full'): Promise<void> {
+    const me = this.ctx.node.name;
+    for (const disk of replicatedDisks(instance.spec)) {
+      const k = key(disk.pool, disk.volume);
+      await this.locked(k, async () => {
+        const endpoint = await this.ctx.state.replicaEndpoint(disk.pool, disk.volume, peerOf(volumeOf(disk), me));
+        if (!endpoint) return; // the next pass replicates in full once the peer serves again
+        await ensureReplicaTls(instance.qmp, this.ctx.node.certDir);
+        await startReplication(instance.qmp, disk.id, endpoint, sync);
+        this.targets.set(k, `${endpoint.address}:${endpoint.port}`);
+      });
+    }
+  }
+
+  /**
+   * Destination, after winning the ownership and before the guest runs: stop serving this host's
+   * replica (the guest writes to it now) and replicate into the old primary's, which it serves
+   * once its stream completed. Both replicas are equal at this point, so nothing is copied.
+   */
+  async takeOver(instance: VmInstance): Promise<void> {
+    const me = this.ctx.node.name;
+    for (const disk of replicatedDisks(instance.spec)) {
+      const k = key(disk.pool, disk.volume);
+      const peer = peerOf(volumeOf(disk), me);
+      await this.locked(k, async () => {
+        await this.stopExport(k);
+        const deadline = Date.now() + HANDOVER_WAIT_MS;
+        let endpoint: ReplicaEndpoint | undefined;
+        while (!(endpoint = await this.ctx.state.replicaEndpoint(disk.pool, disk.volume, peer)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+        if (!endpoint) {
+          this.ctx.log(`warning: ${disk.pool}/${disk.volume}: ${peer} did not serve its replica within ${HANDOVER_WAIT_MS / 1000} s; the guest runs degraded until it does`);
+          return;
+        }
+        await ensureReplicaTls(instance.qmp, this.ctx.node.certDir);
+        await startReplication(instance.qmp, disk.id, endpoint, 'none');
+        this.targets.set(k, `${endpoint.address}:${endpoint.port}`);
+      });
+    }
+  }
+}
+
+export function replicatedDisks(spec: VmSpec): (DiskSpec & { replicas: string[] })[] {
+  return (spec.disks ?? []).filter((d): d is DiskSpec & { replicas: string[] } => Array.isArray(d.replicas) && d.replicas.length === 2);
+}
+
+function diskOf(vm: OwnedVm, volume: StoredVolume): DiskSpec | undefined {
+  return vm.spec.disks?.find((d) => d.pool === volume.pool && d.volume === volume.name);
+}

@@ -1,0 +1,166 @@
+/**
+ * `replicated` volumes end to end in a 3-host lab (real QEMU, real qemu-nbd,
+ * mutual TLS): every guest write reaches both replicas before it completes;
+ * the VM migrates between its two replica hosts moving only RAM; the peer goes
+ * away and comes back and only the blocks written meanwhile are copied; the
+ * primary dies mid-write and the peer's replica holds every completed write.
+ */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { mkdir, open, readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { run } from '../../src/util/exec.ts';
+import { assertDiskVerifies, useLab } from '../helpers/lab.ts';
+
+const BLOCK = 4096;
+const GRANULE = 4096;
+const VOLUME = 'r1-disk0';
+
+describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', () => {
+  const suite = useLab('replicated', []);
+  const cli = suite.cli;
+  const replicaFile = (host: string) => path.join(suite.dir, 'hosts', host, 'replicas', `${VOLUME}.qcow2`);
+  const agentPid = (host: string) => suite.lab.hosts.find((h) => h.name === host)!.pid!;
+
+  async function replication(): Promise<{ state: string; primary?: string; copiedBytes: number; pendingBytes: number }> {
+    const shown = await cli('volume', 'show', VOLUME, '--pool', 'r');
+    assert.equal(shown.code, 0, shown.stderr);
+    return shown.json.replication;
+  }
+
+  async function waitFor(state: string, timeoutMs = 30_000): Promise<{ state: string; primary?: string; copiedBytes: number; pendingBytes: number }> {
+    const deadline = Date.now() + timeoutMs;
+    let last = await replication();
+    while (last.state !== state && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+      last = await replication();
+    }
+    assert.equal(last.state, state, `replication of ${VOLUME} is ${JSON.stringify(last)}, expected ${state}`);
+    return last;
+  }
+
+  /** With the writer idle and the replication in sync, both replica files hold the same disk. */
+  async function assertReplicasEqual(ip: string): Promise<void> {
+    await suite.probe.diskcheckRate(ip, 0);
+    try {
+      await waitFor('in-sync');
+      const compared = await run('qemu-img', ['compare', '-U', replicaFile('h1'), replicaFile('h2')]).catch((err: Error) => err.message);
+      assert.match(compared, /Images are identical/, 'the two replicas differ');
+    } finally {
+      await suite.probe.diskcheckRate(ip, 40);
+    }
+  }
+
+  it('a replicated pool: the VM writes to both replica hosts; it migrates between them moving only RAM, and the replicas stay equal', async (t) => {
+    for (const h of suite.lab.hosts) await mkdir(path.join(suite.dir, 'hosts', h.name, 'replicas'), { recursive: true });
+    const added = await cli('storage', 'add', 'r', '--type', 'replicated', '--path', path.join(suite.dir, 'hosts', '%h', 'replicas'));
+    assert.equal(added.code, 0, added.stderr);
+    const created = await cli('vm', 'create', 'r1', '--memory', '192', '--memcheck', '16', '--disk', '64M,storage=r,peer=h2', '--diskcheck', '40', '--host', 'h1');
+    assert.equal(created.code, 0, created.stderr);
+    const ip = (await cli('vm', 'show', 'r1')).json.ip as string;
+    assert.ok(existsSync(replicaFile('h1')) && existsSync(replicaFile('h2')), 'a replica on each of h1 and h2');
+    assert.equal(existsSync(replicaFile('h3')), false);
+    assert.equal((await waitFor('in-sync')).primary, 'h1');
+    let writes = await assertDiskVerifies(suite, 'r1', 0, ip);
+    await assertReplicasEqual(ip);
+
+    for (const to of ['h2', 'h1']) {
+      const result = await cli('vm', 'migrate', 'r1', '--to', to);
+      assert.equal(result.code, 0, result.stderr);
+      assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'replica' }]);
+      assert.equal(result.json.diskBytes, 0, 'between replica hosts only RAM moves');
+      writes = await assertDiskVerifies(suite, 'r1', writes, ip);
+      const after = await waitFor('in-sync');
+      assert.equal(after.primary, to, 'the new host writes to both replicas');
+      await assertReplicasEqual(ip);
+      t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms`);
+    }
+
+    const elsewhere = await cli('vm', 'migrate', 'r1', '--to', 'h3');
+    assert.notEqual(elsewhere.code, 0, 'h3 keeps no replica');
+    assert.match(elsewhere.stderr + (elsewhere.json?.error ?? ''), /replicated on 'h1' and 'h2', not on 'h3'/);
+    assert.equal((await cli('vm', 'show', 'r1')).json.owner, 'h1');
+    await assertDiskVerifies(suite, 'r1', writes, ip);
+  });
+
+  it('the peer goes away mid-write: the guest writes on (degraded); when it is back only the blocks written meanwhile are copied', async (t) => {
+    const ip = (await cli('vm', 'show', 'r1')).json.ip as string;
+    await waitFor('in-sync');
+    const before = await replication();
+    const writesBefore = (await suite.probe.diskcheckStats(ip)).writes;
+    // The peer's agent frozen (it would restart the export) and its export killed: h2 is away.
+    const exportPid = Number((await readFile(path.join(suite.dir, 'hosts', 'h2', 'state', 'replica-exports', `r.${VOLUME}.pid`), 'utf8')).trim());
+    process.kill(agentPid('h2'), 'SIGSTOP');
+    let writesDuring: number;
+    try {
+      process.kill(exportPid, 'SIGKILL');
+      await new Promise((r) => setTimeout(r, 4000));
+      const degraded = await replication();
+      assert.equal(degraded.state, 'degraded', `with the peer away the volume must say degraded: ${JSON.stringify(degraded)}`);
+      const stats = await suite.probe.diskcheckStats(ip);
+      assert.equal(stats.errors, 0, 'the guest\'s writes do not fail while the peer is away');
+      writesDuring = stats.writes - writesBefore;
+      assert.ok(writesDuring > 20, `the guest kept writing while the peer was away (${writesDuring} writes)`);
+    } finally {
+      process.kill(agentPid('h2'), 'SIGCONT');
+    }
+    const synced = await waitFor('in-sync');
+    const resynced = synced.copiedBytes - before.copiedBytes;
+    // Every write is one 4 KiB block, and the resync works in 4 KiB blocks; the job's count also
+    // has the writes made after the peer came back (copied as they happen).
+    const writesUntilSynced = (await suite.probe.diskcheckStats(ip)).writes - writesBefore;
+    t.diagnostic(`peer away about 4 s: ${writesDuring} guest writes; resync copied ${(resynced / 1024).toFixed(0)} KiB (${resynced / GRANULE} blocks of 4 KiB, ${writesUntilSynced} guest writes until in sync) of a 64 MiB disk`);
+    assert.ok(resynced >= writesDuring * GRANULE * 0.9, `the blocks written meanwhile were copied: ${resynced} bytes for ${writesDuring} writes while away`);
+    assert.ok(resynced <= writesUntilSynced * GRANULE, `only changed blocks are copied: ${resynced} bytes for ${writesUntilSynced} writes`);
+    assert.ok(resynced < 64 * 2 ** 20 / 8, 'far less than the disk');
+    await assertReplicasEqual(ip);
+    await assertDiskVerifies(suite, 'r1', 0, ip);
+  });
+
+  it('the primary dies mid-write: the peer\'s replica holds every write the guest saw complete', async () => {
+    const ip = (await cli('vm', 'show', 'r1')).json.ip as string;
+    await waitFor('in-sync');
+    await suite.probe.diskcheckRate(ip, 200);
+    await new Promise((r) => setTimeout(r, 1500));
+    const instance = JSON.parse(await readFile(path.join(suite.dir, 'hosts', 'h1', 'state', 'instances', 'r1.running.json'), 'utf8')) as { pid: number };
+    process.kill(instance.pid, 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 500));
+    // h1's replica has every write QEMU completed (and a write can be on h1 only while in flight);
+    // diskcheck writes one block at a time, so at most one block may differ.
+    const differing = await differingBlocks(replicaFile('h1'), replicaFile('h2'), path.join(suite.dir, 'compare'));
+    assert.ok(differing.length <= 1, `${differing.length} blocks differ between the replicas (first: ${differing.slice(0, 5).join(', ')})`);
+
+    assert.equal((await cli('vm', 'destroy', 'r1')).code, 0);
+    const deleted = await cli('volume', 'delete', VOLUME, '--pool', 'r');
+    assert.equal(deleted.code, 0, deleted.stderr);
+    assert.equal(existsSync(replicaFile('h1')) || existsSync(replicaFile('h2')), false, 'both replicas are removed');
+  });
+});
+
+/** Indexes of the 4 KiB blocks in which two images differ (read as raw). */
+async function differingBlocks(a: string, b: string, scratch: string): Promise<number[]> {
+  await mkdir(scratch, { recursive: true });
+  const rawA = path.join(scratch, 'a.raw');
+  const rawB = path.join(scratch, 'b.raw');
+  await run('qemu-img', ['convert', '-U', '-O', 'raw', a, rawA], { timeoutMs: 60_000 });
+  await run('qemu-img', ['convert', '-U', '-O', 'raw', b, rawB], { timeoutMs: 60_000 });
+  const [fa, fb] = [await open(rawA), await open(rawB)];
+  const out: number[] = [];
+  try {
+    const chunk = 4 * 2 ** 20;
+    const bufA = Buffer.alloc(chunk);
+    const bufB = Buffer.alloc(chunk);
+    for (let offset = 0; ; offset += chunk) {
+      const [ra, rb] = await Promise.all([fa.read(bufA, 0, chunk, offset), fb.read(bufB, 0, chunk, offset)]);
+      if (ra.bytesRead !== rb.bytesRead) throw new Error(`the replicas differ in size at ${offset}`);
+      if (ra.bytesRead === 0) break;
+      for (let i = 0; i < ra.bytesRead; i += BLOCK) if (bufA.compare(bufB, i, i + BLOCK, i, i + BLOCK) !== 0) out.push((offset + i) / BLOCK);
+    }
+  } finally {
+    await fa.close();
+    await fb.close();
+    await rm(scratch, { recursive: true, force: true });
+  }
+  return out;
+}
