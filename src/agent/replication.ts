@@ -20,7 +20,7 @@ import type { OwnedVm, StoredVolume } from '../cluster/model.ts';
 import type { ReplicaHandover } from '../migration/sides.ts';
 import type { VmInstance } from '../qemu/instance.ts';
 import type { DiskSpec, VmSpec } from '../qemu/spec.ts';
-import { ReplicaExport } from '../storage/replica-export.ts';
+import { ReplicaServer } from '../storage/replica-server.ts';
 import { peerOf, ReplicatedDriver } from '../storage/replicated.ts';
 import {
   ensureReplicaTls,
@@ -50,9 +50,11 @@ export interface VolumeReplication extends ReplicationStatus {
 }
 
 export class ReplicationManager implements ReplicaHandover {
-  private readonly exports = new Map<string, ReplicaExport>();
-  /** Ports used before, per volume: a restarted export takes the same one, so the primary's NBD client reconnects. */
-  private readonly ports = new Map<string, number>();
+  /** This host's replica server (started when this host first keeps a replica). */
+  private server: ReplicaServer | undefined;
+  private starting: Promise<ReplicaServer> | undefined;
+  /** Volumes (pool/name) this host serves now. */
+  private readonly served = new Set<string>();
   /** The endpoint each local job writes to: a peer that moved to another port needs a new job. */
   private readonly targets = new Map<string, string>();
   private readonly locks = new Map<string, Promise<unknown>>();
@@ -66,13 +68,27 @@ export class ReplicationManager implements ReplicaHandover {
     this.timer = setInterval(() => void this.pass(), PASS_INTERVAL_MS);
   }
 
+  /** A stopped agent stops serving: the primaries degrade, and resync when it is back. */
   async stop(): Promise<void> {
     clearInterval(this.timer);
-    // Exports outlive the agent on purpose? No: a stopped agent stops serving; the primary degrades and resyncs later.
-    for (const [k, exp] of this.exports) {
-      await exp.stop().catch(() => undefined);
-      this.exports.delete(k);
-    }
+    await this.server?.stop().catch(() => undefined);
+    this.served.clear();
+  }
+
+  /** The replica server, started (or adopted from an earlier run) on first use, restarted if it died. */
+  private async replicaServer(): Promise<ReplicaServer> {
+    if (this.server?.running) return this.server;
+    this.served.clear(); // a dead server served nothing
+    this.starting ??= (async () => {
+      const dir = path.join(this.ctx.node.stateDir, 'replica-server');
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      const server = await ReplicaServer.start({ address: this.ctx.node.address, tlsDir: this.ctx.node.certDir, dir });
+      for (const name of await server.served()) this.served.add(name);
+      this.ctx.log(`replica server listening at ${this.ctx.node.address}:${server.port} (NBD, TLS)`);
+      return server;
+    })().finally(() => (this.starting = undefined));
+    this.server = await this.starting;
+    return this.server;
   }
 
   /** Runs `body` with the volume's lock: the periodic pass and a migration's handover never interleave. */
@@ -89,17 +105,19 @@ export class ReplicationManager implements ReplicaHandover {
     this.passing = true;
     try {
       const pools = new Set((await this.ctx.state.pools()).filter((p) => p.type === 'replicated').map((p) => p.name));
-      if (!pools.size && !this.exports.size) return;
+      if (!pools.size && !this.served.size) return;
       const me = this.ctx.node.name;
       const volumes = (await this.ctx.state.volumes()).filter((v) => pools.has(v.pool) && v.replicas?.includes(me));
       const wanted = new Set(volumes.map((v) => key(v.pool, v.name)));
+      // Kept running whenever this host keeps a replica: a migration's handover then only adds an export.
+      if (volumes.length) await this.replicaServer();
       for (const volume of volumes) {
         await this.locked(key(volume.pool, volume.name), () => this.reconcileVolume(volume)).catch((err: Error) =>
           this.say(volume, 'error', `replication of ${volume.pool}/${volume.name}: ${err.message}`),
         );
       }
       // Volumes deleted meanwhile: their exports go.
-      for (const k of [...this.exports.keys()].filter((k) => !wanted.has(k))) await this.locked(k, () => this.stopExport(k));
+      for (const k of [...this.served].filter((k) => !wanted.has(k))) await this.locked(k, () => this.stopExport(k));
     } catch (err) {
       this.ctx.log(`replication pass failed: ${(err as Error).message}`);
     } finally {
@@ -149,46 +167,29 @@ export class ReplicationManager implements ReplicaHandover {
     this.say(volume, status.state, `${volume.pool}/${volume.name}: ${status.state === 'in-sync' ? `in sync with ${peer}` : `resyncing to ${peer}`}`);
   }
 
-  /** Peer: serve this host's replica, on the port used before if there was one. */
+  /** Peer: serve this host's replica and say where. */
   private async ensureExport(volume: StoredVolume): Promise<ReplicaEndpoint> {
     const k = key(volume.pool, volume.name);
     const me = this.ctx.node.name;
-    const running = this.exports.get(k);
-    if (running?.running) {
-      const published = await this.ctx.state.replicaEndpoint(volume.pool, volume.name, me);
-      if (published?.port === running.port) return published;
-    }
+    const server = await this.replicaServer();
+    const endpoint: ReplicaEndpoint = { host: me, address: this.ctx.node.address, port: server.port, export: k };
+    const published = await this.ctx.state.replicaEndpoint(volume.pool, volume.name, me);
+    if (this.served.has(k) && published?.port === endpoint.port) return published;
     const driver = (await storageCatalog(this.ctx)).get(volume.pool);
     if (!(driver instanceof ReplicatedDriver)) throw new Error(`pool '${volume.pool}' is not a replicated pool`);
-    const spec = volumeOf({ id: 'x', pool: volume.pool, volume: volume.name, format: volume.format, sizeBytes: volume.sizeBytes, ...(volume.replicas ? { replicas: volume.replicas } : {}) });
-    const runDir = path.join(this.ctx.node.stateDir, 'replica-exports');
-    await mkdir(runDir, { recursive: true });
-    const earlier = this.ports.get(k) ?? (await this.ctx.state.replicaEndpoint(volume.pool, volume.name, me))?.port;
-    await running?.stop();
-    const exp = await ReplicaExport.start({
-      file: driver.fileOf(spec),
-      format: volume.format,
-      address: this.ctx.node.address,
-      ...(earlier ? { port: earlier } : {}),
-      exportName: volume.name,
-      tlsDir: this.ctx.node.certDir,
-      pidFile: path.join(runDir, `${volume.pool}.${volume.name}.pid`),
-    });
-    this.exports.set(k, exp);
-    this.ports.set(k, exp.port);
-    const endpoint: ReplicaEndpoint = { host: me, address: this.ctx.node.address, port: exp.port, export: volume.name };
+    await server.serve(k, driver.fileOf(volumeOf({ id: 'x', pool: volume.pool, volume: volume.name, format: volume.format, sizeBytes: volume.sizeBytes })), volume.format);
+    this.served.add(k);
     await this.ctx.state.putReplicaEndpoint(volume.pool, volume.name, endpoint);
-    this.ctx.log(`serving replica ${volume.pool}/${volume.name} at ${endpoint.address}:${endpoint.port} (NBD, TLS)`);
+    this.ctx.log(`serving replica ${k} at ${endpoint.address}:${endpoint.port}`);
     return endpoint;
   }
 
   private async stopExport(k: string): Promise<void> {
-    const exp = this.exports.get(k);
-    if (!exp) return;
-    this.exports.delete(k);
+    if (!this.served.has(k)) return;
     const [pool, name] = k.split('/') as [string, string];
     await this.ctx.state.deleteReplicaEndpoint(pool, name, this.ctx.node.name);
-    await exp.stop();
+    if (this.server?.running) await this.server.withdraw(k);
+    this.served.delete(k);
     this.ctx.log(`stopped serving replica ${k}`);
   }
 
@@ -265,17 +266,25 @@ export class ReplicationManager implements ReplicaHandover {
       const k = key(disk.pool, disk.volume);
       const peer = peerOf(volumeOf(disk), me);
       await this.locked(k, async () => {
+        const t0 = performance.now();
         await this.stopExport(k);
+        const t1 = performance.now();
         const deadline = Date.now() + HANDOVER_WAIT_MS;
         let endpoint: ReplicaEndpoint | undefined;
-        while (!(endpoint = await this.ctx.state.replicaEndpoint(disk.pool, disk.volume, peer)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+        while (!(endpoint = await this.ctx.state.replicaEndpoint(disk.pool, disk.volume, peer)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
         if (!endpoint) {
           this.ctx.log(`warning: ${disk.pool}/${disk.volume}: ${peer} did not serve its replica within ${HANDOVER_WAIT_MS / 1000} s; the guest runs degraded until it does`);
           return;
         }
+        const t2 = performance.now();
         await ensureReplicaTls(instance.qmp, this.ctx.node.certDir);
         await startReplication(instance.qmp, disk.id, endpoint, 'none');
         this.targets.set(k, `${endpoint.address}:${endpoint.port}`);
+        const ms = (a: number, b: number) => Math.round(b - a);
+        this.ctx.log(
+          `${disk.pool}/${disk.volume}: replication handed over to ${me} (own export stopped ${ms(t0, t1)} ms, ` +
+            `waited ${ms(t1, t2)} ms for ${peer}'s, mirror started ${ms(t2, performance.now())} ms)`,
+        );
       });
     }
   }

@@ -322,6 +322,9 @@ export async function labDown(dir = DEFAULT_LAB_DIR): Promise<string[]> {
       const { pid } = JSON.parse(await readFile(path.join(instances, f), 'utf8')) as { pid: number };
       if (alive(pid)) process.kill(pid, 'SIGKILL');
     }
+    // So do the replica servers of replicated volumes.
+    const replicaServer = Number((await readFile(path.join(dir, 'hosts', h.name, 'state', 'replica-server', 'pid'), 'utf8').catch(() => '')).trim());
+    if (replicaServer > 0 && alive(replicaServer)) process.kill(replicaServer, 'SIGKILL');
   }
   for (const pid of lab.etcdPids) if (alive(pid)) process.kill(pid, 'SIGKILL');
   if (lab.sanNetns) {

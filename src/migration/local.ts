@@ -322,6 +322,8 @@ export class LocalDestination implements DestinationSide {
   /** Volumes prepare made available, and how: rollback undoes exactly these. */
   private readonly incomingDisks = new Map<string, IncomingDisk>();
   private nbdRunning = false;
+  /** Replicated disks: this host's replica exports stopped once the stream completed. */
+  private exportsStopped: Promise<void> = Promise.resolve();
   readonly lost: Promise<string>;
   private reportLost!: (detail: string) => void;
 
@@ -409,6 +411,9 @@ export class LocalDestination implements DestinationSide {
       qmp.on('event', onEvent);
     });
     this.completion.catch(() => undefined);
+    // The source's replication jobs ended before it sent the device state: once the stream is
+    // complete this host's replica export has no writer left, and stopping it now keeps it out of the pause.
+    if (replicas) this.exportsStopped = this.completion.then(() => this.options.replicas!.stopServing(spec)).catch(() => undefined);
     await qmp.execute('migrate-incoming', { uri: address ? `tcp:${address}:0` : `unix:${path.join(instance.dir, 'migrate.sock')}` });
     const uri = address ? `tcp:${address}:${await this.listeningPort()}` : `unix:${path.join(instance.dir, 'migrate.sock')}`;
     return {
@@ -454,7 +459,10 @@ export class LocalDestination implements DestinationSide {
     // The source's mirrors are done; from now on the guest must be the disks' only writer.
     if (this.nbdRunning) await stopNbdExports(this.instance);
     this.nbdRunning = false;
-    if ([...this.incomingDisks.values()].includes('replica')) await this.options.replicas!.takeOver(this.instance);
+    if ([...this.incomingDisks.values()].includes('replica')) {
+      await this.exportsStopped;
+      await this.options.replicas!.takeOver(this.instance);
+    }
     await qmp.execute('cont');
     // Tell the switches where the guest's MACs are now, at once and a few times more.
     await qmp.execute('announce-self', { initial: 0, max: 100, rounds: 3, step: 50 });

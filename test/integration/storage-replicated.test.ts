@@ -36,7 +36,10 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
       await new Promise((r) => setTimeout(r, 250));
       last = await replication();
     }
-    assert.equal(last.state, state, `replication of ${VOLUME} is ${JSON.stringify(last)}, expected ${state}`);
+    if (last.state !== state) {
+      const logs = await Promise.all(['h1', 'h2'].map(async (h) => `--- ${h} agent log (end) ---\n${(await readFile(path.join(suite.dir, 'hosts', h, 'agent.log'), 'utf8')).slice(-1500)}`));
+      assert.fail(`replication of ${VOLUME} is ${JSON.stringify(last)}, expected ${state}\n${logs.join('\n')}`);
+    }
     return last;
   }
 
@@ -74,7 +77,8 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
       const after = await waitFor('in-sync');
       assert.equal(after.primary, to, 'the new host writes to both replicas');
       await assertReplicasEqual(ip);
-      t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms`);
+      const handover = (await readFile(path.join(suite.dir, 'hosts', to, 'agent.log'), 'utf8')).split('\n').filter((l) => /handed over/.test(l)).pop();
+      t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms; ${handover?.replace(/^.*?: r\//, 'r/')}`);
     }
 
     const elsewhere = await cli('vm', 'migrate', 'r1', '--to', 'h3');
@@ -89,8 +93,8 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
     await waitFor('in-sync');
     const before = await replication();
     const writesBefore = (await suite.probe.diskcheckStats(ip)).writes;
-    // The peer's agent frozen (it would restart the export) and its export killed: h2 is away.
-    const exportPid = Number((await readFile(path.join(suite.dir, 'hosts', 'h2', 'state', 'replica-exports', `r.${VOLUME}.pid`), 'utf8')).trim());
+    // The peer's agent frozen (it would restart its replica server) and the server killed: h2 is away.
+    const exportPid = Number((await readFile(path.join(suite.dir, 'hosts', 'h2', 'state', 'replica-server', 'pid'), 'utf8')).trim());
     process.kill(agentPid('h2'), 'SIGSTOP');
     let writesDuring: number;
     try {
@@ -112,7 +116,8 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
     const writesUntilSynced = (await suite.probe.diskcheckStats(ip)).writes - writesBefore;
     t.diagnostic(`peer away about 4 s: ${writesDuring} guest writes; resync copied ${(resynced / 1024).toFixed(0)} KiB (${resynced / GRANULE} blocks of 4 KiB, ${writesUntilSynced} guest writes until in sync) of a 64 MiB disk`);
     assert.ok(resynced >= writesDuring * GRANULE * 0.9, `the blocks written meanwhile were copied: ${resynced} bytes for ${writesDuring} writes while away`);
-    assert.ok(resynced <= writesUntilSynced * GRANULE, `only changed blocks are copied: ${resynced} bytes for ${writesUntilSynced} writes`);
+    // (+2: a write copied by the job a moment before diskcheck counts it)
+    assert.ok(resynced <= (writesUntilSynced + 2) * GRANULE, `only changed blocks are copied: ${resynced} bytes for ${writesUntilSynced} writes`);
     assert.ok(resynced < 64 * 2 ** 20 / 8, 'far less than the disk');
     await assertReplicasEqual(ip);
     await assertDiskVerifies(suite, 'r1', 0, ip);
