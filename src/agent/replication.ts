@@ -33,9 +33,12 @@ import {
 import type { ReplicaEndpoint } from '../storage/types.ts';
 import { volumeOf } from '../storage/types.ts';
 import { accepts } from '../util/net.ts';
+import { run } from '../util/exec.ts';
 import { storageCatalog, type AgentContext } from './context.ts';
 
 const PASS_INTERVAL_MS = 1_000;
+/** Passes in a row without an answer from the peer before a replicating primary cuts the connection. */
+const UNREACHABLE_PASSES = 2;
 /** How long a new primary waits at switchover for the old one to serve its replica. */
 const HANDOVER_WAIT_MS = 10_000;
 
@@ -59,6 +62,8 @@ export class ReplicationManager implements ReplicaHandover {
   private readonly targets = new Map<string, string>();
   private readonly locks = new Map<string, Promise<unknown>>();
   private readonly lastState = new Map<string, string>();
+  /** Passes in a row in which a replicating primary could not reach its peer. */
+  private readonly misses = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private passing = false;
 
@@ -164,6 +169,18 @@ export class ReplicationManager implements ReplicaHandover {
       if (await resumeReplication(qmp, disk.id)) this.say(volume, 'resyncing', `${volume.pool}/${volume.name}: ${peer} is back, copying the blocks written meanwhile`);
       return;
     }
+    if (!reachable) {
+      // Replicating, but the peer does not answer: a cut network holds the guest's writes. Twice in a row (2 s): cut loose.
+      const misses = (this.misses.get(k) ?? 0) + 1;
+      this.misses.set(k, misses);
+      if (misses >= UNREACHABLE_PASSES) {
+        this.misses.delete(k);
+        await abortConnections(endpoint!);
+        return this.say(volume, 'degraded', `${volume.pool}/${volume.name}: ${peer} does not answer; connection aborted, writes go to this replica and are recorded`);
+      }
+      return;
+    }
+    this.misses.delete(k);
     this.say(volume, status.state, `${volume.pool}/${volume.name}: ${status.state === 'in-sync' ? `in sync with ${peer}` : `resyncing to ${peer}`}`);
   }
 
@@ -288,6 +305,17 @@ export class ReplicationManager implements ReplicaHandover {
       });
     }
   }
+}
+
+/**
+ * A cut network holds the NBD client's requests (and the guest's writes) until TCP gives up,
+ * minutes later. Aborting the connections to the peer's replica server from this host's side
+ * (SOCK_DESTROY, as `ss -K` does) fails them at once; the client then takes its reconnect path:
+ * the job pauses with those writes recorded, and resumes when the peer answers again. (QMP's
+ * `yank` would also free them, but leaves QEMU 7.2's NBD client unable ever to reconnect.)
+ */
+async function abortConnections(peer: ReplicaEndpoint): Promise<void> {
+  await run('ss', ['-K', 'dst', peer.address, 'dport', '=', String(peer.port)]);
 }
 
 export function replicatedDisks(spec: VmSpec): (DiskSpec & { replicas: string[] })[] {
