@@ -31,6 +31,10 @@
  *                        or data in a never-written block
  *   fill M   -> "fill mib=<M> ms=<elapsed>"  writes every block of the first M MiB (0 or more
  *               than the area: all of it) with fresh seqs, 1 MiB per write
+ *   startup  -> "startup valid=<n> torn=<n> foreign=<n> maxseq=<S> ms=<elapsed>"  what the disk held
+ *               when diskcheck started: it takes a disk it finds as it is (a guest that rebooted,
+ *               or was recovered on another host from a replica, goes on where the disk is): every
+ *               valid block enters the table, seqs continue above the highest found
  * For tests only (they damage the disk behind the table's back):
  *   corrupt B -> "corrupt B"          block B becomes a torn block (a valid one, half overwritten)
  *   rewind B  -> "rewind B seq=<S>"   block B gets an older valid version (seq S < the table's)
@@ -185,6 +189,30 @@ static void verify(struct verdict *v) {
     }
 }
 
+/* At start: the table from what the disk holds (all zeros on a new disk). */
+struct adoption { uint64_t valid, torn, foreign, maxseq; double ms; };
+
+static void adopt(struct adoption *a) {
+    double started = now_s();
+    memset(a, 0, sizeof *a);
+    for (uint64_t first = 0; first < blocks; first += CHUNK_BLOCKS) {
+        uint64_t count = blocks - first < CHUNK_BLOCKS ? blocks - first : CHUNK_BLOCKS;
+        if (pread(dev, chunk, count * BLOCK, (off_t)(first * BLOCK)) != (ssize_t)(count * BLOCK)) continue;
+        for (uint64_t i = 0; i < count; i++) {
+            const uint64_t *w = chunk + i * WORDS;
+            if (all_zero(w)) continue;
+            if (!block_valid(w)) { a->torn++; continue; }
+            if (w[1] != first + i) { a->foreign++; continue; }
+            a->valid++;
+            expected[first + i] = w[2];
+            if (w[2] > a->maxseq) a->maxseq = w[2];
+        }
+    }
+    written = a->valid;
+    seq = a->maxseq;
+    a->ms = (now_s() - started) * 1000;
+}
+
 static int parse_block(const char *s, uint64_t *b) {
     char *end;
     unsigned long long x = strtoull(s, &end, 10);
@@ -228,11 +256,15 @@ int main(int argc, char **argv) {
         return 1;
     }
 
+    struct adoption startup;
+    adopt(&startup);
+
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_ANY) };
     if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) { perror("diskcheck: bind"); return 1; }
-    printf("diskcheck: %s, %llu blocks (%llu MiB), writing %.0f blocks/s, udp port %u\n", path, (unsigned long long)blocks,
-           (unsigned long long)(blocks / 256), rate, port);
+    printf("diskcheck: %s, %llu blocks (%llu MiB), %llu valid blocks found (highest seq %llu, %llu torn, %llu foreign), writing %.0f blocks/s, udp port %u\n",
+           path, (unsigned long long)blocks, (unsigned long long)(blocks / 256), (unsigned long long)startup.valid,
+           (unsigned long long)startup.maxseq, (unsigned long long)startup.torn, (unsigned long long)startup.foreign, rate, port);
     fflush(stdout);
 
     /* Writer order: block = (start + k * step) mod blocks with step coprime to blocks, a full cycle. */
@@ -281,6 +313,9 @@ int main(int argc, char **argv) {
             len = snprintf(out, sizeof out, "stats blocks=%llu writes=%llu written=%llu seq=%llu errors=%llu rate=%.0f",
                            (unsigned long long)blocks, (unsigned long long)writes, (unsigned long long)written,
                            (unsigned long long)seq, (unsigned long long)errors, rate);
+        } else if (!strcmp(in, "startup")) {
+            len = snprintf(out, sizeof out, "startup valid=%llu torn=%llu foreign=%llu maxseq=%llu ms=%.0f", (unsigned long long)startup.valid,
+                           (unsigned long long)startup.torn, (unsigned long long)startup.foreign, (unsigned long long)startup.maxseq, startup.ms);
         } else if (!strncmp(in, "rate ", 5)) {
             rate = atof(in + 5);
             if (rate < 0) rate = 0;
@@ -319,7 +354,7 @@ int main(int argc, char **argv) {
         } else if (!strncmp(in, "corrupt ", 8) || !strncmp(in, "rewind ", 7)) {
             len = snprintf(out, sizeof out, "error '%.40s': the block must be a number in 0..%llu", in, (unsigned long long)(blocks - 1));
         } else {
-            len = snprintf(out, sizeof out, "error unknown command '%.40s' (use stats, rate <blocks/s>, verify, fill <MiB>; "
+            len = snprintf(out, sizeof out, "error unknown command '%.40s' (use stats, startup, rate <blocks/s>, verify, fill <MiB>; "
                                             "tests only: corrupt <block>, rewind <block>; blocks 0..%llu)",
                            in, (unsigned long long)(blocks - 1));
         }

@@ -12,6 +12,7 @@ import { macFor, makeVmSpec, type DiskSpec, type VmSpec, type VolumeFormat } fro
 import type { OwnedVm, StoredVolume } from '../cluster/model.ts';
 import type { DiskNeed } from '../migration/sides.ts';
 import { createVolume, removeVolume, storageRoutes } from './storage-routes.ts';
+import { recoverRoutes } from './recover.ts';
 import { storageCatalog } from './context.ts';
 import { defaultFormat, type StoragePoolConfig } from '../storage/types.ts';
 
@@ -25,6 +26,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
 
   return [
     ...storageRoutes(ctx),
+    ...recoverRoutes(ctx),
     { method: 'GET', pattern: '/v1/health', handler: async () => ({ host: node.name, vms: await runtime.list() }) },
 
     {

@@ -97,7 +97,7 @@ export interface InFlightMigration {
 }
 
 export type JobState = 'running' | 'succeeded' | 'failed';
-export type JobKind = 'create' | 'start' | 'stop' | 'migrate';
+export type JobKind = 'create' | 'start' | 'stop' | 'migrate' | 'recover';
 
 export interface Job {
   id: string;

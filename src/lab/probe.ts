@@ -149,6 +149,12 @@ export class Probe {
     return parseFields('diskcheck', 'stats', reply, ['blocks', 'writes', 'written', 'seq', 'errors', 'rate'] as const);
   }
 
+  /** What the disk held when diskcheck started (it takes a disk it finds as it is): valid, torn and foreign blocks, the highest seq. */
+  async diskcheckStartup(host: string, timeoutMs = 5000): Promise<{ valid: number; torn: number; foreign: number; maxseq: number; ms: number }> {
+    const reply = await this.request(host, DISKCHECK_PORT, 'startup', timeoutMs);
+    return parseFields('diskcheck', 'startup', reply, ['valid', 'torn', 'foreign', 'maxseq', 'ms'] as const);
+  }
+
   /** Sets how many blocks per second diskcheck rewrites (0: idle). */
   async diskcheckRate(host: string, blocksPerSec: number): Promise<void> {
     const reply = await this.request(host, DISKCHECK_PORT, `rate ${blocksPerSec}`);

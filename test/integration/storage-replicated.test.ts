@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { killAgent, startAgent } from '../../src/lab/lab.ts';
 import { run } from '../../src/util/exec.ts';
 import { assertDiskVerifies, useLab } from '../helpers/lab.ts';
 
@@ -149,18 +150,48 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
     await assertDiskVerifies(suite, 'r1', 0, ip);
   });
 
-  it('the primary dies mid-write: the peer\'s replica holds every write the guest saw complete', async () => {
+  it('the primary host dies mid-write: the peer\'s replica holds every write the guest saw complete; the VM is recovered there, and the returning host resyncs', async (t) => {
     const ip = (await cli('vm', 'show', 'r1')).json.ip as string;
     await waitFor('in-sync');
     await suite.probe.diskcheckRate(ip, 200);
     await new Promise((r) => setTimeout(r, 1500));
+    const lastSeen = await suite.probe.diskcheckStats(ip);
+    // h1 dies: its QEMU first (the moment of the crash), then its agent and its replica server.
     const instance = JSON.parse(await readFile(path.join(suite.dir, 'hosts', 'h1', 'state', 'instances', 'r1.running.json'), 'utf8')) as { pid: number };
     process.kill(instance.pid, 'SIGKILL');
-    await new Promise((r) => setTimeout(r, 500));
+    await killAgent(suite.lab, 'h1');
+    const h1Server = Number((await readFile(path.join(suite.dir, 'hosts', 'h1', 'state', 'replica-server', 'pid'), 'utf8').catch(() => '')).trim());
+    if (h1Server > 0) process.kill(h1Server, 'SIGKILL');
+
     // h1's replica has every write QEMU completed (and a write can be on h1 only while in flight);
     // diskcheck writes one block at a time, so at most one block may differ.
     const differing = await differingBlocks(replicaFile('h1'), replicaFile('h2'), path.join(suite.dir, 'compare'));
     assert.ok(differing.length <= 1, `${differing.length} blocks differ between the replicas (first: ${differing.slice(0, 5).join(', ')})`);
+
+    const early = await cli('vm', 'recover', 'r1', '--to', 'h2');
+    assert.notEqual(early.code, 0, 'refused while h1\'s lease is current');
+    assert.match(early.stderr, /host 'h1' is alive \(its lease is current\)/);
+    for (let i = 0; i < 60 && (await cli('node', 'list')).json?.hosts?.some((h: { name: string }) => h.name === 'h1'); i++) await new Promise((r) => setTimeout(r, 500));
+    const wrongHost = await cli('vm', 'recover', 'r1', '--to', 'h3');
+    assert.notEqual(wrongHost.code, 0);
+    assert.match(wrongHost.stderr, /replicated on h1 and h2; recover the VM on 'h2'/);
+    const recovered = await cli('vm', 'recover', 'r1', '--to', 'h2');
+    assert.equal(recovered.code, 0, recovered.stderr);
+    assert.equal((await cli('vm', 'show', 'r1')).json.owner, 'h2');
+
+    // The guest booted from h2's replica; diskcheck took the disk as it found it.
+    const startup = await suite.probe.diskcheckStartup(ip, 90_000);
+    t.diagnostic(`before the crash the guest had completed write seq ${lastSeen.seq}; h2's replica: ${startup.valid} valid blocks, highest seq ${startup.maxseq}, ${startup.torn} torn, ${startup.foreign} foreign; ${differing.length} block(s) differed from h1's`);
+    assert.deepEqual({ torn: startup.torn, foreign: startup.foreign }, { torn: 0, foreign: 0 });
+    assert.ok(startup.maxseq >= lastSeen.seq, `a write the guest saw complete (seq ${lastSeen.seq}) is missing: the replica's newest is ${startup.maxseq}`);
+    await suite.probe.diskcheckRate(ip, 40);
+    await assertDiskVerifies(suite, 'r1', 0, ip);
+
+    // h1 comes back: it serves its (stale) replica, and h2 copies the disk over it.
+    await startAgent(suite.lab, 'h1');
+    const synced = await waitFor('in-sync', 90_000);
+    assert.equal(synced.primary, 'h2');
+    await assertReplicasEqual(ip);
 
     assert.equal((await cli('vm', 'destroy', 'r1')).code, 0);
     const deleted = await cli('volume', 'delete', VOLUME, '--pool', 'r');

@@ -20,6 +20,8 @@ const USAGE = `Usage:
   ferry vm start|stop|destroy|show NAME   (stop --force kills at once)
   ferry vm list
   ferry vm console NAME                   the guest's serial console log
+  ferry vm recover NAME --to HOST         boot a VM whose host is gone (lease expired) on HOST, from its
+      disks: shared storage, or HOST's replica of a replicated volume. Its memory is lost with its host.
   ferry vm migrate NAME --to HOST [--policy balanced|minimal-downtime|must-finish] [--downtime-limit ms]
                    [--bandwidth MiB/s] [--timeout s] [--allow-postcopy] [--verify-memory auto|always|never] [--no-probe] [--dry-run]
       Policies: minimal-downtime keeps the pause short and rolls back rather than pause long;
@@ -108,6 +110,11 @@ export const vmCommand: Command = {
         const vm = await cli.vm(name!);
         const { log } = await cli.agent(vm.owner).call<{ log: string }>('GET', `/v1/vms/${name}/console`);
         return out(log, { log });
+      }
+      case 'recover': {
+        if (!values.to) throw new UsageError('ferry vm recover NAME --to HOST: say which host takes the VM over');
+        const { vm } = await cli.agent(values.to).call<{ vm: OwnedVm }>('POST', `/v1/vms/${name}/recover`, {}, 120_000);
+        return out(`${name}: recovered on ${vm.owner}, booted from its disks`, { vm });
       }
       case 'migrate':
         return migrateVm(cli, name!, values, json);

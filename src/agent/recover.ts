@@ -1,0 +1,71 @@
+/**
+ * Recovery of a VM whose host is gone: this host takes the ownership (compare-
+ * and-swap on the VM's record) and boots the VM from its disks. Only once the
+ * dead host's lease has expired and a grace period has passed (DESIGN
+ * invariant 4: an agent that cannot renew its lease has stopped its guests
+ * before it expires), and only with disks this host can open: shared storage,
+ * or the replica it keeps of a replicated volume. The building block of the
+ * HA manager; `ferry vm recover` for an admin until then.
+ */
+import { ReplicatedDriver } from '../storage/replicated.ts';
+import { volumeOf } from '../storage/types.ts';
+import { requireRoom, requireVm, storageCatalog, type AgentContext } from './context.ts';
+import { RefusedError } from './errors.ts';
+import type { Route } from './server.ts';
+
+export function recoverRoutes(ctx: AgentContext): Route[] {
+  return [{ method: 'POST', pattern: '/v1/vms/:name/recover', handler: async ({ name }) => ({ vm: await recoverVm(ctx, name!) }) }];
+}
+
+async function recoverVm(ctx: AgentContext, name: string) {
+  const { state, node, runtime } = ctx;
+  const vm = await requireVm(ctx, name);
+  if (vm.owner === node.name) throw new RefusedError(`'${name}' is owned by ${node.name} already; start it with 'ferry vm start ${name}'`);
+  if (await state.migration(name)) throw new RefusedError(`'${name}' is being migrated; a migration is closed by its source's agent`);
+  await requireGone(ctx, vm.owner);
+  const storage = await storageCatalog(ctx);
+  for (const disk of vm.spec.disks ?? []) {
+    const driver = storage.get(disk.pool);
+    if (driver instanceof ReplicatedDriver) {
+      if (!driver.isReplicaHost(volumeOf(disk)))
+        throw new RefusedError(`disk ${disk.id} of '${name}' is replicated on ${disk.replicas?.join(' and ')}; recover the VM on '${disk.replicas?.find((h) => h !== vm.owner)}'`);
+      if (!(await driver.exists(volumeOf(disk)))) throw new RefusedError(`the replica of ${disk.pool}/${disk.volume} is missing on ${node.name}`);
+    } else if (!driver.shared) {
+      throw new RefusedError(`disk ${disk.id} of '${name}' is in pool '${disk.pool}' (${driver.config.type}), only on the lost host '${vm.owner}'; it cannot be recovered elsewhere`);
+    } else {
+      await driver.status();
+    }
+  }
+  await requireRoom(ctx, node.name, vm.spec.memoryMiB, name);
+  const job = await state.newJob('recover', name, node.name);
+  job.log.push(`${new Date().toISOString()} host '${vm.owner}' is gone (lease expired); recovering ${name} on ${node.name}`);
+  try {
+    const token = await state.updateVm(vm, { owner: node.name });
+    if (token === undefined) throw new RefusedError(`'${name}' changed while being recovered (another host took it?); see 'ferry vm show ${name}'`);
+    // This host served its replicas to the lost primary: from now on its guest writes to them.
+    await ctx.replication.stopServing(vm.spec);
+    await runtime.start(vm.spec, storage.attachments(vm.spec.disks ?? []));
+    job.state = 'succeeded';
+    job.log.push(`${new Date().toISOString()} ${name} started on ${node.name} from its disks (its memory was lost with '${vm.owner}')`);
+    ctx.log(`recovered ${name} from lost host ${vm.owner}`);
+  } catch (err) {
+    job.state = 'failed';
+    job.error = (err as Error).message;
+    throw err;
+  } finally {
+    await state.saveJob(job);
+  }
+  return state.vm(name);
+}
+
+/**
+ * The host's lease has expired, and stays expired for a grace period: long enough for a host
+ * that lost the store to have stopped its guests (it does so before its lease runs out).
+ */
+async function requireGone(ctx: AgentContext, host: string): Promise<void> {
+  const alive = `host '${host}' is alive (its lease is current): migrate or stop the VM there; recover is for VMs whose host is gone`;
+  if (await ctx.state.host(host)) throw new RefusedError(alive);
+  const graceMs = Math.max(2, ctx.node.leaseTtlSeconds / 5) * 1000;
+  await new Promise((r) => setTimeout(r, graceMs));
+  if (await ctx.state.host(host)) throw new RefusedError(`${alive} (it came back)`);
+}
