@@ -12,6 +12,8 @@ import { VolumeExistsError } from '../../src/storage/errors.ts';
 import { LocalDirDriver, SharedLocalPoolError } from '../../src/storage/local.ts';
 import { StorageCatalog } from '../../src/storage/registry.ts';
 import { imageInfo } from '../../src/storage/qemu-img.ts';
+import { NotAReplicaHostError, peerOf } from '../../src/storage/replicated.ts';
+import { volumeOf } from '../../src/storage/types.ts';
 
 const MiB = 2 ** 20;
 
@@ -85,6 +87,22 @@ describe('storage drivers', () => {
     const leftover = await checkIncomingStorage(spec, catalog('h1'), [{ id: 'disk0', allocatedBytes: MiB }]);
     assert.match(leftover[0]!, /host 'h1' already has a file for volume 'vm1-disk0'/);
     assert.deepEqual(await checkIncomingStorage(spec, undefined, []), [`the destination has no storage configured for the disks of 'vm1'`]);
+  });
+
+  it('replicated: only the two replica hosts can take the VM (nothing to copy); the others are refused naming both', async () => {
+    const pools = [{ name: 'r', type: 'replicated' as const, path: path.join(dir, '%h') }];
+    const disk = { id: 'disk0', pool: 'r', volume: 'vm2-disk0', format: 'qcow2' as const, sizeBytes: 64 * MiB, replicas: ['h1', 'h2'] };
+    const spec = makeVmSpec({ name: 'vm2', boot: { kind: 'kernel', kernel: '/k', initrd: '/i', cmdline: '' }, disks: [disk] });
+    for (const host of ['h1', 'h2']) await new StorageCatalog(pools, host).get('r').create(volumeOf(disk));
+    assert.deepEqual(await checkIncomingStorage(spec, new StorageCatalog(pools, 'h2'), [{ id: 'disk0', allocatedBytes: 2 ** 60 }]), []);
+    assert.equal(await new StorageCatalog(pools, 'h2').get('r').prepareIncoming(volumeOf(disk), 0), 'replica');
+    await mkdir(path.join(dir, 'h3'), { recursive: true });
+    const elsewhere = await checkIncomingStorage(spec, new StorageCatalog(pools, 'h3'), []);
+    assert.match(elsewhere[0]!, /volume 'vm2-disk0' of pool 'r' is replicated on 'h1' and 'h2', not on 'h3'/);
+    await assert.rejects(new StorageCatalog(pools, 'h3').get('r').prepareIncoming(volumeOf(disk), 0), NotAReplicaHostError);
+    assert.equal(peerOf(volumeOf(disk), 'h1'), 'h2');
+    assert.throws(() => peerOf(volumeOf(disk), 'h3'), /host 'h3' keeps no replica of volume 'vm2-disk0'/);
+    assert.throws(() => peerOf({ name: 'x' }, 'h1'), /has no replica hosts recorded/);
   });
 
   it('disk serials stay unique within 20 characters', () => {
