@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process';
 import { mkdir, readFile, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { killInNetns } from '../net/netns.ts';
 import { run } from '../util/exec.ts';
 
@@ -50,10 +50,13 @@ export class IscsiServer {
       throw new Error(`tgt is not installed; install the Debian packages ${TGT_PACKAGES.join(' ')} (scripts/setup.sh does)`);
     });
     await mkdir(options.dir, { recursive: true });
+    // tgtd's own messages (a refused login, a LUN it cannot open) go to tgtd.log beside its LUNs.
+    const logFd = openSync(path.join(options.dir, 'tgtd.log'), 'a');
     const child = spawn('ip', ['netns', 'exec', options.netns, 'tgtd', '-f', '-C', String(options.controlPort), '--iscsi', `portal=${options.address}:3260`], {
       detached: true,
-      stdio: 'ignore',
+      stdio: ['ignore', logFd, logFd],
     });
+    closeSync(logFd);
     child.unref();
     await writeFile(path.join(options.dir, 'tgtd.json'), JSON.stringify({ pid: child.pid, controlPort: options.controlPort, netns: options.netns }));
     const server = new IscsiServer(options);

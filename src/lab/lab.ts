@@ -99,6 +99,9 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
   if (existing && !existing.complete) await labDown(dir); // an interrupted `up`: start over
   else if (existing) {
     for (const h of existing.hosts) if (!alive(h.pid)) await startAgent(existing, h.name);
+    // `--storage` on a running lab adds the servers it does not run yet.
+    const missing = (options.storage ?? []).filter((kind) => !existing.storage?.includes(kind));
+    if (missing.length) await startStorageServers(existing, missing, () => writeJson(path.join(dir, 'lab.json'), existing), log);
     return existing;
   }
   const hostCount = options.hosts ?? 3;
@@ -215,8 +218,8 @@ async function addLabStorage(lab: LabRecord, log: (line: string) => void): Promi
 
 /** The storage namespace on the lab network, with the servers asked for, each added as a pool. */
 async function startStorageServers(lab: LabRecord, kinds: LabStorage[], save: () => Promise<void>, log: (line: string) => void): Promise<void> {
-  lab.sanNetns = `${lab.prefix}-san`;
-  lab.storage = [];
+  lab.sanNetns ??= `${lab.prefix}-san`;
+  lab.storage ??= [];
   await save();
   await plug(lab, lab.sanNetns, 'san0', `${SAN_ADDRESS}/24`, false);
   await ip(lab.sanNetns, 'link', 'set', 'lo', 'up');
