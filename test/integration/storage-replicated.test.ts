@@ -82,6 +82,23 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
       t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms; ${handover?.replace(/^.*?: r\//, 'r/')}`);
     }
 
+    // A migration cancelled mid-stream: the VM stays on h1 and goes on writing to both replicas.
+    const slow = cli('vm', 'migrate', 'r1', '--to', 'h2', '--bandwidth', '4');
+    let job: { id: string } | undefined;
+    for (let i = 0; i < 100 && !job; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      job = ((await cli('job', 'list')).json as { id: string; kind: string; vm: string; state: string }[] | undefined)?.find((j) => j.kind === 'migrate' && j.vm === 'r1' && j.state === 'running');
+    }
+    assert.ok(job, 'the slow migration shows as a running job');
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal((await cli('job', 'cancel', job.id)).code, 0);
+    const cancelled = await slow;
+    assert.notEqual(cancelled.code, 0, 'a cancelled migration does not report success');
+    assert.equal((await cli('vm', 'show', 'r1')).json.owner, 'h1');
+    writes = await assertDiskVerifies(suite, 'r1', writes, ip);
+    assert.equal((await waitFor('in-sync')).primary, 'h1');
+    await assertReplicasEqual(ip);
+
     const elsewhere = await cli('vm', 'migrate', 'r1', '--to', 'h3');
     assert.notEqual(elsewhere.code, 0, 'h3 keeps no replica');
     assert.match(elsewhere.stderr + (elsewhere.json?.error ?? ''), /replicated on 'h1' and 'h2', not on 'h3'/);
