@@ -8,6 +8,7 @@ say() { echo "==> $*"; }
 [ "$(id -u)" = 0 ] || { echo "setup: run as root (it installs Debian packages and creates network namespaces)" >&2; exit 1; }
 
 # qemu-block-extra: QEMU's nfs, iscsi and rbd block drivers (not pulled in without recommends).
+# qemu-storage-daemon (replica servers of replicated volumes) comes with qemu-system-x86 (qemu-system-common).
 # The storage servers (ganesha, rpcbind, tgt, ceph) run only inside the lab's namespaces: their
 # system services are kept from starting (below).
 packages=(qemu-system-x86 qemu-block-extra qemu-utils busybox-static cpio gcc libc6-dev iproute2 ca-certificates openssl etcd-server etcd-client

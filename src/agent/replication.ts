@@ -25,6 +25,7 @@ import { peerOf, ReplicatedDriver } from '../storage/replicated.ts';
 import {
   ensureReplicaTls,
   replicationStatus,
+  replicationTarget,
   resumeReplication,
   startReplication,
   stopReplication,
@@ -155,6 +156,11 @@ export class ReplicationManager implements ReplicaHandover {
     const reachable = endpoint ? await accepts(endpoint.address, endpoint.port) : false;
     const k = key(volume.pool, volume.name);
     const target = endpoint ? `${endpoint.address}:${endpoint.port}` : undefined;
+    // A job this agent did not start (it restarted meanwhile): where it writes is asked of QEMU.
+    if (status.state !== 'off' && !this.targets.has(k)) {
+      const current = await replicationTarget(qmp, disk.id);
+      if (current) this.targets.set(k, current);
+    }
     if (status.state === 'off' || (status.state === 'degraded' && reachable && target !== this.targets.get(k))) {
       if (!endpoint || !reachable) return this.say(volume, 'degraded', `${volume.pool}/${volume.name}: no replication yet, the replica on ${peer} is not served`);
       await ensureReplicaTls(qmp, this.ctx.node.certDir);

@@ -106,6 +106,13 @@ export async function replicationStatus(qmp: QmpClient, diskId: string): Promise
   return { state, copiedBytes: info.offset, pendingBytes };
 }
 
+/** Where the job writes: host:port of the peer's server, read from QEMU (it outlives an agent restart). */
+export async function replicationTarget(qmp: QmpClient, diskId: string): Promise<string | undefined> {
+  const node = (await qmp.execute<{ 'node-name': string; file: string }[]>('query-named-block-nodes')).find((n) => n['node-name'] === replicationJobId(diskId));
+  const m = node?.file.match(/^nbd[^:]*:\/\/\[?([^\]/]+?)\]?:(\d+)\//);
+  return m ? `${m[1]}:${m[2]}` : undefined;
+}
+
 /** After the peer came back: let the paused job copy what was written meanwhile. Fails harmlessly if it is not paused. */
 export async function resumeReplication(qmp: QmpClient, diskId: string): Promise<boolean> {
   try {

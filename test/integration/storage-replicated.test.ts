@@ -167,6 +167,23 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
     await assertDiskVerifies(suite, 'r1', 0, ip);
   });
 
+  it('both agents restart: the replication goes on untouched (the job lives in QEMU, the replica server is adopted)', async () => {
+    const ip = (await cli('vm', 'show', 'r1')).json.ip as string;
+    await waitFor('in-sync');
+    const serverPid = () => readFile(path.join(suite.dir, 'hosts', 'h2', 'state', 'replica-server', 'pid'), 'utf8').then((p) => Number(p.trim()));
+    const before = await serverPid();
+    const copiedBefore = (await replication()).copiedBytes;
+    for (const h of ['h1', 'h2']) await killAgent(suite.lab, h);
+    for (const h of ['h1', 'h2']) await startAgent(suite.lab, h);
+    assert.equal(await serverPid(), before, "h2's replica server was adopted, not restarted");
+    await new Promise((r) => setTimeout(r, 2500));
+    const after = await waitFor('in-sync');
+    assert.equal(after.primary, 'h1');
+    assert.ok(after.copiedBytes >= copiedBefore, 'the same job goes on (its count did not start again)');
+    await assertReplicasEqual(ip);
+    await assertDiskVerifies(suite, 'r1', 0, ip);
+  });
+
   it('the primary host dies mid-write: the peer\'s replica holds every write the guest saw complete; the VM is recovered there, and the returning host resyncs', async (t) => {
     const ip = (await cli('vm', 'show', 'r1')).json.ip as string;
     await waitFor('in-sync');
