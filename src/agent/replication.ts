@@ -301,12 +301,12 @@ export class ReplicationManager implements ReplicaHandover {
         }
         const t2 = performance.now();
         await ensureReplicaTls(instance.qmp, this.ctx.node.certDir);
-        await startReplication(instance.qmp, disk.id, endpoint, 'none');
+        const { connectMs, jobMs } = await startReplication(instance.qmp, disk.id, endpoint, 'none');
         this.targets.set(k, `${endpoint.address}:${endpoint.port}`);
         const ms = (a: number, b: number) => Math.round(b - a);
         this.ctx.log(
           `${disk.pool}/${disk.volume}: replication handed over to ${me} (own export stopped ${ms(t0, t1)} ms, ` +
-            `waited ${ms(t1, t2)} ms for ${peer}'s, mirror started ${ms(t2, performance.now())} ms)`,
+            `waited ${ms(t1, t2)} ms for ${peer}'s, mirror started ${ms(t2, performance.now())} ms: NBD+TLS connect ${connectMs} ms, job ${jobMs} ms)`,
         );
       });
     }

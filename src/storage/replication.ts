@@ -64,9 +64,10 @@ export function replicationJobId(diskId: string): string {
  * Connects to the peer's export and starts the job. `sync: 'none'` when both replicas are known
  * equal (a switchover, a fresh pair); `'full'` otherwise (it copies what differs, zeros cheaply).
  */
-export async function startReplication(qmp: QmpClient, diskId: string, peer: ReplicaEndpoint, sync: 'none' | 'full'): Promise<void> {
+export async function startReplication(qmp: QmpClient, diskId: string, peer: ReplicaEndpoint, sync: 'none' | 'full'): Promise<{ connectMs: number; jobMs: number }> {
   const node = replicationJobId(diskId);
   await removeReplication(qmp, diskId);
+  const started = performance.now();
   await qmp.execute('blockdev-add', {
     driver: 'nbd',
     'node-name': node,
@@ -76,6 +77,7 @@ export async function startReplication(qmp: QmpClient, diskId: string, peer: Rep
     'tls-hostname': peer.address,
     'reconnect-delay': RECONNECT_DELAY_S,
   });
+  const connected = performance.now();
   try {
     await qmp.execute('blockdev-mirror', {
       'job-id': node,
@@ -92,6 +94,7 @@ export async function startReplication(qmp: QmpClient, diskId: string, peer: Rep
     await qmp.execute('blockdev-del', { 'node-name': node }).catch(() => undefined);
     throw err;
   }
+  return { connectMs: Math.round(connected - started), jobMs: Math.round(performance.now() - connected) };
 }
 
 async function job(qmp: QmpClient, diskId: string): Promise<JobInfo | undefined> {
