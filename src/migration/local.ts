@@ -322,8 +322,8 @@ export class LocalDestination implements DestinationSide {
   /** Volumes prepare made available, and how: rollback undoes exactly these. */
   private readonly incomingDisks = new Map<string, IncomingDisk>();
   private nbdRunning = false;
-  /** Replicated disks: this host's replica exports stopped once the stream completed. */
-  private exportsStopped: Promise<void> = Promise.resolve();
+  /** Replicated disks: this host's exports stopped and the source's replicas connected, once the stream completed. */
+  private handoverPrepared: Promise<void> = Promise.resolve();
   readonly lost: Promise<string>;
   private reportLost!: (detail: string) => void;
 
@@ -412,8 +412,9 @@ export class LocalDestination implements DestinationSide {
     });
     this.completion.catch(() => undefined);
     // The source's replication jobs ended before it sent the device state: once the stream is
-    // complete this host's replica export has no writer left, and stopping it now keeps it out of the pause.
-    if (replicas) this.exportsStopped = this.completion.then(() => this.options.replicas!.stopServing(spec)).catch(() => undefined);
+    // complete this host's replica export has no writer left. Stopping it and connecting to the
+    // source's replica now keeps both out of the guest's pause.
+    if (replicas) this.handoverPrepared = this.completion.then(() => this.options.replicas!.prepareTakeOver(instance)).catch(() => undefined);
     await qmp.execute('migrate-incoming', { uri: address ? `tcp:${address}:0` : `unix:${path.join(instance.dir, 'migrate.sock')}` });
     const uri = address ? `tcp:${address}:${await this.listeningPort()}` : `unix:${path.join(instance.dir, 'migrate.sock')}`;
     return {
@@ -460,7 +461,7 @@ export class LocalDestination implements DestinationSide {
     if (this.nbdRunning) await stopNbdExports(this.instance);
     this.nbdRunning = false;
     if ([...this.incomingDisks.values()].includes('replica')) {
-      await this.exportsStopped;
+      await this.handoverPrepared;
       await this.options.replicas!.takeOver(this.instance);
     }
     await qmp.execute('cont');

@@ -131,13 +131,15 @@ export const ALWAYS_SWITCH: SwitchoverHook = { commit: async () => true };
 /**
  * How a migration moves the replication of replicated disks (implemented by the agent, which
  * owns the replica exports). The source's jobs complete in sync at its pre-switchover pause;
- * once its stream completed it serves its replicas; the destination, before its guest runs,
- * stops serving its own and replicates into the source's. On rollback the source takes them back.
+ * once its stream completed it serves its replicas; the destination, once its stream completed,
+ * stops serving its own and connects to the source's, and before its guest runs starts
+ * replicating into them. On rollback the source takes them back.
  */
 export interface ReplicaHandover {
   pauseForSwitchover(instance: VmInstance): Promise<void>;
   serveAfterSwitchover(spec: VmSpec): Promise<void>;
   stopServing(spec: VmSpec): Promise<void>;
   resumeAfterRollback(instance: VmInstance, sync: 'none' | 'full'): Promise<void>;
+  prepareTakeOver(instance: VmInstance): Promise<void>;
   takeOver(instance: VmInstance): Promise<void>;
 }

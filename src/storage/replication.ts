@@ -64,20 +64,33 @@ export function replicationJobId(diskId: string): string {
  * Connects to the peer's export and starts the job. `sync: 'none'` when both replicas are known
  * equal (a switchover, a fresh pair); `'full'` otherwise (it copies what differs, zeros cheaply).
  */
-export async function startReplication(qmp: QmpClient, diskId: string, peer: ReplicaEndpoint, sync: 'none' | 'full'): Promise<{ connectMs: number; jobMs: number }> {
-  const node = replicationJobId(diskId);
+export async function startReplication(qmp: QmpClient, diskId: string, peer: ReplicaEndpoint, sync: 'none' | 'full'): Promise<void> {
   await removeReplication(qmp, diskId);
-  const started = performance.now();
+  await connectReplica(qmp, diskId, peer);
+  await startReplicationJob(qmp, diskId, sync);
+}
+
+/** The NBD client node to the peer's replica (TLS handshake included): the slow half of starting, done ahead where it can be. */
+export async function connectReplica(qmp: QmpClient, diskId: string, peer: ReplicaEndpoint): Promise<void> {
   await qmp.execute('blockdev-add', {
     driver: 'nbd',
-    'node-name': node,
+    'node-name': replicationJobId(diskId),
     server: { type: 'inet', host: peer.address, port: String(peer.port) },
     export: peer.export,
     'tls-creds': REPLICA_TLS_OBJECT,
     'tls-hostname': peer.address,
     'reconnect-delay': RECONNECT_DELAY_S,
   });
-  const connected = performance.now();
+}
+
+/** Whether the NBD client node to the peer exists (connectReplica ran). */
+export async function replicaConnected(qmp: QmpClient, diskId: string): Promise<boolean> {
+  return (await qmp.execute<{ 'node-name': string }[]>('query-named-block-nodes')).some((n) => n['node-name'] === replicationJobId(diskId));
+}
+
+/** The job itself, into the connected node. */
+export async function startReplicationJob(qmp: QmpClient, diskId: string, sync: 'none' | 'full'): Promise<void> {
+  const node = replicationJobId(diskId);
   try {
     await qmp.execute('blockdev-mirror', {
       'job-id': node,
@@ -94,7 +107,6 @@ export async function startReplication(qmp: QmpClient, diskId: string, peer: Rep
     await qmp.execute('blockdev-del', { 'node-name': node }).catch(() => undefined);
     throw err;
   }
-  return { connectMs: Math.round(connected - started), jobMs: Math.round(performance.now() - connected) };
 }
 
 async function job(qmp: QmpClient, diskId: string): Promise<JobInfo | undefined> {
