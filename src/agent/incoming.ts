@@ -50,6 +50,7 @@ export class IncomingMigrations {
       tls: { dir: ctx.node.certDir },
       storage: await storageCatalog(ctx),
       replicas: ctx.replication,
+      log: (line) => ctx.log(`incoming ${request.spec.name}: ${line}`),
       onLaunched: (instance) => ctx.runtime.record(instance, 'incoming', request.migrationId),
     });
     const entry: Incoming = { request, destination, state: 'preparing', completed: false, changed: Promise.resolve() };

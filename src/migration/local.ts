@@ -310,6 +310,8 @@ export interface LocalDestinationOptions {
   storage?: StorageCatalog;
   /** Moves the replication of replicated disks to this host at resume. */
   replicas?: ReplicaHandover;
+  /** Where to say what resuming took. */
+  log?: (line: string) => void;
 }
 
 export class LocalDestination implements DestinationSide {
@@ -464,7 +466,9 @@ export class LocalDestination implements DestinationSide {
       await this.handoverPrepared;
       await this.options.replicas!.takeOver(this.instance);
     }
+    const started = performance.now();
     await qmp.execute('cont');
+    this.options.log?.(`guest resumed here (cont took ${Math.round(performance.now() - started)} ms)`);
     // Tell the switches where the guest's MACs are now, at once and a few times more.
     await qmp.execute('announce-self', { initial: 0, max: 100, rounds: 3, step: 50 });
   }

@@ -78,8 +78,9 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
       const after = await waitFor('in-sync');
       assert.equal(after.primary, to, 'the new host writes to both replicas');
       await assertReplicasEqual(ip);
-      const handover = (await readFile(path.join(suite.dir, 'hosts', to, 'agent.log'), 'utf8')).split('\n').filter((l) => /handed over/.test(l)).pop();
-      t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms; ${handover?.replace(/^.*?: r\//, 'r/')}`);
+      const destinationLog = (await readFile(path.join(suite.dir, 'hosts', to, 'agent.log'), 'utf8')).split('\n');
+      const handover = [destinationLog.filter((l) => /handed over/.test(l)).pop(), destinationLog.filter((l) => /cont took/.test(l)).pop()].map((l) => l?.replace(/^.*?h\d: /, '')).join('; ');
+      t.diagnostic(`-> ${to}: total ${result.json.totalMs} ms, downtime ${result.json.downtimeMs} ms, blackout ${result.json.blackoutMs} ms; ${handover}`);
     }
 
     // A migration cancelled mid-stream: the VM stays on h1 and goes on writing to both replicas.
