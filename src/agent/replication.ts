@@ -294,11 +294,7 @@ export class ReplicationManager implements ReplicaHandover {
       const peer = peerOf(volumeOf(disk), me);
       await this.locked(k, async () => {
         await this.stopExport(k);
-        const endpoint = await this.waitForEndpoint(disk.pool, disk.volume, peer);
-        if (!endpoint) return; // takeOver says so
-        await ensureReplicaTls(instance.qmp, this.ctx.node.certDir);
-        await connectReplica(instance.qmp, disk.id, endpoint);
-        this.targets.set(k, `${endpoint.address}:${endpoint.port}`);
+        await this.connectToPeer(instance, disk, peer); // if it cannot, takeOver says so
       });
     }
   }
@@ -316,20 +312,24 @@ export class ReplicationManager implements ReplicaHandover {
         const started = performance.now();
         await this.stopExport(k);
         const ahead = await replicaConnected(instance.qmp, disk.id);
-        if (!ahead) {
-          const endpoint = await this.waitForEndpoint(disk.pool, disk.volume, peer);
-          if (!endpoint) {
-            this.ctx.log(`warning: ${disk.pool}/${disk.volume}: ${peer} did not serve its replica within ${HANDOVER_WAIT_MS / 1000} s; the guest runs degraded until it does`);
-            return;
-          }
-          await ensureReplicaTls(instance.qmp, this.ctx.node.certDir);
-          await connectReplica(instance.qmp, disk.id, endpoint);
-          this.targets.set(k, `${endpoint.address}:${endpoint.port}`);
+        if (!ahead && !(await this.connectToPeer(instance, disk, peer))) {
+          this.ctx.log(`warning: ${disk.pool}/${disk.volume}: ${peer} did not serve its replica within ${HANDOVER_WAIT_MS / 1000} s; the guest runs degraded until it does`);
+          return;
         }
         await startReplicationJob(instance.qmp, disk.id, 'none');
         this.ctx.log(`${disk.pool}/${disk.volume}: replication handed over to ${me} in ${Math.round(performance.now() - started)} ms (connection to ${peer} ${ahead ? 'made ahead' : 'made in the pause'})`);
       });
     }
+  }
+
+  /** Connects the VM's QEMU to the peer's replica once the peer serves it (waits up to HANDOVER_WAIT_MS); false if it never did. */
+  private async connectToPeer(instance: VmInstance, disk: DiskSpec, peer: string): Promise<boolean> {
+    const endpoint = await this.waitForEndpoint(disk.pool, disk.volume, peer);
+    if (!endpoint) return false;
+    await ensureReplicaTls(instance.qmp, this.ctx.node.certDir);
+    await connectReplica(instance.qmp, disk.id, endpoint);
+    this.targets.set(key(disk.pool, disk.volume), `${endpoint.address}:${endpoint.port}`);
+    return true;
   }
 
   private async waitForEndpoint(pool: string, volume: string, host: string): Promise<ReplicaEndpoint | undefined> {
