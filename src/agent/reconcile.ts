@@ -11,6 +11,7 @@ import type { VmSpec } from '../qemu/spec.ts';
 import { volumeOf } from '../storage/types.ts';
 import { peer, storageCatalog, type AgentContext } from './context.ts';
 import type { InstanceState } from './runtime.ts';
+import { replicatedDisks } from './replication.ts';
 
 export async function reconcile(ctx: AgentContext): Promise<void> {
   for (const recorded of await ctx.runtime.recorded()) {
@@ -37,12 +38,19 @@ async function reconcileInstance(ctx: AgentContext, recorded: InstanceState): Pr
     // This copy is the owner's and must run: a source may be mid-stream or paused at the end of a
     // stream that never switched over (cancel, resume); a destination may have won the swap but
     // never been resumed (cont).
-    if (recorded.role === 'running') await new LocalSource(instance).cancelAndResume();
-    else if (before !== 'running') {
-      // A destination that won the swap: its NBD exports (a disk copy) must be gone before the guest writes.
+    const replicated = replicatedDisks(recorded.spec).length > 0;
+    if (recorded.role === 'running') {
+      // A stream that completed: this host may serve its replicas already, which the guest needs back.
+      if (replicated && before === 'postmigrate') await ctx.replication.stopServing(recorded.spec);
+      await new LocalSource(instance).cancelAndResume();
+    } else if (before !== 'running') {
+      // A destination that won the swap: its NBD exports (a disk copy) must be gone before the guest
+      // writes, and its replicated disks replicate into the old primary's replicas.
       await instance.qmp.execute('nbd-server-stop').catch(() => undefined);
+      if (replicated) await ctx.replication.takeOver(instance);
       await instance.qmp.execute('cont');
     }
+    // Replication that had ended for the switchover is started again by the next pass (in full).
     ctx.log(`recovered ${recorded.vm}: was ${before}, now running (this host owns it)`);
     await ctx.runtime.adoptRunning(instance);
     if (recorded.role === 'incoming') await ctx.runtime.forget(recorded.vm, 'incoming');
@@ -57,14 +65,15 @@ async function reconcileInstance(ctx: AgentContext, recorded: InstanceState): Pr
 /**
  * Local volumes of a VM that another host owns are stale here: a half copy of
  * an aborted incoming migration, or the source's copy after the swap. Only
- * called once the store says so; shared volumes are never touched.
+ * called once the store says so; shared volumes and replicas are never touched.
  */
 async function removeStaleLocalVolumes(ctx: AgentContext, spec: VmSpec, why: string): Promise<void> {
   const storage = await storageCatalog(ctx);
   for (const disk of spec.disks ?? []) {
     try {
       const driver = storage.get(disk.pool);
-      if (driver.shared || !(await driver.exists(volumeOf(disk)))) continue;
+      // A replica is this host's half of a replicated volume, not a stale copy: it stays.
+      if (driver.shared || disk.replicas?.length || !(await driver.exists(volumeOf(disk)))) continue;
       await driver.delete(volumeOf(disk));
       ctx.log(`removed the stale local copy of volume ${disk.pool}/${disk.volume} (${why})`);
     } catch (err) {

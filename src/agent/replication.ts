@@ -70,6 +70,7 @@ export class ReplicationManager implements ReplicaHandover {
   private readonly misses = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private passing = false;
+  private stopped = false;
 
   constructor(private readonly ctx: AgentContext) {}
 
@@ -79,7 +80,10 @@ export class ReplicationManager implements ReplicaHandover {
 
   /** A stopped agent stops serving: the primaries degrade, and resync when it is back. */
   async stop(): Promise<void> {
+    this.stopped = true;
     clearInterval(this.timer);
+    while (this.passing) await new Promise((r) => setTimeout(r, 20));
+    await this.starting?.catch(() => undefined);
     await this.server?.stop().catch(() => undefined);
     this.served.clear();
   }
@@ -87,7 +91,9 @@ export class ReplicationManager implements ReplicaHandover {
   /** The replica server, started (or adopted from an earlier run) on first use, restarted if it died. */
   private async replicaServer(): Promise<ReplicaServer> {
     if (this.server?.running) return this.server;
+    if (this.stopped) throw new Error('the agent is stopping');
     this.served.clear(); // a dead server served nothing
+    this.server?.close();
     this.starting ??= (async () => {
       const dir = path.join(this.ctx.node.stateDir, 'replica-server');
       await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -110,7 +116,7 @@ export class ReplicationManager implements ReplicaHandover {
 
   /** One reconcile pass over the replicated volumes this host keeps a replica of. */
   async pass(): Promise<void> {
-    if (this.passing) return;
+    if (this.passing || this.stopped) return;
     this.passing = true;
     try {
       const pools = new Set((await this.ctx.state.pools()).filter((p) => p.type === 'replicated').map((p) => p.name));
@@ -184,7 +190,7 @@ export class ReplicationManager implements ReplicaHandover {
       this.misses.set(k, misses);
       if (misses >= UNREACHABLE_PASSES) {
         this.misses.delete(k);
-        await abortConnections(endpoint!);
+        await abortConnections(this.targets.get(k) ?? target!);
         return this.say(volume, 'degraded', `${volume.pool}/${volume.name}: ${peer} does not answer; connection aborted, writes go to this replica and are recorded`);
       }
       return;
@@ -210,11 +216,18 @@ export class ReplicationManager implements ReplicaHandover {
     return endpoint;
   }
 
+  /**
+   * Withdraws the export and always its record (a record left by a dead server would send a
+   * primary to a dead port). Asks the server itself, not only what this run of the agent served:
+   * after an agent restart the adopted server may still serve a replica a guest needs now.
+   */
   private async stopExport(k: string): Promise<void> {
-    if (!this.served.has(k)) return;
     const [pool, name] = k.split('/') as [string, string];
-    await this.ctx.state.deleteReplicaEndpoint(pool, name, this.ctx.node.name);
-    if (this.server?.running) await this.server.withdraw(k);
+    const me = this.ctx.node.name;
+    if ((await this.ctx.state.replicaEndpoint(pool, name, me)) !== undefined) await this.ctx.state.deleteReplicaEndpoint(pool, name, me);
+    const server = this.served.has(k) || !this.server ? await this.replicaServer() : this.server;
+    if (!this.served.has(k) && !(await server.served()).includes(k)) return;
+    await server.withdraw(k);
     this.served.delete(k);
     this.ctx.log(`stopped serving replica ${k}`);
   }
@@ -272,6 +285,8 @@ export class ReplicationManager implements ReplicaHandover {
     for (const disk of replicatedDisks(instance.spec)) {
       const k = key(disk.pool, disk.volume);
       await this.locked(k, async () => {
+        // A job that never ended (the switchover failed before it came to this disk) goes on as it was.
+        if ((await replicationStatus(instance.qmp, disk.id)).state !== 'off') return;
         const endpoint = await this.ctx.state.replicaEndpoint(disk.pool, disk.volume, peerOf(volumeOf(disk), me));
         if (!endpoint) return; // the next pass replicates in full once the peer serves again
         await ensureReplicaTls(instance.qmp, this.ctx.node.certDir);
@@ -312,11 +327,16 @@ export class ReplicationManager implements ReplicaHandover {
         const started = performance.now();
         await this.stopExport(k);
         const ahead = await replicaConnected(instance.qmp, disk.id);
-        if (!ahead && !(await this.connectToPeer(instance, disk, peer))) {
-          this.ctx.log(`warning: ${disk.pool}/${disk.volume}: ${peer} did not serve its replica within ${HANDOVER_WAIT_MS / 1000} s; the guest runs degraded until it does`);
+        try {
+          if (!ahead && !(await this.connectToPeer(instance, disk, peer))) throw new Error(`${peer} did not serve its replica within ${HANDOVER_WAIT_MS / 1000} s`);
+          await startReplicationJob(instance.qmp, disk.id, 'none');
+        } catch (err) {
+          // The ownership is here already: the guest must run, degraded; the pass replicates in full once the peer serves.
+          await stopReplication(instance.qmp, disk.id, { inSync: false }).catch(() => undefined);
+          this.targets.delete(k);
+          this.ctx.log(`warning: ${disk.pool}/${disk.volume}: no replication to ${peer} at switchover (${(err as Error).message}); the guest runs degraded until ${peer} serves its replica`);
           return;
         }
-        await startReplicationJob(instance.qmp, disk.id, 'none');
         this.ctx.log(`${disk.pool}/${disk.volume}: replication handed over to ${me} in ${Math.round(performance.now() - started)} ms (connection to ${peer} ${ahead ? 'made ahead' : 'made in the pause'})`);
       });
     }
@@ -326,6 +346,8 @@ export class ReplicationManager implements ReplicaHandover {
   private async connectToPeer(instance: VmInstance, disk: DiskSpec, peer: string): Promise<boolean> {
     const endpoint = await this.waitForEndpoint(disk.pool, disk.volume, peer);
     if (!endpoint) return false;
+    // QEMU's monitor would wait out a TCP connect to a dead host.
+    if (!(await accepts(endpoint.address, endpoint.port))) throw new Error(`${peer}'s replica server at ${endpoint.address}:${endpoint.port} does not answer`);
     await ensureReplicaTls(instance.qmp, this.ctx.node.certDir);
     await connectReplica(instance.qmp, disk.id, endpoint);
     this.targets.set(key(disk.pool, disk.volume), `${endpoint.address}:${endpoint.port}`);
@@ -349,8 +371,9 @@ export class ReplicationManager implements ReplicaHandover {
  * the job pauses with those writes recorded, and resumes when the peer answers again. (QMP's
  * `yank` would also free them, but leaves QEMU 7.2's NBD client unable ever to reconnect.)
  */
-async function abortConnections(peer: ReplicaEndpoint): Promise<void> {
-  await run('ss', ['-K', 'dst', peer.address, 'dport', '=', String(peer.port)]);
+async function abortConnections(target: string): Promise<void> {
+  const [address, port] = target.split(':') as [string, string];
+  await run('ss', ['-K', 'dst', address, 'dport', '=', port]);
 }
 
 export function replicatedDisks(spec: VmSpec): (DiskSpec & { replicas: string[] })[] {

@@ -22,6 +22,7 @@ import type {
 } from './sides.ts';
 import { completeMirrors, dropTargets, mirrorProgress, removeAllMirrors, startMirrors } from './disk-mirror.ts';
 import { startNbdExports, stopNbdExports } from './nbd-export.ts';
+import { replicationStatus } from '../storage/replication.ts';
 import type { StorageCatalog } from '../storage/registry.ts';
 import { volumeOf, type IncomingDisk } from '../storage/types.ts';
 import { checkIncomingStorage } from './storage-check.ts';
@@ -103,6 +104,15 @@ export class LocalSource implements SourceSide {
       problems.push(`a migration of '${this.spec.name}' is already in progress (${migration.status}); wait for it or cancel it`);
     if ((this.spec.disks ?? []).length && !this.options.storage) problems.push(`the VM '${this.spec.name}' has disks but this host has no storage configured`);
     if (replicatedDiskIds(this.spec).length && !this.options.replicas) problems.push(`the VM '${this.spec.name}' has replicated disks but nothing on this host moves their replication`);
+    // The destination opens its own replica: it must have every write.
+    for (const disk of (this.spec.disks ?? []).filter((d) => d.replicas?.length === 2)) {
+      const { state } = await replicationStatus(this.instance.qmp, disk.id);
+      if (state !== 'in-sync')
+        problems.push(
+          `the replication of ${disk.pool}/${disk.volume} is ${state}: the replica on the other host lacks recent writes; ` +
+            `wait until 'ferry volume show ${disk.volume} --pool ${disk.pool}' says in-sync`,
+        );
+    }
     return problems;
   }
 
@@ -252,7 +262,7 @@ export class LocalSource implements SourceSide {
   /**
    * Rollback of a VM with replicated disks, around the `cont` that lets the guest run again. Before
    * the stream completed the images are still active: replication restarts before the guest runs,
-   * and nothing needs copying. After it completed, the images become writable only with `cont`
+   * and nothing needs copying if the guest is still paused. After it completed, the images become writable only with `cont`
    * (QEMU 7.2 has no other way to reactivate them), so this host stops serving its replicas
    * first and replicates in full once the guest runs.
    */
@@ -269,7 +279,10 @@ export class LocalSource implements SourceSide {
       await cont();
       await replicas.resumeAfterRollback(this.instance, 'full').catch((err: Error) => this.options.log?.(`warning: replication not restarted (${err.message}); the agent retries`));
     } else {
-      await replicas.resumeAfterRollback(this.instance, 'none').catch((err: Error) => this.options.log?.(`warning: replication not restarted (${err.message}); the agent retries`));
+      // QEMU itself lets the guest run again when a stream fails or is cancelled after the pause:
+      // its writes since the jobs ended were recorded nowhere, so then the copy is a full one.
+      const sync = status === 'running' ? 'full' : 'none';
+      await replicas.resumeAfterRollback(this.instance, sync).catch((err: Error) => this.options.log?.(`warning: replication not restarted (${err.message}); the agent retries`));
       if (status !== 'running') await cont();
     }
   }

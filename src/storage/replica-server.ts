@@ -34,6 +34,8 @@ export interface ReplicaServerOptions {
 }
 
 const START_TIMEOUT_MS = 10_000;
+/** A withdrawn export that does not go within this long means a daemon in trouble: the caller hears of it. */
+const WITHDRAW_TIMEOUT_MS = 10_000;
 /** Node names are at most 31 characters of [A-Za-z0-9._-]; export names are free text. */
 const nodeName = (exportName: string) => `rep${createHash('sha256').update(exportName).digest('hex').slice(0, 16)}`;
 /** Export ids have no length limit: the export name, hex-encoded, so that it can be read back. */
@@ -96,6 +98,8 @@ export class ReplicaServer {
       ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
+    // Written at once: an agent that dies before the daemon listens leaves no daemon it cannot find.
+    await writeFile(path.join(options.dir, 'pid'), `${child.pid}\n`);
     let stderr = '';
     child.stderr!.on('data', (chunk) => (stderr = (stderr + chunk).slice(-2000)));
     const failed = new Promise<never>((_, reject) =>
@@ -111,7 +115,6 @@ export class ReplicaServer {
         await new Promise((r) => setTimeout(r, 10));
       }
       const qmp = await Promise.race([QmpClient.connect(socket, { connectTimeoutMs: 2000 }), failed]);
-      await writeFile(path.join(options.dir, 'pid'), `${child.pid}\n`);
       return new ReplicaServer(qmp, port, child.pid!, child, options.dir);
     } catch (err) {
       child.kill('SIGKILL');
@@ -148,21 +151,19 @@ export class ReplicaServer {
     const id = exportId(exportName);
     const exports = await this.qmp.execute<{ id: string }[]>('query-block-exports');
     if (exports.some((e) => e.id === id)) {
-      const deleted = new Promise<void>((resolve) => {
-        const onEvent = (e: { event: string; data: Record<string, unknown> }) => {
-          if (e.event === 'BLOCK_EXPORT_DELETED' && e.data['id'] === id) {
-            this.qmp.off('event', onEvent);
-            resolve();
-          }
-        };
-        this.qmp.on('event', onEvent);
-      });
+      const deleted = this.qmp.waitForEvent('BLOCK_EXPORT_DELETED', WITHDRAW_TIMEOUT_MS, (e) => e.data['id'] === id);
+      deleted.catch(() => undefined);
       await this.qmp.execute('block-export-del', { id, mode: 'hard' });
       await deleted;
     }
     await this.qmp.execute('blockdev-del', { 'node-name': node }).catch((err) => {
       if (!(err instanceof QmpCommandError && /not found|Cannot find/i.test(err.description))) throw err;
     });
+  }
+
+  /** Drops the monitor connection (a daemon that died). */
+  close(): void {
+    this.qmp.close();
   }
 
   async stop(): Promise<void> {

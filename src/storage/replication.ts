@@ -146,6 +146,7 @@ export async function resumeReplication(qmp: QmpClient, diskId: string): Promise
 export async function stopReplication(qmp: QmpClient, diskId: string, options: { inSync: boolean }): Promise<void> {
   const id = replicationJobId(diskId);
   const info = await job(qmp, diskId);
+  if (options.inSync && info?.error) throw new Error(`the replication of ${diskId} failed (${info.error}): the peer's replica is not a copy of this one`);
   if (options.inSync) {
     const status = await replicationStatus(qmp, diskId);
     if (status.state !== 'in-sync') throw new Error(`the replication of ${diskId} is ${status.state}, not in sync: the peer's replica is not a copy of this one`);
