@@ -14,22 +14,34 @@ import { RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
 
 export function recoverRoutes(ctx: AgentContext): Route[] {
-  return [{ method: 'POST', pattern: '/v1/vms/:name/recover', handler: async ({ name }) => ({ vm: await recoverVm(ctx, name!) }) }];
+  return [
+    {
+      method: 'POST',
+      pattern: '/v1/vms/:name/recover',
+      handler: async ({ name }, body) => ({ vm: await recoverVm(ctx, name!, body['acceptDataLoss'] === true) }),
+    },
+  ];
 }
 
-async function recoverVm(ctx: AgentContext, name: string) {
+async function recoverVm(ctx: AgentContext, name: string, acceptDataLoss: boolean) {
   const { state, node, runtime } = ctx;
   const vm = await requireVm(ctx, name);
   if (vm.owner === node.name) throw new RefusedError(`'${name}' is owned by ${node.name} already; start it with 'ferry vm start ${name}'`);
   if (await state.migration(name)) throw new RefusedError(`'${name}' is being migrated; a migration is closed by its source's agent`);
-  await requireGone(ctx, vm.owner);
   const storage = await storageCatalog(ctx);
+  const replicated = (vm.spec.disks ?? []).filter((d) => storage.get(d.pool) instanceof ReplicatedDriver);
   for (const disk of vm.spec.disks ?? []) {
     const driver = storage.get(disk.pool);
     if (driver instanceof ReplicatedDriver) {
       if (!driver.isReplicaHost(volumeOf(disk)))
         throw new RefusedError(`disk ${disk.id} of '${name}' is replicated on ${disk.replicas?.join(' and ')}; recover the VM on '${disk.replicas?.find((h) => h !== vm.owner)}'`);
       if (!(await driver.exists(volumeOf(disk)))) throw new RefusedError(`the replica of ${disk.pool}/${disk.volume} is missing on ${node.name}`);
+      const outdated = await state.replicaOutdated(disk.pool, disk.volume);
+      if (outdated?.outdated === node.name && !acceptDataLoss)
+        throw new RefusedError(
+          `the replica of ${disk.pool}/${disk.volume} on ${node.name} is outdated: '${outdated.upToDate}' wrote without it since ${outdated.since}; ` +
+            `booting from it would lose those writes. Bring '${outdated.upToDate}' back if you can; if it is lost for good, recover with --accept-data-loss`,
+        );
     } else if (!driver.shared) {
       throw new RefusedError(`disk ${disk.id} of '${name}' is in pool '${disk.pool}' (${driver.config.type}), only on the lost host '${vm.owner}'; it cannot be recovered elsewhere`);
     } else {
@@ -37,6 +49,17 @@ async function recoverVm(ctx: AgentContext, name: string) {
     }
   }
   await requireRoom(ctx, node.name, vm.spec.memoryMiB, name);
+  // A host whose agent died may still run the guest (QEMU outlives its agent): then it still writes
+  // to the replicas here. No write during the grace period, or the recovery is refused.
+  const writesBefore = await Promise.all(replicated.map((d) => ctx.replication.writesReceived(d.pool, d.volume)));
+  await requireGone(ctx, vm.owner);
+  const writesAfter = await Promise.all(replicated.map((d) => ctx.replication.writesReceived(d.pool, d.volume)));
+  const stillWriting = replicated.filter((_, i) => writesBefore[i] !== undefined && writesAfter[i] !== writesBefore[i]);
+  if (stillWriting.length)
+    throw new RefusedError(
+      `'${name}' still writes to ${stillWriting.map((d) => `${d.pool}/${d.volume}`).join(', ')} from '${vm.owner}': its QEMU runs although its agent is gone; ` +
+        `stop that QEMU on '${vm.owner}' first (two copies of the guest would write the same disk)`,
+    );
   const job = await state.newJob('recover', name, node.name);
   job.log.push(`${new Date().toISOString()} host '${vm.owner}' is gone (lease expired); recovering ${name} on ${node.name}`);
   try {

@@ -16,7 +16,7 @@
  */
 import path from 'node:path';
 import { mkdir } from 'node:fs/promises';
-import type { OwnedVm, StoredVolume } from '../cluster/model.ts';
+import type { OutdatedReplica, OwnedVm, StoredVolume } from '../cluster/model.ts';
 import type { ReplicaHandover } from '../migration/sides.ts';
 import type { VmInstance } from '../qemu/instance.ts';
 import type { DiskSpec, VmSpec } from '../qemu/spec.ts';
@@ -27,6 +27,7 @@ import {
   ensureReplicaTls,
   replicaConnected,
   startReplicationJob,
+  replicationJobId,
   replicationStatus,
   replicationTarget,
   resumeReplication,
@@ -54,6 +55,8 @@ export interface VolumeReplication extends ReplicationStatus {
   replicas: string[];
   /** The host running the VM (writing to both replicas), if it runs. */
   primary?: string;
+  /** Set while the other replica lacks writes (a recovery there would lose them). */
+  outdated?: OutdatedReplica;
 }
 
 export class ReplicationManager implements ReplicaHandover {
@@ -66,6 +69,9 @@ export class ReplicationManager implements ReplicaHandover {
   private readonly targets = new Map<string, string>();
   private readonly locks = new Map<string, Promise<unknown>>();
   private readonly lastState = new Map<string, string>();
+  /** Whether the peer's replica is written down as outdated, per volume (as last written by this agent). */
+  private readonly outdated = new Map<string, boolean>();
+  private readonly watched = new WeakSet<VmInstance>();
   /** Passes in a row in which a replicating primary could not reach its peer. */
   private readonly misses = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
@@ -160,7 +166,9 @@ export class ReplicationManager implements ReplicaHandover {
   /** Primary: the job exists and writes to the peer, or is started; a paused one is resumed once the peer answers. */
   private async keepReplicating(instance: VmInstance, disk: DiskSpec, volume: StoredVolume, peer: string): Promise<void> {
     const qmp = instance.qmp;
+    this.watchReplicationErrors(instance);
     const status = await replicationStatus(qmp, disk.id);
+    await this.markOutdated(volume.pool, volume.name, peer, status.state !== 'in-sync');
     const endpoint = await this.ctx.state.replicaEndpoint(volume.pool, volume.name, peer);
     const reachable = endpoint ? await accepts(endpoint.address, endpoint.port) : false;
     const k = key(volume.pool, volume.name);
@@ -197,6 +205,32 @@ export class ReplicationManager implements ReplicaHandover {
     }
     this.misses.delete(k);
     this.say(volume, status.state, `${volume.pool}/${volume.name}: ${status.state === 'in-sync' ? `in sync with ${peer}` : `resyncing to ${peer}`}`);
+  }
+
+  /**
+   * Writes down (or clears) that the peer's replica lacks writes this one has, so that a recovery
+   * never boots from it by mistake (DRBD's "outdated"). Only on a change: not a store write a second.
+   */
+  private async markOutdated(pool: string, name: string, peer: string, outdated: boolean): Promise<void> {
+    const k = key(pool, name);
+    if (this.outdated.get(k) === outdated) return;
+    if (outdated) await this.ctx.state.putReplicaOutdated(pool, name, { outdated: peer, upToDate: this.ctx.node.name, since: new Date().toISOString() });
+    else if (await this.ctx.state.replicaOutdated(pool, name)) await this.ctx.state.deleteReplicaOutdated(pool, name);
+    this.outdated.set(k, outdated);
+  }
+
+  /** The moment a write fails to reach the peer (not a second later, at the next pass): the peer is outdated. */
+  private watchReplicationErrors(instance: VmInstance): void {
+    if (this.watched.has(instance)) return;
+    this.watched.add(instance);
+    instance.qmp.on('event', (e: { event: string; data: Record<string, unknown> }) => {
+      if (e.event !== 'BLOCK_JOB_ERROR') return;
+      const disk = replicatedDisks(instance.spec).find((d) => replicationJobId(d.id) === e.data['device']);
+      if (!disk) return;
+      void this.markOutdated(disk.pool, disk.volume, peerOf(volumeOf(disk), this.ctx.node.name), true).catch((err: Error) =>
+        this.ctx.log(`could not write down that the replica of ${disk.pool}/${disk.volume} is outdated: ${err.message}`),
+      );
+    });
   }
 
   /** Peer: serve this host's replica and say where. */
@@ -240,6 +274,13 @@ export class ReplicationManager implements ReplicaHandover {
     this.ctx.log(line);
   }
 
+  /** Writes this host's replica of a volume received from the primary so far (undefined when it is not served). */
+  async writesReceived(pool: string, name: string): Promise<number | undefined> {
+    const k = key(pool, name);
+    const server = this.server?.running ? this.server : await this.replicaServer();
+    return (await server.served()).includes(k) ? server.writeCount(k) : undefined;
+  }
+
   /** The replication of each replicated disk of a VM running here. */
   async statusOf(vmName: string): Promise<VolumeReplication[]> {
     const vm = await this.ctx.state.vm(vmName);
@@ -247,7 +288,15 @@ export class ReplicationManager implements ReplicaHandover {
     if (!vm || !instance) return [];
     const out: VolumeReplication[] = [];
     for (const disk of replicatedDisks(vm.spec)) {
-      out.push({ pool: disk.pool, volume: disk.volume, replicas: disk.replicas!, primary: this.ctx.node.name, ...(await replicationStatus(instance.qmp, disk.id)) });
+      const outdated = await this.ctx.state.replicaOutdated(disk.pool, disk.volume);
+      out.push({
+        pool: disk.pool,
+        volume: disk.volume,
+        replicas: disk.replicas,
+        primary: this.ctx.node.name,
+        ...(await replicationStatus(instance.qmp, disk.id)),
+        ...(outdated ? { outdated } : {}),
+      });
     }
     return out;
   }

@@ -78,6 +78,7 @@ export function storageRoutes(ctx: AgentContext): Route[] {
           // Both replicas, then the record (a failure leaves a volume that can be deleted again).
           for (const host of volume.replicas) await replicaCall(ctx, host, 'DELETE', volume);
           for (const host of volume.replicas) await state.deleteReplicaEndpoint(volume.pool, volume.name, host);
+          await state.deleteReplicaOutdated(volume.pool, volume.name);
           if (!(await state.deleteVolume(volume))) throw new RefusedError(`volume '${name}' changed while being deleted; try again`);
           ctx.log(`volume ${pool}/${name} deleted (replicas on ${volume.replicas.join(' and ')})`);
           return { deleted: `${pool}/${name}` };

@@ -32,6 +32,8 @@ export const KEYS = {
   guestAddress: (ip: string) => `/ferry/guest-addresses/${ip}`,
   /** Held by the volume at a driver-chosen place (an iSCSI LUN): two volumes can never share one. */
   volumeLocation: (pool: string, location: string) => `/ferry/volume-locations/${pool}/${location}`,
+  /** Set while one replica of a replicated volume lacks writes the other has (DRBD's "outdated"). */
+  replicaOutdated: (pool: string, name: string) => `/ferry/replica-outdated/${pool}/${name}`,
   /** Where a host serves its replica of a replicated volume to the primary (NBD over TLS). */
   replicaEndpoint: (pool: string, name: string, host: string) => `/ferry/replica-endpoints/${pool}/${name}/${host}`,
 };
@@ -52,6 +54,13 @@ export interface VolumeRecord {
   replicas?: string[];
   /** Replicated pools, at creation only: the host asked to keep the second replica. */
   peer?: string;
+}
+
+/** A replica that lacks writes: `outdated` must not take over from `upToDate`. */
+export interface OutdatedReplica {
+  outdated: string;
+  upToDate: string;
+  since: string;
 }
 
 export interface StoredVolume extends VolumeRecord {
@@ -213,6 +222,19 @@ export class ClusterState {
     const key = KEYS.volume(volume.pool, volume.name);
     const place = volume.location ? [{ type: 'delete' as const, key: KEYS.volumeLocation(volume.pool, volume.location) }] : [];
     return (await this.store.txn([{ key, modRevision: volume.revision }], [{ type: 'delete', key }, ...place])).succeeded;
+  }
+
+  async replicaOutdated(pool: string, name: string): Promise<OutdatedReplica | undefined> {
+    const kv = await this.store.get(KEYS.replicaOutdated(pool, name));
+    return kv ? (JSON.parse(kv.value) as OutdatedReplica) : undefined;
+  }
+
+  async putReplicaOutdated(pool: string, name: string, record: OutdatedReplica): Promise<void> {
+    await this.store.put(KEYS.replicaOutdated(pool, name), JSON.stringify(record));
+  }
+
+  async deleteReplicaOutdated(pool: string, name: string): Promise<void> {
+    await this.store.delete(KEYS.replicaOutdated(pool, name));
   }
 
   async replicaEndpoint(pool: string, name: string, host: string): Promise<ReplicaEndpoint | undefined> {

@@ -24,7 +24,7 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
   const replicaFile = (host: string) => path.join(suite.dir, 'hosts', host, 'replicas', `${VOLUME}.qcow2`);
   const agentPid = (host: string) => suite.lab.hosts.find((h) => h.name === host)!.pid!;
 
-  async function replication(): Promise<{ state: string; primary?: string; copiedBytes: number; pendingBytes: number }> {
+  async function replication(): Promise<{ state: string; primary?: string; copiedBytes: number; pendingBytes: number; outdated?: { outdated: string } }> {
     const shown = await cli('volume', 'show', VOLUME, '--pool', 'r');
     assert.equal(shown.code, 0, shown.stderr);
     return shown.json.replication;
@@ -121,6 +121,7 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
       await new Promise((r) => setTimeout(r, 4000));
       const degraded = await replication();
       assert.equal(degraded.state, 'degraded', `with the peer away the volume must say degraded: ${JSON.stringify(degraded)}`);
+      assert.equal(degraded.outdated?.outdated, 'h2', "h2's replica is written down as outdated (a recovery there would be refused)");
       const stats = await suite.probe.diskcheckStats(ip);
       assert.equal(stats.errors, 0, 'the guest\'s writes do not fail while the peer is away');
       writesDuring = stats.writes - writesBefore;
@@ -129,6 +130,7 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
       process.kill(agentPid('h2'), 'SIGCONT');
     }
     const synced = await waitFor('in-sync');
+    assert.equal((await replication()).outdated, undefined, 'in sync again: nothing is outdated');
     const resynced = synced.copiedBytes - before.copiedBytes;
     // Every write is one 4 KiB block, and the resync works in 4 KiB blocks; the job's count also
     // has the writes made after the peer came back (copied as they happen).

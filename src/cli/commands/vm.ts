@@ -20,8 +20,10 @@ const USAGE = `Usage:
   ferry vm start|stop|destroy|show NAME   (stop --force kills at once)
   ferry vm list
   ferry vm console NAME                   the guest's serial console log
-  ferry vm recover NAME --to HOST         boot a VM whose host is gone (lease expired) on HOST, from its
-      disks: shared storage, or HOST's replica of a replicated volume. Its memory is lost with its host.
+  ferry vm recover NAME --to HOST [--accept-data-loss]
+      boot a VM whose host is gone (lease expired) on HOST, from its disks: shared storage, or HOST's
+      replica of a replicated volume. Its memory is lost with its host. Refused from a replica that is
+      outdated (the lost host wrote without it) unless --accept-data-loss.
   ferry vm migrate NAME --to HOST [--policy balanced|minimal-downtime|must-finish] [--downtime-limit ms]
                    [--bandwidth MiB/s] [--timeout s] [--allow-postcopy] [--verify-memory auto|always|never] [--no-probe] [--dry-run]
       Policies: minimal-downtime keeps the pause short and rolls back rather than pause long;
@@ -48,7 +50,7 @@ export const vmCommand: Command = {
         disk: { type: 'string', multiple: true }, diskcheck: { type: 'string' },
         to: { type: 'string' }, 'downtime-limit': { type: 'string' }, bandwidth: { type: 'string' }, 'no-probe': { type: 'boolean' },
         policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' }, 'verify-memory': { type: 'string' }, 'dry-run': { type: 'boolean' },
-        force: { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
+        force: { type: 'boolean' }, 'accept-data-loss': { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
       },
     });
     const [verb, name] = positionals;
@@ -113,7 +115,7 @@ export const vmCommand: Command = {
       }
       case 'recover': {
         if (!values.to) throw new UsageError('ferry vm recover NAME --to HOST: say which host takes the VM over');
-        const { vm } = await cli.agent(values.to).call<{ vm: OwnedVm }>('POST', `/v1/vms/${name}/recover`, {}, 120_000);
+        const { vm } = await cli.agent(values.to).call<{ vm: OwnedVm }>('POST', `/v1/vms/${name}/recover`, values['accept-data-loss'] ? { acceptDataLoss: true } : {}, 120_000);
         return out(`${name}: recovered on ${vm.owner}, booted from its disks`, { vm });
       }
       case 'migrate':

@@ -55,7 +55,9 @@ export const volumeCommand: Command = {
         if (!volume) throw new UsageError(`no volume '${name}' in pool '${values.pool}'; see ferry volume list`);
         const shown: Record<string, unknown> = { ...volume };
         if (volume.replicas) shown['replication'] = await replicationOf(cli, volume);
-        const r = shown['replication'] as { state: string; primary?: string; copiedBytes?: number; pendingBytes?: number; error?: string } | undefined;
+        const r = shown['replication'] as
+          | { state: string; primary?: string; copiedBytes?: number; pendingBytes?: number; error?: string; outdated?: { outdated: string; since: string } }
+          | undefined;
         return out(
           [
             `volume ${volume.pool}/${volume.name}: ${volume.format}, ${mib(volume.sizeBytes)}${volume.vm ? `, attached to ${volume.vm}` : ', detached'}`,
@@ -63,6 +65,7 @@ export const volumeCommand: Command = {
             ...(r
               ? [`  replication: ${r.state}${r.primary ? ` (primary ${r.primary}` + `, ${mib(r.copiedBytes ?? 0)} copied, ${mib(r.pendingBytes ?? 0)} to copy)` : ''}${r.error ? `: ${r.error}` : ''}`]
               : []),
+            ...(r?.outdated ? [`  outdated: the replica on ${r.outdated.outdated} lacks writes since ${r.outdated.since} (a recovery there would lose them)`] : []),
           ].join('\n'),
           shown,
         );
