@@ -7,6 +7,7 @@
  * or the replica it keeps of a replicated volume. The building block of the
  * HA manager; `ferry vm recover` for an admin until then.
  */
+import { stat } from 'node:fs/promises';
 import { ReplicatedDriver } from '../storage/replicated.ts';
 import { volumeOf } from '../storage/types.ts';
 import { requireRoom, requireVm, storageCatalog, type AgentContext } from './context.ts';
@@ -51,10 +52,12 @@ async function recoverVm(ctx: AgentContext, name: string, acceptDataLoss: boolea
   await requireRoom(ctx, node.name, vm.spec.memoryMiB, name);
   // A host whose agent died may still run the guest (QEMU outlives its agent): then it still writes
   // to the replicas here. No write during the grace period, or the recovery is refused.
-  const writesBefore = await Promise.all(replicated.map((d) => ctx.replication.writesReceived(d.pool, d.volume)));
+  // (The replica file's modification time: the replica server writes it through.)
+  const modified = () => Promise.all(replicated.map(async (d) => (await stat((storage.get(d.pool) as ReplicatedDriver).fileOf(volumeOf(d)))).mtimeMs));
+  const writesBefore = await modified();
   await requireGone(ctx, vm.owner);
-  const writesAfter = await Promise.all(replicated.map((d) => ctx.replication.writesReceived(d.pool, d.volume)));
-  const stillWriting = replicated.filter((_, i) => writesBefore[i] !== undefined && writesAfter[i] !== writesBefore[i]);
+  const writesAfter = await modified();
+  const stillWriting = replicated.filter((_, i) => writesAfter[i] !== writesBefore[i]);
   if (stillWriting.length)
     throw new RefusedError(
       `'${name}' still writes to ${stillWriting.map((d) => `${d.pool}/${d.volume}`).join(', ')} from '${vm.owner}': its QEMU runs although its agent is gone; ` +

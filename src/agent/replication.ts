@@ -168,7 +168,9 @@ export class ReplicationManager implements ReplicaHandover {
     const qmp = instance.qmp;
     this.watchReplicationErrors(instance);
     const status = await replicationStatus(qmp, disk.id);
-    await this.markOutdated(volume.pool, volume.name, peer, status.state !== 'in-sync');
+    // Resyncing leaves the mark as it is: a resync after a gap keeps it until in sync, and a guest
+    // write in flight (a moment of 'resyncing' while in sync) must not set it.
+    if (status.state !== 'resyncing') await this.markOutdated(volume.pool, volume.name, peer, status.state !== 'in-sync');
     const endpoint = await this.ctx.state.replicaEndpoint(volume.pool, volume.name, peer);
     const reachable = endpoint ? await accepts(endpoint.address, endpoint.port) : false;
     const k = key(volume.pool, volume.name);
@@ -272,13 +274,6 @@ export class ReplicationManager implements ReplicaHandover {
     if (this.lastState.get(k) === state) return;
     this.lastState.set(k, state);
     this.ctx.log(line);
-  }
-
-  /** Writes this host's replica of a volume received from the primary so far (undefined when it is not served). */
-  async writesReceived(pool: string, name: string): Promise<number | undefined> {
-    const k = key(pool, name);
-    const server = this.server?.running ? this.server : await this.replicaServer();
-    return (await server.served()).includes(k) ? server.writeCount(k) : undefined;
   }
 
   /** The replication of each replicated disk of a VM running here. */

@@ -106,7 +106,12 @@ export class LocalSource implements SourceSide {
     if (replicatedDiskIds(this.spec).length && !this.options.replicas) problems.push(`the VM '${this.spec.name}' has replicated disks but nothing on this host moves their replication`);
     // The destination opens its own replica: it must have every write.
     for (const disk of (this.spec.disks ?? []).filter((d) => d.replicas?.length === 2)) {
-      const { state } = await replicationStatus(this.instance.qmp, disk.id);
+      // A guest write in flight shows as a moment of 'resyncing': look again for a second.
+      let { state } = await replicationStatus(this.instance.qmp, disk.id);
+      for (let i = 0; i < 20 && state === 'resyncing'; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        ({ state } = await replicationStatus(this.instance.qmp, disk.id));
+      }
       if (state !== 'in-sync')
         problems.push(
           `the replication of ${disk.pool}/${disk.volume} is ${state}: the replica on the other host lacks recent writes; ` +

@@ -145,12 +145,6 @@ export class ReplicaServer {
     }
   }
 
-  /** Writes the export of a replica has received since it was added (undefined when not served). */
-  async writeCount(exportName: string): Promise<number | undefined> {
-    const stats = await this.qmp.execute<{ 'node-name'?: string; stats: { wr_operations: number } }[]>('query-blockstats', { 'query-nodes': true });
-    return stats.find((s) => s['node-name'] === nodeName(exportName))?.stats.wr_operations;
-  }
-
   /** Stops serving a replica: clients are cut off, the image is flushed and closed (its lock released). */
   async withdraw(exportName: string): Promise<void> {
     const node = nodeName(exportName);

@@ -71,7 +71,7 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
 
     for (const to of ['h2', 'h1']) {
       const result = await cli('vm', 'migrate', 'r1', '--to', to);
-      assert.equal(result.code, 0, result.stderr);
+      assert.equal(result.code, 0, result.stderr + result.stdout);
       assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'replica' }]);
       assert.equal(result.json.diskBytes, 0, 'between replica hosts only RAM moves');
       writes = await assertDiskVerifies(suite, 'r1', writes, ip);
@@ -193,11 +193,23 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
     await waitFor('in-sync');
     await suite.probe.diskcheckRate(ip, 200);
     await new Promise((r) => setTimeout(r, 1500));
+    // h1's agent dies first; its QEMU goes on (QEMUs outlive their agent) and writes to both replicas.
+    await killAgent(suite.lab, 'h1');
+    const early = await cli('vm', 'recover', 'r1', '--to', 'h2');
+    assert.notEqual(early.code, 0, 'refused while h1\'s lease is current');
+    assert.match(early.stderr, /host 'h1' is alive \(its lease is current\)/);
+    for (let i = 0; i < 60 && (await cli('node', 'list')).json?.hosts?.some((h: { name: string }) => h.name === 'h1'); i++) await new Promise((r) => setTimeout(r, 500));
+    const twoWriters = await cli('vm', 'recover', 'r1', '--to', 'h2');
+    assert.notEqual(twoWriters.code, 0, 'refused while the guest still writes from h1');
+    assert.match(twoWriters.stderr, /'r1' still writes to r\/r1-disk0 from 'h1': its QEMU runs although its agent is gone/);
+    const wrongHost = await cli('vm', 'recover', 'r1', '--to', 'h3');
+    assert.notEqual(wrongHost.code, 0);
+    assert.match(wrongHost.stderr, /replicated on h1 and h2; recover the VM on 'h2'/);
+
+    // Now the host dies for good: its QEMU (the moment of the crash), then its replica server.
     const lastSeen = await suite.probe.diskcheckStats(ip);
-    // h1 dies: its QEMU first (the moment of the crash), then its agent and its replica server.
     const instance = JSON.parse(await readFile(path.join(suite.dir, 'hosts', 'h1', 'state', 'instances', 'r1.running.json'), 'utf8')) as { pid: number };
     process.kill(instance.pid, 'SIGKILL');
-    await killAgent(suite.lab, 'h1');
     const h1Server = Number((await readFile(path.join(suite.dir, 'hosts', 'h1', 'state', 'replica-server', 'pid'), 'utf8').catch(() => '')).trim());
     if (h1Server > 0) process.kill(h1Server, 'SIGKILL');
 
@@ -206,13 +218,6 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
     const differing = await differingBlocks(replicaFile('h1'), replicaFile('h2'), path.join(suite.dir, 'compare'));
     assert.ok(differing.length <= 1, `${differing.length} blocks differ between the replicas (first: ${differing.slice(0, 5).join(', ')})`);
 
-    const early = await cli('vm', 'recover', 'r1', '--to', 'h2');
-    assert.notEqual(early.code, 0, 'refused while h1\'s lease is current');
-    assert.match(early.stderr, /host 'h1' is alive \(its lease is current\)/);
-    for (let i = 0; i < 60 && (await cli('node', 'list')).json?.hosts?.some((h: { name: string }) => h.name === 'h1'); i++) await new Promise((r) => setTimeout(r, 500));
-    const wrongHost = await cli('vm', 'recover', 'r1', '--to', 'h3');
-    assert.notEqual(wrongHost.code, 0);
-    assert.match(wrongHost.stderr, /replicated on h1 and h2; recover the VM on 'h2'/);
     const recovered = await cli('vm', 'recover', 'r1', '--to', 'h2');
     assert.equal(recovered.code, 0, recovered.stderr);
     assert.equal((await cli('vm', 'show', 'r1')).json.owner, 'h2');
