@@ -28,7 +28,9 @@ async function recoverVm(ctx: AgentContext, name: string, acceptDataLoss: boolea
   const { state, node, runtime } = ctx;
   const vm = await requireVm(ctx, name);
   if (vm.owner === node.name) throw new RefusedError(`'${name}' is owned by ${node.name} already; start it with 'ferry vm start ${name}'`);
-  if (await state.migration(name)) throw new RefusedError(`'${name}' is being migrated; a migration is closed by its source's agent`);
+  const migration = await state.migration(name);
+  if (migration && (await state.host(migration.source)))
+    throw new RefusedError(`'${name}' is being migrated from '${migration.source}', whose agent closes the migration; wait for it (see 'ferry job list')`);
   const storage = await storageCatalog(ctx);
   const replicated = (vm.spec.disks ?? []).filter((d) => storage.get(d.pool) instanceof ReplicatedDriver);
   for (const disk of vm.spec.disks ?? []) {

@@ -149,7 +149,9 @@ export class ReplicationManager implements ReplicaHandover {
   private async reconcileVolume(volume: StoredVolume): Promise<void> {
     const me = this.ctx.node.name;
     const vm = volume.vm ? await this.ctx.state.vm(volume.vm) : undefined;
-    if (vm && (await this.ctx.state.migration(vm.spec.name))) return; // the migration moves the replication
+    // The migration moves the replication, unless its source host is gone (nobody closes that record then).
+    const migration = vm ? await this.ctx.state.migration(vm.spec.name) : undefined;
+    if (migration && (await this.ctx.state.host(migration.source))) return;
     const peer = peerOf(volume, me);
     if (vm?.owner === me) {
       await this.stopExport(key(volume.pool, volume.name));
@@ -355,6 +357,14 @@ export class ReplicationManager implements ReplicaHandover {
         await this.stopExport(k);
         await this.connectToPeer(instance, disk, peer); // if it cannot, takeOver says so
       });
+    }
+  }
+
+  /** Destination, rolled back (its QEMU is gone): serve this host's replicas again, for the source to replicate into. */
+  async abortTakeOver(spec: VmSpec): Promise<void> {
+    for (const disk of replicatedDisks(spec)) {
+      const volume = await this.ctx.state.volume(disk.pool, disk.volume);
+      if (volume) await this.locked(key(volume.pool, volume.name), () => this.ensureExport(volume));
     }
   }
 

@@ -344,6 +344,7 @@ export class LocalDestination implements DestinationSide {
   private nbdRunning = false;
   /** Replicated disks: this host's exports stopped and the source's replicas connected, once the stream completed. */
   private handoverPrepared: Promise<void> = Promise.resolve();
+  private streamCompleted = false;
   readonly lost: Promise<string>;
   private reportLost!: (detail: string) => void;
 
@@ -434,7 +435,13 @@ export class LocalDestination implements DestinationSide {
     // The source's replication jobs ended before it sent the device state: once the stream is
     // complete this host's replica export has no writer left. Stopping it and connecting to the
     // source's replica now keeps both out of the guest's pause.
-    if (replicas) this.handoverPrepared = this.completion.then(() => this.options.replicas!.prepareTakeOver(instance)).catch(() => undefined);
+    if (replicas)
+      this.handoverPrepared = this.completion
+        .then(() => {
+          this.streamCompleted = true;
+          return this.options.replicas!.prepareTakeOver(instance);
+        })
+        .catch((err: Error) => this.options.log?.(`the replica handover could not be prepared (${err.message}); it is tried again at resume`));
     await qmp.execute('migrate-incoming', { uri: address ? `tcp:${address}:0` : `unix:${path.join(instance.dir, 'migrate.sock')}` });
     const uri = address ? `tcp:${address}:${await this.listeningPort()}` : `unix:${path.join(instance.dir, 'migrate.sock')}`;
     return {
@@ -505,6 +512,11 @@ export class LocalDestination implements DestinationSide {
     clearTimeout(this.completionTimer); // nobody waits for the stream any more
     await this.preparing;
     await this.launched?.destroy();
+    if ([...this.incomingDisks.values()].includes('replica')) {
+      // This host withdrew its replicas when the stream completed: the source replicates into them again.
+      if (this.streamCompleted) await this.handoverPrepared;
+      await this.options.replicas!.abortTakeOver(this.spec).catch((err: Error) => this.options.log?.(`warning: this host's replicas are not served again (${err.message}); the agent retries`));
+    }
     // Only what prepare made goes: a copy's half-filled volume; shared volumes stay as they are.
     for (const disk of this.spec.disks ?? []) {
       const how = this.incomingDisks.get(disk.id);

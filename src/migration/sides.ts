@@ -141,5 +141,7 @@ export interface ReplicaHandover {
   stopServing(spec: VmSpec): Promise<void>;
   resumeAfterRollback(instance: VmInstance, sync: 'none' | 'full'): Promise<void>;
   prepareTakeOver(instance: VmInstance): Promise<void>;
+  /** Destination, rolled back: serve this host's replicas again, for the source to replicate into. */
+  abortTakeOver(spec: VmSpec): Promise<void>;
   takeOver(instance: VmInstance): Promise<void>;
 }
