@@ -247,6 +247,40 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
     assert.equal(deleted.code, 0, deleted.stderr);
     assert.equal(existsSync(replicaFile('h1')) || existsSync(replicaFile('h2')), false, 'both replicas are removed');
   });
+
+  it('the primary dies while its peer was away: recovering from the outdated replica is refused, unless the admin accepts the loss', async () => {
+    const created = await cli('vm', 'create', 'r2', '--memory', '128', '--memcheck', '8', '--disk', '32M,storage=r,peer=h2', '--diskcheck', '40', '--host', 'h1');
+    assert.equal(created.code, 0, created.stderr);
+    const ip = (await cli('vm', 'show', 'r2')).json.ip as string;
+    const show = async () => (await cli('volume', 'show', 'r2-disk0', '--pool', 'r')).json.replication as { state: string; outdated?: { outdated: string } };
+    for (let i = 0; i < 120 && (await show()).state !== 'in-sync'; i++) await new Promise((r) => setTimeout(r, 250));
+    assert.equal((await show()).state, 'in-sync');
+    await assertDiskVerifies(suite, 'r2', 0, ip);
+    // h2 goes away (agent frozen, server killed); h1 writes on alone, then h1 dies too.
+    const h2Server = Number((await readFile(path.join(suite.dir, 'hosts', 'h2', 'state', 'replica-server', 'pid'), 'utf8')).trim());
+    process.kill(agentPid('h2'), 'SIGSTOP');
+    try {
+      process.kill(h2Server, 'SIGKILL');
+      for (let i = 0; i < 40 && (await show()).outdated?.outdated !== 'h2'; i++) await new Promise((r) => setTimeout(r, 250));
+      assert.equal((await show()).outdated?.outdated, 'h2');
+      const instance = JSON.parse(await readFile(path.join(suite.dir, 'hosts', 'h1', 'state', 'instances', 'r2.running.json'), 'utf8')) as { pid: number };
+      process.kill(instance.pid, 'SIGKILL');
+      await killAgent(suite.lab, 'h1');
+    } finally {
+      process.kill(agentPid('h2'), 'SIGCONT');
+    }
+    for (let i = 0; i < 60 && (await cli('node', 'list')).json?.hosts?.some((h: { name: string }) => h.name === 'h1'); i++) await new Promise((r) => setTimeout(r, 500));
+    const refused = await cli('vm', 'recover', 'r2', '--to', 'h2');
+    assert.notEqual(refused.code, 0, 'an outdated replica must not be booted silently');
+    assert.match(refused.stderr, /the replica of r\/r2-disk0 on h2 is outdated: 'h1' wrote without it since .*--accept-data-loss/);
+    assert.equal((await cli('vm', 'show', 'r2')).json.owner, 'h1', 'nothing changed');
+    const accepted = await cli('vm', 'recover', 'r2', '--to', 'h2', '--accept-data-loss');
+    assert.equal(accepted.code, 0, accepted.stderr);
+    await suite.probe.diskcheckStartup(ip, 90_000); // the guest booted on h2 from what h2 has
+    await startAgent(suite.lab, 'h1');
+    assert.equal((await cli('vm', 'destroy', 'r2')).code, 0);
+    assert.equal((await cli('volume', 'delete', 'r2-disk0', '--pool', 'r')).code, 0);
+  });
 });
 
 /** Indexes of the 4 KiB blocks in which two images differ (read as raw). */
