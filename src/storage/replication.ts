@@ -148,8 +148,11 @@ export async function stopReplication(qmp: QmpClient, diskId: string, options: {
   const info = await job(qmp, diskId);
   if (options.inSync && info?.error) throw new Error(`the replication of ${diskId} failed (${info.error}): the peer's replica is not a copy of this one`);
   if (options.inSync) {
+    // 'resyncing' is fine here: cancelling a ready mirror copies what is left before it ends (a
+    // guest write still in flight at the pause shows as a moment of resyncing).
     const status = await replicationStatus(qmp, diskId);
-    if (status.state !== 'in-sync') throw new Error(`the replication of ${diskId} is ${status.state}, not in sync: the peer's replica is not a copy of this one`);
+    if (status.state === 'degraded' || status.state === 'off' || !info?.ready)
+      throw new Error(`the replication of ${diskId} is ${status.state}, not in sync: the peer's replica is not a copy of this one`);
   }
   if (info && !['concluded', 'null'].includes(info.status)) {
     await qmp.execute('block-job-cancel', { device: id, force: !options.inSync }).catch(ignoreMissing);

@@ -35,7 +35,7 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
     let writes = await assertDiskVerifies('d1', 0);
     for (const [from, to] of [['h1', 'h2'], ['h2', 'h3'], ['h3', 'h1']] as const) {
       const result = await cli('vm', 'migrate', 'd1', '--to', to);
-      assert.equal(result.code, 0, result.stderr);
+      assert.equal(result.code, 0, result.stderr + result.stdout);
       assert.equal(result.json.status, 'completed');
       assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'copy' }]);
       assert.ok(result.json.diskBytes >= 64 * 2 ** 20);
@@ -58,7 +58,7 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
     assert.equal(created.code, 0, created.stderr);
     const writes = await assertDiskVerifies('s1', 0);
     const result = await cli('vm', 'migrate', 's1', '--to', 'h3');
-    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.code, 0, result.stderr + result.stdout);
     assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'shared' }]);
     assert.equal(result.json.diskBytes, 0);
     await assertDiskVerifies('s1', writes);

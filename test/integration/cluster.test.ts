@@ -90,7 +90,7 @@ for (const store of ['sqlite', 'etcd'] as const) {
     it('migrates around the ring with the guest answering and its memory verified', async () => {
       for (const [from, to] of [['h1', 'h2'], ['h2', 'h3'], ['h3', 'h1']] as const) {
         const result = await cli('vm', 'migrate', 'g1', '--to', to);
-        assert.equal(result.code, 0, result.stderr);
+        assert.equal(result.code, 0, result.stderr + result.stdout);
         assert.equal(result.json.status, 'completed');
         assert.equal(result.json.from, from);
         assert.ok(result.json.totalMs > 0 && result.json.bytes > 32 * 2 ** 20);

@@ -253,8 +253,12 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
     assert.equal(created.code, 0, created.stderr);
     const ip = (await cli('vm', 'show', 'r2')).json.ip as string;
     const show = async () => (await cli('volume', 'show', 'r2-disk0', '--pool', 'r')).json.replication as { state: string; outdated?: { outdated: string } };
-    for (let i = 0; i < 120 && (await show()).state !== 'in-sync'; i++) await new Promise((r) => setTimeout(r, 250));
-    assert.equal((await show()).state, 'in-sync');
+    let state = (await show()).state;
+    for (let i = 0; i < 120 && state !== 'in-sync'; i++) {
+      await new Promise((r) => setTimeout(r, 250));
+      state = (await show()).state;
+    }
+    assert.equal(state, 'in-sync');
     await assertDiskVerifies(suite, 'r2', 0, ip);
     // h2 goes away (agent frozen, server killed); h1 writes on alone, then h1 dies too.
     const h2Server = Number((await readFile(path.join(suite.dir, 'hosts', 'h2', 'state', 'replica-server', 'pid'), 'utf8')).trim());
