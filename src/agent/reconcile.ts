@@ -11,7 +11,7 @@ import type { VmSpec } from '../qemu/spec.ts';
 import { volumeOf } from '../storage/types.ts';
 import { peer, storageCatalog, type AgentContext } from './context.ts';
 import type { InstanceState } from './runtime.ts';
-import { replicatedDisks } from './replication.ts';
+import { replicatedDisks } from '../storage/replicated.ts';
 
 export async function reconcile(ctx: AgentContext): Promise<void> {
   for (const recorded of await ctx.runtime.recorded()) {

@@ -21,7 +21,7 @@ import type { ReplicaHandover } from '../migration/sides.ts';
 import type { VmInstance } from '../qemu/instance.ts';
 import type { DiskSpec, VmSpec } from '../qemu/spec.ts';
 import { ReplicaServer } from '../storage/replica-server.ts';
-import { peerOf, ReplicatedDriver } from '../storage/replicated.ts';
+import { peerOf, ReplicatedDriver, replicatedDisks } from '../storage/replicated.ts';
 import {
   connectReplica,
   ensureReplicaTls,
@@ -247,7 +247,7 @@ export class ReplicationManager implements ReplicaHandover {
     if (this.served.has(k) && published?.port === endpoint.port) return published;
     const driver = (await storageCatalog(this.ctx)).get(volume.pool);
     if (!(driver instanceof ReplicatedDriver)) throw new Error(`pool '${volume.pool}' is not a replicated pool`);
-    await server.serve(k, driver.fileOf(volumeOf({ id: 'x', pool: volume.pool, volume: volume.name, format: volume.format, sizeBytes: volume.sizeBytes })), volume.format);
+    await server.serve(k, driver.fileOf(volume), volume.format);
     this.served.add(k);
     await this.ctx.state.putReplicaEndpoint(volume.pool, volume.name, endpoint);
     this.ctx.log(`serving replica ${k} at ${endpoint.address}:${endpoint.port}`);
@@ -306,12 +306,10 @@ export class ReplicationManager implements ReplicaHandover {
   }
 
   /** Source, the stream completed (its images are inactive, their locks released): serve this host's replicas. */
-  async serveAfterSwitchover(spec: VmSpec): Promise<void> {
-    for (const disk of replicatedDisks(spec)) {
-      const volume = await this.ctx.state.volume(disk.pool, disk.volume);
-      if (volume) await this.locked(key(volume.pool, volume.name), () => this.ensureExport(volume));
-    }
+  serveAfterSwitchover(spec: VmSpec): Promise<void> {
+    return this.serveReplicasOf(spec);
   }
+
 
   /** Source, rolled back: stop serving this host's replicas (the guest needs its images back). */
   async stopServing(spec: VmSpec): Promise<void> {
@@ -361,12 +359,18 @@ export class ReplicationManager implements ReplicaHandover {
   }
 
   /** Destination, rolled back (its QEMU is gone): serve this host's replicas again, for the source to replicate into. */
-  async abortTakeOver(spec: VmSpec): Promise<void> {
+  abortTakeOver(spec: VmSpec): Promise<void> {
+    return this.serveReplicasOf(spec);
+  }
+
+  /** Serves this host's replicas of a VM's replicated disks (the VM runs, or is about to run, on the peer). */
+  private async serveReplicasOf(spec: VmSpec): Promise<void> {
     for (const disk of replicatedDisks(spec)) {
       const volume = await this.ctx.state.volume(disk.pool, disk.volume);
       if (volume) await this.locked(key(volume.pool, volume.name), () => this.ensureExport(volume));
     }
   }
+
 
   /**
    * Destination, after winning the ownership and before the guest runs: replicate into the old
@@ -430,9 +434,6 @@ async function abortConnections(target: string): Promise<void> {
   await run('ss', ['-K', 'dst', address, 'dport', '=', port]);
 }
 
-export function replicatedDisks(spec: VmSpec): (DiskSpec & { replicas: string[] })[] {
-  return (spec.disks ?? []).filter((d): d is DiskSpec & { replicas: string[] } => Array.isArray(d.replicas) && d.replicas.length === 2);
-}
 
 function diskOf(vm: OwnedVm, volume: StoredVolume): DiskSpec | undefined {
   return vm.spec.disks?.find((d) => d.pool === volume.pool && d.volume === volume.name);

@@ -6,6 +6,7 @@
  * and the guest runs on the source as before. After the commit the destination
  * owns the guest and the remaining phases only tidy up.
  */
+import { replicatedDisks } from '../storage/replicated.ts';
 import { performance } from 'node:perf_hooks';
 import {
   MigrationCancelledError,
@@ -181,7 +182,7 @@ class MigrationRun {
           'post-copy is refused under TCG: QEMU 7.2 under TCG was seen to lose dirty pages in long migrations, and post-copy ' +
             'switches before the memory check could catch it (the guest kernel then crashed in a test here); migrate without --allow-postcopy, or on KVM hosts',
         );
-      if (this.plan.postcopyAllowed && (this.o.source.spec.disks ?? []).some((d) => d.replicas?.length))
+      if (this.plan.postcopyAllowed && replicatedDisks(this.o.source.spec).length)
         problems.push(
           'post-copy is refused for a VM with replicated disks: the destination must take over the replication before its guest runs, ' +
             'which post-copy does not wait for; migrate without --allow-postcopy',

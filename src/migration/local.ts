@@ -23,6 +23,7 @@ import type {
 import { completeMirrors, dropTargets, mirrorProgress, removeAllMirrors, startMirrors } from './disk-mirror.ts';
 import { startNbdExports, stopNbdExports } from './nbd-export.ts';
 import { replicationStatus } from '../storage/replication.ts';
+import { replicatedDisks } from '../storage/replicated.ts';
 import type { StorageCatalog } from '../storage/registry.ts';
 import { volumeOf, type IncomingDisk } from '../storage/types.ts';
 import { checkIncomingStorage } from './storage-check.ts';
@@ -64,10 +65,6 @@ export interface LocalSourceOptions {
   replicas?: ReplicaHandover;
 }
 
-/** The disks of a VM on replicated pools (two replica hosts recorded). */
-function replicatedDiskIds(spec: VmSpec): string[] {
-  return (spec.disks ?? []).filter((d) => d.replicas?.length === 2).map((d) => d.id);
-}
 
 export class LocalSource implements SourceSide {
   readonly lost: Promise<string>;
@@ -103,9 +100,9 @@ export class LocalSource implements SourceSide {
     if (migration.status && ACTIVE_STATUSES.has(migration.status))
       problems.push(`a migration of '${this.spec.name}' is already in progress (${migration.status}); wait for it or cancel it`);
     if ((this.spec.disks ?? []).length && !this.options.storage) problems.push(`the VM '${this.spec.name}' has disks but this host has no storage configured`);
-    if (replicatedDiskIds(this.spec).length && !this.options.replicas) problems.push(`the VM '${this.spec.name}' has replicated disks but nothing on this host moves their replication`);
+    if (replicatedDisks(this.spec).length && !this.options.replicas) problems.push(`the VM '${this.spec.name}' has replicated disks but nothing on this host moves their replication`);
     // The destination opens its own replica: it must have every write.
-    for (const disk of (this.spec.disks ?? []).filter((d) => d.replicas?.length === 2)) {
+    for (const disk of replicatedDisks(this.spec)) {
       // A guest write in flight shows as a moment of 'resyncing': look again for a second.
       let { state } = await replicationStatus(this.instance.qmp, disk.id);
       for (let i = 0; i < 20 && state === 'resyncing'; i++) {
@@ -159,7 +156,7 @@ export class LocalSource implements SourceSide {
     const qmp = this.instance.qmp;
     // With disks mirrored or replicated, QEMU stops at pre-switchover (vCPUs paused, disks still
     // active) for the mirrors to complete and the replication jobs to end in sync.
-    const withMirrors = this.mirrored.length > 0 || replicatedDiskIds(this.spec).length > 0;
+    const withMirrors = this.mirrored.length > 0 || replicatedDisks(this.spec).length > 0;
     await qmp.execute('migrate-set-capabilities', { capabilities: capabilityList({ ...capabilities, 'pause-before-switchover': withMirrors }) });
     await qmp.execute('migrate-set-parameters', parameters);
     if (destination.tlsHostname && !this.tls) throw new Error('the destination expects a TLS migration stream but this source has no certificate');
@@ -181,7 +178,7 @@ export class LocalSource implements SourceSide {
       const status = e.data['status'];
       if (status === 'pre-switchover') {
         // Replicated disks: this host serves its replicas once the stream completed (below).
-        if (!replicatedDiskIds(this.spec).length) qmp.off('event', onEvent);
+        if (!replicatedDisks(this.spec).length) qmp.off('event', onEvent);
         const done = [...this.mirrored];
         this.completing = true;
         (done.length ? completeMirrors(qmp, done) : Promise.resolve())
@@ -189,7 +186,7 @@ export class LocalSource implements SourceSide {
             this.mirrored = [];
             // Under a millisecond here (measured), and a clean NBD disconnect while the destination's server still runs.
             await dropTargets(qmp, done);
-            if (replicatedDiskIds(this.spec).length) {
+            if (replicatedDisks(this.spec).length) {
               this.replicationPaused = true;
               await this.options.replicas!.pauseForSwitchover(this.instance);
             }

@@ -8,6 +8,7 @@
  */
 import { StorageError, VolumeNotFoundError } from './errors.ts';
 import { DirectoryDriver } from './directory.ts';
+import type { DiskSpec, VmSpec } from '../qemu/spec.ts';
 import type { IncomingDisk, ReplicatedPoolConfig, VolumeSpec } from './types.ts';
 
 export class NotAReplicaHostError extends StorageError {
@@ -18,6 +19,11 @@ export class NotAReplicaHostError extends StorageError {
         'a VM with that disk runs on (and migrates between) those two hosts only',
     );
   }
+}
+
+/** The disks of a VM on replicated pools (their two replica hosts recorded). */
+export function replicatedDisks(spec: VmSpec): (DiskSpec & { replicas: string[] })[] {
+  return (spec.disks ?? []).filter((d): d is DiskSpec & { replicas: string[] } => Array.isArray(d.replicas) && d.replicas.length === 2);
 }
 
 /** The two hosts that keep a replica of a volume. */
