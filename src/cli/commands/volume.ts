@@ -48,11 +48,7 @@ export const volumeCommand: Command = {
         return out(`volume ${volume.pool}/${volume.name} created (${volume.format}, ${mib(volume.sizeBytes)}${where})`, volume);
       }
       case 'show': {
-        if (!name) throw new UsageError('ferry volume show needs a volume name');
-        if (!values.pool) throw new UsageError('--pool POOL is required');
-        const { volumes } = await (await cli.anyAgent()).call<{ volumes: StoredVolume[] }>('GET', '/v1/cluster/volumes');
-        const volume = volumes.find((v) => v.name === name && v.pool === values.pool);
-        if (!volume) throw new UsageError(`no volume '${name}' in pool '${values.pool}'; see ferry volume list`);
+        const volume = await requireVolume(cli, 'show', name, values.pool);
         const shown: Record<string, unknown> = { ...volume };
         if (volume.replicas) shown['replication'] = await replicationOf(cli, volume);
         const r = shown['replication'] as
@@ -84,11 +80,7 @@ export const volumeCommand: Command = {
         );
       }
       case 'delete': {
-        if (!name) throw new UsageError('ferry volume delete needs a volume name');
-        if (!values.pool) throw new UsageError('--pool POOL is required');
-        const { volumes } = await (await cli.anyAgent()).call<{ volumes: StoredVolume[] }>('GET', '/v1/cluster/volumes');
-        const volume = volumes.find((v) => v.name === name && v.pool === values.pool);
-        if (!volume) throw new UsageError(`no volume '${name}' in pool '${values.pool}'; see ferry volume list`);
+        const volume = await requireVolume(cli, 'delete', name, values.pool);
         // A local volume is removed by the agent of the host that holds it.
         const host = volume.host ?? cli.context.agents[0]!.name;
         const result = await cli.agent(host).call('DELETE', `/v1/volumes/${volume.pool}/${volume.name}`, {}, 60_000);
@@ -99,6 +91,16 @@ export const volumeCommand: Command = {
     }
   },
 };
+
+/** The volume NAME of POOL as the store has it, or a usage error saying what is missing. */
+async function requireVolume(cli: Cli, verb: string, name: string | undefined, pool: string | undefined): Promise<StoredVolume> {
+  if (!name) throw new UsageError(`ferry volume ${verb} needs a volume name`);
+  if (!pool) throw new UsageError('--pool POOL is required');
+  const { volumes } = await (await cli.anyAgent()).call<{ volumes: StoredVolume[] }>('GET', '/v1/cluster/volumes');
+  const volume = volumes.find((v) => v.name === name && v.pool === pool);
+  if (!volume) throw new UsageError(`no volume '${name}' in pool '${pool}'; see ferry volume list`);
+  return volume;
+}
 
 /** A replicated volume's state, from the host that runs its VM (the only one that knows). */
 async function replicationOf(cli: Cli, volume: StoredVolume): Promise<Record<string, unknown>> {
