@@ -102,25 +102,38 @@ for (const store of ['sqlite', 'etcd'] as const) {
       }
     });
 
-    it('predicts a migration without moving anything, within 2x of what then happens', async (t) => {
+    it('predicts a migration without moving anything, within 2x of what then happens (median of 3)', async (t) => {
       const before = (await cli('vm', 'show', 'g1')).json;
-      const dry = await cli('vm', 'migrate', 'g1', '--to', 'h2', '--dry-run');
-      assert.equal(dry.code, 0, dry.stderr);
-      assert.deepEqual(dry.json.predictions.map((p: { policy: string }) => p.policy), ['minimal-downtime', 'balanced', 'must-finish']);
-      assert.ok(dry.json.measured.nonZeroBytes > 32 * 2 ** 20, 'memcheck alone fills 32 MiB');
-      assert.ok(dry.json.measured.linkBytesPerSec > 0);
+      const first = await cli('vm', 'migrate', 'g1', '--to', 'h2', '--dry-run');
+      assert.equal(first.code, 0, first.stderr);
+      assert.deepEqual(first.json.predictions.map((p: { policy: string }) => p.policy), ['minimal-downtime', 'balanced', 'must-finish']);
+      assert.ok(first.json.measured.nonZeroBytes > 32 * 2 ** 20, 'memcheck alone fills 32 MiB');
+      assert.ok(first.json.measured.linkBytesPerSec > 0);
       const after = (await cli('vm', 'show', 'g1')).json;
       assert.equal(after.owner, before.owner, 'a dry run moves nothing');
       assert.equal(after.token, before.token, 'a dry run changes nothing');
-      const predicted = dry.json.predictions.find((p: { policy: string }) => p.policy === 'balanced');
-      assert.equal(predicted.converges, true);
-      const real = await cli('vm', 'migrate', 'g1', '--to', 'h2');
-      assert.equal(real.code, 0, real.stderr);
-      t.diagnostic(`balanced: predicted ${predicted.totalMs} ms, took ${real.json.totalMs} ms`);
-      assert.ok(real.json.totalMs <= 2 * predicted.totalMs && real.json.totalMs >= predicted.totalMs / 2, `predicted ${predicted.totalMs} ms, took ${real.json.totalMs} ms`);
-      await assertHealthyOn('h2');
+
+      // The machine is shared: a moment of load between the dry run and the migration can
+      // slow one of them alone. Three predictions and migrations, h1 -> h2 -> h1 -> h2, and
+      // the median of their ratios is what must lie within 2x.
+      const ratios: number[] = [];
+      const hops: [string, string][] = [['h1', 'h2'], ['h2', 'h1'], ['h1', 'h2']];
+      for (const [i, [from, to]] of hops.entries()) {
+        const dry = i === 0 ? first : await cli('vm', 'migrate', 'g1', '--to', to, '--dry-run');
+        assert.equal(dry.code, 0, dry.stderr);
+        assert.equal(dry.json.from, from);
+        const predicted = dry.json.predictions.find((p: { policy: string }) => p.policy === 'balanced');
+        assert.equal(predicted.converges, true);
+        const real = await cli('vm', 'migrate', 'g1', '--to', to);
+        assert.equal(real.code, 0, real.stderr + JSON.stringify(real.json ?? {}));
+        await assertHealthyOn(to);
+        t.diagnostic(`${from} -> ${to}, balanced: predicted ${predicted.totalMs} ms, took ${real.json.totalMs} ms`);
+        ratios.push(real.json.totalMs / predicted.totalMs);
+      }
       assert.equal((await cli('vm', 'migrate', 'g1', '--to', 'h1')).code, 0);
       await assertHealthyOn('h1');
+      const median = [...ratios].sort((a, b) => a - b)[1]!;
+      assert.ok(median <= 2 && median >= 0.5, `took/predicted ratios ${ratios.map((r) => r.toFixed(2)).join(', ')}: median ${median.toFixed(2)}, outside 0.5..2`);
     });
 
     it('refuses what a user can get wrong, with a message, a non-zero exit and nothing changed', async () => {
