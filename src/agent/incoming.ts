@@ -4,6 +4,7 @@
  * ownership compare-and-swap, asks it to resume with the new token — which
  * this agent checks against the store itself.
  */
+import { certificateIdentity } from '../cluster/pki.ts';
 import { LocalDestination } from '../migration/local.ts';
 import { checkToken, requireRoom, storageCatalog, type AgentContext } from './context.ts';
 import { checkIncomingStorage } from '../migration/storage-check.ts';
@@ -47,7 +48,8 @@ export class IncomingMigrations {
       runDir: ctx.runtime.runDir,
       network: ctx.runtime.network,
       listenAddress: ctx.node.address,
-      tls: { dir: ctx.node.certDir },
+      // Only the source host's certificate may connect to the stream and the NBD exports.
+      tls: { dir: ctx.node.certDir, peer: certificateIdentity(request.source) },
       storage: await storageCatalog(ctx),
       replicas: ctx.replication,
       log: (line) => ctx.log(`incoming ${request.spec.name}: ${line}`),

@@ -17,6 +17,7 @@
 import path from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { OutdatedReplica, OwnedVm, StoredVolume } from '../cluster/model.ts';
+import { certificateIdentity } from '../cluster/pki.ts';
 import type { ReplicaHandover } from '../migration/sides.ts';
 import type { VmInstance } from '../qemu/instance.ts';
 import type { DiskSpec, VmSpec } from '../qemu/spec.ts';
@@ -63,6 +64,8 @@ export class ReplicationManager implements ReplicaHandover {
   /** This host's replica server (started when this host first keeps a replica). */
   private server: ReplicaServer | undefined;
   private starting: Promise<ReplicaServer> | undefined;
+  /** The identities the server lets in now, one per line. */
+  private allowed = '';
   /** Volumes (pool/name) this host serves now. */
   private readonly served = new Set<string>();
   /** The endpoint each local job writes to: a peer that moved to another port needs a new job. */
@@ -103,13 +106,29 @@ export class ReplicationManager implements ReplicaHandover {
     this.starting ??= (async () => {
       const dir = path.join(this.ctx.node.stateDir, 'replica-server');
       await mkdir(dir, { recursive: true, mode: 0o700 });
-      const server = await ReplicaServer.start({ address: this.ctx.node.address, tlsDir: this.ctx.node.certDir, dir });
+      const allowed = await this.hostIdentities();
+      const server = await ReplicaServer.start({ address: this.ctx.node.address, tlsDir: this.ctx.node.certDir, dir, allowed });
+      this.allowed = allowed.join('\n');
       for (const name of await server.served()) this.served.add(name);
       this.ctx.log(`replica server listening at ${this.ctx.node.address}:${server.port} (NBD, TLS)`);
       return server;
     })().finally(() => (this.starting = undefined));
     this.server = await this.starting;
     return this.server;
+  }
+
+  /** The certificates the replica server lets in: the other hosts' (a primary is always another host). */
+  private async hostIdentities(): Promise<string[]> {
+    const hosts = (await this.ctx.state.hosts()).map((h) => h.name).filter((h) => h !== this.ctx.node.name);
+    return hosts.sort().map(certificateIdentity);
+  }
+
+  /** A host that joined since the server started may be a primary too. */
+  private async authorizeHosts(server: ReplicaServer): Promise<void> {
+    const allowed = await this.hostIdentities();
+    if (allowed.join('\n') === this.allowed) return;
+    await server.allow(allowed);
+    this.allowed = allowed.join('\n');
   }
 
   /** Runs `body` with the volume's lock: the periodic pass and a migration's handover never interleave. */
@@ -131,7 +150,7 @@ export class ReplicationManager implements ReplicaHandover {
       const volumes = (await this.ctx.state.volumes()).filter((v) => pools.has(v.pool) && v.replicas?.includes(me));
       const wanted = new Set(volumes.map((v) => key(v.pool, v.name)));
       // Kept running whenever this host keeps a replica: a migration's handover then only adds an export.
-      if (volumes.length) await this.replicaServer();
+      if (volumes.length) await this.authorizeHosts(await this.replicaServer());
       for (const volume of volumes) {
         await this.locked(key(volume.pool, volume.name), () => this.reconcileVolume(volume)).catch((err: Error) =>
           this.say(volume, 'error', `replication of ${volume.pool}/${volume.name}: ${err.message}`),

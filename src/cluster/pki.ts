@@ -36,6 +36,15 @@ export async function createCa(dir: string, clusterName: string): Promise<void> 
 }
 
 /**
+ * The distinguished name QEMU's TLS authorization (`authz-simple`, `authz-list`) sees for the
+ * certificate issued to `name`: it lets a QEMU listener accept one host's certificate, not any
+ * the cluster CA signed (the admin's and the etcd members' are signed by it too).
+ */
+export function certificateIdentity(name: string): string {
+  return `O=ferry,CN=${name}`;
+}
+
+/**
  * Issues a certificate for `name` into outDir: cert.pem, key.pem, ca-cert.pem, and the
  * file names QEMU's tls-creds-x509 looks for (server-/client-cert.pem, -key.pem).
  */

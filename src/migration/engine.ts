@@ -259,7 +259,10 @@ class MigrationRun {
       this.o.onProgress?.({ phase: 'perform', elapsedMs: this.elapsed(), ram, ...(this.lastDisk ? { disk: this.lastDisk } : {}) });
       if (ram.qemuStatus === 'failed' || ram.qemuStatus === 'cancelled') {
         const summary = await this.o.source.summary();
-        throw new PhaseFailure('perform', `the migration stream ${ram.qemuStatus}${summary.error ? `: ${summary.error}` : ''}`);
+        const hint = /TLS (channel|handshake)/i.test(summary.error ?? '')
+          ? '; the destination may have refused this host\'s certificate (it lets in only the source host it was prepared for; its QEMU log names the certificate it refused)'
+          : '';
+        throw new PhaseFailure('perform', `the migration stream ${ram.qemuStatus}${summary.error ? `: ${summary.error}` : ''}${hint}`);
       }
       if (ram.round > lastRound && ram.qemuStatus === 'active') {
         if (lastRound > 0) {

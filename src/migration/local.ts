@@ -43,15 +43,29 @@ function unexpectedExit(instance: VmInstance): Promise<string> {
 /** TLS for the migration stream: a directory in QEMU's tls-creds-x509 layout (ca-cert.pem, server-/client-cert.pem, -key.pem). */
 export interface StreamTls {
   dir: string;
+  /**
+   * On the destination: the certificate identity (distinguished name) that alone may connect to
+   * its migration stream and NBD exports — the source host's. Without it any certificate of the
+   * cluster CA would do.
+   */
+  peer?: string;
 }
 
 const TLS_OBJECT = 'ferry-migration-tls';
+const AUTHZ_OBJECT = 'ferry-migration-authz';
 
 /** Creates (or recreates) the TLS credentials object that the migration stream and the NBD connections use. */
 async function addTlsObject(instance: VmInstance, tls: StreamTls, endpoint: 'server' | 'client'): Promise<void> {
   const qmp = instance.qmp;
   await qmp.execute('object-del', { id: TLS_OBJECT }).catch(() => undefined);
   await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_OBJECT, dir: tls.dir, endpoint, 'verify-peer': true });
+}
+
+/** The authorization object that lets only `tls.peer` in (none: any certificate of the CA). */
+async function addAuthzObject(instance: VmInstance, tls: StreamTls): Promise<string | undefined> {
+  if (!tls.peer) return undefined;
+  await instance.qmp.execute('object-add', { 'qom-type': 'authz-simple', id: AUTHZ_OBJECT, identity: tls.peer });
+  return AUTHZ_OBJECT;
 }
 
 export interface LocalSourceOptions {
@@ -397,14 +411,16 @@ export class LocalDestination implements DestinationSide {
     if (replicas && !this.options.replicas) throw new Error(`the destination cannot move the replication of '${spec.name}' (no replica handover)`);
     await qmp.execute('migrate-set-capabilities', { capabilities: capabilityList({ ...capabilities, ...(replicas ? { 'late-block-activate': true } : {}) }) });
     const address = this.options.listenAddress;
+    let authz: string | undefined;
     if (this.options.tls) {
       await addTlsObject(instance, this.options.tls, 'server');
-      await qmp.execute('migrate-set-parameters', { 'tls-creds': TLS_OBJECT });
+      authz = await addAuthzObject(instance, this.options.tls);
+      await qmp.execute('migrate-set-parameters', { 'tls-creds': TLS_OBJECT, ...(authz ? { 'tls-authz': authz } : {}) });
     }
     const copied = [...this.incomingDisks].filter(([, how]) => how === 'copy').map(([id]) => id);
     let nbd: NbdTargets | undefined;
     if (copied.length) {
-      const tls = this.options.tls && address ? { tlsObject: TLS_OBJECT, tlsHostname: address } : {};
+      const tls = this.options.tls && address ? { tlsObject: TLS_OBJECT, tlsHostname: address, ...(authz ? { tlsAuthz: authz } : {}) } : {};
       nbd = await startNbdExports(instance, copied, { ...(address ? { address } : {}), ...tls });
       this.nbdRunning = true;
     }

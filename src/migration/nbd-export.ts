@@ -12,12 +12,12 @@ import { freePort } from '../util/net.ts';
 export async function startNbdExports(
   instance: VmInstance,
   diskIds: readonly string[],
-  where: { address?: string; tlsObject?: string; tlsHostname?: string },
+  where: { address?: string; tlsObject?: string; tlsHostname?: string; /** The authorization object: who may connect. */ tlsAuthz?: string },
 ): Promise<NbdTargets> {
   const qmp = instance.qmp;
   let server: NbdServerAddress;
   if (where.address) {
-    server = { type: 'inet', host: where.address, port: await startOnFreePort(instance, where.address, where.tlsObject) };
+    server = { type: 'inet', host: where.address, port: await startOnFreePort(instance, where.address, where.tlsObject, where.tlsAuthz) };
   } else {
     server = { type: 'unix', path: path.join(instance.dir, 'nbd.sock') };
     await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: server.path } } });
@@ -29,13 +29,14 @@ export async function startNbdExports(
 }
 
 /** QEMU 7.2 does not report the port of `nbd-server-start` on port 0: pick a free one, retry if taken meanwhile. */
-async function startOnFreePort(instance: VmInstance, address: string, tlsObject: string | undefined): Promise<number> {
+async function startOnFreePort(instance: VmInstance, address: string, tlsObject: string | undefined, tlsAuthz: string | undefined): Promise<number> {
   for (let attempt = 1; ; attempt++) {
     const port = await freePort(address);
     try {
       await instance.qmp.execute('nbd-server-start', {
         addr: { type: 'inet', data: { host: address, port: String(port) } },
         ...(tlsObject ? { 'tls-creds': tlsObject } : {}),
+        ...(tlsObject && tlsAuthz ? { 'tls-authz': tlsAuthz } : {}),
       });
       return port;
     } catch (err) {

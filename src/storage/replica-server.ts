@@ -1,7 +1,8 @@
 /**
  * The peer's half of replicated volumes: one `qemu-storage-daemon` per host
  * serves this host's replicas to the hosts that run their VMs, over NBD with
- * mutual TLS (the cluster's certificates; a client without one is refused).
+ * mutual TLS (the cluster's certificates; a client without one is refused,
+ * and so is one whose certificate is not a host's: the admin's, say).
  * The daemon and its NBD server run all the time; serving or withdrawing a
  * replica is two QMP commands, which keeps the handover of a migration short
  * (a `qemu-nbd` started per replica took 100–670 ms to listen on these
@@ -12,7 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { open, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { VolumeFormat } from '../qemu/spec.ts';
 import { QmpClient } from '../qemu/qmp.ts';
@@ -31,7 +32,11 @@ export interface ReplicaServerOptions {
   tlsDir: string;
   /** Private directory for the daemon's QMP socket, pid and port files (kept across agent restarts). */
   dir: string;
+  /** The certificate identities (distinguished names) that may connect: the cluster's hosts. */
+  allowed: string[];
 }
+
+const AUTHZ_OBJECT = 'ferry-authz';
 
 const START_TIMEOUT_MS = 10_000;
 /** A withdrawn export that does not go within this long means a daemon in trouble: the caller hears of it. */
@@ -82,28 +87,42 @@ export class ReplicaServer {
     const port = Number((await readFile(path.join(options.dir, 'port'), 'utf8').catch(() => '')).trim());
     if (!pid || !port || !(await isDaemon(pid))) return undefined;
     const qmp = await QmpClient.connect(path.join(options.dir, 'qmp.sock'), { connectTimeoutMs: 2000 });
-    return new ReplicaServer(qmp, port, pid, undefined, options.dir);
+    const server = new ReplicaServer(qmp, port, pid, undefined, options.dir);
+    try {
+      await server.allow(options.allowed);
+    } catch (err) {
+      // A daemon without the authorization object (started by an older ferry) lets any certificate of the CA in.
+      qmp.close();
+      throw err;
+    }
+    return server;
   }
 
   private static async spawnOn(options: ReplicaServerOptions, port: number): Promise<ReplicaServer> {
     const socket = path.join(options.dir, 'qmp.sock');
     await rm(socket, { force: true });
+    // Its messages (refused clients among them) go to a file: the daemon outlives the agent that started it.
+    const logFile = path.join(options.dir, 'daemon.log');
+    const log = await open(logFile, 'a');
     const child = spawn(
       'qemu-storage-daemon',
       [
         '--chardev', `socket,id=qmp,path=${socket},server=on,wait=off`,
         '--monitor', 'chardev=qmp',
         '--object', `tls-creds-x509,id=ferry-tls,dir=${options.tlsDir},endpoint=server,verify-peer=on`,
-        '--nbd-server', `addr.type=inet,addr.host=${options.address},addr.port=${port},tls-creds=ferry-tls`,
+        '--object', JSON.stringify({ 'qom-type': 'authz-list', id: AUTHZ_OBJECT, policy: 'deny', rules: authzRules(options.allowed) }),
+        '--nbd-server', `addr.type=inet,addr.host=${options.address},addr.port=${port},tls-creds=ferry-tls,tls-authz=${AUTHZ_OBJECT}`,
       ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
+      { stdio: ['ignore', 'ignore', log.fd] },
     );
+    await log.close();
     // Written at once: an agent that dies before the daemon listens leaves no daemon it cannot find.
     await writeFile(path.join(options.dir, 'pid'), `${child.pid}\n`);
-    let stderr = '';
-    child.stderr!.on('data', (chunk) => (stderr = (stderr + chunk).slice(-2000)));
     const failed = new Promise<never>((_, reject) =>
-      child.once('exit', (code, signal) => reject(new ReplicaServerError(`qemu-storage-daemon exited (code ${code}, signal ${signal}): ${stderr.trim() || 'no error output'}`))),
+      child.once('exit', async (code, signal) => {
+        const said = (await readFile(logFile, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join('; ');
+        reject(new ReplicaServerError(`qemu-storage-daemon exited (code ${code}, signal ${signal}): ${said || 'no error output'} (${logFile})`));
+      }),
     );
     failed.catch(() => undefined);
     const deadline = Date.now() + START_TIMEOUT_MS;
@@ -120,6 +139,11 @@ export class ReplicaServer {
       child.kill('SIGKILL');
       throw err;
     }
+  }
+
+  /** Lets exactly these certificate identities connect from now on (connections made stay). */
+  async allow(identities: string[]): Promise<void> {
+    await this.qmp.execute('qom-set', { path: `/objects/${AUTHZ_OBJECT}`, property: 'rules', value: authzRules(identities) });
   }
 
   /** The export names being served now. */
@@ -174,6 +198,10 @@ export class ReplicaServer {
     if (this.running) process.kill(this.pid, 'SIGKILL');
     await rm(path.join(this.dir, 'pid'), { force: true });
   }
+}
+
+function authzRules(identities: string[]): { match: string; policy: 'allow' }[] {
+  return identities.map((match) => ({ match, policy: 'allow' }));
 }
 
 async function isDaemon(pid: number): Promise<boolean> {

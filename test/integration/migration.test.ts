@@ -7,8 +7,11 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { certificateIdentity, createCa, issueCertificate } from '../../src/cluster/pki.ts';
 import { MigrationRefusedError, MigrationRolledBackError } from '../../src/migration/errors.ts';
 import { migrate } from '../../src/migration/engine.ts';
 import { LocalDestination, LocalSource } from '../../src/migration/local.ts';
@@ -180,6 +183,43 @@ describe('live migration between two local QEMU processes', () => {
     assert.equal(destinationStatus, 'paused');
     await assertGuestHealthy(vm);
     await assertOnlySourceLeft(destination.instance.dir);
+  });
+
+  it('TLS: the destination lets in only the source host it expects; another host of the same CA is refused and the guest keeps running', async (t) => {
+    const pki = await mkdtemp(path.join(os.tmpdir(), 'ferry-authz-'));
+    try {
+      const ca = path.join(pki, 'ca');
+      await createCa(ca, 'authz-test');
+      for (const host of ['h1', 'h2', 'h3']) await issueCertificate(ca, path.join(pki, host), host, ['127.0.0.1']);
+      const destinationFor = () =>
+        new LocalDestination({
+          spec: vm.spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher,
+          listenAddress: '127.0.0.1', tls: { dir: path.join(pki, 'h2'), peer: certificateIdentity('h1') },
+        });
+
+      const refused = destinationFor();
+      let reason = '';
+      await assert.rejects(
+        migrate({ source: new LocalSource(vm, { tls: { dir: path.join(pki, 'h3') } }), destination: refused }),
+        (err: unknown) => {
+          reason = err instanceof MigrationRolledBackError ? (err.record.failure?.reason ?? '') : String(err);
+          return err instanceof MigrationRolledBackError && err.record.outcome === 'rolled-back';
+        },
+      );
+      t.diagnostic(`refused: ${reason}; destination QEMU: ${refused.instance.process.stderrTail(2)}`);
+      assert.match(refused.instance.process.stderrTail(5), /authz check for O=ferry,CN=h3 is denied/);
+      assert.match(reason, /may have refused this host's certificate/);
+      await assertGuestHealthy(vm);
+      await assertOnlySourceLeft(refused.instance.dir);
+
+      const accepted = destinationFor();
+      const record = await migrate({ source: new LocalSource(vm, { tls: { dir: path.join(pki, 'h1') } }), destination: accepted });
+      assert.equal(record.outcome, 'completed');
+      vm = accepted.instance;
+      await assertGuestHealthy(vm);
+    } finally {
+      await rm(pki, { recursive: true, force: true });
+    }
   });
 
   it('a graceful stop powers the guest off through ACPI', async () => {

@@ -100,6 +100,20 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
     assert.equal((await waitFor('in-sync')).primary, 'h1');
     await assertReplicasEqual(ip);
 
+    // Only hosts get into a replica server: from h1's namespace, h1's certificate opens h2's
+    // export; the admin's, signed by the same cluster CA, is refused.
+    const h1 = suite.lab.hosts.find((h) => h.name === 'h1')!;
+    const h2 = suite.lab.hosts.find((h) => h.name === 'h2')!;
+    const port = (await readFile(path.join(suite.dir, 'hosts', 'h2', 'state', 'replica-server', 'port'), 'utf8')).trim();
+    const openExport = (certDir: string) =>
+      run('ip', [
+        'netns', 'exec', h1.netns, 'qemu-img', 'info', '--object', `tls-creds-x509,id=t,dir=${certDir},endpoint=client`,
+        `json:${JSON.stringify({ driver: 'nbd', server: { type: 'inet', host: h2.address, port }, export: 'r/r1-disk0', 'tls-creds': 't', 'tls-hostname': h2.address })}`,
+      ]).then(() => 'opened', (err: Error) => err.message);
+    assert.equal(await openExport(path.join(suite.dir, 'hosts', 'h1', 'cert')), 'opened');
+    assert.match(await openExport(path.join(suite.dir, 'admin')), /TLS|connection abort/i);
+    assert.match(await readFile(path.join(suite.dir, 'hosts', 'h2', 'state', 'replica-server', 'daemon.log'), 'utf8'), /authz check for O=ferry,CN=admin is denied/);
+
     const elsewhere = await cli('vm', 'migrate', 'r1', '--to', 'h3');
     assert.notEqual(elsewhere.code, 0, 'h3 keeps no replica');
     assert.match(elsewhere.stderr + (elsewhere.json?.error ?? ''), /replicated on 'h1' and 'h2', not on 'h3'/);
