@@ -53,6 +53,9 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
  * clock, not trusted to the store client) it stops its guests before the lease
  * can expire elsewhere: the self-fencing rule of sanlock and Proxmox.
  */
+/** How often the time since the last lease renewal is checked against the fencing deadline. */
+const FENCE_CHECK_MS = 250;
+
 async function keepMembership(ctx: AgentContext, store: Store): Promise<{ stop(): void }> {
   const { node } = ctx;
   const ttl = node.leaseTtlSeconds;
@@ -72,7 +75,8 @@ async function keepMembership(ctx: AgentContext, store: Store): Promise<{ stop()
   let lease = await register();
   let lastRenewed = performance.now();
   let fenced = false;
-  const timer = setInterval(async () => {
+  let renewing = false;
+  const renew = async () => {
     try {
       try {
         await store.keepAlive(lease);
@@ -84,14 +88,27 @@ async function keepMembership(ctx: AgentContext, store: Store): Promise<{ stop()
       lastRenewed = performance.now();
       fenced = false;
     } catch (err) {
-      const silentMs = performance.now() - lastRenewed;
-      ctx.log(`cannot renew the host lease for ${Math.round(silentMs)} ms: ${(err as Error).message}`);
-      if (!fenced && silentMs > (ttl * 2000) / 3) {
-        fenced = true;
-        ctx.log('self-fencing: stopping all guests of this host before its lease expires');
-        for (const vm of await ctx.runtime.list()) await ctx.runtime.stop(vm.name, true).catch(() => undefined);
-      }
+      ctx.log(`cannot renew the host lease for ${Math.round(performance.now() - lastRenewed)} ms: ${(err as Error).message}`);
     }
+  };
+  const renewTimer = setInterval(() => {
+    if (renewing) return; // a store that does not answer: the call in flight has its own timeout
+    renewing = true;
+    void renew().finally(() => (renewing = false));
   }, (ttl * 1000) / 3);
-  return { stop: () => clearInterval(timer) };
+  // Watched apart from the renewals: a renewal that hangs (a store cut off without a reset)
+  // must not hold the fencing back until the lease has expired elsewhere.
+  const fenceTimer = setInterval(async () => {
+    const silentMs = performance.now() - lastRenewed;
+    if (fenced || silentMs <= (ttl * 2000) / 3) return;
+    fenced = true;
+    ctx.log(`self-fencing: the host lease was not renewed for ${Math.round(silentMs)} ms; stopping all guests of this host before it expires`);
+    for (const vm of await ctx.runtime.list()) await ctx.runtime.stop(vm.name, true).catch(() => undefined);
+  }, FENCE_CHECK_MS);
+  return {
+    stop: () => {
+      clearInterval(renewTimer);
+      clearInterval(fenceTimer);
+    },
+  };
 }

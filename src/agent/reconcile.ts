@@ -6,6 +6,7 @@
  * moved, completed if it had. After this, exactly one host runs each VM and
  * the store agrees with what runs.
  */
+import { isFencePaused } from './replica-fence.ts';
 import { LocalSource } from '../migration/local.ts';
 import type { VmSpec } from '../qemu/spec.ts';
 import { volumeOf } from '../storage/types.ts';
@@ -42,7 +43,9 @@ async function reconcileInstance(ctx: AgentContext, recorded: InstanceState): Pr
     if (recorded.role === 'running') {
       // A stream that completed: this host may serve its replicas already, which the guest needs back.
       if (replicated && before === 'postmigrate') await ctx.replication.stopServing(recorded.spec);
-      await new LocalSource(instance).cancelAndResume();
+      // A guest paused because a write missed its peer stays paused until the replication
+      // manager has written the peer down as outdated (replica-fence.ts).
+      if (!(replicated && isFencePaused(instance))) await new LocalSource(instance).cancelAndResume();
     } else if (before !== 'running') {
       // A destination that won the swap: its NBD exports (a disk copy) must be gone before the guest
       // writes, and its replicated disks replicate into the old primary's replicas.

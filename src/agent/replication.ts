@@ -15,6 +15,7 @@
  * and the pass leaves its volumes alone. Both go through one lock per volume.
  */
 import path from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { mkdir } from 'node:fs/promises';
 import type { OutdatedReplica, OwnedVm, StoredVolume } from '../cluster/model.ts';
 import { certificateIdentity } from '../cluster/pki.ts';
@@ -22,6 +23,7 @@ import type { ReplicaHandover } from '../migration/sides.ts';
 import type { VmInstance } from '../qemu/instance.ts';
 import type { DiskSpec, VmSpec } from '../qemu/spec.ts';
 import { ReplicaServer } from '../storage/replica-server.ts';
+import { isFencePaused, pauseForFence, resumeAfterFence } from './replica-fence.ts';
 import { peerOf, ReplicatedDriver, replicatedDisks } from '../storage/replicated.ts';
 import {
   connectReplica,
@@ -45,6 +47,8 @@ import { storageCatalog, type AgentContext } from './context.ts';
 const PASS_INTERVAL_MS = 1_000;
 /** Passes in a row without an answer from the peer before a replicating primary cuts the connection. */
 const UNREACHABLE_PASSES = 2;
+/** How often a fenced guest's agent tries again to write down that the peer is outdated. */
+const FENCE_RETRY_MS = 500;
 /** How long a new primary waits at switchover for the old one to serve its replica. */
 const HANDOVER_WAIT_MS = 10_000;
 
@@ -75,6 +79,8 @@ export class ReplicationManager implements ReplicaHandover {
   /** Whether the peer's replica is written down as outdated, per volume (as last written by this agent). */
   private readonly outdated = new Map<string, boolean>();
   private readonly watched = new WeakSet<VmInstance>();
+  /** Volumes whose guest is being fenced now. */
+  private readonly fencing = new Set<string>();
   /** Passes in a row in which a replicating primary could not reach its peer. */
   private readonly misses = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
@@ -192,6 +198,11 @@ export class ReplicationManager implements ReplicaHandover {
     // Resyncing leaves the mark as it is: a resync after a gap keeps it until in sync, and a guest
     // write in flight (a moment of 'resyncing' while in sync) must not set it.
     if (status.state !== 'resyncing') await this.markOutdated(volume.pool, volume.name, peer, status.state !== 'in-sync');
+    // A guest left paused for fencing (by an earlier run of this agent): the mark is written now.
+    if (this.outdated.get(key(volume.pool, volume.name)) && isFencePaused(instance) && !this.fencing.has(key(volume.pool, volume.name))) {
+      await resumeAfterFence(instance);
+      this.ctx.log(`'${instance.spec.name}' resumed: its peer ${peer} is written down as outdated`);
+    }
     const endpoint = await this.ctx.state.replicaEndpoint(volume.pool, volume.name, peer);
     const reachable = endpoint ? await accepts(endpoint.address, endpoint.port) : false;
     const k = key(volume.pool, volume.name);
@@ -249,11 +260,47 @@ export class ReplicationManager implements ReplicaHandover {
     instance.qmp.on('event', (e: { event: string; data: Record<string, unknown> }) => {
       if (e.event !== 'BLOCK_JOB_ERROR') return;
       const disk = replicatedDisks(instance.spec).find((d) => replicationJobId(d.id) === e.data['device']);
-      if (!disk) return;
-      void this.markOutdated(disk.pool, disk.volume, peerOf(volumeOf(disk), this.ctx.node.name), true).catch((err: Error) =>
-        this.ctx.log(`could not write down that the replica of ${disk.pool}/${disk.volume} is outdated: ${err.message}`),
-      );
+      if (disk) void this.fence(instance, disk);
     });
+  }
+
+  /**
+   * A write missed the peer: the guest is paused until the peer is written down as outdated
+   * (see replica-fence.ts); if the store cannot be reached, it stays paused until it can be, or
+   * until self-fencing stops it.
+   */
+  private async fence(instance: VmInstance, disk: DiskSpec): Promise<void> {
+    const k = key(disk.pool, disk.volume);
+    if (this.outdated.get(k) === true || this.fencing.has(k)) return;
+    this.fencing.add(k);
+    const peer = peerOf(volumeOf(disk), this.ctx.node.name);
+    const name = instance.spec.name;
+    try {
+      const t0 = performance.now();
+      const paused = await pauseForFence(instance, k).catch((err: Error) => {
+        this.ctx.log(`'${name}' could not be paused for fencing: ${err.message}`);
+        return false;
+      });
+      if (paused) this.ctx.log(`'${name}' paused: a write missed ${peer}; writing down that its replica of ${k} is outdated before the guest runs on`);
+      for (let attempt = 1; ; attempt++) {
+        if (this.stopped || !instance.process.isRunning) return;
+        try {
+          await this.markOutdated(disk.pool, disk.volume, peer, true);
+          break;
+        } catch (err) {
+          if (attempt === 1) this.ctx.log(`'${name}' stays paused: that the replica of ${k} on ${peer} is outdated cannot be written down (${(err as Error).message}); retrying`);
+          await new Promise((r) => setTimeout(r, FENCE_RETRY_MS));
+        }
+      }
+      if (paused) {
+        await resumeAfterFence(instance);
+        this.ctx.log(`'${name}' paused ${Math.round(performance.now() - t0)} ms: a write missed ${peer}, its replica of ${k} is now written down as outdated`);
+      }
+    } catch (err) {
+      this.ctx.log(`fencing '${name}' for ${k}: ${(err as Error).message}`);
+    } finally {
+      this.fencing.delete(k);
+    }
   }
 
   /** Peer: serve this host's replica and say where. */

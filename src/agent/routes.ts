@@ -27,7 +27,11 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
   return [
     ...storageRoutes(ctx),
     ...recoverRoutes(ctx),
-    { method: 'GET', pattern: '/v1/health', handler: async () => ({ host: node.name, vms: await runtime.list() }) },
+    {
+      method: 'GET',
+      pattern: '/v1/health',
+      handler: async () => ({ host: node.name, vms: await runtime.list(), store: await storeAnswers(ctx) }),
+    },
 
     {
       method: 'GET',
@@ -208,4 +212,18 @@ async function allocateIp(ctx: AgentContext, cluster: ClusterConfig): Promise<st
     if (!used.has(ip) && !(await ctx.state.addressTaken(ip))) return ip;
   }
   throw new RefusedError(`no free guest address left in ${net.prefix}.${net.first}-${net.last}`);
+}
+
+/** How long the health check waits for the store before it says this agent cannot reach it. */
+const STORE_CHECK_MS = 1500;
+
+/** Whether this agent reaches the cluster's store now (an agent cut off from it answers, but cannot serve cluster reads). */
+async function storeAnswers(ctx: AgentContext): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), STORE_CHECK_MS)));
+  try {
+    return await Promise.race([ctx.state.hosts().then(() => true, () => false), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

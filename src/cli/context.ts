@@ -26,19 +26,23 @@ export class Cli {
     return new AgentClient(endpoint, this.identity);
   }
 
-  /** Any agent that answers, for cluster-wide reads. */
+  /** Any agent that answers and reaches the store, for cluster-wide reads (else any that answers). */
   async anyAgent(): Promise<AgentClient> {
     const errors: string[] = [];
+    let cutOff: AgentClient | undefined;
     for (const a of this.context.agents) {
       const client = this.agent(a.name);
       try {
-        await client.call('GET', '/v1/health', undefined, 3000);
-        return client;
+        const health = await client.call<{ store?: boolean }>('GET', '/v1/health', undefined, 3000);
+        if (health.store !== false) return client;
+        cutOff ??= client;
+        errors.push(`${a.name}: cannot reach the cluster's store`);
       } catch (err) {
         if (!(err instanceof AgentUnreachableError)) throw err;
         errors.push(err.message);
       }
     }
+    if (cutOff) return cutOff;
     throw new AgentUnreachableError(`no agent of the cluster answers:\n  ${errors.join('\n  ')}`);
   }
 
