@@ -30,6 +30,7 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   const ctx = { node, identity, state: new ClusterState(store), runtime, log } as AgentContext;
   ctx.replication = new ReplicationManager(ctx);
 
+  const stallWatch = watchEventLoop(log);
   await reconcile(ctx);
   ctx.replication.start();
   const membership = await keepMembership(ctx, store);
@@ -38,6 +39,7 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   return {
     ctx,
     async stop() {
+      clearInterval(stallWatch);
       membership.stop();
       await ctx.replication.stop();
       for (const s of servers) s.close();
@@ -53,6 +55,21 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
  * clock, not trusted to the store client) it stops its guests before the lease
  * can expire elsewhere: the self-fencing rule of sanlock and Proxmox.
  */
+/**
+ * Writes down when this process did not run its timers for a while (a synchronous call that
+ * blocked, a machine starved of CPU): every API request and lease renewal waited meanwhile.
+ */
+function watchEventLoop(log: (line: string) => void): NodeJS.Timeout {
+  let last = performance.now();
+  return setInterval(() => {
+    const now = performance.now();
+    if (now - last > EVENT_LOOP_STALL_MS) log(`the agent did not run for ${Math.round(now - last)} ms (event loop blocked or starved of CPU)`);
+    last = now;
+  }, 250).unref();
+}
+
+const EVENT_LOOP_STALL_MS = 2_000;
+
 /** How often the time since the last lease renewal is checked against the fencing deadline. */
 const FENCE_CHECK_MS = 250;
 

@@ -22,6 +22,11 @@ export interface DryRun {
   from: string;
   to: string;
   measured: PredictionInput;
+  /**
+   * Where `measured.linkBytesPerSec` comes from: the probe's transfer to the destination, and the
+   * throughput this cluster's past migrations achieved (the lower one counts).
+   */
+  link: { probedBytesPerSec: number; achievedBytesPerSec?: number };
   predictions: Prediction[];
   /** Why a real migration to this destination would be refused for its storage (empty: it would not). */
   storageProblems: string[];
@@ -36,7 +41,9 @@ export async function dryRun(ctx: AgentContext, name: string, to: string): Promi
 
   const dirtyRateBytesPerSec = await sampleDirtyRate(instance, 1);
   const nonZero = await nonZeroBytes(instance);
-  const linkBytesPerSec = await measureLink(destination);
+  const probedBytesPerSec = await measureLink(destination);
+  const achievedBytesPerSec = await typicalStreamBytesPerSec(ctx);
+  const linkBytesPerSec = achievedBytesPerSec ? Math.min(probedBytesPerSec, achievedBytesPerSec) : probedBytesPerSec;
   const storage = await storageCatalog(ctx);
   const needs = await new LocalSource(instance, { storage }).diskNeeds();
   const storageProblems = (vm.spec.disks ?? []).length
@@ -54,7 +61,7 @@ export async function dryRun(ctx: AgentContext, name: string, to: string): Promi
     diskCopyBytes,
   };
   const predictions = POLICY_NAMES.map((policy) => predictMigration(measured, planMigration({ name: policy }, vm.spec.memoryMiB)));
-  return { vm: name, from: ctx.node.name, to, measured, predictions, storageProblems };
+  return { vm: name, from: ctx.node.name, to, measured, link: { probedBytesPerSec, ...(achievedBytesPerSec ? { achievedBytesPerSec } : {}) }, predictions, storageProblems };
 }
 
 /**
@@ -71,6 +78,23 @@ async function measureLink(destination: AgentClient): Promise<number> {
     best = Math.max(best, payload.length / ((performance.now() - t0) / 1000));
   }
   return best;
+}
+
+/**
+ * The stream throughput this cluster's past migrations achieved (median of bytes sent over the
+ * perform phase, unthrottled ones only). On a busy host QEMU's stream is the bottleneck — TLS in
+ * one thread, next to the guest's vCPUs — and the link probe alone overestimates it.
+ */
+async function typicalStreamBytesPerSec(ctx: AgentContext): Promise<number | undefined> {
+  const rates = (await ctx.state.jobs())
+    .filter((j) => j.kind === 'migrate' && j.state === 'succeeded')
+    .map((j) => j.result as MigrationRecord | undefined)
+    .filter((r): r is MigrationRecord => !!r?.phases && r.plan?.maxBandwidth === 'unlimited' && !r.postcopy)
+    .map((r) => ({ bytes: r.bytes + (r.diskBytes ?? 0), ms: r.phases.find((p) => p.phase === 'perform')?.ms ?? 0 }))
+    .filter((x) => x.bytes > 0 && x.ms > 0)
+    .map((x) => x.bytes / (x.ms / 1000))
+    .sort((a, b) => a - b);
+  return rates.length ? rates[Math.floor(rates.length / 2)] : undefined;
 }
 
 /**

@@ -377,6 +377,20 @@ export class ReplicationManager implements ReplicaHandover {
   }
 
 
+  /**
+   * Before a guest with replicated disks boots here: until its first replication job is in sync
+   * (started by the next pass, a full copy), the peers' replicas lack what the guest writes. That
+   * is written down before the guest exists, as it is after a missed write.
+   */
+  async beforeStart(spec: VmSpec): Promise<void> {
+    const me = this.ctx.node.name;
+    for (const disk of replicatedDisks(spec)) {
+      const peer = peerOf(volumeOf(disk), me);
+      await this.ctx.state.putReplicaOutdated(disk.pool, disk.volume, { outdated: peer, upToDate: me, since: new Date().toISOString() });
+      this.outdated.set(key(disk.pool, disk.volume), true);
+    }
+  }
+
   /** Source, rolled back: stop serving this host's replicas (the guest needs its images back). */
   async stopServing(spec: VmSpec): Promise<void> {
     for (const disk of replicatedDisks(spec)) {

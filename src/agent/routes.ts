@@ -92,6 +92,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
             throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
           }
           try {
+            await ctx.replication.beforeStart(spec);
             await runtime.start(spec, (await storageCatalog(ctx)).attachments(spec.disks));
           } catch (err) {
             const vm = await state.vm(name);
@@ -116,6 +117,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       handler: async ({ name }, body) => {
         const vm = await mine(name!, body['token']);
         if (runtime.get(name!)) throw new RefusedError(`'${name}' is already running on ${node.name}`);
+        await ctx.replication.beforeStart(vm.spec);
         await runtime.start(vm.spec, (await storageCatalog(ctx)).attachments(vm.spec.disks ?? []));
         return { vm: await state.vm(name!) };
       },

@@ -4,6 +4,7 @@
  * in runtime.ts, incoming.ts and source-migration.ts.
  */
 import https from 'node:https';
+import { performance } from 'node:perf_hooks';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { StorageError } from '../storage/errors.ts';
 import { rm } from 'node:fs/promises';
@@ -46,6 +47,9 @@ function statusOf(err: unknown): number {
   return 500;
 }
 
+/** A request that takes longer than this is written to the log. */
+const SLOW_REQUEST_MS = 5_000;
+
 export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.Server[]> {
   const table = compile(routes);
   const onRequest = async (req: IncomingMessage, res: ServerResponse) => {
@@ -66,7 +70,13 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
         const m = r.method === req.method ? r.regex.exec(url.pathname) : null;
         if (!m) continue;
         const params = Object.fromEntries(r.names.map((n, i) => [n, decodeURIComponent(m[i + 1]!)]));
-        return send(200, (await r.handler(params, await readBody(req))) ?? {});
+        const t0 = performance.now();
+        const answer = (await r.handler(params, await readBody(req))) ?? {};
+        const ms = performance.now() - t0;
+        // Some requests wait by design (a boot, a migration); for the others, a caller that gave up
+        // after 10-30 s finds why in this log.
+        if (ms > SLOW_REQUEST_MS) ctx.log(`request ${req.method} ${url.pathname} took ${Math.round(ms)} ms`);
+        return send(200, answer);
       }
       throw new NotFoundError(`no route ${req.method} ${url.pathname}`);
     } catch (err) {

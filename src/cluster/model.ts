@@ -221,7 +221,8 @@ export class ClusterState {
   async deleteVolume(volume: StoredVolume): Promise<boolean> {
     const key = KEYS.volume(volume.pool, volume.name);
     const place = volume.location ? [{ type: 'delete' as const, key: KEYS.volumeLocation(volume.pool, volume.location) }] : [];
-    return (await this.store.txn([{ key, modRevision: volume.revision }], [{ type: 'delete', key }, ...place])).succeeded;
+    const mark = { type: 'delete' as const, key: KEYS.replicaOutdated(volume.pool, volume.name) }; // a volume made later under the name starts clean
+    return (await this.store.txn([{ key, modRevision: volume.revision }], [{ type: 'delete', key }, ...place, mark])).succeeded;
   }
 
   async replicaOutdated(pool: string, name: string): Promise<OutdatedReplica | undefined> {

@@ -1,7 +1,7 @@
 /** A 3-host lab for an end-to-end suite: brought up before its tests, taken down after, driven through `ferry`. */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before } from 'node:test';
@@ -105,4 +105,12 @@ export async function assertDiskVerifies(suite: SuiteLab, vm: string, writesBefo
     (err as Error).message += `\n--- ${vm}'s serial console since its last start (last 3000 characters) ---\n${consoleLog.slice(-3000)}`;
     throw err;
   }
+}
+
+/** The ends of the named hosts' agent logs, for a failure message. */
+export async function agentLogs(suite: SuiteLab, hosts: string[], chars = 3000): Promise<string> {
+  const tails = await Promise.all(
+    hosts.map(async (h) => `--- ${h} agent log (end) ---\n${(await readFile(path.join(suite.dir, 'hosts', h, 'agent.log'), 'utf8').catch((err: Error) => err.message)).slice(-chars)}`),
+  );
+  return tails.join('\n');
 }

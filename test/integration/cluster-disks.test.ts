@@ -11,7 +11,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { imageInfo } from '../../src/storage/qemu-img.ts';
 import { run } from '../../src/util/exec.ts';
-import { assertDiskVerifies as diskVerifies, useLab } from '../helpers/lab.ts';
+import { agentLogs, assertDiskVerifies as diskVerifies, useLab } from '../helpers/lab.ts';
 
 describe('disks end to end (3-host lab, sqlite store)', () => {
   const suite = useLab('disks', []);
@@ -36,7 +36,7 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
     let writes = await assertDiskVerifies('d1', 0);
     for (const [from, to] of [['h1', 'h2'], ['h2', 'h3'], ['h3', 'h1']] as const) {
       const result = await cli('vm', 'migrate', 'd1', '--to', to);
-      assert.equal(result.code, 0, result.stderr + result.stdout);
+      if (result.code !== 0) assert.fail(`${result.stderr}${result.stdout}\n${await agentLogs(suite, [from, to])}`);
       assert.equal(result.json.status, 'completed');
       assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'copy' }]);
       assert.ok(result.json.diskBytes >= 64 * 2 ** 20);
@@ -59,7 +59,7 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
     assert.equal(created.code, 0, created.stderr);
     const writes = await assertDiskVerifies('s1', 0);
     const result = await cli('vm', 'migrate', 's1', '--to', 'h3');
-    assert.equal(result.code, 0, result.stderr + result.stdout);
+    if (result.code !== 0) assert.fail(`${result.stderr}${result.stdout}\n${await agentLogs(suite, ['h2', 'h3'])}`);
     assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'shared' }]);
     assert.equal(result.json.diskBytes, 0);
     await assertDiskVerifies('s1', writes);

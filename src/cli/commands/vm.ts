@@ -202,7 +202,9 @@ async function predictVm(cli: Cli, name: string, to: string, json: boolean): Pro
   const m = result.measured;
   console.log(
     `${name} ${result.from} → ${result.to} (dry run, nothing moved): ${mib(m.nonZeroBytes)} of ${mib(m.guestBytes)} not zero, ` +
-      `dirtied at ${mib(m.dirtyRateBytesPerSec)}/s, link ${mib(m.linkBytesPerSec)}/s, setup ~${ms(m.setupMs)}` +
+      `dirtied at ${mib(m.dirtyRateBytesPerSec)}/s, link ${mib(m.linkBytesPerSec)}/s` +
+      (result.link?.achievedBytesPerSec ? ` (probe ${mib(result.link.probedBytesPerSec)}/s, past migrations ${mib(result.link.achievedBytesPerSec)}/s)` : '') +
+      `, setup ~${ms(m.setupMs)}` +
       (m.diskCopyBytes ? `, ${mib(m.diskCopyBytes)} of disk to copy first` : ''),
   );
   for (const problem of result.storageProblems ?? []) console.log(`a real migration would be refused: ${problem}`);
