@@ -63,7 +63,9 @@ export class AgentClient {
           });
         },
       );
-      req.on('timeout', () => req.destroy(new AgentUnreachableError(`agent ${this.endpoint.name} did not answer ${method} ${path} within ${timeoutMs} ms`)));
+      req.on('timeout', () =>
+        req.destroy(new AgentUnreachableError(`agent ${this.endpoint.name} did not answer ${method} ${path} within ${timeoutMs} ms${req.reusedSocket ? ' (on a kept-alive connection)' : ''}`)),
+      );
       req.on('error', (err) =>
         reject(err instanceof AgentUnreachableError ? err : new AgentUnreachableError(`cannot reach the agent of ${this.endpoint.name} (${this.endpoint.socket ?? this.endpoint.url}): ${err.message}`)),
       );

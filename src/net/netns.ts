@@ -1,4 +1,5 @@
 /** Network namespaces, bridges and taps through iproute2. Only namespaces ferry created are touched. */
+import { createHash } from 'node:crypto';
 import { run } from '../util/exec.ts';
 
 export function ip(netns: string | undefined, ...args: string[]): Promise<string> {
@@ -47,6 +48,16 @@ export async function createBridge(netns: string | undefined, name: string, addr
     // forward_delay 0: a port forwards at once; a migrated guest's new tap must not wait in "learning".
     await ip(netns, 'link', 'add', name, 'type', 'bridge', 'forward_delay', '0', 'stp_state', '0');
   }
+  // A bridge without an address of its own takes the lowest of its ports': a guest's tap that
+  // comes or goes would change the host's MAC under its neighbours' ARP caches, and the host
+  // would not be reachable until they expire (seen: 30 s of a host not answering after a VM left).
+  await ip(netns, 'link', 'set', name, 'address', stableMac(`${netns ?? ''}/${name}`));
   if (address) await ip(netns, 'addr', 'replace', address, 'dev', name);
   await ip(netns, 'link', 'set', name, 'up');
+}
+
+/** A locally administered unicast MAC that is the same for the same seed. */
+function stableMac(seed: string): string {
+  const bytes = createHash('sha256').update(seed).digest().subarray(0, 5);
+  return ['02', ...[...bytes].map((b) => b.toString(16).padStart(2, '0'))].join(':');
 }
