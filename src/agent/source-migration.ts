@@ -9,8 +9,10 @@ import type { InFlightMigration, Job, OwnedVm } from '../cluster/model.ts';
 import { migrate } from '../migration/engine.ts';
 import { MigrationRolledBackError } from '../migration/errors.ts';
 import { LocalSource } from '../migration/local.ts';
+import { retryOnLostPages } from '../migration/retry.ts';
 import type { SwitchoverHook } from '../migration/sides.ts';
-import { DEFAULT_PARAMS, type MigrationParams } from '../migration/types.ts';
+import { DEFAULT_PARAMS, type MigrationParams, type MigrationProgress, type MigrationRecord } from '../migration/types.ts';
+import type { VmInstance } from '../qemu/instance.ts';
 import { planMigration } from '../migration/policy/policy.ts';
 import { checkToken, peer, requireRoom, storageCatalog, type AgentContext } from './context.ts';
 import { RefusedError } from './errors.ts';
@@ -92,6 +94,51 @@ async function runMigration(
     await ctx.state.saveJob(job);
     return;
   }
+  // Under TCG the memory check runs on every migration (see migration/retry.ts), and one it stops
+  // is tried again.
+  const checked: Partial<MigrationParams> = (params.verifyMemory ?? 'auto') === 'auto' && instance.accel === 'tcg' ? { ...params, verifyMemory: 'always' } : params;
+  let lastSave = 0;
+  log(`migrating ${name} from ${ctx.node.name} to ${record.destination}`);
+  try {
+    const result = await retryOnLostPages(
+      () =>
+        migrateOnce(ctx, vm, record, instance, destinationAgent, checked, signal, log, (p) => {
+          job.progress = p;
+          if (p.phase === 'confirm') ctx.runtime.release(name); // the source QEMU is being retired: not ours any more
+          if (Date.now() - lastSave > 250 || !p.ram) {
+            lastSave = Date.now();
+            void ctx.state.saveJob(job).catch(() => undefined);
+          }
+        }),
+      { signal, log },
+    );
+    await ctx.runtime.forget(name, 'running');
+    job.state = 'succeeded';
+    job.result = result;
+  } catch (err) {
+    job.state = 'failed';
+    job.error = (err as Error).message;
+    if (err instanceof MigrationRolledBackError) job.result = err.record;
+    log(`failed: ${job.error}`);
+  } finally {
+    await ctx.state.endMigration(name).catch(() => undefined);
+    await ctx.state.saveJob(job);
+  }
+}
+
+/** One attempt: a fresh destination, the ownership swap as the switchover. */
+async function migrateOnce(
+  ctx: AgentContext,
+  vm: OwnedVm,
+  record: InFlightMigration,
+  instance: VmInstance,
+  destinationAgent: Awaited<ReturnType<typeof peer>>,
+  params: Partial<MigrationParams>,
+  signal: AbortSignal,
+  log: (line: string) => void,
+  onProgress: (p: MigrationProgress) => void,
+): Promise<MigrationRecord> {
+  const name = vm.spec.name;
   const destination = new RemoteDestination(destinationAgent, instance.spec, {
     migrationId: record.id,
     source: ctx.node.name,
@@ -119,35 +166,13 @@ async function runMigration(
       if (now && now.token === destination.ownerToken) await ctx.state.updateVm(now, { owner: ctx.node.name });
     },
   };
-  let lastSave = 0;
-  log(`migrating ${name} from ${ctx.node.name} to ${record.destination}`);
-  try {
-    const result = await migrate({
-      source: new LocalSource(instance, { tls: { dir: ctx.node.certDir }, storage: await storageCatalog(ctx), replicas: ctx.replication, log }),
-      destination,
-      switchover,
-      params,
-      signal,
-      log,
-      onProgress: (p) => {
-        job.progress = p;
-        if (p.phase === 'confirm') ctx.runtime.release(name); // the source QEMU is being retired: not ours any more
-        if (Date.now() - lastSave > 250 || !p.ram) {
-          lastSave = Date.now();
-          void ctx.state.saveJob(job).catch(() => undefined);
-        }
-      },
-    });
-    await ctx.runtime.forget(name, 'running');
-    job.state = 'succeeded';
-    job.result = result;
-  } catch (err) {
-    job.state = 'failed';
-    job.error = (err as Error).message;
-    if (err instanceof MigrationRolledBackError) job.result = err.record;
-    log(`failed: ${job.error}`);
-  } finally {
-    await ctx.state.endMigration(name).catch(() => undefined);
-    await ctx.state.saveJob(job);
-  }
+  return migrate({
+    source: new LocalSource(instance, { tls: { dir: ctx.node.certDir }, storage: await storageCatalog(ctx), replicas: ctx.replication, log }),
+    destination,
+    switchover,
+    params,
+    signal,
+    log,
+    onProgress,
+  });
 }

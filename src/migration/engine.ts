@@ -13,6 +13,7 @@ import {
   MigrationError,
   MigrationRefusedError,
   MigrationRolledBackError,
+  LostPagesError,
   PhaseFailure,
   SourceLostError,
 } from './errors.ts';
@@ -342,10 +343,7 @@ class MigrationRun {
     const [source, destination] = await Promise.all([this.o.source.memoryDigest(), this.o.destination.memoryDigest()]);
     const bad = differingChunks(source, destination);
     if (bad.length)
-      throw new PhaseFailure(
-        'switchover',
-        `memory check failed: ${bad.length} of ${source.length} MiB differ between source and destination (first at ${bad[0]} MiB); QEMU lost pages in the stream`,
-      );
+      throw new LostPagesError(`memory check failed: ${bad.length} of ${source.length} MiB differ between source and destination (first at ${bad[0]} MiB); QEMU lost pages in the stream`);
     this.log(`memory check: all ${source.length} MiB identical on both sides (${Math.round(performance.now() - started)} ms, guest paused)`);
   }
 
@@ -367,7 +365,7 @@ class MigrationRun {
       throw new SourceLostError(this.o.source.spec.name, failedPhase, (resumeErr as Error).message);
     }
     const summary = await this.o.source.summary().catch(() => undefined);
-    const record = this.record('rolled-back', summary, { phase: failedPhase, reason });
+    const record = this.record('rolled-back', summary, { phase: failedPhase, reason, ...(err instanceof LostPagesError ? { lostPages: true } : {}) });
     this.log('rolled back: guest running on the source, destination removed');
     throw new MigrationRolledBackError(record);
   }

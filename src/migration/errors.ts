@@ -39,6 +39,14 @@ export class PhaseFailure extends MigrationError {
   }
 }
 
+/** The memory check found pages the stream lost: nothing switched over, and the same migration may succeed when tried again. */
+export class LostPagesError extends PhaseFailure {
+  override name = 'LostPagesError';
+  constructor(reason: string) {
+    super('switchover', reason);
+  }
+}
+
 export class MigrationCancelledError extends MigrationError {
   override name = 'MigrationCancelledError';
   constructor() {

@@ -109,7 +109,12 @@ export interface MigrationRecord {
   /** Whether the migration switched to post-copy. */
   postcopy: boolean;
   /** For a rolled-back migration: the phase that failed and why. */
-  failure?: { phase: MigrationPhase; reason: string };
+  failure?: {
+    phase: MigrationPhase;
+    reason: string;
+    /** The memory check caught pages QEMU lost in the stream: nothing changed, trying again is safe. */
+    lostPages?: boolean;
+  };
   /** What a user should know about a migration that completed (e.g. a switchover the destination did not confirm). */
   warnings?: string[];
 }

@@ -14,6 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import { certificateIdentity, createCa, issueCertificate } from '../../src/cluster/pki.ts';
 import { MigrationRefusedError, MigrationRolledBackError } from '../../src/migration/errors.ts';
 import { migrate } from '../../src/migration/engine.ts';
+import { retryOnLostPages } from '../../src/migration/retry.ts';
 import { LocalDestination, LocalSource } from '../../src/migration/local.ts';
 import type { MigrationPhase } from '../../src/migration/types.ts';
 import type { VmInstance } from '../../src/qemu/instance.ts';
@@ -212,8 +213,15 @@ describe('live migration between two local QEMU processes', () => {
       await assertGuestHealthy(vm);
       await assertOnlySourceLeft(refused.instance.dir);
 
-      const accepted = destinationFor();
-      const record = await migrate({ source: new LocalSource(vm, { tls: { dir: path.join(pki, 'h1') } }), destination: accepted });
+      // A TLS stream under TCG can lose pages (QEMU 7.2): checked and tried again, as the agent does.
+      let accepted = destinationFor();
+      const record = await retryOnLostPages(
+        () => {
+          accepted = destinationFor();
+          return migrate({ source: new LocalSource(vm, { tls: { dir: path.join(pki, 'h1') } }), destination: accepted, params: { verifyMemory: 'always' } });
+        },
+        { log: (line) => t.diagnostic(line) },
+      );
       assert.equal(record.outcome, 'completed');
       vm = accepted.instance;
       await assertGuestHealthy(vm);
