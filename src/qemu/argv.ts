@@ -44,7 +44,10 @@ export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
   const argv = [
     '-name', `guest=${spec.name},debug-threads=on`,
     '-uuid', spec.uuid,
-    '-machine', `type=${spec.machine}`,
+    // Guest RAM in a memfd (the RAM block keeps its name, pc.ram, for migration): the memory check
+    // reads it straight from there instead of dumping it to a file with pmemsave, in the pause.
+    '-machine', `type=${spec.machine},memory-backend=pc.ram`,
+    '-object', `memory-backend-memfd,id=pc.ram,size=${spec.memoryMiB}M,share=on`,
     '-accel', runtime.accel,
     '-cpu', spec.cpuModel,
     '-m', `${spec.memoryMiB}M`,
