@@ -94,15 +94,13 @@ async function runMigration(
     await ctx.state.saveJob(job);
     return;
   }
-  // Under TCG the memory check runs on every migration (see migration/retry.ts), and one it stops
-  // is tried again.
-  const checked: Partial<MigrationParams> = (params.verifyMemory ?? 'auto') === 'auto' && instance.accel === 'tcg' ? { ...params, verifyMemory: 'always' } : params;
+  // Under TCG the engine checks every migration's memory; one the check stops is tried again.
   let lastSave = 0;
   log(`migrating ${name} from ${ctx.node.name} to ${record.destination}`);
   try {
     const result = await retryOnLostPages(
       () =>
-        migrateOnce(ctx, vm, record, instance, destinationAgent, checked, signal, log, (p) => {
+        migrateOnce(ctx, vm, record, instance, destinationAgent, params, signal, log, (p) => {
           job.progress = p;
           if (p.phase === 'confirm') ctx.runtime.release(name); // the source QEMU is being retired: not ours any more
           if (Date.now() - lastSave > 250 || !p.ram) {

@@ -329,6 +329,8 @@ class MigrationRun {
   /** Whether to compare RAM before switching over (MigrationParams.verifyMemory). Runs in the pause: kept cheap. */
   private async mustVerifyMemory(): Promise<boolean> {
     if (this.params.verifyMemory !== 'auto') return this.params.verifyMemory === 'always';
+    // Under TCG QEMU 7.2 loses pages even in short, unthrottled migrations (see retry.ts): always.
+    if (this.o.source.accel === 'tcg') return true;
     const limited = this.plan.maxBandwidth !== 'unlimited';
     const sampled = this.lastRam?.round ?? 0;
     // The sampled round can lag the last one by a round; ask QEMU only when that could change the answer.
