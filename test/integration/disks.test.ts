@@ -14,6 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { migrate } from '../../src/migration/engine.ts';
+import { retryOnLostPages } from '../../src/migration/retry.ts';
 import { MigrationRefusedError, MigrationRolledBackError } from '../../src/migration/errors.ts';
 import { LocalDestination, LocalSource } from '../../src/migration/local.ts';
 import type { MigrationProgress, MigrationRecord } from '../../src/migration/types.ts';
@@ -83,15 +84,23 @@ describe('disks: live migration with shared-dir and local storage', () => {
     }
 
     async migrateTo(to: Host, extra: { params?: Parameters<typeof migrate>[0]['params']; signal?: AbortSignal; onProgress?: (p: MigrationProgress, d: LocalDestination) => void } = {}): Promise<MigrationRecord> {
-      const destination = new LocalDestination({ spec: this.vm.spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher, storage: storage[to] });
-      const source = new LocalSource(this.vm, { storage: storage[this.host] });
-      const record = await migrate({
-        source,
-        destination,
-        ...(extra.params ? { params: extra.params } : {}),
-        ...(extra.signal ? { signal: extra.signal } : {}),
-        ...(extra.onProgress ? { onProgress: (p) => extra.onProgress!(p, destination) } : {}),
-      });
+      // A migration whose pages QEMU lost (TCG) is tried again, as the agents do.
+      let destination!: LocalDestination;
+      let source!: LocalSource;
+      const record = await retryOnLostPages(
+        () => {
+          destination = new LocalDestination({ spec: this.vm.spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher, storage: storage[to] });
+          source = new LocalSource(this.vm, { storage: storage[this.host] });
+          return migrate({
+            source,
+            destination,
+            ...(extra.params ? { params: extra.params } : {}),
+            ...(extra.signal ? { signal: extra.signal } : {}),
+            ...(extra.onProgress ? { onProgress: (p) => extra.onProgress!(p, destination) } : {}),
+          });
+        },
+        extra.signal ? { signal: extra.signal } : {},
+      );
       await source.released; // the stale copy goes after the migration completed
       this.vm = destination.instance;
       this.host = to;
