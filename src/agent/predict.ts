@@ -42,7 +42,8 @@ export async function dryRun(ctx: AgentContext, name: string, to: string): Promi
   const dirtyRateBytesPerSec = await sampleDirtyRate(instance, 1);
   const nonZero = await nonZeroBytes(instance);
   const probedBytesPerSec = await measureLink(destination);
-  const achievedBytesPerSec = await typicalStreamBytesPerSec(ctx);
+  const past = await pastMigrations(ctx);
+  const achievedBytesPerSec = typicalStreamBytesPerSec(past);
   const linkBytesPerSec = achievedBytesPerSec ? Math.min(probedBytesPerSec, achievedBytesPerSec) : probedBytesPerSec;
   const storage = await storageCatalog(ctx);
   const needs = await new LocalSource(instance, { storage }).diskNeeds();
@@ -57,7 +58,7 @@ export async function dryRun(ctx: AgentContext, name: string, to: string): Promi
     nonZeroBytes: nonZero,
     dirtyRateBytesPerSec,
     linkBytesPerSec,
-    setupMs: await typicalSetupMs(ctx),
+    setupMs: typicalSetupMs(past),
     diskCopyBytes,
   };
   const predictions = POLICY_NAMES.map((policy) => predictMigration(measured, planMigration({ name: policy }, vm.spec.memoryMiB)));
@@ -80,33 +81,37 @@ async function measureLink(destination: AgentClient): Promise<number> {
   return best;
 }
 
-/**
- * The stream throughput this cluster's past migrations achieved (median of bytes sent over the
- * perform phase, unthrottled ones only). On a busy host QEMU's stream is the bottleneck — TLS in
- * one thread, next to the guest's vCPUs — and the link probe alone overestimates it.
- */
-async function typicalStreamBytesPerSec(ctx: AgentContext): Promise<number | undefined> {
-  const rates = (await ctx.state.jobs())
+/** This cluster's completed migrations, each with the time its perform phase took. */
+async function pastMigrations(ctx: AgentContext): Promise<{ record: MigrationRecord; performMs: number }[]> {
+  return (await ctx.state.jobs())
     .filter((j) => j.kind === 'migrate' && j.state === 'succeeded')
     .map((j) => j.result as MigrationRecord | undefined)
-    .filter((r): r is MigrationRecord => !!r?.phases && r.plan?.maxBandwidth === 'unlimited' && !r.postcopy)
-    .map((r) => ({ bytes: r.bytes + (r.diskBytes ?? 0), ms: r.phases.find((p) => p.phase === 'perform')?.ms ?? 0 }))
-    .filter((x) => x.bytes > 0 && x.ms > 0)
-    .map((x) => x.bytes / (x.ms / 1000))
-    .sort((a, b) => a - b);
-  return rates.length ? rates[Math.floor(rates.length / 2)] : undefined;
+    .filter((r): r is MigrationRecord => !!r?.phases)
+    .map((record) => ({ record, performMs: record.phases.find((p) => p.phase === 'perform')?.ms ?? 0 }));
+}
+
+function median(values: number[]): number | undefined {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+/**
+ * The stream throughput past migrations achieved (bytes sent over the perform phase, unthrottled
+ * ones only). On a busy host QEMU's stream is the bottleneck — TLS in one thread, next to the
+ * guest's vCPUs — and the link probe alone overestimates it.
+ */
+function typicalStreamBytesPerSec(past: { record: MigrationRecord; performMs: number }[]): number | undefined {
+  return median(
+    past
+      .filter(({ record: r, performMs }) => r.plan?.maxBandwidth === 'unlimited' && !r.postcopy && performMs > 0 && r.bytes + (r.diskBytes ?? 0) > 0)
+      .map(({ record: r, performMs }) => (r.bytes + (r.diskBytes ?? 0)) / (performMs / 1000)),
+  );
 }
 
 /**
  * What a migration costs besides streaming RAM (starting the destination, switchover, retiring the
- * source): the median of this cluster's past migrations, total minus perform; 500 ms before any.
+ * source): past migrations' total minus perform; 500 ms before any.
  */
-async function typicalSetupMs(ctx: AgentContext): Promise<number> {
-  const overheads = (await ctx.state.jobs())
-    .filter((j) => j.kind === 'migrate' && j.state === 'succeeded')
-    .map((j) => j.result as MigrationRecord | undefined)
-    .map((r) => (r?.phases ? r.totalMs - (r.phases.find((p) => p.phase === 'perform')?.ms ?? 0) : undefined))
-    .filter((ms): ms is number => typeof ms === 'number')
-    .sort((a, b) => a - b);
-  return overheads.length ? overheads[Math.floor(overheads.length / 2)]! : 500;
+function typicalSetupMs(past: { record: MigrationRecord; performMs: number }[]): number {
+  return median(past.map(({ record, performMs }) => record.totalMs - performMs)) ?? 500;
 }
