@@ -2,7 +2,7 @@
 # Builds ferry's guest image from Debian packages: the cloud kernel, busybox-static,
 # and our small static programs (src/*.c), packed into an initramfs.
 #
-#   guest/build.sh [--force]
+#   guest/build.sh [--force] [--update-kernel]
 #
 # Output (guest/out/): vmlinuz, initramfs.gz, manifest.json. The build is skipped when
 # its inputs (this script, rootfs/, src/, the kernel and busybox versions) are unchanged.
@@ -11,10 +11,17 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out="$here/out"
 cache="$out/cache"
-force=0
-[ "${1:-}" = "--force" ] && force=1
-
 fail() { echo "guest/build.sh: $*" >&2; exit 1; }
+force=0
+update_kernel=0
+for arg in "$@"; do
+  case "$arg" in
+    --force) force=1 ;;
+    --update-kernel) force=1; update_kernel=1 ;;
+    *) fail "unknown option '$arg' (use --force or --update-kernel)" ;;
+  esac
+done
+
 need_tool() { command -v "$1" >/dev/null 2>&1 || fail "missing tool '$1' (install the Debian package '$2': apt-get install -y $2)"; }
 
 need_tool gcc gcc
@@ -30,9 +37,21 @@ if [ ! -x "$busybox" ] || ldd "$busybox" >/dev/null 2>&1; then
   fail "missing a static busybox at $busybox (install the Debian package 'busybox-static': apt-get install -y busybox-static)"
 fi
 
-# The kernel package the 'linux-image-cloud-amd64' metapackage points at.
-kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-[ -n "$kernel_pkg" ] || fail "cannot resolve the package 'linux-image-cloud-amd64' (run 'apt-get update' first)"
+# The kernel is pinned: the package first downloaded (out/kernel.pin, its .deb kept in out/cache)
+# stays the image's kernel although 'apt-get update' moves 'linux-image-cloud-amd64' to a new ABI,
+# so a changed package list never invalidates a working image (agents, in namespaces without a
+# route to the mirror, could not download a new one). --update-kernel moves to the current one.
+mkdir -p "$out" "$cache"
+pin_file="$out/kernel.pin"
+kernel_pkg=""
+if [ $update_kernel = 0 ] && [ -s "$pin_file" ]; then
+  pinned=$(cat "$pin_file")
+  if ls "$cache/${pinned}"_*.deb >/dev/null 2>&1; then kernel_pkg=$pinned; fi
+fi
+if [ -z "$kernel_pkg" ]; then
+  kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  [ -n "$kernel_pkg" ] || fail "cannot resolve the package 'linux-image-cloud-amd64' (run 'apt-get update' first)"
+fi
 busybox_version=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || echo unknown)
 
 inputs_hash=$( {
@@ -59,6 +78,11 @@ if [ -z "$deb" ]; then
   (cd "$cache" && apt-get download "$kernel_pkg" >/dev/null 2>&1) || fail "could not download the Debian package '$kernel_pkg' (check 'apt-get update' and the package sources)"
   deb=$(ls "$cache/${kernel_pkg}"_*.deb | head -1)
 fi
+echo "$kernel_pkg" > "$pin_file"
+# Older kernels' packages are no longer needed once the pin moved.
+for old in "$cache"/linux-image-*.deb; do
+  case "$old" in "$cache/${kernel_pkg}"_*) ;; *) rm -f "$old" ;; esac
+done
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

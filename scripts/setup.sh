@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what ferry needs on a Debian 12 machine (as root) and builds the guest image.
+# Installs what ferry needs on a Debian 12 or 13 machine (as root) and builds the guest image.
 # Safe to run again: installed packages are skipped, the guest build is cached.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,15 +20,60 @@ else
   packages+=(nodejs npm)
 fi
 
+# QEMU >= 9.0: older releases lose dirty pages under TCG during migration (fixed upstream by commit
+# 03bfc2188f06, "physmem: Fix migration dirty bitmap coherency with TCG memory access"). Debian 13
+# ships QEMU 10; on Debian 12 it comes from bookworm-backports, pinned so that only QEMU's packages
+# and seabios come from there and everything else stays Debian 12's.
+codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+sources_changed=0
+case "$codename" in
+  bookworm)
+    uri=$(awk '/^URIs:/ && /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    [ -n "$uri" ] || uri=http://deb.debian.org/debian
+    backports=$(printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri")
+    pin=$(printf '# ferry: QEMU >= 9.0 (TCG dirty tracking fix) from bookworm-backports; nothing else.\nPackage: qemu-* seabios\nPin: release n=bookworm-backports\nPin-Priority: 990\n')
+    if [ "$(cat /etc/apt/sources.list.d/ferry-backports.sources 2>/dev/null)" != "$backports" ]; then
+      say "apt source bookworm-backports (QEMU >= 9.0 only, pinned in /etc/apt/preferences.d/ferry-qemu)"
+      echo "$backports" > /etc/apt/sources.list.d/ferry-backports.sources
+      sources_changed=1
+    fi
+    if [ "$(cat /etc/apt/preferences.d/ferry-qemu 2>/dev/null)" != "$pin" ]; then
+      echo "$pin" > /etc/apt/preferences.d/ferry-qemu
+      sources_changed=1
+    fi
+    ;;
+  trixie|forky|sid) ;;
+  *) echo "setup: this is '${codename:-an unknown release}'; ferry is set up on Debian 12 (bookworm) and 13 (trixie); trying anyway" >&2 ;;
+esac
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+qemu_version() { dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null | sed -E 's/^[0-9]+://; s/[^0-9.].*//'; }
+qemu_too_old() { local v; v=$(qemu_version); [ -n "$v" ] && [ "${v%%.*}" -lt 9 ]; }
+if qemu_too_old; then
+  say "QEMU $(qemu_version) is installed; upgrading to >= 9.0 (its TCG dirty tracking loses pages in migration)"
+  missing+=(qemu-system-x86 qemu-system-common qemu-system-data qemu-block-extra qemu-utils)
+fi
 # The guest build downloads the kernel package with apt-get download: it needs package lists.
-if [ ${#missing[@]} -gt 0 ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+if [ ${#missing[@]} -gt 0 ] || [ $sources_changed = 1 ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
   say "apt-get update"
   apt-get update -qq
 fi
+# A storage server or etcd that this release does not package leaves its lab storage (and its tests)
+# unavailable, not the rest of ferry.
+optional=" etcd-server etcd-client nfs-ganesha nfs-ganesha-vfs rpcbind tgt libiscsi-bin ceph-mon ceph-osd ceph-common "
+available=()
+for p in "${missing[@]}"; do
+  if [[ "$optional" == *" $p "* ]] && ! apt-cache show "$p" >/dev/null 2>&1; then
+    echo "setup: the Debian package '$p' does not exist on this release; skipping it (the lab storage that needs it will not start)" >&2
+  else
+    available+=("$p")
+  fi
+done
+missing=("${available[@]}")
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   # No service may start on install (policy-rc.d 101), unless the machine already has a policy of its own.
@@ -42,6 +87,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ -d /run/systemd/system ]; then
     systemctl disable --now tgt.service rpcbind.service rpcbind.socket nfs-ganesha.service >/dev/null 2>&1 || true
   fi
+fi
+if qemu_too_old; then
+  echo "setup: QEMU $(qemu_version) is still installed; ferry needs QEMU >= 9.0 (apt-cache policy qemu-system-x86 shows where it could come from)" >&2
+  exit 1
 fi
 if [ $node_ok = 0 ] && [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
   echo "setup: ferry needs Node.js 20 or newer; this machine has $(node --version)" >&2

@@ -15,6 +15,8 @@ import { ReplicationManager } from './replication.ts';
 import { routes } from './routes.ts';
 import { LocalRuntime } from './runtime.ts';
 import { serve } from './server.ts';
+import { localQemuBuild } from '../qemu/host-probe.ts';
+import { formatQemuVersion } from '../qemu/version.ts';
 
 export interface RunningAgent {
   ctx: AgentContext;
@@ -76,8 +78,10 @@ const FENCE_CHECK_MS = 250;
 async function keepMembership(ctx: AgentContext, store: Store): Promise<{ stop(): void }> {
   const { node } = ctx;
   const ttl = node.leaseTtlSeconds;
+  const qemu = await localQemuBuild();
   const record: HostRecord = {
     name: node.name,
+    qemu: { version: formatQemuVersion(qemu.version), machineTypes: qemu.machineTypes },
     url: `https://${node.address}:${node.port}`,
     address: node.address,
     memoryMiB: node.memoryMiB,

@@ -1,5 +1,5 @@
 /** The destination side of a migration, run by the destination host's agent and driven over its API. */
-import type { DestinationSide, DiskNeed, MigrationCapabilities, PreparedDestination } from '../migration/sides.ts';
+import type { DestinationSide, DiskNeed, MigrationCapabilities, PreparedDestination, QemuBuild } from '../migration/sides.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
 import { AgentUnreachableError, type AgentClient } from './client.ts';
 
@@ -40,6 +40,10 @@ export class RemoteDestination implements DestinationSide {
 
   private get base(): string {
     return `/v1/incoming/${this.request.migrationId}`;
+  }
+
+  async qemu(): Promise<QemuBuild> {
+    return (await this.agent.call<{ qemu: QemuBuild }>('GET', '/v1/host/qemu', undefined, 30_000)).qemu;
   }
 
   async checkStorage(needs: DiskNeed[]): Promise<string[]> {

@@ -7,7 +7,9 @@ import type { IncomingRequest } from './remote-destination.ts';
 import type { Route } from './server.ts';
 import { dryRun } from './predict.ts';
 import { cancelMigration, startMigration, type MigrateRequest } from './source-migration.ts';
-import { ensureGuestImage, guestBoot } from '../qemu/guest-image.ts';
+import { guestBoot, guestImage } from '../qemu/guest-image.ts';
+import { localQemuBuild } from '../qemu/host-probe.ts';
+import { newestCommonMachineType } from '../cluster/compatibility.ts';
 import { macFor, makeVmSpec, type DiskSpec, type VmSpec, type VolumeFormat } from '../qemu/spec.ts';
 import type { OwnedVm, StoredVolume } from '../cluster/model.ts';
 import type { DiskNeed } from '../migration/sides.ts';
@@ -33,6 +35,8 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       handler: async () => ({ host: node.name, vms: await runtime.list(), store: await storeAnswers(ctx) }),
     },
 
+    { method: 'GET', pattern: '/v1/host/qemu', handler: async () => ({ qemu: await localQemuBuild() }) },
+
     {
       method: 'GET',
       pattern: '/v1/cluster/hosts',
@@ -56,13 +60,18 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         const pools = diskRequests.length ? await state.pools() : [];
         const diskcheck = body['diskcheckRate'] !== undefined ? { ratePerSec: Number(body['diskcheckRate']) } : undefined;
         if (diskcheck && !diskRequests.length) throw new RefusedError('diskcheck needs a disk; give the VM one with --disk SIZE');
+        // Pinned to a versioned machine type every host provides: the VM can move to any of them, and keeps it across QEMU upgrades.
+        const hosts = await state.hosts();
+        const machine = newestCommonMachineType(hosts);
+        if (!machine && hosts.some((h) => h.qemu)) throw new RefusedError(`the hosts' QEMUs have no q35 machine type in common (${hosts.map((h) => `${h.name}: QEMU ${h.qemu?.version ?? 'unknown'}`).join(', ')}); upgrade the oldest`);
         const spec = makeVmSpec({
           name,
           uuid,
           memoryMiB,
+          ...(machine ? { machine } : {}),
           vcpus: Number(body['vcpus'] ?? 1),
           accel: (body['accel'] as 'auto' | 'tcg' | 'kvm' | undefined) ?? 'auto',
-          boot: guestBoot(await ensureGuestImage(), {
+          boot: guestBoot(guestImage(), {
             ...(ip ? { ip: `${ip}/${net?.prefixLength ?? 24}` } : {}),
             memcheckMiB: Number(body['memcheckMiB'] ?? Math.min(64, Math.floor(memoryMiB / 4))),
             dirtyMiBps: Number(body['dirtyMiBps'] ?? 0),

@@ -77,6 +77,8 @@ export interface HostRecord {
   /** Unix socket of the agent's API, for a CLI on the same machine (the lab). */
   socket?: string;
   startedAt: string;
+  /** The QEMU this host starts guests with (absent in records of agents from before it was recorded). */
+  qemu?: { version: string; machineTypes: string[] };
 }
 
 export type DesiredState = 'running' | 'stopped';

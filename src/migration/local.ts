@@ -8,6 +8,8 @@ import type { NetworkAttacher } from '../qemu/instance.ts';
 import { VmInstance } from '../qemu/instance.ts';
 import { memoryDigest } from '../qemu/ram-scan.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
+import { localQemuBuild } from '../qemu/host-probe.ts';
+import type { QemuVersion } from '../qemu/version.ts';
 import { ACTIVE_STATUSES, toRamProgress, toSummary, type QemuMigrationInfo } from './qmp-migration.ts';
 import type {
   DestinationSide,
@@ -16,6 +18,7 @@ import type {
   MigrationCapabilities,
   NbdTargets,
   PreparedDestination,
+  QemuBuild,
   QemuMigrationSummary,
   ReplicaHandover,
   SourceSide,
@@ -103,6 +106,11 @@ export class LocalSource implements SourceSide {
 
   get accel(): Accel {
     return this.instance.accel;
+  }
+
+  async qemuVersion(): Promise<QemuVersion> {
+    const { qemu } = await this.instance.qmp.execute<{ qemu: QemuVersion }>('query-version');
+    return qemu;
   }
 
   async checkMigratable(): Promise<string[]> {
@@ -371,6 +379,10 @@ export class LocalDestination implements DestinationSide {
   get instance(): VmInstance {
     if (!this.launched) throw new Error('the destination has not been prepared');
     return this.launched;
+  }
+
+  qemu(): Promise<QemuBuild> {
+    return localQemuBuild();
   }
 
   checkStorage(needs: DiskNeed[]): Promise<string[]> {

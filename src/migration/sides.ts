@@ -7,6 +7,7 @@ import type { Accel, VmSpec } from '../qemu/spec.ts';
 import type { VmInstance } from '../qemu/instance.ts';
 import type { RamProgress } from './types.ts';
 import type { IncomingDisk } from '../storage/types.ts';
+import type { QemuVersion } from '../qemu/version.ts';
 
 /** QEMU migration capabilities ferry turns on, set identically on both sides where QEMU needs that. */
 export type MigrationCapabilities = Record<string, boolean>;
@@ -45,10 +46,18 @@ export interface QemuMigrationSummary {
   error?: string;
 }
 
+/** The QEMU a destination starts: its version and the machine types it provides. */
+export interface QemuBuild {
+  version: QemuVersion;
+  machineTypes: string[];
+}
+
 export interface SourceSide {
   readonly spec: VmSpec;
   /** The accelerator the source QEMU runs under (some features are unsafe under TCG). */
   readonly accel: Accel;
+  /** The version of the running source QEMU (not of the binary installed now: a VM outlives upgrades). */
+  qemuVersion(): Promise<QemuVersion>;
   /** begin: why this VM cannot be migrated now (not running, already migrating...); empty when it can. */
   checkMigratable(): Promise<string[]>;
   /** begin: how much of each disk a copy would move. */
@@ -94,6 +103,8 @@ export interface PreparedDestination {
 export interface DestinationSide {
   /** The spec the destination will run, for the compatibility check in begin. */
   readonly spec: VmSpec;
+  /** begin: the QEMU the destination would start. */
+  qemu(): Promise<QemuBuild>;
   /** begin: why the destination cannot take these disks (pool unreachable from it, no room); empty when it can. */
   checkStorage(needs: DiskNeed[]): Promise<string[]>;
   /** prepare: make the volumes, start QEMU paused with `-incoming defer`, same devices, and listen (NBD exports for copied disks). */

@@ -17,7 +17,7 @@ export interface GuestImage {
 export class GuestImageMissingError extends Error {
   override name = 'GuestImageMissingError';
   constructor() {
-    super(`the guest image is not built (${OUT}); run 'bash guest/build.sh' (needs the Debian packages gcc, cpio, busybox-static)`);
+    super(`the guest image is not built (${OUT}); build it with 'bash scripts/setup.sh' (as root: installs what it needs) or 'bash guest/build.sh'`);
   }
 }
 

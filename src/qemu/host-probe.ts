@@ -16,6 +16,7 @@ import { VmInstance } from './instance.ts';
 import { QEMU_BINARY, QemuProcess } from './process.ts';
 import { makeVmSpec, type Accel, type AccelChoice } from './spec.ts';
 import { run } from '../util/exec.ts';
+import { compareQemuVersions, parseQemuVersion, tcgDirtyTrackingSound, type QemuVersion } from './version.ts';
 
 export interface AccelVerdict {
   usable: boolean;
@@ -31,6 +32,10 @@ export interface CpuModel {
 
 export interface HostProbe {
   qemuVersion: string;
+  /** Whether this QEMU's TCG dirty tracking is sound for migration (QEMU >= 9.0; see version.ts). */
+  tcgDirtyTrackingFixed: boolean;
+  /** Versioned machine types (pc-q35-X.Y), newest first: what a VM created here may be pinned to. */
+  machineTypes: string[];
   hostKernel: string;
   accelerators: Record<Accel, AccelVerdict>;
   migrationCapabilities: string[];
@@ -49,6 +54,27 @@ export async function qemuVersion(): Promise<string> {
   const m = /version (\d+\.\d+\.\d+)/.exec(out);
   if (!m?.[1]) throw new Error(`cannot read the QEMU version from '${out.split('\n')[0]}'`);
   return m[1];
+}
+
+let build: Promise<{ version: QemuVersion; machineTypes: string[] }> | undefined;
+
+/**
+ * The installed QEMU binary: its version and its versioned q35 machine types, newest first
+ * (read once per process; cheap: no guest is started).
+ */
+export function localQemuBuild(): Promise<{ version: QemuVersion; machineTypes: string[] }> {
+  build ??= (async () => {
+    const [version, help] = await Promise.all([qemuVersion(), run(QEMU_BINARY, ['-machine', 'help'])]);
+    return { version: parseQemuVersion(version), machineTypes: versionedQ35(help) };
+  })();
+  build.catch(() => (build = undefined));
+  return build;
+}
+
+/** pc-q35-X.Y names in `-machine help` output, newest first. */
+export function versionedQ35(machineHelp: string): string[] {
+  const names = [...machineHelp.matchAll(/^(pc-q35-(\d+)\.(\d+))\s/gm)].map((m) => ({ name: m[1]!, v: { major: Number(m[2]), minor: Number(m[3]), micro: 0 } }));
+  return names.sort((a, b) => compareQemuVersions(b.v, a.v)).map((n) => n.name);
 }
 
 /** Probes the host, using the cached verdict when QEMU, the host kernel and the guest image are unchanged. */
@@ -70,6 +96,8 @@ export async function probeHost(options: { cacheDir?: string; refresh?: boolean;
   const { migrationCapabilities, cpuModels } = await queryQemu(runDir);
   const probe: HostProbe = {
     qemuVersion: version,
+    tcgDirtyTrackingFixed: tcgDirtyTrackingSound(parseQemuVersion(version)),
+    machineTypes: (await localQemuBuild()).machineTypes,
     hostKernel: os.release(),
     accelerators: { tcg: { usable: true, reason: 'software emulation is always available' }, kvm: await judgeKvm(runDir) },
     migrationCapabilities,

@@ -25,15 +25,21 @@ const USAGE = `Usage:
       replica of a replicated volume. Its memory is lost with its host. Refused from a replica that is
       outdated (the lost host wrote without it) unless --accept-data-loss.
   ferry vm migrate NAME --to HOST [--policy balanced|minimal-downtime|must-finish] [--downtime-limit ms]
-                   [--bandwidth MiB/s] [--timeout s] [--allow-postcopy] [--verify-memory auto|always|never] [--no-probe] [--dry-run]
+                   [--bandwidth MiB/s] [--timeout s] [--allow-postcopy] [--verify-memory auto|always|never] [--allow-older-destination]
+                   [--no-probe] [--dry-run]
       Policies: minimal-downtime keeps the pause short and rolls back rather than pause long;
       balanced (default) allows a longer pause step by step, then throttles the guest;
       must-finish also uses XBZRLE and throttles hard.
       --allow-postcopy lets must-finish switch to post-copy: after that switch the VM's memory is
-      split between the two hosts, and a network failure can LOSE THE VM. Off unless given; refused under TCG.
+      split between the two hosts, and a network failure can LOSE THE VM. Off unless given; refused on
+      QEMU < 9.0 under TCG (its dirty tracking loses pages). If the link breaks during post-copy, both
+      QEMUs wait paused (postcopy-paused) for it to come back; if the SOURCE HOST DIES during post-copy,
+      the pages only it held are gone: the VM is lost.
       --verify-memory compares the guest's RAM on both sides (paused) before switching over and rolls
-      back on any difference; auto (default) does it for bandwidth-limited migrations that needed more
-      than 2 rounds, and for any of 6 rounds or more.
+      back on any difference; it lengthens the pause. auto (default) does it only where the source QEMU
+      has a known page-losing defect (QEMU < 9.0 under TCG); always is a diagnostic.
+      --allow-older-destination lets the VM move to a host whose QEMU is older than the source's
+      (backward migration: best effort in QEMU; a failed load leaves the VM on the source).
       --dry-run measures the guest's non-zero memory, its dirty rate and the link, and predicts each
       policy's total time, pause and whether it converges. Nothing moves.
 Every command takes --json.`;
@@ -50,6 +56,7 @@ export const vmCommand: Command = {
         disk: { type: 'string', multiple: true }, diskcheck: { type: 'string' },
         to: { type: 'string' }, 'downtime-limit': { type: 'string' }, bandwidth: { type: 'string' }, 'no-probe': { type: 'boolean' },
         policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' }, 'verify-memory': { type: 'string' }, 'dry-run': { type: 'boolean' },
+        'allow-older-destination': { type: 'boolean' },
         force: { type: 'boolean' }, 'accept-data-loss': { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
       },
     });
@@ -148,7 +155,7 @@ async function parseDisks(cli: Cli, specs: string[]): Promise<{ sizeBytes: numbe
 async function migrateVm(
   cli: Cli,
   name: string,
-  values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean; policy?: string; timeout?: string; 'allow-postcopy'?: boolean; 'verify-memory'?: string; 'dry-run'?: boolean },
+  values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean; policy?: string; timeout?: string; 'allow-postcopy'?: boolean; 'verify-memory'?: string; 'dry-run'?: boolean; 'allow-older-destination'?: boolean },
   json: boolean,
 ): Promise<number> {
   if (!values.to) throw new UsageError('ferry vm migrate needs --to HOST');
@@ -169,6 +176,7 @@ async function migrateVm(
     ...(timeout ? { performTimeoutMs: timeout * 1000 } : {}),
     ...(values['allow-postcopy'] ? { allowPostcopy: true } : {}),
     ...(verify ? { verifyMemory: verify as 'auto' | 'always' | 'never' } : {}),
+    ...(values['allow-older-destination'] ? { allowOlderDestination: true } : {}),
   };
   if (values['allow-postcopy'] && !json)
     console.error('warning: post-copy allowed: if the network fails after the switch to post-copy, the VM can be lost.');
