@@ -8,7 +8,7 @@ import { certificateIdentity } from '../cluster/pki.ts';
 import { LocalDestination } from '../migration/local.ts';
 import { checkToken, requireRoom, storageCatalog, type AgentContext } from './context.ts';
 import { checkIncomingStorage } from '../migration/storage-check.ts';
-import type { DiskNeed, PreparedDestination } from '../migration/sides.ts';
+import type { DestinationTimes, DiskNeed, PreparedDestination } from '../migration/sides.ts';
 import type { VmSpec } from '../qemu/spec.ts';
 import { NotFoundError, RefusedError, StaleTokenError } from './errors.ts';
 import type { IncomingRequest, IncomingState } from './remote-destination.ts';
@@ -147,10 +147,11 @@ export class IncomingMigrations {
     await this.ctx.runtime.forget(entry.request.spec.name, 'incoming');
   }
 
-  async finish(id: string): Promise<void> {
+  async finish(id: string): Promise<DestinationTimes> {
     const entry = this.get(id);
-    await entry.destination.finish();
+    const times = await entry.destination.finish();
     this.byId.delete(id);
+    return times;
   }
 
   async abort(id: string): Promise<void> {

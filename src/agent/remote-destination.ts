@@ -1,5 +1,5 @@
 /** The destination side of a migration, run by the destination host's agent and driven over its API. */
-import type { DestinationSide, DiskNeed, MigrationCapabilities, PreparedDestination, QemuBuild } from '../migration/sides.ts';
+import type { DestinationSide, DestinationTimes, DiskNeed, MigrationCapabilities, PreparedDestination, QemuBuild } from '../migration/sides.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
 import { AgentUnreachableError, type AgentClient } from './client.ts';
 
@@ -90,9 +90,10 @@ export class RemoteDestination implements DestinationSide {
     return (await this.agent.call<{ running: boolean }>('GET', `${this.base}/running`, undefined, 5000)).running;
   }
 
-  async finish(): Promise<void> {
+  async finish(): Promise<DestinationTimes> {
     this.unwatch();
-    await this.agent.call('POST', `${this.base}/finish`, {});
+    const { times } = await this.agent.call<{ times?: DestinationTimes }>('POST', `${this.base}/finish`, {});
+    return times ?? { loadedAt: null, resumedAt: null };
   }
 
   /** Rejects when the destination agent cannot confirm the removal (the engine decides what that means). */

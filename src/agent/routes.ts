@@ -193,7 +193,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     { method: 'GET', pattern: '/v1/incoming/:id/running', handler: async ({ id }) => ({ running: await incoming.running(id!) }) },
     { method: 'POST', pattern: '/v1/incoming/:id/digest', handler: async ({ id }) => ({ digest: await incoming.digest(id!) }) },
     { method: 'POST', pattern: '/v1/incoming/:id/resume', handler: async ({ id }, body) => (await incoming.resume(id!, body['token']), {}) },
-    { method: 'POST', pattern: '/v1/incoming/:id/finish', handler: async ({ id }) => (await incoming.finish(id!), {}) },
+    { method: 'POST', pattern: '/v1/incoming/:id/finish', handler: async ({ id }) => ({ times: await incoming.finish(id!) }) },
     { method: 'POST', pattern: '/v1/incoming/:id/abort', handler: async ({ id }) => (await incoming.abort(id!), {}) },
   ];
 }

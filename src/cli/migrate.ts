@@ -7,7 +7,7 @@
 import { AgentUnreachableError } from '../agent/client.ts';
 import type { Job } from '../cluster/model.ts';
 import { Probe, type StreamWindow } from '../lab/probe.ts';
-import type { MigrationParams, MigrationProgress, MigrationRecord } from '../migration/types.ts';
+import type { MigrationParams, MigrationProgress, MigrationRecord, SwitchoverTimeline } from '../migration/types.ts';
 import type { Cli } from './context.ts';
 import type { IncomingDisk } from '../storage/types.ts';
 
@@ -32,7 +32,46 @@ export interface MigrationSummary {
   steps: string[];
   /** What a user should know about a completed migration. */
   warnings: string[];
+  /** Attempts the migration took (one the memory check stopped is tried again); null: not recorded. */
+  attempts: number | null;
+  /** Where the client's blackout went, in ms (null: a moment that was not seen). */
+  breakdown: BlackoutBreakdown | null;
   error?: string;
+}
+
+/**
+ * A hop's blackout cut at the switchover's moments: the last reply the client got before the guest
+ * stopped, the source's stop, the destination loaded, the memory check (when one ran), the ownership
+ * swap, the destination's resume, and the first reply after it.
+ */
+export interface BlackoutBreakdown {
+  /** Last reply before the gap → source stop (at most the probe's period, plus the reply's way back). */
+  lastReplyToStop: number | null;
+  /** Source stop → destination loaded: the final RAM pass and the device state (QEMU's downtime, seen from the destination). */
+  stopToLoaded: number | null;
+  /** Loaded → memory check done (null when no check ran). */
+  verify: number | null;
+  /** Loaded (or checked) → ownership swapped in the store. */
+  toOwned: number | null;
+  /** Ownership swapped → guest resumed on the destination (the resume request, stopping NBD exports, cont). */
+  ownedToResumed: number | null;
+  /** Resumed → first reply the client got (network learning the new port, the guest answering). */
+  resumedToReply: number | null;
+}
+
+export function blackoutBreakdown(timeline: SwitchoverTimeline | undefined, window: StreamWindow | undefined): BlackoutBreakdown | null {
+  if (!timeline) return null;
+  const span = (from: number | null | undefined, to: number | null | undefined) =>
+    from === null || from === undefined || to === null || to === undefined ? null : Math.round((to - from) * 10) / 10;
+  const checked = timeline.verifiedAt ?? timeline.loadedAt;
+  return {
+    lastReplyToStop: span(window?.maxGapFrom, timeline.stoppedAt),
+    stopToLoaded: span(timeline.stoppedAt, timeline.loadedAt),
+    verify: timeline.verifiedAt === null ? null : span(timeline.loadedAt, timeline.verifiedAt),
+    toOwned: span(checked, timeline.ownedAt),
+    ownedToResumed: span(timeline.ownedAt, timeline.resumedAt),
+    resumedToReply: span(timeline.resumedAt, window?.maxGapTo),
+  };
 }
 
 export interface MigrateOptions {
@@ -78,6 +117,8 @@ export async function migrateWithProbe(cli: Cli, name: string, to: string, optio
       policy: record?.plan?.policy ?? null,
       steps: (record?.steps ?? []).map((step) => step.reason),
       warnings: record?.warnings ?? [],
+      attempts: record?.attempts ?? null,
+      breakdown: blackoutBreakdown(record?.switchover, window),
       ...(job.error ? { error: job.error } : {}),
     };
   } finally {

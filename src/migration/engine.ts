@@ -41,6 +41,7 @@ import {
   type MigrationRecord,
   type PhaseTiming,
   type RamProgress,
+  type SwitchoverTimeline,
 } from './types.ts';
 import { compareQemuVersions, formatQemuVersion, lostPagesDefect } from '../qemu/version.ts';
 
@@ -86,6 +87,7 @@ class MigrationRun {
   private diskNeeds: DiskNeed[] = [];
   private diskOutcomes: DiskOutcome[] = [];
   private readonly log: (line: string) => void;
+  private readonly timeline: SwitchoverTimeline = { stoppedAt: null, loadedAt: null, verifiedAt: null, ownedAt: null, resumedAt: null };
   /** Set in begin when the source QEMU has a defect that loses pages (version.ts). */
   private lostPagesDefect: string | undefined;
 
@@ -131,7 +133,9 @@ class MigrationRun {
         if (this.unconfirmed) return;
         // In post-copy the source still holds pages the destination has not pulled: it stays until they are all sent.
         if (this.policy.inPostcopy) await this.o.destination.incomingComplete(this.plan.timeoutMs);
-        await this.o.destination.finish();
+        const times = await this.o.destination.finish();
+        this.timeline.loadedAt = times.loadedAt;
+        this.timeline.resumedAt = times.resumedAt;
       });
     } catch (err) {
       finishError = err as Error;
@@ -144,6 +148,7 @@ class MigrationRun {
     if (finishError)
       throw new MigrationError(`'${vm}' switched over, but the destination failed afterwards (${finishError.message}); start the VM again on its owner`);
     const record = this.record('completed', summary);
+    record.switchover = { ...this.timeline, stoppedAt: summary.stoppedAt ?? null };
     if (this.unconfirmed) record.warnings = [this.unconfirmed];
     this.log(
       `completed in ${record.totalMs} ms: QEMU downtime ${record.downtimeMs} ms, ` +
@@ -154,10 +159,10 @@ class MigrationRun {
 
   /** begin (source): is the VM migratable, and is the destination the same machine model? */
   private async begin(): Promise<void> {
-    const problems = [
-      ...(await this.o.source.checkMigratable()),
-      ...migrationIncompatibilities(this.o.source.spec, this.o.destination.spec),
-    ];
+    const sourceProblems = await this.o.source.checkMigratable();
+    const problems = [...sourceProblems, ...migrationIncompatibilities(this.o.source.spec, this.o.destination.spec)];
+    // A source QEMU that is not running cannot say its version: its problem says enough.
+    if (!sourceProblems.length) problems.push(...(await this.qemuCompatibility()));
     if (!problems.length) {
       try {
         this.diskNeeds = await this.o.source.diskNeeds();
@@ -166,7 +171,6 @@ class MigrationRun {
         problems.push((err as Error).message);
       }
     }
-    problems.push(...(await this.qemuCompatibility()));
     if (this.params.maxBandwidth !== 'unlimited' && !(this.params.maxBandwidth >= 1024 * 1024))
       problems.push(`bandwidth ${this.params.maxBandwidth} B/s is below 1 MiB/s; give a larger limit or 'unlimited'`);
     try {
@@ -336,9 +340,13 @@ class MigrationRun {
   /** switchover: the destination resumes only once the hook has said yes; otherwise the source resumes (in rollback). */
   private async switchover(): Promise<void> {
     this.throwIfCancelled();
-    if (!this.policy.inPostcopy && this.mustVerifyMemory()) await this.verifyMemory();
+    if (!this.policy.inPostcopy && this.mustVerifyMemory()) {
+      await this.verifyMemory();
+      this.timeline.verifiedAt = Date.now();
+    }
     const hook: SwitchoverHook = this.o.switchover ?? ALWAYS_SWITCH;
     if (!(await hook.commit())) throw new PhaseFailure('switchover', 'the switchover was refused (ownership not granted to the destination)');
+    this.timeline.ownedAt = Date.now();
     try {
       await this.o.destination.resume();
     } catch (err) {

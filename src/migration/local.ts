@@ -6,6 +6,7 @@
 import path from 'node:path';
 import type { NetworkAttacher } from '../qemu/instance.ts';
 import { VmInstance } from '../qemu/instance.ts';
+import { eventTime, type QmpEvent } from '../qemu/qmp.ts';
 import { memoryDigest } from '../qemu/ram-scan.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
 import { localQemuBuild } from '../qemu/host-probe.ts';
@@ -13,6 +14,7 @@ import type { QemuVersion } from '../qemu/version.ts';
 import { ACTIVE_STATUSES, toRamProgress, toSummary, type QemuMigrationInfo } from './qmp-migration.ts';
 import type {
   DestinationSide,
+  DestinationTimes,
   DiskNeed,
   DiskProgress,
   MigrationCapabilities,
@@ -185,7 +187,22 @@ export class LocalSource implements SourceSide {
     const tlsObject = await this.ensureTls();
     await qmp.execute('migrate-set-parameters', tlsObject ? { 'tls-creds': tlsObject, ...(destination.tlsHostname ? { 'tls-hostname': destination.tlsHostname } : {}) } : { 'tls-creds': '' });
     if (withMirrors) this.completeMirrorsAtPreSwitchover();
+    this.watchStop();
     await qmp.execute('migrate', { uri: destination.uri });
+  }
+
+  /** When the guest stopped for the final copy: the start of its blackout. */
+  private stoppedAt: number | undefined;
+
+  private watchStop(): void {
+    const qmp = this.instance.qmp;
+    this.stoppedAt = undefined;
+    const onEvent = (e: QmpEvent) => {
+      if (e.event === 'STOP') this.stoppedAt = eventTime(e);
+      else if (e.event !== 'MIGRATION' || !['completed', 'failed', 'cancelled'].includes(e.data['status'] as string)) return;
+      qmp.off('event', onEvent);
+    };
+    qmp.on('event', onEvent);
   }
 
   /**
@@ -252,7 +269,7 @@ export class LocalSource implements SourceSide {
   }
 
   async summary(): Promise<QemuMigrationSummary> {
-    const summary = toSummary(await this.instance.qmp.execute<QemuMigrationInfo>('query-migrate'));
+    const summary = { ...toSummary(await this.instance.qmp.execute<QemuMigrationInfo>('query-migrate')), ...(this.stoppedAt ? { stoppedAt: this.stoppedAt } : {}) };
     return this.mirrorFailure ? { ...summary, error: `disk mirror: ${this.mirrorFailure}` } : summary;
   }
 
@@ -364,6 +381,7 @@ export class LocalDestination implements DestinationSide {
   /** Replicated disks: this host's exports stopped and the source's replicas connected, once the stream completed. */
   private handoverPrepared: Promise<void> = Promise.resolve();
   private streamCompleted = false;
+  private readonly times: DestinationTimes = { loadedAt: null, resumedAt: null };
   readonly lost: Promise<string>;
   private reportLost!: (detail: string) => void;
 
@@ -449,8 +467,10 @@ export class LocalDestination implements DestinationSide {
     this.completion = new Promise<void>((resolve, reject) => {
       const onEvent = (e: { event: string; data: Record<string, unknown> }) => {
         if (e.event !== 'MIGRATION') return;
-        if (e.data['status'] === 'completed') resolve();
-        else if (e.data['status'] === 'failed') reject(new Error('the destination failed to load the incoming state (see its QEMU log)'));
+        if (e.data['status'] === 'completed') {
+          this.times.loadedAt = eventTime(e as QmpEvent);
+          resolve();
+        } else if (e.data['status'] === 'failed') reject(new Error('the destination failed to load the incoming state (see its QEMU log)'));
         else return;
         qmp.off('event', onEvent);
       };
@@ -517,6 +537,12 @@ export class LocalDestination implements DestinationSide {
       await this.options.replicas!.takeOver(this.instance);
     }
     const started = performance.now();
+    const onResume = (e: QmpEvent) => {
+      if (e.event !== 'RESUME') return;
+      this.times.resumedAt = eventTime(e);
+      qmp.off('event', onResume);
+    };
+    qmp.on('event', onResume);
     await qmp.execute('cont');
     this.options.log?.(`guest resumed here (cont took ${Math.round(performance.now() - started)} ms)`);
     // Tell the switches where the guest's MACs are now, at once and a few times more.
@@ -527,9 +553,10 @@ export class LocalDestination implements DestinationSide {
     return (await this.instance.qmp.execute<{ status: string }>('query-status')).status === 'running';
   }
 
-  async finish(): Promise<void> {
+  async finish(): Promise<DestinationTimes> {
     const { status } = await this.instance.qmp.execute<{ status: string }>('query-status');
     if (status !== 'running') throw new Error(`the destination guest is ${status} after switchover, not running`);
+    return { ...this.times };
   }
 
   async abort(): Promise<void> {

@@ -38,6 +38,8 @@ export interface DiskProgress {
 
 export interface QemuMigrationSummary {
   status: string;
+  /** When the source QEMU stopped the guest for the final copy (its STOP event), ms since the epoch. */
+  stoppedAt?: number;
   downtimeMs: number | null;
   setupMs: number | null;
   totalMs: number | null;
@@ -100,6 +102,14 @@ export interface PreparedDestination {
   tlsHostname?: string;
 }
 
+/** Moments of the switchover on the destination, from its QEMU's events (ms since the epoch; null: not seen). */
+export interface DestinationTimes {
+  /** The incoming stream completed: every page and the device state are loaded (MIGRATION completed). */
+  loadedAt: number | null;
+  /** The guest's vCPUs run here (RESUME). */
+  resumedAt: number | null;
+}
+
 export interface DestinationSide {
   /** The spec the destination will run, for the compatibility check in begin. */
   readonly spec: VmSpec;
@@ -119,8 +129,8 @@ export interface DestinationSide {
   resume(): Promise<void>;
   /** Whether the guest's vCPUs run here now (after a resume that reported an error, it may still have run). */
   isRunning(): Promise<boolean>;
-  /** finish: confirm the guest runs here and drop what only the migration needed. */
-  finish(): Promise<void>;
+  /** finish: confirm the guest runs here and drop what only the migration needed; says when it loaded and resumed. */
+  finish(): Promise<DestinationTimes>;
   /** Rollback: kill the destination QEMU and remove everything prepare made. Safe to call twice. */
   abort(): Promise<void>;
   /** Resolves if the destination QEMU exits unexpectedly. */

@@ -117,4 +117,25 @@ export interface MigrationRecord {
   };
   /** What a user should know about a migration that completed (e.g. a switchover the destination did not confirm). */
   warnings?: string[];
+  /** The switchover's moments, for the breakdown of the guest's blackout (completed migrations). */
+  switchover?: SwitchoverTimeline;
+  /** How many attempts the migration took, this one included (an attempt the memory check stopped is tried again). */
+  attempts?: number;
+}
+
+/**
+ * When each step of a switchover happened, in ms since the epoch (all hosts of a lab share one
+ * clock; between machines the figures are as good as their clocks' agreement). null: not seen.
+ */
+export interface SwitchoverTimeline {
+  /** The source QEMU stopped the guest (its STOP event): the blackout starts. */
+  stoppedAt: number | null;
+  /** The destination loaded the last RAM and the device state (its MIGRATION completed event). */
+  loadedAt: number | null;
+  /** The memory check ended (only when one ran). */
+  verifiedAt: number | null;
+  /** The ownership compare-and-swap returned: the destination owns the VM. */
+  ownedAt: number | null;
+  /** The destination's guest runs (its RESUME event). */
+  resumedAt: number | null;
 }

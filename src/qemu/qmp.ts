@@ -15,6 +15,11 @@ export interface QmpEvent {
   timestamp: { seconds: number; microseconds: number };
 }
 
+/** When QEMU emitted an event, in ms since the epoch (QEMU stamps events with the wall clock). */
+export function eventTime(e: QmpEvent): number {
+  return e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000;
+}
+
 export interface QmpGreeting {
   version: { qemu: { major: number; minor: number; micro: number }; package: string };
   capabilities: string[];

@@ -1,5 +1,5 @@
 /** Shared fixtures for tests that boot real guests under TCG. */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readlink, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { HostNetwork } from '../../src/lab/host-network.ts';
@@ -95,6 +95,26 @@ export async function migrateLocally(
     return migrate({ ...extra, source: new LocalSource(vm), destination });
   });
   return { vm: destination.instance, record, destination };
+}
+
+/**
+ * Overwrites 4 KiB of a guest's RAM at `offset` with 0xA5, through the memfd QEMU keeps it in
+ * (qemu/argv.ts): a deliberate change that no migration made, for negative controls.
+ */
+export async function corruptGuestRam(instance: VmInstance, offset: number): Promise<void> {
+  const dir = `/proc/${instance.process.pid}/fd`;
+  for (const fd of await readdir(dir)) {
+    const target = await readlink(path.join(dir, fd)).catch(() => '');
+    if (!target.startsWith('/memfd:memory-backend-memfd')) continue;
+    const file = await open(path.join(dir, fd), 'r+');
+    try {
+      await file.write(Buffer.alloc(4096, 0xa5), 0, 4096, offset);
+    } finally {
+      await file.close();
+    }
+    return;
+  }
+  throw new Error(`QEMU ${instance.process.pid} has no guest RAM memfd`);
 }
 
 /** Tap devices ferry made in the lab's namespace (names start with "ft"). */

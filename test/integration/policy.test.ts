@@ -1,21 +1,23 @@
 /**
- * Policies against a real guest that dirties memory faster than the link
- * carries it (bandwidth capped at 16 MiB/s, memcheck rewriting 48 MiB/s).
+ * Policies against a real guest that dirties memory faster than the link carries it (bandwidth
+ * capped at 16 MiB/s, memcheck rewriting 48 MiB/s), on QEMU >= 9.0 under TCG: its dirty tracking is
+ * sound (QEMU 7.2's lost pages in exactly these migrations; see src/qemu/version.ts).
  *
- * Not here: must-finish completing such a guest. Under TCG on QEMU 7.2, long migrations of a
- * guest writing this fast lose dirty pages (the memory check finds 7-35 MiB differing, with QEMU's
- * bandwidth limit and also with the link limited by tc and QEMU unlimited); a switch over would
- * crash the guest, so ferry rolls back instead, and refuses post-copy under TCG outright.
+ * The memory check is a diagnostic now. Its negative control does not depend on a QEMU bug: a page
+ * of the paused destination's RAM is changed on purpose (through the memfd the RAM lives in) and the
+ * check must roll the migration back with the guest running on the source.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { MigrationRefusedError, MigrationRolledBackError } from '../../src/migration/errors.ts';
+import { MigrationRolledBackError } from '../../src/migration/errors.ts';
+import { LocalDestination, LocalSource } from '../../src/migration/local.ts';
+import { migrate } from '../../src/migration/engine.ts';
 import type { VmInstance } from '../../src/qemu/instance.ts';
-import { bootGuest, guestSpec, migrateLocally, openLab, type Lab } from '../helpers/guest.ts';
+import { bootGuest, corruptGuestRam, guestSpec, migrateLocally, openLab, type Lab } from '../helpers/guest.ts';
 
 const LINK = 16 * 2 ** 20;
 
-describe('migration policies with a guest dirtying above bandwidth', () => {
+describe('migration policies with a guest dirtying above bandwidth (QEMU >= 9, TCG)', () => {
   let lab: Lab;
   let vm: VmInstance;
   let ip: string;
@@ -38,15 +40,6 @@ describe('migration policies with a guest dirtying above bandwidth', () => {
     assert.equal(verdict.mismatches, 0, `memcheck found ${verdict.mismatches} bad pages`);
   }
 
-  it('post-copy is refused under TCG before anything moves (a test here saw the guest kernel crash after a post-copy switch)', async () => {
-    await assert.rejects(migrateLocally(lab, vm, { params: { policy: 'must-finish', allowPostcopy: true, maxBandwidth: LINK } }), (err: unknown) => {
-      assert.ok(err instanceof MigrationRefusedError, String(err));
-      assert.match(err.message, /post-copy is refused under TCG/);
-      return true;
-    });
-    await assertIntact();
-  });
-
   it('balanced with a short timeout gives up cleanly: the guest keeps running on the source', async () => {
     const started = Date.now();
     await assert.rejects(
@@ -62,34 +55,51 @@ describe('migration policies with a guest dirtying above bandwidth', () => {
     await assertIntact();
   });
 
-  it('a long migration is checked by default (verifyMemory auto): lost pages roll it back instead of switching over', async (t) => {
-    // 30 MiB/s dirtied over a 40 MiB/s link: many rounds, where QEMU 7.2 under TCG was seen to lose pages.
-    await lab.probe.setDirtyRate(ip, 30);
-    const outcomes: string[] = [];
-    for (let attempt = 1; attempt <= 2; attempt++) {
-      try {
-        const result = await migrateLocally(lab, vm, {
-          params: { policy: 'minimal-downtime', downtimeLimitMs: 300, maxBandwidth: 40 * 2 ** 20, performTimeoutMs: 120_000, verifyMemory: 'auto' },
-        });
-        vm = result.vm;
-        outcomes.push(`completed in ${result.record.rounds} rounds, memory identical`);
-      } catch (err) {
-        assert.ok(err instanceof MigrationRolledBackError, String(err));
-        assert.equal(err.record.failure?.phase, 'switchover');
-        assert.match(err.message, /memory check failed: \d+ of 256 MiB differ between source and destination/);
-        outcomes.push(`caught: ${err.record.failure?.reason}`);
-      }
-      // Whichever way it went, the guest runs on and its memory is intact.
-      await assertIntact();
-    }
-    for (const o of outcomes) t.diagnostic(o);
+  it('must-finish completes a guest dirtying 48 MiB/s over a 16 MiB/s link, its memory intact, without a memory check in the pause', async (t) => {
+    const lines: string[] = [];
+    const result = await migrateLocally(lab, vm, { params: { policy: 'must-finish', maxBandwidth: LINK }, log: (l) => lines.push(l) });
+    vm = result.vm;
+    assert.equal(result.record.outcome, 'completed');
+    assert.ok(result.record.steps.length > 0, 'the policy had to act to converge');
+    assert.equal(result.record.switchover?.verifiedAt, null, 'auto does not check memory on QEMU >= 9.0');
+    assert.ok(!lines.some((l) => /memory check/.test(l)), lines.join('\n'));
+    t.diagnostic(`${result.record.rounds} rounds, ${result.record.totalMs} ms, steps: ${result.record.steps.map((s) => s.reason).join('; ')}`);
+    await assertIntact();
   });
 
-  it('with verifyMemory, an intact migration switches over', async () => {
+  it('must-finish with post-copy completes the same guest, its memory intact', async (t) => {
+    const result = await migrateLocally(lab, vm, { params: { policy: 'must-finish', maxBandwidth: LINK, allowPostcopy: true } });
+    vm = result.vm;
+    assert.equal(result.record.outcome, 'completed');
+    t.diagnostic(`post-copy: ${result.record.postcopy}, ${result.record.rounds} rounds, ${result.record.totalMs} ms`);
+    await assertIntact();
+  });
+
+  it('negative control: a page changed in the paused destination is caught by the memory check, and the guest stays on the source', async () => {
     await lab.probe.setDirtyRate(ip, 0);
+    const destination = new LocalDestination({ spec: vm.spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher });
+    // The check reads the destination's RAM through this call, after the stream has loaded it: change one page first.
+    const digest = destination.memoryDigest.bind(destination);
+    destination.memoryDigest = async () => {
+      await corruptGuestRam(destination.instance, 64 * 2 ** 20 + 4096);
+      return digest();
+    };
+    await assert.rejects(migrate({ source: new LocalSource(vm), destination, params: { verifyMemory: 'always' } }), (err: unknown) => {
+      assert.ok(err instanceof MigrationRolledBackError, String(err));
+      assert.equal(err.record.failure?.lostPages, true);
+      assert.match(err.message, /memory check failed: 1 of 256 MiB differ between source and destination \(first at 64 MiB\)/);
+      return true;
+    });
+    assert.equal((await vm.qmp.execute<{ status: string }>('query-status')).status, 'running');
+    await assertIntact();
+  });
+
+  it('with verifyMemory always, an intact migration switches over and says what the check took', async () => {
     const result = await migrateLocally(lab, vm, { params: { verifyMemory: 'always' } });
     vm = result.vm;
     assert.equal(result.record.outcome, 'completed');
+    const t = result.record.switchover!;
+    assert.ok(t.verifiedAt !== null && t.loadedAt !== null && t.verifiedAt >= t.loadedAt, JSON.stringify(t));
     await assertIntact();
   });
 });

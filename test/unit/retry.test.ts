@@ -15,6 +15,7 @@ describe('retryOnLostPages', () => {
     let calls = 0;
     const done = await retryOnLostPages(async () => (++calls < 3 ? Promise.reject(lost()) : record()), { log: (l) => lines.push(l) });
     assert.equal(done.outcome, 'completed');
+    assert.equal(done.attempts, 3, 'the record says how many attempts it took');
     assert.equal(calls, 3);
     assert.equal(lines.length, 2);
     assert.match(lines[0]!, /attempt 1 of 3 rolled back: memory check failed.*trying again/);
@@ -27,7 +28,7 @@ describe('retryOnLostPages', () => {
         calls++;
         throw lost();
       }),
-      (err: unknown) => err instanceof MigrationRolledBackError && err.record.failure?.lostPages === true,
+      (err: unknown) => err instanceof MigrationRolledBackError && err.record.failure?.lostPages === true && err.record.attempts === 3,
     );
     assert.equal(calls, 3);
   });

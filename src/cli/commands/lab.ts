@@ -116,14 +116,30 @@ async function labDemo(rounds: number, json: boolean): Promise<number> {
     console.log('');
     console.log(
       table(
-        ['hop', 'total', 'QEMU downtime', 'client blackout', 'packets lost', 'RAM sent', 'memory', 'disk'],
-        rows.map((r) => [`${r.from} → ${r.to}`, ms(r.totalMs), ms(r.downtimeMs), ms(r.blackoutMs), `${r.packetsLost}/${r.packetsSent}`, mib(r.bytes), r.memory, r.disk]),
+        ['hop', 'attempts', 'total', 'QEMU downtime', 'client blackout', 'packets lost', 'RAM sent', 'memory', 'disk'],
+        rows.map((r) => [`${r.from} → ${r.to}`, String(r.attempts ?? '-'), ms(r.totalMs), ms(r.downtimeMs), ms(r.blackoutMs), r.packetsSent === null ? '-' : `${r.packetsLost}/${r.packetsSent}`, mib(r.bytes), r.memory, r.disk]),
+      ),
+    );
+    console.log('');
+    console.log('Where each blackout went (ms; - = not seen): last reply before the stop → source stopped → destination loaded');
+    console.log('→ (memory check) → ownership swapped → guest resumed on the destination → first reply to the client:');
+    console.log(
+      table(
+        ['hop', 'reply→stop', 'stop→loaded', 'check', '→owner', 'owner→resumed', 'resumed→reply', 'blackout'],
+        rows.map((r) => {
+          const b = r.breakdown;
+          return [`${r.from} → ${r.to}`, ms(b?.lastReplyToStop), ms(b?.stopToLoaded), ms(b?.verify), ms(b?.toOwned), ms(b?.ownedToResumed), ms(b?.resumedToReply), ms(r.blackoutMs)];
+        }),
       ),
     );
     const done = rows.filter((r) => r.status === 'completed');
+    const med = (values: (number | null | undefined)[]) => {
+      const seen = values.filter((v): v is number => typeof v === 'number');
+      return seen.length ? `${ms(median(seen))} (of ${seen.length})` : '- (none measured)';
+    };
     console.log(
-      `median of ${done.length} hops: total ${ms(median(done.map((r) => r.totalMs ?? 0)))}, QEMU downtime ${ms(median(done.map((r) => r.downtimeMs ?? 0)))}, ` +
-        `client blackout ${ms(median(done.map((r) => r.blackoutMs ?? 0)))}`,
+      `median of ${done.length} completed hops: total ${med(done.map((r) => r.totalMs))}, QEMU downtime ${med(done.map((r) => r.downtimeMs))}, ` +
+        `client blackout ${med(done.map((r) => r.blackoutMs))}; attempts ${done.map((r) => r.attempts ?? '?').join(', ')}`,
     );
     console.log('');
     console.log('The lab keeps running. Try:');
