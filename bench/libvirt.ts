@@ -71,7 +71,10 @@ export async function libvirtAvailable(): Promise<string | undefined> {
   }
   try {
     const version = (await run('/usr/sbin/libvirtd', ['--version'])).trim();
-    if (!/libvirtd \(libvirt\) \d+/.test(version)) return `libvirtd --version said: ${version}`;
+    const major = /libvirtd \(libvirt\) (\d+)/.exec(version)?.[1];
+    if (!major) return `libvirtd --version said: ${version}`;
+    // The baseline drives the same QEMU as ferry (>= 9, from bookworm-backports on Debian 12): libvirt from the same suite.
+    if (Number(major) < 11) return `libvirt ${major} is too old for the same-QEMU baseline (libvirt 11 drives QEMU 10)`;
   } catch (err) {
     return `libvirtd does not run: ${(err as Error).message}`;
   }
@@ -85,7 +88,7 @@ export async function libvirtAvailable(): Promise<string | undefined> {
 export async function ensureLibvirt(): Promise<string | undefined> {
   const missing = await libvirtAvailable();
   if (missing === undefined) return undefined;
-  if (!/is not installed|is missing/.test(missing)) return missing;
+  if (!/is not installed|is missing|is too old/.test(missing)) return missing;
   process.stderr.write(`libvirt baseline: ${missing}; installing it (bench/setup-libvirt.sh) ...\n`);
   try {
     await run('bash', [SETUP_SCRIPT], { timeoutMs: 600_000 });

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs libvirt 9 from Debian for the benchmark's libvirt baseline
-# (bench/libvirt.ts), if it is missing. Tests do not need it, so
+# Installs libvirt for the benchmark's libvirt baseline (bench/libvirt.ts), if it is missing or
+# older than 11: the baseline must drive the same QEMU as ferry (QEMU 10, which scripts/setup.sh
+# installs from bookworm-backports on Debian 12), so on Debian 12 libvirt 11 comes from the same
+# suite, pinned like QEMU: only libvirt's own packages come from there. Debian 13 ships libvirt 11. Tests do not need it, so
 # scripts/setup.sh does not install it; `npm run bench` runs this script when
 # libvirt is missing.
 #
@@ -15,7 +17,8 @@ set -euo pipefail
 
 driver=/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so
 have_user() { getent passwd libvirt-qemu >/dev/null && getent group libvirt-qemu >/dev/null; }
-if command -v libvirtd >/dev/null && command -v virsh >/dev/null && [ -e "$driver" ] && have_user; then
+libvirt_major() { dpkg-query -W -f='${Version}' libvirt-daemon 2>/dev/null | sed -E 's/^[0-9]+://; s/\..*//'; }
+if command -v libvirtd >/dev/null && command -v virsh >/dev/null && [ -e "$driver" ] && have_user && [ "$(libvirt_major)" -ge 11 ] 2>/dev/null; then
   exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -31,7 +34,13 @@ if [ ! -e "$policy" ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+if [ "$codename" = bookworm ]; then
+  [ -e /etc/apt/sources.list.d/ferry-backports.sources ] || { echo "setup-libvirt: run 'bash scripts/setup.sh' first (it adds bookworm-backports for QEMU 10)" >&2; exit 1; }
+  pin=$(printf '# ferry bench: libvirt 11 from bookworm-backports, for a baseline on the same QEMU 10; nothing else.\nPackage: libvirt-* libvirt0\nPin: release n=bookworm-backports\nPin-Priority: 990\n')
+  [ "$(cat /etc/apt/preferences.d/ferry-libvirt 2>/dev/null)" = "$pin" ] || echo "$pin" > /etc/apt/preferences.d/ferry-libvirt
+fi
+packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-daemon-log)
 if ! apt-get install -y -q --no-install-recommends "${packages[@]}"; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${packages[@]}"

@@ -374,7 +374,7 @@ export class LocalDestination implements DestinationSide {
   private completion: Promise<void> | undefined;
   private postcopy: Promise<void> | undefined;
   private aborted = false;
-  private completionTimer: NodeJS.Timeout | undefined;
+  private readonly completionTimers = new Set<NodeJS.Timeout>();
   /** Volumes prepare made available, and how: rollback undoes exactly these. */
   private readonly incomingDisks = new Map<string, IncomingDisk>();
   private nbdRunning = false;
@@ -507,13 +507,17 @@ export class LocalDestination implements DestinationSide {
 
   async incomingComplete(timeoutMs: number): Promise<void> {
     if (!this.completion) throw new Error('the destination has not been prepared');
+    // Each wait has its own timer (post-copy waits twice: in perform, then in finish); abort clears them all.
+    let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      this.completionTimer = setTimeout(() => reject(new Error(`the destination did not finish loading within ${timeoutMs} ms`)), timeoutMs);
+      timer = setTimeout(() => reject(new Error(`the destination did not finish loading within ${timeoutMs} ms`)), timeoutMs);
+      this.completionTimers.add(timer);
     });
     try {
       await Promise.race([this.completion, timeout]);
     } finally {
-      clearTimeout(this.completionTimer);
+      clearTimeout(timer);
+      if (timer) this.completionTimers.delete(timer);
     }
   }
 
@@ -561,7 +565,8 @@ export class LocalDestination implements DestinationSide {
 
   async abort(): Promise<void> {
     this.aborted = true;
-    clearTimeout(this.completionTimer); // nobody waits for the stream any more
+    for (const timer of this.completionTimers) clearTimeout(timer); // nobody waits for the stream any more
+    this.completionTimers.clear();
     await this.preparing;
     await this.launched?.destroy();
     if ([...this.incomingDisks.values()].includes('replica')) {

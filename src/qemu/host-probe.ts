@@ -82,7 +82,8 @@ export async function probeHost(options: { cacheDir?: string; refresh?: boolean;
   const cacheDir = options.cacheDir ?? defaultCacheDir();
   const version = await qemuVersion();
   const image = guestImage();
-  const key = `${version}|${os.release()}|${image.inputsHash}`;
+  // The leading 2: the probe's own format (a cached probe of an older ferry lacks fields).
+  const key = `2|${version}|${os.release()}|${image.inputsHash}`;
   const cacheFile = path.join(cacheDir, 'host-probe.json');
   if (!options.refresh) {
     try {

@@ -6,6 +6,7 @@ import { HostNetwork } from '../../src/lab/host-network.ts';
 import { ip } from '../../src/net/netns.ts';
 import { Probe } from '../../src/lab/probe.ts';
 import { ensureGuestImage, guestBoot } from '../../src/qemu/guest-image.ts';
+import { localQemuBuild } from '../../src/qemu/host-probe.ts';
 import { VmInstance } from '../../src/qemu/instance.ts';
 import { macFor, makeVmSpec, type DiskSpec, type VmSpec } from '../../src/qemu/spec.ts';
 import type { StorageCatalog } from '../../src/storage/registry.ts';
@@ -56,6 +57,8 @@ export async function guestSpec(lab: Lab, name: string, options: GuestOptions = 
   return makeVmSpec({
     name,
     uuid,
+    // As the agents create VMs: the newest versioned machine type this QEMU has.
+    machine: (await localQemuBuild()).machineTypes[0]!,
     memoryMiB: options.memoryMiB ?? 256,
     accel: 'tcg',
     boot: guestBoot(image, {

@@ -30,6 +30,13 @@ describe('host probe', () => {
       assert.ok(probe.migrationCapabilities.includes(cap), `capability ${cap} missing from ${probe.migrationCapabilities.join(',')}`);
   });
 
+  it('says whether this QEMU has the TCG dirty-tracking fix (setup installs QEMU >= 9.0), and its machine types', () => {
+    assert.equal(probe.tcgDirtyTrackingFixed, Number(probe.qemuVersion.split('.')[0]) >= 9);
+    assert.equal(probe.tcgDirtyTrackingFixed, true, `QEMU ${probe.qemuVersion}: setup should have installed QEMU >= 9.0`);
+    const [major, minor] = probe.qemuVersion.split('.');
+    assert.equal(probe.machineTypes[0], `pc-q35-${major}.${minor}`, 'the newest machine type is this QEMU\'s own');
+  });
+
   it('lists CPU models with the features this host lacks for them', () => {
     const qemu64 = probe.cpuModels.find((m) => m.name === 'qemu64');
     assert.ok(qemu64, 'qemu64 must be listed');

@@ -3,6 +3,7 @@ import type { Command } from '../main.ts';
 import { UsageError } from '../errors.ts';
 import { ensureGuestImage } from '../../qemu/guest-image.ts';
 import { probeHost, resolveAccel } from '../../qemu/host-probe.ts';
+import { lostPagesDefect, parseQemuVersion } from '../../qemu/version.ts';
 
 export const hostCommand: Command = {
   summary: 'what this host\'s QEMU can do: version, working accelerators, migration capabilities, CPU models',
@@ -24,6 +25,12 @@ export const hostCommand: Command = {
     const auto = resolveAccel('auto', probe);
     const usable = probe.cpuModels.filter((m) => m.unavailableFeatures.length === 0);
     console.log(`QEMU ${probe.qemuVersion} on Linux ${probe.hostKernel} (probed ${probe.probedAt})`);
+    console.log(
+      probe.tcgDirtyTrackingFixed
+        ? '  TCG dirty tracking: sound (QEMU >= 9.0 has commit 03bfc2188f06); no memory check in the migration pause'
+        : `  TCG dirty tracking: LOSES PAGES in migration — ${lostPagesDefect(parseQemuVersion(probe.qemuVersion), 'tcg')}; under TCG every migration is memory-checked in the pause`,
+    );
+    console.log(`  machine types: newest ${probe.machineTypes[0] ?? 'none'} (${probe.machineTypes.length} versioned q35 types)`);
     for (const [name, verdict] of Object.entries(probe.accelerators))
       console.log(`  accel ${name.padEnd(3)}  ${verdict.usable ? 'works  ' : 'NO     '} ${verdict.reason}`);
     console.log(`  accel=auto uses ${auto.accel}${auto.warning ? ` — ${auto.warning}` : ''}`);
