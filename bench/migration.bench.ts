@@ -9,10 +9,11 @@
  * by bench/setup-libvirt.sh when it is missing; when it cannot be used, the
  * benchmark runs without it and says why.
  *
- *   npm run bench -- [--runs 5] [--json FILE] [--only ram|disk] [--no-libvirt]
+ *   npm run bench -- [--runs 5] [--must-finish-runs 10] [--json FILE] [--only ram|disk|must-finish] [--no-libvirt]
  *
- * Prints a table per scenario with medians and ratios to the baseline; the
- * disk scenario (disk.bench.ts) follows the RAM ones.
+ * Prints a table per scenario with medians and ratios to the baseline, and where ferry's blackouts
+ * went; the disk scenario (disk.bench.ts) and must-finish against a guest dirtying faster than the
+ * link (must-finish.bench.ts) follow the RAM ones.
  */
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -29,13 +30,26 @@ import { ensureGuestImage, guestBoot } from '../src/qemu/guest-image.ts';
 import { VmInstance } from '../src/qemu/instance.ts';
 import { macFor, makeVmSpec } from '../src/qemu/spec.ts';
 import { migrateWithQemuDefaults } from './baseline.ts';
+import { blackoutBreakdown, type BlackoutBreakdown } from '../src/cli/migrate.ts';
+import type { SwitchoverTimeline } from '../src/migration/types.ts';
 import { unixSocketThroughput } from './link.ts';
 import { nonZeroBytes } from '../src/qemu/ram-scan.ts';
 import { runDiskBench, type DiskSample, type DiskVariant } from './disk.bench.ts';
+import { runMustFinishBench } from './must-finish.bench.ts';
+import { localQemuBuild } from '../src/qemu/host-probe.ts';
+import { formatQemuVersion } from '../src/qemu/version.ts';
 import { ensureLibvirt, LibvirtPair, type LibvirtHostName, type LibvirtVm } from './libvirt.ts';
 
-type Variant = 'qemu-defaults' | PolicyName | 'libvirt-default';
-const FERRY_VARIANTS: Variant[] = ['qemu-defaults', 'minimal-downtime', 'balanced', 'must-finish'];
+/**
+ * The levers of the blackout, each a variant of balanced: 'balanced/no-announce' leaves out the
+ * announce-self after `cont` (QEMU has announced once at load, the guest paused); 'balanced@1000Hz'
+ * is the same migration as 'balanced' measured by a 1000 Hz client instead of 200 Hz (the probe's
+ * own resolution: a gap is measured between replies, so it is overstated by up to two periods).
+ */
+type Lever = 'balanced/no-announce' | 'balanced@1000Hz';
+type Variant = 'qemu-defaults' | PolicyName | Lever | 'libvirt-default';
+const FERRY_VARIANTS: Variant[] = ['qemu-defaults', 'minimal-downtime', 'balanced', 'must-finish', 'balanced/no-announce', 'balanced@1000Hz'];
+const PROBE_HZ = 200;
 /** Guest number (last octet) of the libvirt-run guest of the RAM scenarios; the libvirt hosts are .2 and .3. */
 const LIBVIRT_GUEST = 20;
 
@@ -54,23 +68,39 @@ const SCENARIOS: Scenario[] = [
 
 interface Sample {
   totalMs: number;
-  downtimeMs: number;
+  /** null: the variant did not report it (never counted as 0). */
+  downtimeMs: number | null;
   blackoutMs: number;
   lost: number;
   bytes: number;
+  /** ferry's variants: where the blackout went (the others do not record the switchover's moments). */
+  breakdown: BlackoutBreakdown | null;
+}
+
+/** Median of the values that were measured, with how many there were. */
+function medianOf(values: (number | null | undefined)[]): { value: number | null; n: number } {
+  const seen = values.filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
+  return { value: seen.length ? median(seen) : null, n: seen.length };
 }
 
 async function main() {
-  const { values } = parseArgs({ options: { runs: { type: 'string' }, json: { type: 'string' }, only: { type: 'string' }, 'no-libvirt': { type: 'boolean' } } });
+  const { values } = parseArgs({
+    options: { runs: { type: 'string' }, 'must-finish-runs': { type: 'string' }, json: { type: 'string' }, only: { type: 'string' }, 'no-libvirt': { type: 'boolean' } },
+  });
   const runs = Number(values.runs ?? 5);
-  if (values.only !== undefined && values.only !== 'ram' && values.only !== 'disk') throw new Error(`--only ${values.only}: choose ram or disk`);
+  const mustFinishRuns = Number(values['must-finish-runs'] ?? 10);
+  if (!Number.isInteger(runs) || runs < 1 || !Number.isInteger(mustFinishRuns) || mustFinishRuns < 1) throw new Error('--runs and --must-finish-runs take a whole number >= 1');
+  const only = values.only;
+  if (only !== undefined && only !== 'ram' && only !== 'disk' && only !== 'must-finish') throw new Error(`--only ${only}: choose ram, disk or must-finish`);
+  const wants = (part: 'ram' | 'disk' | 'must-finish') => only === undefined || only === part;
   const image = await ensureGuestImage();
   const net = await HostNetwork.create(`ferry-bench-${process.pid}`, '10.79.0');
   const runDir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-'));
   const probe = await Probe.start(net.netns);
+  let mustFinish: Awaited<ReturnType<typeof runMustFinishBench>> | undefined;
   const report: Record<string, Partial<Record<Variant, Sample[]>> | Partial<Record<DiskVariant, DiskSample[]>>> = {};
   let libvirt: LibvirtPair | undefined;
-  let libvirtReason: string | undefined = values['no-libvirt'] ? '--no-libvirt was given' : await ensureLibvirt();
+  let libvirtReason: string | undefined = values['no-libvirt'] ? '--no-libvirt was given' : only === 'must-finish' ? 'not part of --only must-finish' : await ensureLibvirt();
   if (libvirtReason === undefined) {
     try {
       libvirt = await LibvirtPair.start({ dir: path.join(runDir, 'libvirt'), bridgeNetns: net.netns, addresses: [`${net.guestIp(2)}/24`, `${net.guestIp(3)}/24`] });
@@ -81,7 +111,7 @@ async function main() {
   if (libvirtReason !== undefined) console.log(`libvirt baseline: ${libvirtReason}`);
   try {
     const linkBytesPerSec = await unixSocketThroughput(512 * 2 ** 20);
-    for (const scenario of values.only === 'disk' ? [] : SCENARIOS) {
+    for (const scenario of wants('ram') ? SCENARIOS : []) {
       const uuid = crypto.randomUUID();
       const ip = net.guestIp(10);
       const spec = makeVmSpec({
@@ -122,12 +152,18 @@ async function main() {
         for (const variant of variants) {
           // One stream at a time, to the guest that this variant migrates.
           const target = variant === 'libvirt-default' ? lv!.ip : ip;
-          if (streaming !== target) await probe.startStream((streaming = target), 200);
+          const hz = variant === 'balanced@1000Hz' ? 1000 : PROBE_HZ;
+          if (streaming !== `${target}@${hz}`) {
+            if (streaming) await probe.stopStream();
+            await probe.startStream(target, hz);
+            streaming = `${target}@${hz}`;
+          }
           await new Promise((r) => setTimeout(r, 300));
           await probe.window();
           let totalMs: number;
           let downtimeMs: number | null;
           let bytes: number;
+          let timeline: SwitchoverTimeline | undefined;
           if (variant === 'libvirt-default') {
             const to: LibvirtHostName = lv!.host === 'h1' ? 'h2' : 'h1';
             ({ totalMs, downtimeMs, bytes } = await libvirt!.migrate(lv!.vm, lv!.host, to));
@@ -137,14 +173,16 @@ async function main() {
             ({ totalMs, downtimeMs, bytes } = r);
             vm = r.vm;
           } else {
-            const destination = new LocalDestination({ spec, accel: 'tcg', runDir, network: net.attacher });
-            const record = await migrate({ source: new LocalSource(vm), destination, params: { policy: variant } });
+            const destination = new LocalDestination({ spec, accel: 'tcg', runDir, network: net.attacher, announceAfterResume: variant !== 'balanced/no-announce' });
+            const policy: PolicyName = variant === 'balanced/no-announce' || variant === 'balanced@1000Hz' ? 'balanced' : variant;
+            const record = await migrate({ source: new LocalSource(vm), destination, params: { policy } });
             ({ totalMs, downtimeMs, bytes } = record);
+            timeline = record.switchover;
             vm = destination.instance;
           }
           await new Promise((r) => setTimeout(r, 200));
           const w = await probe.window();
-          samples[variant]!.push({ totalMs, downtimeMs: downtimeMs ?? 0, blackoutMs: w.maxGapMs, lost: w.lost, bytes });
+          samples[variant]!.push({ totalMs, downtimeMs, blackoutMs: w.maxGapMs, lost: w.lost, bytes, breakdown: blackoutBreakdown(timeline, w) });
           process.stderr.write(`\r${scenario.name}: run ${run}/${runs} ${variant}: blackout ${w.maxGapMs} ms        `);
         }
       }
@@ -163,7 +201,8 @@ async function main() {
       report[scenario.name] = samples;
       printScenario(scenario.name, samples, runs, lvReason, boundMs, linkBytesPerSec);
     }
-    if (values.only !== 'ram') report['local storage, 1 GiB disk, 768 MiB written'] = await runDiskBench({ runs, image, net, probe, libvirt, libvirtReason });
+    if (wants('disk')) report['local storage, 1 GiB disk, 768 MiB written'] = await runDiskBench({ runs, image, net, probe, libvirt, libvirtReason });
+    if (wants('must-finish')) mustFinish = await runMustFinishBench({ runs: mustFinishRuns, image, net, probe });
   } finally {
     // A scenario that failed half-way leaves its guest running: every QEMU of this run has its sockets under runDir.
     await run('pkill', ['-KILL', '-f', `qemu-system-x86_64 .*${runDir}/`]).catch(() => undefined);
@@ -174,14 +213,14 @@ async function main() {
   }
   const file = values.json ?? path.join('bench', 'results', 'migration.json');
   await mkdir(path.dirname(file), { recursive: true });
-  await writeFile(file, JSON.stringify({ date: new Date().toISOString(), runs, report }, null, 2));
+  await writeFile(file, JSON.stringify({ date: new Date().toISOString(), qemu: formatQemuVersion((await localQemuBuild()).version), runs, report, ...(mustFinish ? { mustFinish } : {}) }, null, 2));
   console.log(`\nraw samples: ${file}`);
 }
 
 function printScenario(name: string, samples: Partial<Record<Variant, Sample[]>>, runs: number, libvirtReason: string | undefined, boundMs: number, linkBytesPerSec: number) {
   const base = samples['qemu-defaults']!;
-  const med = (xs: Sample[], k: keyof Sample) => median(xs.map((s) => s[k]));
-  const ratio = (v: number, b: number) => (b > 0 ? `${(v / b).toFixed(2)}×` : '-');
+  const med = (xs: Sample[], k: 'totalMs' | 'downtimeMs' | 'blackoutMs' | 'lost' | 'bytes') => medianOf(xs.map((s) => s[k])).value ?? NaN;
+  const ratio = (v: number, b: number) => (b > 0 && Number.isFinite(v) ? `${(v / b).toFixed(2)}×` : '-');
   console.log(`\n${name} — medians of ${runs} runs, interleaved`);
   console.log(`bound: non-zero RAM over the link (unix socket, ${(linkBytesPerSec / 2 ** 20).toFixed(0)} MiB/s in this run) = ${ms(boundMs)}`);
   console.log(
@@ -203,9 +242,40 @@ function printScenario(name: string, samples: Partial<Record<Variant, Sample[]>>
       }),
     ),
   );
+  const lv = samples['libvirt-default'];
+  if (lv) {
+    const ferry = samples['balanced']!;
+    console.log(`ferry (balanced, the default) vs libvirt, same QEMU: client blackout ${ratio(med(ferry, 'blackoutMs'), med(lv, 'blackoutMs'))} of libvirt's (target <= 0.5×)`);
+  }
+  printBreakdown(samples);
   if (samples['libvirt-default'])
     console.log("libvirt-default: `virsh migrate --live`, default flags, of a libvirt-run guest of the same spec; its QEMU downtime is libvirt's 'Total downtime' (the source's CPUs stopped → migration completed, as libvirt saw it)");
   else console.log(`libvirt-default: not run (${libvirtReason ?? 'libvirt unavailable'})`);
+}
+
+/** Medians of each step of ferry's blackouts (the baselines do not record the switchover's moments). */
+function printBreakdown(samples: Partial<Record<Variant, Sample[]>>) {
+  const steps: [keyof BlackoutBreakdown, string][] = [
+    ['lastReplyToStop', 'reply→stop'],
+    ['stopToLoaded', 'stop→loaded'],
+    ['verify', 'check'],
+    ['toOwned', '→owner'],
+    ['ownedToResumed', 'owner→resumed'],
+    ['resumedToReply', 'resumed→reply'],
+  ];
+  const rows = (Object.keys(samples) as Variant[])
+    .filter((v) => samples[v]!.some((s) => s.breakdown))
+    .map((v) => {
+      const s = samples[v]!;
+      return [v, ...steps.map(([k]) => cell(medianOf(s.map((x) => x.breakdown?.[k])))), cell(medianOf(s.map((x) => x.blackoutMs)))];
+    });
+  if (!rows.length) return;
+  console.log('where the blackout went (medians; "of N": samples where the step was seen; - : not seen):');
+  console.log(table(['variant', ...steps.map(([, h]) => h), 'blackout'], rows));
+}
+
+function cell(m: { value: number | null; n: number }): string {
+  return m.value === null ? '-' : `${ms(m.value)} of ${m.n}`;
 }
 
 await main();

@@ -103,6 +103,13 @@ export class IncomingMigrations {
     return this.get(id).destination.isRunning();
   }
 
+  /** Post-copy only: the guest runs here already, its missing pages wait for a new stream from the source. */
+  async recoverPostcopy(id: string): Promise<string> {
+    const entry = this.get(id);
+    if (entry.state !== 'running' && entry.state !== 'postcopy') throw new RefusedError(`incoming migration ${id} is ${entry.state}, not in post-copy; there is nothing to recover`);
+    return entry.destination.recoverPostcopy();
+  }
+
   async digest(id: string): Promise<string[]> {
     const entry = this.get(id);
     if (entry.state !== 'loaded') throw new RefusedError(`incoming migration ${id} is ${entry.state}; its memory can be compared only once loaded`);

@@ -78,6 +78,10 @@ export class RemoteDestination implements DestinationSide {
     }
   }
 
+  async recoverPostcopy(): Promise<string> {
+    return (await this.agent.call<{ uri: string }>('POST', `${this.base}/recover-postcopy`, {}, 30_000)).uri;
+  }
+
   async memoryDigest(): Promise<string[]> {
     return (await this.agent.call<{ digest: string[] }>('POST', `${this.base}/digest`, {}, 180_000)).digest;
   }

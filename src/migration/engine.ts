@@ -132,7 +132,7 @@ class MigrationRun {
         // The destination could not be asked: it owns the guest, and its agent runs it when it sees that.
         if (this.unconfirmed) return;
         // In post-copy the source still holds pages the destination has not pulled: it stays until they are all sent.
-        if (this.policy.inPostcopy) await this.o.destination.incomingComplete(this.plan.timeoutMs);
+        if (this.policy.inPostcopy) await this.completePostcopy();
         const times = await this.o.destination.finish();
         this.timeline.loadedAt = times.loadedAt;
         this.timeline.resumedAt = times.resumedAt;
@@ -301,7 +301,9 @@ class MigrationRun {
       this.o.onProgress?.({ phase: 'perform', elapsedMs: this.elapsed(), ram, ...(this.lastDisk ? { disk: this.lastDisk } : {}) });
       if (ram.qemuStatus === 'failed' || ram.qemuStatus === 'cancelled') {
         const summary = await this.o.source.summary();
-        const hint = /TLS (channel|handshake)/i.test(summary.error ?? '')
+        // QEMU 7.2 said so (a TLS handshake error); QEMU 10 sees the destination close the stream before any page went.
+        const refusedAtTls = /TLS (channel|handshake)/i.test(summary.error ?? '') || (Boolean(prepared.tlsHostname) && summary.bytes === 0 && /reset by peer|end of file|Broken pipe/i.test(summary.error ?? ''));
+        const hint = refusedAtTls
           ? '; the destination may have refused this host\'s certificate (it lets in only the source host it was prepared for; its QEMU log names the certificate it refused)'
           : '';
         throw new PhaseFailure('perform', `the migration stream ${ram.qemuStatus}${summary.error ? `: ${summary.error}` : ''}${hint}`);
@@ -399,6 +401,52 @@ class MigrationRun {
     this.log(`memory check: all ${source.length} MiB identical on both sides (${Math.round(performance.now() - started)} ms, guest paused)`);
   }
 
+  /**
+   * finish, post-copy: wait until the destination has every page. The guest already runs there and
+   * the source holds the pages it has not pulled yet, so a broken link is not a rollback: QEMU's
+   * postcopy recovery reconnects the two (the guest waits on a missing page meanwhile). A stream
+   * that stops moving for POSTCOPY_STALL_MS is broken off (migrate-pause) to be recovered the same
+   * way; recovery is tried every second until the link is back or the plan's timeout.
+   */
+  private async completePostcopy(): Promise<void> {
+    const done = this.o.destination.incomingComplete(this.plan.timeoutMs);
+    let finished = false;
+    done.then(() => (finished = true), () => (finished = true));
+    const deadline = performance.now() + this.plan.timeoutMs;
+    let lastMoved = performance.now();
+    let lastBytes = -1;
+    let paused = false;
+    while (!finished) {
+      if (performance.now() > deadline) break;
+      const ram = await this.o.source.progress().catch(() => undefined);
+      if (ram?.qemuStatus === 'postcopy-active') {
+        if (paused) this.log('post-copy resumed: the source sends the rest of the pages again');
+        paused = false;
+        if (ram.transferredBytes !== lastBytes) [lastBytes, lastMoved] = [ram.transferredBytes, performance.now()];
+        else if (ram.remainingBytes > 0 && performance.now() - lastMoved > POSTCOPY_STALL_MS) {
+          this.log(`post-copy: the stream has not moved for ${POSTCOPY_STALL_MS / 1000} s with ${(ram.remainingBytes / 2 ** 20).toFixed(1)} MiB left; breaking it off to recover it`);
+          await this.o.source.pausePostcopy().catch((err: Error) => this.log(`migrate-pause: ${err.message}`));
+          lastMoved = performance.now();
+        }
+      } else if (ram?.qemuStatus === 'postcopy-paused') {
+        if (!paused) this.log('post-copy link lost: the guest runs on the destination and waits for the pages still on the source; reconnecting');
+        paused = true;
+        try {
+          await this.o.source.resumePostcopy(await this.o.destination.recoverPostcopy());
+          lastMoved = performance.now();
+        } catch (err) {
+          this.log(`post-copy recovery not possible yet (${(err as Error).message}); trying again in 1 s`);
+          await sleep(1000);
+          continue;
+        }
+      } else if (ram?.qemuStatus === 'failed') {
+        throw new Error('the post-copy stream failed on the source; the pages it still held are lost');
+      }
+      await Promise.race([done.catch(() => undefined), sleep(this.params.progressIntervalMs)]);
+    }
+    await done;
+  }
+
   private async rollback(err: unknown): Promise<never> {
     if (err instanceof SourceLostError) {
       await this.o.destination.abort().catch(() => undefined);
@@ -468,6 +516,9 @@ class MigrationRun {
     };
   }
 }
+
+/** A post-copy stream that sends nothing for this long, with pages left, is taken as a broken link. */
+const POSTCOPY_STALL_MS = 3000;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));

@@ -260,6 +260,14 @@ export class LocalSource implements SourceSide {
     await this.instance.qmp.execute('migrate-start-postcopy');
   }
 
+  async pausePostcopy(): Promise<void> {
+    await this.instance.qmp.execute('migrate-pause');
+  }
+
+  async resumePostcopy(uri: string): Promise<void> {
+    await this.instance.qmp.execute('migrate', { uri, resume: true });
+  }
+
   async progress(): Promise<RamProgress> {
     return toRamProgress(await this.instance.qmp.execute<QemuMigrationInfo>('query-migrate'));
   }
@@ -366,6 +374,11 @@ export interface LocalDestinationOptions {
   replicas?: ReplicaHandover;
   /** Where to say what resuming took. */
   log?: (line: string) => void;
+  /**
+   * Announce the guest's MACs again right after `cont` (default true). QEMU announces by itself when
+   * the stream has loaded (the guest still paused); the benchmark measures what the second one adds.
+   */
+  announceAfterResume?: boolean;
 }
 
 export class LocalDestination implements DestinationSide {
@@ -378,6 +391,7 @@ export class LocalDestination implements DestinationSide {
   /** Volumes prepare made available, and how: rollback undoes exactly these. */
   private readonly incomingDisks = new Map<string, IncomingDisk>();
   private nbdRunning = false;
+  private exportsStopped: Promise<void> = Promise.resolve();
   /** Replicated disks: this host's exports stopped and the source's replicas connected, once the stream completed. */
   private handoverPrepared: Promise<void> = Promise.resolve();
   private streamCompleted = false;
@@ -477,6 +491,15 @@ export class LocalDestination implements DestinationSide {
       qmp.on('event', onEvent);
     });
     this.completion.catch(() => undefined);
+    // The source completed its mirrors at pre-switchover, before it sent the device state: once the
+    // stream is complete nobody writes to the exports any more, and they can stop before the resume.
+    if (this.nbdRunning)
+      this.exportsStopped = this.completion
+        .then(() => stopNbdExports(instance))
+        .then(
+          () => void (this.nbdRunning = false),
+          () => undefined, // resume stops them (and says why it cannot)
+        );
     // The source's replication jobs ended before it sent the device state: once the stream is
     // complete this host's replica export has no writer left. Stopping it and connecting to the
     // source's replica now keeps both out of the guest's pause.
@@ -496,6 +519,30 @@ export class LocalDestination implements DestinationSide {
       ...(nbd ? { nbd } : {}),
     };
   }
+
+  async recoverPostcopy(): Promise<string> {
+    const qmp = this.instance.qmp;
+    const status = async () => (await qmp.execute<{ status?: string }>('query-migrate')).status ?? 'none';
+    let now = await status();
+    // A link that drops packets leaves this side waiting on a stream that never ends: break it off.
+    if (now === 'postcopy-active') {
+      await qmp.execute('migrate-pause');
+      for (let i = 0; i < 50 && now !== 'postcopy-paused'; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        now = await status();
+      }
+    }
+    if (now === 'postcopy-recover-setup' || now === 'postcopy-recover') return this.recoveryUri ?? Promise.reject(new Error(`the destination is ${now} but does not say where`));
+    if (now !== 'postcopy-paused') throw new Error(`the destination's incoming migration is ${now}, not postcopy-paused; it cannot be recovered`);
+    const address = this.options.listenAddress;
+    const socket = path.join(this.instance.dir, `recover-${++this.recoveries}.sock`);
+    await qmp.execute('migrate-recover', { uri: address ? `tcp:${address}:0` : `unix:${socket}` });
+    this.recoveryUri = address ? `tcp:${address}:${await this.listeningPort()}` : `unix:${socket}`;
+    return this.recoveryUri;
+  }
+
+  private recoveries = 0;
+  private recoveryUri: string | undefined;
 
   /** The port QEMU picked for `tcp:ADDRESS:0`. */
   private async listeningPort(): Promise<number> {
@@ -533,7 +580,9 @@ export class LocalDestination implements DestinationSide {
 
   async resume(): Promise<void> {
     const qmp = this.instance.qmp;
-    // The source's mirrors are done; from now on the guest must be the disks' only writer.
+    // The source's mirrors are done; from now on the guest must be the disks' only writer. Normally
+    // the exports stopped when the stream completed (out of the guest's pause); in post-copy, here.
+    await this.exportsStopped;
     if (this.nbdRunning) await stopNbdExports(this.instance);
     this.nbdRunning = false;
     if ([...this.incomingDisks.values()].includes('replica')) {
@@ -550,7 +599,7 @@ export class LocalDestination implements DestinationSide {
     await qmp.execute('cont');
     this.options.log?.(`guest resumed here (cont took ${Math.round(performance.now() - started)} ms)`);
     // Tell the switches where the guest's MACs are now, at once and a few times more.
-    await qmp.execute('announce-self', { initial: 0, max: 100, rounds: 3, step: 50 });
+    if (this.options.announceAfterResume !== false) await qmp.execute('announce-self', { initial: 0, max: 100, rounds: 3, step: 50 });
   }
 
   async isRunning(): Promise<boolean> {

@@ -77,6 +77,10 @@ export interface SourceSide {
   setParameters(parameters: Record<string, unknown>): Promise<void>;
   /** perform: switch a running precopy stream to post-copy (postcopy-ram must have been set on both sides). */
   startPostcopy(): Promise<void>;
+  /** finish, post-copy: break off a stream that hangs (a link that drops packets), so that it can be recovered. */
+  pausePostcopy(): Promise<void>;
+  /** finish, post-copy: send the rest of the pages to the destination's recovery listener. */
+  resumePostcopy(uri: string): Promise<void>;
   /** perform: one progress sample. */
   progress(): Promise<RamProgress>;
   /** One hash per MiB of the paused guest's RAM (qemu/ram-scan.ts). */
@@ -125,6 +129,12 @@ export interface DestinationSide {
   postcopyReady(): Promise<void>;
   /** One hash per MiB of the loaded, still paused guest's RAM. */
   memoryDigest(): Promise<string[]>;
+  /**
+   * finish, post-copy, after the stream broke: listen again for the source (QEMU's postcopy
+   * recovery) and say where. Breaks off a stream that only hangs first. Rejects while it cannot
+   * listen (the link's address is gone); the caller tries again.
+   */
+  recoverPostcopy(): Promise<string>;
   /** switchover: run the guest here (cont) and announce its MACs. */
   resume(): Promise<void>;
   /** Whether the guest's vCPUs run here now (after a resume that reported an error, it may still have run). */

@@ -32,9 +32,10 @@ const USAGE = `Usage:
       must-finish also uses XBZRLE and throttles hard.
       --allow-postcopy lets must-finish switch to post-copy: after that switch the VM's memory is
       split between the two hosts, and a network failure can LOSE THE VM. Off unless given; refused on
-      QEMU < 9.0 under TCG (its dirty tracking loses pages). If the link breaks during post-copy, both
-      QEMUs wait paused (postcopy-paused) for it to come back; if the SOURCE HOST DIES during post-copy,
-      the pages only it held are gone: the VM is lost.
+      QEMU < 9.0 under TCG (its dirty tracking loses pages). If the link breaks during post-copy, the
+      guest waits on the pages still on the source and ferry reconnects the two QEMUs (postcopy
+      recovery) once the link is back; if the SOURCE HOST DIES during post-copy, the pages only it
+      held are gone: THE VM IS LOST.
       --verify-memory compares the guest's RAM on both sides (paused) before switching over and rolls
       back on any difference; it lengthens the pause. auto (default) does it only where the source QEMU
       has a known page-losing defect (QEMU < 9.0 under TCG); always is a diagnostic.
