@@ -7,7 +7,8 @@ export function progressLine(prefix: string, p: MigrationProgress): string {
   if (!p.ram) return `${prefix} ${p.phase}${disk ? `  ${disk}` : ''}`;
   const r = p.ram;
   const sent = `${mib(r.transferredBytes)} sent, ${mib(r.remainingBytes)} left`;
-  return `${prefix} ${p.phase}  ${sent}  dirty ${mib(r.dirtyRateBytesPerSec)}/s  round ${r.round}  expected downtime ${r.expectedDowntimeMs} ms${disk ? `  ${disk}` : ''}`;
+  const throttle = r.throttlePercent ? `  guest throttled ${r.throttlePercent}%` : '';
+  return `${prefix} ${p.phase}  ${sent}  dirty ${mib(r.dirtyRateBytesPerSec)}/s  round ${r.round}  expected downtime ${r.expectedDowntimeMs} ms${throttle}${disk ? `  ${disk}` : ''}`;
 }
 
 export class ProgressDisplay {

@@ -275,6 +275,8 @@ class MigrationRun {
       this.o.source.startMigration(prepared, sourceCapabilities(plan), {
         ...plan.parameters,
         'max-bandwidth': bandwidth,
+        // A limit the user gave holds after a switch to post-copy too (QEMU's own default there is unlimited).
+        ...(plan.postcopyAllowed && plan.maxBandwidth !== 'unlimited' ? { 'max-postcopy-bandwidth': bandwidth } : {}),
         'downtime-limit': plan.downtimeLimitMs,
       }),
     );
@@ -310,7 +312,9 @@ class MigrationRun {
       }
       if (ram.round > lastRound && ram.qemuStatus === 'active') {
         if (lastRound > 0) {
+          const known = this.policy.steps.length;
           const actions = this.policy.onRound({ ...ram, elapsedMs: this.elapsed(), downtimeLimitMs: plan.downtimeLimitMs });
+          for (const step of this.policy.steps.slice(known)) this.log(`policy: ${step.reason}`);
           for (const action of actions) await this.guarded(this.apply(action));
         }
         lastRound = ram.round;
@@ -322,8 +326,6 @@ class MigrationRun {
   }
 
   private async apply(action: PolicyAction): Promise<void> {
-    const step = this.policy.steps.at(-1);
-    if (step) this.log(`policy: ${step.reason}`);
     switch (action.kind) {
       case 'set-downtime-limit':
         this.plan = { ...this.plan, downtimeLimitMs: action.ms };

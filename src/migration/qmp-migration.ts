@@ -10,6 +10,7 @@ export interface QemuMigrationInfo {
   downtime?: number;
   'setup-time'?: number;
   'error-desc'?: string;
+  'cpu-throttle-percentage'?: number;
   ram?: {
     transferred: number;
     remaining: number;
@@ -35,6 +36,7 @@ export function toRamProgress(info: QemuMigrationInfo): RamProgress {
     expectedDowntimeMs: info['expected-downtime'] ?? 0,
     round: ram?.['dirty-sync-count'] ?? 0,
     throughputBytesPerSec: Math.round(((ram?.mbps ?? 0) * 1e6) / 8),
+    throttlePercent: info['cpu-throttle-percentage'] ?? 0,
   };
 }
 

@@ -60,6 +60,8 @@ export interface RamProgress {
   /** Round = QEMU's dirty-sync-count: 1 during the first full pass. */
   round: number;
   throughputBytesPerSec: number;
+  /** How much QEMU throttles the guest's vCPUs now (auto-converge), in percent; 0 when it does not. */
+  throttlePercent: number;
 }
 
 export interface MigrationProgress {
