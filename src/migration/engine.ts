@@ -59,7 +59,8 @@ export interface MigrateOptions {
 
 /** `events` on both sides lets the destination report completion at once (no polling delay in the blackout). */
 function destinationCapabilities(plan: MigrationPlan): MigrationCapabilities {
-  return { events: true, 'postcopy-ram': plan.capabilities['postcopy-ram'] ?? false };
+  const both = ['postcopy-ram', 'multifd', 'postcopy-preempt'].filter((c) => plan.capabilities[c]);
+  return { events: true, 'postcopy-ram': false, ...Object.fromEntries(both.map((c) => [c, true])) };
 }
 
 /** return-path: the destination reports load failures back, so "completed" on the source means loaded. */
@@ -179,6 +180,8 @@ class MigrationRun {
           name: this.params.policy,
           maxBandwidth: this.params.maxBandwidth,
           allowPostcopy: this.params.allowPostcopy,
+          multifd: this.params.multifd,
+          postcopyPreempt: this.params.postcopyPreempt,
           ...(this.params.downtimeLimitMs !== undefined ? { downtimeLimitMs: this.params.downtimeLimitMs } : {}),
           ...(this.params.performTimeoutMs !== undefined ? { timeoutMs: this.params.performTimeoutMs } : {}),
         },

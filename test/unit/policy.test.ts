@@ -28,6 +28,17 @@ describe('migration policies', () => {
     assert.equal(planMigration({ name: 'minimal-downtime' }, 128).timeoutMs, 30_000, 'at least 30 s');
   });
 
+  it('multifd replaces XBZRLE and finds zero pages in its threads; postcopy-preempt only with post-copy', () => {
+    const multifd = planMigration({ name: 'must-finish', multifd: true }, 512);
+    assert.equal(multifd.capabilities['multifd'], true);
+    assert.equal(multifd.capabilities['xbzrle'], false, 'XBZRLE does not work across multifd channels');
+    assert.equal(multifd.parameters['zero-page-detection'], 'multifd');
+    assert.equal(multifd.parameters['xbzrle-cache-size'], undefined);
+    assert.throws(() => planMigration({ name: 'must-finish', multifd: true, allowPostcopy: true }, 512), /multifd and post-copy cannot be combined/);
+    assert.throws(() => planMigration({ name: 'balanced', postcopyPreempt: true }, 512), /postcopy-preempt needs post-copy/);
+    assert.equal(planMigration({ name: 'must-finish', allowPostcopy: true, postcopyPreempt: true }, 512).capabilities['postcopy-preempt'], true);
+  });
+
   it('refuses nonsense with a message', () => {
     assert.throws(() => planMigration({ name: 'fastest' as never }, 256), /unknown policy 'fastest'; choose one of minimal-downtime, balanced, must-finish/);
     assert.throws(() => planMigration({ name: 'balanced', allowPostcopy: true }, 256), /only used by the must-finish policy/);
