@@ -96,7 +96,7 @@ async function runMigration(
     await ctx.state.saveJob(job);
     return;
   }
-  // Under TCG the engine checks every migration's memory; one the check stops is tried again.
+  // Where the engine compares memory (QEMU < 9.0 under TCG, or --verify-memory always), a migration the check stops is tried again.
   let lastSave = 0;
   log(`migrating ${name} from ${ctx.node.name} to ${record.destination}`);
   try {

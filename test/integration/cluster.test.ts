@@ -74,11 +74,18 @@ for (const store of ['sqlite', 'etcd'] as const) {
       assert.equal(nodes.code, 0, nodes.stderr);
       assert.deepEqual(nodes.json.hosts.map((h: { name: string }) => h.name).sort(), ['h1', 'h2', 'h3']);
       assert.deepEqual(nodes.json.down, []);
+      for (const h of nodes.json.hosts as { name: string; qemu?: { version: string; machineTypes: string[] } }[]) {
+        assert.match(h.qemu?.version ?? '', /^\d+\.\d+\.\d+$/, `${h.name} records its QEMU version`);
+        assert.match(h.qemu?.machineTypes[0] ?? '', /^pc-q35-\d+\.\d+$/, `${h.name} records its machine types`);
+      }
     });
 
     it('creates a VM that answers', async () => {
       const created = await cli('vm', 'create', 'g1', '--memory', '256', '--memcheck', '32', '--dirty', '2', '--host', 'h1');
       assert.equal(created.code, 0, created.stderr);
+      // Pinned to the newest machine type every host has (here all run the same QEMU).
+      const hosts = (await cli('node', 'list')).json.hosts as { qemu: { machineTypes: string[] } }[];
+      assert.equal(created.json.spec.machine, hosts[0]!.qemu.machineTypes[0]);
       ip = created.json.ip;
       const first = await probe.gamesrv(ip);
       boot = first.boot;

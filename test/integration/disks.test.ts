@@ -84,7 +84,7 @@ describe('disks: live migration with shared-dir and local storage', () => {
     }
 
     async migrateTo(to: Host, extra: { params?: Parameters<typeof migrate>[0]['params']; signal?: AbortSignal; onProgress?: (p: MigrationProgress, d: LocalDestination) => void } = {}): Promise<MigrationRecord> {
-      // A migration whose pages QEMU lost (TCG) is tried again, as the agents do.
+      // As the agents do: a migration a memory check stopped would be tried again (none runs by default on QEMU >= 9).
       let destination!: LocalDestination;
       let source!: LocalSource;
       const record = await retryOnLostPages(

@@ -18,8 +18,11 @@ export const nodeCommand: Command = {
     if (values.json) return void console.log(JSON.stringify({ hosts, down }, null, 2));
     console.log(
       table(
-        ['host', 'address', 'memory', 'free', 'state'],
-        [...hosts.map((h) => [h.name, h.address, `${h.memoryMiB} MiB`, `${h.freeMemoryMiB} MiB`, 'up']), ...down.map((d) => [d, '-', '-', '-', 'down'])],
+        ['host', 'address', 'memory', 'free', 'QEMU', 'newest machine type', 'state'],
+        [
+          ...hosts.map((h) => [h.name, h.address, `${h.memoryMiB} MiB`, `${h.freeMemoryMiB} MiB`, h.qemu?.version ?? '-', h.qemu?.machineTypes[0] ?? '-', 'up']),
+          ...down.map((d) => [d, '-', '-', '-', '-', '-', 'down']),
+        ],
       ),
     );
   },
