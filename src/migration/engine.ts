@@ -414,16 +414,38 @@ class MigrationRun {
    * way; recovery is tried every second until the link is back or the plan's timeout.
    */
   private async completePostcopy(): Promise<void> {
-    const done = this.o.destination.incomingComplete(this.plan.timeoutMs);
-    let finished = false;
-    done.then(() => (finished = true), () => (finished = true));
     const deadline = performance.now() + this.plan.timeoutMs;
+    const left = () => Math.max(1, Math.round(deadline - performance.now()));
+    // Asking the destination can fail while the link is down (between hosts its agent is behind
+    // the same link): the wait is asked again as long as the source still holds pages to send.
+    const wait: { outcome: 'waiting' | 'done' | Error; again(): void } = {
+      outcome: 'waiting',
+      again: () => {
+        wait.outcome = 'waiting';
+        this.o.destination.incomingComplete(left()).then(
+          () => (wait.outcome = 'done'),
+          (err: Error) => (wait.outcome = err),
+        );
+      },
+    };
+    wait.again();
     let lastMoved = performance.now();
     let lastBytes = -1;
     let paused = false;
-    while (!finished) {
-      if (performance.now() > deadline) break;
+    let lastAskError = '';
+    for (;;) {
+      if (wait.outcome === 'done') return;
       const ram = await this.o.source.progress().catch(() => undefined);
+      const failed = wait.outcome;
+      if (failed instanceof Error) {
+        // The source still sends, or has sent all: the destination is worth asking again until the deadline.
+        const unfinished = ram !== undefined && (ram.qemuStatus.startsWith('postcopy') || ram.qemuStatus === 'completed');
+        if (!unfinished || performance.now() > deadline) throw failed;
+        if (failed.message !== lastAskError) this.log(`post-copy: could not hear from the destination (${failed.message}); asking again`);
+        lastAskError = failed.message;
+        wait.again();
+      }
+      if (performance.now() > deadline) throw new Error(`post-copy did not complete within ${Math.round(this.plan.timeoutMs / 1000)} s`);
       if (ram?.qemuStatus === 'postcopy-active') {
         if (paused) this.log('post-copy resumed: the source sends the rest of the pages again');
         paused = false;
@@ -447,9 +469,8 @@ class MigrationRun {
       } else if (ram?.qemuStatus === 'failed') {
         throw new Error('the post-copy stream failed on the source; the pages it still held are lost');
       }
-      await Promise.race([done.catch(() => undefined), sleep(this.params.progressIntervalMs)]);
+      await sleep(this.params.progressIntervalMs);
     }
-    await done;
   }
 
   private async rollback(err: unknown): Promise<never> {
