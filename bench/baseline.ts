@@ -10,6 +10,9 @@ import type { DiskAttachment } from '../src/qemu/argv.ts';
 import { VmInstance } from '../src/qemu/instance.ts';
 import { toSummary, type QemuMigrationInfo } from '../src/migration/qmp-migration.ts';
 
+/** Capabilities ferry's policies may turn on, all off in a fresh QEMU. */
+const FERRY_CAPABILITIES = ['xbzrle', 'auto-converge', 'postcopy-ram', 'multifd', 'postcopy-preempt', 'pause-before-switchover', 'return-path'];
+
 export interface BaselineResult {
   vm: VmInstance;
   totalMs: number;
@@ -20,6 +23,8 @@ export interface BaselineResult {
 export async function migrateWithQemuDefaults(source: VmInstance, runDir: string, network: NetworkAttacher): Promise<BaselineResult> {
   const started = Date.now();
   const destination = await VmInstance.launch({ spec: source.spec, accel: source.accel, runDir, network, incoming: true });
+  // The source may be a QEMU that ferry migrated before: back to a fresh QEMU's capabilities, as a script would find them.
+  await source.qmp.execute('migrate-set-capabilities', { capabilities: FERRY_CAPABILITIES.map((capability) => ({ capability, state: false })) });
   const uri = `unix:${path.join(destination.dir, 'migrate.sock')}`;
   await destination.qmp.execute('migrate-incoming', { uri });
   await source.qmp.execute('migrate', { uri });
@@ -70,7 +75,9 @@ export async function migrateWithMirrorDefaults(
   }
   const uri = `unix:${path.join(destination.dir, 'migrate.sock')}`;
   await destination.qmp.execute('migrate-incoming', { uri });
-  await source.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'pause-before-switchover', state: true }] });
+  await source.qmp.execute('migrate-set-capabilities', {
+    capabilities: FERRY_CAPABILITIES.map((capability) => ({ capability, state: capability === 'pause-before-switchover' })),
+  });
   await source.qmp.execute('migrate', { uri });
   let info: QemuMigrationInfo;
   for (;;) {

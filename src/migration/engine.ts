@@ -59,8 +59,8 @@ export interface MigrateOptions {
 
 /** `events` on both sides lets the destination report completion at once (no polling delay in the blackout). */
 function destinationCapabilities(plan: MigrationPlan): MigrationCapabilities {
-  const both = ['postcopy-ram', 'multifd', 'postcopy-preempt'].filter((c) => plan.capabilities[c]);
-  return { events: true, 'postcopy-ram': false, ...Object.fromEntries(both.map((c) => [c, true])) };
+  const both = ['postcopy-ram', 'multifd', 'postcopy-preempt'];
+  return { events: true, ...Object.fromEntries(both.map((c) => [c, plan.capabilities[c] ?? false])) };
 }
 
 /** return-path: the destination reports load failures back, so "completed" on the source means loaded. */

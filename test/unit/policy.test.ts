@@ -20,7 +20,7 @@ describe('migration policies', () => {
     assert.equal(balanced.downtimeLimitMs, 50);
     assert.equal(balanced.maxBandwidth, 'unlimited');
     assert.equal(balanced.timeoutMs, 480_000);
-    assert.deepEqual(balanced.capabilities, { xbzrle: false, 'auto-converge': true, 'postcopy-ram': false });
+    assert.deepEqual(balanced.capabilities, { xbzrle: false, 'auto-converge': true, 'postcopy-ram': false, multifd: false, 'postcopy-preempt': false });
     const must = planMigration({ name: 'must-finish', allowPostcopy: true, downtimeLimitMs: 80 }, 512);
     assert.equal(must.capabilities['xbzrle'], true);
     assert.equal(must.capabilities['postcopy-ram'], true);

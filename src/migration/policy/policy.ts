@@ -126,8 +126,9 @@ export function planMigration(options: PolicyOptions, guestMemoryMiB: number): M
     xbzrle,
     'auto-converge': table.throttleAfterRounds > 0,
     'postcopy-ram': postcopyAllowed,
-    ...(options.multifd ? { multifd: true } : {}),
-    ...(options.postcopyPreempt ? { 'postcopy-preempt': true } : {}),
+    // Said either way: a QEMU keeps its capabilities, and a VM that arrived over multifd must not send with it unasked.
+    multifd: Boolean(options.multifd),
+    'postcopy-preempt': Boolean(options.postcopyPreempt),
   };
   const parameters: Record<string, unknown> = {};
   // QEMU >= 9 finds zero pages in the multifd senders' threads instead of the migration thread (its default there; said explicitly).
