@@ -180,7 +180,7 @@ class MigrationRun {
           name: this.params.policy,
           maxBandwidth: this.params.maxBandwidth,
           allowPostcopy: this.params.allowPostcopy,
-          multifd: this.params.multifd,
+          ...(this.params.multifd !== undefined ? { multifd: this.params.multifd } : {}),
           postcopyPreempt: this.params.postcopyPreempt,
           ...(this.params.downtimeLimitMs !== undefined ? { downtimeLimitMs: this.params.downtimeLimitMs } : {}),
           ...(this.params.performTimeoutMs !== undefined ? { timeoutMs: this.params.performTimeoutMs } : {}),

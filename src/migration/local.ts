@@ -305,6 +305,8 @@ export class LocalSource implements SourceSide {
       // A stream that completed (or failed in its last stage) leaves the source paused in postmigrate.
       const { status } = await qmp.execute<{ status: string }>('query-status');
       await this.takeReplicationBack(status, () => qmp.execute('cont'));
+      // A destination that had loaded the stream announced the guest's MACs from its port: take them back.
+      if (status === 'postmigrate') await qmp.execute('announce-self', { initial: 0, max: 100, rounds: 3, step: 50 }).catch(() => undefined);
     }
   }
 

@@ -30,8 +30,8 @@ export interface MigrationParams {
    * TCG, qemu/version.ts); 'always' is a diagnostic.
    */
   verifyMemory: 'always' | 'never' | 'auto';
-  /** RAM over several streams (policy/policy.ts, PolicyOptions.multifd). */
-  multifd: boolean;
+  /** RAM over several streams (policy/policy.ts, PolicyOptions.multifd); unset: the policy's choice. */
+  multifd?: boolean;
   /** Post-copy page requests on a channel of their own (PolicyOptions.postcopyPreempt). */
   postcopyPreempt: boolean;
   /** Let a VM move to a host whose QEMU is older than its source's (backward migration: best effort upstream). */
@@ -45,7 +45,6 @@ export const DEFAULT_PARAMS: MigrationParams = {
   progressIntervalMs: 200,
   verifyMemory: 'auto',
   allowOlderDestination: false,
-  multifd: false,
   postcopyPreempt: false,
 };
 

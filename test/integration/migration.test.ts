@@ -97,6 +97,18 @@ describe('live migration between two local QEMU processes', () => {
     assert.equal((await tapsIn(lab)).length, 1, 'each hop must remove the old tap');
   });
 
+  it('multifd there, plain back: a QEMU keeps its capabilities, so each migration sets its own (the guest verifies after both)', async () => {
+    const there = await migrateLocally(lab, vm, { params: { multifd: true } });
+    vm = there.vm;
+    assert.equal(there.record.plan.capabilities['multifd'], true);
+    await assertGuestHealthy(vm);
+    const back = await migrateLocally(lab, vm);
+    vm = back.vm;
+    assert.equal(back.record.outcome, 'completed');
+    assert.equal(back.record.plan.capabilities['multifd'], false);
+    await assertGuestHealthy(vm);
+  });
+
   it('refuses a destination with a different memory size before anything moves', async () => {
     const destination = new LocalDestination({ spec: { ...vm.spec, memoryMiB: 512 }, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher });
     await assert.rejects(migrate({ source: new LocalSource(vm), destination }), (err: unknown) => {

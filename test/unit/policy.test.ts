@@ -20,9 +20,11 @@ describe('migration policies', () => {
     assert.equal(balanced.downtimeLimitMs, 50);
     assert.equal(balanced.maxBandwidth, 'unlimited');
     assert.equal(balanced.timeoutMs, 480_000);
-    assert.deepEqual(balanced.capabilities, { xbzrle: false, 'auto-converge': true, 'postcopy-ram': false, multifd: false, 'postcopy-preempt': false });
+    assert.deepEqual(balanced.capabilities, { xbzrle: false, 'auto-converge': true, 'postcopy-ram': false, multifd: true, 'postcopy-preempt': false });
+    assert.equal(planMigration({ name: 'balanced', multifd: false }, 2048).capabilities['multifd'], false, 'the caller can turn the default off');
     const must = planMigration({ name: 'must-finish', allowPostcopy: true, downtimeLimitMs: 80 }, 512);
     assert.equal(must.capabilities['xbzrle'], true);
+    assert.equal(must.capabilities['multifd'], false, 'must-finish keeps XBZRLE and may switch to post-copy');
     assert.equal(must.capabilities['postcopy-ram'], true);
     assert.equal(must.downtimeLimitMs, 80);
     assert.equal(planMigration({ name: 'minimal-downtime' }, 128).timeoutMs, 30_000, 'at least 30 s');

@@ -25,7 +25,7 @@ const USAGE = `Usage:
       replica of a replicated volume. Its memory is lost with its host. Refused from a replica that is
       outdated (the lost host wrote without it) unless --accept-data-loss.
   ferry vm migrate NAME --to HOST [--policy balanced|minimal-downtime|must-finish] [--downtime-limit ms]
-                   [--bandwidth MiB/s] [--timeout s] [--allow-postcopy [--postcopy-preempt]] [--multifd] [--verify-memory auto|always|never]
+                   [--bandwidth MiB/s] [--timeout s] [--allow-postcopy [--postcopy-preempt]] [--multifd|--no-multifd] [--verify-memory auto|always|never]
                    [--allow-older-destination] [--no-probe] [--dry-run]
       Policies: minimal-downtime keeps the pause short and rolls back rather than pause long;
       balanced (default) allows a longer pause step by step, then throttles the guest;
@@ -36,8 +36,10 @@ const USAGE = `Usage:
       guest waits on the pages still on the source and ferry reconnects the two QEMUs (postcopy
       recovery) once the link is back; if the SOURCE HOST DIES during post-copy, the pages only it
       held are gone: THE VM IS LOST.
-      --postcopy-preempt gives post-copy's page requests a channel of their own; --multifd sends RAM
-      over 2 streams (not with post-copy; replaces XBZRLE). npm run bench measures both.
+      --postcopy-preempt gives post-copy's page requests a channel of their own. RAM goes over 2 multifd
+      streams by default for minimal-downtime and balanced (half the total time in the benchmark, the
+      same pause); --no-multifd turns that off, --multifd turns it on for must-finish (replacing XBZRLE;
+      not with post-copy).
       --verify-memory compares the guest's RAM on both sides (paused) before switching over and rolls
       back on any difference; it lengthens the pause. auto (default) does it only where the source QEMU
       has a known page-losing defect (QEMU < 9.0 under TCG); always is a diagnostic.
@@ -59,7 +61,7 @@ export const vmCommand: Command = {
         disk: { type: 'string', multiple: true }, diskcheck: { type: 'string' },
         to: { type: 'string' }, 'downtime-limit': { type: 'string' }, bandwidth: { type: 'string' }, 'no-probe': { type: 'boolean' },
         policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' }, 'verify-memory': { type: 'string' }, 'dry-run': { type: 'boolean' },
-        'allow-older-destination': { type: 'boolean' }, multifd: { type: 'boolean' }, 'postcopy-preempt': { type: 'boolean' },
+        'allow-older-destination': { type: 'boolean' }, multifd: { type: 'boolean' }, 'no-multifd': { type: 'boolean' }, 'postcopy-preempt': { type: 'boolean' },
         force: { type: 'boolean' }, 'accept-data-loss': { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
       },
     });
@@ -158,7 +160,7 @@ async function parseDisks(cli: Cli, specs: string[]): Promise<{ sizeBytes: numbe
 async function migrateVm(
   cli: Cli,
   name: string,
-  values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean; policy?: string; timeout?: string; 'allow-postcopy'?: boolean; 'verify-memory'?: string; 'dry-run'?: boolean; 'allow-older-destination'?: boolean; multifd?: boolean; 'postcopy-preempt'?: boolean },
+  values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean; policy?: string; timeout?: string; 'allow-postcopy'?: boolean; 'verify-memory'?: string; 'dry-run'?: boolean; 'allow-older-destination'?: boolean; multifd?: boolean; 'no-multifd'?: boolean; 'postcopy-preempt'?: boolean },
   json: boolean,
 ): Promise<number> {
   if (!values.to) throw new UsageError('ferry vm migrate needs --to HOST');
@@ -182,7 +184,7 @@ async function migrateVm(
     ...(values['allow-postcopy'] ? { allowPostcopy: true } : {}),
     ...(verify ? { verifyMemory: verify as 'auto' | 'always' | 'never' } : {}),
     ...(values['allow-older-destination'] ? { allowOlderDestination: true } : {}),
-    ...(values.multifd ? { multifd: true } : {}),
+    ...(values.multifd ? { multifd: true } : values['no-multifd'] ? { multifd: false } : {}),
     ...(values['postcopy-preempt'] ? { postcopyPreempt: true } : {}),
   };
   if (values['allow-postcopy'] && !json)
