@@ -18,7 +18,7 @@ import { guestBoot, type GuestImage } from '../src/qemu/guest-image.ts';
 import { VmInstance } from '../src/qemu/instance.ts';
 import { macFor, makeVmSpec } from '../src/qemu/spec.ts';
 
-export type MustFinishVariant = 'must-finish' | 'must-finish+postcopy' | 'must-finish+postcopy+preempt';
+export type MustFinishVariant = 'must-finish' | 'must-finish+postcopy' | 'must-finish+postcopy/no-preempt';
 
 export interface MustFinishSample {
   completed: boolean;
@@ -35,7 +35,7 @@ const LINK = 16 * 2 ** 20;
 const PARAMS: Record<MustFinishVariant, Partial<MigrationParams>> = {
   'must-finish': { policy: 'must-finish', maxBandwidth: LINK },
   'must-finish+postcopy': { policy: 'must-finish', maxBandwidth: LINK, allowPostcopy: true },
-  'must-finish+postcopy+preempt': { policy: 'must-finish', maxBandwidth: LINK, allowPostcopy: true, postcopyPreempt: true },
+  'must-finish+postcopy/no-preempt': { policy: 'must-finish', maxBandwidth: LINK, allowPostcopy: true, postcopyPreempt: false },
 };
 
 export async function runMustFinishBench(options: { runs: number; image: GuestImage; net: HostNetwork; probe: Probe }): Promise<Record<MustFinishVariant, MustFinishSample[]>> {
@@ -52,7 +52,7 @@ export async function runMustFinishBench(options: { runs: number; image: GuestIm
     nics: [{ mac: macFor(uuid, 0), model: 'virtio-net-pci', backend: { kind: 'bridge', bridge: net.bridge } }],
   });
   let vm = await VmInstance.launch({ spec, accel: 'tcg', runDir, network: net.attacher });
-  const samples: Record<MustFinishVariant, MustFinishSample[]> = { 'must-finish': [], 'must-finish+postcopy': [], 'must-finish+postcopy+preempt': [] };
+  const samples: Record<MustFinishVariant, MustFinishSample[]> = { 'must-finish': [], 'must-finish+postcopy': [], 'must-finish+postcopy/no-preempt': [] };
   try {
     await vm.waitUntilReady(120_000);
     const boot = (await probe.gamesrv(ip, 60_000)).boot;

@@ -39,8 +39,8 @@ export async function startMigration(ctx: AgentContext, name: string, request: M
       {
         name: params.policy ?? DEFAULT_PARAMS.policy,
         ...(params.allowPostcopy ? { allowPostcopy: true } : {}),
-        ...(params.multifd ? { multifd: true } : {}),
-        ...(params.postcopyPreempt ? { postcopyPreempt: true } : {}),
+        ...(params.multifd !== undefined ? { multifd: params.multifd } : {}),
+        ...(params.postcopyPreempt !== undefined ? { postcopyPreempt: params.postcopyPreempt } : {}),
         ...(params.downtimeLimitMs !== undefined ? { downtimeLimitMs: params.downtimeLimitMs } : {}),
       },
       vm.spec.memoryMiB,

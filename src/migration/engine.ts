@@ -181,7 +181,7 @@ class MigrationRun {
           maxBandwidth: this.params.maxBandwidth,
           allowPostcopy: this.params.allowPostcopy,
           ...(this.params.multifd !== undefined ? { multifd: this.params.multifd } : {}),
-          postcopyPreempt: this.params.postcopyPreempt,
+          ...(this.params.postcopyPreempt !== undefined ? { postcopyPreempt: this.params.postcopyPreempt } : {}),
           ...(this.params.downtimeLimitMs !== undefined ? { downtimeLimitMs: this.params.downtimeLimitMs } : {}),
           ...(this.params.performTimeoutMs !== undefined ? { timeoutMs: this.params.performTimeoutMs } : {}),
         },

@@ -32,8 +32,8 @@ export interface MigrationParams {
   verifyMemory: 'always' | 'never' | 'auto';
   /** RAM over several streams (policy/policy.ts, PolicyOptions.multifd); unset: the policy's choice. */
   multifd?: boolean;
-  /** Post-copy page requests on a channel of their own (PolicyOptions.postcopyPreempt). */
-  postcopyPreempt: boolean;
+  /** Post-copy page requests on a channel of their own (PolicyOptions.postcopyPreempt); unset: on with post-copy. */
+  postcopyPreempt?: boolean;
   /** Let a VM move to a host whose QEMU is older than its source's (backward migration: best effort upstream). */
   allowOlderDestination: boolean;
 }
@@ -45,7 +45,6 @@ export const DEFAULT_PARAMS: MigrationParams = {
   progressIntervalMs: 200,
   verifyMemory: 'auto',
   allowOlderDestination: false,
-  postcopyPreempt: false,
 };
 
 /** "Unlimited" as QEMU understands it: its maximum accepted max-bandwidth. */

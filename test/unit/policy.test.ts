@@ -38,7 +38,9 @@ describe('migration policies', () => {
     assert.equal(multifd.parameters['xbzrle-cache-size'], undefined);
     assert.throws(() => planMigration({ name: 'must-finish', multifd: true, allowPostcopy: true }, 512), /multifd and post-copy cannot be combined/);
     assert.throws(() => planMigration({ name: 'balanced', postcopyPreempt: true }, 512), /postcopy-preempt needs post-copy/);
-    assert.equal(planMigration({ name: 'must-finish', allowPostcopy: true, postcopyPreempt: true }, 512).capabilities['postcopy-preempt'], true);
+    assert.equal(planMigration({ name: 'must-finish', allowPostcopy: true }, 512).capabilities['postcopy-preempt'], true, 'on by default with post-copy');
+    assert.equal(planMigration({ name: 'must-finish', allowPostcopy: true, postcopyPreempt: false }, 512).capabilities['postcopy-preempt'], false);
+    assert.equal(planMigration({ name: 'must-finish' }, 512).capabilities['postcopy-preempt'], false);
   });
 
   it('refuses nonsense with a message', () => {
