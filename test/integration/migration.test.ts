@@ -97,12 +97,12 @@ describe('live migration between two local QEMU processes', () => {
     assert.equal((await tapsIn(lab)).length, 1, 'each hop must remove the old tap');
   });
 
-  it('multifd there, plain back: a QEMU keeps its capabilities, so each migration sets its own (the guest verifies after both)', async () => {
-    const there = await migrateLocally(lab, vm, { params: { multifd: true } });
+  it('multifd there (the default), one stream back: a QEMU keeps its capabilities, so each migration sets its own (the guest verifies after both)', async () => {
+    const there = await migrateLocally(lab, vm);
     vm = there.vm;
-    assert.equal(there.record.plan.capabilities['multifd'], true);
+    assert.equal(there.record.plan.capabilities['multifd'], true, 'balanced sends over multifd by default');
     await assertGuestHealthy(vm);
-    const back = await migrateLocally(lab, vm);
+    const back = await migrateLocally(lab, vm, { params: { multifd: false } });
     vm = back.vm;
     assert.equal(back.record.outcome, 'completed');
     assert.equal(back.record.plan.capabilities['multifd'], false);
