@@ -19,7 +19,7 @@ import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { median, ms, table } from '../src/cli/format.ts';
+import { medianCell, medianOfMeasured, ms, table } from '../src/cli/format.ts';
 import { HostNetwork } from '../src/lab/host-network.ts';
 import { Probe } from '../src/lab/probe.ts';
 import { migrate } from '../src/migration/engine.ts';
@@ -77,12 +77,6 @@ interface Sample {
   bytes: number;
   /** ferry's variants: where the blackout went (the others do not record the switchover's moments). */
   breakdown: BlackoutBreakdown | null;
-}
-
-/** Median of the values that were measured, with how many there were. */
-function medianOf(values: (number | null | undefined)[]): { value: number | null; n: number } {
-  const seen = values.filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
-  return { value: seen.length ? median(seen) : null, n: seen.length };
 }
 
 async function main() {
@@ -221,7 +215,7 @@ async function main() {
 
 function printScenario(name: string, samples: Partial<Record<Variant, Sample[]>>, runs: number, libvirtReason: string | undefined, boundMs: number, linkBytesPerSec: number) {
   const base = samples['qemu-defaults']!;
-  const med = (xs: Sample[], k: 'totalMs' | 'downtimeMs' | 'blackoutMs' | 'lost' | 'bytes') => medianOf(xs.map((s) => s[k])).value ?? NaN;
+  const med = (xs: Sample[], k: 'totalMs' | 'downtimeMs' | 'blackoutMs' | 'lost' | 'bytes') => medianOfMeasured(xs.map((s) => s[k])).value ?? NaN;
   const ratio = (v: number, b: number) => (b > 0 && Number.isFinite(v) ? `${(v / b).toFixed(2)}×` : '-');
   console.log(`\n${name} — medians of ${runs} runs, interleaved`);
   console.log(`bound: non-zero RAM over the link (unix socket, ${(linkBytesPerSec / 2 ** 20).toFixed(0)} MiB/s in this run) = ${ms(boundMs)}`);
@@ -269,15 +263,11 @@ function printBreakdown(samples: Partial<Record<Variant, Sample[]>>) {
     .filter((v) => samples[v]!.some((s) => s.breakdown))
     .map((v) => {
       const s = samples[v]!;
-      return [v, ...steps.map(([k]) => cell(medianOf(s.map((x) => x.breakdown?.[k])))), cell(medianOf(s.map((x) => x.blackoutMs)))];
+      return [v, ...steps.map(([k]) => medianCell(s.map((x) => x.breakdown?.[k]))), medianCell(s.map((x) => x.blackoutMs))];
     });
   if (!rows.length) return;
-  console.log('where the blackout went (medians; "of N": samples where the step was seen; - : not seen):');
+  console.log('where the blackout went (medians; "(of N)": samples where the step was seen; - : not seen):');
   console.log(table(['variant', ...steps.map(([, h]) => h), 'blackout'], rows));
-}
-
-function cell(m: { value: number | null; n: number }): string {
-  return m.value === null ? '-' : `${ms(m.value)} of ${m.n}`;
 }
 
 await main();

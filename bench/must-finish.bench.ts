@@ -8,7 +8,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { median, ms, table } from '../src/cli/format.ts';
+import { medianCell, table } from '../src/cli/format.ts';
 import type { HostNetwork } from '../src/lab/host-network.ts';
 import type { Probe } from '../src/lab/probe.ts';
 import { migrate } from '../src/migration/engine.ts';
@@ -92,10 +92,6 @@ export async function runMustFinishBench(options: { runs: number; image: GuestIm
 
 function printMustFinish(samples: Record<MustFinishVariant, MustFinishSample[]>, runs: number) {
   console.log(`\nmust-finish: 256 MiB guest rewriting 48 MiB at 48 MiB/s over a 16 MiB/s link — ${runs} runs each, interleaved`);
-  const med = (xs: (number | null)[], unit: (v: number) => string = ms) => {
-    const seen = xs.filter((x): x is number => typeof x === 'number' && Number.isFinite(x));
-    return seen.length ? `${unit(median(seen))} (of ${seen.length})` : '-';
-  };
   console.log(
     table(
       ['variant', 'completed', 'memory verified', 'post-copy used', 'total', 'QEMU downtime', 'client blackout', 'rounds'],
@@ -107,10 +103,10 @@ function printMustFinish(samples: Record<MustFinishVariant, MustFinishSample[]>,
           `${done.length}/${s.length}`,
           `${s.filter((x) => x.verified).length}/${s.length}`,
           `${done.filter((x) => x.postcopy).length}/${done.length}`,
-          med(done.map((x) => x.totalMs)),
-          med(done.map((x) => x.downtimeMs)),
-          med(done.map((x) => x.blackoutMs)),
-          med(done.map((x) => x.rounds), String),
+          medianCell(done.map((x) => x.totalMs)),
+          medianCell(done.map((x) => x.downtimeMs)),
+          medianCell(done.map((x) => x.blackoutMs)),
+          medianCell(done.map((x) => x.rounds), String),
         ];
       }),
     ),

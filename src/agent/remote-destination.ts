@@ -1,5 +1,6 @@
 /** The destination side of a migration, run by the destination host's agent and driven over its API. */
-import type { DestinationSide, DestinationTimes, DiskNeed, MigrationCapabilities, PreparedDestination, QemuBuild } from '../migration/sides.ts';
+import type { DestinationSide, DestinationTimes, DiskNeed, MigrationCapabilities, PreparedDestination } from '../migration/sides.ts';
+import type { QemuBuild } from '../qemu/host-probe.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
 import { AgentUnreachableError, type AgentClient } from './client.ts';
 

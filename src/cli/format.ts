@@ -21,3 +21,15 @@ export function median(values: number[]): number {
   const mid = Math.floor(s.length / 2);
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
+
+/** Median of the values that were measured (a missing one is left out, never counted as 0), with how many there were. */
+export function medianOfMeasured(values: (number | null | undefined)[]): { value: number | null; n: number } {
+  const seen = values.filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
+  return { value: seen.length ? median(seen) : null, n: seen.length };
+}
+
+/** "54 ms (of 3)", or "-" when nothing was measured. */
+export function medianCell(values: (number | null | undefined)[], unit: (v: number) => string = ms): string {
+  const m = medianOfMeasured(values);
+  return m.value === null ? '-' : `${unit(m.value)} (of ${m.n})`;
+}

@@ -91,6 +91,7 @@ class MigrationRun {
   private readonly timeline: SwitchoverTimeline = { stoppedAt: null, loadedAt: null, verifiedAt: null, ownedAt: null, resumedAt: null };
   /** Set in begin when the source QEMU has a defect that loses pages (version.ts). */
   private lostPagesDefect: string | undefined;
+  private warnedDefect = false;
 
   /** Rejects at the first event that must stop the migration; raced against every step before switchover. */
   private readonly interrupted: Promise<never>;
@@ -389,7 +390,6 @@ class MigrationRun {
     this.warnedDefect = true;
     return true;
   }
-  private warnedDefect = false;
 
   /** Both sides are paused with the same RAM, or the migration lost pages and must not switch over. */
   private async verifyMemory(): Promise<void> {

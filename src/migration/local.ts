@@ -9,7 +9,7 @@ import { VmInstance } from '../qemu/instance.ts';
 import { eventTime, type QmpEvent } from '../qemu/qmp.ts';
 import { memoryDigest } from '../qemu/ram-scan.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
-import { localQemuBuild } from '../qemu/host-probe.ts';
+import { localQemuBuild, type QemuBuild } from '../qemu/host-probe.ts';
 import type { QemuVersion } from '../qemu/version.ts';
 import { ACTIVE_STATUSES, toRamProgress, toSummary, type QemuMigrationInfo } from './qmp-migration.ts';
 import type {
@@ -20,7 +20,6 @@ import type {
   MigrationCapabilities,
   NbdTargets,
   PreparedDestination,
-  QemuBuild,
   QemuMigrationSummary,
   ReplicaHandover,
   SourceSide,
@@ -187,14 +186,18 @@ export class LocalSource implements SourceSide {
     const tlsObject = await this.ensureTls();
     await qmp.execute('migrate-set-parameters', tlsObject ? { 'tls-creds': tlsObject, ...(destination.tlsHostname ? { 'tls-hostname': destination.tlsHostname } : {}) } : { 'tls-creds': '' });
     if (withMirrors) this.completeMirrorsAtPreSwitchover();
-    this.watchStop();
-    await qmp.execute('migrate', { uri: destination.uri });
+    const unwatch = this.watchStop();
+    await qmp.execute('migrate', { uri: destination.uri }).catch((err: Error) => {
+      unwatch(); // no stream, no end event to stop watching at
+      throw err;
+    });
   }
 
   /** When the guest stopped for the final copy: the start of its blackout. */
   private stoppedAt: number | undefined;
 
-  private watchStop(): void {
+  /** Notes the guest's STOP until the stream ends; returns how to stop watching earlier. */
+  private watchStop(): () => void {
     const qmp = this.instance.qmp;
     this.stoppedAt = undefined;
     const onEvent = (e: QmpEvent) => {
@@ -203,6 +206,7 @@ export class LocalSource implements SourceSide {
       qmp.off('event', onEvent);
     };
     qmp.on('event', onEvent);
+    return () => qmp.off('event', onEvent);
   }
 
   /**

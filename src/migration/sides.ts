@@ -8,6 +8,7 @@ import type { VmInstance } from '../qemu/instance.ts';
 import type { RamProgress } from './types.ts';
 import type { IncomingDisk } from '../storage/types.ts';
 import type { QemuVersion } from '../qemu/version.ts';
+import type { QemuBuild } from '../qemu/host-probe.ts';
 
 /** QEMU migration capabilities ferry turns on, set identically on both sides where QEMU needs that. */
 export type MigrationCapabilities = Record<string, boolean>;
@@ -46,12 +47,6 @@ export interface QemuMigrationSummary {
   bytes: number;
   rounds: number;
   error?: string;
-}
-
-/** The QEMU a destination starts: its version and the machine types it provides. */
-export interface QemuBuild {
-  version: QemuVersion;
-  machineTypes: string[];
 }
 
 export interface SourceSide {
@@ -117,7 +112,7 @@ export interface DestinationTimes {
 export interface DestinationSide {
   /** The spec the destination will run, for the compatibility check in begin. */
   readonly spec: VmSpec;
-  /** begin: the QEMU the destination would start. */
+  /** begin: the QEMU the destination would start (its version, its machine types). */
   qemu(): Promise<QemuBuild>;
   /** begin: why the destination cannot take these disks (pool unreachable from it, no room); empty when it can. */
   checkStorage(needs: DiskNeed[]): Promise<string[]>;

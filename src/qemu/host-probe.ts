@@ -56,13 +56,16 @@ export async function qemuVersion(): Promise<string> {
   return m[1];
 }
 
-let build: Promise<{ version: QemuVersion; machineTypes: string[] }> | undefined;
+/** A QEMU binary: its version and the versioned q35 machine types it provides, newest first. */
+export interface QemuBuild {
+  version: QemuVersion;
+  machineTypes: string[];
+}
 
-/**
- * The installed QEMU binary: its version and its versioned q35 machine types, newest first
- * (read once per process; cheap: no guest is started).
- */
-export function localQemuBuild(): Promise<{ version: QemuVersion; machineTypes: string[] }> {
+let build: Promise<QemuBuild> | undefined;
+
+/** The installed QEMU binary (read once per process; cheap: no guest is started). */
+export function localQemuBuild(): Promise<QemuBuild> {
   build ??= (async () => {
     const [version, help] = await Promise.all([qemuVersion(), run(QEMU_BINARY, ['-machine', 'help'])]);
     return { version: parseQemuVersion(version), machineTypes: versionedQ35(help) };
@@ -95,10 +98,11 @@ export async function probeHost(options: { cacheDir?: string; refresh?: boolean;
   }
   const runDir = options.runDir ?? path.join(cacheDir, 'probe-run');
   const { migrationCapabilities, cpuModels } = await queryQemu(runDir);
+  const qemu = await localQemuBuild();
   const probe: HostProbe = {
     qemuVersion: version,
-    tcgDirtyTrackingFixed: tcgDirtyTrackingSound(parseQemuVersion(version)),
-    machineTypes: (await localQemuBuild()).machineTypes,
+    tcgDirtyTrackingFixed: tcgDirtyTrackingSound(qemu.version),
+    machineTypes: qemu.machineTypes,
     hostKernel: os.release(),
     accelerators: { tcg: { usable: true, reason: 'software emulation is always available' }, kvm: await judgeKvm(runDir) },
     migrationCapabilities,

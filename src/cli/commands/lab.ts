@@ -6,7 +6,7 @@ import type { Command } from '../main.ts';
 import path from 'node:path';
 import { Probe } from '../../lab/probe.ts';
 import { Cli } from '../context.ts';
-import { median, mib, ms, table } from '../format.ts';
+import { medianCell, mib, ms, table } from '../format.ts';
 import { migrateWithProbe, type MigrationSummary } from '../migrate.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
 
@@ -133,13 +133,9 @@ async function labDemo(rounds: number, json: boolean): Promise<number> {
       ),
     );
     const done = rows.filter((r) => r.status === 'completed');
-    const med = (values: (number | null | undefined)[]) => {
-      const seen = values.filter((v): v is number => typeof v === 'number');
-      return seen.length ? `${ms(median(seen))} (of ${seen.length})` : '- (none measured)';
-    };
     console.log(
-      `median of ${done.length} completed hops: total ${med(done.map((r) => r.totalMs))}, QEMU downtime ${med(done.map((r) => r.downtimeMs))}, ` +
-        `client blackout ${med(done.map((r) => r.blackoutMs))}; attempts ${done.map((r) => r.attempts ?? '?').join(', ')}`,
+      `median of ${done.length} completed hops: total ${medianCell(done.map((r) => r.totalMs))}, QEMU downtime ${medianCell(done.map((r) => r.downtimeMs))}, ` +
+        `client blackout ${medianCell(done.map((r) => r.blackoutMs))}; attempts ${done.map((r) => r.attempts ?? '?').join(', ')}`,
     );
     console.log('');
     console.log('The lab keeps running. Try:');

@@ -82,9 +82,9 @@ interface PolicyTable {
   throttle: { initialPercent: number; incrementPercent: number };
   xbzrle: boolean;
   /**
-   * Send RAM over multifd's channels unless told otherwise: the benchmark (QEMU 10, TCG) measured
-   * half the total time for the same blackout (balanced: 303 vs 707 ms for a 512 MiB guest,
-   * 810 vs 2046 ms for 768 MiB in use). Not for must-finish: it relies on XBZRLE and post-copy.
+   * Send RAM over multifd's channels unless told otherwise: the benchmark (QEMU 10, TCG, medians of
+   * 3, README) measured 23–47% less total time for the same blackout. Not for must-finish: it relies
+   * on XBZRLE and post-copy.
    */
   multifd: boolean;
   /** Switch to post-copy after this many non-converging rounds, if allowed (0: never). */
