@@ -11,7 +11,8 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { median, ms, table } from '../src/cli/format.ts';
+import { medianCell, medianOfMeasured, ms, table } from '../src/cli/format.ts';
+import { attemptsCell, countAttempts } from './attempts.ts';
 import type { HostNetwork } from '../src/lab/host-network.ts';
 import type { Probe } from '../src/lab/probe.ts';
 import { migrate } from '../src/migration/engine.ts';
@@ -34,11 +35,16 @@ const FERRY_VARIANTS: DiskVariant[] = ['qemu-mirror-defaults', 'ferry-balanced']
 const LIBVIRT_GUEST = 21;
 
 export interface DiskSample {
+  /** Attempts this run took (ferry tries again after a rollback; the baselines do not). */
+  attempts: number;
+  failures: string[];
   totalMs: number;
-  downtimeMs: number;
+  /** null: the variant did not report it (never counted as 0). */
+  downtimeMs: number | null;
   blackoutMs: number;
-  ramBytes: number;
-  diskBytes: number;
+  /** null: not reported (libvirt's statistics can lack it). */
+  ramBytes: number | null;
+  diskBytes: number | null;
   boundMs: number;
 }
 
@@ -130,7 +136,7 @@ export async function runDiskBench(options: {
           const lvTo: LibvirtHostName = lv!.host === 'h1' ? 'h2' : 'h1';
           const r = await libvirt!.migrate(lv!.vm, lv!.host, lvTo, { copyStorageAll: true });
           lv!.host = lvTo;
-          sample = { totalMs: r.totalMs, downtimeMs: r.downtimeMs ?? 0, ramBytes: r.bytes, diskBytes: r.diskBytes ?? 0 };
+          sample = { attempts: 1, failures: [], totalMs: r.totalMs, downtimeMs: r.downtimeMs, ramBytes: r.bytes, diskBytes: r.diskBytes ?? null };
         } else if (variant === 'qemu-mirror-defaults') {
           const from = host;
           const r = await migrateWithMirrorDefaults(vm, runDir, net.attacher, {
@@ -139,14 +145,22 @@ export async function runDiskBench(options: {
             releaseSource: () => storage[from].get('local').releaseAfterMigration(volumeOf(disk)),
           });
           vm = r.vm;
-          sample = { totalMs: r.totalMs, downtimeMs: r.downtimeMs ?? 0, ramBytes: r.bytes, diskBytes: r.diskBytes };
+          sample = { attempts: 1, failures: [], totalMs: r.totalMs, downtimeMs: r.downtimeMs, ramBytes: r.bytes, diskBytes: r.diskBytes };
         } else {
-          const destination = new LocalDestination({ spec, accel: 'tcg', runDir, network: net.attacher, storage: storage[to] });
-          const source = new LocalSource(vm, { storage: storage[host] });
-          const record = await migrate({ source, destination, params: { policy: 'balanced' } });
+          let destination!: LocalDestination;
+          let source!: LocalSource;
+          const counted = await countAttempts(
+            () => {
+              destination = new LocalDestination({ spec, accel: 'tcg', runDir, network: net.attacher, storage: storage[to] });
+              source = new LocalSource(vm, { storage: storage[host] });
+              return migrate({ source, destination, params: { policy: 'balanced' } });
+            },
+            (line) => process.stderr.write(`\ndisk: ${variant}: ${line}\n`),
+          );
+          const record = counted.value;
           await source.released; // the stale copy goes after the migration completed: not part of its time
           vm = destination.instance;
-          sample = { totalMs: record.totalMs, downtimeMs: record.downtimeMs ?? 0, ramBytes: record.bytes, diskBytes: record.diskBytes };
+          sample = { attempts: counted.attempts, failures: counted.failures, totalMs: record.totalMs, downtimeMs: record.downtimeMs, ramBytes: record.bytes, diskBytes: record.diskBytes };
         }
         if (!isLibvirt) host = to;
         await new Promise((r) => setTimeout(r, 200));
@@ -177,32 +191,34 @@ export async function runDiskBench(options: {
 
 function printDiskScenario(samples: Partial<Record<DiskVariant, DiskSample[]>>, runs: number, linkBytesPerSec: number, writes: Record<string, number>, libvirtReason: string | undefined) {
   const base = samples['qemu-mirror-defaults']!;
-  const med = (xs: DiskSample[], k: keyof DiskSample) => median(xs.map((s) => s[k]));
-  const ratio = (v: number, b: number) => (b > 0 ? `${(v / b).toFixed(2)}×` : '-');
+  const med = (xs: DiskSample[], k: 'totalMs' | 'downtimeMs' | 'blackoutMs' | 'ramBytes' | 'diskBytes' | 'boundMs') => medianOfMeasured(xs.map((s) => s[k])).value ?? NaN;
+  const ratio = (v: number, b: number) => (b > 0 && Number.isFinite(v) ? `${(v / b).toFixed(2)}×` : '-');
   console.log(
     `\nlocal storage: 256 MiB guest, 1 GiB qcow2 disk with ${WRITTEN_MIB} MiB written, diskcheck writing ${WRITES_PER_SEC} blocks/s — medians of ${runs} runs, interleaved`,
   );
   console.log(`link (unix socket, same run): ${(linkBytesPerSec / 2 ** 20).toFixed(0)} MiB/s; bound = (allocated disk + non-zero RAM) / link`);
   console.log(
     table(
-      ['variant', 'total', 'bound', 'total/bound', 'QEMU downtime', 'client blackout', 'disk MiB', 'RAM MiB', 'total vs defaults', 'blackout vs defaults'],
+      ['variant', 'attempts', 'total', 'bound', 'total/bound', 'QEMU downtime', 'client blackout', 'disk MiB', 'RAM MiB', 'total vs defaults', 'blackout vs defaults'],
       (Object.keys(samples) as DiskVariant[]).map((v) => {
         const s = samples[v]!;
         return [
           v,
-          ms(med(s, 'totalMs')),
+          attemptsCell(s),
+          medianCell(s.map((x) => x.totalMs)),
           ms(med(s, 'boundMs')),
           ratio(med(s, 'totalMs'), med(s, 'boundMs')),
-          ms(med(s, 'downtimeMs')),
-          ms(med(s, 'blackoutMs')),
-          (med(s, 'diskBytes') / 2 ** 20).toFixed(0),
-          (med(s, 'ramBytes') / 2 ** 20).toFixed(0),
+          medianCell(s.map((x) => x.downtimeMs)),
+          medianCell(s.map((x) => x.blackoutMs)),
+          medianCell(s.map((x) => x.diskBytes), (b) => (b / 2 ** 20).toFixed(0)),
+          medianCell(s.map((x) => x.ramBytes), (b) => (b / 2 ** 20).toFixed(0)),
           ratio(med(s, 'totalMs'), med(base, 'totalMs')),
           ratio(med(s, 'blackoutMs'), med(base, 'blackoutMs')),
         ];
       }),
     ),
   );
+  for (const [v, s] of Object.entries(samples)) for (const f of s.flatMap((x) => x.failures)) console.log(`  ${v}: an attempt rolled back: ${f}`);
   console.log(
     `disks verified after all runs: ${Object.entries(writes).map(([who, n]) => `${who} guest ${n} writes`).join(', ')}; none lost, torn or foreign.`,
   );

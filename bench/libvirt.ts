@@ -118,10 +118,10 @@ export interface LibvirtMigration {
   downtimeMs: number | null;
   /** libvirt's 'Time elapsed' of the job. */
   elapsedMs: number | null;
-  /** RAM bytes sent ('Memory processed'). */
-  bytes: number;
-  /** Disk bytes copied ('File processed'), with copyStorageAll. */
-  diskBytes?: number;
+  /** RAM bytes sent ('Memory processed'); null: libvirt did not report it. */
+  bytes: number | null;
+  /** Disk bytes copied ('File processed'), with copyStorageAll; null: libvirt did not report it. */
+  diskBytes?: number | null;
   /** domjobinfo's raw statistics, for the JSON report. */
   raw: Record<string, string>;
 }
@@ -324,10 +324,10 @@ export class LibvirtPair {
       totalMs,
       downtimeMs: num('downtime'),
       elapsedMs: num('time_elapsed'),
-      bytes: num('memory_processed') ?? 0,
+      bytes: num('memory_processed'),
       raw,
     };
-    if (options.copyStorageAll) result.diskBytes = num('disk_processed') ?? 0;
+    if (options.copyStorageAll) result.diskBytes = num('disk_processed');
     return result;
   }
 

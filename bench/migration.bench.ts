@@ -33,6 +33,7 @@ import { migrateWithQemuDefaults } from './baseline.ts';
 import { blackoutBreakdown, type BlackoutBreakdown } from '../src/cli/migrate.ts';
 import type { SwitchoverTimeline } from '../src/migration/types.ts';
 import { unixSocketThroughput } from './link.ts';
+import { attemptsCell, countAttempts } from './attempts.ts';
 import { nonZeroBytes } from '../src/qemu/ram-scan.ts';
 import { runDiskBench, type DiskSample, type DiskVariant } from './disk.bench.ts';
 import { runMustFinishBench } from './must-finish.bench.ts';
@@ -69,12 +70,16 @@ const SCENARIOS: Scenario[] = [
 ];
 
 interface Sample {
+  /** Attempts this run took (ferry's variants try again after a rollback; the baselines do not). */
+  attempts: number;
+  failures: string[];
   totalMs: number;
   /** null: the variant did not report it (never counted as 0). */
   downtimeMs: number | null;
   blackoutMs: number;
   lost: number;
-  bytes: number;
+  /** null: not reported (libvirt's statistics can lack it). */
+  bytes: number | null;
   /** ferry's variants: where the blackout went (the others do not record the switchover's moments). */
   breakdown: BlackoutBreakdown | null;
 }
@@ -158,8 +163,10 @@ async function main() {
           await probe.window();
           let totalMs: number;
           let downtimeMs: number | null;
-          let bytes: number;
+          let bytes: number | null;
           let timeline: SwitchoverTimeline | undefined;
+          let attempts = 1;
+          let failures: string[] = [];
           if (variant === 'libvirt-default') {
             const to: LibvirtHostName = lv!.host === 'h1' ? 'h2' : 'h1';
             ({ totalMs, downtimeMs, bytes } = await libvirt!.migrate(lv!.vm, lv!.host, to));
@@ -169,16 +176,24 @@ async function main() {
             ({ totalMs, downtimeMs, bytes } = r);
             vm = r.vm;
           } else {
-            const destination = new LocalDestination({ spec, accel: 'tcg', runDir, network: net.attacher, announceAfterResume: variant !== 'balanced/no-announce' });
             const policy: PolicyName = variant === 'balanced/no-announce' || variant === 'balanced@1000Hz' || variant === 'balanced/single-stream' ? 'balanced' : variant;
-            const record = await migrate({ source: new LocalSource(vm), destination, params: { policy, ...(variant === 'balanced/single-stream' ? { multifd: false } : {}) } });
-            ({ totalMs, downtimeMs, bytes } = record);
-            timeline = record.switchover;
+            let destination!: LocalDestination;
+            const counted = await countAttempts(
+              () => {
+                destination = new LocalDestination({ spec, accel: 'tcg', runDir, network: net.attacher, announceAfterResume: variant !== 'balanced/no-announce' });
+                return migrate({ source: new LocalSource(vm), destination, params: { policy, ...(variant === 'balanced/single-stream' ? { multifd: false } : {}) } });
+              },
+              (line) => process.stderr.write(`\n${scenario.name}: ${variant}: ${line}\n`),
+            );
+            ({ totalMs, downtimeMs, bytes } = counted.value);
+            timeline = counted.value.switchover;
+            attempts = counted.attempts;
+            failures = counted.failures;
             vm = destination.instance;
           }
           await new Promise((r) => setTimeout(r, 200));
           const w = await probe.window();
-          samples[variant]!.push({ totalMs, downtimeMs, blackoutMs: w.maxGapMs, lost: w.lost, bytes, breakdown: blackoutBreakdown(timeline, w) });
+          samples[variant]!.push({ attempts, failures, totalMs, downtimeMs, blackoutMs: w.maxGapMs, lost: w.lost, bytes, breakdown: blackoutBreakdown(timeline, w) });
           process.stderr.write(`\r${scenario.name}: run ${run}/${runs} ${variant}: blackout ${w.maxGapMs} ms        `);
         }
       }
@@ -221,17 +236,18 @@ function printScenario(name: string, samples: Partial<Record<Variant, Sample[]>>
   console.log(`bound: non-zero RAM over the link (unix socket, ${(linkBytesPerSec / 2 ** 20).toFixed(0)} MiB/s in this run) = ${ms(boundMs)}`);
   console.log(
     table(
-      ['variant', 'total', 'total/bound', 'QEMU downtime', 'client blackout', 'lost', 'MiB sent', 'blackout vs defaults', 'total vs defaults'],
+      ['variant', 'attempts', 'total', 'total/bound', 'QEMU downtime', 'client blackout', 'lost', 'MiB sent', 'blackout vs defaults', 'total vs defaults'],
       (Object.keys(samples) as Variant[]).map((v) => {
         const s = samples[v]!;
         return [
           v,
-          ms(med(s, 'totalMs')),
+          attemptsCell(s),
+          medianCell(s.map((x) => x.totalMs)),
           ratio(med(s, 'totalMs'), boundMs),
-          ms(med(s, 'downtimeMs')),
-          ms(med(s, 'blackoutMs')),
+          medianCell(s.map((x) => x.downtimeMs)),
+          medianCell(s.map((x) => x.blackoutMs)),
           String(med(s, 'lost')),
-          (med(s, 'bytes') / 2 ** 20).toFixed(1),
+          medianCell(s.map((x) => x.bytes), (b) => (b / 2 ** 20).toFixed(1)),
           ratio(med(s, 'blackoutMs'), med(base, 'blackoutMs')),
           ratio(med(s, 'totalMs'), med(base, 'totalMs')),
         ];
@@ -243,6 +259,8 @@ function printScenario(name: string, samples: Partial<Record<Variant, Sample[]>>
     const ferry = samples['balanced']!;
     console.log(`ferry (balanced, the default) vs libvirt, same QEMU: client blackout ${ratio(med(ferry, 'blackoutMs'), med(lv, 'blackoutMs'))} of libvirt's (target <= 0.5×)`);
   }
+  for (const [v, s] of Object.entries(samples)) for (const f of s.flatMap((x) => x.failures)) console.log(`  ${v}: an attempt rolled back: ${f}`);
+  console.log('attempts: tries for the runs (ferry tries again after a rollback, with the guest still on the source); "(of N)": samples in the median');
   printBreakdown(samples);
   if (samples['libvirt-default'])
     console.log("libvirt-default: `virsh migrate --live`, default flags, of a libvirt-run guest of the same spec; its QEMU downtime is libvirt's 'Total downtime' (the source's CPUs stopped → migration completed, as libvirt saw it)");

@@ -17,14 +17,28 @@ import { RefusedError } from './errors.ts';
 
 const PROBE_BYTES = 32 * 2 ** 20;
 
+/** Which past migrations a dry run learns from: all of them, only other VMs' (to judge it on a VM it has not seen), or none. */
+export type HistoryChoice = 'all' | 'other-vms' | 'none';
+export const HISTORY_CHOICES: readonly HistoryChoice[] = ['all', 'other-vms', 'none'];
+
+/** Where one input of a prediction comes from: measured now, learned from past migrations, or assumed. */
+export type InputBasis =
+  | { basis: 'measured'; how: string }
+  | { basis: 'learned'; from: number; how: string }
+  | { basis: 'assumed'; why: string };
+
 export interface DryRun {
   vm: string;
   from: string;
   to: string;
-  measured: PredictionInput;
+  /** What the simulation ran on; `basis` says, for each figure, whether it was measured, learned or assumed. */
+  inputs: PredictionInput;
+  basis: Record<keyof Required<PredictionInput>, InputBasis>;
+  /** The past migrations it learned from (completed migrate jobs), as chosen by `history`. */
+  history: { choice: HistoryChoice; migrations: number; vms: string[] };
   /**
-   * Where `measured.linkBytesPerSec` comes from: the probe's transfer to the destination, and the
-   * throughput this cluster's past migrations achieved (the lower one counts).
+   * Where `inputs.linkBytesPerSec` comes from: the probe's transfer to the destination, and the
+   * throughput past migrations achieved (the lower one counts).
    */
   link: { probedBytesPerSec: number; achievedBytesPerSec?: number };
   predictions: Prediction[];
@@ -32,7 +46,11 @@ export interface DryRun {
   storageProblems: string[];
 }
 
-export async function dryRun(ctx: AgentContext, name: string, to: string): Promise<DryRun> {
+/** Setup time assumed when no past migration says better: starting the destination, switchover, retiring the source. */
+export const ASSUMED_SETUP_MS = 500;
+
+export async function dryRun(ctx: AgentContext, name: string, to: string, history: HistoryChoice = 'all'): Promise<DryRun> {
+  if (!HISTORY_CHOICES.includes(history)) throw new RefusedError(`history '${history}': choose one of ${HISTORY_CHOICES.join(', ')}`);
   const vm = await requireVm(ctx, name);
   if (vm.owner !== ctx.node.name) throw new RefusedError(`'${name}' runs on ${vm.owner}, not on ${ctx.node.name}`);
   if (to === ctx.node.name) throw new RefusedError(`'${name}' already runs on ${to}; choose another host`);
@@ -42,9 +60,10 @@ export async function dryRun(ctx: AgentContext, name: string, to: string): Promi
   const dirtyRateBytesPerSec = await sampleDirtyRate(instance, 1);
   const nonZero = await nonZeroBytes(instance);
   const probedBytesPerSec = await measureLink(destination);
-  const past = await pastMigrations(ctx);
-  const achievedBytesPerSec = typicalStreamBytesPerSec(past);
-  const linkBytesPerSec = achievedBytesPerSec ? Math.min(probedBytesPerSec, achievedBytesPerSec) : probedBytesPerSec;
+  const past = history === 'none' ? [] : (await pastMigrations(ctx)).filter(({ record }) => history === 'all' || record.vm !== name);
+  const stream = typicalStreamBytesPerSec(past);
+  const linkBytesPerSec = stream ? Math.min(probedBytesPerSec, stream.bytesPerSec) : probedBytesPerSec;
+  const setup = typicalSetupMs(past);
   const storage = await storageCatalog(ctx);
   const needs = await new LocalSource(instance, { storage }).diskNeeds();
   const storageProblems = (vm.spec.disks ?? []).length
@@ -53,16 +72,39 @@ export async function dryRun(ctx: AgentContext, name: string, to: string): Promi
   const copied = (vm.spec.disks ?? []).filter((d) => !storage.get(d.pool).shared).map((d) => d.id);
   const diskCopyBytes = needs.filter((n) => copied.includes(n.id)).reduce((sum, n) => sum + n.allocatedBytes, 0);
 
-  const measured: PredictionInput = {
+  const inputs: PredictionInput = {
     guestBytes: vm.spec.memoryMiB * 2 ** 20,
     nonZeroBytes: nonZero,
     dirtyRateBytesPerSec,
     linkBytesPerSec,
-    setupMs: typicalSetupMs(past),
+    setupMs: setup?.ms ?? ASSUMED_SETUP_MS,
     diskCopyBytes,
   };
-  const predictions = POLICY_NAMES.map((policy) => predictMigration(measured, planMigration({ name: policy }, vm.spec.memoryMiB)));
-  return { vm: name, from: ctx.node.name, to, measured, link: { probedBytesPerSec, ...(achievedBytesPerSec ? { achievedBytesPerSec } : {}) }, predictions, storageProblems };
+  const basis: DryRun['basis'] = {
+    guestBytes: { basis: 'measured', how: "the VM's configured memory" },
+    nonZeroBytes: { basis: 'measured', how: "a scan of the guest's RAM now" },
+    dirtyRateBytesPerSec: { basis: 'measured', how: "QEMU's dirty-rate sampling over 1 s now" },
+    linkBytesPerSec:
+      stream && stream.bytesPerSec < probedBytesPerSec
+        ? { basis: 'learned', from: stream.from, how: `the median stream throughput of ${stream.from} past unthrottled migrations, below the probe's` }
+        : { basis: 'measured', how: `the best of three ${PROBE_BYTES / 2 / 2 ** 20} MiB transfers to ${to} now` },
+    setupMs: setup
+      ? { basis: 'learned', from: setup.from, how: `the median of ${setup.from} past migrations' total minus their perform phase` }
+      : { basis: 'assumed', why: `no past migration to learn from (history: ${history})` },
+    diskCopyBytes: { basis: 'measured', how: "the allocated size of the VM's disks on pools that are not shared" },
+  };
+  const predictions = POLICY_NAMES.map((policy) => predictMigration(inputs, planMigration({ name: policy }, vm.spec.memoryMiB)));
+  return {
+    vm: name,
+    from: ctx.node.name,
+    to,
+    inputs,
+    basis,
+    history: { choice: history, migrations: past.length, vms: [...new Set(past.map(({ record }) => record.vm))].sort() },
+    link: { probedBytesPerSec, ...(stream ? { achievedBytesPerSec: stream.bytesPerSec } : {}) },
+    predictions,
+    storageProblems,
+  };
 }
 
 /**
@@ -87,7 +129,10 @@ async function pastMigrations(ctx: AgentContext): Promise<{ record: MigrationRec
     .filter((j) => j.kind === 'migrate' && j.state === 'succeeded')
     .map((j) => j.result as MigrationRecord | undefined)
     .filter((r): r is MigrationRecord => !!r?.phases)
-    .map((record) => ({ record, performMs: record.phases.find((p) => p.phase === 'perform')?.ms ?? 0 }));
+    .flatMap((record) => {
+      const perform = record.phases.find((p) => p.phase === 'perform');
+      return perform ? [{ record, performMs: perform.ms }] : []; // a record without a perform phase teaches nothing
+    });
 }
 
 function median(values: number[]): number | undefined {
@@ -97,21 +142,22 @@ function median(values: number[]): number | undefined {
 
 /**
  * The stream throughput past migrations achieved (bytes sent over the perform phase, unthrottled
- * ones only). On a busy host QEMU's stream is the bottleneck — TLS in one thread, next to the
- * guest's vCPUs — and the link probe alone overestimates it.
+ * ones only), with how many it is the median of. On a busy host QEMU's stream is the bottleneck —
+ * TLS in one thread, next to the guest's vCPUs — and the link probe alone overestimates it.
  */
-function typicalStreamBytesPerSec(past: { record: MigrationRecord; performMs: number }[]): number | undefined {
-  return median(
-    past
-      .filter(({ record: r, performMs }) => r.plan?.maxBandwidth === 'unlimited' && !r.postcopy && performMs > 0 && r.bytes + (r.diskBytes ?? 0) > 0)
-      .map(({ record: r, performMs }) => (r.bytes + (r.diskBytes ?? 0)) / (performMs / 1000)),
-  );
+function typicalStreamBytesPerSec(past: { record: MigrationRecord; performMs: number }[]): { bytesPerSec: number; from: number } | undefined {
+  const rates = past
+    .filter(({ record: r, performMs }) => r.plan?.maxBandwidth === 'unlimited' && !r.postcopy && performMs > 0 && r.bytes + r.diskBytes > 0)
+    .map(({ record: r, performMs }) => (r.bytes + r.diskBytes) / (performMs / 1000));
+  const value = median(rates);
+  return value === undefined ? undefined : { bytesPerSec: value, from: rates.length };
 }
 
 /**
  * What a migration costs besides streaming RAM (starting the destination, switchover, retiring the
- * source): past migrations' total minus perform; 500 ms before any.
+ * source): the median of past migrations' total minus perform, with how many; none without history.
  */
-function typicalSetupMs(past: { record: MigrationRecord; performMs: number }[]): number {
-  return median(past.map(({ record, performMs }) => record.totalMs - performMs)) ?? 500;
+function typicalSetupMs(past: { record: MigrationRecord; performMs: number }[]): { ms: number; from: number } | undefined {
+  const value = median(past.map(({ record, performMs }) => record.totalMs - performMs));
+  return value === undefined ? undefined : { ms: value, from: past.length };
 }

@@ -5,7 +5,7 @@ import { NotFoundError, RefusedError } from './errors.ts';
 import type { IncomingMigrations } from './incoming.ts';
 import type { IncomingRequest } from './remote-destination.ts';
 import type { Route } from './server.ts';
-import { dryRun } from './predict.ts';
+import { dryRun, type HistoryChoice } from './predict.ts';
 import { cancelMigration, startMigration, type MigrateRequest } from './source-migration.ts';
 import { guestBoot, guestImage } from '../qemu/guest-image.ts';
 import { localQemuBuild } from '../qemu/host-probe.ts';
@@ -169,7 +169,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       handler: async ({ name }, body) => ({ job: await startMigration(ctx, name!, body as unknown as MigrateRequest) }),
     },
 
-    { method: 'POST', pattern: '/v1/vms/:name/predict', handler: async ({ name }, body) => dryRun(ctx, name!, String(body['to'] ?? '')) },
+    { method: 'POST', pattern: '/v1/vms/:name/predict', handler: async ({ name }, body) => dryRun(ctx, name!, String(body['to'] ?? ''), (body['history'] ?? 'all') as HistoryChoice) },
     { method: 'GET', pattern: '/v1/jobs', handler: async () => ({ jobs: await state.jobs() }) },
     {
       method: 'GET',

@@ -1,7 +1,7 @@
 /** Plain-text output helpers for the CLI: tables, sizes, durations. */
 
-export function mib(bytes: number): string {
-  return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+export function mib(bytes: number | null | undefined): string {
+  return bytes === null || bytes === undefined ? '-' : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 }
 
 export function ms(value: number | null | undefined): string {
@@ -32,4 +32,11 @@ export function medianOfMeasured(values: (number | null | undefined)[]): { value
 export function medianCell(values: (number | null | undefined)[], unit: (v: number) => string = ms): string {
   const m = medianOfMeasured(values);
   return m.value === null ? '-' : `${unit(m.value)} (of ${m.n})`;
+}
+
+/** "1 attempt", or "3 attempts (2 rolled back: REASON; REASON)": a result never hides the tries it took. */
+export function attemptsText(attempts: number | null | undefined, earlier: { reason: string }[] = []): string {
+  if (attempts === null || attempts === undefined) return 'attempts not recorded';
+  if (attempts === 1) return '1 attempt';
+  return `${attempts} attempts (${earlier.length} rolled back${earlier.length ? `: ${earlier.map((a) => a.reason).join('; ')}` : ''})`;
 }

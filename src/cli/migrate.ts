@@ -7,7 +7,7 @@
 import { AgentUnreachableError } from '../agent/client.ts';
 import type { Job } from '../cluster/model.ts';
 import { Probe, type StreamWindow } from '../lab/probe.ts';
-import type { MigrationParams, MigrationProgress, MigrationRecord, SwitchoverTimeline } from '../migration/types.ts';
+import type { EarlierAttempt, MigrationParams, MigrationProgress, MigrationRecord, SwitchoverTimeline } from '../migration/types.ts';
 import type { Cli } from './context.ts';
 import type { IncomingDisk } from '../storage/types.ts';
 
@@ -17,16 +17,20 @@ export interface MigrationSummary {
   from: string;
   to: string;
   job: string;
+  /** The last attempt's total (the one that completed, or the one that failed last); null: no record. */
   totalMs: number | null;
+  /** From the first attempt's start to the last one's end (equal to totalMs after one attempt). */
+  totalMsAllAttempts: number | null;
   downtimeMs: number | null;
   blackoutMs: number | null;
   packetsLost: number | null;
   packetsSent: number | null;
-  bytes: number;
-  /** Disk bytes the mirrors copied (local storage); 0 when the disks are shared. */
-  diskBytes: number;
+  /** RAM bytes sent (last attempt); null when the migration left no record. */
+  bytes: number | null;
+  /** Disk bytes the mirrors copied (local storage); 0 when the disks are shared, null: no record. */
+  diskBytes: number | null;
   disks: { id: string; mode: IncomingDisk }[];
-  rounds: number;
+  rounds: number | null;
   policy: string | null;
   /** What the policy did, in order. */
   steps: string[];
@@ -34,6 +38,8 @@ export interface MigrationSummary {
   warnings: string[];
   /** Attempts the migration took (one the memory check stopped is tried again); null: not recorded. */
   attempts: number | null;
+  /** What stopped each attempt before the last, in order. */
+  earlierAttempts: EarlierAttempt[];
   /** Where the client's blackout went, in ms (null: a moment that was not seen). */
   breakdown: BlackoutBreakdown | null;
   error?: string;
@@ -106,18 +112,20 @@ export async function migrateWithProbe(cli: Cli, name: string, to: string, optio
       to,
       job: job.id,
       totalMs: record?.totalMs ?? null,
+      totalMsAllAttempts: record?.totalMsAllAttempts ?? null,
       downtimeMs: record?.downtimeMs ?? null,
       blackoutMs: window ? window.maxGapMs : null,
       packetsLost: window ? window.lost : null,
       packetsSent: window ? window.sent : null,
-      bytes: record?.bytes ?? 0,
-      diskBytes: record?.diskBytes ?? 0,
+      bytes: record?.bytes ?? null,
+      diskBytes: record?.diskBytes ?? null,
       disks: record?.disks ?? [],
-      rounds: record?.rounds ?? 0,
+      rounds: record?.rounds ?? null,
       policy: record?.plan?.policy ?? null,
       steps: (record?.steps ?? []).map((step) => step.reason),
       warnings: record?.warnings ?? [],
       attempts: record?.attempts ?? null,
+      earlierAttempts: record?.earlierAttempts ?? [],
       breakdown: blackoutBreakdown(record?.switchover, window),
       ...(job.error ? { error: job.error } : {}),
     };

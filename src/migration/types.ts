@@ -125,8 +125,24 @@ export interface MigrationRecord {
   warnings?: string[];
   /** The switchover's moments, for the breakdown of the guest's blackout (completed migrations). */
   switchover?: SwitchoverTimeline;
-  /** How many attempts the migration took, this one included (an attempt the memory check stopped is tried again). */
-  attempts?: number;
+  /**
+   * How many attempts the migration took, this one included (an attempt the memory check stopped
+   * is tried again with a fresh destination). `totalMs` and every other figure are this attempt's.
+   */
+  attempts: number;
+  /** The attempts before this one, in order, each with what stopped it (empty when it took one). */
+  earlierAttempts: EarlierAttempt[];
+  /** From the first attempt's start to this one's end: `totalMs` plus the failed attempts and the gaps between them. */
+  totalMsAllAttempts: number;
+}
+
+/** An attempt that rolled back before the one the record describes. */
+export interface EarlierAttempt {
+  startedAt: string;
+  totalMs: number;
+  /** The phase that failed and why. */
+  phase: MigrationPhase;
+  reason: string;
 }
 
 /**

@@ -74,6 +74,7 @@ export async function migrateAroundOnSharedStorage(
   for (const to of ['h2', 'h3', 'h1']) {
     const result = await suite.cli('vm', 'migrate', vm, '--to', to);
     assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.json.attempts, 1, `one attempt, none rolled back: ${JSON.stringify(result.json.earlierAttempts)}`);
     assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'shared' }]);
     assert.equal(result.json.diskBytes, 0, 'shared storage: no disk bytes copied');
     writes = await assertDiskVerifies(suite, vm, writes, ip);

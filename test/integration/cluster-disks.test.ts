@@ -38,6 +38,7 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
       const result = await cli('vm', 'migrate', 'd1', '--to', to);
       if (result.code !== 0) assert.fail(`${result.stderr}${result.stdout}\n${await agentLogs(suite, [from, to])}`);
       assert.equal(result.json.status, 'completed');
+      assert.equal(result.json.attempts, 1, `one attempt, none rolled back: ${JSON.stringify(result.json.earlierAttempts)}`);
       assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'copy' }]);
       assert.ok(result.json.diskBytes >= 64 * 2 ** 20);
       writes = await assertDiskVerifies('d1', writes);
@@ -99,7 +100,8 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
       const dry = await cli('vm', 'migrate', 'd1', '--to', 'h3', '--dry-run');
       const after = await allocated();
       assert.equal(dry.code, 0, dry.stderr);
-      const counted = dry.json.measured.diskCopyBytes;
+      const counted = dry.json.inputs.diskCopyBytes;
+      assert.equal(dry.json.basis.diskCopyBytes.basis, 'measured');
       assert.ok(before > 0 && counted >= before && counted <= after, `the local disk is counted in the prediction: ${counted} bytes, the image held ${before}..${after}`);
       assert.match(dry.json.storageProblems.join('\n'), /host 'h3' cannot reach storage pool 'local'/);
     } finally {

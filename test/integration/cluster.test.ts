@@ -99,6 +99,8 @@ for (const store of ['sqlite', 'etcd'] as const) {
         const result = await cli('vm', 'migrate', 'g1', '--to', to);
         assert.equal(result.code, 0, result.stderr + result.stdout);
         assert.equal(result.json.status, 'completed');
+        assert.equal(result.json.attempts, 1, `one attempt, none rolled back: ${JSON.stringify(result.json.earlierAttempts)}`);
+        assert.equal(result.json.totalMsAllAttempts, result.json.totalMs);
         assert.equal(result.json.from, from);
         assert.ok(result.json.totalMs > 0 && result.json.bytes > 32 * 2 ** 20);
         assert.equal(typeof result.json.downtimeMs, 'number');
@@ -109,13 +111,27 @@ for (const store of ['sqlite', 'etcd'] as const) {
       }
     });
 
-    it('predicts a migration without moving anything, within 2x of what then happens (median of 3)', async (t) => {
+    it('predicts a migration without moving anything, within 2x of what then happens, judged on migrations it did not learn from (median of 3)', async (t) => {
       const before = (await cli('vm', 'show', 'g1')).json;
-      const first = await cli('vm', 'migrate', 'g1', '--to', 'h2', '--dry-run');
+      // By default the dry run learns from the ring's migrations, and says so.
+      const learned = await cli('vm', 'migrate', 'g1', '--to', 'h2', '--dry-run');
+      assert.equal(learned.code, 0, learned.stderr);
+      assert.deepEqual(learned.json.predictions.map((p: { policy: string }) => p.policy), ['minimal-downtime', 'balanced', 'must-finish']);
+      assert.ok(learned.json.history.migrations >= 3 && learned.json.history.vms.includes('g1'), JSON.stringify(learned.json.history));
+      assert.equal(learned.json.basis.setupMs.basis, 'learned');
+      assert.ok(learned.json.inputs.nonZeroBytes > 32 * 2 ** 20, 'memcheck alone fills 32 MiB');
+      assert.equal(learned.json.basis.nonZeroBytes.basis, 'measured');
+      // Judged: only other VMs' migrations may teach it, and none has migrated, so what it cannot measure is labelled assumed.
+      const first = await cli('vm', 'migrate', 'g1', '--to', 'h2', '--dry-run', '--history', 'other-vms');
       assert.equal(first.code, 0, first.stderr);
-      assert.deepEqual(first.json.predictions.map((p: { policy: string }) => p.policy), ['minimal-downtime', 'balanced', 'must-finish']);
-      assert.ok(first.json.measured.nonZeroBytes > 32 * 2 ** 20, 'memcheck alone fills 32 MiB');
-      assert.ok(first.json.measured.linkBytesPerSec > 0);
+      assert.deepEqual(first.json.history, { choice: 'other-vms', migrations: 0, vms: [] });
+      assert.deepEqual(first.json.basis.setupMs, { basis: 'assumed', why: 'no past migration to learn from (history: other-vms)' });
+      assert.equal(first.json.basis.linkBytesPerSec.basis, 'measured');
+      assert.ok(first.json.inputs.linkBytesPerSec > 0);
+      const human = await ferry(env, 'vm', 'migrate', 'g1', '--to', 'h2', '--dry-run', '--history', 'none');
+      assert.equal(human.code, 0, human.stderr);
+      assert.match(human.stdout, /setup ~500 ms \[ASSUMED\]/);
+      assert.match(human.stdout, /learned from 0 past migrations \(history: none\)/);
       const after = (await cli('vm', 'show', 'g1')).json;
       assert.equal(after.owner, before.owner, 'a dry run moves nothing');
       assert.equal(after.token, before.token, 'a dry run changes nothing');
@@ -126,9 +142,10 @@ for (const store of ['sqlite', 'etcd'] as const) {
       const ratios: number[] = [];
       const hops: [string, string][] = [['h1', 'h2'], ['h2', 'h1'], ['h1', 'h2']];
       for (const [i, [from, to]] of hops.entries()) {
-        const dry = i === 0 ? first : await cli('vm', 'migrate', 'g1', '--to', to, '--dry-run');
+        const dry = i === 0 ? first : await cli('vm', 'migrate', 'g1', '--to', to, '--dry-run', '--history', 'other-vms');
         assert.equal(dry.code, 0, dry.stderr);
         assert.equal(dry.json.from, from);
+        assert.equal(dry.json.history.migrations, 0, 'g1 is judged on migrations the prediction did not learn from');
         const predicted = dry.json.predictions.find((p: { policy: string }) => p.policy === 'balanced');
         assert.equal(predicted.converges, true);
         const real = await cli('vm', 'migrate', 'g1', '--to', to);

@@ -101,6 +101,7 @@ describe('disks: live migration with shared-dir and local storage', () => {
         },
         extra.signal ? { signal: extra.signal } : {},
       );
+      assert.equal(record.attempts, 1, `one attempt, none rolled back: ${JSON.stringify(record.earlierAttempts)}`);
       await source.released; // the stale copy goes after the migration completed
       this.vm = destination.instance;
       this.host = to;

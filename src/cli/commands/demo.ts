@@ -10,7 +10,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Command } from '../main.ts';
 import { UsageError, wholeNumber } from '../errors.ts';
-import { median, mib, ms, table } from '../format.ts';
+import { medianCell, mib, ms, table } from '../format.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
 import { HostNetwork } from '../../lab/host-network.ts';
 import { Probe } from '../../lab/probe.ts';
@@ -43,6 +43,7 @@ interface HopResult {
   sent: number;
   bytes: number;
   rounds: number;
+  attempts: number;
   memoryVerified: boolean;
 }
 
@@ -121,6 +122,7 @@ export const demoCommand: Command = {
           sent: window.sent,
           bytes: record.bytes,
           rounds: record.rounds,
+          attempts: record.attempts,
           memoryVerified: verdict.mismatches === 0,
         });
         say(`hop ${hop}: ${ms(record.totalMs)} total, QEMU downtime ${ms(record.downtimeMs)}, player saw ${ms(window.maxGapMs)} of silence, memory ${verdict.mismatches === 0 ? 'verified' : `${verdict.mismatches} BAD PAGES`}`);
@@ -133,13 +135,13 @@ export const demoCommand: Command = {
         console.log('');
         console.log(
           table(
-            ['hop', 'total', 'QEMU downtime', 'client blackout', 'lost', 'sent', 'rounds', 'memory'],
-            results.map((r) => [String(r.hop), ms(r.totalMs), ms(r.downtimeMs), ms(r.blackoutMs), `${r.lost}/${r.sent}`, mib(r.bytes), String(r.rounds), r.memoryVerified ? 'ok' : 'BAD']),
+            ['hop', 'attempts', 'total', 'QEMU downtime', 'client blackout', 'lost', 'sent', 'rounds', 'memory'],
+            results.map((r) => [String(r.hop), String(r.attempts), ms(r.totalMs), ms(r.downtimeMs), ms(r.blackoutMs), `${r.lost}/${r.sent}`, mib(r.bytes), String(r.rounds), r.memoryVerified ? 'ok' : 'BAD']),
           ),
         );
         console.log(
-          `median: total ${ms(median(results.map((r) => r.totalMs)))}, QEMU downtime ${ms(median(results.map((r) => r.downtimeMs ?? 0)))}, ` +
-            `client blackout ${ms(median(results.map((r) => r.blackoutMs)))}`,
+          `median of ${results.length} hops: total ${medianCell(results.map((r) => r.totalMs))}, QEMU downtime ${medianCell(results.map((r) => r.downtimeMs))}, ` +
+            `client blackout ${medianCell(results.map((r) => r.blackoutMs))}`,
         );
         console.log(`gamesrv tick ${first.tick} -> ${final.lastTick}, same server throughout (boot id ${first.boot}).`);
         console.log('QEMU downtime is what the source measured; client blackout is the longest gap between replies the game client saw.');

@@ -3,10 +3,10 @@ import { parseArgs } from 'node:util';
 import type { HostRecord, OwnedVm } from '../../cluster/model.ts';
 import { Cli } from '../context.ts';
 import { UsageError, sizeBytes, wholeNumber } from '../errors.ts';
-import { mib, ms, table } from '../format.ts';
+import { attemptsText, mib, ms, table } from '../format.ts';
 import type { Command } from '../main.ts';
 import { migrateWithProbe } from '../migrate.ts';
-import type { DryRun } from '../../agent/predict.ts';
+import { HISTORY_CHOICES, type DryRun, type InputBasis } from '../../agent/predict.ts';
 import { POLICY_NAMES, type PolicyName } from '../../migration/policy/policy.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
 
@@ -26,7 +26,7 @@ const USAGE = `Usage:
       outdated (the lost host wrote without it) unless --accept-data-loss.
   ferry vm migrate NAME --to HOST [--policy balanced|minimal-downtime|must-finish] [--downtime-limit ms]
                    [--bandwidth MiB/s] [--timeout s] [--allow-postcopy [--no-postcopy-preempt]] [--multifd|--no-multifd] [--verify-memory auto|always|never]
-                   [--allow-older-destination] [--no-probe] [--dry-run]
+                   [--allow-older-destination] [--no-probe] [--dry-run [--history all|other-vms|none]]
       Policies: minimal-downtime keeps the pause short and rolls back rather than pause long;
       balanced (default) allows a longer pause step by step, then throttles the guest;
       must-finish also uses XBZRLE and throttles hard.
@@ -47,7 +47,10 @@ const USAGE = `Usage:
       --allow-older-destination lets the VM move to a host whose QEMU is older than the source's
       (backward migration: best effort in QEMU; a failed load leaves the VM on the source).
       --dry-run measures the guest's non-zero memory, its dirty rate and the link, and predicts each
-      policy's total time, pause and whether it converges. Nothing moves.
+      policy's total time, pause and whether it converges. Nothing moves. It learns the stream's
+      throughput and the setup time from this cluster's past migrations (--history all, the default),
+      from other VMs' only (other-vms: to judge it on a VM it has not seen), or from none; each input
+      says whether it was measured, learned or assumed.
 Every command takes --json.`;
 
 export const vmCommand: Command = {
@@ -61,7 +64,7 @@ export const vmCommand: Command = {
         memory: { type: 'string' }, vcpus: { type: 'string' }, host: { type: 'string' }, memcheck: { type: 'string' }, dirty: { type: 'string' },
         disk: { type: 'string', multiple: true }, diskcheck: { type: 'string' },
         to: { type: 'string' }, 'downtime-limit': { type: 'string' }, bandwidth: { type: 'string' }, 'no-probe': { type: 'boolean' },
-        policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' }, 'verify-memory': { type: 'string' }, 'dry-run': { type: 'boolean' },
+        policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' }, 'verify-memory': { type: 'string' }, 'dry-run': { type: 'boolean' }, history: { type: 'string' },
         'allow-older-destination': { type: 'boolean' }, multifd: { type: 'boolean' }, 'no-multifd': { type: 'boolean' }, 'no-postcopy-preempt': { type: 'boolean' },
         force: { type: 'boolean' }, 'accept-data-loss': { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
       },
@@ -161,11 +164,12 @@ async function parseDisks(cli: Cli, specs: string[]): Promise<{ sizeBytes: numbe
 async function migrateVm(
   cli: Cli,
   name: string,
-  values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean; policy?: string; timeout?: string; 'allow-postcopy'?: boolean; 'verify-memory'?: string; 'dry-run'?: boolean; 'allow-older-destination'?: boolean; multifd?: boolean; 'no-multifd'?: boolean; 'no-postcopy-preempt'?: boolean },
+  values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean; policy?: string; timeout?: string; 'allow-postcopy'?: boolean; 'verify-memory'?: string; 'dry-run'?: boolean; history?: string; 'allow-older-destination'?: boolean; multifd?: boolean; 'no-multifd'?: boolean; 'no-postcopy-preempt'?: boolean },
   json: boolean,
 ): Promise<number> {
   if (!values.to) throw new UsageError('ferry vm migrate needs --to HOST');
-  if (values['dry-run']) return predictVm(cli, name, values.to, json);
+  if (values['dry-run']) return predictVm(cli, name, values.to, values.history ?? 'all', json);
+  if (values.history) throw new UsageError('--history goes with --dry-run');
   const downtimeLimit = wholeNumber('downtime-limit', values['downtime-limit']);
   const bandwidth = wholeNumber('bandwidth', values.bandwidth);
   const timeout = wholeNumber('timeout', values.timeout);
@@ -203,29 +207,35 @@ async function migrateVm(
     console.log(
       `migrated ${name} ${doc.from} → ${doc.to}: total ${ms(doc.totalMs)}, QEMU downtime ${ms(doc.downtimeMs)}, ` +
         `client blackout ${doc.blackoutMs !== null ? `${ms(doc.blackoutMs)} (${doc.packetsLost} of ${doc.packetsSent} packets lost)` : 'not measured'}, ${mib(doc.bytes)} in ${doc.rounds} rounds` +
-        (doc.diskBytes ? `, disks copied: ${mib(doc.diskBytes)}` : doc.disks.length ? ', disks on shared storage' : ''),
+        (doc.diskBytes ? `, disks copied: ${mib(doc.diskBytes)}` : doc.disks.length ? ', disks on shared storage' : '') +
+        `; ${attemptsText(doc.attempts, doc.earlierAttempts)}` +
+        (doc.attempts !== null && doc.attempts > 1 ? `, ${ms(doc.totalMsAllAttempts)} in all` : ''),
     );
-  else console.error(`ferry: migration of ${name} failed: ${doc.error}`);
+  else console.error(`ferry: migration of ${name} failed${doc.attempts !== null && doc.attempts > 1 ? ` (${attemptsText(doc.attempts, doc.earlierAttempts)})` : ''}: ${doc.error}`);
   if (!json) for (const warning of doc.warnings) console.error(`warning: ${warning}`);
   return doc.status === 'completed' ? 0 : 1;
 }
 
-async function predictVm(cli: Cli, name: string, to: string, json: boolean): Promise<number> {
+async function predictVm(cli: Cli, name: string, to: string, history: string, json: boolean): Promise<number> {
   const vm = await cli.vm(name);
   cli.agent(to);
-  const result = await cli.agent(vm.owner).call<DryRun>('POST', `/v1/vms/${name}/predict`, { to }, 120_000);
+  if (!(HISTORY_CHOICES as readonly string[]).includes(history)) throw new UsageError(`--history ${history}: choose one of ${HISTORY_CHOICES.join(', ')}`);
+  const result = await cli.agent(vm.owner).call<DryRun>('POST', `/v1/vms/${name}/predict`, { to, history }, 120_000);
   if (json) {
     console.log(JSON.stringify(result, null, 2));
     return 0;
   }
-  const m = result.measured;
+  const m = result.inputs;
+  const label = (b: InputBasis) => (b.basis === 'measured' ? 'measured' : b.basis === 'learned' ? `learned from ${b.from} migrations` : 'ASSUMED');
   console.log(
     `${name} ${result.from} → ${result.to} (dry run, nothing moved): ${mib(m.nonZeroBytes)} of ${mib(m.guestBytes)} not zero, ` +
-      `dirtied at ${mib(m.dirtyRateBytesPerSec)}/s, link ${mib(m.linkBytesPerSec)}/s` +
+      `dirtied at ${mib(m.dirtyRateBytesPerSec)}/s, link ${mib(m.linkBytesPerSec)}/s [${label(result.basis.linkBytesPerSec)}]` +
       (result.link?.achievedBytesPerSec ? ` (probe ${mib(result.link.probedBytesPerSec)}/s, past migrations ${mib(result.link.achievedBytesPerSec)}/s)` : '') +
-      `, setup ~${ms(m.setupMs)}` +
+      `, setup ~${ms(m.setupMs)} [${label(result.basis.setupMs)}]` +
       (m.diskCopyBytes ? `, ${mib(m.diskCopyBytes)} of disk to copy first` : ''),
   );
+  console.log(`learned from ${result.history.migrations} past migrations (history: ${result.history.choice}${result.history.vms.length ? `; VMs ${result.history.vms.join(', ')}` : ''})`);
+  for (const [input, b] of Object.entries(result.basis)) if (b.basis === 'assumed') console.log(`assumed: ${input} = ${m[input as keyof typeof m]} (${b.why})`);
   for (const problem of result.storageProblems ?? []) console.log(`a real migration would be refused: ${problem}`);
   console.log(
     table(
