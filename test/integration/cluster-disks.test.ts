@@ -11,7 +11,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { imageInfo } from '../../src/storage/qemu-img.ts';
 import { run } from '../../src/util/exec.ts';
-import { agentLogs, assertDiskVerifies as diskVerifies, useLab } from '../helpers/lab.ts';
+import { agentLogs, assertDiskVerifies as diskVerifies, recoverAfterHostDeath, useLab } from '../helpers/lab.ts';
 
 describe('disks end to end (3-host lab, sqlite store)', () => {
   const suite = useLab('disks', []);
@@ -64,6 +64,10 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
     assert.deepEqual(result.json.disks, [{ id: 'disk0', mode: 'shared' }]);
     assert.equal(result.json.diskBytes, 0);
     await assertDiskVerifies('s1', writes);
+  });
+
+  it('the shared disk\'s host dies: the VM is recovered on another host from the same image, nothing the guest saw written is lost', async (t) => {
+    await recoverAfterHostDeath(suite, 's1', 'h1', t);
   });
 
   it('refuses what a user can get wrong about storage, with a message, a non-zero exit and nothing changed', async () => {

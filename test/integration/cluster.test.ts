@@ -15,6 +15,7 @@ import { killAgent, readLab, startAgent, type LabRecord } from '../../src/lab/la
 import { Probe } from '../../src/lab/probe.ts';
 import { run } from '../../src/util/exec.ts';
 import { ferry, type CliResult } from '../helpers/cli.ts';
+import { assertLabGone } from '../helpers/lab.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -48,6 +49,7 @@ for (const store of ['sqlite', 'etcd'] as const) {
       await probe?.close();
       const down = await ferry(env, 'lab', 'down');
       assert.equal(down.code, 0, down.stderr);
+      await assertLabGone(dir, env['FERRY_LAB_PREFIX']!);
       await rm(dir, { recursive: true, force: true });
     });
 
@@ -181,13 +183,42 @@ for (const store of ['sqlite', 'etcd'] as const) {
       const full = await cli('vm', 'migrate', 'g1', '--to', 'h3');
       assert.notEqual(full.code, 0);
       assert.match(full.stderr, /host 'h3' has 168 MiB free for guests, 'g1' needs 256 MiB/);
-      // A VM that is not running is not live-migrated.
+      // A VM that is not running is not live-migrated; 'vm start' brings it back, on its host.
       assert.equal((await cli('vm', 'stop', 'big', '--force')).code, 0);
+      assert.equal(await qemuCount('big'), 0, 'a stopped VM has no QEMU');
       const stopped = await cli('vm', 'migrate', 'big', '--to', 'h2');
       assert.notEqual(stopped.code, 0);
       assert.match(stopped.stderr, /'big' is not running; start it with 'ferry vm start big'/);
+      const started = await cli('vm', 'start', 'big');
+      assert.equal(started.code, 0, started.stderr);
+      const bigIp = (await cli('vm', 'show', 'big')).json.ip as string;
+      assert.match((await probe.gamesrv(bigIp, 60_000)).boot, /\S/, 'the started VM answers');
+      assert.equal(await qemuCount('big'), 1);
+      assert.equal((await cli('vm', 'show', 'big')).json.owner, 'h3');
       assert.equal((await cli('vm', 'destroy', 'big')).code, 0);
       await assertHealthyOn('h1');
+    });
+
+    it('--timeout: a migration that cannot finish in time rolls back, the guest running on where it was', async () => {
+      // 2 MiB/s cannot carry the guest's ~40 MiB of non-zero memory in 3 s.
+      const result = await cli('vm', 'migrate', 'g1', '--to', 'h2', '--bandwidth', '2', '--timeout', '3');
+      assert.notEqual(result.code, 0);
+      assert.equal(result.json.status, 'failed');
+      assert.match(result.json.error, /the RAM copy did not finish within 3 s/);
+      assert.equal(result.json.attempts, 1, 'a timeout is not tried again');
+      await assertHealthyOn('h1');
+      assert.equal((await cli('job', 'show', result.json.job)).json.state, 'failed');
+    });
+
+    it('probe: the game client and the memory verdict, through the CLI', async () => {
+      const played = await cli('probe', 'g1', '--seconds', '1');
+      assert.equal(played.code, 0, played.stderr);
+      assert.equal(played.json.vm, 'g1');
+      assert.ok(played.json.sent >= 150 && played.json.lost <= played.json.sent / 10, JSON.stringify(played.json));
+      const verified = await cli('probe', 'g1', '--verify');
+      assert.equal(verified.code, 0, verified.stderr);
+      assert.equal(verified.json.mismatches, 0);
+      assert.ok(verified.json.pages >= (32 * 2 ** 20) / 4096, `memcheck verified ${verified.json.pages} pages`);
     });
 
     it('refuses requests without a client certificate or with one from another CA', async () => {

@@ -16,6 +16,11 @@ import { assertDiskVerifies, useLab } from '../helpers/lab.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** QEMU processes running the named guest, on any host of this machine (pids). */
+async function qemuOf(vm: string): Promise<string[]> {
+  return (await run('pgrep', ['-f', `qemu-system-x86_64 -name guest=${vm},`]).catch(() => '')).split('\n').filter(Boolean);
+}
+
 describe('replicated volumes: the primary loses its peer and the store at once (3-host lab, etcd store)', () => {
   const suite = useLab('fence', ['--store', 'etcd']);
   const cli = suite.cli;
@@ -82,6 +87,15 @@ describe('replicated volumes: the primary loses its peer and the store at once (
       assert.match(log, /'f1' paused: a write missed h2; writing down that its replica of r\/f1-disk0 is outdated/);
       assert.match(log, /self-fencing: the host lease was not renewed/);
       for (const line of log.split('\n').filter((l) => /paused|fencing|replication of/.test(l))) t.diagnostic(line.replace(/^\S+ /, ''));
+      // Fenced means stopped, not a log line: h1's QEMU for f1 is gone, and the guest answers no one.
+      let left = await qemuOf('f1');
+      for (let i = 0; i < 50 && left.length; i++) {
+        await sleep(100);
+        left = await qemuOf('f1');
+      }
+      assert.deepEqual(left, [], 'the fenced host still runs the guest\'s QEMU');
+      await assert.rejects(suite.probe.gamesrv(ip, 1500), 'the fenced guest must not answer');
+      await assert.rejects(suite.probe.diskcheckStats(ip, 1500), 'nor write');
     } finally {
       process.kill(host('h2').pid!, 'SIGCONT');
     }

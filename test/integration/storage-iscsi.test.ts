@@ -11,7 +11,7 @@ import { describe, it } from 'node:test';
 import { AgentClient } from '../../src/agent/client.ts';
 import { loadIdentity } from '../../src/cluster/pki.ts';
 import { run } from '../../src/util/exec.ts';
-import { migrateAroundOnSharedStorage, useLab } from '../helpers/lab.ts';
+import { migrateAroundOnSharedStorage, recoverAfterHostDeath, useLab } from '../helpers/lab.ts';
 
 describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
   const suite = useLab('iscsi', ['--storage', 'iscsi']);
@@ -30,6 +30,11 @@ describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
     assert.match(lun, /^[1-8]$/, 'the volume was given a LUN');
     const ip = created.json.ip as string;
     await migrateAroundOnSharedStorage(suite, 'i1', ip, t, async () => assert.equal(await openers(lun), 1, 'exactly one QEMU may have the LUN open'));
+  });
+
+  it('its host dies: the VM is recovered on another host from the same LUN, nothing the guest saw written is lost', async (t) => {
+    await recoverAfterHostDeath(suite, 'i1', 'h3', t);
+    assert.equal(await openers(lun), 1, 'exactly one QEMU has the LUN open after the recovery');
   });
 
   it('only the hosts may log in to the target, not other machines on the lab network (the guests)', async () => {

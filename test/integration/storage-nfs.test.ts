@@ -9,7 +9,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { NfsServer } from '../../src/lab/nfs-server.ts';
 import { run } from '../../src/util/exec.ts';
-import { migrateAroundOnSharedStorage, useLab } from '../helpers/lab.ts';
+import { migrateAroundOnSharedStorage, recoverAfterHostDeath, useLab } from '../helpers/lab.ts';
 
 describe('nfs storage (NFS-Ganesha in the lab, QEMU libnfs)', () => {
   const suite = useLab('nfs', ['--storage', 'nfs']);
@@ -36,6 +36,10 @@ describe('nfs storage (NFS-Ganesha in the lab, QEMU libnfs)', () => {
     assert.ok(existsSync(path.join(suite.dir, 'san', 'nfs', 'export', 'n1-disk0.qcow2')), 'the image lives on the NFS server');
     const ip = created.json.ip as string;
     await migrateAroundOnSharedStorage(suite, 'n1', ip, t);
+  });
+
+  it('its host dies: the VM is recovered on another host from the same NFS image, nothing the guest saw written is lost', async (t) => {
+    await recoverAfterHostDeath(suite, 'n1', 'h2', t);
   });
 
   it('volumes are made and removed on the server; a server that is down is reported per host', async () => {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { run } from '../../src/util/exec.ts';
-import { migrateAroundOnSharedStorage, useLab } from '../helpers/lab.ts';
+import { migrateAroundOnSharedStorage, recoverAfterHostDeath, useLab } from '../helpers/lab.ts';
 
 describe('rbd storage (Ceph in the lab, QEMU librbd)', () => {
   const suite = useLab('rbd', ['--storage', 'rbd']);
@@ -31,6 +31,10 @@ describe('rbd storage (Ceph in the lab, QEMU librbd)', () => {
     assert.deepEqual(await rbdLs(), ['r1-disk0']);
     const ip = created.json.ip as string;
     await migrateAroundOnSharedStorage(suite, 'r1', ip, t);
+  });
+
+  it('its host dies: the VM is recovered on another host from the same RBD image, nothing the guest saw written is lost', async (t) => {
+    await recoverAfterHostDeath(suite, 'r1', 'h2', t);
   });
 
   it('volumes are RBD images: made, refused as qcow2, removed', async () => {
