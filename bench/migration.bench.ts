@@ -34,6 +34,7 @@ import { blackoutBreakdown, type BlackoutBreakdown } from '../src/cli/migrate.ts
 import type { SwitchoverTimeline } from '../src/migration/types.ts';
 import { unixSocketThroughput } from './link.ts';
 import { attemptsCell, countAttempts } from './attempts.ts';
+import { Transcript } from './transcript.ts';
 import { nonZeroBytes } from '../src/qemu/ram-scan.ts';
 import { runDiskBench, type DiskSample, type DiskVariant } from './disk.bench.ts';
 import { runMustFinishBench } from './must-finish.bench.ts';
@@ -94,6 +95,8 @@ async function main() {
   const only = values.only;
   if (only !== undefined && only !== 'ram' && only !== 'disk' && only !== 'must-finish') throw new Error(`--only ${only}: choose ram, disk or must-finish`);
   const wants = (part: 'ram' | 'disk' | 'must-finish') => only === undefined || only === part;
+  const transcript = new Transcript();
+  transcript.start();
   const image = await ensureGuestImage();
   const net = await HostNetwork.create(`ferry-bench-${process.pid}`, '10.79.0');
   const runDir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-'));
@@ -222,10 +225,14 @@ async function main() {
     await net.destroy();
     await rm(runDir, { recursive: true, force: true });
   }
-  const file = values.json ?? path.join('bench', 'results', 'migration.json');
+  const file = values.json ?? path.join('bench', 'results', `migration-${only ?? 'all'}.json`);
   await mkdir(path.dirname(file), { recursive: true });
-  await writeFile(file, JSON.stringify({ date: new Date().toISOString(), qemu: formatQemuVersion((await localQemuBuild()).version), runs, report, ...(mustFinish ? { mustFinish } : {}) }, null, 2));
+  const qemu = formatQemuVersion((await localQemuBuild()).version);
+  await writeFile(file, JSON.stringify({ date: new Date().toISOString(), qemu, runs, report, ...(mustFinish ? { mustFinish } : {}) }, null, 2));
   console.log(`\nraw samples: ${file}`);
+  const tables = path.join('bench', 'results', `migration-${only ?? 'all'}.txt`);
+  await transcript.save(tables, { command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(), qemu });
+  process.stdout.write(`tables with date, machine and command: ${tables}\n`);
 }
 
 function printScenario(name: string, samples: Partial<Record<Variant, Sample[]>>, runs: number, libvirtReason: string | undefined, boundMs: number, linkBytesPerSec: number) {

@@ -17,6 +17,7 @@ import { planMigration } from '../migration/policy/policy.ts';
 import { checkToken, peer, requireRoom, storageCatalog, type AgentContext } from './context.ts';
 import { RefusedError } from './errors.ts';
 import { RemoteDestination } from './remote-destination.ts';
+import { faultPoint } from './faults.ts';
 
 export interface MigrateRequest {
   to: string;
@@ -147,6 +148,7 @@ async function migrateOnce(
   });
   const switchover: SwitchoverHook = {
     commit: async () => {
+      await faultPoint(ctx, 'before-ownership-swap', vm);
       let token: number | undefined;
       try {
         token = await ctx.state.updateVm(vm, { owner: record.destination });
@@ -159,6 +161,7 @@ async function migrateOnce(
       if (token === undefined) return false;
       destination.ownerToken = token;
       log(`ownership of ${name} moved to ${record.destination} (token ${vm.token} -> ${token})`);
+      await faultPoint(ctx, 'after-ownership-swap', vm);
       return true;
     },
     revert: async () => {

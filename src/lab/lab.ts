@@ -16,6 +16,7 @@ import { AgentClient, type AgentEndpoint } from '../agent/client.ts';
 import { readJson, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../agent/config.ts';
 import { createCa, issueCertificate, loadIdentity } from '../cluster/pki.ts';
 import { EtcdCluster } from '../cluster/store/etcd-cluster.ts';
+import { FAULT_FILE_ENV, type FaultAction, type FaultPoint } from '../agent/faults.ts';
 import { createBridge, createNetns, deleteNetns, ip, linkExists, netnsExists } from '../net/netns.ts';
 import { PROJECT_ROOT } from '../qemu/guest-image.ts';
 
@@ -277,6 +278,18 @@ export function labContext(lab: LabRecord): CliContext {
 }
 
 /** Starts (or restarts) a host's agent in its namespace, detached, and waits until it answers. */
+/** The file where a lab host's agent looks for injected faults (agent/faults.ts). */
+function faultFile(lab: LabRecord, host: string): string {
+  return path.join(lab.dir, 'hosts', host, 'faults.json');
+}
+
+/** Arms a one-shot fault in a lab host's agent: at `point`, for `vm`, it does `action`. */
+export async function injectFault(lab: LabRecord, host: string, point: FaultPoint, action: FaultAction, vm: string): Promise<void> {
+  const file = faultFile(lab, host);
+  const faults = JSON.parse(await readFile(file, 'utf8').catch(() => '{}')) as Record<string, unknown>;
+  await writeJson(file, { ...faults, [point]: { action, vm } });
+}
+
 export async function startAgent(lab: LabRecord, name: string): Promise<number> {
   const host = lab.hosts.find((h) => h.name === name);
   if (!host) throw new LabError(`no host ${name} in the lab`);
@@ -285,6 +298,7 @@ export async function startAgent(lab: LabRecord, name: string): Promise<number> 
     stdio: ['ignore', logFd, logFd],
     detached: true,
     cwd: PROJECT_ROOT,
+    env: { ...process.env, [FAULT_FILE_ENV]: faultFile(lab, name) },
   });
   child.unref();
   host.pid = child.pid!;

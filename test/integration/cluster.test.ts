@@ -11,7 +11,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AgentClient } from '../../src/agent/client.ts';
 import { createCa, issueCertificate, loadIdentity } from '../../src/cluster/pki.ts';
-import { killAgent, readLab, startAgent, type LabRecord } from '../../src/lab/lab.ts';
+import { injectFault, killAgent, readLab, startAgent, type LabRecord } from '../../src/lab/lab.ts';
 import { Probe } from '../../src/lab/probe.ts';
 import { run } from '../../src/util/exec.ts';
 import { ferry, type CliResult } from '../helpers/cli.ts';
@@ -258,6 +258,44 @@ for (const store of ['sqlite', 'etcd'] as const) {
       const agent = new AgentClient({ name: 'h2', url: '', socket: path.join(dir, 'hosts', 'h2', 'agent.sock') }, await loadIdentity(path.join(dir, 'admin')));
       await assert.rejects(agent.call('POST', '/v1/vms/g1/stop', { token: before.token, force: true }), /stale fencing token for 'g1'/);
       await assertHealthyOn('h2');
+    });
+
+    it('a compare-and-swap really lost in the store at the switchover (another writer changed the record) rolls back; the guest runs on where it was', async () => {
+      const from = (await cli('vm', 'show', 'g1')).json.owner as string;
+      const to = from === 'h2' ? 'h3' : 'h2';
+      await injectFault(lab, from, 'before-ownership-swap', 'touch-vm-record', 'g1');
+      const result = await cli('vm', 'migrate', 'g1', '--to', to);
+      assert.notEqual(result.code, 0, 'the migration must fail');
+      assert.equal(result.json.status, 'failed');
+      assert.match(result.json.error, /the switchover was refused \(ownership not granted to the destination\)/);
+      await assertHealthyOn(from);
+    });
+
+    it('the source agent crashes right after the ownership swap: the destination runs the guest, the restarted agent removes its stale copy and closes the job', async () => {
+      const from = (await cli('vm', 'show', 'g1')).json.owner as string;
+      const to = from === 'h2' ? 'h3' : 'h2';
+      await injectFault(lab, from, 'after-ownership-swap', 'crash', 'g1');
+      const migration = cli('vm', 'migrate', 'g1', '--to', to);
+      const pid = lab.hosts.find((h) => h.name === from)!.pid!;
+      const alive = () => {
+        try {
+          process.kill(pid, 0);
+          return true;
+        } catch {
+          return false;
+        }
+      };
+      for (let i = 0; i < 600 && alive(); i++) await sleep(100);
+      assert.equal(alive(), false, `the agent of ${from} did not crash at the fault point`);
+      assert.equal((await cli('vm', 'show', 'g1')).json.owner, to, 'the crash came after the swap');
+      await sleep(1000);
+      await startAgent(lab, from);
+      const result = await migration;
+      assert.equal(result.code, 0, result.stderr + JSON.stringify(result.json ?? {}));
+      assert.equal(result.json.status, 'completed');
+      const job = (await cli('job', 'show', result.json.job)).json;
+      assert.match(job.log.join('\n'), new RegExp(`agent of ${from} restarted during the migration; ownership had moved: g1 runs on ${to}`));
+      await assertHealthyOn(to);
     });
 
     for (const victim of ['source', 'destination'] as const) {

@@ -21,6 +21,8 @@ import type { MigrationProgress, MigrationRecord } from '../../src/migration/typ
 import type { VmInstance } from '../../src/qemu/instance.ts';
 import type { DiskSpec } from '../../src/qemu/spec.ts';
 import { StorageCatalog } from '../../src/storage/registry.ts';
+import { certificateIdentity, createCa, issueCertificate } from '../../src/cluster/pki.ts';
+import { run } from '../../src/util/exec.ts';
 import { bootGuest, guestSpec, openLab, type Lab } from '../helpers/guest.ts';
 
 const HOSTS = ['h1', 'h2', 'h3'] as const;
@@ -221,6 +223,42 @@ describe('disks: live migration with shared-dir and local storage', () => {
       const error = await interruptedMirror((_, controller) => controller.abort());
       assert.match(error.record.failure!.reason, /cancel/i);
       t.diagnostic(error.record.failure!.reason);
+    });
+
+    it('the NBD export a destination opens for the copy admits only the source host\'s certificate, not another host of the same CA', async () => {
+      const pki = await mkdtemp(path.join(os.tmpdir(), 'ferry-nbd-authz-'));
+      const from = guest.host;
+      const to: Host = from === 'h1' ? 'h2' : 'h1';
+      const other = HOSTS.find((h) => h !== from && h !== to)!;
+      try {
+        await createCa(path.join(pki, 'ca'), 'nbd-authz-test');
+        for (const h of HOSTS) await issueCertificate(path.join(pki, 'ca'), path.join(pki, h), h, ['127.0.0.1']);
+        const destination = new LocalDestination({
+          spec: guest.vm.spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher, storage: storage[to],
+          listenAddress: '127.0.0.1', tls: { dir: path.join(pki, to), peer: certificateIdentity(from) },
+        });
+        const needs = await new LocalSource(guest.vm, { storage: storage[from] }).diskNeeds();
+        const prepared = await destination.prepare({ events: true }, needs);
+        try {
+          const server = prepared.nbd?.server;
+          assert.ok(server?.type === 'inet', `the export listens on TCP: ${JSON.stringify(server)}`);
+          const open = (as: string) =>
+            run('qemu-img', [
+              'info', '--output=json',
+              '--object', `tls-creds-x509,id=tls0,dir=${path.join(pki, as)},endpoint=client`,
+              '--image-opts', `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${server.port},export=disk0,tls-creds=tls0,tls-hostname=127.0.0.1`,
+            ]);
+          await assert.rejects(open(other), `host ${other}'s certificate must be refused by the export meant for ${from}`);
+          const info = JSON.parse(await open(from)) as { 'virtual-size': number };
+          assert.equal(info['virtual-size'], DISK_BYTES, 'the source host gets in');
+        } finally {
+          await destination.abort();
+        }
+        assert.deepEqual((await readdir(path.join(poolDir, to))).filter((f) => !f.startsWith('.')), [], `the volume prepared on ${to} was not removed`);
+        await guest.assertHealthy(0);
+      } finally {
+        await rm(pki, { recursive: true, force: true });
+      }
     });
 
     it('refused in begin when the destination cannot reach the pool, naming host and pool; nothing changes', async () => {

@@ -140,6 +140,13 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
       assert.equal(stats.errors, 0, 'the guest\'s writes do not fail while the peer is away');
       writesDuring = stats.writes - writesBefore;
       assert.ok(writesDuring > 20, `the guest kept writing while the peer was away (${writesDuring} writes)`);
+      // Out of sync, the peer's replica lacks writes: a migration there is refused, and nothing moves.
+      const owner = (await cli('vm', 'show', 'r1')).json.owner as string;
+      const refused = await cli('vm', 'migrate', 'r1', '--to', 'h2');
+      assert.notEqual(refused.code, 0, 'a migration onto an outdated replica must be refused');
+      assert.match(refused.stderr + (refused.json?.error ?? ''), /the replication of r\/r1-disk0 is degraded: the replica on the other host lacks recent writes; wait until 'ferry volume show r1-disk0 --pool r' says in-sync/);
+      assert.equal((await cli('vm', 'show', 'r1')).json.owner, owner, 'the refused migration moved nothing');
+      assert.equal((await suite.probe.diskcheckStats(ip)).errors, 0);
     } finally {
       process.kill(agentPid('h2'), 'SIGCONT');
     }

@@ -1,0 +1,38 @@
+/**
+ * Fault points, for the lab's tests (and its fault campaign): moments inside the agent that a test
+ * cannot hit from outside by timing alone. Only an agent started by the lab has a fault file
+ * (FERRY_FAULTS_FILE, set by lab.ts); elsewhere every point does nothing. A fault fires once: it is
+ * removed from the file before it acts, so that a restarted agent does not fire it again.
+ *
+ * The file holds `{ "<point>": { "action": "<action>", "vm": "<name>" } }`.
+ */
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import type { OwnedVm } from '../cluster/model.ts';
+import type { AgentContext } from './context.ts';
+
+export type FaultPoint = 'before-ownership-swap' | 'after-ownership-swap';
+export type FaultAction =
+  /** The agent dies at once (SIGKILL), as a crash would: no cleanup, no answer. */
+  | 'crash'
+  /** Another writer changes the VM's record in the store (same content, new revision): the next compare-and-swap on it loses. */
+  | 'touch-vm-record';
+
+export const FAULT_FILE_ENV = 'FERRY_FAULTS_FILE';
+
+type FaultFile = Partial<Record<FaultPoint, { action: FaultAction; vm: string }>>;
+
+export async function faultPoint(ctx: AgentContext, point: FaultPoint, vm: OwnedVm): Promise<void> {
+  const file = process.env[FAULT_FILE_ENV];
+  if (!file || !existsSync(file)) return;
+  const faults = JSON.parse(readFileSync(file, 'utf8')) as FaultFile;
+  const fault = faults[point];
+  if (!fault || fault.vm !== vm.spec.name) return;
+  delete faults[point];
+  writeFileSync(file, JSON.stringify(faults));
+  ctx.log(`fault injected at ${point}: ${fault.action} (${vm.spec.name})`);
+  if (fault.action === 'crash') process.kill(process.pid, 'SIGKILL');
+  if (fault.action === 'touch-vm-record') {
+    const now = await ctx.state.vm(vm.spec.name);
+    if (now) await ctx.state.updateVm(now, {});
+  }
+}
