@@ -176,7 +176,15 @@ export class QemuProcess {
       else process.kill(this.child.pid, 'SIGKILL');
     }
     if (this.qmp && !this.qmp.isClosed) this.qmp.close();
-    return this.exited;
+    // An adopted QEMU's exit is seen by an unref'd poll (an idle adopted guest must not keep a
+    // process alive). Waiting for it here must: an agent that removes a stale copy before it
+    // serves anything has no other handle, and Node would exit silently mid-await.
+    const keepAlive = setInterval(() => undefined, 1000);
+    try {
+      return await this.exited;
+    } finally {
+      clearInterval(keepAlive);
+    }
   }
 
   private async exitsWithin(ms: number): Promise<boolean> {

@@ -32,11 +32,6 @@ describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
     await migrateAroundOnSharedStorage(suite, 'i1', ip, t, async () => assert.equal(await openers(lun), 1, 'exactly one QEMU may have the LUN open'));
   });
 
-  it('its host dies: the VM is recovered on another host from the same LUN, nothing the guest saw written is lost', async (t) => {
-    await recoverAfterHostDeath(suite, 'i1', 'h3', t);
-    assert.equal(await openers(lun), 1, 'exactly one QEMU has the LUN open after the recovery');
-  });
-
   it('only the hosts may log in to the target, not other machines on the lab network (the guests)', async () => {
     const fromClient = await run('ip', ['netns', 'exec', suite.lab.clientNetns, 'qemu-img', 'info', `iscsi://10.80.0.8:3260/iqn.2026-11.org.ferry:${suite.lab.prefix}/1`]).then(
       () => 'logged in',
@@ -77,5 +72,10 @@ describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
     const again = await cli('volume', 'create', 'ic', '--pool', 'iscsi', '--size', '128M');
     assert.equal(again.code, 0, again.stderr);
     assert.equal(again.json.location, a.json.location, 'the freed LUN is used again');
+  });
+
+  it('its host dies: the VM is recovered on another host from the same LUN, nothing the guest saw written is lost', async (t) => {
+    await recoverAfterHostDeath(suite, 'i1', 'h3', t);
+    assert.equal(await openers(lun), 1, 'exactly one QEMU has the LUN open after the recovery');
   });
 });
