@@ -7,10 +7,15 @@
  * The file holds `{ "<point>": { "action": "<action>", "vm": "<name>" } }`.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import type { OwnedVm } from '../cluster/model.ts';
 import type { AgentContext } from './context.ts';
 
-export type FaultPoint = 'before-ownership-swap' | 'after-ownership-swap';
+export type FaultPoint =
+  /** Source, in the switchover: before the ownership compare-and-swap. */
+  | 'before-ownership-swap'
+  /** Source, in the switchover: right after the swap, before the destination is told to resume. */
+  | 'after-ownership-swap'
+  /** Destination, when the source asks it to finish (the guest already runs there). */
+  | 'before-incoming-finish';
 export type FaultAction =
   /** The agent dies at once (SIGKILL), as a crash would: no cleanup, no answer. */
   | 'crash'
@@ -21,18 +26,18 @@ export const FAULT_FILE_ENV = 'FERRY_FAULTS_FILE';
 
 type FaultFile = Partial<Record<FaultPoint, { action: FaultAction; vm: string }>>;
 
-export async function faultPoint(ctx: AgentContext, point: FaultPoint, vm: OwnedVm): Promise<void> {
+export async function faultPoint(ctx: AgentContext, point: FaultPoint, vm: string): Promise<void> {
   const file = process.env[FAULT_FILE_ENV];
   if (!file || !existsSync(file)) return;
   const faults = JSON.parse(readFileSync(file, 'utf8')) as FaultFile;
   const fault = faults[point];
-  if (!fault || fault.vm !== vm.spec.name) return;
+  if (!fault || fault.vm !== vm) return;
   delete faults[point];
   writeFileSync(file, JSON.stringify(faults));
-  ctx.log(`fault injected at ${point}: ${fault.action} (${vm.spec.name})`);
+  ctx.log(`fault injected at ${point}: ${fault.action} (${vm})`);
   if (fault.action === 'crash') process.kill(process.pid, 'SIGKILL');
   if (fault.action === 'touch-vm-record') {
-    const now = await ctx.state.vm(vm.spec.name);
+    const now = await ctx.state.vm(vm);
     if (now) await ctx.state.updateVm(now, {});
   }
 }

@@ -4,6 +4,7 @@
  * ownership compare-and-swap, asks it to resume with the new token — which
  * this agent checks against the store itself.
  */
+import { faultPoint } from './faults.ts';
 import { certificateIdentity } from '../cluster/pki.ts';
 import { LocalDestination } from '../migration/local.ts';
 import { checkToken, requireRoom, storageCatalog, type AgentContext } from './context.ts';
@@ -156,6 +157,7 @@ export class IncomingMigrations {
 
   async finish(id: string): Promise<DestinationTimes> {
     const entry = this.get(id);
+    await faultPoint(this.ctx, 'before-incoming-finish', entry.request.spec.name);
     const times = await entry.destination.finish();
     this.byId.delete(id);
     return times;

@@ -148,7 +148,7 @@ async function migrateOnce(
   });
   const switchover: SwitchoverHook = {
     commit: async () => {
-      await faultPoint(ctx, 'before-ownership-swap', vm);
+      await faultPoint(ctx, 'before-ownership-swap', name);
       let token: number | undefined;
       try {
         token = await ctx.state.updateVm(vm, { owner: record.destination });
@@ -161,7 +161,7 @@ async function migrateOnce(
       if (token === undefined) return false;
       destination.ownerToken = token;
       log(`ownership of ${name} moved to ${record.destination} (token ${vm.token} -> ${token})`);
-      await faultPoint(ctx, 'after-ownership-swap', vm);
+      await faultPoint(ctx, 'after-ownership-swap', name);
       return true;
     },
     revert: async () => {

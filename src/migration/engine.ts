@@ -148,7 +148,10 @@ class MigrationRun {
       await this.o.source.retire().catch((err: Error) => this.log(`warning: the source did not retire cleanly: ${err.message}`));
     });
     if (finishError)
-      throw new MigrationError(`'${vm}' switched over, but the destination failed afterwards (${finishError.message}); start the VM again on its owner`);
+      throw new MigrationError(
+        `'${vm}' switched over: the destination owns it and the source is retired, but the destination failed afterwards (${finishError.message}); ` +
+          `the guest may still run there: see 'ferry vm show ${vm}', and start it on its owner if it does not`,
+      );
     const record = this.record('completed', summary);
     record.switchover = { ...this.timeline, stoppedAt: summary.stoppedAt ?? null };
     if (this.unconfirmed) record.warnings = [this.unconfirmed];

@@ -53,6 +53,21 @@ for (const store of ['sqlite', 'etcd'] as const) {
       await rm(dir, { recursive: true, force: true });
     });
 
+    /** Waits until the lab agent of `host` has died at an injected fault. */
+    async function crashed(host: string): Promise<void> {
+      const pid = lab.hosts.find((h) => h.name === host)!.pid!;
+      const alive = () => {
+        try {
+          process.kill(pid, 0);
+          return true;
+        } catch {
+          return false;
+        }
+      };
+      for (let i = 0; i < 600 && alive(); i++) await sleep(100);
+      assert.equal(alive(), false, `the agent of ${host} did not crash at the fault point`);
+    }
+
     /** What a user checks after each step: same server, tick grew, memory intact, one QEMU, the store agrees. */
     async function assertHealthyOn(host: string) {
       const now = await probe.gamesrv(ip);
@@ -276,17 +291,7 @@ for (const store of ['sqlite', 'etcd'] as const) {
       const to = from === 'h2' ? 'h3' : 'h2';
       await injectFault(lab, from, 'after-ownership-swap', 'crash', 'g1');
       const migration = cli('vm', 'migrate', 'g1', '--to', to);
-      const pid = lab.hosts.find((h) => h.name === from)!.pid!;
-      const alive = () => {
-        try {
-          process.kill(pid, 0);
-          return true;
-        } catch {
-          return false;
-        }
-      };
-      for (let i = 0; i < 600 && alive(); i++) await sleep(100);
-      assert.equal(alive(), false, `the agent of ${from} did not crash at the fault point`);
+      await crashed(from);
       assert.equal((await cli('vm', 'show', 'g1')).json.owner, to, 'the crash came after the swap');
       await sleep(1000);
       await startAgent(lab, from);
@@ -295,6 +300,20 @@ for (const store of ['sqlite', 'etcd'] as const) {
       assert.equal(result.json.status, 'completed');
       const job = (await cli('job', 'show', result.json.job)).json;
       assert.match(job.log.join('\n'), new RegExp(`agent of ${from} restarted during the migration; ownership had moved: g1 runs on ${to}`));
+      await assertHealthyOn(to);
+    });
+
+    it('the destination agent crashes after the switchover, before finish: the failure says the guest moved, the source is never resumed, the restarted agent runs the guest on', async () => {
+      const from = (await cli('vm', 'show', 'g1')).json.owner as string;
+      const to = from === 'h2' ? 'h3' : 'h2';
+      await injectFault(lab, to, 'before-incoming-finish', 'crash', 'g1');
+      const migration = cli('vm', 'migrate', 'g1', '--to', to);
+      await crashed(to);
+      await sleep(500);
+      await startAgent(lab, to);
+      const result = await migration;
+      assert.notEqual(result.code, 0, 'finish was not confirmed: not reported as a clean success');
+      assert.match(result.json.error, /switched over: the destination owns it and the source is retired, but the destination failed afterwards/);
       await assertHealthyOn(to);
     });
 
