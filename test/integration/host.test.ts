@@ -12,6 +12,7 @@ import { ensureGuestImage, guestBoot } from '../../src/qemu/guest-image.ts';
 import { probeHost, resolveAccel, type HostProbe } from '../../src/qemu/host-probe.ts';
 import { makeVmSpec } from '../../src/qemu/spec.ts';
 import { startVm } from '../../src/qemu/start.ts';
+import { ferry } from '../helpers/cli.ts';
 
 describe('host probe', () => {
   let cacheDir: string;
@@ -56,6 +57,22 @@ describe('host probe', () => {
       assert.match(auto.warning ?? '', /accel=auto uses TCG/);
       assert.match(auto.warning ?? '', new RegExp(probe.accelerators.kvm.reason.slice(0, 20).replace(/[/.]/g, '\\$&')));
     }
+  });
+
+  it('ferry host probe prints the same facts, for a person and as JSON', async () => {
+    const json = await ferry({}, 'host', 'probe', '--json');
+    assert.equal(json.code, 0, json.stderr);
+    assert.equal(json.json.qemuVersion, probe.qemuVersion);
+    assert.deepEqual(json.json.machineTypes, probe.machineTypes);
+    const human = await ferry({}, 'host', 'probe');
+    assert.equal(human.code, 0, human.stderr);
+    assert.match(human.stdout, new RegExp(`^QEMU ${probe.qemuVersion.replaceAll('.', '\\.')} on Linux`, 'm'));
+    assert.match(human.stdout, probe.tcgDirtyTrackingFixed ? /TCG dirty tracking: sound/ : /TCG dirty tracking: LOSES PAGES/);
+    assert.match(human.stdout, new RegExp(`machine types: newest ${probe.machineTypes[0]}`));
+    assert.match(human.stdout, /accel=auto uses (kvm|tcg)/);
+    const wrong = await ferry({}, 'host', 'inspect');
+    assert.equal(wrong.code, 2, 'a usage error');
+    assert.match(wrong.stderr, /usage: ferry host probe/);
   });
 
   it('answers from its cache the second time', async () => {
