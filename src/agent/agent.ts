@@ -11,12 +11,21 @@ import { loadClusterConfig, openStore, type ClusterConfig, type NodeConfig } fro
 import type { AgentContext } from './context.ts';
 import { IncomingMigrations } from './incoming.ts';
 import { reconcile } from './reconcile.ts';
+import { fingerprintOf, RevocationList } from './revocation.ts';
 import { ReplicationManager } from './replication.ts';
 import { routes } from './routes.ts';
 import { LocalRuntime } from './runtime.ts';
 import { serve } from './server.ts';
 import { localQemuBuild } from '../qemu/host-probe.ts';
 import { formatQemuVersion } from '../qemu/version.ts';
+
+/** This host's certificate was revoked: it was removed from the cluster. */
+export class HostRemovedError extends Error {
+  override name = 'HostRemovedError';
+  constructor(host: string, at: string, reason: string) {
+    super(`host '${host}' was removed from the cluster at ${at} (${reason}): its certificate is revoked; to bring it back, join it again (ferry join) and install the new bundle`);
+  }
+}
 
 export interface RunningAgent {
   ctx: AgentContext;
@@ -31,6 +40,12 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   const runtime = new LocalRuntime(node.stateDir, node.runDir, new BridgeTapAttacher(node.netns), log);
   const ctx = { node, identity, state: new ClusterState(store), runtime, log } as AgentContext;
   ctx.replication = new ReplicationManager(ctx);
+  ctx.revocations = new RevocationList(ctx.state, log);
+  await ctx.revocations.start();
+  const mine = fingerprintOf(identity.cert);
+  const revoked = ctx.revocations.check(mine);
+  if (revoked) throw new HostRemovedError(node.name, revoked.revokedAt, revoked.reason);
+  await ctx.state.putMember({ name: node.name, fingerprint: mine, since: new Date().toISOString() });
 
   const stallWatch = watchEventLoop(log);
   await reconcile(ctx);
@@ -42,6 +57,7 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
     ctx,
     async stop() {
       clearInterval(stallWatch);
+      ctx.revocations.stop();
       membership.stop();
       await ctx.replication.stop();
       for (const s of servers) s.close();
@@ -98,6 +114,14 @@ async function keepMembership(ctx: AgentContext, store: Store): Promise<{ stop()
   let fenced = false;
   let renewing = false;
   const renew = async () => {
+    const revoked = ctx.revocations.check(fingerprintOf(ctx.identity.cert));
+    if (revoked) {
+      // Removed from the cluster (it owned no VM then): it takes no further part; its lease runs out.
+      ctx.log(new HostRemovedError(node.name, revoked.revokedAt, revoked.reason).message);
+      clearInterval(renewTimer);
+      clearInterval(fenceTimer);
+      return;
+    }
     try {
       try {
         await store.keepAlive(lease);

@@ -42,8 +42,12 @@ export class AgentClient {
           ca: this.identity.ca,
           cert: this.identity.cert,
           key: this.identity.key,
+          // An agent is a host: its certificate must say so (OU=host), under the host's name. An admin
+          // or store certificate that carries a host's name does not pass as that host.
           checkServerIdentity: (_host, cert) =>
-            cert.subject?.CN === this.endpoint.name ? undefined : new Error(`the agent presented '${cert.subject?.CN}', expected '${this.endpoint.name}'`),
+            cert.subject?.CN === this.endpoint.name && cert.subject?.OU === 'host'
+              ? undefined
+              : new Error(`the agent presented '${cert.subject?.CN}' (role ${cert.subject?.OU ?? 'none'}), expected host '${this.endpoint.name}'`),
           headers: payload ? { 'content-type': typeof payload === 'string' ? 'application/json' : 'application/octet-stream', 'content-length': Buffer.byteLength(payload) } : {},
           timeout: timeoutMs,
         },

@@ -1,4 +1,5 @@
 /** What every part of a running agent shares. */
+import type { RevocationList } from './revocation.ts';
 import type { Identity } from '../cluster/pki.ts';
 import type { ClusterState } from '../cluster/model.ts';
 import { AgentClient } from './client.ts';
@@ -16,6 +17,8 @@ export interface AgentContext {
   runtime: LocalRuntime;
   /** Replicated volumes on this host: exports, replication jobs, their handover in migrations. */
   replication: ReplicationManager;
+  /** Certificates no agent accepts any more. */
+  revocations: RevocationList;
   log: (line: string) => void;
 }
 

@@ -18,7 +18,8 @@ export class NotFoundError extends ApiError {
 export class StaleTokenError extends ApiError {
   override name = 'StaleTokenError';
   constructor(vm: string, given: number, current: number | undefined) {
-    super(409, `stale fencing token for '${vm}': the request carries ${given}, the store has ${current ?? 'no record'}; re-read the VM and try again`);
+    // The current token is not repeated to a caller that did not know it: it is what guards the VM.
+    super(409, `stale fencing token for '${vm}': the request carries ${given}, ${current === undefined ? 'the store has no record of it' : 'the store has a newer one'}; re-read the VM and try again`);
   }
 }
 

@@ -7,11 +7,12 @@
 import { faultPoint } from './faults.ts';
 import { certificateIdentity } from '../cluster/pki.ts';
 import { LocalDestination } from '../migration/local.ts';
-import { checkToken, requireRoom, storageCatalog, type AgentContext } from './context.ts';
+import { checkToken, freeMemoryMiB, storageCatalog, type AgentContext } from './context.ts';
 import { checkIncomingStorage } from '../migration/storage-check.ts';
 import type { DestinationTimes, DiskNeed, PreparedDestination } from '../migration/sides.ts';
 import type { VmSpec } from '../qemu/spec.ts';
 import { NotFoundError, RefusedError, StaleTokenError } from './errors.ts';
+import { ForbiddenError, requireSourceHost, type Caller } from './authz.ts';
 import type { IncomingRequest, IncomingState } from './remote-destination.ts';
 
 interface Incoming {
@@ -35,13 +36,29 @@ export class IncomingMigrations {
     return checkIncomingStorage(spec, await storageCatalog(this.ctx), needs);
   }
 
-  async prepare(request: IncomingRequest): Promise<PreparedDestination> {
+  /**
+   * prepare, for the host `caller` (the name in its certificate): the source is the caller, whatever
+   * the request says; the VM must be the caller's, with a migration to this host that the caller
+   * began (its in-flight record) under this id; and the QEMU started is built from the VM's spec as
+   * the store holds it, never from the request's.
+   */
+  async prepare(body: IncomingRequest, caller: string): Promise<PreparedDestination> {
     const { ctx } = this;
-    const vm = await checkToken(ctx, request.spec.name, request.token);
-    if (vm.owner !== request.source) throw new RefusedError(`'${vm.spec.name}' is owned by ${vm.owner}, not by ${request.source}`);
+    if (body.source !== undefined && body.source !== caller)
+      throw new ForbiddenError(`host '${caller}' asked for a migration from '${body.source}': a host can only migrate its own VMs`);
+    const name = String(body.spec?.name ?? '');
+    const vm = await checkToken(ctx, name, body.token);
+    if (vm.owner !== caller) throw new RefusedError(`'${vm.spec.name}' is owned by ${vm.owner}, not by ${caller}`);
     if (vm.owner === ctx.node.name) throw new RefusedError(`'${vm.spec.name}' already runs on ${ctx.node.name}`);
+    const inFlight = await ctx.state.migration(name);
+    if (!inFlight || inFlight.id !== body.migrationId || inFlight.source !== caller || inFlight.destination !== ctx.node.name)
+      throw new RefusedError(`no migration ${body.migrationId} of '${name}' from ${caller} to ${ctx.node.name} was begun; the source writes it down before it asks`);
+    if (this.byId.has(body.migrationId)) throw new RefusedError(`incoming migration ${body.migrationId} exists already on ${ctx.node.name}`);
     if (ctx.runtime.get(vm.spec.name)) throw new RefusedError(`a copy of '${vm.spec.name}' already runs on ${ctx.node.name}`);
-    await requireRoom(ctx, ctx.node.name, request.spec.memoryMiB, request.spec.name);
+    const free = (await freeMemoryMiB(ctx, ctx.node.name)) - this.incomingMiB();
+    if (free < vm.spec.memoryMiB)
+      throw new RefusedError(`host '${ctx.node.name}' has ${free} MiB free for guests (incoming migrations counted), '${name}' needs ${vm.spec.memoryMiB} MiB; choose another host or stop a VM there`);
+    const request: IncomingRequest = { ...body, source: caller, spec: vm.spec };
 
     const destination = new LocalDestination({
       spec: request.spec,
@@ -83,6 +100,24 @@ export class IncomingMigrations {
       await this.abort(request.migrationId);
       throw err;
     }
+  }
+
+  /** Memory held by incoming QEMUs here (paused, not yet owned: the store does not count them). */
+  private incomingMiB(): number {
+    const holding: IncomingState[] = ['preparing', 'listening', 'loaded', 'postcopy'];
+    return [...this.byId.values()].filter((e) => holding.includes(e.state)).reduce((sum, e) => sum + e.request.spec.memoryMiB, 0);
+  }
+
+  /** The incoming migration `id`, for its source host only. */
+  of(id: string, caller: Caller): Incoming {
+    const entry = this.get(id);
+    requireSourceHost(caller, entry.request.source, `incoming migration ${id}`);
+    return entry;
+  }
+
+  /** As `of`, but an id that is gone already is no error (an abort is idempotent). */
+  ofIfAny(id: string, caller: Caller): Incoming | undefined {
+    return this.byId.has(id) ? this.of(id, caller) : undefined;
   }
 
   get(id: string): Incoming {

@@ -19,6 +19,7 @@ export function recoverRoutes(ctx: AgentContext): Route[] {
     {
       method: 'POST',
       pattern: '/v1/vms/:name/recover',
+      who: 'admin',
       handler: async ({ name }, body) => ({ vm: await recoverVm(ctx, name!, body['acceptDataLoss'] === true) }),
     },
   ];

@@ -123,13 +123,20 @@ export class ReplicationManager implements ReplicaHandover {
     return this.server;
   }
 
-  /** The certificates the replica server lets in: the other hosts' (a primary is always another host). */
+  /**
+   * The certificates the replica server lets in: the peers of the replicated volumes this host keeps
+   * a replica of (a volume's primary is its other replica host), no other host. The server is one
+   * per host and NBD's TLS authorization is per server, so a peer of one volume could reach another
+   * volume's export here; every export's name is the volume's, and only the two replica hosts of a
+   * volume know to ask for it.
+   */
   private async hostIdentities(): Promise<string[]> {
-    const hosts = (await this.ctx.state.hosts()).map((h) => h.name).filter((h) => h !== this.ctx.node.name);
-    return hosts.sort().map(certificateIdentity);
+    const me = this.ctx.node.name;
+    const peers = new Set((await this.ctx.state.volumes()).flatMap((v) => (v.replicas?.includes(me) ? v.replicas.filter((h) => h !== me) : [])));
+    return [...peers].sort().map((h) => certificateIdentity(h));
   }
 
-  /** A host that joined since the server started may be a primary too. */
+  /** A volume made since the server started may have another peer. */
   private async authorizeHosts(server: ReplicaServer): Promise<void> {
     const allowed = await this.hostIdentities();
     if (allowed.join('\n') === this.allowed) return;

@@ -6,6 +6,8 @@ import type { IncomingMigrations } from './incoming.ts';
 import type { IncomingRequest } from './remote-destination.ts';
 import type { Route } from './server.ts';
 import { dryRun, type HistoryChoice } from './predict.ts';
+import { migrationParams } from './validate.ts';
+import { removeHost } from './membership.ts';
 import { cancelMigration, startMigration, type MigrateRequest } from './source-migration.ts';
 import { guestBoot, guestImage } from '../qemu/guest-image.ts';
 import { localQemuBuild } from '../qemu/host-probe.ts';
@@ -17,6 +19,18 @@ import { createVolume, removeVolume, storageRoutes } from './storage-routes.ts';
 import { recoverRoutes } from './recover.ts';
 import { storageCatalog } from './context.ts';
 import { defaultFormat, type StoragePoolConfig } from '../storage/types.ts';
+
+let dryRunning = false;
+
+async function oneDryRunAtATime<T>(body: () => Promise<T>): Promise<T> {
+  if (dryRunning) throw new RefusedError('another dry run is measuring on this host; try again when it is done');
+  dryRunning = true;
+  try {
+    return await body();
+  } finally {
+    dryRunning = false;
+  }
+}
 
 export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster: ClusterConfig): Route[] {
   const { state, runtime, node } = ctx;
@@ -32,24 +46,33 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     {
       method: 'GET',
       pattern: '/v1/health',
+      who: 'admin-or-host',
       handler: async () => ({ host: node.name, vms: await runtime.list(), store: await storeAnswers(ctx) }),
     },
 
-    { method: 'GET', pattern: '/v1/host/qemu', handler: async () => ({ qemu: await localQemuBuild() }) },
+    { method: 'GET', pattern: '/v1/host/qemu', who: 'admin-or-host', handler: async () => ({ qemu: await localQemuBuild() }) },
 
     {
       method: 'GET',
       pattern: '/v1/cluster/hosts',
+      who: 'admin',
       handler: async () => ({
         hosts: await Promise.all((await state.hosts()).map(async (h) => ({ ...h, freeMemoryMiB: await freeMemoryMiB(ctx, h.name) }))),
       }),
     },
-    { method: 'GET', pattern: '/v1/cluster/vms', handler: async () => ({ vms: await state.vms() }) },
-    { method: 'GET', pattern: '/v1/cluster/vms/:name', handler: async ({ name }) => ({ vm: await requireVm(ctx, name!), migration: await state.migration(name!) }) },
+    {
+      method: 'POST',
+      pattern: '/v1/cluster/hosts/:name/remove',
+      who: 'admin',
+      handler: async ({ name }, body) => removeHost(ctx, name!, typeof body['reason'] === 'string' ? body['reason'].slice(0, 200) : 'removed with ferry node remove'),
+    },
+    { method: 'GET', pattern: '/v1/cluster/vms', who: 'admin', handler: async () => ({ vms: await state.vms() }) },
+    { method: 'GET', pattern: '/v1/cluster/vms/:name', who: 'admin', handler: async ({ name }) => ({ vm: await requireVm(ctx, name!), migration: await state.migration(name!) }) },
 
     {
       method: 'POST',
       pattern: '/v1/vms',
+      who: 'admin',
       handler: async (_, body) => {
         const name = String(body['name'] ?? '');
         const memoryMiB = Number(body['memoryMiB'] ?? 256);
@@ -123,6 +146,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     {
       method: 'POST',
       pattern: '/v1/vms/:name/start',
+      who: 'admin',
       handler: async ({ name }, body) => {
         const vm = await mine(name!, body['token']);
         if (runtime.get(name!)) throw new RefusedError(`'${name}' is already running on ${node.name}`);
@@ -134,6 +158,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     {
       method: 'POST',
       pattern: '/v1/vms/:name/stop',
+      who: 'admin',
       handler: async ({ name }, body) => {
         await mine(name!, body['token']);
         if (!runtime.get(name!)) throw new RefusedError(`'${name}' is not running`);
@@ -143,6 +168,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     {
       method: 'DELETE',
       pattern: '/v1/vms/:name',
+      who: 'admin',
       handler: async ({ name }, body) => {
         const vm = await mine(name!, body['token']);
         if (await state.migration(name!)) throw new RefusedError(`'${name}' is being migrated; wait for the migration to end`);
@@ -162,40 +188,45 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         return { destroyed: name, keptVolumes: kept };
       },
     },
-    { method: 'GET', pattern: '/v1/vms/:name/console', handler: async ({ name }) => ({ log: await runtime.consoleLog(name!) }) },
+    { method: 'GET', pattern: '/v1/vms/:name/console', who: 'admin', handler: async ({ name }) => ({ log: await runtime.consoleLog(name!) }) },
     {
       method: 'POST',
       pattern: '/v1/vms/:name/migrate',
-      handler: async ({ name }, body) => ({ job: await startMigration(ctx, name!, body as unknown as MigrateRequest) }),
+      who: 'admin',
+      handler: async ({ name }, body) => ({ job: await startMigration(ctx, name!, { ...(body as unknown as MigrateRequest), params: migrationParams(body['params']) }) }),
     },
 
-    { method: 'POST', pattern: '/v1/vms/:name/predict', handler: async ({ name }, body) => dryRun(ctx, name!, String(body['to'] ?? ''), (body['history'] ?? 'all') as HistoryChoice) },
-    { method: 'GET', pattern: '/v1/jobs', handler: async () => ({ jobs: await state.jobs() }) },
+    // A dry run sends 3 × 16 MiB to the destination and scans the guest's RAM: one at a time per host.
+    { method: 'POST', pattern: '/v1/vms/:name/predict', who: 'admin', handler: async ({ name }, body) => oneDryRunAtATime(() => dryRun(ctx, name!, String(body['to'] ?? ''), (body['history'] ?? 'all') as HistoryChoice)) },
+    { method: 'GET', pattern: '/v1/jobs', who: 'admin', handler: async () => ({ jobs: await state.jobs() }) },
     {
       method: 'GET',
       pattern: '/v1/jobs/:id',
+      who: 'admin',
       handler: async ({ id }) => {
         const job = await state.job(id!);
         if (!job) throw new NotFoundError(`no job ${id}; see 'ferry job list'`);
         return { job };
       },
     },
-    { method: 'POST', pattern: '/v1/jobs/:id/cancel', handler: async ({ id }) => ({ cancelled: cancelMigration(id!) }) },
+    { method: 'POST', pattern: '/v1/jobs/:id/cancel', who: 'admin', handler: async ({ id }) => ({ cancelled: cancelMigration(id!) }) },
 
-    { method: 'POST', pattern: '/v1/incoming', handler: async (_, body) => incoming.prepare(body as unknown as IncomingRequest) },
+    { method: 'POST', pattern: '/v1/incoming', who: 'host', handler: async (_, body, caller) => incoming.prepare(body as unknown as IncomingRequest, caller.name) },
     {
       method: 'POST',
       pattern: '/v1/incoming/check-storage',
+      who: 'host',
       handler: async (_, body) => ({ problems: await incoming.checkStorage(body['spec'] as VmSpec, (body['disks'] as DiskNeed[]) ?? []) }),
     },
-    { method: 'GET', pattern: '/v1/incoming/:id', handler: async ({ id }) => ({ state: incoming.get(id!).state }) },
-    { method: 'POST', pattern: '/v1/incoming/:id/wait', handler: async ({ id }, body) => incoming.wait(id!, Number(body['timeoutMs'] ?? 10_000)) },
-    { method: 'GET', pattern: '/v1/incoming/:id/running', handler: async ({ id }) => ({ running: await incoming.running(id!) }) },
-    { method: 'POST', pattern: '/v1/incoming/:id/recover-postcopy', handler: async ({ id }) => ({ uri: await incoming.recoverPostcopy(id!) }) },
-    { method: 'POST', pattern: '/v1/incoming/:id/digest', handler: async ({ id }) => ({ digest: await incoming.digest(id!) }) },
-    { method: 'POST', pattern: '/v1/incoming/:id/resume', handler: async ({ id }, body) => (await incoming.resume(id!, body['token']), {}) },
-    { method: 'POST', pattern: '/v1/incoming/:id/finish', handler: async ({ id }) => ({ times: await incoming.finish(id!) }) },
-    { method: 'POST', pattern: '/v1/incoming/:id/abort', handler: async ({ id }) => (await incoming.abort(id!), {}) },
+    // Each incoming migration answers only the host it comes from (its certificate, not the request, says which).
+    { method: 'GET', pattern: '/v1/incoming/:id', who: 'host', handler: async ({ id }, _, caller) => ({ state: incoming.of(id!, caller).state }) },
+    { method: 'POST', pattern: '/v1/incoming/:id/wait', who: 'host', handler: async ({ id }, body, caller) => (incoming.of(id!, caller), incoming.wait(id!, Number(body['timeoutMs'] ?? 10_000))) },
+    { method: 'GET', pattern: '/v1/incoming/:id/running', who: 'host', handler: async ({ id }, _, caller) => (incoming.of(id!, caller), { running: await incoming.running(id!) }) },
+    { method: 'POST', pattern: '/v1/incoming/:id/recover-postcopy', who: 'host', handler: async ({ id }, _, caller) => (incoming.of(id!, caller), { uri: await incoming.recoverPostcopy(id!) }) },
+    { method: 'POST', pattern: '/v1/incoming/:id/digest', who: 'host', handler: async ({ id }, _, caller) => (incoming.of(id!, caller), { digest: await incoming.digest(id!) }) },
+    { method: 'POST', pattern: '/v1/incoming/:id/resume', who: 'host', handler: async ({ id }, body, caller) => (incoming.of(id!, caller), await incoming.resume(id!, body['token']), {}) },
+    { method: 'POST', pattern: '/v1/incoming/:id/finish', who: 'host', handler: async ({ id }, _, caller) => (incoming.of(id!, caller), { times: await incoming.finish(id!) }) },
+    { method: 'POST', pattern: '/v1/incoming/:id/abort', who: 'host', handler: async ({ id }, _, caller) => (incoming.ofIfAny(id!, caller), await incoming.abort(id!), {}) },
   ];
 }
 

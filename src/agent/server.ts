@@ -13,12 +13,15 @@ import { MigrationRefusedError } from '../migration/errors.ts';
 import { InvalidVmSpecError } from '../qemu/errors.ts';
 import { ApiError, NotFoundError } from './errors.ts';
 import type { AgentContext } from './context.ts';
+import { authorize, callerOf, type Access, type Caller } from './authz.ts';
 
-export type Handler = (params: Record<string, string>, body: Record<string, unknown>) => Promise<unknown>;
+export type Handler = (params: Record<string, string>, body: Record<string, unknown>, caller: Caller) => Promise<unknown>;
 
 export interface Route {
   method: 'GET' | 'POST' | 'DELETE';
   pattern: string;
+  /** Which roles may call it (authz.ts); checked before the handler runs. */
+  who: Access;
   handler: Handler;
 }
 
@@ -30,9 +33,17 @@ function compile(routes: Route[]) {
   });
 }
 
+/** The largest JSON body a route accepts (a VM spec with its disks is a few KiB). */
+const MAX_BODY_BYTES = 1024 * 1024;
+/** The largest link probe (predict.ts sends 16 MiB). */
+const MAX_SINK_BYTES = 64 * 1024 * 1024;
+
 async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {
   let text = '';
-  for await (const chunk of req) text += chunk;
+  for await (const chunk of req) {
+    text += chunk;
+    if (text.length > MAX_BODY_BYTES) throw new ApiError(413, `the request body is larger than ${MAX_BODY_BYTES / 1024} KiB`);
+  }
   if (!text) return {};
   try {
     return JSON.parse(text) as Record<string, unknown>;
@@ -47,6 +58,9 @@ function statusOf(err: unknown): number {
   return 500;
 }
 
+/** Open connections per listener; more are closed at once (a flood of handshakes cannot exhaust the agent). */
+const MAX_CONNECTIONS = 256;
+
 /** A request that takes longer than this is written to the log. */
 const SLOW_REQUEST_MS = 5_000;
 
@@ -59,19 +73,25 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
     };
     try {
       if (!(req.socket as TLSSocket).authorized) throw new ApiError(401, 'a client certificate from the cluster CA is required');
+      const caller = callerOf(req.socket as TLSSocket, ctx.revocations);
       const url = new URL(req.url ?? '/', 'https://agent');
       if (req.method === 'POST' && url.pathname === '/v1/sink') {
+        authorize('host', caller, 'POST /v1/sink');
         // The far end of a link measurement: take the bytes, say how many.
         let bytes = 0;
-        for await (const chunk of req) bytes += (chunk as Buffer).length;
+        for await (const chunk of req) {
+          bytes += (chunk as Buffer).length;
+          if (bytes > MAX_SINK_BYTES) throw new ApiError(413, `a link probe is at most ${MAX_SINK_BYTES / 2 ** 20} MiB`);
+        }
         return send(200, { bytes });
       }
       for (const r of table) {
         const m = r.method === req.method ? r.regex.exec(url.pathname) : null;
         if (!m) continue;
+        authorize(r.who, caller, `${r.method} ${r.pattern}`);
         const params = Object.fromEntries(r.names.map((n, i) => [n, decodeURIComponent(m[i + 1]!)]));
         const t0 = performance.now();
-        const answer = (await r.handler(params, await readBody(req))) ?? {};
+        const answer = (await r.handler(params, await readBody(req), caller)) ?? {};
         const ms = performance.now() - t0;
         // Some requests wait by design (a boot, a migration); for the others, a caller that gave up
         // after 10-30 s finds why in this log.
@@ -85,7 +105,12 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
       send(status, { error: (err as Error).message, kind: (err as Error).name });
     }
   };
-  const tls = { key: ctx.identity.key, cert: ctx.identity.cert, ca: ctx.identity.ca, requestCert: true, rejectUnauthorized: true };
+  // Bounded before authentication too: a handshake must finish in 10 s, a request's headers arrive in
+  // 10 s and its body in 60 s (answers may take longer: a boot, a migration's long poll).
+  const tls = {
+    key: ctx.identity.key, cert: ctx.identity.cert, ca: ctx.identity.ca, requestCert: true, rejectUnauthorized: true,
+    handshakeTimeout: 10_000, headersTimeout: 10_000, requestTimeout: 60_000,
+  };
   const servers: https.Server[] = [];
   const listen = (server: https.Server, target: { port: number; host: string } | { path: string }) =>
     new Promise<void>((resolve, reject) => {
@@ -93,11 +118,13 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
       server.listen(target, () => resolve());
     });
   const tcp = https.createServer(tls, (req, res) => void onRequest(req, res));
+  tcp.maxConnections = MAX_CONNECTIONS;
   await listen(tcp, { port: ctx.node.port, host: ctx.node.address });
   servers.push(tcp);
   if (ctx.node.socket) {
     await rm(ctx.node.socket, { force: true });
     const local = https.createServer(tls, (req, res) => void onRequest(req, res));
+    local.maxConnections = MAX_CONNECTIONS;
     await listen(local, { path: ctx.node.socket });
     servers.push(local);
   }

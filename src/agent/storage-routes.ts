@@ -2,6 +2,7 @@
  * Storage pools and volumes through the agent API. The store has the records;
  * the agent of the host that holds a volume makes and removes its image.
  */
+import { NAME_PATTERN } from '../util/names.ts';
 import type { StoredVolume, VolumeRecord } from '../cluster/model.ts';
 import type { VolumeFormat } from '../qemu/spec.ts';
 import { VolumeInUseError, VolumeNotFoundError } from '../storage/errors.ts';
@@ -10,16 +11,17 @@ import { peer, storageCatalog, type AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
 
-const NAME = /^[a-z][a-z0-9-]{0,62}$/;
+const NAME = NAME_PATTERN;
 
 export function storageRoutes(ctx: AgentContext): Route[] {
   const { state } = ctx;
   return [
-    { method: 'GET', pattern: '/v1/cluster/storage', handler: async () => ({ pools: await state.pools() }) },
-    { method: 'GET', pattern: '/v1/storage/status', handler: async () => ({ host: ctx.node.name, pools: await poolStatus(ctx) }) },
+    { method: 'GET', pattern: '/v1/cluster/storage', who: 'admin', handler: async () => ({ pools: await state.pools() }) },
+    { method: 'GET', pattern: '/v1/storage/status', who: 'admin', handler: async () => ({ host: ctx.node.name, pools: await poolStatus(ctx) }) },
     {
       method: 'POST',
       pattern: '/v1/storage',
+      who: 'admin',
       handler: async (_, body) => {
         const pool = parsePool(body);
         const twin = (await state.pools()).find((p) => backendOf(p) === backendOf(pool));
@@ -29,10 +31,11 @@ export function storageRoutes(ctx: AgentContext): Route[] {
         return { pool, status: (await poolStatus(ctx)).find((p) => p.pool === pool.name) };
       },
     },
-    { method: 'GET', pattern: '/v1/cluster/volumes', handler: async () => ({ volumes: await state.volumes() }) },
+    { method: 'GET', pattern: '/v1/cluster/volumes', who: 'admin', handler: async () => ({ volumes: await state.volumes() }) },
     {
       method: 'POST',
       pattern: '/v1/volumes',
+      who: 'admin',
       handler: async (_, body) => {
         const volume = parseVolume(body, await state.pools());
         return { volume: await createVolume(ctx, volume) };
@@ -42,6 +45,7 @@ export function storageRoutes(ctx: AgentContext): Route[] {
       // A replica host makes (or removes) its own replica of a volume the store already records.
       method: 'POST',
       pattern: '/v1/replicas/:pool/:name',
+      who: 'admin',
       handler: async ({ pool, name }) => {
         const volume = await state.volume(pool!, name!);
         if (!volume?.replicas?.includes(ctx.node.name)) throw new NotFoundError(`the store records no replica of ${pool}/${name} on ${ctx.node.name}`);
@@ -53,6 +57,7 @@ export function storageRoutes(ctx: AgentContext): Route[] {
     {
       method: 'DELETE',
       pattern: '/v1/replicas/:pool/:name',
+      who: 'admin',
       handler: async ({ pool, name }) => {
         const volume = await state.volume(pool!, name!);
         if (!volume?.replicas?.includes(ctx.node.name)) throw new NotFoundError(`the store records no replica of ${pool}/${name} on ${ctx.node.name}`);
@@ -64,11 +69,13 @@ export function storageRoutes(ctx: AgentContext): Route[] {
       // The replication of a VM's replicated disks, from the host that runs it.
       method: 'GET',
       pattern: '/v1/vms/:name/replication',
+      who: 'admin',
       handler: async ({ name }) => ({ host: ctx.node.name, volumes: await ctx.replication.statusOf(name!) }),
     },
     {
       method: 'DELETE',
       pattern: '/v1/volumes/:pool/:name',
+      who: 'admin',
       handler: async ({ pool, name }) => {
         const volume = await state.volume(pool!, name!);
         if (!volume) throw new NotFoundError(`no volume '${name}' in pool '${pool}'; see 'ferry volume list'`);

@@ -27,10 +27,11 @@ export class Cli {
   }
 
   /** Any agent that answers and reaches the store, for cluster-wide reads (else any that answers). */
-  async anyAgent(): Promise<AgentClient> {
+  /** An agent that answers and reaches the store; `except`: not that host's (the one being removed, say). */
+  async anyAgent(except?: string): Promise<AgentClient> {
     const errors: string[] = [];
     let cutOff: AgentClient | undefined;
-    for (const a of this.context.agents) {
+    for (const a of this.context.agents.filter((agent) => agent.name !== except)) {
       const client = this.agent(a.name);
       try {
         const health = await client.call<{ store?: boolean }>('GET', '/v1/health', undefined, 3000);

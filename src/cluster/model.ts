@@ -36,7 +36,28 @@ export const KEYS = {
   replicaOutdated: (pool: string, name: string) => `/ferry/replica-outdated/${pool}/${name}`,
   /** Where a host serves its replica of a replicated volume to the primary (NBD over TLS). */
   replicaEndpoint: (pool: string, name: string, host: string) => `/ferry/replica-endpoints/${pool}/${name}/${host}`,
+  /** A host that joined, with its certificate's fingerprint; unlike its lease-bound record, kept while it is down. */
+  member: (name: string) => `/ferry/members/${name}`,
+  /** A certificate no agent accepts any more (ferry node remove), by its SHA-256 fingerprint. */
+  revoked: (fingerprint: string) => `/ferry/revoked/${fingerprint}`,
+  revokedAll: '/ferry/revoked/',
 };
+
+/** A host of the cluster as it joined: its certificate, by fingerprint (kept while it is down). */
+export interface MemberRecord {
+  name: string;
+  /** SHA-256 of its certificate, lower-case hex. */
+  fingerprint: string;
+  since: string;
+}
+
+/** A revoked certificate: whose it was, when, and why. */
+export interface RevokedCertificate {
+  fingerprint: string;
+  name: string;
+  revokedAt: string;
+  reason: string;
+}
 
 
 export interface VolumeRecord {
@@ -130,6 +151,32 @@ export class ClusterState {
 
   async hosts(): Promise<HostRecord[]> {
     return (await this.store.list(KEYS.hosts)).map((kv) => JSON.parse(kv.value) as HostRecord);
+  }
+
+  async member(name: string): Promise<MemberRecord | undefined> {
+    const kv = await this.store.get(KEYS.member(name));
+    return kv && (JSON.parse(kv.value) as MemberRecord);
+  }
+
+  async putMember(member: MemberRecord): Promise<void> {
+    await this.store.put(KEYS.member(member.name), JSON.stringify(member));
+  }
+
+  async revokedCertificates(): Promise<RevokedCertificate[]> {
+    return (await this.store.list(KEYS.revokedAll)).map((kv) => JSON.parse(kv.value) as RevokedCertificate);
+  }
+
+  /** Revokes a host's certificate and forgets the host, in one transaction. */
+  async removeHost(member: MemberRecord, reason: string): Promise<void> {
+    const entry: RevokedCertificate = { fingerprint: member.fingerprint, name: member.name, revokedAt: new Date().toISOString(), reason };
+    await this.store.txn(
+      [],
+      [
+        { type: 'put', key: KEYS.revoked(member.fingerprint), value: JSON.stringify(entry) },
+        { type: 'delete', key: KEYS.member(member.name) },
+        { type: 'delete', key: KEYS.host(member.name) },
+      ],
+    );
   }
 
   async host(name: string): Promise<HostRecord | undefined> {

@@ -9,6 +9,7 @@ import { mkdir, readFile, rm, writeFile, copyFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { run } from '../util/exec.ts';
+import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 
 export interface Identity {
   /** PEM strings, ready for node:tls. */
@@ -36,19 +37,35 @@ export async function createCa(dir: string, clusterName: string): Promise<void> 
 }
 
 /**
- * The distinguished name QEMU's TLS authorization (`authz-simple`, `authz-list`) sees for the
- * certificate issued to `name`: it lets a QEMU listener accept one host's certificate, not any
- * the cluster CA signed (the admin's and the etcd members' are signed by it too).
+ * What a certificate of the cluster CA is for, written in its subject's OU: a host (its agent, and
+ * its QEMUs' migration streams and NBD exports), the administrator's CLI, or a member of the etcd
+ * store. Agents authorize every request by it (agent/authz.ts); a certificate without one is refused.
  */
-export function certificateIdentity(name: string): string {
-  return `O=ferry,CN=${name}`;
+export type Role = 'host' | 'admin' | 'store';
+export const ROLES: readonly Role[] = ['host', 'admin', 'store'];
+
+/** A name that goes into a certificate's subject follows the one grammar of names (util/names.ts). */
+function checkName(kind: string, name: string): string {
+  if (!NAME_PATTERN.test(name)) throw new PkiError(`${kind} name '${name}' is not allowed: ${NAME_RULE}`);
+  return name;
 }
 
 /**
- * Issues a certificate for `name` into outDir: cert.pem, key.pem, ca-cert.pem, and the
+ * The distinguished name QEMU's TLS authorization (`authz-simple`, `authz-list`) sees for the
+ * certificate issued to host `name`: it lets a QEMU listener accept one host's certificate, not any
+ * the cluster CA signed (the admin's and the etcd members' are signed by it too, with other roles).
+ */
+export function certificateIdentity(name: string, role: Role = 'host'): string {
+  return `O=ferry,OU=${role},CN=${name}`;
+}
+
+/**
+ * Issues a certificate for `name` in `role` into outDir: cert.pem, key.pem, ca-cert.pem, and the
  * file names QEMU's tls-creds-x509 looks for (server-/client-cert.pem, -key.pem).
  */
-export async function issueCertificate(caDir: string, outDir: string, name: string, addresses: string[] = []): Promise<void> {
+export async function issueCertificate(caDir: string, outDir: string, subject: { name: string; role: Role; addresses?: string[] }): Promise<void> {
+  const { name, role, addresses = [] } = subject;
+  checkName(role === 'host' ? 'host' : role === 'store' ? 'store member' : 'admin', name);
   if (!existsSync(path.join(caDir, 'ca-key.pem'))) throw new PkiError(`no cluster CA in ${caDir}; run 'ferry init' first`);
   await mkdir(outDir, { recursive: true, mode: 0o700 });
   const key = path.join(outDir, 'key.pem');
@@ -57,7 +74,7 @@ export async function issueCertificate(caDir: string, outDir: string, name: stri
   const ext = path.join(outDir, 'ext.cnf');
   const san = [`DNS:${name}`, ...addresses.map((a) => (/^[\d.]+$|:/.test(a) ? `IP:${a}` : `DNS:${a}`))].join(',');
   await writeFile(ext, `subjectAltName=${san}\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=CA:FALSE\n`);
-  await openssl(['req', ...CURVE, '-keyout', key, '-out', csr, '-subj', `/O=ferry/CN=${name}`]);
+  await openssl(['req', ...CURVE, '-keyout', key, '-out', csr, '-subj', `/O=ferry/OU=${role}/CN=${name}`]);
   await openssl([
     'x509', '-req', '-in', csr, '-CA', path.join(caDir, 'ca-cert.pem'), '-CAkey', path.join(caDir, 'ca-key.pem'),
     '-CAcreateserial', '-days', '825', '-out', cert, '-extfile', ext,

@@ -142,7 +142,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       // Each member gets a certificate of the cluster CA: clients and peers must present one too.
       // All members share the store namespace, so a peer may connect from any of its addresses: name them all.
       const storeAddresses = [5, 6, 7].map((a) => `${SUBNET}.${a}`);
-      for (const i of [1, 2, 3]) await issueCertificate(clusterDir, path.join(dir, 'etcd', `tls${i}`), `etcd${i}`, storeAddresses);
+      for (const i of [1, 2, 3]) await issueCertificate(clusterDir, path.join(dir, 'etcd', `tls${i}`), { name: `etcd${i}`, role: 'store', addresses: storeAddresses });
       const cluster = await EtcdCluster.start(
         [5, 6, 7].map((a, i) => ({
           name: `etcd${i + 1}`, host: `${SUBNET}.${a}`, clientPort: 2379, peerPort: 2380, netns: lab.storeNetns!, tlsDir: path.join(dir, 'etcd', `tls${i + 1}`),
@@ -162,7 +162,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       guestNetwork: { prefix: SUBNET, prefixLength: 24, first: 100, last: 199 },
     };
     await writeJson(path.join(clusterDir, 'cluster.json'), clusterConfig);
-    await issueCertificate(clusterDir, path.join(dir, 'admin'), 'admin');
+    await issueCertificate(clusterDir, path.join(dir, 'admin'), { name: 'admin', role: 'admin' });
 
     for (let i = 1; i <= hostCount; i++) {
       const name = `h${i}`;
@@ -173,7 +173,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       await createBridge(host.netns, 'br0', `${host.address}/24`);
       await ip(host.netns, 'link', 'set', 'up0', 'master', 'br0', 'up');
       const hostDir = path.join(dir, 'hosts', name);
-      await issueCertificate(clusterDir, path.join(hostDir, 'cert'), name, [host.address]);
+      await issueCertificate(clusterDir, path.join(hostDir, 'cert'), { name, role: 'host', addresses: [host.address] });
       const node: NodeConfig = {
         name,
         clusterDir,

@@ -4,6 +4,7 @@
  * actually used) belong to the runtime, not the spec, so that the same spec can
  * be started on a migration destination.
  */
+import { NAME_PATTERN } from '../util/names.ts';
 import { randomUUID } from 'node:crypto';
 import { InvalidVmSpecError } from './errors.ts';
 
@@ -79,7 +80,7 @@ export interface VmSpecInput {
   disks?: DiskSpec[];
 }
 
-const NAME = /^[a-z][a-z0-9-]{0,62}$/;
+const NAME = NAME_PATTERN;
 const DISK_ID = /^disk[0-9]{1,2}$/;
 const MAC = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;

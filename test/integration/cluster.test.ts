@@ -249,7 +249,7 @@ for (const store of ['sqlite', 'etcd'] as const) {
       const otherCa = await mkdtemp(path.join(os.tmpdir(), 'ferry-otherca-'));
       try {
         await createCa(otherCa, 'intruder');
-        await issueCertificate(otherCa, path.join(otherCa, 'admin'), 'admin');
+        await issueCertificate(otherCa, path.join(otherCa, 'admin'), { name: 'admin', role: 'admin' });
         const intruder = await loadIdentity(path.join(otherCa, 'admin'));
         assert.match(await attempt({ cert: intruder.cert, key: intruder.key }), /^refused:/);
       } finally {

@@ -232,7 +232,7 @@ describe('disks: live migration with shared-dir and local storage', () => {
       const other = HOSTS.find((h) => h !== from && h !== to)!;
       try {
         await createCa(path.join(pki, 'ca'), 'nbd-authz-test');
-        for (const h of HOSTS) await issueCertificate(path.join(pki, 'ca'), path.join(pki, h), h, ['127.0.0.1']);
+        for (const h of HOSTS) await issueCertificate(path.join(pki, 'ca'), path.join(pki, h), { name: h, role: 'host', addresses: ['127.0.0.1'] });
         const destination = new LocalDestination({
           spec: guest.vm.spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher, storage: storage[to],
           listenAddress: '127.0.0.1', tls: { dir: path.join(pki, to), peer: certificateIdentity(from) },

@@ -228,7 +228,7 @@ describe('live migration between two local QEMU processes', () => {
     try {
       const ca = path.join(pki, 'ca');
       await createCa(ca, 'authz-test');
-      for (const host of ['h1', 'h2', 'h3']) await issueCertificate(ca, path.join(pki, host), host, ['127.0.0.1']);
+      for (const host of ['h1', 'h2', 'h3']) await issueCertificate(ca, path.join(pki, host), { name: host, role: 'host', addresses: ['127.0.0.1'] });
       const destinationFor = () =>
         new LocalDestination({
           spec: vm.spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher,
@@ -245,7 +245,7 @@ describe('live migration between two local QEMU processes', () => {
         },
       );
       t.diagnostic(`refused: ${reason}; destination QEMU: ${refused.instance.process.stderrTail(2)}`);
-      assert.match(refused.instance.process.stderrTail(5), /authz check for O=ferry,CN=h3 is denied/);
+      assert.match(refused.instance.process.stderrTail(5), /authz check for O=ferry,OU=host,CN=h3 is denied/);
       assert.match(reason, /may have refused this host's certificate/);
       await assertGuestHealthy(vm);
       await assertOnlySourceLeft(refused.instance.dir);

@@ -46,15 +46,18 @@ describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
     assert.equal(vm.owner, 'h1');
     // Start it on h2 with the current token: refused, the VM is h1's.
     await assert.rejects((await agent('h2')).call('POST', '/v1/vms/i1/start', { token: vm.token }), /owned by h1/);
-    // An incoming migration to h3 that h1 never began (stale token, wrong source): refused before any QEMU starts.
+    // An incoming migration to h3 that h1 never began, asked by h2 with its host certificate (stale
+    // token, then a VM it does not own): refused before any QEMU starts. (The admin may not ask at all.)
+    const asH2 = new AgentClient({ name: 'h3', url: '', socket: path.join(suite.dir, 'hosts', 'h3', 'agent.sock') }, await loadIdentity(path.join(suite.dir, 'hosts', 'h2', 'cert')));
     await assert.rejects(
-      (await agent('h3')).call('POST', '/v1/incoming', { migrationId: 'forged', source: 'h2', spec: vm.spec, accel: 'tcg', token: vm.token - 1, capabilities: {}, disks: [] }),
+      asH2.call('POST', '/v1/incoming', { migrationId: 'forged', source: 'h2', spec: vm.spec, accel: 'tcg', token: vm.token - 1, capabilities: {}, disks: [] }),
       /stale fencing token/,
     );
     await assert.rejects(
-      (await agent('h3')).call('POST', '/v1/incoming', { migrationId: 'forged2', source: 'h2', spec: vm.spec, accel: 'tcg', token: vm.token, capabilities: {}, disks: [] }),
+      asH2.call('POST', '/v1/incoming', { migrationId: 'forged2', source: 'h2', spec: vm.spec, accel: 'tcg', token: vm.token, capabilities: {}, disks: [] }),
       /owned by h1, not by h2/,
     );
+    await assert.rejects((await agent('h3')).call('POST', '/v1/incoming', { migrationId: 'forged3', source: 'h1', spec: vm.spec, accel: 'tcg', token: vm.token, capabilities: {}, disks: [] }), /is for the cluster's hosts/);
     assert.equal(await openers(lun), 1, 'still exactly one QEMU with the LUN open');
   });
 

@@ -100,8 +100,9 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
     assert.equal((await waitFor('in-sync')).primary, 'h1');
     await assertReplicasEqual(ip);
 
-    // Only hosts get into a replica server: from h1's namespace, h1's certificate opens h2's
-    // export; the admin's, signed by the same cluster CA, is refused.
+    // Only the volume's peer gets into a replica server: from h1's namespace, h1's certificate opens
+    // h2's export; h3's (a host, but no replica host of any volume here) and the admin's, signed by
+    // the same cluster CA, are refused.
     const h1 = suite.lab.hosts.find((h) => h.name === 'h1')!;
     const h2 = suite.lab.hosts.find((h) => h.name === 'h2')!;
     const port = (await readFile(path.join(suite.dir, 'hosts', 'h2', 'state', 'replica-server', 'port'), 'utf8')).trim();
@@ -112,7 +113,10 @@ describe('replicated volumes (3-host lab, NBD with TLS between the replicas)', (
       ]).then(() => 'opened', (err: Error) => err.message);
     assert.equal(await openExport(path.join(suite.dir, 'hosts', 'h1', 'cert')), 'opened');
     assert.match(await openExport(path.join(suite.dir, 'admin')), /TLS|connection abort/i);
-    assert.match(await readFile(path.join(suite.dir, 'hosts', 'h2', 'state', 'replica-server', 'daemon.log'), 'utf8'), /authz check for O=ferry,CN=admin is denied/);
+    assert.match(await openExport(path.join(suite.dir, 'hosts', 'h3', 'cert')), /TLS|connection abort/i);
+    const daemonLog = await readFile(path.join(suite.dir, 'hosts', 'h2', 'state', 'replica-server', 'daemon.log'), 'utf8');
+    assert.match(daemonLog, /authz check for O=ferry,OU=admin,CN=admin is denied/);
+    assert.match(daemonLog, /authz check for O=ferry,OU=host,CN=h3 is denied/);
 
     const elsewhere = await cli('vm', 'migrate', 'r1', '--to', 'h3');
     assert.notEqual(elsewhere.code, 0, 'h3 keeps no replica');

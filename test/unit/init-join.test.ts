@@ -14,27 +14,48 @@ describe('ferry init and ferry join', () => {
   after(() => rm(dir, { recursive: true, force: true }));
 
   it('init makes a CA, the cluster configuration and an admin certificate', async () => {
-    const r = await ferry({}, 'init', '--dir', dir, '--name', 'prod', '--store', 'etcd:http://10.1.0.1:2379,http://10.1.0.2:2379', '--json');
+    const plain = await ferry({}, 'init', '--dir', dir, '--name', 'prod', '--store', 'etcd:http://10.1.0.1:2379,https://10.1.0.2:2379');
+    assert.equal(plain.code, 2, 'a store without TLS is refused');
+    assert.match(plain.stderr, /http:\/\/10.1.0.1:2379 is not https: .* or pass --insecure-store/);
+    assert.equal(existsSync(path.join(dir, 'cluster.json')), false, 'a refused init writes nothing');
+    const insecure = path.join(dir, 'insecure');
+    const allowed = await ferry({}, 'init', '--dir', insecure, '--store', 'etcd:http://10.1.0.1:2379', '--insecure-store');
+    assert.equal(allowed.code, 0, allowed.stderr);
+    const r = await ferry({}, 'init', '--dir', dir, '--name', 'prod', '--store', 'etcd:https://10.1.0.1:2379,https://10.1.0.2:2379', '--json');
     assert.equal(r.code, 0, r.stderr);
     const cluster = JSON.parse(await readFile(path.join(dir, 'cluster.json'), 'utf8'));
-    assert.deepEqual(cluster.store, { kind: 'etcd', endpoints: ['http://10.1.0.1:2379', 'http://10.1.0.2:2379'] });
+    assert.deepEqual(cluster.store, { kind: 'etcd', endpoints: ['https://10.1.0.1:2379', 'https://10.1.0.2:2379'] });
+    assert.match(await run('openssl', ['x509', '-in', path.join(dir, 'admin', 'cert.pem'), '-noout', '-subject']), /OU\s*=\s*admin, CN\s*=\s*admin/, 'the admin certificate names its role');
     assert.equal((await stat(path.join(dir, 'ca-key.pem'))).mode & 0o077, 0, 'the CA key must be private');
     await run('openssl', ['verify', '-CAfile', path.join(dir, 'ca-cert.pem'), path.join(dir, 'admin', 'cert.pem')]);
   });
 
-  it('join issues a host certificate naming its address, in the files QEMU expects', async () => {
-    const r = await ferry({}, 'join', '--cluster-dir', dir, '--name', 'node7', '--address', '10.1.0.7', '--memory', '8192', '--json');
+  it("join writes a bundle with that host's key and certificate (role host, its address), the CA certificate and its configuration — no other key", async () => {
+    const out = path.join(dir, 'bundle-node7');
+    const r = await ferry({}, 'join', '--cluster-dir', dir, '--name', 'node7', '--address', '10.1.0.7', '--memory', '8192', '--out', out, '--json');
     assert.equal(r.code, 0, r.stderr);
-    const node = r.json.node;
-    assert.equal(node.address, '10.1.0.7');
-    assert.equal(node.memoryMiB, 8192);
-    const cert = path.join(node.certDir, 'cert.pem');
+    assert.equal(r.json.bundle, out);
+    const node = JSON.parse(await readFile(path.join(out, 'node.json'), 'utf8'));
+    assert.deepEqual({ address: node.address, memoryMiB: node.memoryMiB, certDir: node.certDir, clusterDir: node.clusterDir }, { address: '10.1.0.7', memoryMiB: 8192, certDir: '/etc/ferry/cert', clusterDir: '/etc/ferry/cluster' });
+    const cert = path.join(out, 'cert', 'cert.pem');
     await run('openssl', ['verify', '-CAfile', path.join(dir, 'ca-cert.pem'), cert]);
     const text = await run('openssl', ['x509', '-in', cert, '-noout', '-text']);
+    assert.match(text, /Subject: O\s*=\s*ferry, OU\s*=\s*host, CN\s*=\s*node7/);
     assert.match(text, /DNS:node7, IP Address:10.1.0.7/);
     assert.match(text, /TLS Web Server Authentication, TLS Web Client Authentication/);
     for (const f of ['ca-cert.pem', 'server-cert.pem', 'server-key.pem', 'client-cert.pem', 'client-key.pem'])
-      assert.ok(existsSync(path.join(node.certDir, f)), `${f} missing for QEMU's tls-creds-x509`);
+      assert.ok(existsSync(path.join(out, 'cert', f)), `${f} missing for QEMU's tls-creds-x509`);
+    const files = (await run('find', [out, '-type', 'f'])).split('\n').filter(Boolean).map((f) => path.relative(out, f)).sort();
+    assert.deepEqual(files.filter((f) => f.endsWith('key.pem')), ['cert/client-key.pem', 'cert/key.pem', 'cert/server-key.pem'], 'only the host\'s own key');
+    assert.ok(files.includes('cluster/cluster.json') && files.includes('cluster/ca-cert.pem'));
+    assert.equal((await stat(path.join(out, 'cert'))).mode & 0o077, 0, 'the key directory is private');
+    assert.equal(existsSync(path.join(dir, 'hosts', 'node7')), false, 'no copy of the host key stays with the CA');
+    const again = await ferry({}, 'join', '--cluster-dir', dir, '--name', 'node7', '--address', '10.1.0.7', '--out', out);
+    assert.equal(again.code, 2);
+    assert.match(again.stderr, /exists already/);
+    const badName = await ferry({}, 'join', '--cluster-dir', dir, '--name', 'Node,OU=admin', '--address', '10.1.0.8', '--out', path.join(dir, 'bad'));
+    assert.equal(badName.code, 2);
+    assert.match(badName.stderr, /a host name must start with a letter/);
   });
 
   it('refuses bad input with a message and exit code 2', async () => {

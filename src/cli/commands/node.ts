@@ -6,11 +6,27 @@ import { table } from '../format.ts';
 import type { Command } from '../main.ts';
 
 export const nodeCommand: Command = {
-  summary: 'the cluster\'s hosts: ferry node list',
-  usage: 'Usage: ferry node list [--json]',
+  summary: "the cluster's hosts: ferry node list, ferry node remove HOST",
+  usage: [
+    'Usage: ferry node list [--json]',
+    '       ferry node remove HOST [--reason TEXT] [--json]',
+    '',
+    "  remove: the host leaves the cluster for good. Its certificate is revoked (every agent refuses it",
+    '  within seconds) and its records are forgotten; refused while it owns a VM or keeps a volume.',
+    "  To bring it back, join it again (ferry join) and install the new bundle.",
+  ].join('\n'),
   async run(args) {
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' }, context: { type: 'string' } } });
-    if (positionals[0] !== 'list') throw new UsageError('usage: ferry node list [--json]');
+    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' }, reason: { type: 'string' }, context: { type: 'string' } } });
+    if (positionals[0] === 'remove') {
+      const host = positionals[1];
+      if (!host) throw new UsageError('usage: ferry node remove HOST [--reason TEXT]');
+      const cli = await Cli.load(values.context);
+      const agent = await cli.anyAgent(host); // another host's agent does it: the removed one stops taking part
+      const result = await agent.call<{ removed: string; fingerprint: string }>('POST', `/v1/cluster/hosts/${encodeURIComponent(host)}/remove`, values.reason ? { reason: values.reason } : {});
+      if (values.json) return void console.log(JSON.stringify(result));
+      return void console.log(`host '${host}' removed: its certificate (sha256 ${result.fingerprint}) is revoked; no agent accepts it any more`);
+    }
+    if (positionals[0] !== 'list') throw new UsageError('usage: ferry node list [--json] | ferry node remove HOST');
     const cli = await Cli.load(values.context);
     const { hosts } = await (await cli.anyAgent()).call<{ hosts: (HostRecord & { freeMemoryMiB: number })[] }>('GET', '/v1/cluster/hosts');
     const known = new Set(hosts.map((h) => h.name));

@@ -36,10 +36,10 @@ const USAGE = `Usage:
       guest waits on the pages still on the source and ferry reconnects the two QEMUs (postcopy
       recovery) once the link is back; if the SOURCE HOST DIES during post-copy, the pages only it
       held are gone: THE VM IS LOST.
-      Post-copy's page requests get a channel of their own (postcopy-preempt: a 59 ms blackout instead of
-      514 ms in the benchmark); --no-postcopy-preempt turns that off. RAM goes over 2 multifd
-      streams by default for minimal-downtime and balanced (23-47% less total time in the benchmark,
-      the same pause); --no-multifd turns that off, --multifd turns it on for must-finish (replacing XBZRLE;
+      Post-copy's page requests get a channel of their own (postcopy-preempt: an 84 ms blackout instead of
+      710 ms in the benchmark, medians of 10); --no-postcopy-preempt turns that off. RAM goes over 2 multifd
+      streams by default for minimal-downtime and balanced (30-72% less total time in the benchmark,
+      medians of 3, no longer pauses); --no-multifd turns that off, --multifd turns it on for must-finish (replacing XBZRLE;
       not with post-copy).
       --verify-memory compares the guest's RAM on both sides (paused) before switching over and rolls
       back on any difference; it lengthens the pause. auto (default) does it only where the source QEMU

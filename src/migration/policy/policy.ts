@@ -32,7 +32,8 @@ export interface PolicyOptions {
   /**
    * With post-copy: the destination's page requests get a channel of their own (postcopy-preempt),
    * ahead of the background copy. Default: on whenever post-copy is allowed — the benchmark measured
-   * a client blackout of 59 ms with it against 514 ms without (QEMU 10, TCG, a guest dirtying 3× the link).
+   * a client blackout of 84 ms with it against 710 ms without (QEMU 10, TCG, a guest dirtying 3× the
+   * link, medians of 10: bench/results/migration-must-finish.txt).
    */
   postcopyPreempt?: boolean;
 }
@@ -83,8 +84,8 @@ interface PolicyTable {
   xbzrle: boolean;
   /**
    * Send RAM over multifd's channels unless told otherwise: the benchmark (QEMU 10, TCG, medians of
-   * 3, README) measured 23–47% less total time for the same blackout. Not for must-finish: it relies
-   * on XBZRLE and post-copy.
+   * 3, bench/results/migration-ram.txt) measured 30–72% less total time and no longer blackouts.
+   * Not for must-finish: it relies on XBZRLE and post-copy.
    */
   multifd: boolean;
   /** Switch to post-copy after this many non-converging rounds, if allowed (0: never). */
