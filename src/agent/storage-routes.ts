@@ -3,6 +3,7 @@
  * the agent of the host that holds a volume makes and removes its image.
  */
 import { NAME_PATTERN } from '../util/names.ts';
+import { ForbiddenError, type Caller } from './authz.ts';
 import type { StoredVolume, VolumeRecord } from '../cluster/model.ts';
 import type { VolumeFormat } from '../qemu/spec.ts';
 import { VolumeInUseError, VolumeNotFoundError } from '../storage/errors.ts';
@@ -15,6 +16,15 @@ const NAME = NAME_PATTERN;
 
 export function storageRoutes(ctx: AgentContext): Route[] {
   const { state } = ctx;
+  /** A replica host makes or removes its replica only when the volume's other replica host asks. */
+  const replicaFor = async (pool: string, name: string, caller: Caller) => {
+    const volume = await state.volume(pool, name);
+    if (!volume?.replicas?.includes(ctx.node.name)) throw new NotFoundError(`the store records no replica of ${pool}/${name} on ${ctx.node.name}`);
+    if (caller.name === ctx.node.name || !volume.replicas.includes(caller.name))
+      throw new ForbiddenError(`${pool}/${name} is replicated on ${volume.replicas.join(' and ')}; host '${caller.name}' may not change its replica here`);
+    return volume;
+  };
+
   return [
     { method: 'GET', pattern: '/v1/cluster/storage', who: 'admin', handler: async () => ({ pools: await state.pools() }) },
     { method: 'GET', pattern: '/v1/storage/status', who: 'admin', handler: async () => ({ host: ctx.node.name, pools: await poolStatus(ctx) }) },
@@ -45,10 +55,9 @@ export function storageRoutes(ctx: AgentContext): Route[] {
       // A replica host makes (or removes) its own replica of a volume the store already records.
       method: 'POST',
       pattern: '/v1/replicas/:pool/:name',
-      who: 'admin',
-      handler: async ({ pool, name }) => {
-        const volume = await state.volume(pool!, name!);
-        if (!volume?.replicas?.includes(ctx.node.name)) throw new NotFoundError(`the store records no replica of ${pool}/${name} on ${ctx.node.name}`);
+      who: 'host',
+      handler: async ({ pool, name }, _, caller) => {
+        const volume = await replicaFor(pool!, name!, caller);
         await (await storageCatalog(ctx)).get(volume.pool).create(volume);
         ctx.log(`replica of ${pool}/${name} created`);
         return { created: `${pool}/${name}` };
@@ -57,10 +66,9 @@ export function storageRoutes(ctx: AgentContext): Route[] {
     {
       method: 'DELETE',
       pattern: '/v1/replicas/:pool/:name',
-      who: 'admin',
-      handler: async ({ pool, name }) => {
-        const volume = await state.volume(pool!, name!);
-        if (!volume?.replicas?.includes(ctx.node.name)) throw new NotFoundError(`the store records no replica of ${pool}/${name} on ${ctx.node.name}`);
+      who: 'host',
+      handler: async ({ pool, name }, _, caller) => {
+        const volume = await replicaFor(pool!, name!, caller);
         await (await storageCatalog(ctx)).get(volume.pool).delete(volume);
         return { deleted: `${pool}/${name}` };
       },

@@ -81,8 +81,9 @@ export const volumeCommand: Command = {
       }
       case 'delete': {
         const volume = await requireVolume(cli, 'delete', name, values.pool);
-        // A local volume is removed by the agent of the host that holds it.
-        const host = volume.host ?? cli.context.agents[0]!.name;
+        // A local volume is removed by the agent of the host that holds it; a replicated one by one of
+        // its replica hosts (only they may ask each other to remove a replica).
+        const host = volume.host ?? volume.replicas?.[0] ?? cli.context.agents[0]!.name;
         const result = await cli.agent(host).call('DELETE', `/v1/volumes/${volume.pool}/${volume.name}`, {}, 60_000);
         return out(`volume ${volume.pool}/${volume.name} deleted`, result);
       }
