@@ -45,7 +45,13 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   const mine = fingerprintOf(identity.cert);
   const revoked = ctx.revocations.check(mine);
   if (revoked) throw new HostRemovedError(node.name, revoked.revokedAt, revoked.reason);
-  await ctx.state.putMember({ name: node.name, fingerprint: mine, since: new Date().toISOString() });
+  const before = await ctx.state.member(node.name);
+  if (before && before.fingerprint !== mine) {
+    // This host was joined again (a renewal): its earlier certificate is no good to anyone now.
+    await ctx.state.revokeCertificate({ fingerprint: before.fingerprint, name: node.name, revokedAt: new Date().toISOString(), reason: 'renewed: the host runs with a new certificate' });
+    log(`this host's earlier certificate (sha256 ${before.fingerprint.slice(0, 16)}…) is revoked: it runs with a new one`);
+  }
+  if (!before || before.fingerprint !== mine) await ctx.state.putMember({ name: node.name, fingerprint: mine, since: new Date().toISOString() });
 
   const stallWatch = watchEventLoop(log);
   await reconcile(ctx);

@@ -77,7 +77,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         const name = String(body['name'] ?? '');
         const memoryMiB = Number(body['memoryMiB'] ?? 256);
         const uuid = crypto.randomUUID();
-        const ip = (body['ip'] as string | undefined) ?? (await allocateIp(ctx, cluster));
+        const ip = body['ip'] === undefined ? await allocateIp(ctx, cluster) : await requestedIp(ctx, cluster, body['ip']);
         const net = cluster.guestNetwork;
         const diskRequests = (body['disks'] as DiskRequest[] | undefined) ?? [];
         const pools = diskRequests.length ? await state.pools() : [];
@@ -244,6 +244,23 @@ function diskSpec(vm: string, index: number, request: DiskRequest, pools: Storag
   if (!pool) throw new RefusedError(`disk ${index} of '${vm}': no storage pool '${request.pool}'; see 'ferry storage list'`);
   if (request.peer !== undefined && pool.type !== 'replicated') throw new RefusedError(`disk ${index} of '${vm}': peer= is for replicated pools; pool '${pool.name}' is ${pool.type}`);
   return { id: `disk${index}`, pool: request.pool, volume: `${vm}-disk${index}`, format: request.format ?? defaultFormat(pool), sizeBytes: Number(request.sizeBytes) };
+}
+
+/**
+ * A guest address the user asked for: a plain IPv4 address (it goes into the guest's kernel command
+ * line), inside the cluster's guest range, and not a host's or another VM's.
+ */
+async function requestedIp(ctx: AgentContext, cluster: ClusterConfig, value: unknown): Promise<string> {
+  const ip = String(value);
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(ip);
+  if (!m || m.slice(1).some((o) => Number(o) > 255)) throw new RefusedError(`guest address '${ip}' is not an IPv4 address like 10.80.0.120`);
+  const net = cluster.guestNetwork;
+  const last = Number(m[4]);
+  if (net && (!ip.startsWith(`${net.prefix}.`) || last < net.first || last > net.last))
+    throw new RefusedError(`guest address ${ip} is outside the cluster's guest range ${net.prefix}.${net.first}-${net.last}`);
+  if ((await ctx.state.hosts()).some((h) => h.address === ip)) throw new RefusedError(`guest address ${ip} is a host's address`);
+  if ((await ctx.state.vms()).some((v) => v.ip === ip) || (await ctx.state.addressTaken(ip))) throw new RefusedError(`guest address ${ip} is taken by another VM`);
+  return ip;
 }
 
 async function allocateIp(ctx: AgentContext, cluster: ClusterConfig): Promise<string | undefined> {

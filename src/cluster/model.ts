@@ -166,6 +166,11 @@ export class ClusterState {
     return (await this.store.list(KEYS.revokedAll)).map((kv) => JSON.parse(kv.value) as RevokedCertificate);
   }
 
+  /** Revokes one certificate (a host's earlier one, after it renewed). */
+  async revokeCertificate(entry: RevokedCertificate): Promise<void> {
+    await this.store.put(KEYS.revoked(entry.fingerprint), JSON.stringify(entry));
+  }
+
   /** Revokes a host's certificate and forgets the host, in one transaction. */
   async removeHost(member: MemberRecord, reason: string): Promise<void> {
     const entry: RevokedCertificate = { fingerprint: member.fingerprint, name: member.name, revokedAt: new Date().toISOString(), reason };

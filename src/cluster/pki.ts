@@ -42,6 +42,13 @@ export async function createCa(dir: string, clusterName: string): Promise<void> 
  * store. Agents authorize every request by it (agent/authz.ts); a certificate without one is refused.
  */
 export type Role = 'host' | 'admin' | 'store';
+
+/**
+ * How long a certificate is valid, by role: hosts and the admin half a year (renew a host by joining
+ * it again: its agent revokes the old certificate when it starts with the new one), store members a
+ * year. The CA itself ten.
+ */
+export const CERTIFICATE_DAYS: Record<Role, number> = { host: 180, admin: 180, store: 365 };
 export const ROLES: readonly Role[] = ['host', 'admin', 'store'];
 
 /** A name that goes into a certificate's subject follows the one grammar of names (util/names.ts). */
@@ -77,7 +84,7 @@ export async function issueCertificate(caDir: string, outDir: string, subject: {
   await openssl(['req', ...CURVE, '-keyout', key, '-out', csr, '-subj', `/O=ferry/OU=${role}/CN=${name}`]);
   await openssl([
     'x509', '-req', '-in', csr, '-CA', path.join(caDir, 'ca-cert.pem'), '-CAkey', path.join(caDir, 'ca-key.pem'),
-    '-CAcreateserial', '-days', '825', '-out', cert, '-extfile', ext,
+    '-CAcreateserial', '-days', String(CERTIFICATE_DAYS[role]), '-out', cert, '-extfile', ext,
   ]);
   await rm(csr);
   await rm(ext);

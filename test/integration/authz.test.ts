@@ -13,6 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import { AgentClient } from '../../src/agent/client.ts';
 import { ApiError } from '../../src/agent/errors.ts';
 import { issueCertificate, loadIdentity } from '../../src/cluster/pki.ts';
+import { killAgent, startAgent } from '../../src/lab/lab.ts';
 import { run } from '../../src/util/exec.ts';
 import { useLab } from '../helpers/lab.ts';
 
@@ -105,6 +106,11 @@ describe('authorization by identity (3-host lab)', () => {
     await assert.rejects(admin.call('POST', '/v1/vms/g1/migrate', { to: 'h2', token, params: { romfile: '/etc/shadow' } }), status(422, /unknown migration parameter 'romfile'/));
     await assert.rejects(admin.call('POST', '/v1/vms/g1/migrate', { to: 'h2', token, params: { policy: 'fastest' } }), status(422, /policy="fastest": must be one of minimal-downtime, balanced, must-finish/));
     await assert.rejects(admin.call('POST', '/v1/vms', { name: 'x'.repeat(2 * 1024 * 1024) }), status(413, /larger than 1024 KiB/));
+    // A guest address goes into the guest's kernel command line and onto the hosts' network.
+    await assert.rejects(admin.call('POST', '/v1/vms', { name: 'g9', memoryMiB: 128, ip: '10.80.0.150 init=/bin/sh' }), status(422, /guest address '10.80.0.150 init=\/bin\/sh' is not an IPv4 address/));
+    await assert.rejects(admin.call('POST', '/v1/vms', { name: 'g9', memoryMiB: 128, ip: '10.80.0.11' }), status(422, /guest address 10.80.0.11 is outside the cluster's guest range 10.80.0.100-199/));
+    await assert.rejects(admin.call('POST', '/v1/vms', { name: 'g9', memoryMiB: 128, ip }), status(422, new RegExp(`guest address ${ip.replaceAll('.', '\\.')} is taken by another VM`)));
+    assert.equal((await cli('vm', 'show', 'g9')).code === 0, false, 'no VM was created');
     const jobs = (await cli('job', 'list')).json as { kind: string }[];
     assert.equal(jobs.filter((j) => j.kind === 'migrate').length, 0, 'no migration job was started');
     await unchanged('h1');
@@ -136,6 +142,29 @@ describe('authorization by identity (3-host lab)', () => {
     const result = await migration;
     assert.equal(result.code, 0, `the real migration went on untouched: ${result.stderr}`);
     await unchanged('h2');
+  });
+
+  it('a host renewed (a new key and certificate): once its agent runs with the new one, the old one is refused everywhere', async () => {
+    const owner = (await cli('vm', 'show', 'g1')).json.owner as string;
+    const renewed = owner === 'h1' ? 'h2' : 'h1';
+    const other = ['h1', 'h2', 'h3'].find((h) => h !== renewed)!;
+    const oldCopy = path.join(pki, `${renewed}-old`);
+    await run('cp', ['-a', hostCert(renewed), oldCopy]);
+    await killAgent(suite.lab, renewed);
+    const address = suite.lab.hosts.find((h) => h.name === renewed)!.address;
+    await issueCertificate(path.join(suite.dir, 'cluster'), hostCert(renewed), { name: renewed, role: 'host', addresses: [address] });
+    await startAgent(suite.lab, renewed);
+    let refusal = '';
+    for (let i = 0; i < 50 && !refusal; i++) {
+      refusal = await (await as(oldCopy, other)).send('/v1/sink', Buffer.alloc(1024)).then(() => '', (err: Error) => err.message);
+      if (!refusal) await sleep(100);
+    }
+    assert.match(refusal, new RegExp(`the certificate of '${renewed}' was revoked at .* \\(renewed: the host runs with a new certificate\\)`));
+    await (await as(hostCert(renewed), other)).send('/v1/sink', Buffer.alloc(1024));
+    const end = new Date((await run('openssl', ['x509', '-in', path.join(hostCert(renewed), 'cert.pem'), '-noout', '-enddate'])).split('=')[1]!.trim());
+    const days = (end.getTime() - Date.now()) / 86_400_000;
+    assert.ok(days > 179 && days <= 180, `a host certificate lasts 180 days, not ${days.toFixed(1)}`);
+    await unchanged(owner);
   });
 
   it('ferry node remove: the host\'s certificate is refused everywhere within seconds and the host leaves; a host that owns a VM cannot be removed', async () => {

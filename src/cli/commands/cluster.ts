@@ -55,7 +55,7 @@ export const joinCommand: Command = {
   usage: [
     'Usage: ferry join --cluster-dir DIR --name HOST --address ADDR [--port 7443] [--memory MiB] [--bridge br0] [--out DIR]',
     '',
-    'Run where the cluster CA is. Writes a bundle (default ./ferry-host-HOST) holding the cluster',
+    'Run where the cluster CA is; run it again for the same host to renew its certificate. Writes a bundle (default ./ferry-host-HOST) holding the cluster',
     "configuration and CA certificate, the host's certificate and key, and its agent configuration —",
     "no other host's key, not the admin's, not the CA's. Copy the bundle's contents to /etc/ferry on the",
     "host (mode 0700), then start 'ferry agent --config /etc/ferry/node.json' there (contrib/ferry-agent.service).",
