@@ -187,10 +187,22 @@ export class LocalSource implements SourceSide {
     await qmp.execute('migrate-set-parameters', tlsObject ? { 'tls-creds': tlsObject, ...(destination.tlsHostname ? { 'tls-hostname': destination.tlsHostname } : {}) } : { 'tls-creds': '' });
     if (withMirrors) this.completeMirrorsAtPreSwitchover();
     const unwatch = this.watchStop();
-    await qmp.execute('migrate', { uri: destination.uri }).catch((err: Error) => {
-      unwatch(); // no stream, no end event to stop watching at
-      throw err;
-    });
+    // After a failed stream QEMU unregisters the migration's yank instance in a bottom half that may
+    // run after query-migrate already says 'failed'; a 'migrate' right then is refused with
+    // "duplicate yank instance" (seen once in CI, on a refused TLS peer followed at once by a new
+    // attempt). It is gone within milliseconds: ask again for up to 2 s.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await qmp.execute('migrate', { uri: destination.uri });
+        return;
+      } catch (err) {
+        if (!/duplicate yank instance/.test((err as Error).message) || attempt >= 20) {
+          unwatch(); // no stream, no end event to stop watching at
+          throw err;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
   }
 
   /** When the guest stopped for the final copy: the start of its blackout. */
