@@ -2,6 +2,7 @@
  * `ferry agent`: the daemon of one host. It joins the cluster under a lease,
  * recovers what an earlier run left, and serves the API.
  */
+import { X509Certificate } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { ClusterState, KEYS, type HostRecord } from '../cluster/model.ts';
 import { loadIdentity } from '../cluster/pki.ts';
@@ -94,6 +95,9 @@ function watchEventLoop(log: (line: string) => void): NodeJS.Timeout {
 
 const EVENT_LOOP_STALL_MS = 2_000;
 
+/** A host's certificate closer than this to its end is warned about (agent log, ferry node list). */
+const CERTIFICATE_WARNING_DAYS = 30;
+
 /** How often the time since the last lease renewal is checked against the fencing deadline. */
 const FENCE_CHECK_MS = 250;
 
@@ -109,7 +113,11 @@ async function keepMembership(ctx: AgentContext, store: Store): Promise<{ stop()
     memoryMiB: node.memoryMiB,
     ...(node.socket ? { socket: node.socket } : {}),
     startedAt: new Date().toISOString(),
+    certificateExpires: new Date(new X509Certificate(ctx.identity.cert).validTo).toISOString(),
   };
+  const daysLeft = (Date.parse(record.certificateExpires!) - Date.now()) / 86_400_000;
+  if (daysLeft < CERTIFICATE_WARNING_DAYS)
+    ctx.log(`warning: this host's certificate expires in ${Math.max(0, Math.floor(daysLeft))} days (${record.certificateExpires}); renew it: ferry join --name ${node.name} ... on the CA's machine, then install the new bundle`);
   const register = async () => {
     const lease = await store.grantLease(ttl);
     await store.put(KEYS.host(node.name), JSON.stringify(record), { lease });

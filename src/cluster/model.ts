@@ -100,6 +100,8 @@ export interface HostRecord {
   startedAt: string;
   /** The QEMU this host starts guests with (absent in records of agents from before it was recorded). */
   qemu?: { version: string; machineTypes: string[] };
+  /** When the host's certificate expires (ISO time; absent in records of older agents): renew before (join it again). */
+  certificateExpires?: string;
 }
 
 export type DesiredState = 'running' | 'stopped';

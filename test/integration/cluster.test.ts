@@ -91,9 +91,14 @@ for (const store of ['sqlite', 'etcd'] as const) {
       assert.equal(nodes.code, 0, nodes.stderr);
       assert.deepEqual(nodes.json.hosts.map((h: { name: string }) => h.name).sort(), ['h1', 'h2', 'h3']);
       assert.deepEqual(nodes.json.down, []);
+      const table = await ferry(env, 'node', 'list');
+      assert.match(table.stdout, /certificate/);
+      assert.match(table.stdout, /h1 .* expires in 179 d +up/);
       for (const h of nodes.json.hosts as { name: string; qemu?: { version: string; machineTypes: string[] } }[]) {
         assert.match(h.qemu?.version ?? '', /^\d+\.\d+\.\d+$/, `${h.name} records its QEMU version`);
         assert.match(h.qemu?.machineTypes[0] ?? '', /^pc-q35-\d+\.\d+$/, `${h.name} records its machine types`);
+        const days = (Date.parse((h as { certificateExpires?: string }).certificateExpires ?? '') - Date.now()) / 86_400_000;
+        assert.ok(days > 179 && days <= 180, `${h.name}'s certificate expires in ${days} days, not 180`);
       }
     });
 

@@ -34,12 +34,24 @@ export const nodeCommand: Command = {
     if (values.json) return void console.log(JSON.stringify({ hosts, down }, null, 2));
     console.log(
       table(
-        ['host', 'address', 'memory', 'free', 'QEMU', 'newest machine type', 'state'],
+        ['host', 'address', 'memory', 'free', 'QEMU', 'newest machine type', 'certificate', 'state'],
         [
-          ...hosts.map((h) => [h.name, h.address, `${h.memoryMiB} MiB`, `${h.freeMemoryMiB} MiB`, h.qemu?.version ?? '-', h.qemu?.machineTypes[0] ?? '-', 'up']),
-          ...down.map((d) => [d, '-', '-', '-', '-', '-', 'down']),
+          ...hosts.map((h) => [h.name, h.address, `${h.memoryMiB} MiB`, `${h.freeMemoryMiB} MiB`, h.qemu?.version ?? '-', h.qemu?.machineTypes[0] ?? '-', certificateCell(h.certificateExpires), 'up']),
+          ...down.map((d) => [d, '-', '-', '-', '-', '-', '-', 'down']),
         ],
       ),
     );
+    for (const h of hosts)
+      if (h.certificateExpires && daysUntil(h.certificateExpires) < 30)
+        console.error(`warning: the certificate of ${h.name} expires ${h.certificateExpires.slice(0, 10)}; renew it (ferry join --name ${h.name} ... again, then install the new bundle)`);
   },
 };
+
+function daysUntil(iso: string): number {
+  return (Date.parse(iso) - Date.now()) / 86_400_000;
+}
+
+/** "expires in 179 d", or "-" when the host's agent does not say. */
+function certificateCell(iso: string | undefined): string {
+  return iso ? `expires in ${Math.max(0, Math.floor(daysUntil(iso)))} d` : '-';
+}
