@@ -5,7 +5,7 @@
 import { X509Certificate } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { ClusterState, KEYS, type HostRecord } from '../cluster/model.ts';
-import { loadIdentity } from '../cluster/pki.ts';
+import { CERTIFICATE_WARNING_DAYS, loadIdentity } from '../cluster/pki.ts';
 import { LeaseExpiredError, type Store } from '../cluster/store/types.ts';
 import { BridgeTapAttacher } from '../net/tap.ts';
 import { loadClusterConfig, openStore, type ClusterConfig, type NodeConfig } from './config.ts';
@@ -57,7 +57,7 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   const stallWatch = watchEventLoop(log);
   await reconcile(ctx);
   ctx.replication.start();
-  const membership = await keepMembership(ctx, store);
+  const membership = await keepMembership(ctx, store, mine);
   const servers = await serve(ctx, routes(ctx, new IncomingMigrations(ctx), cluster));
   log(`agent up at https://${node.address}:${node.port}${node.socket ? ` and ${node.socket}` : ''} (store: ${cluster.store.kind})`);
   return {
@@ -95,13 +95,11 @@ function watchEventLoop(log: (line: string) => void): NodeJS.Timeout {
 
 const EVENT_LOOP_STALL_MS = 2_000;
 
-/** A host's certificate closer than this to its end is warned about (agent log, ferry node list). */
-const CERTIFICATE_WARNING_DAYS = 30;
-
 /** How often the time since the last lease renewal is checked against the fencing deadline. */
 const FENCE_CHECK_MS = 250;
 
-async function keepMembership(ctx: AgentContext, store: Store): Promise<{ stop(): void }> {
+/** `fingerprint`: this host's certificate's, checked against the revoked list at every renewal. */
+async function keepMembership(ctx: AgentContext, store: Store, fingerprint: string): Promise<{ stop(): void }> {
   const { node } = ctx;
   const ttl = node.leaseTtlSeconds;
   const qemu = await localQemuBuild();
@@ -128,7 +126,7 @@ async function keepMembership(ctx: AgentContext, store: Store): Promise<{ stop()
   let fenced = false;
   let renewing = false;
   const renew = async () => {
-    const revoked = ctx.revocations.check(fingerprintOf(ctx.identity.cert));
+    const revoked = ctx.revocations.check(fingerprint);
     if (revoked) {
       // Removed from the cluster (it owned no VM then): it takes no further part; its lease runs out.
       ctx.log(new HostRemovedError(node.name, revoked.revokedAt, revoked.reason).message);

@@ -7,10 +7,9 @@
 import { faultPoint } from './faults.ts';
 import { certificateIdentity } from '../cluster/pki.ts';
 import { LocalDestination } from '../migration/local.ts';
-import { checkToken, freeMemoryMiB, storageCatalog, type AgentContext } from './context.ts';
+import { checkToken, freeMemoryMiB, requireVm, storageCatalog, type AgentContext } from './context.ts';
 import { checkIncomingStorage } from '../migration/storage-check.ts';
 import type { DestinationTimes, DiskNeed, PreparedDestination } from '../migration/sides.ts';
-import type { VmSpec } from '../qemu/spec.ts';
 import { NotFoundError, RefusedError, StaleTokenError } from './errors.ts';
 import { ForbiddenError, requireSourceHost, type Caller } from './authz.ts';
 import type { IncomingRequest, IncomingState } from './remote-destination.ts';
@@ -31,9 +30,14 @@ export class IncomingMigrations {
 
   constructor(private readonly ctx: AgentContext) {}
 
-  /** begin: could this host take the VM's disks? */
-  async checkStorage(spec: VmSpec, needs: DiskNeed[]): Promise<string[]> {
-    return checkIncomingStorage(spec, await storageCatalog(this.ctx), needs);
+  /**
+   * begin: could this host take the VM's disks? Asked by the VM's owner only, and answered for the
+   * VM's disks as the store holds them (a sent spec could name any path to probe).
+   */
+  async checkStorage(name: string, needs: DiskNeed[], caller: string): Promise<string[]> {
+    const vm = await requireVm(this.ctx, name);
+    if (vm.owner !== caller) throw new ForbiddenError(`'${name}' is owned by ${vm.owner}; host '${caller}' may not ask about its disks`);
+    return checkIncomingStorage(vm.spec, await storageCatalog(this.ctx), needs);
   }
 
   /**
@@ -108,16 +112,10 @@ export class IncomingMigrations {
     return [...this.byId.values()].filter((e) => holding.includes(e.state)).reduce((sum, e) => sum + e.request.spec.memoryMiB, 0);
   }
 
-  /** The incoming migration `id`, for its source host only. */
-  of(id: string, caller: Caller): Incoming {
-    const entry = this.get(id);
-    requireSourceHost(caller, entry.request.source, `incoming migration ${id}`);
-    return entry;
-  }
-
-  /** As `of`, but an id that is gone already is no error (an abort is idempotent). */
-  ofIfAny(id: string, caller: Caller): Incoming | undefined {
-    return this.byId.has(id) ? this.of(id, caller) : undefined;
+  /** Refuses anyone but the source host of incoming migration `id` (an id that is gone is left to the route). */
+  requireSource(id: string, caller: Caller): void {
+    const entry = this.byId.get(id);
+    if (entry) requireSourceHost(caller, entry.request.source, `incoming migration ${id}`);
   }
 
   get(id: string): Incoming {

@@ -5,8 +5,10 @@
  */
 import type { AgentContext } from './context.ts';
 import { RefusedError, NotFoundError } from './errors.ts';
+import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 
 export async function removeHost(ctx: AgentContext, name: string, reason: string): Promise<{ removed: string; fingerprint: string }> {
+  if (!NAME_PATTERN.test(name)) throw new RefusedError(`'${name}' is not a host name: a host name must ${NAME_RULE}`);
   const member = await ctx.state.member(name);
   if (!member) throw new NotFoundError(`no host '${name}' has joined this cluster (or it was removed already); see 'ferry node list'`);
   const owned = (await ctx.state.vms()).filter((v) => v.owner === name).map((v) => v.spec.name);

@@ -20,6 +20,22 @@ import { recoverRoutes } from './recover.ts';
 import { storageCatalog } from './context.ts';
 import { defaultFormat, type StoragePoolConfig } from '../storage/types.ts';
 
+/**
+ * The routes of one incoming migration (/v1/incoming/:id/...): for hosts, and each answers only the
+ * migration's source host — its certificate, not the request, says which. An id that is gone
+ * already reaches the handler, which says so (or, for abort, does nothing).
+ */
+function sourceOnly(incoming: IncomingMigrations, routes: Omit<Route, 'who'>[]): Route[] {
+  return routes.map((r) => ({
+    ...r,
+    who: 'host',
+    handler: async (params, body, caller) => {
+      incoming.requireSource(params['id']!, caller);
+      return r.handler(params, body, caller);
+    },
+  }));
+}
+
 let dryRunning = false;
 
 async function oneDryRunAtATime<T>(body: () => Promise<T>): Promise<T> {
@@ -216,17 +232,18 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       method: 'POST',
       pattern: '/v1/incoming/check-storage',
       who: 'host',
-      handler: async (_, body) => ({ problems: await incoming.checkStorage(body['spec'] as VmSpec, (body['disks'] as DiskNeed[]) ?? []) }),
+      handler: async (_, body, caller) => ({ problems: await incoming.checkStorage(String((body['spec'] as VmSpec | undefined)?.name ?? ''), (body['disks'] as DiskNeed[]) ?? [], caller.name) }),
     },
-    // Each incoming migration answers only the host it comes from (its certificate, not the request, says which).
-    { method: 'GET', pattern: '/v1/incoming/:id', who: 'host', handler: async ({ id }, _, caller) => ({ state: incoming.of(id!, caller).state }) },
-    { method: 'POST', pattern: '/v1/incoming/:id/wait', who: 'host', handler: async ({ id }, body, caller) => (incoming.of(id!, caller), incoming.wait(id!, Number(body['timeoutMs'] ?? 10_000))) },
-    { method: 'GET', pattern: '/v1/incoming/:id/running', who: 'host', handler: async ({ id }, _, caller) => (incoming.of(id!, caller), { running: await incoming.running(id!) }) },
-    { method: 'POST', pattern: '/v1/incoming/:id/recover-postcopy', who: 'host', handler: async ({ id }, _, caller) => (incoming.of(id!, caller), { uri: await incoming.recoverPostcopy(id!) }) },
-    { method: 'POST', pattern: '/v1/incoming/:id/digest', who: 'host', handler: async ({ id }, _, caller) => (incoming.of(id!, caller), { digest: await incoming.digest(id!) }) },
-    { method: 'POST', pattern: '/v1/incoming/:id/resume', who: 'host', handler: async ({ id }, body, caller) => (incoming.of(id!, caller), await incoming.resume(id!, body['token']), {}) },
-    { method: 'POST', pattern: '/v1/incoming/:id/finish', who: 'host', handler: async ({ id }, _, caller) => (incoming.of(id!, caller), { times: await incoming.finish(id!) }) },
-    { method: 'POST', pattern: '/v1/incoming/:id/abort', who: 'host', handler: async ({ id }, _, caller) => (incoming.ofIfAny(id!, caller), await incoming.abort(id!), {}) },
+    ...sourceOnly(incoming, [
+      { method: 'GET', pattern: '/v1/incoming/:id', handler: async ({ id }) => ({ state: incoming.get(id!).state }) },
+      { method: 'POST', pattern: '/v1/incoming/:id/wait', handler: async ({ id }, body) => incoming.wait(id!, Number(body['timeoutMs'] ?? 10_000)) },
+      { method: 'GET', pattern: '/v1/incoming/:id/running', handler: async ({ id }) => ({ running: await incoming.running(id!) }) },
+      { method: 'POST', pattern: '/v1/incoming/:id/recover-postcopy', handler: async ({ id }) => ({ uri: await incoming.recoverPostcopy(id!) }) },
+      { method: 'POST', pattern: '/v1/incoming/:id/digest', handler: async ({ id }) => ({ digest: await incoming.digest(id!) }) },
+      { method: 'POST', pattern: '/v1/incoming/:id/resume', handler: async ({ id }, body) => (await incoming.resume(id!, body['token']), {}) },
+      { method: 'POST', pattern: '/v1/incoming/:id/finish', handler: async ({ id }) => ({ times: await incoming.finish(id!) }) },
+      { method: 'POST', pattern: '/v1/incoming/:id/abort', handler: async ({ id }) => (await incoming.abort(id!), {}) },
+    ]),
   ];
 }
 

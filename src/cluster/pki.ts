@@ -49,7 +49,9 @@ export type Role = 'host' | 'admin' | 'store';
  * year. The CA itself ten.
  */
 export const CERTIFICATE_DAYS: Record<Role, number> = { host: 180, admin: 180, store: 365 };
-export const ROLES: readonly Role[] = ['host', 'admin', 'store'];
+
+/** A certificate closer than this to its end is warned about (the agent's log, ferry node list). */
+export const CERTIFICATE_WARNING_DAYS = 30;
 
 /** A name that goes into a certificate's subject follows the one grammar of names (util/names.ts). */
 function checkName(kind: string, name: string): string {

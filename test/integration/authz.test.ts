@@ -121,6 +121,14 @@ describe('authorization by identity (3-host lab)', () => {
     const request = (id: string, source: string) => ({ migrationId: id, source, spec: vm.spec, accel: 'tcg', token: vm.token, capabilities: {}, disks: [] });
     // h3 claims to be h1: the certificate decides.
     await assert.rejects((await as(hostCert('h3'), 'h2')).call('POST', '/v1/incoming', request('forged', 'h1')), forbidden(/host 'h3' asked for a migration from 'h1': a host can only migrate its own VMs/));
+    // Nor may h3 probe h2's storage with a made-up disk: only the owner asks, about the stored disks.
+    const probePath = { ...vm.spec, disks: [{ id: 'disk0', pool: 'local', volume: '../../../etc/shadow', format: 'raw', sizeBytes: 4096 }] };
+    await assert.rejects(
+      (await as(hostCert('h3'), 'h2')).call('POST', '/v1/incoming/check-storage', { spec: probePath, disks: [] }),
+      forbidden(/'g1' is owned by h1; host 'h3' may not ask about its disks/),
+    );
+    const asOwner = await (await as(hostCert('h1'), 'h2')).call<{ problems: string[] }>('POST', '/v1/incoming/check-storage', { spec: probePath, disks: [] });
+    assert.deepEqual(asOwner.problems, [], "the owner's answer is about g1's stored disks (none), not the sent path");
     // h1 owns g1 but began no migration: no paused QEMU is started on its say-so.
     await assert.rejects((await as(hostCert('h1'), 'h2')).call('POST', '/v1/incoming', request('made-up', 'h1')), /no migration made-up of 'g1' from h1 to h2 was begun/);
     await unchanged('h1');

@@ -53,6 +53,12 @@ for (const store of ['sqlite', 'etcd'] as const) {
       await rm(dir, { recursive: true, force: true });
     });
 
+    /** g1's owner now, and a host to move it to. */
+    async function nextHop(): Promise<{ from: string; to: string }> {
+      const from = (await cli('vm', 'show', 'g1')).json.owner as string;
+      return { from, to: from === 'h2' ? 'h3' : 'h2' };
+    }
+
     /** Waits until the lab agent of `host` has died at an injected fault. */
     async function crashed(host: string): Promise<void> {
       const pid = lab.hosts.find((h) => h.name === host)!.pid!;
@@ -281,8 +287,7 @@ for (const store of ['sqlite', 'etcd'] as const) {
     });
 
     it('a compare-and-swap really lost in the store at the switchover (another writer changed the record) rolls back; the guest runs on where it was', async () => {
-      const from = (await cli('vm', 'show', 'g1')).json.owner as string;
-      const to = from === 'h2' ? 'h3' : 'h2';
+      const { from, to } = await nextHop();
       await injectFault(lab, from, 'before-ownership-swap', 'touch-vm-record', 'g1');
       const result = await cli('vm', 'migrate', 'g1', '--to', to);
       assert.notEqual(result.code, 0, 'the migration must fail');
@@ -292,8 +297,7 @@ for (const store of ['sqlite', 'etcd'] as const) {
     });
 
     it('the source agent crashes right after the ownership swap: the destination runs the guest, the restarted agent removes its stale copy and closes the job', async () => {
-      const from = (await cli('vm', 'show', 'g1')).json.owner as string;
-      const to = from === 'h2' ? 'h3' : 'h2';
+      const { from, to } = await nextHop();
       await injectFault(lab, from, 'after-ownership-swap', 'crash', 'g1');
       const migration = cli('vm', 'migrate', 'g1', '--to', to);
       await crashed(from);
@@ -309,8 +313,7 @@ for (const store of ['sqlite', 'etcd'] as const) {
     });
 
     it('the destination agent crashes after the switchover, before finish: the failure says the guest moved, the source is never resumed, the restarted agent runs the guest on', async () => {
-      const from = (await cli('vm', 'show', 'g1')).json.owner as string;
-      const to = from === 'h2' ? 'h3' : 'h2';
+      const { from, to } = await nextHop();
       await injectFault(lab, to, 'before-incoming-finish', 'crash', 'g1');
       const migration = cli('vm', 'migrate', 'g1', '--to', to);
       await crashed(to);
@@ -324,8 +327,7 @@ for (const store of ['sqlite', 'etcd'] as const) {
 
     for (const victim of ['source', 'destination'] as const) {
       it(`recovers when the ${victim} agent is killed mid-migration`, async () => {
-        const from = (await cli('vm', 'show', 'g1')).json.owner as string;
-        const to = from === 'h2' ? 'h3' : 'h2';
+        const { from, to } = await nextHop();
         const killed = victim === 'source' ? from : to;
         // Slow enough (8 MiB/s) to be caught in the middle.
         const migration = cli('vm', 'migrate', 'g1', '--to', to, '--bandwidth', '8');

@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import type { HostRecord } from '../../cluster/model.ts';
+import { CERTIFICATE_WARNING_DAYS } from '../../cluster/pki.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { table } from '../format.ts';
@@ -42,7 +43,7 @@ export const nodeCommand: Command = {
       ),
     );
     for (const h of hosts)
-      if (h.certificateExpires && daysUntil(h.certificateExpires) < 30)
+      if (h.certificateExpires && daysUntil(h.certificateExpires) < CERTIFICATE_WARNING_DAYS)
         console.error(`warning: the certificate of ${h.name} expires ${h.certificateExpires.slice(0, 10)}; renew it (ferry join --name ${h.name} ... again, then install the new bundle)`);
   },
 };
