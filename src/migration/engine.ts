@@ -44,6 +44,7 @@ import {
   type SwitchoverTimeline,
 } from './types.ts';
 import { compareQemuVersions, formatQemuVersion, lostPagesDefect } from '../qemu/version.ts';
+import { ACTIVE_STATUSES } from './qmp-migration.ts';
 
 export interface MigrateOptions {
   source: SourceSide;
@@ -142,7 +143,7 @@ class MigrationRun {
     } catch (err) {
       finishError = err as Error;
     }
-    const summary = await this.o.source.summary();
+    const summary = await this.completedSummary();
     await this.phase('confirm', async () => {
       // The migration has succeeded; a source that does not tidy up cleanly does not change that.
       await this.o.source.retire().catch((err: Error) => this.log(`warning: the source did not retire cleanly: ${err.message}`));
@@ -476,6 +477,20 @@ class MigrationRun {
     }
   }
 
+  /**
+   * The source's last word on the stream. The destination can finish loading before the source
+   * marks its side completed (it still waits for the return path), and only a completed stream
+   * reports its downtime: ask until it says so, for a short while.
+   */
+  private async completedSummary(): Promise<QemuMigrationSummary> {
+    const deadline = performance.now() + SOURCE_COMPLETION_WAIT_MS;
+    for (;;) {
+      const summary = await this.o.source.summary();
+      if (!ACTIVE_STATUSES.has(summary.status) || performance.now() > deadline) return summary;
+      await sleep(20);
+    }
+  }
+
   private async rollback(err: unknown): Promise<never> {
     if (err instanceof SourceLostError) {
       await this.o.destination.abort().catch(() => undefined);
@@ -551,6 +566,9 @@ class MigrationRun {
 
 /** A post-copy stream that sends nothing for this long, with pages left, is taken as a broken link. */
 const POSTCOPY_STALL_MS = 3000;
+
+/** How long the source may take to call a stream completed once the destination has loaded it. */
+const SOURCE_COMPLETION_WAIT_MS = 3000;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
