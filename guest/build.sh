@@ -4,7 +4,7 @@
 #
 #   guest/build.sh [--force] [--update-kernel]
 #
-# Output (guest/out/): vmlinuz, initramfs.gz, manifest.json. The build is skipped when
+# Output (guest/out/): vmlinuz, initramfs.gz, ferry-guest.iso (the same, booted by GRUB), manifest.json. The build is skipped when
 # its inputs (this script, rootfs/, src/, the kernel and busybox versions) are unchanged.
 set -euo pipefail
 
@@ -31,6 +31,11 @@ need_tool dpkg-deb dpkg
 need_tool apt-get apt
 need_tool sha256sum coreutils
 need_tool flock util-linux
+need_tool grub-mkrescue grub-common
+need_tool xorriso xorriso
+need_tool mformat mtools
+[ -d /usr/lib/grub/i386-pc ] || fail "missing GRUB's BIOS modules (install the Debian package 'grub-pc-bin')"
+[ -d /usr/lib/grub/x86_64-efi ] || fail "missing GRUB's UEFI modules (install the Debian package 'grub-efi-amd64-bin')"
 [ -f /usr/include/stdio.h ] || fail "missing C headers (install the Debian package 'libc6-dev')"
 busybox=/bin/busybox
 if [ ! -x "$busybox" ] || ldd "$busybox" >/dev/null 2>&1; then
@@ -66,7 +71,7 @@ mkdir -p "$out"
 exec 9>"$out/.build.lock"
 flock 9
 if [ $force = 0 ] && [ -f "$out/manifest.json" ] && grep -q "\"inputsHash\": \"$inputs_hash\"" "$out/manifest.json" \
-   && [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.gz" ] && gzip -t "$out/initramfs.gz" 2>/dev/null; then
+   && [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.gz" ] && [ -f "$out/ferry-guest.iso" ] && gzip -t "$out/initramfs.gz" 2>/dev/null; then
   echo "guest image up to date ($out, inputs $inputs_hash)"
   exit 0
 fi
@@ -111,6 +116,24 @@ cp "$work/kernel/boot/vmlinuz-$kver" "$out/vmlinuz.tmp"
 (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > "$out/initramfs.gz.tmp"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 mv "$out/initramfs.gz.tmp" "$out/initramfs.gz"
+
+# The same guest as a bootable image (GRUB for BIOS and UEFI, hybrid: a CD or a disk), for VMs that
+# boot through firmware: no address on its command line, it takes one from a cloud-init seed.
+iso_root="$work/iso"
+mkdir -p "$iso_root/boot/grub"
+cp "$out/vmlinuz" "$out/initramfs.gz" "$iso_root/boot/"
+cat > "$iso_root/boot/grub/grub.cfg" <<'CFG'
+set timeout=0
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+menuentry 'ferry guest' {
+  linux /boot/vmlinuz console=ttyS0 quiet panic=-1 ferry.seed=cidata ferry.memcheck=16 ferry.dirty=1
+  initrd /boot/initramfs.gz
+}
+CFG
+grub-mkrescue -o "$out/ferry-guest.iso.tmp" "$iso_root" >/dev/null 2>&1 || fail "grub-mkrescue failed (it needs the Debian packages grub-common grub-pc-bin grub-efi-amd64-bin xorriso mtools)"
+mv "$out/ferry-guest.iso.tmp" "$out/ferry-guest.iso"
 cat > "$out/manifest.json" <<JSON
 {
   "inputsHash": "$inputs_hash",

@@ -17,12 +17,17 @@ import { authorize, callerOf, type Access, type Caller } from './authz.ts';
 
 export type Handler = (params: Record<string, string>, body: Record<string, unknown>, caller: Caller) => Promise<unknown>;
 
+/** A route that reads its body itself (an image upload: a stream of bytes, not JSON); the query carries its parameters. */
+export type StreamHandler = (params: Record<string, string>, request: IncomingMessage, caller: Caller, query: URLSearchParams) => Promise<unknown>;
+
 export interface Route {
   method: 'GET' | 'POST' | 'DELETE';
   pattern: string;
   /** Which roles may call it (authz.ts); checked before the handler runs. */
   who: Access;
   handler: Handler;
+  /** Set instead of a JSON body: the handler gets the request stream. */
+  stream?: StreamHandler;
 }
 
 function compile(routes: Route[]) {
@@ -38,11 +43,19 @@ const MAX_BODY_BYTES = 1024 * 1024;
 /** The largest link probe (predict.ts sends 16 MiB). */
 const MAX_SINK_BYTES = 64 * 1024 * 1024;
 
+/** A JSON body must arrive within this (uploads, which stream, are bounded by the idle timeout instead). */
+const BODY_TIMEOUT_MS = 60_000;
+
 async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {
   let text = '';
-  for await (const chunk of req) {
-    text += chunk;
-    if (text.length > MAX_BODY_BYTES) throw new ApiError(413, `the request body is larger than ${MAX_BODY_BYTES / 1024} KiB`);
+  const timer = setTimeout(() => req.destroy(new ApiError(408, `the request body did not arrive within ${BODY_TIMEOUT_MS / 1000} s`)), BODY_TIMEOUT_MS);
+  try {
+    for await (const chunk of req) {
+      text += chunk;
+      if (text.length > MAX_BODY_BYTES) throw new ApiError(413, `the request body is larger than ${MAX_BODY_BYTES / 1024} KiB`);
+    }
+  } finally {
+    clearTimeout(timer);
   }
   if (!text) return {};
   try {
@@ -91,7 +104,7 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
         authorize(r.who, caller, `${r.method} ${r.pattern}`);
         const params = Object.fromEntries(r.names.map((n, i) => [n, decodeURIComponent(m[i + 1]!)]));
         const t0 = performance.now();
-        const answer = (await r.handler(params, await readBody(req), caller)) ?? {};
+        const answer = (r.stream ? await r.stream(params, req, caller, url.searchParams) : await r.handler(params, await readBody(req), caller)) ?? {};
         const ms = performance.now() - t0;
         // Some requests wait by design (a boot, a migration); for the others, a caller that gave up
         // after 10-30 s finds why in this log.
@@ -106,10 +119,11 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
     }
   };
   // Bounded before authentication too: a handshake must finish in 10 s, a request's headers arrive in
-  // 10 s and its body in 60 s (answers may take longer: a boot, a migration's long poll).
+  // 10 s, a JSON body in 60 s (readBody); an upload streams for as long as it moves (its route stops
+  // one that stalls). Answers may take longer: a boot, a migration's long poll.
   const tls = {
     key: ctx.identity.key, cert: ctx.identity.cert, ca: ctx.identity.ca, requestCert: true, rejectUnauthorized: true,
-    handshakeTimeout: 10_000, headersTimeout: 10_000, requestTimeout: 60_000,
+    handshakeTimeout: 10_000, headersTimeout: 10_000, requestTimeout: 0,
   };
   const servers: https.Server[] = [];
   const listen = (server: https.Server, target: { port: number; host: string } | { path: string }) =>

@@ -8,6 +8,7 @@
  *   /ferry/guest-addresses/<ip> the VM holding a guest address (taken with the VM record, in one transaction)
  *   /ferry/storage/<pool>      StoragePoolConfig (`ferry storage add`)
  *   /ferry/volumes/<pool>/<v>  VolumeRecord: size, format, the VM it is attached to, where a local one lives
+ *   /ferry/images/<name>       ImageRecord: an imported disk image or ISO, kept in a volume of a pool
  */
 import { randomUUID } from 'node:crypto';
 import type { VmSpec, VolumeFormat } from '../qemu/spec.ts';
@@ -28,6 +29,8 @@ export const KEYS = {
   pools: '/ferry/storage/',
   volume: (pool: string, name: string) => `/ferry/volumes/${pool}/${name}`,
   volumes: '/ferry/volumes/',
+  image: (name: string) => `/ferry/images/${name}`,
+  images: '/ferry/images/',
   /** Held by the VM that has this guest address. */
   guestAddress: (ip: string) => `/ferry/guest-addresses/${ip}`,
   /** Held by the volume at a driver-chosen place (an iSCSI LUN): two volumes can never share one. */
@@ -75,6 +78,36 @@ export interface VolumeRecord {
   replicas?: string[];
   /** Replicated pools, at creation only: the host asked to keep the second replica. */
   peer?: string;
+  /** The volume holds this image's bytes (`ferry image delete` removes it, not `volume delete`). */
+  image?: string;
+  /** An overlay whose backing file is this image's volume: the image stays while the overlay does. */
+  backingImage?: string;
+}
+
+/**
+ * An imported image: what it is (from its bytes, not its name), where it is kept, and the
+ * checksum of the file as it was sent, so an admin can tell which upstream image it was.
+ */
+export interface ImageRecord {
+  name: string;
+  kind: 'disk' | 'iso';
+  state: 'importing' | 'ready';
+  pool: string;
+  volume: string;
+  /** The volume's format (the uploaded file's own format is `sourceFormat`). */
+  format: VolumeFormat;
+  sourceFormat: string;
+  /** The size a guest sees. */
+  virtualBytes: number;
+  /** The uploaded file: its size and SHA-256. */
+  fileBytes: number;
+  sha256: string;
+  fileName: string;
+  /** Local pools: the host that keeps it. */
+  host?: string;
+  importedAt: string;
+  /** Who imported it (the certificate's name). */
+  importedBy: string;
 }
 
 /** A replica that lacks writes: `outdated` must not take over from `upToDate`. */
@@ -279,6 +312,29 @@ export class ClusterState {
     const place = volume.location ? [{ type: 'delete' as const, key: KEYS.volumeLocation(volume.pool, volume.location) }] : [];
     const mark = { type: 'delete' as const, key: KEYS.replicaOutdated(volume.pool, volume.name) }; // a volume made later under the name starts clean
     return (await this.store.txn([{ key, modRevision: volume.revision }], [{ type: 'delete', key }, ...place, mark])).succeeded;
+  }
+
+  async images(): Promise<ImageRecord[]> {
+    return (await this.store.list(KEYS.images)).map((kv) => JSON.parse(kv.value) as ImageRecord);
+  }
+
+  async image(name: string): Promise<ImageRecord | undefined> {
+    const kv = await this.store.get(KEYS.image(name));
+    return kv && (JSON.parse(kv.value) as ImageRecord);
+  }
+
+  /** Reserves an image name for an import under way; false if it is taken. */
+  async reserveImage(image: ImageRecord): Promise<boolean> {
+    const key = KEYS.image(image.name);
+    return (await this.store.txn([{ key, modRevision: 0 }], [{ type: 'put', key, value: JSON.stringify(image) }])).succeeded;
+  }
+
+  async putImage(image: ImageRecord): Promise<void> {
+    await this.store.put(KEYS.image(image.name), JSON.stringify(image));
+  }
+
+  async deleteImage(name: string): Promise<void> {
+    await this.store.delete(KEYS.image(name));
   }
 
   async replicaOutdated(pool: string, name: string): Promise<OutdatedReplica | undefined> {

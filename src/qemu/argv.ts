@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 /** The QEMU command line for a VM spec on this host. */
 import type { Accel, VmSpec } from './spec.ts';
+import { OVMF_CODE } from './firmware.ts';
 
 /** Where QEMU gets the TLS credentials of the migration stream (a directory with ca-cert.pem, server-/client-cert.pem, -key.pem). */
 export interface TlsCredentials {
@@ -32,6 +33,8 @@ export interface QemuRuntime {
   tls?: TlsCredentials;
   /** One per spec.disks entry, in that order. */
   disks?: DiskAttachment[];
+  /** How spec.cdrom is opened here. */
+  cdrom?: DiskAttachment;
 }
 
 /** virtio-blk keeps 20 characters of a serial: longer names are cut and given a hash, so two disks never share one. */
@@ -41,12 +44,14 @@ export function diskSerial(name: string): string {
 }
 
 export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
+  const boot = spec.boot;
+  const flash = spec.disks.find((d) => d.bus === 'pflash');
   const argv = [
     '-name', `guest=${spec.name},debug-threads=on`,
     '-uuid', spec.uuid,
     // Guest RAM in a memfd (the RAM block keeps its name, pc.ram, for migration): the memory check
     // reads it straight from there instead of dumping it to a file with pmemsave, in the pause.
-    '-machine', `type=${spec.machine},memory-backend=pc.ram`,
+    '-machine', `type=${spec.machine},memory-backend=pc.ram${flash ? `,pflash0=fw-code,pflash1=${flash.id}` : ''}`,
     '-object', `memory-backend-memfd,id=pc.ram,size=${spec.memoryMiB}M,share=on`,
     '-accel', runtime.accel,
     '-cpu', spec.cpuModel,
@@ -58,10 +63,12 @@ export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
     '-mon', 'chardev=qmp,mode=control',
     '-chardev', `file,id=serial0,path=${runtime.serialLog}`,
     '-device', 'isa-serial,chardev=serial0',
-    '-kernel', spec.boot.kernel,
-    '-initrd', spec.boot.initrd,
-    '-append', spec.boot.cmdline,
   ];
+  if (boot.kind === 'kernel') argv.push('-kernel', boot.kernel, '-initrd', boot.initrd, '-append', boot.cmdline);
+  // OVMF's code: read-only, the same file on every host (its contents migrate with the RAM).
+  if (flash) argv.push('-blockdev', JSON.stringify({ driver: 'raw', 'node-name': 'fw-code', 'read-only': true, file: { driver: 'file', filename: OVMF_CODE, 'read-only': true } }));
+  const bootIndex = (first: boolean) => (boot.kind === 'firmware' ? `,bootindex=${first ? 1 : 2}` : '');
+  let firstDisk = true;
   let tapIndex = 0;
   spec.nics.forEach((nic, i) => {
     if (nic.backend.kind === 'bridge') {
@@ -77,8 +84,16 @@ export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
     const attachment = runtime.disks?.[i];
     if (!attachment || attachment.id !== disk.id) throw new Error(`no storage given for disk ${disk.id} (${disk.pool}/${disk.volume})`);
     argv.push('-blockdev', JSON.stringify({ ...attachment.blockdev, 'node-name': disk.id }));
-    argv.push('-device', `virtio-blk-pci,drive=${disk.id},id=${disk.id}-dev,serial=${diskSerial(attachment.serial)}`);
+    if (disk.bus === 'pflash') return; // the machine's second flash chip (above)
+    argv.push('-device', `virtio-blk-pci,drive=${disk.id},id=${disk.id}-dev,serial=${diskSerial(attachment.serial)}${firstDisk ? bootIndex(boot.kind === 'firmware' && boot.order === 'disk') : ''}`);
+    firstDisk = false;
   });
+  if (spec.cdrom) {
+    if (!runtime.cdrom) throw new Error(`no storage given for the CD-ROM (${spec.cdrom.pool}/${spec.cdrom.volume})`);
+    argv.push('-blockdev', JSON.stringify({ ...runtime.cdrom.blockdev, 'node-name': 'cd0', 'read-only': true }));
+    // q35's built-in AHCI controller: the CD-ROM an installer expects (not virtio: firmware and installers know SATA).
+    argv.push('-device', `ide-cd,drive=cd0,bus=ide.0,id=cd0-dev${bootIndex(boot.kind === 'firmware' && boot.order === 'cdrom')}`);
+  }
   if (runtime.tls) {
     argv.push('-object', `tls-creds-x509,id=${runtime.tls.id},dir=${runtime.tls.dir},endpoint=${runtime.tls.endpoint},verify-peer=on`);
   }

@@ -35,6 +35,13 @@ export type VolumeFormat = 'qcow2' | 'raw';
 export interface DiskSpec {
   /** Device and QEMU node name inside this VM: disk0, disk1, ... */
   id: string;
+  /**
+   * How the guest sees it: a virtio-blk disk (the default), or the UEFI variable store (the second
+   * flash chip of OVMF, raw and exactly the size of Debian's OVMF_VARS_4M.fd). Both migrate alike.
+   */
+  bus?: 'virtio' | 'pflash';
+  /** A boot disk made from an image: the image's name (an overlay on shared-dir pools keeps it in use). */
+  image?: string;
   pool: string;
   volume: string;
   format: VolumeFormat;
@@ -53,6 +60,28 @@ export interface KernelBoot {
   cmdline: string;
 }
 
+/** Booting through firmware, from the VM's disks or its CD-ROM: how any real OS image starts. */
+export interface FirmwareBoot {
+  kind: 'firmware';
+  /** SeaBIOS (QEMU's default) or UEFI (OVMF; the VM then has a variable store among its disks). */
+  firmware: 'bios' | 'uefi';
+  /** What the firmware tries first. */
+  order: 'disk' | 'cdrom';
+}
+
+export type BootSpec = KernelBoot | FirmwareBoot;
+
+/** An ISO image attached read-only (an installer, a live system). It is an image's volume, never the VM's. */
+export interface CdromSpec {
+  image: string;
+  pool: string;
+  volume: string;
+  sizeBytes: number;
+}
+
+/** Size of the UEFI variable store: Debian's OVMF_VARS_4M.fd, which pairs with OVMF_CODE_4M.fd. */
+export const UEFI_VARS_BYTES = 540_672;
+
 export interface VmSpec {
   name: string;
   uuid: string;
@@ -62,9 +91,10 @@ export interface VmSpec {
   cpuModel: string;
   machine: string;
   accel: AccelChoice;
-  boot: KernelBoot;
+  boot: BootSpec;
   nics: NicSpec[];
   disks: DiskSpec[];
+  cdrom?: CdromSpec;
 }
 
 export interface VmSpecInput {
@@ -75,9 +105,10 @@ export interface VmSpecInput {
   cpuModel?: string;
   machine?: string;
   accel?: AccelChoice;
-  boot: KernelBoot;
+  boot: BootSpec;
   nics?: NicSpec[];
   disks?: DiskSpec[];
+  cdrom?: CdromSpec;
 }
 
 const NAME = NAME_PATTERN;
@@ -98,6 +129,7 @@ export function makeVmSpec(input: VmSpecInput): VmSpec {
     boot: input.boot,
     nics: input.nics ?? [],
     disks: input.disks ?? [],
+    ...(input.cdrom ? { cdrom: input.cdrom } : {}),
   };
   validateVmSpec(spec);
   return spec;
@@ -116,10 +148,7 @@ export function validateVmSpec(spec: VmSpec): void {
   if (!/^[A-Za-z0-9._-]+$/.test(spec.cpuModel)) throw new InvalidVmSpecError('cpuModel', `'${spec.cpuModel}' is not a CPU model name`);
   if (!/^[a-z0-9._-]+$/.test(spec.machine)) throw new InvalidVmSpecError('machine', `'${spec.machine}' is not a machine type name`);
   if (!['kvm', 'tcg', 'auto'].includes(spec.accel)) throw new InvalidVmSpecError('accel', `'${spec.accel}' must be kvm, tcg or auto`);
-  if (spec.boot.kind !== 'kernel' || !spec.boot.kernel || !spec.boot.initrd)
-    throw new InvalidVmSpecError('boot', 'needs a kernel and an initrd');
-  if (/[,\n]/.test(spec.boot.kernel + spec.boot.initrd))
-    throw new InvalidVmSpecError('boot', 'paths must not contain commas or newlines');
+  validateBoot(spec);
   const macs = new Set<string>();
   spec.nics.forEach((nic, i) => {
     if (!MAC.test(nic.mac)) throw new InvalidVmSpecError(`nics[${i}].mac`, `'${nic.mac}' is not a lowercase MAC address like 52:54:00:12:34:56`);
@@ -141,9 +170,40 @@ export function validateVmSpec(spec: VmSpec): void {
     if (volumes.has(`${disk.pool}/${disk.volume}`)) throw new InvalidVmSpecError(`disks[${i}].volume`, `'${disk.pool}/${disk.volume}' is attached twice`);
     volumes.add(`${disk.pool}/${disk.volume}`);
     if (disk.format !== 'qcow2' && disk.format !== 'raw') throw new InvalidVmSpecError(`disks[${i}].format`, `'${disk.format}' must be qcow2 or raw`);
-    if (!Number.isInteger(disk.sizeBytes) || disk.sizeBytes < 1024 * 1024 || disk.sizeBytes % 512 !== 0)
+    if (disk.bus === 'pflash') {
+      if (disk.format !== 'raw' || disk.sizeBytes !== UEFI_VARS_BYTES)
+        throw new InvalidVmSpecError(`disks[${i}]`, `a UEFI variable store is a raw volume of exactly ${UEFI_VARS_BYTES} bytes (OVMF_VARS_4M.fd)`);
+    } else if (disk.bus !== undefined && disk.bus !== 'virtio') {
+      throw new InvalidVmSpecError(`disks[${i}].bus`, `'${disk.bus}' must be virtio or pflash`);
+    } else if (!Number.isInteger(disk.sizeBytes) || disk.sizeBytes < 1024 * 1024 || disk.sizeBytes % 512 !== 0) {
       throw new InvalidVmSpecError(`disks[${i}].sizeBytes`, `${disk.sizeBytes} must be a whole number of 512-byte sectors, at least 1 MiB`);
+    }
   });
+  const flash = spec.disks.filter((d) => d.bus === 'pflash');
+  const uefi = spec.boot.kind === 'firmware' && spec.boot.firmware === 'uefi';
+  if (uefi && flash.length !== 1) throw new InvalidVmSpecError('disks', 'a UEFI VM needs exactly one UEFI variable store among its disks');
+  if (!uefi && flash.length) throw new InvalidVmSpecError('disks', 'only a UEFI VM has a variable store (bus pflash)');
+  if (spec.cdrom) {
+    if (!NAME.test(spec.cdrom.pool) || !NAME.test(spec.cdrom.volume) || !NAME.test(spec.cdrom.image))
+      throw new InvalidVmSpecError('cdrom', `'${spec.cdrom.pool}/${spec.cdrom.volume}' does not name an image volume`);
+    if (spec.boot.kind !== 'firmware') throw new InvalidVmSpecError('cdrom', 'a CD-ROM needs firmware boot (--boot disk or cdrom), not a kernel');
+  }
+  if (spec.boot.kind === 'firmware' && spec.boot.order === 'cdrom' && !spec.cdrom)
+    throw new InvalidVmSpecError('boot', 'boots from the CD-ROM but has none; attach an ISO image (--cdrom IMAGE)');
+  if (spec.boot.kind === 'firmware' && spec.boot.order === 'disk' && !spec.disks.some((d) => d.bus !== 'pflash'))
+    throw new InvalidVmSpecError('boot', 'boots from a disk but has none; give it one made from an image (--image IMAGE)');
+}
+
+function validateBoot(spec: VmSpec): void {
+  const boot = spec.boot;
+  if (boot.kind === 'kernel') {
+    if (!boot.kernel || !boot.initrd) throw new InvalidVmSpecError('boot', 'needs a kernel and an initrd');
+    if (/[,\n]/.test(boot.kernel + boot.initrd)) throw new InvalidVmSpecError('boot', 'paths must not contain commas or newlines');
+    return;
+  }
+  if (boot.kind !== 'firmware') throw new InvalidVmSpecError('boot.kind', `'${(boot as { kind: string }).kind}' must be kernel or firmware`);
+  if (boot.firmware !== 'bios' && boot.firmware !== 'uefi') throw new InvalidVmSpecError('boot.firmware', `'${boot.firmware}' must be bios or uefi`);
+  if (boot.order !== 'disk' && boot.order !== 'cdrom') throw new InvalidVmSpecError('boot.order', `'${boot.order}' must be disk or cdrom`);
 }
 
 /** A stable locally administered MAC derived from a VM's uuid and NIC index. */
@@ -164,7 +224,8 @@ export function migrationIncompatibilities(source: VmSpec, destination: VmSpec):
   differ('CPU model', source.cpuModel, destination.cpuModel, 'use the same CPU model on both sides');
   differ('machine type', source.machine, destination.machine, 'use the same machine type on both sides');
   differ('uuid', source.uuid, destination.uuid, 'the destination must run the same VM');
-  differ('boot', source.boot, destination.boot, 'the destination must load the same kernel, initrd and command line');
+  differ('boot', source.boot, destination.boot, 'the destination must boot the same way (the same kernel and command line, or the same firmware)');
+  differ('CD-ROM', source.cdrom ?? null, destination.cdrom ?? null, 'the destination must have the same ISO attached');
   differ(
     'NICs',
     source.nics.map((n) => `${n.model} ${n.mac}`),
@@ -173,8 +234,8 @@ export function migrationIncompatibilities(source: VmSpec, destination: VmSpec):
   );
   differ(
     'disks',
-    (source.disks ?? []).map((d) => `${d.id} ${d.sizeBytes} B`),
-    (destination.disks ?? []).map((d) => `${d.id} ${d.sizeBytes} B`),
+    (source.disks ?? []).map((d) => `${d.id} ${d.bus ?? 'virtio'} ${d.sizeBytes} B`),
+    (destination.disks ?? []).map((d) => `${d.id} ${d.bus ?? 'virtio'} ${d.sizeBytes} B`),
     'the destination must have the same disks with the same sizes',
   );
   return problems;

@@ -2,7 +2,7 @@
  * Starting a VM the way a user expects: the accelerator chosen for this host
  * (auto = KVM only where a guest really boots under it), and a boot watchdog
  * on the guest's ready line, so a guest that hangs is reported, never left
- * silently hung.
+ * silently hung (ferry's own guest; a VM booted through firmware is up once QEMU runs it).
  */
 import { GuestBootTimeoutError } from './errors.ts';
 import { probeHost, resolveAccel, type HostProbe } from './host-probe.ts';
@@ -30,6 +30,8 @@ export async function startVm(spec: VmSpec, options: StartVmOptions): Promise<Vm
 
   const host = { runDir: options.runDir, ...(options.network ? { network: options.network } : {}), ...(options.disks ? { disks: options.disks } : {}) };
   const vm = await VmInstance.launch({ spec, accel, ...host });
+  // An OS of the user's own says nothing ferry can wait for: it runs once QEMU runs it.
+  if (spec.boot.kind === 'firmware') return vm;
   try {
     await vm.waitUntilReady(bootTimeoutMs);
     return vm;

@@ -18,3 +18,21 @@ export async function imageInfo(file: string, format?: 'raw'): Promise<ImageInfo
   const out = JSON.parse(await run('qemu-img', ['info', '-U', '--output=json', ...(format ? ['-f', format] : []), file])) as Record<string, unknown>;
   return { format: String(out['format']), virtualSize: Number(out['virtual-size']), actualSize: Number(out['actual-size'] ?? 0) };
 }
+
+/** A -blockdev description as a filename qemu-img accepts: any driver's volume, in or out of a directory. */
+export function jsonFilename(blockdev: Record<string, unknown>): string {
+  return `json:${JSON.stringify(blockdev)}`;
+}
+
+/**
+ * Copies an image's contents into an existing volume (`-n`: the target is made by its driver, at
+ * its size), skipping zeroes, so a sparse image stays sparse.
+ */
+export async function convertInto(source: string, sourceFormat: string, target: string, targetFormat: VolumeFormat, timeoutMs = 30 * 60_000): Promise<void> {
+  await run('qemu-img', ['convert', '-q', '-n', '-f', sourceFormat, '-O', targetFormat, source, target], { timeoutMs });
+}
+
+/** Grows an image to `sizeBytes` (a boot disk bigger than the image it came from). */
+export async function resizeImage(file: string, format: VolumeFormat, sizeBytes: number): Promise<void> {
+  await run('qemu-img', ['resize', '-q', '-f', format, file, String(sizeBytes)], { timeoutMs: 60_000 });
+}
