@@ -83,7 +83,7 @@ export async function runDiskBench(options: {
   });
   let host: 'h1' | 'h2' = 'h1';
   await storage.h1.get('local').create(volumeOf(disk));
-  let vm = await VmInstance.launch({ spec, accel: 'tcg', runDir, network: net.attacher, disks: storage.h1.attachments(spec.disks) });
+  let vm = await VmInstance.launch({ spec, accel: 'tcg', runDir, network: net.attacher, disks: storage.h1.attach(spec) });
   // libvirt's guest: the same spec, run by libvirt, alive all along like ferry's.
   let lv: { vm: LibvirtVm; ip: string; host: LibvirtHostName } | undefined;
   try {
@@ -140,7 +140,7 @@ export async function runDiskBench(options: {
         } else if (variant === 'qemu-mirror-defaults') {
           const from = host;
           const r = await migrateWithMirrorDefaults(vm, runDir, net.attacher, {
-            destination: storage[to].attachments(spec.disks),
+            destination: storage[to].attach(spec),
             prepare: async () => void (await storage[to].get('local').prepareIncoming(volumeOf(disk), allocated)),
             releaseSource: () => storage[from].get('local').releaseAfterMigration(volumeOf(disk)),
           });

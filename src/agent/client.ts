@@ -2,6 +2,7 @@
  * A client of an agent's API: HTTPS with this node's (or the admin's)
  * certificate, to a URL or to the agent's unix socket.
  */
+import { createReadStream } from 'node:fs';
 import https from 'node:https';
 import type { Identity } from '../cluster/pki.ts';
 import { ApiError } from './errors.ts';
@@ -30,7 +31,12 @@ export class AgentClient {
     return this.request<T>('POST', path, bytes, timeoutMs);
   }
 
-  private request<T>(method: 'GET' | 'POST' | 'DELETE', path: string, payload: string | Buffer | undefined, timeoutMs: number): Promise<T> {
+  /** Streams a file as the body of a POST (an image import); `onSent` hears how many bytes went. */
+  upload<T>(path: string, file: string, bytes: number, onSent?: (bytes: number) => void, timeoutMs = 30 * 60_000): Promise<T> {
+    return this.request<T>('POST', path, { file, bytes, ...(onSent ? { onSent } : {}) }, timeoutMs);
+  }
+
+  private request<T>(method: 'GET' | 'POST' | 'DELETE', path: string, payload: string | Buffer | FileBody | undefined, timeoutMs: number): Promise<T> {
     const url = this.endpoint.socket ? undefined : new URL(this.endpoint.url);
     return new Promise<T>((resolve, reject) => {
       const req = https.request(
@@ -48,7 +54,9 @@ export class AgentClient {
             cert.subject?.CN === this.endpoint.name && cert.subject?.OU === 'host'
               ? undefined
               : new Error(`the agent presented '${cert.subject?.CN}' (role ${cert.subject?.OU ?? 'none'}), expected host '${this.endpoint.name}'`),
-          headers: payload ? { 'content-type': typeof payload === 'string' ? 'application/json' : 'application/octet-stream', 'content-length': Buffer.byteLength(payload) } : {},
+          headers: payload
+            ? { 'content-type': typeof payload === 'string' ? 'application/json' : 'application/octet-stream', 'content-length': isFile(payload) ? payload.bytes : Buffer.byteLength(payload) }
+            : {},
           timeout: timeoutMs,
         },
         (res) => {
@@ -73,7 +81,25 @@ export class AgentClient {
       req.on('error', (err) =>
         reject(err instanceof AgentUnreachableError ? err : new AgentUnreachableError(`cannot reach the agent of ${this.endpoint.name} (${this.endpoint.socket ?? this.endpoint.url}): ${err.message}`)),
       );
-      req.end(payload);
+      if (!isFile(payload)) return req.end(payload);
+      let sent = 0;
+      const stream = createReadStream(payload.file);
+      stream.on('data', (chunk) => {
+        sent += chunk.length;
+        payload.onSent?.(sent);
+      });
+      stream.on('error', (err) => req.destroy(err));
+      stream.pipe(req);
     });
   }
+}
+
+interface FileBody {
+  file: string;
+  bytes: number;
+  onSent?: (bytes: number) => void;
+}
+
+function isFile(payload: string | Buffer | FileBody | undefined): payload is FileBody {
+  return typeof payload === 'object' && !Buffer.isBuffer(payload);
 }

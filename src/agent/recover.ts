@@ -74,7 +74,7 @@ async function recoverVm(ctx: AgentContext, name: string, acceptDataLoss: boolea
     // This host served its replicas to the lost primary: from now on its guest writes to them.
     await ctx.replication.stopServing(vm.spec);
     await ctx.replication.beforeStart(vm.spec);
-    await runtime.start(vm.spec, storage.attachments(vm.spec.disks ?? []));
+    await runtime.start(vm.spec, storage.attach(vm.spec));
     job.state = 'succeeded';
     job.log.push(`${new Date().toISOString()} ${name} started on ${node.name} from its disks (its memory was lost with '${vm.owner}')`);
     ctx.log(`recovered ${name} from lost host ${vm.owner}`);

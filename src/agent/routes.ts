@@ -1,6 +1,6 @@
 /** The agent's API routes. Every change to a VM carries its fencing token. */
 import type { ClusterConfig } from './config.ts';
-import { checkToken, freeMemoryMiB, requireRoom, requireVm, type AgentContext } from './context.ts';
+import { checkToken, freeMemoryMiB, requireVm, type AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import type { IncomingMigrations } from './incoming.ts';
 import type { IncomingRequest } from './remote-destination.ts';
@@ -9,16 +9,15 @@ import { dryRun, type HistoryChoice } from './predict.ts';
 import { migrationParams } from './validate.ts';
 import { removeHost } from './membership.ts';
 import { cancelMigration, startMigration, type MigrateRequest } from './source-migration.ts';
-import { guestBoot, guestImage } from '../qemu/guest-image.ts';
 import { localQemuBuild } from '../qemu/host-probe.ts';
-import { newestCommonMachineType } from '../cluster/compatibility.ts';
-import { macFor, makeVmSpec, type DiskSpec, type VmSpec, type VolumeFormat } from '../qemu/spec.ts';
-import type { OwnedVm, StoredVolume } from '../cluster/model.ts';
+import type { VmSpec } from '../qemu/spec.ts';
+import type { OwnedVm } from '../cluster/model.ts';
 import type { DiskNeed } from '../migration/sides.ts';
-import { createVolume, removeVolume, storageRoutes } from './storage-routes.ts';
+import { storageRoutes } from './storage-routes.ts';
 import { recoverRoutes } from './recover.ts';
+import { createVm } from './vm-create.ts';
+import { imageRoutes } from './images.ts';
 import { storageCatalog } from './context.ts';
-import { defaultFormat, type StoragePoolConfig } from '../storage/types.ts';
 
 /**
  * The routes of one incoming migration (/v1/incoming/:id/...): for hosts, and each answers only the
@@ -59,6 +58,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
   return [
     ...storageRoutes(ctx),
     ...recoverRoutes(ctx),
+    ...imageRoutes(ctx),
     {
       method: 'GET',
       pattern: '/v1/health',
@@ -85,80 +85,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     { method: 'GET', pattern: '/v1/cluster/vms', who: 'admin', handler: async () => ({ vms: await state.vms() }) },
     { method: 'GET', pattern: '/v1/cluster/vms/:name', who: 'admin', handler: async ({ name }) => ({ vm: await requireVm(ctx, name!), migration: await state.migration(name!) }) },
 
-    {
-      method: 'POST',
-      pattern: '/v1/vms',
-      who: 'admin',
-      handler: async (_, body) => {
-        const name = String(body['name'] ?? '');
-        const memoryMiB = Number(body['memoryMiB'] ?? 256);
-        const uuid = crypto.randomUUID();
-        const ip = body['ip'] === undefined ? await allocateIp(ctx, cluster) : await requestedIp(ctx, cluster, body['ip']);
-        const net = cluster.guestNetwork;
-        const diskRequests = (body['disks'] as DiskRequest[] | undefined) ?? [];
-        const pools = diskRequests.length ? await state.pools() : [];
-        const diskcheck = body['diskcheckRate'] !== undefined ? { ratePerSec: Number(body['diskcheckRate']) } : undefined;
-        if (diskcheck && !diskRequests.length) throw new RefusedError('diskcheck needs a disk; give the VM one with --disk SIZE');
-        // Pinned to a versioned machine type every host provides: the VM can move to any of them, and keeps it across QEMU upgrades.
-        const hosts = await state.hosts();
-        const machine = newestCommonMachineType(hosts);
-        if (!machine && hosts.some((h) => h.qemu)) throw new RefusedError(`the hosts' QEMUs have no q35 machine type in common (${hosts.map((h) => `${h.name}: QEMU ${h.qemu?.version ?? 'unknown'}`).join(', ')}); upgrade the oldest`);
-        const spec = makeVmSpec({
-          name,
-          uuid,
-          memoryMiB,
-          ...(machine ? { machine } : {}),
-          vcpus: Number(body['vcpus'] ?? 1),
-          accel: (body['accel'] as 'auto' | 'tcg' | 'kvm' | undefined) ?? 'auto',
-          boot: guestBoot(guestImage(), {
-            ...(ip ? { ip: `${ip}/${net?.prefixLength ?? 24}` } : {}),
-            memcheckMiB: Number(body['memcheckMiB'] ?? Math.min(64, Math.floor(memoryMiB / 4))),
-            dirtyMiBps: Number(body['dirtyMiBps'] ?? 0),
-            ...(diskcheck ? { diskcheck } : {}),
-          }),
-          nics: [{ mac: macFor(uuid, 0), model: 'virtio-net-pci', backend: { kind: 'bridge', bridge: node.bridge } }],
-          disks: diskRequests.map((d, i) => diskSpec(name, i, d, pools)),
-        });
-        await requireRoom(ctx, node.name, memoryMiB, name);
-        if ((await state.vm(name)) !== undefined) throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
-        // Volumes first (each refused if its pool is unreachable from here), so a VM record never names a missing disk.
-        const volumes: StoredVolume[] = [];
-        const job = await state.newJob('create', name, node.name);
-        try {
-          for (const [i, disk] of spec.disks.entries()) {
-            const peer = diskRequests[i]?.peer;
-            volumes.push(await createVolume(ctx, { pool: disk.pool, name: disk.volume, format: disk.format, sizeBytes: disk.sizeBytes, vm: name, ...(peer ? { peer } : {}) }));
-          }
-          // Where a driver placed a volume (an iSCSI LUN, the replica hosts) is part of how every host opens it.
-          spec.disks = spec.disks.map((d, i) => {
-            const v = volumes[i];
-            return { ...d, ...(v?.location ? { location: v.location } : {}), ...(v?.replicas ? { replicas: v.replicas } : {}) };
-          });
-          const token = await state.createVm({ spec, owner: node.name, desired: 'running', ...(ip ? { ip } : {}) });
-          if (token === undefined) {
-            if (ip && (await state.addressTaken(ip))) throw new RefusedError(`the guest address ${ip} was taken by another VM created at the same moment; try again`);
-            throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
-          }
-          try {
-            await ctx.replication.beforeStart(spec);
-            await runtime.start(spec, (await storageCatalog(ctx)).attachments(spec.disks));
-          } catch (err) {
-            const vm = await state.vm(name);
-            if (vm) await state.deleteVm(vm);
-            throw err;
-          }
-          job.state = 'succeeded';
-        } catch (err) {
-          job.state = 'failed';
-          job.error = (err as Error).message;
-          for (const v of volumes) await removeVolume(ctx, v).catch(() => undefined); // nothing half-made stays behind
-          throw err;
-        } finally {
-          await state.saveJob(job);
-        }
-        return { vm: await state.vm(name), job };
-      },
-    },
+    { method: 'POST', pattern: '/v1/vms', who: 'admin', handler: async (_, body) => createVm(ctx, cluster, body) },
     {
       method: 'POST',
       pattern: '/v1/vms/:name/start',
@@ -167,7 +94,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         const vm = await mine(name!, body['token']);
         if (runtime.get(name!)) throw new RefusedError(`'${name}' is already running on ${node.name}`);
         await ctx.replication.beforeStart(vm.spec);
-        await runtime.start(vm.spec, (await storageCatalog(ctx)).attachments(vm.spec.disks ?? []));
+        await runtime.start(vm.spec, (await storageCatalog(ctx)).attach(vm.spec));
         return { vm: await state.vm(name!) };
       },
     },
@@ -245,50 +172,6 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       { method: 'POST', pattern: '/v1/incoming/:id/abort', handler: async ({ id }) => (await incoming.abort(id!), {}) },
     ]),
   ];
-}
-
-interface DiskRequest {
-  sizeBytes: number;
-  pool: string;
-  format?: VolumeFormat;
-  /** Replicated pools: the host for the second replica. */
-  peer?: string;
-}
-
-function diskSpec(vm: string, index: number, request: DiskRequest, pools: StoragePoolConfig[]): DiskSpec {
-  if (!request.pool) throw new RefusedError(`disk ${index} of '${vm}' names no storage pool; add one with 'ferry storage add' and give it as --disk SIZE,storage=NAME`);
-  const pool = pools.find((p) => p.name === request.pool);
-  if (!pool) throw new RefusedError(`disk ${index} of '${vm}': no storage pool '${request.pool}'; see 'ferry storage list'`);
-  if (request.peer !== undefined && pool.type !== 'replicated') throw new RefusedError(`disk ${index} of '${vm}': peer= is for replicated pools; pool '${pool.name}' is ${pool.type}`);
-  return { id: `disk${index}`, pool: request.pool, volume: `${vm}-disk${index}`, format: request.format ?? defaultFormat(pool), sizeBytes: Number(request.sizeBytes) };
-}
-
-/**
- * A guest address the user asked for: a plain IPv4 address (it goes into the guest's kernel command
- * line), inside the cluster's guest range, and not a host's or another VM's.
- */
-async function requestedIp(ctx: AgentContext, cluster: ClusterConfig, value: unknown): Promise<string> {
-  const ip = String(value);
-  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(ip);
-  if (!m || m.slice(1).some((o) => Number(o) > 255)) throw new RefusedError(`guest address '${ip}' is not an IPv4 address like 10.80.0.120`);
-  const net = cluster.guestNetwork;
-  const last = Number(m[4]);
-  if (net && (!ip.startsWith(`${net.prefix}.`) || last < net.first || last > net.last))
-    throw new RefusedError(`guest address ${ip} is outside the cluster's guest range ${net.prefix}.${net.first}-${net.last}`);
-  if ((await ctx.state.hosts()).some((h) => h.address === ip)) throw new RefusedError(`guest address ${ip} is a host's address`);
-  if ((await ctx.state.vms()).some((v) => v.ip === ip) || (await ctx.state.addressTaken(ip))) throw new RefusedError(`guest address ${ip} is taken by another VM`);
-  return ip;
-}
-
-async function allocateIp(ctx: AgentContext, cluster: ClusterConfig): Promise<string | undefined> {
-  const net = cluster.guestNetwork;
-  if (!net) return undefined;
-  const used = new Set((await ctx.state.vms()).map((v) => v.ip));
-  for (let i = net.first; i <= net.last; i++) {
-    const ip = `${net.prefix}.${i}`;
-    if (!used.has(ip) && !(await ctx.state.addressTaken(ip))) return ip;
-  }
-  throw new RefusedError(`no free guest address left in ${net.prefix}.${net.first}-${net.last}`);
 }
 
 /** How long the health check waits for the store before it says this agent cannot reach it. */

@@ -87,6 +87,7 @@ export function storageRoutes(ctx: AgentContext): Route[] {
       handler: async ({ pool, name }) => {
         const volume = await state.volume(pool!, name!);
         if (!volume) throw new NotFoundError(`no volume '${name}' in pool '${pool}'; see 'ferry volume list'`);
+        if (volume.image) throw new RefusedError(`volume '${name}' keeps image '${volume.image}'; remove it with 'ferry image delete ${volume.image}'`);
         // A volume whose VM no longer exists (a creation that failed half-way) is not in use.
         if (volume.vm && (await state.vm(volume.vm))) throw new VolumeInUseError(volume.name, volume.vm);
         if (volume.replicas) {
@@ -140,7 +141,7 @@ async function poolStatus(ctx: AgentContext): Promise<PoolStatusLine[]> {
  * Reserves the record, then makes the image on this host (local pools) or in
  * the shared directory; an image that cannot be made leaves no record behind.
  */
-export async function createVolume(ctx: AgentContext, volume: VolumeRecord): Promise<StoredVolume> {
+export async function createVolume(ctx: AgentContext, volume: VolumeRecord, make?: (volume: VolumeRecord) => Promise<void>): Promise<StoredVolume> {
   const driver = (await storageCatalog(ctx)).get(volume.pool);
   await driver.status(); // unreachable pool: refused before anything is written down
   // Drivers that place volumes (iSCSI LUNs) pick a place no other volume of the pool holds.
@@ -164,7 +165,7 @@ export async function createVolume(ctx: AgentContext, volume: VolumeRecord): Pro
   }
   const made: string[] = [];
   try {
-    await driver.create(record);
+    await (make ? make(record) : driver.create(record));
     made.push(ctx.node.name);
     for (const host of replicas?.slice(1) ?? []) {
       await replicaCall(ctx, host, 'POST', record);

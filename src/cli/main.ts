@@ -11,6 +11,7 @@ import { probeCommand } from './commands/probe.ts';
 import { vmCommand } from './commands/vm.ts';
 import { storageCommand } from './commands/storage.ts';
 import { volumeCommand } from './commands/volume.ts';
+import { imageCommand } from './commands/image.ts';
 
 export interface Command {
   summary: string;
@@ -24,6 +25,7 @@ const COMMANDS: Record<string, Command> = {
   vm: vmCommand,
   storage: storageCommand,
   volume: volumeCommand,
+  image: imageCommand,
   job: jobCommand,
   probe: probeCommand,
   init: initCommand,

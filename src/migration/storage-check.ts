@@ -5,12 +5,14 @@ import type { StorageCatalog } from '../storage/registry.ts';
 import { volumeOf } from '../storage/types.ts';
 import { ReplicatedDriver } from '../storage/replicated.ts';
 import type { DiskNeed } from './sides.ts';
+import { FirmwareMissingError, hasUefi } from '../qemu/firmware.ts';
 
 export async function checkIncomingStorage(spec: VmSpec, storage: StorageCatalog | undefined, needs: DiskNeed[]): Promise<string[]> {
+  const problems = checkFirmware(spec, storage?.host);
   const disks = spec.disks ?? [];
-  if (!disks.length) return [];
-  if (!storage) return [`the destination has no storage configured for the disks of '${spec.name}'`];
-  const problems: string[] = [];
+  if (spec.cdrom && storage) problems.push(...(await checkCdrom(spec, storage)));
+  if (!disks.length) return problems;
+  if (!storage) return [...problems, `the destination has no storage configured for the disks of '${spec.name}'`];
   // Room is checked per pool: two disks copied into one pool need the sum.
   const neededPerPool = new Map<string, number>();
   for (const disk of disks) {
@@ -43,4 +45,28 @@ export async function checkIncomingStorage(spec: VmSpec, storage: StorageCatalog
     }
   }
   return problems;
+}
+
+/** A UEFI VM needs OVMF on the destination too (its code is read from each host's own file). */
+function checkFirmware(spec: VmSpec, host = 'this host'): string[] {
+  if (spec.boot.kind !== 'firmware' || spec.boot.firmware !== 'uefi' || hasUefi()) return [];
+  return [new FirmwareMissingError(host).message];
+}
+
+/** An ISO stays where it is: the destination must see the same one, so only a shared pool will do. */
+async function checkCdrom(spec: VmSpec, storage: StorageCatalog): Promise<string[]> {
+  const cd = spec.cdrom!;
+  try {
+    const driver = storage.get(cd.pool);
+    if (!driver.shared)
+      return [
+        `the CD-ROM holds image '${cd.image}' from pool '${cd.pool}', which each host keeps for itself: the destination has no copy of it. ` +
+          'Import the ISO into a shared pool and attach that one (ejecting a running VM\'s CD-ROM is not built yet)',
+      ];
+    if (!(await driver.exists({ pool: cd.pool, name: cd.volume, format: 'raw', sizeBytes: cd.sizeBytes })))
+      return [`image '${cd.image}' (the CD-ROM) is not visible in pool '${cd.pool}' on host '${storage.host}'; is the pool really shared?`];
+    return [];
+  } catch (err) {
+    return [(err as Error).message];
+  }
 }

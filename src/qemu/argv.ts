@@ -31,11 +31,12 @@ export interface QemuRuntime {
   /** Start as a migration destination: paused, waiting for `migrate-incoming`. */
   incoming: boolean;
   tls?: TlsCredentials;
-  /** One per spec.disks entry, in that order. */
+  /** One per spec.disks entry, in that order; then spec.cdrom's, under CDROM_ID. */
   disks?: DiskAttachment[];
-  /** How spec.cdrom is opened here. */
-  cdrom?: DiskAttachment;
 }
+
+/** The node name of a VM's CD-ROM. */
+export const CDROM_ID = 'cd0';
 
 /** virtio-blk keeps 20 characters of a serial: longer names are cut and given a hash, so two disks never share one. */
 export function diskSerial(name: string): string {
@@ -89,10 +90,11 @@ export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
     firstDisk = false;
   });
   if (spec.cdrom) {
-    if (!runtime.cdrom) throw new Error(`no storage given for the CD-ROM (${spec.cdrom.pool}/${spec.cdrom.volume})`);
-    argv.push('-blockdev', JSON.stringify({ ...runtime.cdrom.blockdev, 'node-name': 'cd0', 'read-only': true }));
+    const cdrom = runtime.disks?.find((d) => d.id === CDROM_ID);
+    if (!cdrom) throw new Error(`no storage given for the CD-ROM (${spec.cdrom.pool}/${spec.cdrom.volume})`);
+    argv.push('-blockdev', JSON.stringify({ ...cdrom.blockdev, 'node-name': CDROM_ID, 'read-only': true }));
     // q35's built-in AHCI controller: the CD-ROM an installer expects (not virtio: firmware and installers know SATA).
-    argv.push('-device', `ide-cd,drive=cd0,bus=ide.0,id=cd0-dev${bootIndex(boot.kind === 'firmware' && boot.order === 'cdrom')}`);
+    argv.push('-device', `ide-cd,drive=${CDROM_ID},bus=ide.0,id=${CDROM_ID}-dev${bootIndex(boot.kind === 'firmware' && boot.order === 'cdrom')}`);
   }
   if (runtime.tls) {
     argv.push('-object', `tls-creds-x509,id=${runtime.tls.id},dir=${runtime.tls.dir},endpoint=${runtime.tls.endpoint},verify-peer=on`);

@@ -58,7 +58,7 @@ export abstract class DirectoryDriver implements StorageDriver {
   }
 
   /** Claims the file name atomically (qemu-img would overwrite an existing image), then makes the image. */
-  protected async createExclusive(volume: VolumeSpec): Promise<void> {
+  protected async createExclusive(volume: VolumeSpec, make = (file: string) => createImage(file, volume.format, volume.sizeBytes)): Promise<void> {
     const file = this.fileOf(volume);
     try {
       await (await open(file, 'wx')).close();
@@ -67,7 +67,7 @@ export abstract class DirectoryDriver implements StorageDriver {
       throw err;
     }
     try {
-      await createImage(file, volume.format, volume.sizeBytes);
+      await make(file);
     } catch (err) {
       await rm(file, { force: true });
       throw err;

@@ -7,6 +7,11 @@ export async function createImage(file: string, format: VolumeFormat, sizeBytes:
   await run('qemu-img', ['create', '-q', '-f', format, file, String(sizeBytes)], { timeoutMs: 60_000 });
 }
 
+/** A qcow2 overlay over `backing`, named as the overlay's header will keep it (relative: resolved beside the overlay). */
+export async function createOverlayImage(file: string, backing: string, backingFormat: VolumeFormat, sizeBytes: number): Promise<void> {
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', backing, '-F', backingFormat, file, String(sizeBytes)], { timeoutMs: 60_000 });
+}
+
 export interface ImageInfo {
   format: string;
   virtualSize: number;

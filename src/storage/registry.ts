@@ -8,7 +8,8 @@ import { ReplicatedDriver } from './replicated.ts';
 import { StorageError } from './errors.ts';
 import type { StorageDriver, StoragePoolConfig } from './types.ts';
 import type { DiskAttachment } from '../qemu/argv.ts';
-import type { DiskSpec } from '../qemu/spec.ts';
+import type { VmSpec } from '../qemu/spec.ts';
+import { CDROM_ID } from '../qemu/argv.ts';
 import { volumeOf } from './types.ts';
 
 export function driverFor(config: StoragePoolConfig, host: string): StorageDriver {
@@ -47,8 +48,11 @@ export class StorageCatalog {
     return [...this.drivers.values()];
   }
 
-  /** How QEMU opens each disk of a VM on this host. */
-  attachments(disks: DiskSpec[]): DiskAttachment[] {
-    return disks.map((disk) => ({ id: disk.id, blockdev: this.get(disk.pool).blockdev(volumeOf(disk)), serial: disk.volume }));
+  /** How QEMU opens each disk of a VM on this host, in spec order, then its CD-ROM (id CDROM_ID). */
+  attach(spec: VmSpec): DiskAttachment[] {
+    const disks = spec.disks.map((disk) => ({ id: disk.id, blockdev: this.get(disk.pool).blockdev(volumeOf(disk)), serial: disk.volume }));
+    const cd = spec.cdrom;
+    if (!cd) return disks;
+    return [...disks, { id: CDROM_ID, blockdev: this.get(cd.pool).blockdev({ pool: cd.pool, name: cd.volume, format: 'raw', sizeBytes: cd.sizeBytes }), serial: cd.volume }];
   }
 }

@@ -6,6 +6,8 @@
 import { VolumeNotFoundError } from './errors.ts';
 import { DirectoryDriver } from './directory.ts';
 import type { IncomingDisk, VolumeSpec } from './types.ts';
+import path from 'node:path';
+import { createOverlayImage } from './qemu-img.ts';
 
 export class SharedDirDriver extends DirectoryDriver {
   readonly shared = true;
@@ -14,6 +16,13 @@ export class SharedDirDriver extends DirectoryDriver {
     await this.status();
     if (!(await this.exists(volume))) throw new VolumeNotFoundError(this.config.name, volume.name, `${this.where()}; is the directory really shared?`);
     return 'shared';
+  }
+
+  /** The backing file is named relative to the overlay: the same on every host, wherever the directory is mounted. */
+  async createOverlay(volume: VolumeSpec, backing: VolumeSpec): Promise<void> {
+    if (volume.format !== 'qcow2') throw new Error(`an overlay is a qcow2 volume, not ${volume.format}`);
+    await this.status();
+    await this.createExclusive(volume, (file) => createOverlayImage(file, path.basename(this.fileOf(backing)), backing.format, volume.sizeBytes));
   }
 
   roomForCopy(): number {

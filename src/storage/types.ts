@@ -159,6 +159,11 @@ export interface StorageDriver {
   allocate?(volume: VolumeSpec, taken: string[]): Promise<string>;
   /** Creates an empty volume; refuses an existing one and a pool without room. */
   create(volume: VolumeSpec): Promise<void>;
+  /**
+   * Pools where every host opens a backing file by the same name (shared-dir): a new qcow2 volume
+   * over `backing`, which it then needs for as long as it exists.
+   */
+  createOverlay?(volume: VolumeSpec, backing: VolumeSpec): Promise<void>;
   /** Removes a volume (callers check that no VM uses it). */
   delete(volume: VolumeSpec): Promise<void>;
   /** The -blockdev options of the volume's format node (the node name is added by the caller). */

@@ -72,7 +72,7 @@ export async function guestSpec(lab: Lab, name: string, options: GuestOptions = 
 }
 
 export async function bootGuest(lab: Lab, spec: VmSpec, storage?: StorageCatalog): Promise<VmInstance> {
-  const disks = storage ? storage.attachments(spec.disks) : undefined;
+  const disks = storage ? storage.attach(spec) : undefined;
   const vm = await VmInstance.launch({ spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher, ...(disks ? { disks } : {}) });
   try {
     await vm.waitUntilReady(60_000);

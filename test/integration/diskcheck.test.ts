@@ -56,7 +56,7 @@ describe('diskcheck: a guest proves its disk intact', () => {
       disks: [{ id: 'disk0', pool: 'pool', volume: `${name}-root`, format: 'qcow2', sizeBytes: DISK_MIB * 2 ** 20 }],
     });
     await storage.get('pool').create(volumeOf(spec.disks[0]!));
-    const vm = await VmInstance.launch({ spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher, disks: storage.attachments(spec.disks) });
+    const vm = await VmInstance.launch({ spec, accel: 'tcg', runDir: lab.runDir, network: lab.net.attacher, disks: storage.attach(spec) });
     running.push(vm);
     await vm.waitUntilReady(60_000);
     return { vm, ip };

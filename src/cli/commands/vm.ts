@@ -1,4 +1,5 @@
 /** ferry vm create|start|stop|destroy|show|list|console|migrate, in the habits of virsh and qm. */
+import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import type { HostRecord, OwnedVm } from '../../cluster/model.ts';
 import { Cli } from '../context.ts';
@@ -17,6 +18,15 @@ const USAGE = `Usage:
       (format: qcow2, raw for rbd pools); on a replicated pool the second replica goes to peer=HOST
       (default: the first other host by name).
       --diskcheck runs the guest's disk checker, writing that many checksummed 4 KiB blocks per second.
+  ferry vm create NAME --image IMAGE [--disk-size SIZE] [--pool POOL] [--firmware bios|uefi] [--cdrom ISO]
+                  [--boot disk|cdrom] [--ssh-key FILE]... [--user-data FILE] [--hostname NAME] [--dhcp | --no-cloud-init]
+  ferry vm create NAME --cdrom ISO [--boot cdrom] [--pool POOL] [--firmware bios|uefi] [--disk SIZE]...
+      Any OS, booted through firmware: SeaBIOS (default) or UEFI (OVMF; the VM's variable store is a small
+      volume that moves with it). The boot disk is made from a disk image (see ferry image): an overlay on
+      it in a shared-dir pool, a copy in other pools, grown to --disk-size. --cdrom attaches an ISO (an
+      installer): only an ISO in a shared pool lets the VM migrate. A cloud-init NoCloud seed (a small
+      disk) gives the guest its hostname, its address from the cluster's guest range (or --dhcp) and the
+      --ssh-key public keys; --user-data replaces the default user-data; --no-cloud-init leaves it out.
   ferry vm start|stop|destroy|show NAME   (stop --force kills at once)
   ferry vm list
   ferry vm console NAME                   the guest's serial console log
@@ -63,6 +73,8 @@ export const vmCommand: Command = {
       options: {
         memory: { type: 'string' }, vcpus: { type: 'string' }, host: { type: 'string' }, memcheck: { type: 'string' }, dirty: { type: 'string' },
         disk: { type: 'string', multiple: true }, diskcheck: { type: 'string' },
+        image: { type: 'string' }, 'disk-size': { type: 'string' }, pool: { type: 'string' }, firmware: { type: 'string' }, cdrom: { type: 'string' }, boot: { type: 'string' },
+        'ssh-key': { type: 'string', multiple: true }, 'user-data': { type: 'string' }, hostname: { type: 'string' }, dhcp: { type: 'boolean' }, 'no-cloud-init': { type: 'boolean' },
         to: { type: 'string' }, 'downtime-limit': { type: 'string' }, bandwidth: { type: 'string' }, 'no-probe': { type: 'boolean' },
         policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' }, 'verify-memory': { type: 'string' }, 'dry-run': { type: 'boolean' }, history: { type: 'string' },
         'allow-older-destination': { type: 'boolean' }, multifd: { type: 'boolean' }, 'no-multifd': { type: 'boolean' }, 'no-postcopy-preempt': { type: 'boolean' },
@@ -88,6 +100,7 @@ export const vmCommand: Command = {
         if (!host) throw new UsageError('no host is up; see ferry node list');
         if (!hosts.some((h) => h.name === host)) throw new UsageError(`unknown or down host '${host}'; hosts up: ${hosts.map((h) => h.name).join(', ')}`);
         const disks = values.disk?.length ? await parseDisks(cli, values.disk) : [];
+        const cloudInit = await cloudInitRequest(values);
         const { vm } = await cli.agent(host).call<{ vm: OwnedVm }>(
           'POST',
           '/v1/vms',
@@ -99,10 +112,18 @@ export const vmCommand: Command = {
             ...(values.dirty ? { dirtyMiBps: wholeNumber('dirty', values.dirty) } : {}),
             ...(disks.length ? { disks } : {}),
             ...(values.diskcheck !== undefined ? { diskcheckRate: wholeNumber('diskcheck', values.diskcheck) } : {}),
+            ...(values.image ? { image: values.image } : {}),
+            ...(values['disk-size'] ? { diskSizeBytes: sizeBytes('disk-size', values['disk-size']) } : {}),
+            ...(values.pool ? { pool: values.pool } : {}),
+            ...(values.firmware ? { firmware: values.firmware } : {}),
+            ...(values.cdrom ? { cdrom: values.cdrom } : {}),
+            ...(values.boot ? { boot: values.boot } : {}),
+            ...(cloudInit !== undefined ? { cloudInit } : {}),
           },
           180_000,
         );
-        return out(`created ${name} on ${vm.owner} (${vm.spec.memoryMiB} MiB, address ${vm.ip ?? 'none'}); it is running`, vm);
+        const booting = vm.spec.boot.kind === 'firmware' ? `booting from ${vm.spec.boot.order} through ${vm.spec.boot.firmware === 'uefi' ? 'UEFI' : 'SeaBIOS'}` : 'it is running';
+        return out(`created ${name} on ${vm.owner} (${vm.spec.memoryMiB} MiB, address ${vm.ip ?? (cloudInit && (cloudInit as { dhcp?: boolean }).dhcp ? 'by DHCP' : 'none')}); ${booting}`, vm);
       }
       case 'show': {
         const vm = await cli.vm(name!);
@@ -110,7 +131,11 @@ export const vmCommand: Command = {
           [
             `${vm.spec.name}: on ${vm.owner}, ${vm.spec.memoryMiB} MiB, ${vm.spec.vcpus} vCPU, ${vm.spec.cpuModel}, accel ${vm.spec.accel}`,
             `  address ${vm.ip ?? '-'}, MAC ${vm.spec.nics[0]?.mac ?? '-'}, uuid ${vm.spec.uuid}, token ${vm.token}`,
-            ...(vm.spec.disks ?? []).map((d) => `  ${d.id}: volume ${d.pool}/${d.volume}, ${d.format}, ${mib(d.sizeBytes)}`),
+            ...(vm.spec.boot.kind === 'firmware' ? [`  boots from ${vm.spec.boot.order} through ${vm.spec.boot.firmware === 'uefi' ? 'UEFI (OVMF)' : 'SeaBIOS'}`] : []),
+            ...(vm.spec.disks ?? []).map(
+              (d) => `  ${d.id}: volume ${d.pool}/${d.volume}, ${d.format}, ${mib(d.sizeBytes)}${d.bus === 'pflash' ? ' (UEFI variables)' : ''}${d.image ? ` (from image ${d.image})` : ''}`,
+            ),
+            ...(vm.spec.cdrom ? [`  CD-ROM: image ${vm.spec.cdrom.image} (${vm.spec.cdrom.pool}/${vm.spec.cdrom.volume})`] : []),
           ].join('\n'),
           vm,
         );
@@ -159,6 +184,28 @@ async function parseDisks(cli: Cli, specs: string[]): Promise<{ sizeBytes: numbe
     if (peer !== undefined && pools.find((p) => p.name === pool)?.type !== 'replicated') throw new UsageError(`--disk ${spec}: peer=HOST is for replicated pools`);
     return { sizeBytes: sizeBytes('disk', size ?? ''), pool, ...(format ? { format } : {}), ...(peer ? { peer } : {}) };
   });
+}
+
+/** The cloud-init part of a create request: false when turned off, undefined for the defaults. */
+async function cloudInitRequest(values: { 'ssh-key'?: string[]; 'user-data'?: string; hostname?: string; dhcp?: boolean; 'no-cloud-init'?: boolean }): Promise<Record<string, unknown> | false | undefined> {
+  const asked = Boolean(values['ssh-key']?.length || values['user-data'] || values.hostname || values.dhcp);
+  if (values['no-cloud-init']) {
+    if (asked) throw new UsageError('--no-cloud-init leaves the seed out: --ssh-key, --user-data, --hostname and --dhcp need it');
+    return false;
+  }
+  if (!asked) return undefined;
+  const read = async (flag: string, file: string) =>
+    readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
+      throw new UsageError(`--${flag} ${file}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`);
+    });
+  const sshKeys: string[] = [];
+  for (const file of values['ssh-key'] ?? []) sshKeys.push(...(await read('ssh-key', file)).split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#')));
+  return {
+    sshKeys,
+    ...(values['user-data'] ? { userData: await read('user-data', values['user-data']) } : {}),
+    ...(values.hostname ? { hostname: values.hostname } : {}),
+    ...(values.dhcp ? { dhcp: true } : {}),
+  };
 }
 
 async function migrateVm(

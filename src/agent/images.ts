@@ -1,0 +1,235 @@
+/**
+ * Images: `ferry image import|list|delete`, and the volumes a VM is made of when it boots through
+ * firmware — its boot disk from an image (an overlay on shared-dir pools, a copy elsewhere), its
+ * UEFI variable store and its cloud-init seed. Every such volume is filled through qemu-img from
+ * the pool's own -blockdev description, so one code path serves files, NFS, iSCSI and RBD.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
+import path from 'node:path';
+import type { ImageRecord, StoredVolume } from '../cluster/model.ts';
+import { OVMF_VARS_TEMPLATE, requireUefi } from '../qemu/firmware.ts';
+import { buildSeedImage, SEED_BYTES, type CloudInitConfig } from '../qemu/cloud-init.ts';
+import { UEFI_VARS_BYTES, type DiskSpec, type VolumeFormat } from '../qemu/spec.ts';
+import { inspectImageFile } from '../storage/image-file.ts';
+import { convertInto, jsonFilename } from '../storage/qemu-img.ts';
+import { defaultFormat, type StorageDriver } from '../storage/types.ts';
+import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
+import type { Caller } from './authz.ts';
+import { storageCatalog, type AgentContext } from './context.ts';
+import { ApiError, NotFoundError, RefusedError } from './errors.ts';
+import type { Route } from './server.ts';
+import { createVolume, removeVolume } from './storage-routes.ts';
+
+/** An upload that sends nothing for this long is given up. */
+const UPLOAD_IDLE_MS = 60_000;
+
+/** The volume that keeps an image's bytes. */
+export function imageVolumeName(image: string): string {
+  return `image-${image}`;
+}
+
+export function imageRoutes(ctx: AgentContext): Route[] {
+  return [
+    { method: 'GET', pattern: '/v1/cluster/images', who: 'admin', handler: async () => ({ images: await ctx.state.images() }) },
+    {
+      method: 'POST',
+      pattern: '/v1/images/:name',
+      who: 'admin',
+      handler: async () => {
+        throw new ApiError(400, 'an image is uploaded as the request body (application/octet-stream), not as JSON');
+      },
+      stream: async ({ name }, request, caller, query) => ({ image: await importImage(ctx, name!, request, caller, query) }),
+    },
+    {
+      method: 'DELETE',
+      pattern: '/v1/images/:name',
+      who: 'admin',
+      handler: async ({ name }) => {
+        const image = await ctx.state.image(name!);
+        if (!image) throw new NotFoundError(`no image named '${name}'; see 'ferry image list'`);
+        const users = await imageUsers(ctx, name!);
+        if (users.length) throw new RefusedError(`image '${name}' is in use by ${users.join(', ')}; destroy those VMs (or detach the CD-ROM) first`);
+        if (image.host && image.host !== ctx.node.name) throw new RefusedError(`image '${name}' is kept on host '${image.host}' (a local pool); send the request there`);
+        const volume = await ctx.state.volume(image.pool, image.volume);
+        if (volume) await removeVolume(ctx, volume);
+        await ctx.state.deleteImage(name!);
+        ctx.log(`image ${name} deleted`);
+        return { deleted: name };
+      },
+    },
+  ];
+}
+
+/** VMs that need the image to stay: an overlay on it, or it in their CD-ROM drive. */
+async function imageUsers(ctx: AgentContext, image: string): Promise<string[]> {
+  const vms = await ctx.state.vms();
+  const overlays = (await ctx.state.volumes()).filter((v) => v.backingImage === image && v.vm).map((v) => v.vm!);
+  return [...new Set([...overlays, ...vms.filter((v) => v.spec.cdrom?.image === image).map((v) => v.spec.name)])].sort();
+}
+
+/**
+ * Receives the file, checks its size and SHA-256 against what the client says it sent, finds out
+ * what it is from its bytes, and copies it into a new volume of the pool. The name is reserved
+ * first (a second import of the same name is refused at once); any failure removes what was made.
+ */
+async function importImage(ctx: AgentContext, name: string, request: IncomingMessage, caller: Caller, query: URLSearchParams): Promise<ImageRecord> {
+  const pool = query.get('pool') ?? '';
+  const sha256 = (query.get('sha256') ?? '').toLowerCase();
+  const bytes = Number(query.get('bytes'));
+  const fileName = path.basename(query.get('file') ?? name);
+  if (!NAME_PATTERN.test(name)) throw new RefusedError(`image name '${name}' ${NAME_RULE}`);
+  if (!/^[0-9a-f]{64}$/.test(sha256)) throw new RefusedError('the upload must say its SHA-256 (sha256=, 64 hex digits)');
+  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new RefusedError('the upload must say its size (bytes=)');
+  const driver = (await storageCatalog(ctx)).get(pool);
+  if (driver.config.type === 'replicated')
+    throw new RefusedError(`pool '${pool}' is replicated: its volumes belong to one VM and two hosts; import images into a shared or local pool`);
+  const free = (await driver.status()).freeBytes;
+  if (free !== undefined && free < bytes) throw new RefusedError(`pool '${pool}' on ${ctx.node.name} has ${Math.floor(free / 2 ** 20)} MiB free; the image needs ${Math.ceil(bytes / 2 ** 20)} MiB`);
+
+  const record: ImageRecord = {
+    name, kind: 'disk', state: 'importing', pool, volume: imageVolumeName(name), format: defaultFormat(driver.config), sourceFormat: 'unknown',
+    virtualBytes: 0, fileBytes: bytes, sha256, fileName, ...(driver.shared ? {} : { host: ctx.node.name }), importedAt: new Date().toISOString(), importedBy: caller.name,
+  };
+  if (!(await ctx.state.reserveImage(record))) {
+    const existing = await ctx.state.image(name);
+    throw new RefusedError(`an image named '${name}' ${existing?.state === 'importing' ? 'is being imported now' : 'exists already'}; delete it first or choose another name`);
+  }
+  const uploads = path.join(ctx.node.stateDir, 'uploads');
+  const part = path.join(uploads, `${name}-${randomBytes(4).toString('hex')}.part`);
+  let volume: StoredVolume | undefined;
+  try {
+    await mkdir(uploads, { recursive: true, mode: 0o700 });
+    const received = await receive(request, part);
+    if (received.bytes !== bytes) throw new RefusedError(`the upload ended after ${received.bytes} of ${bytes} bytes; nothing was imported, try again`);
+    if (received.sha256 !== sha256) throw new RefusedError(`the file arrived with SHA-256 ${received.sha256}, not ${sha256} as sent; nothing was imported, try again`);
+    const what = await inspectImageFile(part, `'${fileName}'`);
+    // An ISO stays raw and byte for byte what was sent; a disk image takes the pool's format.
+    const format: VolumeFormat = what.kind === 'iso' ? 'raw' : record.format;
+    const sizeBytes = Math.ceil(what.virtualBytes / 512) * 512;
+    volume = await createVolume(ctx, { pool, name: record.volume, format, sizeBytes, image: name });
+    await convertInto(part, what.format, jsonFilename(driver.blockdev(volume)), format);
+    const ready: ImageRecord = { ...record, kind: what.kind, state: 'ready', format, sourceFormat: what.format, virtualBytes: what.virtualBytes };
+    await ctx.state.putImage(ready);
+    ctx.log(`image ${name} imported by ${caller.name}: ${what.kind}, ${what.format} -> ${format}, ${what.virtualBytes} bytes, sha256 ${sha256.slice(0, 16)}…, in pool ${pool}`);
+    return ready;
+  } catch (err) {
+    if (volume) await removeVolume(ctx, volume).catch(() => undefined);
+    await ctx.state.deleteImage(name);
+    request.resume(); // an early refusal: let the rest of the body drain so the answer reaches the client
+    throw err;
+  } finally {
+    await rm(part, { force: true });
+  }
+}
+
+/** Writes the request body to `file`, hashing it on the way; a stalled upload is cut off. */
+async function receive(request: IncomingMessage, file: string): Promise<{ bytes: number; sha256: string }> {
+  const hash = createHash('sha256');
+  const out = createWriteStream(file, { mode: 0o600 });
+  let bytes = 0;
+  request.setTimeout(UPLOAD_IDLE_MS, () => request.destroy(new ApiError(408, `the upload stalled (nothing for ${UPLOAD_IDLE_MS / 1000} s)`)));
+  try {
+    for await (const chunk of request) {
+      hash.update(chunk as Buffer);
+      bytes += (chunk as Buffer).length;
+      if (!out.write(chunk)) await new Promise<void>((r) => out.once('drain', () => r()));
+    }
+  } finally {
+    request.setTimeout(0);
+    await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
+  }
+  return { bytes, sha256: hash.digest('hex') };
+}
+
+/** A boot disk asked for: from which image, in which pool, at least how big. */
+export interface BootDiskRequest {
+  image: string;
+  pool: string;
+  sizeBytes?: number;
+}
+
+/** The ready image of that name, for a use that needs `kind`; refused in words a user can act on. */
+export async function readyImage(ctx: AgentContext, name: string, kind: 'disk' | 'iso'): Promise<ImageRecord> {
+  const image = await ctx.state.image(name);
+  if (!image) throw new RefusedError(`no image named '${name}'; see 'ferry image list' (import one with 'ferry image import ${name} FILE')`);
+  if (image.state !== 'ready') throw new RefusedError(`image '${name}' is still being imported`);
+  if (image.kind !== kind)
+    throw new RefusedError(kind === 'disk' ? `image '${name}' is an ISO; attach it with --cdrom ${name} (and --boot cdrom to install from it)` : `image '${name}' is a disk image, not an ISO; boot from it with --image ${name}`);
+  if (image.host && image.host !== ctx.node.name)
+    throw new RefusedError(`image '${name}' is kept on host '${image.host}' (pool '${image.pool}' is local to each host); create the VM there (--host ${image.host}) or import the image into a shared pool`);
+  return image;
+}
+
+/** A made volume and the disk spec entry that names it. */
+export interface MadeVolume {
+  volume: StoredVolume;
+  disk: DiskSpec;
+}
+
+/**
+ * The boot disk: on a shared-dir pool an overlay whose backing file is the image's volume (it takes
+ * no time and no room; every host opens both by the same relative name), elsewhere a full copy (a
+ * local disk must be copyable alone in a migration, and block backends have no backing files).
+ */
+export async function makeBootDisk(ctx: AgentContext, vm: string, id: string, request: BootDiskRequest, made: StoredVolume[]): Promise<MadeVolume> {
+  const image = await readyImage(ctx, request.image, 'disk');
+  const driver = (await storageCatalog(ctx)).get(request.pool);
+  if (driver.config.type === 'replicated') throw new RefusedError(`a boot disk from an image cannot go on replicated pool '${request.pool}' yet; use a shared or local pool`);
+  const sizeBytes = Math.max(request.sizeBytes ?? 0, Math.ceil(image.virtualBytes / 512) * 512);
+  if (request.sizeBytes !== undefined && request.sizeBytes < image.virtualBytes)
+    throw new RefusedError(`--disk-size ${request.sizeBytes} bytes is smaller than image '${image.name}' (${image.virtualBytes} bytes); give at least that`);
+  const overlay = driver.createOverlay !== undefined && image.pool === request.pool && image.format === 'qcow2';
+  const imageDriver = (await storageCatalog(ctx)).get(image.pool);
+  const imageVolume = await ctx.state.volume(image.pool, image.volume);
+  if (!imageVolume) throw new RefusedError(`the volume of image '${image.name}' (${image.pool}/${image.volume}) is gone; import the image again`);
+  const format = overlay ? 'qcow2' : defaultFormat(driver.config);
+  const volume = await createVolume(ctx, {
+    pool: request.pool, name: `${vm}-${id}`, format, sizeBytes, vm, ...(overlay ? { backingImage: image.name } : {}),
+  }, overlay ? (v) => driver.createOverlay!(v, imageVolume) : undefined);
+  made.push(volume);
+  if (!overlay) await convertInto(jsonFilename(imageDriver.blockdev(imageVolume)), image.format, jsonFilename(driver.blockdev(volume)), format);
+  ctx.log(`${vm}: boot disk ${request.pool}/${volume.name} ${overlay ? 'is an overlay on' : 'copied from'} image ${image.name}`);
+  return { volume, disk: diskOf(volume, id, { image: image.name }) };
+}
+
+/** The UEFI variable store: a copy of OVMF's empty template, the VM's own from then on. */
+export async function makeUefiVars(ctx: AgentContext, vm: string, id: string, pool: string, made: StoredVolume[]): Promise<MadeVolume> {
+  requireUefi(ctx.node.name);
+  const driver = (await storageCatalog(ctx)).get(pool);
+  const volume = await createVolume(ctx, { pool, name: `${vm}-vars`, format: 'raw', sizeBytes: UEFI_VARS_BYTES, vm });
+  made.push(volume);
+  await fill(driver, volume, OVMF_VARS_TEMPLATE);
+  return { volume, disk: diskOf(volume, id, { bus: 'pflash' }) };
+}
+
+/** The cloud-init seed, built here and copied into a volume of the VM's pool. */
+export async function makeSeed(ctx: AgentContext, vm: string, id: string, pool: string, config: CloudInitConfig, made: StoredVolume[]): Promise<MadeVolume> {
+  const driver = (await storageCatalog(ctx)).get(pool);
+  const dir = path.join(ctx.node.stateDir, 'uploads');
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const file = path.join(dir, `${vm}-seed-${randomBytes(4).toString('hex')}.img`);
+  try {
+    await buildSeedImage(config, file);
+    const volume = await createVolume(ctx, { pool, name: `${vm}-seed`, format: 'raw', sizeBytes: SEED_BYTES, vm });
+    made.push(volume);
+    await fill(driver, volume, file);
+    return { volume, disk: diskOf(volume, id, {}) };
+  } finally {
+    await rm(file, { force: true });
+  }
+}
+
+async function fill(driver: StorageDriver, volume: StoredVolume, rawFile: string): Promise<void> {
+  await convertInto(rawFile, 'raw', jsonFilename(driver.blockdev(volume)), volume.format);
+}
+
+function diskOf(volume: StoredVolume, id: string, extra: Partial<DiskSpec>): DiskSpec {
+  return {
+    id, pool: volume.pool, volume: volume.name, format: volume.format, sizeBytes: volume.sizeBytes,
+    ...(volume.location ? { location: volume.location } : {}),
+    ...extra,
+  };
+}

@@ -1,0 +1,245 @@
+/**
+ * `ferry vm create`: from a request to a running VM. Two kinds of VM:
+ * - ferry's own test guest, booted straight from its kernel (the address on its command line);
+ * - any OS, booted through firmware (SeaBIOS or UEFI) from a disk made from an image, or from an
+ *   ISO in its CD-ROM drive, configured by a cloud-init seed.
+ * The spec is checked before anything is made; then the volumes, the record, and the start. A
+ * failure at any step removes every volume made and the record: nothing half-made stays behind.
+ */
+import crypto from 'node:crypto';
+import type { OwnedVm, StoredVolume } from '../cluster/model.ts';
+import { newestCommonMachineType } from '../cluster/compatibility.ts';
+import type { CloudInitConfig } from '../qemu/cloud-init.ts';
+import { validateCloudInit } from '../qemu/cloud-init.ts';
+import { requireUefi } from '../qemu/firmware.ts';
+import { guestBoot, guestImage } from '../qemu/guest-image.ts';
+import { macFor, makeVmSpec, type BootSpec, type CdromSpec, type DiskSpec, type VolumeFormat } from '../qemu/spec.ts';
+import { defaultFormat, type StoragePoolConfig } from '../storage/types.ts';
+import type { ClusterConfig } from './config.ts';
+import { requireRoom, storageCatalog, type AgentContext } from './context.ts';
+import { RefusedError } from './errors.ts';
+import { makeBootDisk, makeSeed, makeUefiVars, readyImage, type MadeVolume } from './images.ts';
+import { createVolume, removeVolume } from './storage-routes.ts';
+
+interface DiskRequest {
+  sizeBytes: number;
+  pool: string;
+  format?: VolumeFormat;
+  /** Replicated pools: the host for the second replica. */
+  peer?: string;
+}
+
+/** What a firmware-booted VM is made of, as asked. */
+interface FirmwareRequest {
+  firmware: 'bios' | 'uefi';
+  order: 'disk' | 'cdrom';
+  /** The pool of its boot disk, variable store and seed. */
+  pool: string;
+  image?: string;
+  diskSizeBytes?: number;
+  cdrom?: string;
+  /** Absent: no seed. */
+  cloudInit?: { sshKeys: string[]; userData?: string; hostname?: string; dhcp: boolean };
+}
+
+export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: Record<string, unknown>): Promise<{ vm: OwnedVm | undefined; job: unknown }> {
+  const { state, runtime, node } = ctx;
+  const name = String(body['name'] ?? '');
+  const memoryMiB = Number(body['memoryMiB'] ?? 256);
+  const uuid = crypto.randomUUID();
+  const pools = await state.pools();
+  const firmware = firmwareRequest(body, pools);
+  const ip = body['ip'] === undefined ? (firmware?.cloudInit?.dhcp ? undefined : await allocateIp(ctx, cluster)) : await requestedIp(ctx, cluster, body['ip']);
+  const net = cluster.guestNetwork;
+  const diskRequests = (body['disks'] as DiskRequest[] | undefined) ?? [];
+  const diskcheck = body['diskcheckRate'] !== undefined ? { ratePerSec: Number(body['diskcheckRate']) } : undefined;
+  if (diskcheck && !diskRequests.length) throw new RefusedError('diskcheck needs a disk; give the VM one with --disk SIZE');
+  if (firmware && (diskcheck || body['memcheckMiB'] !== undefined || body['dirtyMiBps'] !== undefined))
+    throw new RefusedError("--memcheck, --dirty and --diskcheck configure ferry's test guest (booted from its kernel); a VM booted from an image runs its own programs");
+  // Pinned to a versioned machine type every host provides: the VM can move to any of them, and keeps it across QEMU upgrades.
+  const hosts = await state.hosts();
+  const machine = newestCommonMachineType(hosts);
+  if (!machine && hosts.some((h) => h.qemu)) throw new RefusedError(`the hosts' QEMUs have no q35 machine type in common (${hosts.map((h) => `${h.name}: QEMU ${h.qemu?.version ?? 'unknown'}`).join(', ')}); upgrade the oldest`);
+  const mac = macFor(uuid, 0);
+
+  // The data disks come after the boot disk (disk0) of a VM made from an image.
+  const firstData = firmware?.image ? 1 : 0;
+  const dataDisks = diskRequests.map((d, i) => diskSpec(name, firstData + i, d, pools));
+  let next = firstData + dataDisks.length;
+  const seedId = firmware?.cloudInit ? `disk${next++}` : undefined;
+  const varsId = firmware?.firmware === 'uefi' ? `disk${next++}` : undefined;
+  const cloudInit: CloudInitConfig | undefined = firmware?.cloudInit && {
+    instanceId: uuid,
+    hostname: firmware.cloudInit.hostname ?? name,
+    sshKeys: firmware.cloudInit.sshKeys,
+    ...(firmware.cloudInit.userData !== undefined ? { userData: firmware.cloudInit.userData } : {}),
+    mac,
+    network: ip ? { kind: 'static', address: ip, prefixLength: net?.prefixLength ?? 24, ...(net?.gateway ? { gateway: net.gateway } : {}) } : { kind: 'dhcp' },
+  };
+  if (cloudInit) validateCloudInit(cloudInit);
+  if (firmware?.firmware === 'uefi') requireUefi(node.name);
+  const cdromImage = firmware?.cdrom ? await readyImage(ctx, firmware.cdrom, 'iso') : undefined;
+  if (firmware?.image) await readyImage(ctx, firmware.image, 'disk');
+  const cdrom: CdromSpec | undefined = cdromImage && { image: cdromImage.name, pool: cdromImage.pool, volume: cdromImage.volume, sizeBytes: Math.ceil(cdromImage.virtualBytes / 512) * 512 };
+  const boot: BootSpec = firmware
+    ? { kind: 'firmware', firmware: firmware.firmware, order: firmware.order }
+    : guestBoot(guestImage(), {
+        ...(ip ? { ip: `${ip}/${net?.prefixLength ?? 24}` } : {}),
+        memcheckMiB: Number(body['memcheckMiB'] ?? Math.min(64, Math.floor(memoryMiB / 4))),
+        dirtyMiBps: Number(body['dirtyMiBps'] ?? 0),
+        ...(diskcheck ? { diskcheck } : {}),
+      });
+  const placeholder = (id: string, sizeBytes: number, extra: Partial<DiskSpec> = {}): DiskSpec => ({ id, pool: firmware!.pool, volume: `${name}-${id}`, format: 'raw', sizeBytes, ...extra });
+  // The whole spec is checked before anything is made (the firmware's volumes stand in with their final ids).
+  const spec = makeVmSpec({
+    name,
+    uuid,
+    memoryMiB,
+    ...(machine ? { machine } : {}),
+    vcpus: Number(body['vcpus'] ?? 1),
+    accel: (body['accel'] as 'auto' | 'tcg' | 'kvm' | undefined) ?? 'auto',
+    boot,
+    nics: [{ mac, model: 'virtio-net-pci', backend: { kind: 'bridge', bridge: node.bridge } }],
+    disks: [
+      ...(firmware?.image ? [placeholder('disk0', 1024 * 1024)] : []),
+      ...dataDisks,
+      ...(seedId ? [placeholder(seedId, 1024 * 1024)] : []),
+      ...(varsId ? [placeholder(varsId, 540_672, { bus: 'pflash' })] : []),
+    ],
+    ...(cdrom ? { cdrom } : {}),
+  });
+  await requireRoom(ctx, node.name, memoryMiB, name);
+  if ((await state.vm(name)) !== undefined) throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
+
+  // Volumes first (each refused if its pool is unreachable from here), so a VM record never names a missing disk.
+  const made: StoredVolume[] = [];
+  const job = await state.newJob('create', name, node.name);
+  const step = (line: string) => job.log.push(`${new Date().toISOString()} ${line}`);
+  try {
+    const disks: DiskSpec[] = [];
+    if (firmware?.image) {
+      step(`making the boot disk from image ${firmware.image}`);
+      disks.push((await makeBootDisk(ctx, name, 'disk0', { image: firmware.image, pool: firmware.pool, ...(firmware.diskSizeBytes ? { sizeBytes: firmware.diskSizeBytes } : {}) }, made)).disk);
+    }
+    for (const [i, disk] of dataDisks.entries()) {
+      const peer = diskRequests[i]?.peer;
+      const volume = await createVolume(ctx, { pool: disk.pool, name: disk.volume, format: disk.format, sizeBytes: disk.sizeBytes, vm: name, ...(peer ? { peer } : {}) });
+      made.push(volume);
+      // Where a driver placed a volume (an iSCSI LUN, the replica hosts) is part of how every host opens it.
+      disks.push({ ...disk, ...(volume.location ? { location: volume.location } : {}), ...(volume.replicas ? { replicas: volume.replicas } : {}) });
+    }
+    const extra: MadeVolume[] = [];
+    if (seedId && cloudInit) {
+      step('writing the cloud-init seed');
+      extra.push(await makeSeed(ctx, name, seedId, firmware!.pool, cloudInit, made));
+    }
+    if (varsId) {
+      step('making the UEFI variable store');
+      extra.push(await makeUefiVars(ctx, name, varsId, firmware!.pool, made));
+    }
+    spec.disks = [...disks, ...extra.map((e) => e.disk)];
+    makeVmSpec(spec); // the real volumes, checked again
+    const token = await state.createVm({ spec, owner: node.name, desired: 'running', ...(ip ? { ip } : {}) });
+    if (token === undefined) {
+      if (ip && (await state.addressTaken(ip))) throw new RefusedError(`the guest address ${ip} was taken by another VM created at the same moment; try again`);
+      throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
+    }
+    try {
+      await ctx.replication.beforeStart(spec);
+      step(`starting QEMU (${spec.boot.kind === 'firmware' ? `${spec.boot.firmware === 'uefi' ? 'UEFI' : 'SeaBIOS'}, boot from ${spec.boot.order}` : "ferry's guest kernel"})`);
+      await runtime.start(spec, (await storageCatalog(ctx)).attach(spec));
+    } catch (err) {
+      const vm = await state.vm(name);
+      if (vm) await state.deleteVm(vm);
+      throw err;
+    }
+    job.state = 'succeeded';
+  } catch (err) {
+    job.state = 'failed';
+    job.error = (err as Error).message;
+    for (const v of made.reverse()) await removeVolume(ctx, v).catch(() => undefined); // nothing half-made stays behind
+    throw err;
+  } finally {
+    await state.saveJob(job);
+  }
+  return { vm: await state.vm(name), job };
+}
+
+/** The firmware part of a request, checked; undefined for ferry's kernel-booted guest. */
+function firmwareRequest(body: Record<string, unknown>, pools: StoragePoolConfig[]): FirmwareRequest | undefined {
+  const image = body['image'] === undefined ? undefined : String(body['image']);
+  const cdrom = body['cdrom'] === undefined ? undefined : String(body['cdrom']);
+  const bootAsked = body['boot'] === undefined ? undefined : String(body['boot']);
+  const boot = bootAsked ?? (image ? 'disk' : cdrom ? 'cdrom' : 'kernel');
+  if (!['kernel', 'disk', 'cdrom'].includes(boot)) throw new RefusedError(`--boot ${boot}: must be disk, cdrom or kernel`);
+  const firmware = String(body['firmware'] ?? 'bios');
+  if (firmware !== 'bios' && firmware !== 'uefi') throw new RefusedError(`--firmware ${firmware}: must be bios or uefi`);
+  if (boot === 'kernel') {
+    if (image || cdrom || body['firmware'] !== undefined || body['cloudInit'] !== undefined)
+      throw new RefusedError("--boot kernel starts ferry's own test guest from its kernel: no --image, --cdrom, --firmware or cloud-init");
+    return undefined;
+  }
+  if (boot === 'disk' && !image) throw new RefusedError('--boot disk needs a disk to boot: --image IMAGE (see ferry image list)');
+  if (boot === 'cdrom' && !cdrom) throw new RefusedError('--boot cdrom needs an ISO: --cdrom IMAGE (see ferry image list)');
+  const pool = body['pool'] !== undefined ? String(body['pool']) : pools.length === 1 ? pools[0]!.name : undefined;
+  if (!pool) throw new RefusedError(`say which pool the VM's boot disk${firmware === 'uefi' ? ', UEFI variables' : ''} and seed go in: --pool NAME (pools: ${pools.map((p) => p.name).join(', ') || "none; add one with 'ferry storage add'"})`);
+  if (!pools.some((p) => p.name === pool)) throw new RefusedError(`no storage pool '${pool}'; see 'ferry storage list'`);
+  const diskSizeBytes = body['diskSizeBytes'] === undefined ? undefined : Number(body['diskSizeBytes']);
+  if (diskSizeBytes !== undefined && (!Number.isSafeInteger(diskSizeBytes) || diskSizeBytes < 2 ** 20)) throw new RefusedError(`--disk-size ${body['diskSizeBytes']} must be at least 1 MiB`);
+  if (diskSizeBytes !== undefined && !image) throw new RefusedError('--disk-size sizes the boot disk made from --image; give data disks with --disk SIZE');
+  const ci = body['cloudInit'];
+  let cloudInit: FirmwareRequest['cloudInit'];
+  if (ci !== false && ci !== undefined && typeof ci === 'object') {
+    const c = ci as Record<string, unknown>;
+    cloudInit = {
+      sshKeys: Array.isArray(c['sshKeys']) ? c['sshKeys'].map(String) : [],
+      ...(c['userData'] !== undefined ? { userData: String(c['userData']) } : {}),
+      ...(c['hostname'] !== undefined ? { hostname: String(c['hostname']) } : {}),
+      dhcp: c['dhcp'] === true,
+    };
+  } else if (ci === undefined && image) {
+    // A VM made from an image gets its address and hostname by cloud-init unless told otherwise.
+    cloudInit = { sshKeys: [], dhcp: false };
+  }
+  return {
+    firmware, order: boot as 'disk' | 'cdrom', pool,
+    ...(image ? { image } : {}), ...(cdrom ? { cdrom } : {}), ...(diskSizeBytes ? { diskSizeBytes } : {}), ...(cloudInit ? { cloudInit } : {}),
+  };
+}
+
+function diskSpec(vm: string, index: number, request: DiskRequest, pools: StoragePoolConfig[]): DiskSpec {
+  if (!request.pool) throw new RefusedError(`disk ${index} of '${vm}' names no storage pool; add one with 'ferry storage add' and give it as --disk SIZE,storage=NAME`);
+  const pool = pools.find((p) => p.name === request.pool);
+  if (!pool) throw new RefusedError(`disk ${index} of '${vm}': no storage pool '${request.pool}'; see 'ferry storage list'`);
+  if (request.peer !== undefined && pool.type !== 'replicated') throw new RefusedError(`disk ${index} of '${vm}': peer= is for replicated pools; pool '${pool.name}' is ${pool.type}`);
+  return { id: `disk${index}`, pool: request.pool, volume: `${vm}-disk${index}`, format: request.format ?? defaultFormat(pool), sizeBytes: Number(request.sizeBytes) };
+}
+
+/**
+ * A guest address the user asked for: a plain IPv4 address (it goes into the guest's kernel command
+ * line), inside the cluster's guest range, and not a host's or another VM's.
+ */
+async function requestedIp(ctx: AgentContext, cluster: ClusterConfig, value: unknown): Promise<string> {
+  const ip = String(value);
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(ip);
+  if (!m || m.slice(1).some((o) => Number(o) > 255)) throw new RefusedError(`guest address '${ip}' is not an IPv4 address like 10.80.0.120`);
+  const net = cluster.guestNetwork;
+  const last = Number(m[4]);
+  if (net && (!ip.startsWith(`${net.prefix}.`) || last < net.first || last > net.last))
+    throw new RefusedError(`guest address ${ip} is outside the cluster's guest range ${net.prefix}.${net.first}-${net.last}`);
+  if ((await ctx.state.hosts()).some((h) => h.address === ip)) throw new RefusedError(`guest address ${ip} is a host's address`);
+  if ((await ctx.state.vms()).some((v) => v.ip === ip) || (await ctx.state.addressTaken(ip))) throw new RefusedError(`guest address ${ip} is taken by another VM`);
+  return ip;
+}
+
+async function allocateIp(ctx: AgentContext, cluster: ClusterConfig): Promise<string | undefined> {
+  const net = cluster.guestNetwork;
+  if (!net) return undefined;
+  const used = new Set((await ctx.state.vms()).map((v) => v.ip));
+  for (let i = net.first; i <= net.last; i++) {
+    const ip = `${net.prefix}.${i}`;
+    if (!used.has(ip) && !(await ctx.state.addressTaken(ip))) return ip;
+  }
+  throw new RefusedError(`no free guest address left in ${net.prefix}.${net.first}-${net.last}`);
+}
+
