@@ -51,7 +51,7 @@ export function imageRoutes(ctx: AgentContext): Route[] {
         const image = await ctx.state.image(name!);
         if (!image) throw new NotFoundError(`no image named '${name}'; see 'ferry image list'`);
         const users = await imageUsers(ctx, name!);
-        if (users.length) throw new RefusedError(`image '${name}' is in use by ${users.join(', ')}; destroy those VMs (or detach the CD-ROM) first`);
+        if (users.length) throw new RefusedError(`image '${name}' is in use by ${users.join(', ')}; destroy those VMs and delete their volumes first`);
         if (image.host && image.host !== ctx.node.name) throw new RefusedError(`image '${name}' is kept on host '${image.host}' (a local pool); send the request there`);
         const volume = await ctx.state.volume(image.pool, image.volume);
         if (volume) await removeVolume(ctx, volume);
@@ -63,11 +63,11 @@ export function imageRoutes(ctx: AgentContext): Route[] {
   ];
 }
 
-/** VMs that need the image to stay: an overlay on it, or it in their CD-ROM drive. */
+/** What needs the image to stay: a VM's overlay on it (a kept, detached one too), a VM with it in its CD-ROM drive. */
 async function imageUsers(ctx: AgentContext, image: string): Promise<string[]> {
   const vms = await ctx.state.vms();
-  const overlays = (await ctx.state.volumes()).filter((v) => v.backingImage === image && v.vm).map((v) => v.vm!);
-  return [...new Set([...overlays, ...vms.filter((v) => v.spec.cdrom?.image === image).map((v) => v.spec.name)])].sort();
+  const overlays = (await ctx.state.volumes()).filter((v) => v.backingImage === image).map((v) => (v.vm ? `VM ${v.vm}` : `volume ${v.pool}/${v.name} (an overlay on it)`));
+  return [...new Set([...overlays, ...vms.filter((v) => v.spec.cdrom?.image === image).map((v) => `VM ${v.spec.name}`)])].sort();
 }
 
 /**
