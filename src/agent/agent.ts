@@ -14,6 +14,7 @@ import { IncomingMigrations } from './incoming.ts';
 import { reconcile } from './reconcile.ts';
 import { fingerprintOf, RevocationList } from './revocation.ts';
 import { ReplicationManager } from './replication.ts';
+import { ConsoleRelay } from './console.ts';
 import { routes } from './routes.ts';
 import { LocalRuntime } from './runtime.ts';
 import { serve } from './server.ts';
@@ -41,6 +42,7 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   const runtime = new LocalRuntime(node.stateDir, node.runDir, new BridgeTapAttacher(node.netns), log);
   const ctx = { node, identity, state: new ClusterState(store), runtime, log } as AgentContext;
   ctx.replication = new ReplicationManager(ctx);
+  ctx.consoles = new ConsoleRelay(runtime, log);
   ctx.revocations = new RevocationList(ctx.state, log);
   await ctx.revocations.start();
   const mine = fingerprintOf(identity.cert);

@@ -4,6 +4,8 @@
  */
 import { createReadStream } from 'node:fs';
 import https from 'node:https';
+import type { Duplex } from 'node:stream';
+import type { PeerCertificate } from 'node:tls';
 import type { Identity } from '../cluster/pki.ts';
 import { ApiError } from './errors.ts';
 
@@ -36,6 +38,58 @@ export class AgentClient {
     return this.request<T>('POST', path, { file, bytes, ...(onSent ? { onSent } : {}) }, timeoutMs);
   }
 
+  /** Opens a VM's serial console (an upgraded connection: bytes both ways until either end closes). */
+  openConsole(vm: string, force = false, timeoutMs = 10_000): Promise<Duplex> {
+    const url = this.endpoint.socket ? undefined : new URL(this.endpoint.url);
+    return new Promise<Duplex>((resolve, reject) => {
+      const req = https.request({
+        method: 'GET',
+        path: `/v1/vms/${encodeURIComponent(vm)}/console${force ? '?force=1' : ''}`,
+        ...(url ? { host: url.hostname, port: url.port } : { socketPath: this.endpoint.socket }),
+        ...this.tlsOptions(),
+        headers: { connection: 'Upgrade', upgrade: 'ferry-console' },
+        timeout: timeoutMs,
+      });
+      req.on('upgrade', (_res, socket, head) => {
+        socket.setTimeout(0);
+        if (head.length) socket.unshift(head);
+        resolve(socket);
+      });
+      req.on('response', (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => {
+          let message = `HTTP ${res.statusCode}`;
+          try {
+            message = (JSON.parse(text) as { error?: string }).error ?? message;
+          } catch {
+            /* not JSON: the status says enough */
+          }
+          reject(new ApiError(res.statusCode ?? 500, message));
+        });
+      });
+      req.on('timeout', () => req.destroy(new AgentUnreachableError(`agent ${this.endpoint.name} did not open the console of '${vm}' within ${timeoutMs} ms`)));
+      req.on('error', (err) => reject(err instanceof AgentUnreachableError ? err : new AgentUnreachableError(`cannot reach the agent of ${this.endpoint.name}: ${err.message}`)));
+      req.end();
+    });
+  }
+
+  private tlsOptions() {
+    return {
+      servername: this.endpoint.name,
+      ca: this.identity.ca,
+      cert: this.identity.cert,
+      key: this.identity.key,
+      // An agent is a host: its certificate must say so (OU=host), under the host's name. An admin
+      // or store certificate that carries a host's name does not pass as that host.
+      checkServerIdentity: (_host: string, cert: PeerCertificate) =>
+        cert.subject?.CN === this.endpoint.name && cert.subject?.OU === 'host'
+          ? undefined
+          : new Error(`the agent presented '${cert.subject?.CN}' (role ${cert.subject?.OU ?? 'none'}), expected host '${this.endpoint.name}'`),
+    };
+  }
+
   private request<T>(method: 'GET' | 'POST' | 'DELETE', path: string, payload: string | Buffer | FileBody | undefined, timeoutMs: number): Promise<T> {
     const url = this.endpoint.socket ? undefined : new URL(this.endpoint.url);
     return new Promise<T>((resolve, reject) => {
@@ -44,16 +98,7 @@ export class AgentClient {
           method,
           path,
           ...(url ? { host: url.hostname, port: url.port } : { socketPath: this.endpoint.socket }),
-          servername: this.endpoint.name,
-          ca: this.identity.ca,
-          cert: this.identity.cert,
-          key: this.identity.key,
-          // An agent is a host: its certificate must say so (OU=host), under the host's name. An admin
-          // or store certificate that carries a host's name does not pass as that host.
-          checkServerIdentity: (_host, cert) =>
-            cert.subject?.CN === this.endpoint.name && cert.subject?.OU === 'host'
-              ? undefined
-              : new Error(`the agent presented '${cert.subject?.CN}' (role ${cert.subject?.OU ?? 'none'}), expected host '${this.endpoint.name}'`),
+          ...this.tlsOptions(),
           headers: payload
             ? { 'content-type': typeof payload === 'string' ? 'application/json' : 'application/octet-stream', 'content-length': isFile(payload) ? payload.bytes : Buffer.byteLength(payload) }
             : {},

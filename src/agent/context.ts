@@ -1,5 +1,6 @@
 /** What every part of a running agent shares. */
 import type { RevocationList } from './revocation.ts';
+import type { ConsoleRelay } from './console.ts';
 import type { Identity } from '../cluster/pki.ts';
 import type { ClusterState } from '../cluster/model.ts';
 import { AgentClient } from './client.ts';
@@ -19,6 +20,8 @@ export interface AgentContext {
   replication: ReplicationManager;
   /** Certificates no agent accepts any more. */
   revocations: RevocationList;
+  /** Serial console sessions of this host's VMs. */
+  consoles: ConsoleRelay;
   log: (line: string) => void;
 }
 

@@ -5,7 +5,9 @@
  */
 import https from 'node:https';
 import { performance } from 'node:perf_hooks';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { ConsoleRefusedError } from './console.ts';
 import { StorageError } from '../storage/errors.ts';
 import { rm } from 'node:fs/promises';
 import type { TLSSocket } from 'node:tls';
@@ -118,6 +120,24 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
       send(status, { error: (err as Error).message, kind: (err as Error).name });
     }
   };
+  // `ferry vm console`: the one route that becomes a byte stream (HTTP Upgrade), for admins only.
+  const onUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const refuse = (status: number, message: string) => {
+      const body = JSON.stringify({ error: message });
+      socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    };
+    try {
+      if (!(req.socket as TLSSocket).authorized) throw new ApiError(401, 'a client certificate from the cluster CA is required');
+      const caller = callerOf(req.socket as TLSSocket, ctx.revocations);
+      const url = new URL(req.url ?? '/', 'https://agent');
+      const m = /^\/v1\/vms\/([^/]+)\/console$/.exec(url.pathname);
+      if (!m || req.method !== 'GET' || req.headers.upgrade !== 'ferry-console') throw new NotFoundError(`no upgradable route ${req.method} ${url.pathname}`);
+      authorize('admin', caller, 'GET /v1/vms/:name/console');
+      await ctx.consoles.attach(decodeURIComponent(m[1]!), socket, head, caller.name, url.searchParams.get('force') === '1');
+    } catch (err) {
+      refuse(err instanceof ConsoleRefusedError || err instanceof ApiError ? err.status : 500, (err as Error).message);
+    }
+  };
   // Bounded before authentication too: a handshake must finish in 10 s, a request's headers arrive in
   // 10 s, a JSON body in 60 s (readBody); an upload streams for as long as it moves (its route stops
   // one that stalls). Answers may take longer: a boot, a migration's long poll.
@@ -133,12 +153,14 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
     });
   const tcp = https.createServer(tls, (req, res) => void onRequest(req, res));
   tcp.maxConnections = MAX_CONNECTIONS;
+  tcp.on('upgrade', (req, socket, head) => void onUpgrade(req, socket, head));
   await listen(tcp, { port: ctx.node.port, host: ctx.node.address });
   servers.push(tcp);
   if (ctx.node.socket) {
     await rm(ctx.node.socket, { force: true });
     const local = https.createServer(tls, (req, res) => void onRequest(req, res));
     local.maxConnections = MAX_CONNECTIONS;
+    local.on('upgrade', (req, socket, head) => void onUpgrade(req, socket, head));
     await listen(local, { path: ctx.node.socket });
     servers.push(local);
   }

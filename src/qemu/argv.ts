@@ -26,6 +26,8 @@ export interface QemuRuntime {
   accel: Accel;
   qmpSocket: string;
   serialLog: string;
+  /** The serial console's socket, for `ferry vm console` (through the agent); everything the guest prints also goes to serialLog. */
+  serialSocket: string;
   /** Tap device per bridge NIC, in the order of spec.nics. */
   taps: string[];
   /** Start as a migration destination: paused, waiting for `migrate-incoming`. */
@@ -62,7 +64,7 @@ export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
     '-msg', 'timestamp=on',
     '-chardev', `socket,id=qmp,path=${runtime.qmpSocket},server=on,wait=off`,
     '-mon', 'chardev=qmp,mode=control',
-    '-chardev', `file,id=serial0,path=${runtime.serialLog}`,
+    '-chardev', `socket,id=serial0,path=${runtime.serialSocket},server=on,wait=off,logfile=${runtime.serialLog},logappend=on`,
     '-device', 'isa-serial,chardev=serial0',
   ];
   if (boot.kind === 'kernel') argv.push('-kernel', boot.kernel, '-initrd', boot.initrd, '-append', boot.cmdline);

@@ -62,6 +62,7 @@ export class VmInstance {
         accel: options.accel,
         qmpSocket: path.join(dir, 'qmp.sock'),
         serialLog: path.join(dir, 'serial.log'),
+        serialSocket: path.join(dir, 'serial.sock'),
         taps,
         incoming: options.incoming ?? false,
         ...(options.tls ? { tls: options.tls } : {}),
@@ -84,6 +85,11 @@ export class VmInstance {
   static async adopt(options: { spec: VmSpec; accel: Accel; dir: string; pid: number; taps: string[]; network?: NetworkAttacher }): Promise<VmInstance> {
     const process = await QemuProcess.adopt({ pid: options.pid, qmpSocket: path.join(options.dir, 'qmp.sock'), serialLog: path.join(options.dir, 'serial.log') });
     return new VmInstance(options.spec, options.accel, options.dir, process, [...options.taps], options.network);
+  }
+
+  /** The serial console's socket (QEMU serves one client at a time; the agent relays it). */
+  get serialSocket(): string {
+    return path.join(this.dir, 'serial.sock');
   }
 
   /** Tap devices of this instance, in NIC order. */

@@ -14,6 +14,7 @@ import { imageInfo } from '../../src/storage/qemu-img.ts';
 import { PROJECT_ROOT } from '../../src/qemu/guest-image.ts';
 import { run } from '../../src/util/exec.ts';
 import { agentLogs, useLab } from '../helpers/lab.ts';
+import { ferryInteractive } from '../helpers/cli.ts';
 
 const ISO = path.join(PROJECT_ROOT, 'guest', 'out', 'ferry-guest.iso');
 
@@ -109,6 +110,14 @@ describe('images, firmware and cloud-init (3-host lab)', () => {
     const first = await guestAnswers('u1');
     const console = (await cli('vm', 'console', 'u1')).json.log;
     assert.match(console, /FERRY-GUEST-READY ip=\S+ seed=\/dev\/vd\w,hostname=u1/, 'the guest took its address and hostname from the seed');
+    // The serial console, interactive through the agent: a command typed in is answered by the guest's shell.
+    const console1 = ferryInteractive(suite.env, 'vm', 'console', 'u1', '--attach');
+    await console1.waitFor(/connected|\/ #/, 10_000).catch(() => undefined);
+    console1.type('echo ferry-$((6*7))\n');
+    await console1.waitFor(/ferry-42/);
+    const second = ferryInteractive(suite.env, 'vm', 'console', 'u1', '--attach');
+    assert.notEqual(await second.exited, 0, 'QEMU serves one console client: a second is refused');
+    assert.match(second.stderr, /the console of 'u1' is open already \(by admin/);
     let last = first;
     for (const to of ['h2', 'h3']) {
       const result = await migrate('u1', to);
@@ -119,6 +128,13 @@ describe('images, firmware and cloud-init (3-host lab)', () => {
       last = now;
       t.diagnostic(`u1 -> ${to}: total ${result.totalMs} ms, downtime ${result.downtimeMs} ms`);
     }
+    // The console followed the VM to h3.
+    for (let i = 0; i < 100 && !/u1 moved to h3; reconnecting there/.test(console1.stderr); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.match(console1.stderr, /u1 moved to h2; reconnecting there[\s\S]*u1 moved to h3; reconnecting there/);
+    for (let i = 0; i < 100 && !/on h3; Ctrl-\] leaves/.test(console1.stderr); i++) await new Promise((r) => setTimeout(r, 100));
+    console1.type('echo moved-$((7*8))\n');
+    await console1.waitFor(/moved-56/);
+    assert.equal(await console1.leave(), 0);
     const inUse = await cli('image', 'delete', 'fg');
     assert.notEqual(inUse.code, 0);
     assert.match(inUse.stderr, /image 'fg' is in use by VM u1/);

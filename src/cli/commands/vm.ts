@@ -7,6 +7,7 @@ import { UsageError, sizeBytes, wholeNumber } from '../errors.ts';
 import { attemptsText, mib, ms, table } from '../format.ts';
 import type { Command } from '../main.ts';
 import { migrateWithProbe } from '../migrate.ts';
+import { interactiveConsole } from '../console.ts';
 import { HISTORY_CHOICES, type DryRun, type InputBasis } from '../../agent/predict.ts';
 import { POLICY_NAMES, type PolicyName } from '../../migration/policy/policy.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
@@ -29,7 +30,10 @@ const USAGE = `Usage:
       --ssh-key public keys; --user-data replaces the default user-data; --no-cloud-init leaves it out.
   ferry vm start|stop|destroy|show NAME   (stop --force kills at once)
   ferry vm list
-  ferry vm console NAME                   the guest's serial console log
+  ferry vm console NAME [--force] [--log]
+      the guest's serial console, interactive (Ctrl-] leaves); it follows the VM when it migrates.
+      --force takes over a console someone else has open; --log (or a --json, or no terminal) prints
+      what the guest wrote so far instead (--attach: interactive without a terminal, for scripts).
   ferry vm recover NAME --to HOST [--accept-data-loss]
       boot a VM whose host is gone (lease expired) on HOST, from its disks: shared storage, or HOST's
       replica of a replicated volume. Its memory is lost with its host. Refused from a replica that is
@@ -78,7 +82,7 @@ export const vmCommand: Command = {
         to: { type: 'string' }, 'downtime-limit': { type: 'string' }, bandwidth: { type: 'string' }, 'no-probe': { type: 'boolean' },
         policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' }, 'verify-memory': { type: 'string' }, 'dry-run': { type: 'boolean' }, history: { type: 'string' },
         'allow-older-destination': { type: 'boolean' }, multifd: { type: 'boolean' }, 'no-multifd': { type: 'boolean' }, 'no-postcopy-preempt': { type: 'boolean' },
-        force: { type: 'boolean' }, 'accept-data-loss': { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
+        force: { type: 'boolean' }, log: { type: 'boolean' }, attach: { type: 'boolean' }, 'accept-data-loss': { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
       },
     });
     const [verb, name] = positionals;
@@ -150,6 +154,7 @@ export const vmCommand: Command = {
         return out(`${name}: ${verb === 'stop' ? `stopped (${(result as { outcome: string }).outcome})` : verb === 'start' ? 'started' : 'destroyed'} on ${vm.owner}`, result);
       }
       case 'console': {
+        if (!values.log && !json && (process.stdin.isTTY || values.attach)) return interactiveConsole(cli, name!, { force: values.force ?? false });
         const vm = await cli.vm(name!);
         const { log } = await cli.agent(vm.owner).call<{ log: string }>('GET', `/v1/vms/${name}/console`);
         return out(log, { log });

@@ -1,0 +1,62 @@
+/**
+ * The serial console of a VM, from anywhere: `ferry vm console` upgrades its HTTPS connection to the
+ * VM's agent (mutual TLS, admin only) into a byte stream, which the agent relays to the socket QEMU
+ * serves the serial port on. QEMU serves one client at a time: so does the relay (a second one is
+ * refused, or takes over with force). When the VM moves, its old QEMU goes and the stream ends; the
+ * client asks again, and reaches the new host.
+ */
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { LocalRuntime } from './runtime.ts';
+
+export class ConsoleRefusedError extends Error {
+  override name = 'ConsoleRefusedError';
+  constructor(readonly status: number, message: string) {
+    super(message);
+  }
+}
+
+interface Session {
+  client: Duplex;
+  who: string;
+  since: string;
+}
+
+export class ConsoleRelay {
+  private readonly sessions = new Map<string, Session>();
+
+  constructor(private readonly runtime: LocalRuntime, private readonly log: (line: string) => void) {}
+
+  /** Connects an upgraded client connection to the VM's serial port; throws ConsoleRefusedError before answering 101. */
+  async attach(vm: string, client: Duplex, head: Buffer, who: string, force: boolean): Promise<void> {
+    const instance = this.runtime.get(vm);
+    if (!instance) throw new ConsoleRefusedError(404, `VM '${vm}' is not running on this host`);
+    const open = this.sessions.get(vm);
+    if (open && !force) throw new ConsoleRefusedError(409, `the console of '${vm}' is open already (by ${open.who} since ${open.since}); add --force to take it over`);
+    if (open) {
+      open.client.end('\r\n[ferry: another console session took over]\r\n');
+      open.client.destroy();
+    }
+    const serial = await new Promise<net.Socket>((resolve, reject) => {
+      const s = net.connect(instance.serialSocket);
+      s.once('connect', () => resolve(s));
+      s.once('error', (err) => reject(new ConsoleRefusedError(502, `the serial console of '${vm}' cannot be reached (${err.message}); a VM started by an older ferry has none: stop and start it`)));
+    });
+    const session: Session = { client, who, since: new Date().toISOString() };
+    this.sessions.set(vm, session);
+    this.log(`console of ${vm} opened by ${who}`);
+    client.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: ferry-console\r\nConnection: Upgrade\r\n\r\n');
+    if (head.length) serial.write(head);
+    client.pipe(serial);
+    serial.pipe(client);
+    const close = () => {
+      if (this.sessions.get(vm) === session) this.sessions.delete(vm);
+      client.destroy();
+      serial.destroy();
+    };
+    client.once('close', close);
+    client.once('error', close);
+    serial.once('close', close);
+    serial.once('error', close);
+  }
+}
