@@ -1,7 +1,8 @@
 /** The agent's API routes. Every change to a VM carries its fencing token. */
 import type { ClusterConfig } from './config.ts';
 import { checkToken, freeMemoryMiB, requireVm, type AgentContext } from './context.ts';
-import { NotFoundError, RefusedError } from './errors.ts';
+import { ApiError, NotFoundError, RefusedError } from './errors.ts';
+import { GuestAgentUnavailableError, guestAgentCall, guestInfo } from '../qemu/guest-agent.ts';
 import type { IncomingMigrations } from './incoming.ts';
 import type { IncomingRequest } from './remote-destination.ts';
 import type { Route } from './server.ts';
@@ -55,6 +56,18 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     return vm;
   };
 
+  /** A guest agent call on a VM running here; 503 when the guest does not answer. */
+  const askGuest = async <T>(name: string, call: (socket: string) => Promise<T>): Promise<T> => {
+    const instance = runtime.require(name);
+    if (!instance.spec.guestAgent) throw new RefusedError(`'${name}' has no guest agent channel (ferry's own test guest has none; VMs made from images have one)`);
+    try {
+      return await call(instance.guestAgentSocket);
+    } catch (err) {
+      if (err instanceof GuestAgentUnavailableError) throw new ApiError(503, err.message);
+      throw err;
+    }
+  };
+
   return [
     ...storageRoutes(ctx),
     ...recoverRoutes(ctx),
@@ -86,6 +99,27 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     { method: 'GET', pattern: '/v1/cluster/vms/:name', who: 'admin', handler: async ({ name }) => ({ vm: await requireVm(ctx, name!), migration: await state.migration(name!) }) },
 
     { method: 'POST', pattern: '/v1/vms', who: 'admin', handler: async (_, body) => createVm(ctx, cluster, body) },
+    {
+      // What the guest says about itself, where it runs the QEMU guest agent.
+      method: 'GET',
+      pattern: '/v1/vms/:name/guest',
+      who: 'admin',
+      handler: async ({ name }) => ({ host: node.name, ...(await askGuest(name!, (socket) => guestInfo(socket))) }),
+    },
+    {
+      // Filesystems frozen for a consistent snapshot, then thawed (status: 'frozen' or 'thawed').
+      method: 'POST',
+      pattern: '/v1/vms/:name/guest/fsfreeze',
+      who: 'admin',
+      handler: async ({ name }, body) => {
+        const action = String(body['action'] ?? '');
+        const command = ({ freeze: 'guest-fsfreeze-freeze', thaw: 'guest-fsfreeze-thaw', status: 'guest-fsfreeze-status' } as Record<string, string>)[action];
+        if (!command) throw new RefusedError(`fsfreeze action '${action}' must be freeze, thaw or status`);
+        const result = await askGuest(name!, (socket) => guestAgentCall<number | string>(socket, command, undefined, 10_000));
+        ctx.log(`${name}: guest filesystems ${action === 'status' ? `are ${result}` : `${action === 'freeze' ? 'frozen' : 'thawed'} (${result})`}`);
+        return { action, result };
+      },
+    },
     {
       method: 'POST',
       pattern: '/v1/vms/:name/start',

@@ -10,6 +10,7 @@ import type { NetworkAttacher } from '../qemu/instance.ts';
 import { VmInstance } from '../qemu/instance.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
 import { startVm } from '../qemu/start.ts';
+import { guestShutdown } from '../qemu/guest-agent.ts';
 import type { DiskAttachment } from '../qemu/argv.ts';
 import { writeJson } from './config.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
@@ -127,9 +128,11 @@ export class LocalRuntime {
   async stop(name: string, force = false): Promise<string> {
     const instance = this.require(name);
     this.running.delete(name);
+    // The guest agent first where there is one: it shuts down guests that ignore the ACPI button.
+    const viaAgent = !force && instance.spec.guestAgent ? await guestShutdown(instance.guestAgentSocket) : false;
     const outcome = force ? (await instance.destroy(), 'killed') : await instance.stop({ powerdownTimeoutMs: 30_000 });
     await this.forget(name, 'running');
-    return outcome;
+    return viaAgent && outcome === 'powered-off' ? 'powered off through the guest agent' : outcome;
   }
 
   async list(): Promise<LocalVmInfo[]> {

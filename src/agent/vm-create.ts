@@ -107,6 +107,8 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
       ...(varsId ? [placeholder(varsId, 540_672, { bus: 'pflash' })] : []),
     ],
     ...(cdrom ? { cdrom } : {}),
+    // Any OS may run qemu-ga: the channel costs nothing when nobody answers on it.
+    ...(firmware ? { guestAgent: true } : {}),
   });
   await requireRoom(ctx, node.name, memoryMiB, name);
   if ((await state.vm(name)) !== undefined) throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);

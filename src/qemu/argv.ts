@@ -28,6 +28,8 @@ export interface QemuRuntime {
   serialLog: string;
   /** The serial console's socket, for `ferry vm console` (through the agent); everything the guest prints also goes to serialLog. */
   serialSocket: string;
+  /** The guest agent's channel (spec.guestAgent), for this host's agent only. */
+  guestAgentSocket?: string;
   /** Tap device per bridge NIC, in the order of spec.nics. */
   taps: string[];
   /** Start as a migration destination: paused, waiting for `migrate-incoming`. */
@@ -97,6 +99,11 @@ export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
     argv.push('-blockdev', JSON.stringify({ ...cdrom.blockdev, 'node-name': CDROM_ID, 'read-only': true }));
     // q35's built-in AHCI controller: the CD-ROM an installer expects (not virtio: firmware and installers know SATA).
     argv.push('-device', `ide-cd,drive=${CDROM_ID},bus=ide.0,id=${CDROM_ID}-dev${bootIndex(boot.kind === 'firmware' && boot.order === 'cdrom')}`);
+  }
+  if (spec.guestAgent) {
+    if (!runtime.guestAgentSocket) throw new Error('no socket given for the guest agent channel');
+    argv.push('-chardev', `socket,id=qga0,path=${runtime.guestAgentSocket},server=on,wait=off`);
+    argv.push('-device', 'virtio-serial-pci,id=vser0', '-device', 'virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0');
   }
   if (runtime.tls) {
     argv.push('-object', `tls-creds-x509,id=${runtime.tls.id},dir=${runtime.tls.dir},endpoint=${runtime.tls.endpoint},verify-peer=on`);

@@ -63,6 +63,7 @@ export class VmInstance {
         qmpSocket: path.join(dir, 'qmp.sock'),
         serialLog: path.join(dir, 'serial.log'),
         serialSocket: path.join(dir, 'serial.sock'),
+        guestAgentSocket: path.join(dir, 'qga.sock'),
         taps,
         incoming: options.incoming ?? false,
         ...(options.tls ? { tls: options.tls } : {}),
@@ -90,6 +91,11 @@ export class VmInstance {
   /** The serial console's socket (QEMU serves one client at a time; the agent relays it). */
   get serialSocket(): string {
     return path.join(this.dir, 'serial.sock');
+  }
+
+  /** The QEMU guest agent's channel (when spec.guestAgent). */
+  get guestAgentSocket(): string {
+    return path.join(this.dir, 'qga.sock');
   }
 
   /** Tap devices of this instance, in NIC order. */

@@ -95,6 +95,8 @@ export interface VmSpec {
   nics: NicSpec[];
   disks: DiskSpec[];
   cdrom?: CdromSpec;
+  /** A virtio-serial channel for the QEMU guest agent (qemu-ga), where the guest runs one. */
+  guestAgent?: boolean;
 }
 
 export interface VmSpecInput {
@@ -109,6 +111,7 @@ export interface VmSpecInput {
   nics?: NicSpec[];
   disks?: DiskSpec[];
   cdrom?: CdromSpec;
+  guestAgent?: boolean;
 }
 
 const NAME = NAME_PATTERN;
@@ -130,6 +133,7 @@ export function makeVmSpec(input: VmSpecInput): VmSpec {
     nics: input.nics ?? [],
     disks: input.disks ?? [],
     ...(input.cdrom ? { cdrom: input.cdrom } : {}),
+    ...(input.guestAgent ? { guestAgent: true } : {}),
   };
   validateVmSpec(spec);
   return spec;
@@ -226,6 +230,7 @@ export function migrationIncompatibilities(source: VmSpec, destination: VmSpec):
   differ('uuid', source.uuid, destination.uuid, 'the destination must run the same VM');
   differ('boot', source.boot, destination.boot, 'the destination must boot the same way (the same kernel and command line, or the same firmware)');
   differ('CD-ROM', source.cdrom ?? null, destination.cdrom ?? null, 'the destination must have the same ISO attached');
+  differ('guest agent channel', source.guestAgent ?? false, destination.guestAgent ?? false, 'the destination must have the same virtio-serial devices');
   differ(
     'NICs',
     source.nics.map((n) => `${n.model} ${n.mac}`),

@@ -28,7 +28,9 @@ const USAGE = `Usage:
       installer): only an ISO in a shared pool lets the VM migrate. A cloud-init NoCloud seed (a small
       disk) gives the guest its hostname, its address from the cluster's guest range (or --dhcp) and the
       --ssh-key public keys; --user-data replaces the default user-data; --no-cloud-init leaves it out.
-  ferry vm start|stop|destroy|show NAME   (stop --force kills at once)
+  ferry vm start|stop|destroy|show NAME   (stop --force kills at once; stop asks the guest agent first,
+                                          where the guest runs one, then ACPI; show adds what the agent says)
+  ferry vm fsfreeze NAME freeze|thaw|status   freeze the guest's filesystems for a consistent snapshot (guest agent)
   ferry vm list
   ferry vm console NAME [--force] [--log]
       the guest's serial console, interactive (Ctrl-] leaves); it follows the VM when it migrates.
@@ -131,6 +133,13 @@ export const vmCommand: Command = {
       }
       case 'show': {
         const vm = await cli.vm(name!);
+        // What the guest agent says, where the guest runs one: a short wait, and its absence is said, not hidden.
+        const guest = vm.spec.guestAgent
+          ? await cli
+              .agent(vm.owner)
+              .call<GuestReport>('GET', `/v1/vms/${name}/guest`, undefined, 5_000)
+              .catch((err: Error) => ({ unavailable: err.message }) as GuestReport)
+          : undefined;
         return out(
           [
             `${vm.spec.name}: on ${vm.owner}, ${vm.spec.memoryMiB} MiB, ${vm.spec.vcpus} vCPU, ${vm.spec.cpuModel}, accel ${vm.spec.accel}`,
@@ -140,8 +149,18 @@ export const vmCommand: Command = {
               (d) => `  ${d.id}: volume ${d.pool}/${d.volume}, ${d.format}, ${mib(d.sizeBytes)}${d.bus === 'pflash' ? ' (UEFI variables)' : ''}${d.image ? ` (from image ${d.image})` : ''}`,
             ),
             ...(vm.spec.cdrom ? [`  CD-ROM: image ${vm.spec.cdrom.image} (${vm.spec.cdrom.pool}/${vm.spec.cdrom.volume})`] : []),
+            ...(guest ? [guestLine(guest)] : []),
           ].join('\n'),
-          vm,
+          guest ? { ...vm, guest } : vm,
+        );
+      }
+      case 'fsfreeze': {
+        const action = positionals[2] ?? 'status';
+        const vm = await cli.vm(name!);
+        const result = await cli.agent(vm.owner).call<{ action: string; result: number | string }>('POST', `/v1/vms/${name}/guest/fsfreeze`, { action }, 30_000);
+        return out(
+          action === 'status' ? `${name}: filesystems ${result.result}` : `${name}: ${result.result} filesystem(s) ${action === 'freeze' ? 'frozen; thaw them with ferry vm fsfreeze ' + name + ' thaw' : 'thawed'}`,
+          result,
         );
       }
       case 'start':
@@ -189,6 +208,18 @@ async function parseDisks(cli: Cli, specs: string[]): Promise<{ sizeBytes: numbe
     if (peer !== undefined && pools.find((p) => p.name === pool)?.type !== 'replicated') throw new UsageError(`--disk ${spec}: peer=HOST is for replicated pools`);
     return { sizeBytes: sizeBytes('disk', size ?? ''), pool, ...(format ? { format } : {}), ...(peer ? { peer } : {}) };
   });
+}
+
+interface GuestReport {
+  os?: { name?: string; version?: string; kernel?: string };
+  interfaces?: { name: string; mac?: string; addresses: string[] }[];
+  unavailable?: string;
+}
+
+function guestLine(guest: GuestReport): string {
+  if (guest.unavailable) return `  guest agent: not answering (${guest.unavailable})`;
+  const addresses = (guest.interfaces ?? []).map((i) => `${i.name} ${i.addresses.join(' ') || '-'}`).join(', ');
+  return `  guest agent: ${guest.os?.name ?? 'unknown OS'}${guest.os?.kernel ? `, kernel ${guest.os.kernel}` : ''}; ${addresses || 'no interfaces'}`;
 }
 
 /** The cloud-init part of a create request: false when turned off, undefined for the defaults. */
