@@ -11,10 +11,11 @@ say() { echo "==> $*"; }
 # qemu-storage-daemon (replica servers of replicated volumes) comes with qemu-system-x86 (qemu-system-common).
 # The storage servers (ganesha, rpcbind, tgt, ceph) run only inside the lab's namespaces: their
 # system services are kept from starting (below).
-# ovmf: UEFI firmware; dosfstools + mtools: cloud-init seeds; grub-*, xorriso: the guest as a bootable image.
+# ovmf: UEFI firmware; dosfstools + mtools: cloud-init seeds; grub-*, xorriso: the guest as a bootable image;
+# debootstrap + fdisk: the Debian guest image (guest/debian/build.sh).
 packages=(qemu-system-x86 qemu-block-extra qemu-utils busybox-static cpio gcc libc6-dev iproute2 ca-certificates openssl etcd-server etcd-client
   libnfs-dev nfs-ganesha nfs-ganesha-vfs rpcbind tgt libiscsi-bin ceph-mon ceph-osd ceph-common
-  ovmf mtools dosfstools xorriso grub-common grub-pc-bin grub-efi-amd64-bin)
+  ovmf mtools dosfstools xorriso grub-common grub-pc-bin grub-efi-amd64-bin debootstrap fdisk)
 node_ok=0
 if command -v node >/dev/null 2>&1 && [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ] && command -v npm >/dev/null 2>&1; then
   node_ok=1
@@ -113,3 +114,8 @@ if [ ! tools/out/ferry-nfs -nt tools/ferry-nfs.c ]; then
   mkdir -p tools/out
   gcc -O2 -Wall -Wextra -Werror -o tools/out/ferry-nfs tools/ferry-nfs.c -lnfs
 fi
+
+# A real Debian 12 guest (systemd, cloud-init, qemu-guest-agent, sshd, the OpenArena server) for
+# the tests and demo of VMs made from images: built once from the mirror, cached by its inputs.
+say "Debian guest image"
+bash guest/debian/build.sh

@@ -79,9 +79,11 @@ echo "ferry-debian" > "$root/etc/hostname"
 cat > "$root/etc/fstab" <<'FSTAB'
 LABEL=ferry-root  /  ext4  defaults,errors=remount-ro  0  1
 FSTAB
-# cloud-init: only the NoCloud seed ferry attaches (no waiting for cloud metadata services).
+# cloud-init: only the NoCloud seed ferry attaches (no waiting for cloud metadata services); the
+# C.UTF-8 locale, which needs no locales package.
 cat > "$root/etc/cloud/cloud.cfg.d/90-ferry.cfg" <<'CFG'
 datasource_list: [ NoCloud, None ]
+locale: C.UTF-8
 CFG
 cat > "$root/etc/network/interfaces" <<'ENI'
 auto lo

@@ -22,6 +22,11 @@ import { PROJECT_ROOT } from '../qemu/guest-image.ts';
 
 export const DEFAULT_LAB_DIR = process.env['FERRY_LAB_DIR'] ?? '/var/lib/ferry/lab';
 const SUBNET = '10.80.0';
+/**
+ * More addresses of the client namespace, for a game client that asks a real Quake 3 server more
+ * than once a second (the server answers each address once a second; Probe.startQuake3Stream).
+ */
+export const CLIENT_QUERY_ADDRESSES = [60, 61, 62, 63, 64, 65, 66, 67, 68].map((a) => `${SUBNET}.${a}`);
 
 export interface LabHost {
   name: string;
@@ -128,6 +133,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
     await createNetns(lab.switchNetns);
     await createBridge(lab.switchNetns, 'sw0');
     await plug(lab, lab.clientNetns, 'c0', `${lab.clientAddress}/24`, false);
+    for (const address of CLIENT_QUERY_ADDRESSES) await ip(lab.clientNetns, 'addr', 'add', `${address}/24`, 'dev', 'c0');
     log(`switch ${lab.switchNetns}, client ${lab.clientNetns} (${lab.clientAddress})`);
 
     const clusterDir = path.join(dir, 'cluster');

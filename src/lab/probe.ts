@@ -2,6 +2,7 @@
  * The probe client as seen from ferry: a child process inside a network
  * namespace (probe-agent.ts) that talks UDP to guests, driven over stdin/stdout.
  */
+import { QUAKE3_MAX_QUERIES_PER_SEC, QUAKE3_PORT, type Quake3Reply } from './quake3.ts';
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -178,6 +179,21 @@ export class Probe {
 
   async startStream(host: string, hz = 200): Promise<void> {
     await this.call('stream-start', { host, port: GAMESRV_PORT, hz });
+  }
+
+  /**
+   * A Quake 3 game client's view of a real server: `getinfo` at `hz` (at most 9: the server answers
+   * 10 a second in all), from the lab's query addresses in turn (each is answered once a second).
+   */
+  async startQuake3Stream(host: string, sources: string[], hz = 8): Promise<void> {
+    if (hz > QUAKE3_MAX_QUERIES_PER_SEC - 1) throw new RangeError(`a Quake 3 server answers ${QUAKE3_MAX_QUERIES_PER_SEC} queries a second in all; ask at most ${QUAKE3_MAX_QUERIES_PER_SEC - 1}`);
+    if (sources.length < hz) throw new RangeError(`${hz} queries a second need ${hz} source addresses (each is answered once a second); ${sources.length} given`);
+    await this.call('stream-start', { host, port: QUAKE3_PORT, hz, protocol: 'quake3', sources });
+  }
+
+  /** One out-of-band Quake 3 query (getstatus: variables and players; getinfo: the summary; rcon PASSWORD CMD: what it printed). */
+  async quake3(host: string, command: string, timeoutMs = 5000): Promise<Quake3Reply> {
+    return (await this.call('quake3', { host, port: QUAKE3_PORT, command, timeoutMs }))['reply'] as Quake3Reply;
   }
 
   async window(): Promise<StreamWindow> {

@@ -58,7 +58,7 @@ export function seedFiles(config: CloudInitConfig): Record<'meta-data' | 'user-d
       : {
           dhcp4: false,
           addresses: [`${config.network.address}/${config.network.prefixLength}`],
-          ...(config.network.gateway ? { routes: [{ to: 'default', via: config.network.gateway }] } : {}),
+          ...(config.network.gateway ? { routes: [{ to: '0.0.0.0/0', via: config.network.gateway }] } : {}),
         };
   const networkConfig = { version: 2, ethernets: { eth0: { match: { macaddress: config.mac }, 'set-name': 'eth0', ...ethernet } } };
   return {

@@ -27,24 +27,25 @@ export interface GuestOs {
 /** Runs one guest agent command after a guest-sync handshake; GuestAgentUnavailableError if the guest does not answer in time. */
 export async function guestAgentCall<T>(socketPath: string, command: string, args?: Record<string, unknown>, timeoutMs = 3000, expectReply = true): Promise<T> {
   const socket = net.connect(socketPath);
-  socket.setEncoding('utf8');
   try {
     return await new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => reject(new GuestAgentUnavailableError(`the guest agent did not answer '${command}' within ${timeoutMs} ms (is qemu-ga running in the guest?)`)), timeoutMs);
       const id = randomInt(1, 2 ** 31);
       let synced = false;
-      let buffer = '';
+      let buffer = Buffer.alloc(0);
       socket.once('error', (err) => {
         clearTimeout(timer);
         reject(new GuestAgentUnavailableError(`the guest agent channel cannot be opened: ${err.message}`));
       });
-      socket.on('data', (chunk: string) => {
-        // A delimited sync is answered after a 0xFF byte: whatever came before is a stale reply.
-        buffer += chunk.replace(/^[^\xff]*\xff/s, '');
+      socket.on('data', (chunk: Buffer) => {
+        buffer = Buffer.concat([buffer, chunk]);
+        // A delimited sync is answered after a 0xFF byte (never part of UTF-8): whatever came before is a stale reply.
+        const marker = buffer.lastIndexOf(0xff);
+        if (!synced && marker >= 0) buffer = buffer.subarray(marker + 1);
         let newline: number;
-        while ((newline = buffer.indexOf('\n')) >= 0) {
-          const line = buffer.slice(0, newline).trim();
-          buffer = buffer.slice(newline + 1);
+        while ((newline = buffer.indexOf(0x0a)) >= 0) {
+          const line = buffer.subarray(0, newline).toString('utf8').trim();
+          buffer = buffer.subarray(newline + 1);
           if (!line) continue;
           let reply: { return?: unknown; error?: { desc?: string } };
           try {

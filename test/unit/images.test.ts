@@ -56,7 +56,7 @@ describe('cloud-init NoCloud seed', () => {
     const files = seedFiles(config);
     assert.deepEqual(JSON.parse(files['meta-data']), { 'instance-id': config.instanceId, 'local-hostname': 'web1', 'public-keys': config.sshKeys });
     assert.deepEqual(JSON.parse(files['network-config']).ethernets.eth0, {
-      match: { macaddress: '52:54:0b:0e:8f:00' }, 'set-name': 'eth0', dhcp4: false, addresses: ['10.80.0.20/24'], routes: [{ to: 'default', via: '10.80.0.1' }],
+      match: { macaddress: '52:54:0b:0e:8f:00' }, 'set-name': 'eth0', dhcp4: false, addresses: ['10.80.0.20/24'], routes: [{ to: '0.0.0.0/0', via: '10.80.0.1' }],
     });
     assert.match(files['user-data'], /^#cloud-config\n/);
     assert.deepEqual(JSON.parse(seedFiles({ ...config, network: { kind: 'dhcp' } })['network-config']).ethernets.eth0.dhcp4, true);
