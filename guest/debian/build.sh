@@ -98,7 +98,7 @@ set g_gametype 0
 set sv_maxclients 8
 set bot_enable 1
 set bot_minplayers 0
-set rcon_password "ferry-lab"
+set rconpassword "ferry-lab"
 map oa_dm1
 addbot Angelyss 1
 addbot Grism 1

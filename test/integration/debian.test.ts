@@ -83,6 +83,7 @@ describe('a real Debian guest with a Quake 3 server (3-host lab)', () => {
     const mark = String(Date.now() % 1_000_000);
     const set = await suite.probe.quake3(ip, `rcon ferry-lab sets ferry_mark ${mark}`);
     assert.equal(set.kind, 'print');
+    assert.doesNotMatch((set as { text: string }).text, /rconpassword|Bad rcon/i, 'rcon took the command');
     await until('the mark did not show in getstatus', 10_000, async () => ((await status()).vars['ferry_mark'] === mark ? true : undefined));
 
     await suite.probe.startQuake3Stream(ip, CLIENT_QUERY_ADDRESSES, 8);
@@ -97,10 +98,12 @@ describe('a real Debian guest with a Quake 3 server (3-host lab)', () => {
       const after = await status();
       assert.equal(after.vars['ferry_mark'], mark, 'the same server process: it kept what it was told at run time');
       assert.equal(after.vars['mapname'], 'oa_dm1');
+      assert.equal(after.vars['g_timestamp'], before.vars['g_timestamp'], 'the same match: it started when it did before the move');
       assert.deepEqual(after.players.map((p) => p.name).sort(), before.players.map((p) => p.name).sort(), 'the same players are on the server');
       t.diagnostic(
         `deb1 ${from} -> ${to}: total ${result.json.totalMs} ms, QEMU downtime ${result.json.downtimeMs} ms; Quake 3 client (8 queries/s): ` +
-          `longest silence ${window.maxGapMs} ms, ${window.lost} of ${window.sent} unanswered; players ${after.players.map((p) => `${p.name} ${p.score}`).join(', ')}`,
+          `longest silence ${window.maxGapMs} ms, ${window.lost} of ${window.sent} unanswered; match since ${after.vars['g_timestamp']}; ` +
+          `scores ${before.players.map((p) => `${p.name} ${p.score}`).join(', ')} -> ${after.players.map((p) => `${p.name} ${p.score}`).join(', ')}`,
       );
     }
     await suite.probe.stopStream();

@@ -9,6 +9,7 @@ import { Cli } from '../context.ts';
 import { medianCell, mib, ms, table } from '../format.ts';
 import { migrateWithProbe, type MigrationSummary } from '../migrate.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
+import { quakeDemo } from '../quake-demo.ts';
 
 const USAGE = `Usage:
   ferry lab up [--hosts 3] [--store sqlite|etcd] [--storage nfs,iscsi,rbd] [--json]
@@ -18,6 +19,8 @@ const USAGE = `Usage:
   ferry lab down [--json]                                    remove everything the lab made (recorded in its lab.json)
   ferry lab kill-agent HOST | start-agent HOST               stop / restart one host's agent (its guests keep running)
   ferry lab demo [--rounds 2] [--json]                       (lab up, then) migrate a game server around all hosts, print a table
+  ferry lab demo --quake [--rounds 1] [--pool shared|local]  the same with a real Debian VM running the OpenArena (Quake 3) server,
+      queried by a Quake 3 client; its boot disk in the shared pool (only RAM moves) or the local one (the disk moves too)
 
 The lab lives in ${DEFAULT_LAB_DIR} (FERRY_LAB_DIR to change); guests get 10.80.0.100-199, hosts 10.80.0.11-19.`;
 
@@ -25,7 +28,7 @@ export const labCommand: Command = {
   summary: 'many hosts on one machine: network namespaces, a switch, agents, a probe client',
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { hosts: { type: 'string' }, store: { type: 'string' }, storage: { type: 'string' }, rounds: { type: 'string' }, json: { type: 'boolean' } } });
+    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { hosts: { type: 'string' }, store: { type: 'string' }, storage: { type: 'string' }, rounds: { type: 'string' }, quake: { type: 'boolean' }, pool: { type: 'string' }, json: { type: 'boolean' } } });
     const [verb, host] = positionals;
     const json = values.json ?? false;
     switch (verb) {
@@ -61,8 +64,14 @@ export const labCommand: Command = {
         else console.log(`${verb === 'kill-agent' ? 'killed' : 'started'} the agent of ${host}`);
         return;
       }
-      case 'demo':
-        return labDemo(Number(values.rounds ?? 2), json);
+      case 'demo': {
+        if (!values.quake) return labDemo(Number(values.rounds ?? 2), json);
+        const pool = values.pool ?? 'shared';
+        if (pool !== 'shared' && pool !== 'local') throw new UsageError(`--pool ${pool}: choose shared or local`);
+        const rounds = Number(values.rounds ?? 1);
+        if (!Number.isInteger(rounds) || rounds < 1 || rounds > 10) throw new UsageError('--rounds must be between 1 and 10');
+        return quakeDemo(rounds, pool, json);
+      }
       default:
         throw new UsageError(USAGE);
     }
