@@ -144,8 +144,8 @@ async function receive(request: IncomingMessage, file: string): Promise<{ bytes:
   return { bytes, sha256: hash.digest('hex') };
 }
 
-/** A boot disk asked for: from which image, in which pool, at least how big. */
-export interface BootDiskRequest {
+/** A disk made from an image (a boot disk, or an imported VM's other disks): which image, which pool, at least how big. */
+export interface ImageDiskRequest {
   image: string;
   pool: string;
   sizeBytes?: number;
@@ -170,11 +170,11 @@ export interface MadeVolume {
 }
 
 /**
- * The boot disk: on a shared-dir pool an overlay whose backing file is the image's volume (it takes
+ * A disk from an image (the boot disk): on a shared-dir pool an overlay whose backing file is the image's volume (it takes
  * no time and no room; every host opens both by the same relative name), elsewhere a full copy (a
  * local disk must be copyable alone in a migration, and block backends have no backing files).
  */
-export async function makeBootDisk(ctx: AgentContext, vm: string, id: string, request: BootDiskRequest, made: StoredVolume[]): Promise<MadeVolume> {
+export async function makeDiskFromImage(ctx: AgentContext, vm: string, id: string, request: ImageDiskRequest, made: StoredVolume[]): Promise<MadeVolume> {
   const image = await readyImage(ctx, request.image, 'disk');
   const driver = (await storageCatalog(ctx)).get(request.pool);
   if (driver.config.type === 'replicated') throw new RefusedError(`a boot disk from an image cannot go on replicated pool '${request.pool}' yet; use a shared or local pool`);
@@ -191,7 +191,7 @@ export async function makeBootDisk(ctx: AgentContext, vm: string, id: string, re
   }, overlay ? (v) => driver.createOverlay!(v, imageVolume) : undefined);
   made.push(volume);
   if (!overlay) await convertInto(jsonFilename(imageDriver.blockdev(imageVolume)), image.format, jsonFilename(driver.blockdev(volume)), format);
-  ctx.log(`${vm}: boot disk ${request.pool}/${volume.name} ${overlay ? 'is an overlay on' : 'copied from'} image ${image.name}`);
+  ctx.log(`${vm}: disk ${request.pool}/${volume.name} ${overlay ? 'is an overlay on' : 'copied from'} image ${image.name}`);
   return { volume, disk: diskOf(volume, id, { image: image.name }) };
 }
 

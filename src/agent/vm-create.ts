@@ -18,7 +18,7 @@ import { defaultFormat, type StoragePoolConfig } from '../storage/types.ts';
 import type { ClusterConfig } from './config.ts';
 import { requireRoom, storageCatalog, type AgentContext } from './context.ts';
 import { RefusedError } from './errors.ts';
-import { makeBootDisk, makeSeed, makeUefiVars, readyImage, type MadeVolume } from './images.ts';
+import { makeDiskFromImage, makeSeed, makeUefiVars, readyImage, type MadeVolume } from './images.ts';
 import { createVolume, removeVolume } from './storage-routes.ts';
 
 interface DiskRequest {
@@ -27,6 +27,8 @@ interface DiskRequest {
   format?: VolumeFormat;
   /** Replicated pools: the host for the second replica. */
   peer?: string;
+  /** Made from this disk image (an imported VM's other disks), at least its size. */
+  image?: string;
 }
 
 /** What a firmware-booted VM is made of, as asked. */
@@ -46,10 +48,12 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
   const { state, runtime, node } = ctx;
   const name = String(body['name'] ?? '');
   const memoryMiB = Number(body['memoryMiB'] ?? 256);
-  const uuid = crypto.randomUUID();
+  // An imported VM keeps its identity: the uuid and MAC its guest (and its licences, its DHCP leases) know.
+  const uuid = body['uuid'] === undefined ? crypto.randomUUID() : String(body['uuid']);
   const pools = await state.pools();
   const firmware = firmwareRequest(body, pools);
-  const ip = body['ip'] === undefined ? (firmware?.cloudInit?.dhcp ? undefined : await allocateIp(ctx, cluster)) : await requestedIp(ctx, cluster, body['ip']);
+  // A guest booted through firmware learns an address from its cloud-init seed only: without one (or with DHCP) ferry gives none.
+  const ip = body['ip'] === undefined ? (firmware && (!firmware.cloudInit || firmware.cloudInit.dhcp) ? undefined : await allocateIp(ctx, cluster)) : await requestedIp(ctx, cluster, body['ip']);
   const net = cluster.guestNetwork;
   const diskRequests = (body['disks'] as DiskRequest[] | undefined) ?? [];
   const diskcheck = body['diskcheckRate'] !== undefined ? { ratePerSec: Number(body['diskcheckRate']) } : undefined;
@@ -60,7 +64,7 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
   const hosts = await state.hosts();
   const machine = newestCommonMachineType(hosts);
   if (!machine && hosts.some((h) => h.qemu)) throw new RefusedError(`the hosts' QEMUs have no q35 machine type in common (${hosts.map((h) => `${h.name}: QEMU ${h.qemu?.version ?? 'unknown'}`).join(', ')}); upgrade the oldest`);
-  const mac = macFor(uuid, 0);
+  const mac = body['mac'] === undefined ? macFor(uuid, 0) : String(body['mac']).toLowerCase();
 
   // The data disks come after the boot disk (disk0) of a VM made from an image.
   const firstData = firmware?.image ? 1 : 0;
@@ -97,6 +101,7 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
     memoryMiB,
     ...(machine ? { machine } : {}),
     vcpus: Number(body['vcpus'] ?? 1),
+    ...(body['cpuModel'] !== undefined ? { cpuModel: String(body['cpuModel']) } : {}),
     accel: (body['accel'] as 'auto' | 'tcg' | 'kvm' | undefined) ?? 'auto',
     boot,
     nics: [{ mac, model: 'virtio-net-pci', backend: { kind: 'bridge', bridge: node.bridge } }],
@@ -121,9 +126,15 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
     const disks: DiskSpec[] = [];
     if (firmware?.image) {
       step(`making the boot disk from image ${firmware.image}`);
-      disks.push((await makeBootDisk(ctx, name, 'disk0', { image: firmware.image, pool: firmware.pool, ...(firmware.diskSizeBytes ? { sizeBytes: firmware.diskSizeBytes } : {}) }, made)).disk);
+      disks.push((await makeDiskFromImage(ctx, name, 'disk0', { image: firmware.image, pool: firmware.pool, ...(firmware.diskSizeBytes ? { sizeBytes: firmware.diskSizeBytes } : {}) }, made)).disk);
     }
     for (const [i, disk] of dataDisks.entries()) {
+      const fromImage = diskRequests[i]?.image;
+      if (fromImage) {
+        step(`making ${disk.id} from image ${fromImage}`);
+        disks.push((await makeDiskFromImage(ctx, name, disk.id, { image: fromImage, pool: disk.pool, ...(diskRequests[i]!.sizeBytes ? { sizeBytes: diskRequests[i]!.sizeBytes } : {}) }, made)).disk);
+        continue;
+      }
       const peer = diskRequests[i]?.peer;
       const volume = await createVolume(ctx, { pool: disk.pool, name: disk.volume, format: disk.format, sizeBytes: disk.sizeBytes, vm: name, ...(peer ? { peer } : {}) });
       made.push(volume);
@@ -214,7 +225,9 @@ function diskSpec(vm: string, index: number, request: DiskRequest, pools: Storag
   const pool = pools.find((p) => p.name === request.pool);
   if (!pool) throw new RefusedError(`disk ${index} of '${vm}': no storage pool '${request.pool}'; see 'ferry storage list'`);
   if (request.peer !== undefined && pool.type !== 'replicated') throw new RefusedError(`disk ${index} of '${vm}': peer= is for replicated pools; pool '${pool.name}' is ${pool.type}`);
-  return { id: `disk${index}`, pool: request.pool, volume: `${vm}-disk${index}`, format: request.format ?? defaultFormat(pool), sizeBytes: Number(request.sizeBytes) };
+  // A disk from an image takes the image's size (checked when it is made); 1 MiB stands in until then.
+  const sizeBytes = request.image !== undefined && !request.sizeBytes ? 1024 * 1024 : Number(request.sizeBytes);
+  return { id: `disk${index}`, pool: request.pool, volume: `${vm}-disk${index}`, format: request.format ?? defaultFormat(pool), sizeBytes };
 }
 
 /**

@@ -6,9 +6,7 @@
  * says what a player would see: the longest silence, the queries left unanswered, and whether it is
  * still the same match (its start time, the players and their scores).
  */
-import { createHash } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { ImageRecord } from '../cluster/model.ts';
 import { CLIENT_QUERY_ADDRESSES, labUp } from '../lab/lab.ts';
@@ -20,6 +18,7 @@ import { UsageError } from './errors.ts';
 import { medianCell, mib, ms, table } from './format.ts';
 import { migrateWithProbe, type MigrationSummary } from './migrate.ts';
 import { ProgressDisplay, progressLine } from './progress.ts';
+import { uploadImage } from './commands/image.ts';
 
 export const DEBIAN_IMAGE = path.join(PROJECT_ROOT, 'guest', 'out', 'debian', 'debian-12-openarena.qcow2');
 /** Queries a second: under the 10 a second an ioquake3 server answers in all. */
@@ -108,12 +107,8 @@ async function ensureImage(cli: Cli, host: string, pool: string, say: (line: str
   const { images } = await (await cli.anyAgent()).call<{ images: ImageRecord[] }>('GET', '/v1/cluster/images');
   const found = images.find((i) => i.name === name && i.state === 'ready');
   if (found) return found;
-  const bytes = (await stat(DEBIAN_IMAGE)).size;
-  say(`importing ${path.basename(DEBIAN_IMAGE)} (${mib(bytes)}) as image '${name}' into pool '${pool}'...`);
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(DEBIAN_IMAGE)) hash.update(chunk as Buffer);
-  const query = new URLSearchParams({ pool, sha256: hash.digest('hex'), bytes: String(bytes), file: path.basename(DEBIAN_IMAGE) });
-  return (await cli.agent(host).upload<{ image: ImageRecord }>(`/v1/images/${name}?${query}`, DEBIAN_IMAGE, bytes)).image;
+  say(`importing ${path.basename(DEBIAN_IMAGE)} as image '${name}' into pool '${pool}'...`);
+  return uploadImage(cli, host, name, DEBIAN_IMAGE, pool);
 }
 
 async function status(probe: Probe, ip: string): Promise<Status> {

@@ -39,27 +39,15 @@ export const imageCommand: Command = {
       case 'import': {
         if (!name || !file) throw new UsageError('ferry image import NAME FILE --pool POOL');
         if (!values.pool) throw new UsageError('--pool POOL is required: where the image is kept; see ferry storage list');
-        const info = await stat(file).catch(() => undefined);
-        if (!info?.isFile()) throw new UsageError(`${file} is not a file`);
         const host = values.host ?? cli.context.agents[0]?.name;
         if (!host) throw new UsageError('the cluster has no hosts');
-        const progress = new ProgressDisplay();
-        const sha256 = await fileSha256(file, (done) => progress.update(`checksumming ${path.basename(file)}: ${percent(done, info.size)}`));
-        const query = new URLSearchParams({ pool: values.pool, sha256, bytes: String(info.size), file: path.basename(file) });
         const started = Date.now();
-        try {
-          const { image } = await cli.agent(host).upload<{ image: ImageRecord }>(`/v1/images/${encodeURIComponent(name)}?${query}`, file, info.size, (sent) =>
-            progress.update(sent < info.size ? `uploading to ${host}: ${percent(sent, info.size)} (${mib(sent)} of ${mib(info.size)})` : `${host} is writing the image into pool ${values.pool}…`),
-          );
-          progress.clear();
-          return out(
-            `image ${image.name} imported in ${((Date.now() - started) / 1000).toFixed(1)} s: ${image.kind === 'iso' ? 'ISO' : `disk (${image.sourceFormat}${image.sourceFormat !== image.format ? ` -> ${image.format}` : ''})`}, ` +
-              `${mib(image.virtualBytes)}, pool ${image.pool}${image.host ? ` on ${image.host}` : ''}, sha256 ${image.sha256}`,
-            image,
-          );
-        } finally {
-          progress.clear();
-        }
+        const image = await uploadImage(cli, host, name, file, values.pool);
+        return out(
+          `image ${image.name} imported in ${((Date.now() - started) / 1000).toFixed(1)} s: ${image.kind === 'iso' ? 'ISO' : `disk (${image.sourceFormat}${image.sourceFormat !== image.format ? ` -> ${image.format}` : ''})`}, ` +
+            `${mib(image.virtualBytes)}, pool ${image.pool}${image.host ? ` on ${image.host}` : ''}, sha256 ${image.sha256}`,
+          image,
+        );
       }
       case 'list': {
         const { images } = await (await cli.anyAgent()).call<{ images: ImageRecord[] }>('GET', '/v1/cluster/images');
@@ -85,6 +73,23 @@ export const imageCommand: Command = {
     }
   },
 };
+
+/** Checksums a file, then uploads it to `host` as image `name` in `pool`, with progress on a terminal. */
+export async function uploadImage(cli: Cli, host: string, name: string, file: string, pool: string): Promise<ImageRecord> {
+  const info = await stat(file).catch(() => undefined);
+  if (!info?.isFile()) throw new UsageError(`${file} is not a file`);
+  const progress = new ProgressDisplay();
+  try {
+    const sha256 = await fileSha256(file, (done) => progress.update(`checksumming ${path.basename(file)}: ${percent(done, info.size)}`));
+    const query = new URLSearchParams({ pool, sha256, bytes: String(info.size), file: path.basename(file) });
+    const { image } = await cli.agent(host).upload<{ image: ImageRecord }>(`/v1/images/${encodeURIComponent(name)}?${query}`, file, info.size, (sent) =>
+      progress.update(sent < info.size ? `uploading ${path.basename(file)} to ${host}: ${percent(sent, info.size)} (${mib(sent)} of ${mib(info.size)})` : `${host} is writing the image into pool ${pool}…`),
+    );
+    return image;
+  } finally {
+    progress.clear();
+  }
+}
 
 async function fileSha256(file: string, onProgress: (bytes: number) => void): Promise<string> {
   const hash = createHash('sha256');

@@ -8,6 +8,8 @@ import { attemptsText, mib, ms, table } from '../format.ts';
 import type { Command } from '../main.ts';
 import { migrateWithProbe } from '../migrate.ts';
 import { interactiveConsole } from '../console.ts';
+import { planLibvirtImport, type LibvirtImportPlan } from '../libvirt-import.ts';
+import { uploadImage } from './image.ts';
 import { HISTORY_CHOICES, type DryRun, type InputBasis } from '../../agent/predict.ts';
 import { POLICY_NAMES, type PolicyName } from '../../migration/policy/policy.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
@@ -36,6 +38,10 @@ const USAGE = `Usage:
       the guest's serial console, interactive (Ctrl-] leaves); it follows the VM when it migrates.
       --force takes over a console someone else has open; --log (or a --json, or no terminal) prints
       what the guest wrote so far instead (--attach: interactive without a terminal, for scripts).
+  ferry vm import --libvirt-xml FILE --pool POOL [--name NAME] [--host HOST] [--dry-run]
+      a libvirt domain (virsh dumpxml) as a ferry VM: memory, vCPUs, CPU model, firmware, its disks and
+      CD-ROM (uploaded from this machine into POOL), its MAC and uuid, the guest agent channel. Prints
+      first what comes over and exactly what does not (and what happens instead); --dry-run stops there.
   ferry vm recover NAME --to HOST [--accept-data-loss]
       boot a VM whose host is gone (lease expired) on HOST, from its disks: shared storage, or HOST's
       replica of a replicated volume. Its memory is lost with its host. Refused from a replica that is
@@ -84,6 +90,7 @@ export const vmCommand: Command = {
         to: { type: 'string' }, 'downtime-limit': { type: 'string' }, bandwidth: { type: 'string' }, 'no-probe': { type: 'boolean' },
         policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' }, 'verify-memory': { type: 'string' }, 'dry-run': { type: 'boolean' }, history: { type: 'string' },
         'allow-older-destination': { type: 'boolean' }, multifd: { type: 'boolean' }, 'no-multifd': { type: 'boolean' }, 'no-postcopy-preempt': { type: 'boolean' },
+        'libvirt-xml': { type: 'string' }, name: { type: 'string' },
         force: { type: 'boolean' }, log: { type: 'boolean' }, attach: { type: 'boolean' }, 'accept-data-loss': { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
       },
     });
@@ -91,7 +98,7 @@ export const vmCommand: Command = {
     const json = values.json ?? false;
     const out = (human: string, doc: unknown) => console.log(json ? JSON.stringify(doc, null, 2) : human);
     if (!verb) throw new UsageError(USAGE);
-    if (verb !== 'list' && !name) throw new UsageError(`ferry vm ${verb} needs a VM name`);
+    if (verb !== 'list' && verb !== 'import' && !name) throw new UsageError(`ferry vm ${verb} needs a VM name`);
     const cli = await Cli.load(values.context);
 
     switch (verb) {
@@ -185,6 +192,8 @@ export const vmCommand: Command = {
       }
       case 'migrate':
         return migrateVm(cli, name!, values, json);
+      case 'import':
+        return importLibvirt(cli, values, json);
       default:
         throw new UsageError(USAGE);
     }
@@ -208,6 +217,56 @@ async function parseDisks(cli: Cli, specs: string[]): Promise<{ sizeBytes: numbe
     if (peer !== undefined && pools.find((p) => p.name === pool)?.type !== 'replicated') throw new UsageError(`--disk ${spec}: peer=HOST is for replicated pools`);
     return { sizeBytes: sizeBytes('disk', size ?? ''), pool, ...(format ? { format } : {}), ...(peer ? { peer } : {}) };
   });
+}
+
+/** ferry vm import --libvirt-xml: the plan first, then the uploads and the VM. */
+async function importLibvirt(cli: Cli, values: { 'libvirt-xml'?: string; name?: string; pool?: string; host?: string; 'dry-run'?: boolean }, json: boolean): Promise<number> {
+  const file = values['libvirt-xml'];
+  if (!file) throw new UsageError('ferry vm import --libvirt-xml FILE --pool POOL (FILE: what virsh dumpxml printed)');
+  const xml = await readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
+    throw new UsageError(`--libvirt-xml ${file}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`);
+  });
+  let plan: LibvirtImportPlan;
+  try {
+    plan = planLibvirtImport(xml, values.name);
+  } catch (err) {
+    throw new UsageError(`${file}: ${(err as Error).message}`);
+  }
+  const say = (line: string) => !json && console.log(line);
+  say(`${plan.name}: ${plan.memoryMiB} MiB, ${plan.vcpus} vCPU, ${plan.cpuModel ?? 'qemu64'}, ${plan.firmware === 'uefi' ? 'UEFI' : 'SeaBIOS'}, boots from ${plan.boot}${plan.uuid ? `, uuid ${plan.uuid}` : ''}${plan.macs[0] ? `, MAC ${plan.macs[0]}` : ''}${plan.guestAgent ? ', guest agent channel' : ''}`);
+  for (const [i, disk] of plan.disks.entries()) say(`  disk${i} <- ${disk.file} (${disk.format}, was ${disk.target})`);
+  if (plan.cdrom) say(`  CD-ROM <- ${plan.cdrom}`);
+  say(plan.notCarried.length ? 'not carried over:' : 'everything comes over');
+  for (const line of plan.notCarried) say(`  - ${line}`);
+  if (values['dry-run']) {
+    if (json) console.log(JSON.stringify(plan, null, 2));
+    return 0;
+  }
+  if (!values.pool) throw new UsageError('--pool POOL: where the imported disks go; see ferry storage list');
+  const host = values.host ?? cli.context.agents[0]?.name;
+  if (!host) throw new UsageError('the cluster has no hosts');
+  const images: string[] = [];
+  for (const [i, disk] of plan.disks.entries()) {
+    const image = await uploadImage(cli, host, `${plan.name}-import-disk${i}`, disk.file, values.pool);
+    say(`  uploaded ${disk.file} as image ${image.name}`);
+    images.push(image.name);
+  }
+  const cdrom = plan.cdrom ? (await uploadImage(cli, host, `${plan.name}-import-cdrom`, plan.cdrom, values.pool)).name : undefined;
+  const { vm } = await cli.agent(host).call<{ vm: OwnedVm }>(
+    'POST',
+    '/v1/vms',
+    {
+      name: plan.name, memoryMiB: plan.memoryMiB, vcpus: plan.vcpus, pool: values.pool, firmware: plan.firmware, boot: plan.boot, cloudInit: false,
+      ...(plan.uuid ? { uuid: plan.uuid } : {}), ...(plan.macs[0] ? { mac: plan.macs[0] } : {}), ...(plan.cpuModel ? { cpuModel: plan.cpuModel } : {}),
+      ...(images[0] ? { image: images[0] } : {}),
+      ...(images.length > 1 ? { disks: images.slice(1).map((image) => ({ pool: values.pool, image, sizeBytes: 0 })) } : {}),
+      ...(cdrom ? { cdrom } : {}),
+    },
+    300_000,
+  );
+  say(`imported ${plan.name} on ${vm.owner}; it is booting (ferry vm console ${plan.name})`);
+  if (json) console.log(JSON.stringify({ plan, vm }, null, 2));
+  return 0;
 }
 
 interface GuestReport {
