@@ -82,7 +82,7 @@ export function planLibvirtImport(xml: string, rename?: string): LibvirtImportPl
   if (os['nvram']) notCarried.push(`the UEFI variables (${text(os['nvram']) || 'nvram'}): they start from OVMF's template; the guest boots by the removable-media path (\\EFI\\BOOT\\BOOTX64.EFI) or needs its boot entry again`);
   if (attr(loader, 'secure') === 'yes') notCarried.push('Secure Boot: ferry boots OVMF without it');
   const machine = attr(os['type'], 'machine') ?? '';
-  if (/i440fx|^pc(-|$)/.test(machine)) notCarried.push(`machine type ${machine} (i440FX): ferry runs q35; the guest sees a PCIe chipset (Linux guests do not mind; Windows may ask to reactivate)`);
+  if (/i440fx/.test(machine) || /^pc(-\d|$)/.test(machine)) notCarried.push(`machine type ${machine} (i440FX): ferry runs q35; the guest sees a PCIe chipset (Linux guests do not mind; Windows may ask to reactivate)`);
   const bootDevs = ((os['boot'] as Node[] | undefined) ?? []).map((b) => attr(b, 'dev'));
 
   const devices = (domain['devices'] ?? {}) as Node;
@@ -111,7 +111,8 @@ export function planLibvirtImport(xml: string, rename?: string): LibvirtImportPl
     if (bus !== 'virtio') notCarried.push(`disk ${target} on ${bus}: it becomes a virtio-blk disk (the guest needs virtio drivers; Linux has them)`);
     const imported = { file: source, format: attr(disk['driver'], 'type') ?? 'raw', target };
     disks.push(imported);
-    bootOrder.push({ disk: imported, order: Number(attr(disk['boot'], 'order') ?? (disks.length + 100)) });
+    const bootElement = Array.isArray(disk['boot']) ? (disk['boot'] as Node[])[0] : disk['boot'];
+    bootOrder.push({ disk: imported, order: Number(attr(bootElement, 'order') ?? disks.length + 100) });
   }
   bootOrder.sort((a, b) => a.order - b.order);
   const orderedDisks = bootOrder.map((b) => b.disk);

@@ -14,7 +14,7 @@ import { imageInfo } from '../../src/storage/qemu-img.ts';
 import { PROJECT_ROOT } from '../../src/qemu/guest-image.ts';
 import { run } from '../../src/util/exec.ts';
 import { agentLogs, useLab } from '../helpers/lab.ts';
-import { ferryInteractive } from '../helpers/cli.ts';
+import { ferry, ferryInteractive } from '../helpers/cli.ts';
 
 const ISO = path.join(PROJECT_ROOT, 'guest', 'out', 'ferry-guest.iso');
 
@@ -179,8 +179,36 @@ describe('images, firmware and cloud-init (3-host lab)', () => {
     assert.equal((await guestAnswers('c2')).boot, before.boot, 'the VM kept running where it was');
   });
 
+  it('imports a libvirt domain: its disk uploaded, UEFI, its MAC and uuid kept; what cannot come over is listed; it boots', async () => {
+    const xml = path.join(suite.dir, 'i1.xml');
+    await writeFile(
+      xml,
+      `<domain type='kvm'><name>i1</name><uuid>6a0d5c6e-8b3e-4f3a-9a53-2f7b1d6c1e11</uuid><memory unit='MiB'>256</memory><vcpu>1</vcpu>
+        <os firmware='efi'><type arch='x86_64' machine='pc-q35-7.2'>hvm</type><boot dev='hd'/></os><cpu mode='host-model'/>
+        <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${qcow2}'/><target dev='vda' bus='virtio'/></disk>
+        <interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='br0'/><model type='virtio'/></interface>
+        <graphics type='vnc' port='-1'/></devices></domain>`,
+    );
+    const dry = await ferry(suite.env, 'vm', 'import', '--libvirt-xml', xml, '--dry-run');
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.match(dry.stdout, /i1: 256 MiB, 1 vCPU, qemu64, UEFI, boots from disk, uuid 6a0d5c6e-8b3e-4f3a-9a53-2f7b1d6c1e11, MAC 52:54:00:12:34:56/);
+    assert.match(dry.stdout, /not carried over:\n  - CPU mode host-model[^\n]*\n  - NIC on br0[^\n]*\n  - graphics \(VNC\/SPICE\)/);
+    assert.deepEqual((await cli('vm', 'list')).json.map((v: { spec: { name: string } }) => v.spec.name).sort(), ['c1', 'c2', 'l1', 'u1'], 'a dry run creates nothing');
+    const imported = await ferry(suite.env, 'vm', 'import', '--libvirt-xml', xml, '--pool', 'shared', '--host', 'h3');
+    assert.equal(imported.code, 0, imported.stderr);
+    const vm = (await cli('vm', 'show', 'i1')).json;
+    assert.deepEqual([vm.spec.uuid, vm.spec.nics[0].mac, vm.spec.boot.firmware, vm.owner], ['6a0d5c6e-8b3e-4f3a-9a53-2f7b1d6c1e11', '52:54:00:12:34:56', 'uefi', 'h3']);
+    const deadline = Date.now() + 90_000;
+    let log = '';
+    while (!/FERRY-GUEST-READY/.test(log) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 1000));
+      log = (await cli('vm', 'console', 'i1')).json.log;
+    }
+    assert.match(log, /FERRY-GUEST-READY ip=none seed=none/, 'the imported disk boots through UEFI (without a seed it has no address, as it had none in the XML)');
+  });
+
   it('an image is deleted with its volume once no VM and no kept overlay needs it', async () => {
-    for (const vm of ['u1', 'l1', 'c1', 'c2']) assert.equal((await cli('vm', 'destroy', vm)).code, 0);
+    for (const vm of ['u1', 'l1', 'c1', 'c2', 'i1']) assert.equal((await cli('vm', 'destroy', vm)).code, 0);
     const kept = await cli('image', 'delete', 'fg');
     assert.notEqual(kept.code, 0, 'the destroyed VM\'s boot disk is kept, and it is an overlay on the image');
     assert.match(kept.stderr, /volume shared\/u1-disk0 \(an overlay on it\)/);
@@ -189,7 +217,7 @@ describe('images, firmware and cloud-init (3-host lab)', () => {
       const deleted = await cli('volume', 'delete', v.name, '--pool', v.pool);
       assert.equal(deleted.code, 0, deleted.stderr);
     }
-    for (const image of ['fg', 'fg-iso', 'fg-local', 'fg-iso-local']) {
+    for (const image of ['fg', 'fg-iso', 'fg-local', 'fg-iso-local', 'i1-import-disk0']) {
       const deleted = await cli('image', 'delete', image);
       assert.equal(deleted.code, 0, deleted.stderr);
     }
