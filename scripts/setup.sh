@@ -119,3 +119,8 @@ fi
 # the tests and demo of VMs made from images: built once from the mirror, cached by its inputs.
 say "Debian guest image"
 bash guest/debian/build.sh
+
+# The Debian installer as an ISO (its own kernel and initrd, from debian-installer-12-netboot-amd64):
+# the tests boot it from a VM's CD-ROM to its first screen.
+say "installer ISO"
+bash guest/installer/build.sh

@@ -10,7 +10,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
 import type { ImageRecord, StoredVolume } from '../cluster/model.ts';
-import { OVMF_VARS_TEMPLATE, requireUefi } from '../qemu/firmware.ts';
+import { ovmfVarsTemplate, requireUefi } from '../qemu/firmware.ts';
 import { buildSeedImage, SEED_BYTES, type CloudInitConfig } from '../qemu/cloud-init.ts';
 import { UEFI_VARS_BYTES, type DiskSpec, type VolumeFormat } from '../qemu/spec.ts';
 import { inspectImageFile } from '../storage/image-file.ts';
@@ -201,7 +201,7 @@ export async function makeUefiVars(ctx: AgentContext, vm: string, id: string, po
   const driver = (await storageCatalog(ctx)).get(pool);
   const volume = await createVolume(ctx, { pool, name: `${vm}-vars`, format: 'raw', sizeBytes: UEFI_VARS_BYTES, vm });
   made.push(volume);
-  await fill(driver, volume, OVMF_VARS_TEMPLATE);
+  await fill(driver, volume, ovmfVarsTemplate());
   return { volume, disk: diskOf(volume, id, { bus: 'pflash' }) };
 }
 

@@ -13,6 +13,7 @@ import { rm } from 'node:fs/promises';
 import type { TLSSocket } from 'node:tls';
 import { MigrationRefusedError } from '../migration/errors.ts';
 import { InvalidVmSpecError } from '../qemu/errors.ts';
+import { FirmwareMissingError } from '../qemu/firmware.ts';
 import { ApiError, NotFoundError } from './errors.ts';
 import type { AgentContext } from './context.ts';
 import { authorize, callerOf, type Access, type Caller } from './authz.ts';
@@ -69,7 +70,7 @@ async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> 
 
 function statusOf(err: unknown): number {
   if (err instanceof ApiError) return err.status;
-  if (err instanceof MigrationRefusedError || err instanceof InvalidVmSpecError || err instanceof StorageError) return 422;
+  if (err instanceof MigrationRefusedError || err instanceof InvalidVmSpecError || err instanceof StorageError || err instanceof FirmwareMissingError) return 422;
   return 500;
 }
 

@@ -159,3 +159,16 @@ async function follow(cli: Cli, started: Job, owner: string, onProgress: (p: Mig
   }
   return job;
 }
+
+/**
+ * Moves a VM around the hosts in order, `rounds` times over, from where it is; `hop` migrates it to
+ * the next host and says whether that completed. A hop that did not ends the tour.
+ */
+export async function tourHosts(hosts: string[], from: string, rounds: number, hop: (to: string) => Promise<boolean>): Promise<void> {
+  let at = from;
+  for (let i = 0; i < rounds * hosts.length; i++) {
+    const to = hosts[(hosts.indexOf(at) + 1) % hosts.length]!;
+    if (!(await hop(to))) return;
+    at = to;
+  }
+}

@@ -16,7 +16,7 @@ import { PROJECT_ROOT } from '../qemu/guest-image.ts';
 import { Cli } from './context.ts';
 import { UsageError } from './errors.ts';
 import { medianCell, mib, ms, table } from './format.ts';
-import { migrateWithProbe, type MigrationSummary } from './migrate.ts';
+import { migrateWithProbe, tourHosts, type MigrationSummary } from './migrate.ts';
 import { ProgressDisplay, progressLine } from './progress.ts';
 import { uploadImage } from './commands/image.ts';
 
@@ -55,9 +55,7 @@ export async function quakeDemo(rounds: number, pool: 'shared' | 'local', json: 
     say(`OpenArena answers at ${ip}:27960 (${((Date.now() - started) / 1000).toFixed(0)} s after the VM was there): map ${first.vars['mapname']}, match since ${first.vars['g_timestamp']}, players ${players(first)}`);
     let before = first;
     const display = new ProgressDisplay();
-    let at = vm.owner;
-    for (let hop = 0; hop < rounds * hosts.length; hop++) {
-      const to = hosts[(hosts.indexOf(at) + 1) % hosts.length]!;
+    await tourHosts(hosts, vm.owner, rounds, async (to) => {
       await probe.startQuake3Stream(ip, CLIENT_QUERY_ADDRESSES, QUERY_HZ);
       await new Promise((r) => setTimeout(r, 1000)); // answers before the move
       await probe.window();
@@ -69,10 +67,9 @@ export async function quakeDemo(rounds: number, pool: 'shared' | 'local', json: 
       const sameMatch = after.vars['g_timestamp'] === before.vars['g_timestamp'] && after.vars['mapname'] === before.vars['mapname'] && sameNames(before, after);
       rows.push({ ...summary, silenceMs: window.maxGapMs, unanswered: `${window.lost}/${window.sent}`, sameMatch, players: players(after) });
       say(`${summary.from} → ${to}: ${summary.status}, total ${ms(summary.totalMs)}, QEMU downtime ${ms(summary.downtimeMs)}, longest silence ${ms(window.maxGapMs)} (${window.lost} of ${window.sent} queries unanswered), ${sameMatch ? 'same match' : 'NOT the same match'}`);
-      if (summary.status !== 'completed') break;
-      at = to;
       before = after;
-    }
+      return summary.status === 'completed';
+    });
   } finally {
     await probe.close();
   }

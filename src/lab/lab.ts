@@ -296,7 +296,7 @@ export async function injectFault(lab: LabRecord, host: string, point: FaultPoin
   await writeJson(file, { ...faults, [point]: { action, vm } });
 }
 
-export async function startAgent(lab: LabRecord, name: string): Promise<number> {
+export async function startAgent(lab: LabRecord, name: string, env: Record<string, string> = {}): Promise<number> {
   const host = lab.hosts.find((h) => h.name === name);
   if (!host) throw new LabError(`no host ${name} in the lab`);
   const logFd = openSync(path.join(lab.dir, 'hosts', name, 'agent.log'), 'a');
@@ -304,7 +304,7 @@ export async function startAgent(lab: LabRecord, name: string): Promise<number> 
     stdio: ['ignore', logFd, logFd],
     detached: true,
     cwd: PROJECT_ROOT,
-    env: { ...process.env, [FAULT_FILE_ENV]: faultFile(lab, name) },
+    env: { ...process.env, [FAULT_FILE_ENV]: faultFile(lab, name), ...env },
   });
   child.unref();
   host.pid = child.pid!;

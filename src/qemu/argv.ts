@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 /** The QEMU command line for a VM spec on this host. */
 import type { Accel, VmSpec } from './spec.ts';
-import { OVMF_CODE } from './firmware.ts';
+import { ovmfCode } from './firmware.ts';
 
 /** Where QEMU gets the TLS credentials of the migration stream (a directory with ca-cert.pem, server-/client-cert.pem, -key.pem). */
 export interface TlsCredentials {
@@ -71,7 +71,7 @@ export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
   ];
   if (boot.kind === 'kernel') argv.push('-kernel', boot.kernel, '-initrd', boot.initrd, '-append', boot.cmdline);
   // OVMF's code: read-only, the same file on every host (its contents migrate with the RAM).
-  if (flash) argv.push('-blockdev', JSON.stringify({ driver: 'raw', 'node-name': 'fw-code', 'read-only': true, file: { driver: 'file', filename: OVMF_CODE, 'read-only': true } }));
+  if (flash) argv.push('-blockdev', JSON.stringify({ driver: 'raw', 'node-name': 'fw-code', 'read-only': true, file: { driver: 'file', filename: ovmfCode(), 'read-only': true } }));
   const bootIndex = (first: boolean) => (boot.kind === 'firmware' ? `,bootindex=${first ? 1 : 2}` : '');
   let firstDisk = true;
   let tapIndex = 0;

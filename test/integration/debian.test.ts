@@ -109,6 +109,16 @@ describe('a real Debian guest with a Quake 3 server (3-host lab)', () => {
     await suite.probe.stopStream();
   });
 
+  it('freezes and thaws the guest\'s filesystems through the guest agent (for a consistent snapshot)', async () => {
+    const frozen = await cli('vm', 'fsfreeze', 'deb1', 'freeze');
+    assert.equal(frozen.code, 0, frozen.stderr);
+    assert.ok(Number(frozen.json.result) >= 1, `qemu-ga froze ${frozen.json.result} filesystems`);
+    assert.equal((await cli('vm', 'fsfreeze', 'deb1', 'status')).json.result, 'frozen');
+    const thawed = await cli('vm', 'fsfreeze', 'deb1', 'thaw');
+    assert.equal(thawed.code, 0, thawed.stderr);
+    assert.equal((await cli('vm', 'fsfreeze', 'deb1', 'status')).json.result, 'thawed');
+  });
+
   it('stops through the guest agent', async () => {
     const stopped = await cli('vm', 'stop', 'deb1');
     assert.equal(stopped.code, 0, stopped.stderr);

@@ -14,9 +14,12 @@ import { imageInfo } from '../../src/storage/qemu-img.ts';
 import { PROJECT_ROOT } from '../../src/qemu/guest-image.ts';
 import { run } from '../../src/util/exec.ts';
 import { agentLogs, useLab } from '../helpers/lab.ts';
+import { killAgent, startAgent } from '../../src/lab/lab.ts';
 import { ferry, ferryInteractive } from '../helpers/cli.ts';
 
 const ISO = path.join(PROJECT_ROOT, 'guest', 'out', 'ferry-guest.iso');
+/** guest/installer/build.sh: the Debian 12 installer's kernel and initrd as an ISO, console on the serial line. */
+const INSTALLER = path.join(PROJECT_ROOT, 'guest', 'out', 'debian-installer.iso');
 
 describe('images, firmware and cloud-init (3-host lab)', () => {
   const suite = useLab('img', []);
@@ -179,6 +182,44 @@ describe('images, firmware and cloud-init (3-host lab)', () => {
     assert.equal((await guestAnswers('c2')).boot, before.boot, 'the VM kept running where it was');
   });
 
+  it('a host without OVMF: a UEFI VM is neither created there nor moved there, with what to install said; nothing changes', async () => {
+    await killAgent(suite.lab, 'h3');
+    await startAgent(suite.lab, 'h3', { FERRY_OVMF_DIR: path.join(suite.dir, 'no-ovmf-here') });
+    try {
+      const created = await cli('vm', 'create', 'x3', '--image', 'fg', '--pool', 'shared', '--firmware', 'uefi', '--host', 'h3');
+      assert.notEqual(created.code, 0);
+      assert.match(created.stderr, /UEFI needs OVMF \(.*no-ovmf-here\/OVMF_CODE_4M\.fd\), which host 'h3' does not have; install it there with 'apt-get install ovmf', or use --firmware bios/);
+      assert.equal((await cli('vm', 'show', 'x3')).code === 0, false);
+      assert.ok(!(await cli('volume', 'list')).json.some((v: { name: string }) => v.name.startsWith('x3-')), 'no volume of the refused VM stays');
+      const before = await guestAnswers('l1');
+      const moved = await cli('vm', 'migrate', 'l1', '--to', 'h3');
+      assert.notEqual(moved.code, 0);
+      assert.match(`${moved.stderr}${moved.json?.error ?? ''}`, /UEFI needs OVMF .* which host 'h3' does not have/);
+      assert.equal((await cli('vm', 'show', 'l1')).json.owner, 'h2');
+      assert.equal((await guestAnswers('l1')).boot, before.boot, 'the VM kept running where it was');
+    } finally {
+      await killAgent(suite.lab, 'h3');
+      await startAgent(suite.lab, 'h3');
+    }
+  });
+
+  it('the Debian installer boots from a VM\'s CD-ROM through UEFI to its first screen, on the serial console', async () => {
+    const imported = await cli('image', 'import', 'd-i', INSTALLER, '--pool', 'shared');
+    assert.equal(imported.code, 0, imported.stderr);
+    assert.equal(imported.json.kind, 'iso');
+    const created = await cli('vm', 'create', 'inst1', '--cdrom', 'd-i', '--firmware', 'uefi', '--pool', 'shared', '--disk', '2G,storage=shared', '--memory', '384', '--host', 'h2');
+    assert.equal(created.code, 0, created.stderr);
+    assert.equal(created.json.ip, undefined, 'no seed, no address: the installer asks for its network itself');
+    const deadline = Date.now() + 180_000;
+    let log = '';
+    while (!/Select a language|Choose language/.test(log) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 2000));
+      log = (await cli('vm', 'console', 'inst1')).json.log;
+    }
+    assert.match(log, /Select a language|Choose language/, `the installer's first screen did not show; console: ${log.slice(-1500)}`);
+    assert.equal((await cli('vm', 'destroy', 'inst1')).code, 0);
+  });
+
   it('imports a libvirt domain: its disk uploaded, UEFI, its MAC and uuid kept; what cannot come over is listed; it boots', async () => {
     const xml = path.join(suite.dir, 'i1.xml');
     await writeFile(
@@ -217,7 +258,7 @@ describe('images, firmware and cloud-init (3-host lab)', () => {
       const deleted = await cli('volume', 'delete', v.name, '--pool', v.pool);
       assert.equal(deleted.code, 0, deleted.stderr);
     }
-    for (const image of ['fg', 'fg-iso', 'fg-local', 'fg-iso-local', 'i1-import-disk0']) {
+    for (const image of ['fg', 'fg-iso', 'fg-local', 'fg-iso-local', 'i1-import-disk0', 'd-i']) {
       const deleted = await cli('image', 'delete', image);
       assert.equal(deleted.code, 0, deleted.stderr);
     }

@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import { buildQemuArgv } from '../../src/qemu/argv.ts';
 import { InvalidVmSpecError } from '../../src/qemu/errors.ts';
 import { CDROM_ID } from '../../src/qemu/argv.ts';
-import { OVMF_CODE } from '../../src/qemu/firmware.ts';
+import { ovmfCode } from '../../src/qemu/firmware.ts';
 import { UEFI_VARS_BYTES, macFor, makeVmSpec, migrationIncompatibilities, type DiskSpec, type VmSpecInput } from '../../src/qemu/spec.ts';
 
 const boot = { kind: 'kernel' as const, kernel: '/img/vmlinuz', initrd: '/img/initrd.gz', cmdline: 'console=ttyS0' };
@@ -87,7 +87,7 @@ describe('QEMU command line', () => {
     const argv = buildQemuArgv(uefi, { ...runtime, taps: [], disks: [attach('disk0'), attach('disk1'), attach(CDROM_ID)] });
     const text = argv.join(' ');
     assert.match(text, /-machine type=q35,memory-backend=pc.ram,pflash0=fw-code,pflash1=disk1 /);
-    assert.ok(argv.includes(JSON.stringify({ driver: 'raw', 'node-name': 'fw-code', 'read-only': true, file: { driver: 'file', filename: OVMF_CODE, 'read-only': true } })));
+    assert.ok(argv.includes(JSON.stringify({ driver: 'raw', 'node-name': 'fw-code', 'read-only': true, file: { driver: 'file', filename: ovmfCode(), 'read-only': true } })));
     assert.match(text, /-device virtio-blk-pci,drive=disk0,id=disk0-dev,serial=disk0,bootindex=1/);
     assert.doesNotMatch(text, /drive=disk1/, 'the variable store is a flash chip, not a disk the guest sees');
     assert.match(text, /-device ide-cd,drive=cd0,bus=ide.0,id=cd0-dev,bootindex=2/);

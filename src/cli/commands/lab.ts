@@ -7,7 +7,7 @@ import path from 'node:path';
 import { Probe } from '../../lab/probe.ts';
 import { Cli } from '../context.ts';
 import { medianCell, mib, ms, table } from '../format.ts';
-import { migrateWithProbe, type MigrationSummary } from '../migrate.ts';
+import { migrateWithProbe, tourHosts, type MigrationSummary } from '../migrate.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
 import { quakeDemo } from '../quake-demo.ts';
 
@@ -99,9 +99,7 @@ async function labDemo(rounds: number, json: boolean): Promise<number> {
   const hasDisk = (vm.spec.disks ?? []).length > 0;
   try {
     const display = new ProgressDisplay();
-    let at = vm.owner;
-    for (let hop = 0; hop < rounds * hosts.length; hop++) {
-      const to = hosts[(hosts.indexOf(at) + 1) % hosts.length]!;
+    await tourHosts(hosts, vm.owner, rounds, async (to) => {
       const summary = await migrateWithProbe(cli, 'demo', to, { onProgress: json ? undefined : (from, p) => display.update(progressLine(`demo ${from}→${to}:`, p)) });
       display.clear();
       const verdict = await probe.memcheckVerify(vm.ip!);
@@ -113,9 +111,8 @@ async function labDemo(rounds: number, json: boolean): Promise<number> {
         disk: !disk ? '-' : diskBad === 0 ? `verified (${mib(summary.diskBytes)} copied)` : `${diskBad} BAD blocks`,
       });
       say(`${summary.from} → ${to}: ${summary.status}, total ${ms(summary.totalMs)}, QEMU downtime ${ms(summary.downtimeMs)}, client blackout ${ms(summary.blackoutMs)}`);
-      if (summary.status !== 'completed') break;
-      at = to;
-    }
+      return summary.status === 'completed';
+    });
   } finally {
     await probe.close();
   }
