@@ -187,16 +187,17 @@ export class LocalSource implements SourceSide {
     await qmp.execute('migrate-set-parameters', tlsObject ? { 'tls-creds': tlsObject, ...(destination.tlsHostname ? { 'tls-hostname': destination.tlsHostname } : {}) } : { 'tls-creds': '' });
     if (withMirrors) this.completeMirrorsAtPreSwitchover();
     const unwatch = this.watchStop();
-    // After a failed stream QEMU unregisters the migration's yank instance in a bottom half that may
-    // run after query-migrate already says 'failed'; a 'migrate' right then is refused with
-    // "duplicate yank instance" (seen once in CI, on a refused TLS peer followed at once by a new
-    // attempt). It is gone within milliseconds: ask again for up to 2 s.
+    // After a failed stream QEMU cleans up (unregisters the migration's yank instance, joins its
+    // thread) in a bottom half that may run after query-migrate already says 'failed'; a 'migrate'
+    // right then is refused with "duplicate yank instance" or "There's a migration process in
+    // progress" (each seen once on a loaded machine, on a refused TLS peer followed at once by a new
+    // attempt). The cleanup takes milliseconds: ask again for up to 2 s.
     for (let attempt = 1; ; attempt++) {
       try {
         await qmp.execute('migrate', { uri: destination.uri });
         return;
       } catch (err) {
-        if (!/duplicate yank instance/.test((err as Error).message) || attempt >= 20) {
+        if (!/duplicate yank instance|migration process in progress/.test((err as Error).message) || attempt >= 20) {
           unwatch(); // no stream, no end event to stop watching at
           throw err;
         }
