@@ -207,16 +207,19 @@ describe('images, firmware and cloud-init (3-host lab)', () => {
     const imported = await cli('image', 'import', 'd-i', INSTALLER, '--pool', 'shared');
     assert.equal(imported.code, 0, imported.stderr);
     assert.equal(imported.json.kind, 'iso');
-    const created = await cli('vm', 'create', 'inst1', '--cdrom', 'd-i', '--firmware', 'uefi', '--pool', 'shared', '--disk', '2G,storage=shared', '--memory', '384', '--host', 'h2');
+    // 512 MiB: the installer's initrd does not even unpack in 384 (measured); in 512 it runs in its low-memory mode.
+    const created = await cli('vm', 'create', 'inst1', '--cdrom', 'd-i', '--firmware', 'uefi', '--pool', 'shared', '--disk', '2G,storage=shared', '--memory', '512', '--host', 'h1');
     assert.equal(created.code, 0, created.stderr);
     assert.equal(created.json.ip, undefined, 'no seed, no address: the installer asks for its network itself');
     const deadline = Date.now() + 180_000;
     let log = '';
-    while (!/Select a language|Choose language/.test(log) && Date.now() < deadline) {
+    const firstScreen = /Select a language|Choose language|\[!!\] Low memory/;
+    while (!firstScreen.test(log) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 2000));
       log = (await cli('vm', 'console', 'inst1')).json.log;
     }
-    assert.match(log, /Select a language|Choose language/, `the installer's first screen did not show; console: ${log.slice(-1500)}`);
+    assert.match(log, firstScreen, `the installer's first screen did not show; console: ${log.slice(-1500)}`);
+    assert.match(log, /<Tab> moves; <Space> selects; <Enter> activates buttons/, 'the installer\'s dialog (newt) runs on the serial console');
     assert.equal((await cli('vm', 'destroy', 'inst1')).code, 0);
   });
 
