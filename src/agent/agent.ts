@@ -15,6 +15,7 @@ import { reconcile } from './reconcile.ts';
 import { fingerprintOf, RevocationList } from './revocation.ts';
 import { ReplicationManager } from './replication.ts';
 import { ConsoleRelay } from './console.ts';
+import { removeStaleImports } from './images.ts';
 import { routes } from './routes.ts';
 import { LocalRuntime } from './runtime.ts';
 import { serve } from './server.ts';
@@ -58,6 +59,7 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
 
   const stallWatch = watchEventLoop(log);
   await reconcile(ctx);
+  await removeStaleImports(ctx);
   ctx.replication.start();
   const membership = await keepMembership(ctx, store, mine);
   const servers = await serve(ctx, routes(ctx, new IncomingMigrations(ctx), cluster));

@@ -33,30 +33,55 @@ export class ConsoleRelay {
     if (!instance) throw new ConsoleRefusedError(404, `VM '${vm}' is not running on this host`);
     const open = this.sessions.get(vm);
     if (open && !force) throw new ConsoleRefusedError(409, `the console of '${vm}' is open already (by ${open.who} since ${open.since}); add --force to take it over`);
-    if (open) {
-      open.client.end('\r\n[ferry: another console session took over]\r\n');
-      open.client.destroy();
-    }
-    const serial = await new Promise<net.Socket>((resolve, reject) => {
-      const s = net.connect(instance.serialSocket);
-      s.once('connect', () => resolve(s));
-      s.once('error', (err) => reject(new ConsoleRefusedError(502, `the serial console of '${vm}' cannot be reached (${err.message}); a VM started by an older ferry has none: stop and start it`)));
-    });
+    // The slot is this client's from here on (a second attach in the meantime sees it taken).
     const session: Session = { client, who, since: new Date().toISOString() };
     this.sessions.set(vm, session);
+    if (open) {
+      open.client.end('\r\n[ferry: another console session took over]\r\n');
+      setTimeout(() => open.client.destroy(), 200).unref();
+    }
+    const release = () => {
+      if (this.sessions.get(vm) === session) this.sessions.delete(vm);
+    };
+    let serial: net.Socket;
+    try {
+      serial = await new Promise<net.Socket>((resolve, reject) => {
+        const s = net.connect(instance.serialSocket);
+        s.once('connect', () => resolve(s));
+        s.once('error', (err) => reject(new ConsoleRefusedError(502, `the serial console of '${vm}' cannot be reached (${err.message}); a VM started by an older ferry has none: stop and start it`)));
+      });
+    } catch (err) {
+      release();
+      throw err;
+    }
+    const close = () => {
+      release();
+      client.destroy();
+      serial.destroy();
+    };
+    if (client.destroyed) return close(); // it left while QEMU's socket was being reached
     this.log(`console of ${vm} opened by ${who}`);
     client.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: ferry-console\r\nConnection: Upgrade\r\n\r\n');
     if (head.length) serial.write(head);
     client.pipe(serial);
-    serial.pipe(client);
-    const close = () => {
-      if (this.sessions.get(vm) === session) this.sessions.delete(vm);
-      client.destroy();
-      serial.destroy();
-    };
-    client.once('close', close);
-    client.once('error', close);
-    serial.once('close', close);
-    serial.once('error', close);
+    // QEMU's serial port waits for its reader: a viewer that stops reading must not stall the guest's
+    // console writes, so output it cannot take (over 1 MiB queued) is dropped for it, and said so once.
+    let dropping = false;
+    serial.on('data', (chunk: Buffer) => {
+      if (client.writableLength > MAX_QUEUED_BYTES) {
+        if (!dropping) this.log(`console of ${vm}: ${who} does not keep up; dropping output for it`);
+        dropping = true;
+        return;
+      }
+      dropping = false;
+      client.write(chunk);
+    });
+    client.on('close', close);
+    client.on('error', close);
+    serial.on('close', close);
+    serial.on('error', close);
   }
 }
+
+/** Output queued for a slow console client before more is dropped. */
+const MAX_QUEUED_BYTES = 1024 * 1024;

@@ -6,7 +6,9 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm, statfs } from 'node:fs/promises';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
 import type { ImageRecord, StoredVolume } from '../cluster/model.ts';
@@ -50,6 +52,7 @@ export function imageRoutes(ctx: AgentContext): Route[] {
       handler: async ({ name }) => {
         const image = await ctx.state.image(name!);
         if (!image) throw new NotFoundError(`no image named '${name}'; see 'ferry image list'`);
+        if (image.state === 'importing') throw new RefusedError(`image '${name}' is being imported by ${image.importer ?? 'another host'}; wait for it to finish (an import cut off is removed when that agent starts again)`);
         const users = await imageUsers(ctx, name!);
         if (users.length) throw new RefusedError(`image '${name}' is in use by ${users.join(', ')}; destroy those VMs and delete their volumes first`);
         if (image.host && image.host !== ctx.node.name) throw new RefusedError(`image '${name}' is kept on host '${image.host}' (a local pool); send the request there`);
@@ -81,6 +84,7 @@ async function importImage(ctx: AgentContext, name: string, request: IncomingMes
   const bytes = Number(query.get('bytes'));
   const fileName = path.basename(query.get('file') ?? name);
   if (!NAME_PATTERN.test(name)) throw new RefusedError(`image name '${name}' ${NAME_RULE}`);
+  if (imageVolumeName(name).length > 63) throw new RefusedError(`image name '${name}' is too long: at most ${63 - imageVolumeName('').length} characters (its volume is '${imageVolumeName(name)}')`);
   if (!/^[0-9a-f]{64}$/.test(sha256)) throw new RefusedError('the upload must say its SHA-256 (sha256=, 64 hex digits)');
   if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new RefusedError('the upload must say its size (bytes=)');
   const driver = (await storageCatalog(ctx)).get(pool);
@@ -91,7 +95,7 @@ async function importImage(ctx: AgentContext, name: string, request: IncomingMes
 
   const record: ImageRecord = {
     name, kind: 'disk', state: 'importing', pool, volume: imageVolumeName(name), format: defaultFormat(driver.config), sourceFormat: 'unknown',
-    virtualBytes: 0, fileBytes: bytes, sha256, fileName, ...(driver.shared ? {} : { host: ctx.node.name }), importedAt: new Date().toISOString(), importedBy: caller.name,
+    virtualBytes: 0, fileBytes: bytes, sha256, fileName, ...(driver.shared ? {} : { host: ctx.node.name }), importer: ctx.node.name, importedAt: new Date().toISOString(), importedBy: caller.name,
   };
   if (!(await ctx.state.reserveImage(record))) {
     const existing = await ctx.state.image(name);
@@ -102,7 +106,10 @@ async function importImage(ctx: AgentContext, name: string, request: IncomingMes
   let volume: StoredVolume | undefined;
   try {
     await mkdir(uploads, { recursive: true, mode: 0o700 });
-    const received = await receive(request, part);
+    const room = await statfs(uploads);
+    if (room.bavail * room.bsize < bytes + 2 ** 30)
+      throw new RefusedError(`host '${ctx.node.name}' has ${Math.floor((room.bavail * room.bsize) / 2 ** 20)} MiB free in ${uploads} for the upload of ${Math.ceil(bytes / 2 ** 20)} MiB (and 1 GiB to spare); free space there`);
+    const received = await receive(request, part, bytes);
     if (received.bytes !== bytes) throw new RefusedError(`the upload ended after ${received.bytes} of ${bytes} bytes; nothing was imported, try again`);
     if (received.sha256 !== sha256) throw new RefusedError(`the file arrived with SHA-256 ${received.sha256}, not ${sha256} as sent; nothing was imported, try again`);
     const what = await inspectImageFile(part, `'${fileName}'`);
@@ -125,23 +132,40 @@ async function importImage(ctx: AgentContext, name: string, request: IncomingMes
   }
 }
 
-/** Writes the request body to `file`, hashing it on the way; a stalled upload is cut off. */
-async function receive(request: IncomingMessage, file: string): Promise<{ bytes: number; sha256: string }> {
+/** Writes the request body to `file`, hashing it on the way; a stalled upload is cut off, a longer one than announced too. */
+async function receive(request: IncomingMessage, file: string, announced: number): Promise<{ bytes: number; sha256: string }> {
   const hash = createHash('sha256');
-  const out = createWriteStream(file, { mode: 0o600 });
   let bytes = 0;
+  const count = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      bytes += chunk.length;
+      if (bytes > announced) return done(new RefusedError(`the upload sent more than the ${announced} bytes it announced; nothing was imported`));
+      hash.update(chunk);
+      done(null, chunk);
+    },
+  });
   request.setTimeout(UPLOAD_IDLE_MS, () => request.destroy(new ApiError(408, `the upload stalled (nothing for ${UPLOAD_IDLE_MS / 1000} s)`)));
   try {
-    for await (const chunk of request) {
-      hash.update(chunk as Buffer);
-      bytes += (chunk as Buffer).length;
-      if (!out.write(chunk)) await new Promise<void>((r) => out.once('drain', () => r()));
-    }
+    await pipeline(request, count, createWriteStream(file, { mode: 0o600 }));
   } finally {
     request.setTimeout(0);
-    await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
   }
   return { bytes, sha256: hash.digest('hex') };
+}
+
+/**
+ * At agent start: imports this host was doing when it stopped will never finish. Their records,
+ * volumes and partial uploads go (an image is ready, or it is not there).
+ */
+export async function removeStaleImports(ctx: AgentContext): Promise<void> {
+  await rm(path.join(ctx.node.stateDir, 'uploads'), { recursive: true, force: true });
+  for (const image of await ctx.state.images()) {
+    if (image.state !== 'importing' || image.importer !== ctx.node.name) continue;
+    const volume = await ctx.state.volume(image.pool, image.volume);
+    if (volume) await removeVolume(ctx, volume).catch((err: Error) => ctx.log(`warning: the volume of the unfinished import of '${image.name}' could not be removed: ${err.message}`));
+    await ctx.state.deleteImage(image.name);
+    ctx.log(`the import of image '${image.name}', cut off when this agent stopped, is removed`);
+  }
 }
 
 /** A disk made from an image (a boot disk, or an imported VM's other disks): which image, which pool, at least how big. */

@@ -7,6 +7,7 @@
  * or the replica it keeps of a replicated volume. The building block of the
  * HA manager; `ferry vm recover` for an admin until then.
  */
+import { requireUefi } from '../qemu/firmware.ts';
 import { stat } from 'node:fs/promises';
 import { ReplicatedDriver } from '../storage/replicated.ts';
 import { volumeOf } from '../storage/types.ts';
@@ -66,6 +67,7 @@ async function recoverVm(ctx: AgentContext, name: string, acceptDataLoss: boolea
       `'${name}' still writes to ${stillWriting.map((d) => `${d.pool}/${d.volume}`).join(', ')} from '${vm.owner}': its QEMU runs although its agent is gone; ` +
         `stop that QEMU on '${vm.owner}' first (two copies of the guest would write the same disk)`,
     );
+  if (vm.spec.boot.kind === 'firmware' && vm.spec.boot.firmware === 'uefi') requireUefi(node.name);
   const job = await state.newJob('recover', name, node.name);
   job.log.push(`${new Date().toISOString()} host '${vm.owner}' is gone (lease expired); recovering ${name} on ${node.name}`);
   try {

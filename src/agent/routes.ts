@@ -2,7 +2,8 @@
 import type { ClusterConfig } from './config.ts';
 import { checkToken, freeMemoryMiB, requireVm, type AgentContext } from './context.ts';
 import { ApiError, NotFoundError, RefusedError } from './errors.ts';
-import { GuestAgentUnavailableError, guestAgentCall, guestInfo } from '../qemu/guest-agent.ts';
+import { requireUefi } from '../qemu/firmware.ts';
+import { GuestAgentRefusedError, GuestAgentUnavailableError, guestAgentCall, guestInfo } from '../qemu/guest-agent.ts';
 import type { IncomingMigrations } from './incoming.ts';
 import type { IncomingRequest } from './remote-destination.ts';
 import type { Route } from './server.ts';
@@ -64,6 +65,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       return await call(instance.guestAgentSocket);
     } catch (err) {
       if (err instanceof GuestAgentUnavailableError) throw new ApiError(503, err.message);
+      if (err instanceof GuestAgentRefusedError) throw new ApiError(409, err.message);
       throw err;
     }
   };
@@ -115,7 +117,17 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         const action = String(body['action'] ?? '');
         const command = ({ freeze: 'guest-fsfreeze-freeze', thaw: 'guest-fsfreeze-thaw', status: 'guest-fsfreeze-status' } as Record<string, string>)[action];
         if (!command) throw new RefusedError(`fsfreeze action '${action}' must be freeze, thaw or status`);
-        const result = await askGuest(name!, (socket) => guestAgentCall<number | string>(socket, command, undefined, 10_000));
+        if (action !== 'status') await mine(name!, body['token']);
+        const result = await askGuest(name!, async (socket) => {
+          try {
+            return await guestAgentCall<number | string>(socket, command, undefined, 30_000);
+          } catch (err) {
+            // A freeze that did not answer in time may still have frozen the guest: say which it is now.
+            if (!(err instanceof GuestAgentUnavailableError) || action !== 'freeze') throw err;
+            const now = await guestAgentCall<string>(socket, 'guest-fsfreeze-status', undefined, 5_000).catch(() => 'unknown');
+            throw new GuestAgentUnavailableError(`${err.message}; the guest's filesystems are ${now} now${now === 'frozen' ? ` (thaw them with 'ferry vm fsfreeze ${name} thaw')` : ''}`);
+          }
+        });
         ctx.log(`${name}: guest filesystems ${action === 'status' ? `are ${result}` : `${action === 'freeze' ? 'frozen' : 'thawed'} (${result})`}`);
         return { action, result };
       },
@@ -127,6 +139,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       handler: async ({ name }, body) => {
         const vm = await mine(name!, body['token']);
         if (runtime.get(name!)) throw new RefusedError(`'${name}' is already running on ${node.name}`);
+        if (vm.spec.boot.kind === 'firmware' && vm.spec.boot.firmware === 'uefi') requireUefi(node.name);
         await ctx.replication.beforeStart(vm.spec);
         await runtime.start(vm.spec, (await storageCatalog(ctx)).attach(vm.spec));
         return { vm: await state.vm(name!) };

@@ -36,6 +36,9 @@ export interface LocalVmInfo {
   memoryMiB: number;
 }
 
+/** How much of a serial log `vm console --log` shows. */
+const CONSOLE_LOG_TAIL_BYTES = 256 * 1024;
+
 export class LocalRuntime {
   private readonly running = new Map<string, VmInstance>();
 
@@ -149,7 +152,9 @@ export class LocalRuntime {
 
   async consoleLog(name: string): Promise<string> {
     const vm = this.require(name);
-    return readFile(path.join(vm.dir, 'serial.log'), 'utf8').catch(() => '');
+    // The last 256 KiB: a real OS's console (and a full-screen installer) writes far more than a reader needs.
+    const log = await readFile(path.join(vm.dir, 'serial.log')).catch(() => Buffer.alloc(0));
+    return log.subarray(Math.max(0, log.length - CONSOLE_LOG_TAIL_BYTES)).toString('utf8');
   }
 
   async shutdownAll(): Promise<void> {

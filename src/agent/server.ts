@@ -68,6 +68,15 @@ async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> 
   }
 }
 
+/** A path segment, decoded; a malformed escape is the caller's mistake (400), not the agent's. */
+function decodeParam(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new ApiError(400, `'${segment}' in the path is not valid percent-encoding`);
+  }
+}
+
 function statusOf(err: unknown): number {
   if (err instanceof ApiError) return err.status;
   if (err instanceof MigrationRefusedError || err instanceof InvalidVmSpecError || err instanceof StorageError || err instanceof FirmwareMissingError) return 422;
@@ -105,7 +114,7 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
         const m = r.method === req.method ? r.regex.exec(url.pathname) : null;
         if (!m) continue;
         authorize(r.who, caller, `${r.method} ${r.pattern}`);
-        const params = Object.fromEntries(r.names.map((n, i) => [n, decodeURIComponent(m[i + 1]!)]));
+        const params = Object.fromEntries(r.names.map((n, i) => [n, decodeParam(m[i + 1]!)]));
         const t0 = performance.now();
         const answer = (r.stream ? await r.stream(params, req, caller, url.searchParams) : await r.handler(params, await readBody(req), caller)) ?? {};
         const ms = performance.now() - t0;
@@ -123,6 +132,8 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
   };
   // `ferry vm console`: the one route that becomes a byte stream (HTTP Upgrade), for admins only.
   const onUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    // Node takes its own error listener off an upgraded socket: a peer's reset must not become an uncaught error.
+    socket.on('error', () => socket.destroy());
     const refuse = (status: number, message: string) => {
       const body = JSON.stringify({ error: message });
       socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
@@ -134,7 +145,7 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
       const m = /^\/v1\/vms\/([^/]+)\/console$/.exec(url.pathname);
       if (!m || req.method !== 'GET' || req.headers.upgrade !== 'ferry-console') throw new NotFoundError(`no upgradable route ${req.method} ${url.pathname}`);
       authorize('admin', caller, 'GET /v1/vms/:name/console');
-      await ctx.consoles.attach(decodeURIComponent(m[1]!), socket, head, caller.name, url.searchParams.get('force') === '1');
+      await ctx.consoles.attach(decodeParam(m[1]!), socket, head, `${caller.name} (${req.socket.remoteAddress ?? 'local socket'})`, url.searchParams.get('force') === '1');
     } catch (err) {
       refuse(err instanceof ConsoleRefusedError || err instanceof ApiError ? err.status : 500, (err as Error).message);
     }

@@ -54,6 +54,8 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
   const firmware = firmwareRequest(body, pools);
   // A guest booted through firmware learns an address from its cloud-init seed only: without one (or with DHCP) ferry gives none.
   const ip = body['ip'] === undefined ? (firmware && (!firmware.cloudInit || firmware.cloudInit.dhcp) ? undefined : await allocateIp(ctx, cluster)) : await requestedIp(ctx, cluster, body['ip']);
+  if (body['ip'] !== undefined && firmware && (!firmware.cloudInit || firmware.cloudInit.dhcp))
+    throw new RefusedError('--ip reaches a guest booted through firmware only through its cloud-init seed; drop --no-cloud-init/--dhcp, or let the guest configure itself');
   const net = cluster.guestNetwork;
   const diskRequests = (body['disks'] as DiskRequest[] | undefined) ?? [];
   const diskcheck = body['diskcheckRate'] !== undefined ? { ratePerSec: Number(body['diskcheckRate']) } : undefined;
@@ -116,6 +118,9 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
     ...(firmware ? { guestAgent: true } : {}),
   });
   await requireRoom(ctx, node.name, memoryMiB, name);
+  // An imported VM keeps its uuid and MAC: two VMs with one MAC on a bridge would take each other's traffic.
+  const twin = (await state.vms()).find((v) => v.spec.uuid === uuid || v.spec.nics.some((n) => n.mac === mac));
+  if (twin) throw new RefusedError(`VM '${twin.spec.name}' has ${twin.spec.uuid === uuid ? `the uuid ${uuid}` : `the MAC ${mac}`} already; an imported VM must not run twice (destroy one, or import with another --name and without the old identity)`);
   if ((await state.vm(name)) !== undefined) throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
 
   // Volumes first (each refused if its pool is unreachable from here), so a VM record never names a missing disk.
@@ -202,7 +207,8 @@ function firmwareRequest(body: Record<string, unknown>, pools: StoragePoolConfig
   if (diskSizeBytes !== undefined && !image) throw new RefusedError('--disk-size sizes the boot disk made from --image; give data disks with --disk SIZE');
   const ci = body['cloudInit'];
   let cloudInit: FirmwareRequest['cloudInit'];
-  if (ci !== false && ci !== undefined && typeof ci === 'object') {
+  if (ci !== false && ci !== undefined && (typeof ci !== 'object' || ci === null)) throw new RefusedError('cloudInit must be an object or false');
+  if (ci !== false && ci !== undefined && typeof ci === 'object' && ci !== null) {
     const c = ci as Record<string, unknown>;
     cloudInit = {
       sshKeys: Array.isArray(c['sshKeys']) ? c['sshKeys'].map(String) : [],

@@ -40,12 +40,14 @@ export async function interactiveConsole(cli: Cli, name: string, options: { forc
     let force = options.force;
     for (;;) {
       current = await cli.agent(host).openConsole(name, force);
+      current.on('error', () => current?.destroy()); // a reset ends this stream like a close: the VM is looked for again
       force = false;
       note(`connected to the serial console of ${name} on ${host}; Ctrl-] leaves`);
       current.pipe(process.stdout, { end: false });
       await new Promise<void>((resolve) => current!.once('close', () => resolve()));
       if (leaving) return 0;
       const next = await findAgain(cli, name);
+      if (leaving) return 0; // Ctrl-] while the VM was looked for
       if (!next) {
         note(`the console of ${name} closed and the VM is not running (see 'ferry vm show ${name}')`);
         return 1;

@@ -66,6 +66,8 @@ export function planLibvirtImport(xml: string, rename?: string): LibvirtImportPl
   const memoryMiB = Math.round((Number(text(memory)) * UNIT_BYTES[unit]!) / 2 ** 20);
   if (domain['currentMemory'] && text(domain['currentMemory']) !== text(memory)) notCarried.push('currentMemory (a balloon target): the VM gets its full memory');
   const vcpus = Number(text(domain['vcpu']) || 1);
+  const current = attr(domain['vcpu'], 'current');
+  if (current && Number(current) !== vcpus) notCarried.push(`vCPU hotplug (${current} of ${vcpus} online): the VM starts with all ${vcpus}`);
   if (attr(domain['vcpu'], 'cpuset')) notCarried.push(`vCPU pinning (cpuset ${attr(domain['vcpu'], 'cpuset')}): ferry does not pin vCPUs`);
 
   let cpuModel: string | undefined;
@@ -75,6 +77,7 @@ export function planLibvirtImport(xml: string, rename?: string): LibvirtImportPl
   else if (mode === 'host-passthrough' || mode === 'host-model' || mode === 'maximum')
     notCarried.push(`CPU mode ${mode}: it ties a VM to one host's CPU, which ferry refuses for VMs that migrate; the VM gets the named model qemu64`);
   if (cpu?.['feature']) notCarried.push('CPU feature flags: the named model runs as QEMU defines it');
+  if (cpu?.['topology']) notCarried.push('the CPU topology (sockets, cores, threads): the vCPUs are sockets of one core each');
 
   const os = (domain['os'] ?? {}) as Node;
   const loader = os['loader'];
@@ -88,19 +91,29 @@ export function planLibvirtImport(xml: string, rename?: string): LibvirtImportPl
   const devices = (domain['devices'] ?? {}) as Node;
   const disks: ImportedDisk[] = [];
   let cdrom: string | undefined;
+  let cdromOrder: number | undefined;
   const bootOrder: { disk: ImportedDisk; order: number }[] = [];
   for (const disk of (devices['disk'] as Node[] | undefined) ?? []) {
     const device = attr(disk, 'device') ?? 'disk';
     const type = attr(disk, 'type') ?? 'file';
     const target = attr(disk['target'], 'dev') ?? '?';
     const source = attr(disk['source'], 'file');
+    if (!disk['source'] && (device === 'cdrom' || device === 'floppy')) {
+      notCarried.push(`the empty ${device} drive ${target}: ferry attaches a CD-ROM only with an ISO in it (--cdrom)`);
+      continue;
+    }
+    const bootElement = Array.isArray(disk['boot']) ? (disk['boot'] as Node[])[0] : disk['boot'];
+    const order = attr(bootElement, 'order');
     if (type !== 'file' || !source) {
       notCarried.push(`${device} ${target} (type ${type}${attr(disk['source'], 'protocol') ? `, ${attr(disk['source'], 'protocol')}` : ''}${attr(disk['source'], 'dev') ? ` ${attr(disk['source'], 'dev')}` : ''}): only disks in files are imported; copy it into a file (qemu-img convert) or add its storage as a ferry pool`);
       continue;
     }
     if (device === 'cdrom') {
       if (cdrom) notCarried.push(`CD-ROM ${target} (${source}): ferry attaches one CD-ROM`);
-      else cdrom = source;
+      else {
+        cdrom = source;
+        if (order !== undefined) cdromOrder = Number(order);
+      }
       continue;
     }
     if (device !== 'disk') {
@@ -111,12 +124,13 @@ export function planLibvirtImport(xml: string, rename?: string): LibvirtImportPl
     if (bus !== 'virtio') notCarried.push(`disk ${target} on ${bus}: it becomes a virtio-blk disk (the guest needs virtio drivers; Linux has them)`);
     const imported = { file: source, format: attr(disk['driver'], 'type') ?? 'raw', target };
     disks.push(imported);
-    const bootElement = Array.isArray(disk['boot']) ? (disk['boot'] as Node[])[0] : disk['boot'];
-    bootOrder.push({ disk: imported, order: Number(attr(bootElement, 'order') ?? disks.length + 100) });
+    bootOrder.push({ disk: imported, order: Number(order ?? disks.length + 100) });
   }
   bootOrder.sort((a, b) => a.order - b.order);
   const orderedDisks = bootOrder.map((b) => b.disk);
-  const boot: 'disk' | 'cdrom' = (bootDevs[0] === 'cdrom' || !orderedDisks.length) && cdrom ? 'cdrom' : 'disk';
+  // Per-device <boot order> wins over <os><boot dev>, as in libvirt.
+  const cdromFirst = cdromOrder !== undefined ? cdromOrder < (bootOrder[0]?.order ?? Infinity) : bootDevs[0] === 'cdrom';
+  const boot: 'disk' | 'cdrom' = (cdromFirst || !orderedDisks.length) && cdrom ? 'cdrom' : 'disk';
   if (!orderedDisks.length && !cdrom) throw new LibvirtXmlError('the domain has no disk in a file and no CD-ROM: nothing to boot from');
 
   const macs: string[] = [];

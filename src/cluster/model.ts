@@ -105,6 +105,8 @@ export interface ImageRecord {
   fileName: string;
   /** Local pools: the host that keeps it. */
   host?: string;
+  /** The host that received the upload (it removes an import it could not finish when it starts again). */
+  importer?: string;
   importedAt: string;
   /** Who imported it (the certificate's name). */
   importedBy: string;

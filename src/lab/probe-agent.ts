@@ -218,7 +218,10 @@ function quake3Query(host: string, port: number, command: string, timeoutMs: num
     const send = () => socket.send(oobPacket(command), port, host);
     const resend = setInterval(send, 1000);
     const timer = setTimeout(() => finish(new Error(`no Quake 3 answer from ${host}:${port} to '${command}' within ${timeoutMs} ms`)), timeoutMs);
+    let finished = false;
     const finish = (result: Quake3Reply | Error) => {
+      if (finished) return;
+      finished = true;
       clearInterval(resend);
       clearTimeout(timer);
       socket.close();

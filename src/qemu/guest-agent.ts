@@ -12,6 +12,11 @@ export class GuestAgentUnavailableError extends Error {
   override name = 'GuestAgentUnavailableError';
 }
 
+/** The guest agent answered, and refused (thawing filesystems that are not frozen, say). */
+export class GuestAgentRefusedError extends Error {
+  override name = 'GuestAgentRefusedError';
+}
+
 export interface GuestInterface {
   name: string;
   mac?: string;
@@ -65,7 +70,7 @@ export async function guestAgentCall<T>(socketPath: string, command: string, arg
             continue;
           }
           clearTimeout(timer);
-          if (reply.error) reject(new Error(`guest agent: ${command} failed: ${reply.error.desc ?? 'no reason given'}`));
+          if (reply.error) reject(new GuestAgentRefusedError(`the guest agent refused ${command}: ${reply.error.desc ?? 'no reason given'}`));
           else resolve(reply.return as T);
           return;
         }

@@ -27,10 +27,16 @@ export class NotAnImageError extends StorageError {
   }
 }
 
+/**
+ * qemu-img reads untrusted bytes here: it runs with 1 GiB of address space and 30 s of CPU at most
+ * (as OpenStack does for uploaded images), so a crafted header cannot exhaust the host.
+ */
+const QEMU_IMG_LIMITS = ['--as=1073741824', '--cpu=30'];
+
 export async function inspectImageFile(file: string, what: string): Promise<InspectedImage> {
   let info: Record<string, unknown>;
   try {
-    info = JSON.parse(await run('qemu-img', ['info', '--output=json', file])) as Record<string, unknown>;
+    info = JSON.parse(await run('prlimit', [...QEMU_IMG_LIMITS, 'qemu-img', 'info', '--output=json', file], { timeoutMs: 60_000 })) as Record<string, unknown>;
   } catch (err) {
     throw new NotAnImageError(what, `qemu-img cannot read it (${(err as Error).message.split('\n')[0]})`);
   }
@@ -40,6 +46,11 @@ export async function inspectImageFile(file: string, what: string): Promise<Insp
     throw new NotAnImageError(what, `qemu-img reads it as '${format}'; ferry imports ${IMPORTABLE_FORMATS.join(', ')} and ISO 9660`);
   if (info['backing-filename'])
     throw new NotAnImageError(what, `it is an overlay on '${String(info['backing-filename'])}'; flatten it first ('qemu-img convert -O qcow2 IN OUT')`);
+  // An image must hold its own bytes: a qcow2 external data file or a VMDK extent elsewhere would make
+  // the import copy some other file of the host (a key, say) into the volume.
+  const outside = externalFiles(info, file);
+  if (outside.length)
+    throw new NotAnImageError(what, `it refers to data outside itself (${outside.join(', ')}); make it self-contained first ('qemu-img convert -O qcow2 IN OUT')`);
   if (format !== 'raw') return { kind: 'disk', format: format as ImportableFormat, virtualBytes };
   // qemu-img calls every file it cannot place "raw": look at the bytes.
   const head = Buffer.alloc(32 * 1024 + 8);
@@ -50,4 +61,14 @@ export async function inspectImageFile(file: string, what: string): Promise<Insp
   const gpt = bytesRead >= 520 && head.toString('latin1', 512, 520) === 'EFI PART';
   if (mbr || gpt) return { kind: 'disk', format: 'raw', virtualBytes };
   throw new NotAnImageError(what, 'it has no partition table (MBR or GPT) and no ISO 9660 volume descriptor');
+}
+
+/** Files an image would read besides itself (qcow2 data-file, VMDK extents, any child but its own file). */
+function externalFiles(info: Record<string, unknown>, file: string): string[] {
+  const found: string[] = [];
+  const specific = (info['format-specific'] as { data?: Record<string, unknown> } | undefined)?.data ?? {};
+  if (specific['data-file']) found.push(`data file ${String(specific['data-file'])}`);
+  for (const extent of (specific['extents'] as { filename?: string }[] | undefined) ?? []) if (extent.filename && extent.filename !== file) found.push(`extent ${extent.filename}`);
+  for (const child of (info['children'] as { name?: string }[] | undefined) ?? []) if (child.name !== 'file' && !found.length) found.push(`child '${child.name}'`);
+  return found;
 }

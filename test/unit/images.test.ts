@@ -41,6 +41,17 @@ describe('image inspection', () => {
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
     await assert.rejects(inspectImageFile(top, "'top.qcow2'"), /is an overlay on .*base\.qcow2'; flatten it first/);
   });
+
+  it('refuses an image that would read another file of the host: a qcow2 data file, a VMDK extent', async () => {
+    const secret = path.join(dir, 'key.pem');
+    await writeFile(secret, 'PRIVATE KEY\n'.repeat(100_000));
+    const qcow2 = path.join(dir, 'external.qcow2');
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `data_file=${secret},data_file_raw=on`, qcow2, '1M']);
+    await assert.rejects(inspectImageFile(qcow2, "'external.qcow2'"), /refers to data outside itself \(data file .*key\.pem\)/);
+    const vmdk = path.join(dir, 'descriptor.vmdk');
+    await writeFile(vmdk, `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 2048 FLAT "${secret}" 0\n`);
+    await assert.rejects(inspectImageFile(vmdk, "'descriptor.vmdk'"), /refers to data outside itself \(extent .*key\.pem\)/);
+  });
 });
 
 describe('cloud-init NoCloud seed', () => {

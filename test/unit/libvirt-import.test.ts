@@ -102,6 +102,16 @@ describe('libvirt domain import', () => {
     assert.ok(plan.notCarried.some((l) => /machine type pc-i440fx-7\.2 \(i440FX\): ferry runs q35/.test(l)));
   });
 
+  it('boots the CD-ROM when its own <boot order> comes first, and says an empty drive is left out', () => {
+    const xml = DOMAIN.replace("<readonly/>", "<readonly/><boot order='0'/>").replace(
+      '</devices>',
+      "<disk type='file' device='cdrom'><target dev='sdc' bus='sata'/></disk></devices>",
+    );
+    const plan = planLibvirtImport(xml);
+    assert.equal(plan.boot, 'cdrom');
+    assert.ok(plan.notCarried.some((l) => /^the empty cdrom drive sdc: ferry attaches a CD-ROM only with an ISO in it/.test(l)), plan.notCarried.join('\n'));
+  });
+
   it('refuses what it cannot read, saying why', () => {
     assert.throws(() => planLibvirtImport('<vm/>'), (e: unknown) => e instanceof LibvirtXmlError && /no <domain> element/.test(e.message));
     assert.throws(() => planLibvirtImport(DOMAIN.replace('<name>web01</name>', '<name>Web_01</name>')), /'Web_01', which is not a ferry VM name .* give one with --name/);

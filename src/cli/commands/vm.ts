@@ -133,7 +133,8 @@ export const vmCommand: Command = {
             ...(values.boot ? { boot: values.boot } : {}),
             ...(cloudInit !== undefined ? { cloudInit } : {}),
           },
-          180_000,
+          // Making a disk from an image copies it in pools without overlays: as long as that copy takes.
+          values.image || values.cdrom ? 30 * 60_000 : 180_000,
         );
         const booting = vm.spec.boot.kind === 'firmware' ? `booting from ${vm.spec.boot.order} through ${vm.spec.boot.firmware === 'uefi' ? 'UEFI' : 'SeaBIOS'}` : 'it is running';
         return out(`created ${name} on ${vm.owner} (${vm.spec.memoryMiB} MiB, address ${vm.ip ?? (cloudInit && (cloudInit as { dhcp?: boolean }).dhcp ? 'by DHCP' : 'none')}); ${booting}`, vm);
@@ -164,7 +165,7 @@ export const vmCommand: Command = {
       case 'fsfreeze': {
         const action = positionals[2] ?? 'status';
         const vm = await cli.vm(name!);
-        const result = await cli.agent(vm.owner).call<{ action: string; result: number | string }>('POST', `/v1/vms/${name}/guest/fsfreeze`, { action }, 30_000);
+        const result = await cli.agent(vm.owner).call<{ action: string; result: number | string }>('POST', `/v1/vms/${name}/guest/fsfreeze`, { action, token: vm.token }, 60_000);
         return out(
           action === 'status' ? `${name}: filesystems ${result.result}` : `${name}: ${result.result} filesystem(s) ${action === 'freeze' ? 'frozen; thaw them with ferry vm fsfreeze ' + name + ' thaw' : 'thawed'}`,
           result,
@@ -246,13 +247,20 @@ async function importLibvirt(cli: Cli, values: { 'libvirt-xml'?: string; name?: 
   const host = values.host ?? cli.context.agents[0]?.name;
   if (!host) throw new UsageError('the cluster has no hosts');
   const images: string[] = [];
-  for (const [i, disk] of plan.disks.entries()) {
-    const image = await uploadImage(cli, host, `${plan.name}-import-disk${i}`, disk.file, values.pool);
-    say(`  uploaded ${disk.file} as image ${image.name}`);
-    images.push(image.name);
-  }
-  const cdrom = plan.cdrom ? (await uploadImage(cli, host, `${plan.name}-import-cdrom`, plan.cdrom, values.pool)).name : undefined;
-  const { vm } = await cli.agent(host).call<{ vm: OwnedVm }>(
+  // An import that fails half-way removes the images it uploaded: it can be run again as it was.
+  const removeUploaded = async () => {
+    for (const image of images) await cli.agent(host).call('DELETE', `/v1/images/${image}`, {}, 120_000).catch(() => undefined);
+  };
+  let cdrom: string | undefined;
+  let vm: OwnedVm;
+  try {
+    for (const [i, disk] of plan.disks.entries()) {
+      const image = await uploadImage(cli, host, `${plan.name}-import-disk${i}`, disk.file, values.pool);
+      say(`  uploaded ${disk.file} as image ${image.name}`);
+      images.push(image.name);
+    }
+    if (plan.cdrom) images.push((cdrom = (await uploadImage(cli, host, `${plan.name}-import-cdrom`, plan.cdrom, values.pool)).name));
+    ({ vm } = await cli.agent(host).call<{ vm: OwnedVm }>(
     'POST',
     '/v1/vms',
     {
@@ -262,8 +270,12 @@ async function importLibvirt(cli: Cli, values: { 'libvirt-xml'?: string; name?: 
       ...(images.length > 1 ? { disks: images.slice(1).map((image) => ({ pool: values.pool, image, sizeBytes: 0 })) } : {}),
       ...(cdrom ? { cdrom } : {}),
     },
-    300_000,
-  );
+    30 * 60_000,
+  ));
+  } catch (err) {
+    await removeUploaded();
+    throw err;
+  }
   say(`imported ${plan.name} on ${vm.owner}; it is booting (ferry vm console ${plan.name})`);
   if (json) console.log(JSON.stringify({ plan, vm }, null, 2));
   return 0;
