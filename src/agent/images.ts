@@ -40,9 +40,6 @@ export function imageRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/images/:name',
       who: 'admin',
-      handler: async () => {
-        throw new ApiError(400, 'an image is uploaded as the request body (application/octet-stream), not as JSON');
-      },
       stream: async ({ name }, request, caller, query) => ({ image: await importImage(ctx, name!, request, caller, query) }),
     },
     {
@@ -50,6 +47,7 @@ export function imageRoutes(ctx: AgentContext): Route[] {
       pattern: '/v1/images/:name',
       who: 'admin',
       handler: async ({ name }) => {
+        if (!NAME_PATTERN.test(name!)) throw new RefusedError(`image name '${name}' ${NAME_RULE}`);
         const image = await ctx.state.image(name!);
         if (!image) throw new NotFoundError(`no image named '${name}'; see 'ferry image list'`);
         if (image.state === 'importing') throw new RefusedError(`image '${name}' is being imported by ${image.importer ?? 'another host'}; wait for it to finish (an import cut off is removed when that agent starts again)`);
@@ -125,7 +123,6 @@ async function importImage(ctx: AgentContext, name: string, request: IncomingMes
   } catch (err) {
     if (volume) await removeVolume(ctx, volume).catch(() => undefined);
     await ctx.state.deleteImage(name);
-    request.resume(); // an early refusal: let the rest of the body drain so the answer reaches the client
     throw err;
   } finally {
     await rm(part, { force: true });
@@ -187,18 +184,12 @@ export async function readyImage(ctx: AgentContext, name: string, kind: 'disk' |
   return image;
 }
 
-/** A made volume and the disk spec entry that names it. */
-export interface MadeVolume {
-  volume: StoredVolume;
-  disk: DiskSpec;
-}
-
 /**
  * A disk from an image (the boot disk): on a shared-dir pool an overlay whose backing file is the image's volume (it takes
  * no time and no room; every host opens both by the same relative name), elsewhere a full copy (a
  * local disk must be copyable alone in a migration, and block backends have no backing files).
  */
-export async function makeDiskFromImage(ctx: AgentContext, vm: string, id: string, request: ImageDiskRequest, made: StoredVolume[]): Promise<MadeVolume> {
+export async function makeDiskFromImage(ctx: AgentContext, vm: string, id: string, request: ImageDiskRequest, made: StoredVolume[]): Promise<DiskSpec> {
   const image = await readyImage(ctx, request.image, 'disk');
   const driver = (await storageCatalog(ctx)).get(request.pool);
   if (driver.config.type === 'replicated') throw new RefusedError(`a boot disk from an image cannot go on replicated pool '${request.pool}' yet; use a shared or local pool`);
@@ -216,21 +207,21 @@ export async function makeDiskFromImage(ctx: AgentContext, vm: string, id: strin
   made.push(volume);
   if (!overlay) await convertInto(jsonFilename(imageDriver.blockdev(imageVolume)), image.format, jsonFilename(driver.blockdev(volume)), format);
   ctx.log(`${vm}: disk ${request.pool}/${volume.name} ${overlay ? 'is an overlay on' : 'copied from'} image ${image.name}`);
-  return { volume, disk: diskOf(volume, id, { image: image.name }) };
+  return diskOf(volume, id, { image: image.name });
 }
 
 /** The UEFI variable store: a copy of OVMF's empty template, the VM's own from then on. */
-export async function makeUefiVars(ctx: AgentContext, vm: string, id: string, pool: string, made: StoredVolume[]): Promise<MadeVolume> {
+export async function makeUefiVars(ctx: AgentContext, vm: string, id: string, pool: string, made: StoredVolume[]): Promise<DiskSpec> {
   requireUefi(ctx.node.name);
   const driver = (await storageCatalog(ctx)).get(pool);
   const volume = await createVolume(ctx, { pool, name: `${vm}-vars`, format: 'raw', sizeBytes: UEFI_VARS_BYTES, vm });
   made.push(volume);
   await fill(driver, volume, ovmfVarsTemplate());
-  return { volume, disk: diskOf(volume, id, { bus: 'pflash' }) };
+  return diskOf(volume, id, { bus: 'pflash' });
 }
 
 /** The cloud-init seed, built here and copied into a volume of the VM's pool. */
-export async function makeSeed(ctx: AgentContext, vm: string, id: string, pool: string, config: CloudInitConfig, made: StoredVolume[]): Promise<MadeVolume> {
+export async function makeSeed(ctx: AgentContext, vm: string, id: string, pool: string, config: CloudInitConfig, made: StoredVolume[]): Promise<DiskSpec> {
   const driver = (await storageCatalog(ctx)).get(pool);
   const dir = path.join(ctx.node.stateDir, 'uploads');
   await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -240,7 +231,7 @@ export async function makeSeed(ctx: AgentContext, vm: string, id: string, pool: 
     const volume = await createVolume(ctx, { pool, name: `${vm}-seed`, format: 'raw', sizeBytes: SEED_BYTES, vm });
     made.push(volume);
     await fill(driver, volume, file);
-    return { volume, disk: diskOf(volume, id, {}) };
+    return diskOf(volume, id, {});
   } finally {
     await rm(file, { force: true });
   }

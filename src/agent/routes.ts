@@ -6,7 +6,7 @@ import { requireUefi } from '../qemu/firmware.ts';
 import { GuestAgentRefusedError, GuestAgentUnavailableError, guestAgentCall, guestInfo } from '../qemu/guest-agent.ts';
 import type { IncomingMigrations } from './incoming.ts';
 import type { IncomingRequest } from './remote-destination.ts';
-import type { Route } from './server.ts';
+import type { JsonRoute, Route } from './server.ts';
 import { dryRun, type HistoryChoice } from './predict.ts';
 import { migrationParams } from './validate.ts';
 import { removeHost } from './membership.ts';
@@ -26,7 +26,7 @@ import { storageCatalog } from './context.ts';
  * migration's source host — its certificate, not the request, says which. An id that is gone
  * already reaches the handler, which says so (or, for abort, does nothing).
  */
-function sourceOnly(incoming: IncomingMigrations, routes: Omit<Route, 'who'>[]): Route[] {
+function sourceOnly(incoming: IncomingMigrations, routes: Omit<JsonRoute, 'who'>[]): Route[] {
   return routes.map((r) => ({
     ...r,
     who: 'host',

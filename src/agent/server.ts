@@ -23,15 +23,26 @@ export type Handler = (params: Record<string, string>, body: Record<string, unkn
 /** A route that reads its body itself (an image upload: a stream of bytes, not JSON); the query carries its parameters. */
 export type StreamHandler = (params: Record<string, string>, request: IncomingMessage, caller: Caller, query: URLSearchParams) => Promise<unknown>;
 
-export interface Route {
+interface RouteBase {
   method: 'GET' | 'POST' | 'DELETE';
   pattern: string;
   /** Which roles may call it (authz.ts); checked before the handler runs. */
   who: Access;
-  handler: Handler;
-  /** Set instead of a JSON body: the handler gets the request stream. */
-  stream?: StreamHandler;
 }
+
+/** A route with a JSON body (read and bounded by the server). */
+export interface JsonRoute extends RouteBase {
+  handler: Handler;
+  stream?: never;
+}
+
+/** A route that reads its own body. */
+export interface StreamRoute extends RouteBase {
+  stream: StreamHandler;
+  handler?: never;
+}
+
+export type Route = JsonRoute | StreamRoute;
 
 function compile(routes: Route[]) {
   return routes.map((r) => {
@@ -125,6 +136,8 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
       }
       throw new NotFoundError(`no route ${req.method} ${url.pathname}`);
     } catch (err) {
+      // A body refused before it was read (an upload whose name is taken) drains, so the answer reaches the client.
+      if (!req.readableEnded) req.resume();
       const status = statusOf(err);
       if (status >= 500) ctx.log(`error in ${req.method} ${req.url}: ${(err as Error).stack}`);
       send(status, { error: (err as Error).message, kind: (err as Error).name });

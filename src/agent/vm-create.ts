@@ -9,16 +9,16 @@
 import crypto from 'node:crypto';
 import type { OwnedVm, StoredVolume } from '../cluster/model.ts';
 import { newestCommonMachineType } from '../cluster/compatibility.ts';
-import type { CloudInitConfig } from '../qemu/cloud-init.ts';
-import { validateCloudInit } from '../qemu/cloud-init.ts';
+import { SEED_BYTES, validateCloudInit, type CloudInitConfig } from '../qemu/cloud-init.ts';
 import { requireUefi } from '../qemu/firmware.ts';
 import { guestBoot, guestImage } from '../qemu/guest-image.ts';
-import { macFor, makeVmSpec, type BootSpec, type CdromSpec, type DiskSpec, type VolumeFormat } from '../qemu/spec.ts';
+import { UEFI_VARS_BYTES, macFor, makeVmSpec, type BootSpec, type CdromSpec, type DiskSpec, type VolumeFormat } from '../qemu/spec.ts';
 import { defaultFormat, type StoragePoolConfig } from '../storage/types.ts';
 import type { ClusterConfig } from './config.ts';
 import { requireRoom, storageCatalog, type AgentContext } from './context.ts';
 import { RefusedError } from './errors.ts';
-import { makeDiskFromImage, makeSeed, makeUefiVars, readyImage, type MadeVolume } from './images.ts';
+import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
+import { makeDiskFromImage, makeSeed, makeUefiVars, readyImage } from './images.ts';
 import { createVolume, removeVolume } from './storage-routes.ts';
 
 interface DiskRequest {
@@ -53,9 +53,10 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
   const pools = await state.pools();
   const firmware = firmwareRequest(body, pools);
   // A guest booted through firmware learns an address from its cloud-init seed only: without one (or with DHCP) ferry gives none.
-  const ip = body['ip'] === undefined ? (firmware && (!firmware.cloudInit || firmware.cloudInit.dhcp) ? undefined : await allocateIp(ctx, cluster)) : await requestedIp(ctx, cluster, body['ip']);
-  if (body['ip'] !== undefined && firmware && (!firmware.cloudInit || firmware.cloudInit.dhcp))
+  const noAddress = firmware !== undefined && (!firmware.cloudInit || firmware.cloudInit.dhcp);
+  if (body['ip'] !== undefined && noAddress)
     throw new RefusedError('--ip reaches a guest booted through firmware only through its cloud-init seed; drop --no-cloud-init/--dhcp, or let the guest configure itself');
+  const ip = body['ip'] !== undefined ? await requestedIp(ctx, cluster, body['ip']) : noAddress ? undefined : await allocateIp(ctx, cluster);
   const net = cluster.guestNetwork;
   const diskRequests = (body['disks'] as DiskRequest[] | undefined) ?? [];
   const diskcheck = body['diskcheckRate'] !== undefined ? { ratePerSec: Number(body['diskcheckRate']) } : undefined;
@@ -110,8 +111,8 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
     disks: [
       ...(firmware?.image ? [placeholder('disk0', 1024 * 1024)] : []),
       ...dataDisks,
-      ...(seedId ? [placeholder(seedId, 1024 * 1024)] : []),
-      ...(varsId ? [placeholder(varsId, 540_672, { bus: 'pflash' })] : []),
+      ...(seedId ? [placeholder(seedId, SEED_BYTES)] : []),
+      ...(varsId ? [placeholder(varsId, UEFI_VARS_BYTES, { bus: 'pflash' })] : []),
     ],
     ...(cdrom ? { cdrom } : {}),
     // Any OS may run qemu-ga: the channel costs nothing when nobody answers on it.
@@ -131,13 +132,13 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
     const disks: DiskSpec[] = [];
     if (firmware?.image) {
       step(`making the boot disk from image ${firmware.image}`);
-      disks.push((await makeDiskFromImage(ctx, name, 'disk0', { image: firmware.image, pool: firmware.pool, ...(firmware.diskSizeBytes ? { sizeBytes: firmware.diskSizeBytes } : {}) }, made)).disk);
+      disks.push(await makeDiskFromImage(ctx, name, 'disk0', { image: firmware.image, pool: firmware.pool, ...(firmware.diskSizeBytes ? { sizeBytes: firmware.diskSizeBytes } : {}) }, made));
     }
     for (const [i, disk] of dataDisks.entries()) {
       const fromImage = diskRequests[i]?.image;
       if (fromImage) {
         step(`making ${disk.id} from image ${fromImage}`);
-        disks.push((await makeDiskFromImage(ctx, name, disk.id, { image: fromImage, pool: disk.pool, ...(diskRequests[i]!.sizeBytes ? { sizeBytes: diskRequests[i]!.sizeBytes } : {}) }, made)).disk);
+        disks.push(await makeDiskFromImage(ctx, name, disk.id, { image: fromImage, pool: disk.pool, ...(diskRequests[i]!.sizeBytes ? { sizeBytes: diskRequests[i]!.sizeBytes } : {}) }, made));
         continue;
       }
       const peer = diskRequests[i]?.peer;
@@ -146,16 +147,15 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
       // Where a driver placed a volume (an iSCSI LUN, the replica hosts) is part of how every host opens it.
       disks.push({ ...disk, ...(volume.location ? { location: volume.location } : {}), ...(volume.replicas ? { replicas: volume.replicas } : {}) });
     }
-    const extra: MadeVolume[] = [];
     if (seedId && cloudInit) {
       step('writing the cloud-init seed');
-      extra.push(await makeSeed(ctx, name, seedId, firmware!.pool, cloudInit, made));
+      disks.push(await makeSeed(ctx, name, seedId, firmware!.pool, cloudInit, made));
     }
     if (varsId) {
       step('making the UEFI variable store');
-      extra.push(await makeUefiVars(ctx, name, varsId, firmware!.pool, made));
+      disks.push(await makeUefiVars(ctx, name, varsId, firmware!.pool, made));
     }
-    spec.disks = [...disks, ...extra.map((e) => e.disk)];
+    spec.disks = disks;
     makeVmSpec(spec); // the real volumes, checked again
     const token = await state.createVm({ spec, owner: node.name, desired: 'running', ...(ip ? { ip } : {}) });
     if (token === undefined) {
@@ -187,6 +187,8 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
 function firmwareRequest(body: Record<string, unknown>, pools: StoragePoolConfig[]): FirmwareRequest | undefined {
   const image = body['image'] === undefined ? undefined : String(body['image']);
   const cdrom = body['cdrom'] === undefined ? undefined : String(body['cdrom']);
+  for (const [flag, value] of [['--image', image], ['--cdrom', cdrom]] as const)
+    if (value !== undefined && !NAME_PATTERN.test(value)) throw new RefusedError(`${flag} ${value}: an image name ${NAME_RULE}; see 'ferry image list'`);
   const bootAsked = body['boot'] === undefined ? undefined : String(body['boot']);
   const boot = bootAsked ?? (image ? 'disk' : cdrom ? 'cdrom' : 'kernel');
   if (!['kernel', 'disk', 'cdrom'].includes(boot)) throw new RefusedError(`--boot ${boot}: must be disk, cdrom or kernel`);

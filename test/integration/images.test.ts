@@ -129,6 +129,8 @@ describe('images, firmware and cloud-init (3-host lab)', () => {
       assert.equal(now.boot, first.boot, 'the guest was migrated, not rebooted');
       assert.ok(now.tick > last.tick);
       last = now;
+      const memory = await suite.probe.memcheckVerify(now.ip);
+      assert.deepEqual([memory.pages, memory.mismatches], [16 * 256, 0], 'the guest\'s 16 MiB memcheck area verifies after the hop');
       t.diagnostic(`u1 -> ${to}: total ${result.totalMs} ms, downtime ${result.downtimeMs} ms`);
     }
     // The console followed the VM to h3.
@@ -154,6 +156,8 @@ describe('images, firmware and cloud-init (3-host lab)', () => {
     t.diagnostic(`l1 h1 -> h2: total ${result.totalMs} ms, downtime ${result.downtimeMs} ms, disks ${(result.diskBytes / 2 ** 20).toFixed(1)} MiB`);
     const moved = await guestAnswers('l1');
     assert.equal(moved.boot, first.boot);
+    const memory = await suite.probe.memcheckVerify(moved.ip);
+    assert.deepEqual([memory.pages, memory.mismatches], [16 * 256, 0], 'the guest\'s memory verifies after the hop');
     // The copies are whole: OVMF boots from them on h2, and its variables are there.
     assert.equal((await cli('vm', 'stop', 'l1', '--force')).code, 0);
     const started = await cli('vm', 'start', 'l1');
