@@ -8,6 +8,7 @@ import { ClusterState, KEYS, type HostRecord } from '../cluster/model.ts';
 import { CERTIFICATE_WARNING_DAYS, loadIdentity } from '../cluster/pki.ts';
 import { LeaseExpiredError, type Store } from '../cluster/store/types.ts';
 import { BridgeTapAttacher } from '../net/tap.ts';
+import { resolvePlacement } from './networks.ts';
 import { loadClusterConfig, openStore, type ClusterConfig, type NodeConfig } from './config.ts';
 import type { AgentContext } from './context.ts';
 import { IncomingMigrations } from './incoming.ts';
@@ -40,7 +41,8 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   const identity = await loadIdentity(node.certDir);
   const store = openStore(cluster.store, identity);
   const log = (line: string) => console.log(`${new Date().toISOString()} ${node.name}: ${line}`);
-  const runtime = new LocalRuntime(node.stateDir, node.runDir, new BridgeTapAttacher(node.netns), log);
+  const attacher = new BridgeTapAttacher(node.netns, (nic) => resolvePlacement(ctx, nic));
+  const runtime = new LocalRuntime(node.stateDir, node.runDir, attacher, log);
   const ctx = { node, identity, state: new ClusterState(store), runtime, log } as AgentContext;
   ctx.replication = new ReplicationManager(ctx);
   ctx.consoles = new ConsoleRelay(runtime, log);

@@ -31,8 +31,10 @@ export interface NodeConfig {
   stateDir: string;
   /** Network namespace the host lives in (lab hosts); QEMU is started there. */
   netns?: string;
-  /** Bridge the guests' taps join. */
+  /** Bridge the guests' taps join (NICs made without a named network). */
   bridge: string;
+  /** This host's bridge for a named network, where it differs from the network's own (`ferry network add --bridge`). */
+  networks?: Record<string, string>;
   /** Memory this host offers to guests. */
   memoryMiB: number;
   /** Seconds of the host lease; the agent renews it every third of that. */

@@ -13,6 +13,7 @@ import type { DestinationTimes, DiskNeed, PreparedDestination } from '../migrati
 import { NotFoundError, RefusedError, StaleTokenError } from './errors.ts';
 import { ForbiddenError, requireSourceHost, type Caller } from './authz.ts';
 import type { IncomingRequest, IncomingState } from './remote-destination.ts';
+import { networkProblems } from './networks.ts';
 
 interface Incoming {
   request: IncomingRequest;
@@ -34,10 +35,11 @@ export class IncomingMigrations {
    * begin: could this host take the VM's disks? Asked by the VM's owner only, and answered for the
    * VM's disks as the store holds them (a sent spec could name any path to probe).
    */
-  async checkStorage(name: string, needs: DiskNeed[], caller: string): Promise<string[]> {
+  /** begin, for the VM's owner: what this host lacks to take the VM as the store records it (its disks, its NICs' networks). */
+  async check(name: string, needs: DiskNeed[], caller: string): Promise<string[]> {
     const vm = await requireVm(this.ctx, name);
     if (vm.owner !== caller) throw new ForbiddenError(`'${name}' is owned by ${vm.owner}; host '${caller}' may not ask about its disks`);
-    return checkIncomingStorage(vm.spec, await storageCatalog(this.ctx), needs);
+    return [...(await checkIncomingStorage(vm.spec, await storageCatalog(this.ctx), needs)), ...(await networkProblems(this.ctx, vm.spec))];
   }
 
   /**

@@ -42,8 +42,8 @@ export interface DryRun {
    */
   link: { probedBytesPerSec: number; achievedBytesPerSec?: number };
   predictions: Prediction[];
-  /** Why a real migration to this destination would be refused for its storage (empty: it would not). */
-  storageProblems: string[];
+  /** What the destination lacks (disks, networks): a real migration would be refused in begin. */
+  destinationProblems: string[];
 }
 
 /** Setup time assumed when no past migration says better: starting the destination, switchover, retiring the source. */
@@ -66,9 +66,7 @@ export async function dryRun(ctx: AgentContext, name: string, to: string, histor
   const setup = typicalSetupMs(past);
   const storage = await storageCatalog(ctx);
   const needs = await new LocalSource(instance, { storage }).diskNeeds();
-  const storageProblems = (vm.spec.disks ?? []).length
-    ? (await destination.call<{ problems: string[] }>('POST', '/v1/incoming/check-storage', { spec: vm.spec, disks: needs }, 30_000)).problems
-    : [];
+  const destinationProblems = (await destination.call<{ problems: string[] }>('POST', '/v1/incoming/check', { spec: vm.spec, disks: needs }, 30_000)).problems;
   const copied = (vm.spec.disks ?? []).filter((d) => !storage.get(d.pool).shared).map((d) => d.id);
   const diskCopyBytes = needs.filter((n) => copied.includes(n.id)).reduce((sum, n) => sum + n.allocatedBytes, 0);
 
@@ -103,7 +101,7 @@ export async function dryRun(ctx: AgentContext, name: string, to: string, histor
     history: { choice: history, migrations: past.length, vms: [...new Set(past.map(({ record }) => record.vm))].sort() },
     link: { probedBytesPerSec, ...(stream ? { achievedBytesPerSec: stream.bytesPerSec } : {}) },
     predictions,
-    storageProblems,
+    destinationProblems,
   };
 }
 

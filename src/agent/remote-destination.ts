@@ -47,9 +47,8 @@ export class RemoteDestination implements DestinationSide {
     return (await this.agent.call<{ qemu: QemuBuild }>('GET', '/v1/host/qemu', undefined, 30_000)).qemu;
   }
 
-  async checkStorage(needs: DiskNeed[]): Promise<string[]> {
-    if (!(this.spec.disks ?? []).length) return [];
-    return (await this.agent.call<{ problems: string[] }>('POST', '/v1/incoming/check-storage', { spec: this.spec, disks: needs }, 30_000)).problems;
+  async checkResources(needs: DiskNeed[]): Promise<string[]> {
+    return (await this.agent.call<{ problems: string[] }>('POST', '/v1/incoming/check', { spec: this.spec, disks: needs }, 30_000)).problems;
   }
 
   async prepare(capabilities: MigrationCapabilities, needs: DiskNeed[]): Promise<PreparedDestination> {

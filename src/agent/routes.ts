@@ -19,6 +19,7 @@ import { storageRoutes } from './storage-routes.ts';
 import { recoverRoutes } from './recover.ts';
 import { createVm } from './vm-create.ts';
 import { imageRoutes } from './images.ts';
+import { networkRoutes } from './networks.ts';
 import { storageCatalog } from './context.ts';
 
 /**
@@ -74,6 +75,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     ...storageRoutes(ctx),
     ...recoverRoutes(ctx),
     ...imageRoutes(ctx),
+    ...networkRoutes(ctx),
     {
       method: 'GET',
       pattern: '/v1/health',
@@ -204,9 +206,9 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     { method: 'POST', pattern: '/v1/incoming', who: 'host', handler: async (_, body, caller) => incoming.prepare(body as unknown as IncomingRequest, caller.name) },
     {
       method: 'POST',
-      pattern: '/v1/incoming/check-storage',
+      pattern: '/v1/incoming/check',
       who: 'host',
-      handler: async (_, body, caller) => ({ problems: await incoming.checkStorage(String((body['spec'] as VmSpec | undefined)?.name ?? ''), (body['disks'] as DiskNeed[]) ?? [], caller.name) }),
+      handler: async (_, body, caller) => ({ problems: await incoming.check(String((body['spec'] as VmSpec | undefined)?.name ?? ''), (body['disks'] as DiskNeed[]) ?? [], caller.name) }),
     },
     ...sourceOnly(incoming, [
       { method: 'GET', pattern: '/v1/incoming/:id', handler: async ({ id }) => ({ state: incoming.get(id!).state }) },

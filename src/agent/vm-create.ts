@@ -9,10 +9,11 @@
 import crypto from 'node:crypto';
 import type { OwnedVm, StoredVolume } from '../cluster/model.ts';
 import { newestCommonMachineType } from '../cluster/compatibility.ts';
-import { SEED_BYTES, validateCloudInit, type CloudInitConfig } from '../qemu/cloud-init.ts';
+import { SEED_BYTES, validateCloudInit, type CloudInitConfig, type GuestNetworkConfig } from '../qemu/cloud-init.ts';
 import { requireUefi } from '../qemu/firmware.ts';
 import { guestBoot, guestImage } from '../qemu/guest-image.ts';
-import { UEFI_VARS_BYTES, macFor, makeVmSpec, type BootSpec, type CdromSpec, type DiskSpec, type VolumeFormat } from '../qemu/spec.ts';
+import { MAX_NICS, UEFI_VARS_BYTES, macFor, makeVmSpec, type BootSpec, type CdromSpec, type DiskSpec, type NicSpec, type VolumeFormat } from '../qemu/spec.ts';
+import { inSubnet, networkProblems } from './networks.ts';
 import { defaultFormat, type StoragePoolConfig } from '../storage/types.ts';
 import type { ClusterConfig } from './config.ts';
 import { requireRoom, storageCatalog, type AgentContext } from './context.ts';
@@ -29,6 +30,13 @@ interface DiskRequest {
   peer?: string;
   /** Made from this disk image (an imported VM's other disks), at least its size. */
   image?: string;
+}
+
+/** A NIC after the first, on a named network (`--net NAME[,ip=ADDR/PREFIX][,mac=MAC]`). */
+interface NicRequest {
+  network: string;
+  ip?: string;
+  mac?: string;
 }
 
 /** What a firmware-booted VM is made of, as asked. */
@@ -68,6 +76,7 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
   const machine = newestCommonMachineType(hosts);
   if (!machine && hosts.some((h) => h.qemu)) throw new RefusedError(`the hosts' QEMUs have no q35 machine type in common (${hosts.map((h) => `${h.name}: QEMU ${h.qemu?.version ?? 'unknown'}`).join(', ')}); upgrade the oldest`);
   const mac = body['mac'] === undefined ? macFor(uuid, 0) : String(body['mac']).toLowerCase();
+  const moreNics = await namedNetworkNics(ctx, uuid, body['nics']);
 
   // The data disks come after the boot disk (disk0) of a VM made from an image.
   const firstData = firmware?.image ? 1 : 0;
@@ -82,6 +91,7 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
     ...(firmware.cloudInit.userData !== undefined ? { userData: firmware.cloudInit.userData } : {}),
     mac,
     network: ip ? { kind: 'static', address: ip, prefixLength: net?.prefixLength ?? 24, ...(net?.gateway ? { gateway: net.gateway } : {}) } : { kind: 'dhcp' },
+    moreNics: moreNics.map((nic) => ({ mac: nic.mac, network: staticOrDhcp(nic.address) })),
   };
   if (cloudInit) validateCloudInit(cloudInit);
   if (firmware?.firmware === 'uefi') requireUefi(node.name);
@@ -92,6 +102,7 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
     ? { kind: 'firmware', firmware: firmware.firmware, order: firmware.order }
     : guestBoot(guestImage(), {
         ...(ip ? { ip: `${ip}/${net?.prefixLength ?? 24}` } : {}),
+        moreIps: moreNics.map((nic) => nic.address),
         memcheckMiB: Number(body['memcheckMiB'] ?? Math.min(64, Math.floor(memoryMiB / 4))),
         dirtyMiBps: Number(body['dirtyMiBps'] ?? 0),
         ...(diskcheck ? { diskcheck } : {}),
@@ -107,7 +118,7 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
     ...(body['cpuModel'] !== undefined ? { cpuModel: String(body['cpuModel']) } : {}),
     accel: (body['accel'] as 'auto' | 'tcg' | 'kvm' | undefined) ?? 'auto',
     boot,
-    nics: [{ mac, model: 'virtio-net-pci', backend: { kind: 'bridge', bridge: node.bridge } }],
+    nics: [{ mac, model: 'virtio-net-pci', backend: { kind: 'bridge', bridge: node.bridge } }, ...moreNics],
     disks: [
       ...(firmware?.image ? [placeholder('disk0', 1024 * 1024)] : []),
       ...dataDisks,
@@ -119,9 +130,15 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
     ...(firmware ? { guestAgent: true } : {}),
   });
   await requireRoom(ctx, node.name, memoryMiB, name);
+  const unplaceable = await networkProblems(ctx, spec);
+  if (unplaceable.length) throw new RefusedError(`'${name}' cannot be created on ${node.name}: ${unplaceable.join('; ')}`);
   // An imported VM keeps its uuid and MAC: two VMs with one MAC on a bridge would take each other's traffic.
-  const twin = (await state.vms()).find((v) => v.spec.uuid === uuid || v.spec.nics.some((n) => n.mac === mac));
-  if (twin) throw new RefusedError(`VM '${twin.spec.name}' has ${twin.spec.uuid === uuid ? `the uuid ${uuid}` : `the MAC ${mac}`} already; an imported VM must not run twice (destroy one, or import with another --name and without the old identity)`);
+  const macs = spec.nics.map((n) => n.mac);
+  const twin = (await state.vms()).find((v) => v.spec.uuid === uuid || v.spec.nics.some((n) => macs.includes(n.mac)));
+  if (twin) {
+    const shared = twin.spec.uuid === uuid ? `the uuid ${uuid}` : `the MAC ${twin.spec.nics.find((n) => macs.includes(n.mac))!.mac}`;
+    throw new RefusedError(`VM '${twin.spec.name}' has ${shared} already; an imported VM must not run twice (destroy one, or import with another --name and without the old identity)`);
+  }
   if ((await state.vm(name)) !== undefined) throw new RefusedError(`a VM named '${name}' already exists; choose another name or destroy it first`);
 
   // Volumes first (each refused if its pool is unreachable from here), so a VM record never names a missing disk.
@@ -236,6 +253,39 @@ function diskSpec(vm: string, index: number, request: DiskRequest, pools: Storag
   // A disk from an image takes the image's size (checked when it is made); 1 MiB stands in until then.
   const sizeBytes = request.image !== undefined && !request.sizeBytes ? 1024 * 1024 : Number(request.sizeBytes);
   return { id: `disk${index}`, pool: request.pool, volume: `${vm}-disk${index}`, format: request.format ?? defaultFormat(pool), sizeBytes };
+}
+
+/**
+ * The NICs on named networks, checked: the network exists, at most MAX_NICS in all, an address lies
+ * in the network's subnet and no other VM has it there, a MAC given is not used twice.
+ */
+async function namedNetworkNics(ctx: AgentContext, uuid: string, value: unknown): Promise<NicSpec[]> {
+  if (value === undefined) return [];
+  if (!Array.isArray(value)) throw new RefusedError('nics must be a list of {network, ip?, mac?}');
+  if (value.length > MAX_NICS - 1) throw new RefusedError(`${value.length} --net NICs: a VM has at most ${MAX_NICS} NICs, the first on the host's guest bridge`);
+  const networks = await ctx.state.networks();
+  const vms = await ctx.state.vms();
+  return (value as NicRequest[]).map((request, i): NicSpec => {
+    const network = networks.find((n) => n.name === String(request?.network));
+    if (!network) throw new RefusedError(`--net ${String(request?.network)}: no such network; see 'ferry network list' (add one with 'ferry network add NAME --bridge BR')`);
+    const mac = request.mac === undefined ? macFor(uuid, i + 1) : String(request.mac).toLowerCase();
+    const nic: NicSpec = { mac, model: 'virtio-net-pci', backend: { kind: 'network', network: network.name } };
+    if (request.ip === undefined) return nic;
+    const ip = String(request.ip);
+    const address = ip.includes('/') ? ip : `${ip}/${network.subnet?.split('/')[1] ?? 24}`;
+    if (network.subnet && !inSubnet(address, network.subnet))
+      throw new RefusedError(`--net ${network.name},ip=${ip}: not a host address of network ${network.name}'s subnet ${network.subnet}`);
+    if (!/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(address)) throw new RefusedError(`--net ${network.name},ip=${ip}: not an IPv4 address like 10.78.20.5/24`);
+    const holder = vms.find((v) => v.spec.nics.some((n) => n.backend.kind === 'network' && n.backend.network === network.name && n.address?.split('/')[0] === address.split('/')[0]));
+    if (holder) throw new RefusedError(`--net ${network.name},ip=${ip}: VM '${holder.spec.name}' has this address on network ${network.name}`);
+    return { ...nic, address };
+  });
+}
+
+function staticOrDhcp(address: string | undefined): GuestNetworkConfig {
+  if (!address) return { kind: 'dhcp' };
+  const [ip, prefix] = address.split('/');
+  return { kind: 'static', address: ip!, prefixLength: Number(prefix) };
 }
 
 /**

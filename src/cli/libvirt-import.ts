@@ -7,12 +7,34 @@
  */
 import { XMLParser } from 'fast-xml-parser';
 import { NAME_PATTERN } from '../util/names.ts';
+import { MAX_NICS } from '../qemu/spec.ts';
 
 export interface ImportedDisk {
   /** The file the domain reads, on the machine the import runs on. */
   file: string;
   format: string;
   target: string;
+}
+
+export interface ImportedNic {
+  mac?: string;
+  /** The libvirt bridge or network it was on. */
+  source: string;
+}
+
+/**
+ * The NICs after the first on ferry networks: each on the network named like its libvirt network or
+ * bridge, or whose bridge is its bridge; those without one are listed, not guessed.
+ */
+export function mapImportedNics(nics: ImportedNic[], networks: Array<{ name: string; bridge: string }>): { nics: Array<{ network: string; mac?: string }>; unmatched: string[] } {
+  const mapped: Array<{ network: string; mac?: string }> = [];
+  const unmatched: string[] = [];
+  for (const nic of nics.slice(1)) {
+    const network = networks.find((n) => n.name === nic.source) ?? networks.find((n) => n.bridge === nic.source);
+    if (network) mapped.push({ network: network.name, ...(nic.mac ? { mac: nic.mac } : {}) });
+    else unmatched.push(`NIC ${nic.mac ?? ''} on ${nic.source}: no ferry network is named ${nic.source} or uses bridge ${nic.source}; add one (ferry network add ${NAME_PATTERN.test(nic.source) ? nic.source : 'NAME'} --bridge BR) and import again`);
+  }
+  return { nics: mapped, unmatched };
 }
 
 export interface LibvirtImportPlan {
@@ -27,7 +49,8 @@ export interface LibvirtImportPlan {
   /** In boot order: the first is the boot disk. */
   disks: ImportedDisk[];
   cdrom?: string;
-  macs: string[];
+  /** The domain's NICs in order: the first joins the host's guest bridge, the others a ferry network matched by name or bridge. */
+  nics: ImportedNic[];
   guestAgent: boolean;
   /** Everything of the domain that does not come over, and what ferry does instead. */
   notCarried: string[];
@@ -133,17 +156,18 @@ export function planLibvirtImport(xml: string, rename?: string): LibvirtImportPl
   const boot: 'disk' | 'cdrom' = (cdromFirst || !orderedDisks.length) && cdrom ? 'cdrom' : 'disk';
   if (!orderedDisks.length && !cdrom) throw new LibvirtXmlError('the domain has no disk in a file and no CD-ROM: nothing to boot from');
 
-  const macs: string[] = [];
+  const nics: ImportedNic[] = [];
   for (const nic of (devices['interface'] as Node[] | undefined) ?? []) {
     const mac = attr(nic['mac'], 'address')?.toLowerCase();
     const model = attr(nic['model'], 'type') ?? 'default';
-    const where = attr(nic['source'], 'bridge') ?? attr(nic['source'], 'network') ?? attr(nic, 'type') ?? '?';
-    if (macs.length) {
-      notCarried.push(`NIC ${mac ?? ''} on ${where}: ferry gives a VM one NIC for now`);
+    const source = attr(nic['source'], 'bridge') ?? attr(nic['source'], 'network') ?? attr(nic, 'type') ?? '?';
+    if (nics.length >= MAX_NICS) {
+      notCarried.push(`NIC ${mac ?? ''} on ${source}: a ferry VM has at most ${MAX_NICS} NICs`);
       continue;
     }
-    if (mac) macs.push(mac);
-    notCarried.push(`NIC on ${where}${model !== 'virtio' ? ` (${model})` : ''}: it joins the host's guest bridge as a virtio-net NIC with the same MAC`);
+    nics.push({ ...(mac ? { mac } : {}), source });
+    if (nics.length === 1) notCarried.push(`NIC on ${source}${model !== 'virtio' ? ` (${model})` : ''}: it joins the host's guest bridge as a virtio-net NIC with the same MAC`);
+    else if (model !== 'virtio') notCarried.push(`NIC ${mac ?? ''} model ${model}: it becomes a virtio-net NIC with the same MAC`);
   }
   const guestAgent = ((devices['channel'] as Node[] | undefined) ?? []).some((c) => attr(c['target'], 'name') === 'org.qemu.guest_agent.0');
   for (const [element, what] of [
@@ -159,5 +183,5 @@ export function planLibvirtImport(xml: string, rename?: string): LibvirtImportPl
   ] as const) {
     if (devices[element]) notCarried.push(what);
   }
-  return { name, ...(uuid ? { uuid } : {}), memoryMiB, vcpus, ...(cpuModel ? { cpuModel } : {}), firmware, boot, disks: orderedDisks, ...(cdrom ? { cdrom } : {}), macs, guestAgent, notCarried };
+  return { name, ...(uuid ? { uuid } : {}), memoryMiB, vcpus, ...(cpuModel ? { cpuModel } : {}), firmware, boot, disks: orderedDisks, ...(cdrom ? { cdrom } : {}), nics, guestAgent, notCarried };
 }

@@ -12,6 +12,7 @@ import { vmCommand } from './commands/vm.ts';
 import { storageCommand } from './commands/storage.ts';
 import { volumeCommand } from './commands/volume.ts';
 import { imageCommand } from './commands/image.ts';
+import { networkCommand } from './commands/network.ts';
 
 export interface Command {
   summary: string;
@@ -26,6 +27,7 @@ const COMMANDS: Record<string, Command> = {
   storage: storageCommand,
   volume: volumeCommand,
   image: imageCommand,
+  network: networkCommand,
   job: jobCommand,
   probe: probeCommand,
   init: initCommand,

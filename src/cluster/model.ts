@@ -9,6 +9,7 @@
  *   /ferry/storage/<pool>      StoragePoolConfig (`ferry storage add`)
  *   /ferry/volumes/<pool>/<v>  VolumeRecord: size, format, the VM it is attached to, where a local one lives
  *   /ferry/images/<name>       ImageRecord: an imported disk image or ISO, kept in a volume of a pool
+ *   /ferry/networks/<name>     NetworkRecord: a named guest network (`ferry network add`)
  */
 import { randomUUID } from 'node:crypto';
 import type { VmSpec, VolumeFormat } from '../qemu/spec.ts';
@@ -31,6 +32,8 @@ export const KEYS = {
   volumes: '/ferry/volumes/',
   image: (name: string) => `/ferry/images/${name}`,
   images: '/ferry/images/',
+  network: (name: string) => `/ferry/networks/${name}`,
+  networks: '/ferry/networks/',
   /** Held by the VM that has this guest address. */
   guestAddress: (ip: string) => `/ferry/guest-addresses/${ip}`,
   /** Held by the volume at a driver-chosen place (an iSCSI LUN): two volumes can never share one. */
@@ -110,6 +113,21 @@ export interface ImageRecord {
   importedAt: string;
   /** Who imported it (the certificate's name). */
   importedBy: string;
+}
+
+/**
+ * A guest network: the bridge a host attaches NICs to (a host may map the name to a bridge of its
+ * own in node.json's `networks`), and the VLAN the NICs' tap ports carry untagged.
+ */
+export interface NetworkRecord {
+  name: string;
+  bridge: string;
+  /** 802.1Q VLAN id (1–4094): the tap is an untagged member of it; the bridge must filter VLANs. */
+  vlan?: number;
+  /** IPv4 CIDR the guests' addresses on this network come from (checked when a NIC is given one). */
+  subnet?: string;
+  createdAt: string;
+  createdBy: string;
 }
 
 /** A replica that lacks writes: `outdated` must not take over from `upToDate`. */
@@ -277,6 +295,25 @@ export class ClusterState {
   async addPool(pool: StoragePoolConfig): Promise<boolean> {
     const key = KEYS.pool(pool.name);
     return (await this.store.txn([{ key, modRevision: 0 }], [{ type: 'put', key, value: JSON.stringify(pool) }])).succeeded;
+  }
+
+  async networks(): Promise<NetworkRecord[]> {
+    return (await this.store.list(KEYS.networks)).map((kv) => JSON.parse(kv.value) as NetworkRecord);
+  }
+
+  async network(name: string): Promise<NetworkRecord | undefined> {
+    const kv = await this.store.get(KEYS.network(name));
+    return kv && (JSON.parse(kv.value) as NetworkRecord);
+  }
+
+  /** Adds a network if none of that name exists; false if the name is taken. */
+  async addNetwork(network: NetworkRecord): Promise<boolean> {
+    const key = KEYS.network(network.name);
+    return (await this.store.txn([{ key, modRevision: 0 }], [{ type: 'put', key, value: JSON.stringify(network) }])).succeeded;
+  }
+
+  async deleteNetwork(name: string): Promise<void> {
+    await this.store.delete(KEYS.network(name));
   }
 
   async volumes(): Promise<StoredVolume[]> {

@@ -132,7 +132,9 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
     await save();
     await createNetns(lab.switchNetns);
     await createBridge(lab.switchNetns, 'sw0');
+    await createBridge(lab.switchNetns, 'sw1');
     await plug(lab, lab.clientNetns, 'c0', `${lab.clientAddress}/24`, false);
+    await plug(lab, lab.clientNetns, 'c1', `${SECOND_SEGMENT}.1/24`, false, 'sw1');
     for (const address of CLIENT_QUERY_ADDRESSES) await ip(lab.clientNetns, 'addr', 'add', `${address}/24`, 'dev', 'c0');
     log(`switch ${lab.switchNetns}, client ${lab.clientNetns} (${lab.clientAddress})`);
 
@@ -178,6 +180,10 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       await plug(lab, host.netns, 'up0', undefined, true);
       await createBridge(host.netns, 'br0', `${host.address}/24`);
       await ip(host.netns, 'link', 'set', 'up0', 'master', 'br0', 'up');
+      // A second guest segment, without host addresses: for named networks (`ferry network add NAME --bridge br1`).
+      await plug(lab, host.netns, 'up1', undefined, true, 'sw1');
+      await createBridge(host.netns, 'br1');
+      await ip(host.netns, 'link', 'set', 'up1', 'master', 'br1', 'up');
       const hostDir = path.join(dir, 'hosts', name);
       await issueCertificate(clusterDir, path.join(hostDir, 'cert'), { name, role: 'host', addresses: [host.address] });
       const node: NodeConfig = {
@@ -262,14 +268,20 @@ async function startStorageServers(lab: LabRecord, kinds: LabStorage[], save: ()
   }
 }
 
-/** Connects a namespace to the switch with a veth pair (name inside, `<ns>-s` on the switch side). */
-async function plug(lab: LabRecord, netns: string, inside: string, address: string | undefined, bare: boolean): Promise<void> {
+/**
+ * The lab's second guest segment (switch sw1, each host's br1, the client's c1): a separate L2
+ * network for NICs on a named network, as a real cluster's back-end network would be.
+ */
+export const SECOND_SEGMENT = '10.78.0';
+
+/** Connects a namespace to a switch bridge with a veth pair (name inside; `s-<ns>` on sw0, `b-<ns>` on sw1). */
+async function plug(lab: LabRecord, netns: string, inside: string, address: string | undefined, bare: boolean, segment: 'sw0' | 'sw1' = 'sw0'): Promise<void> {
   await createNetns(netns);
-  const outside = `s-${netns.slice(-9)}`.slice(0, 15);
+  const outside = `${segment === 'sw0' ? 's' : 'b'}-${netns.slice(-9)}`.slice(0, 15);
   if (!(await linkExists(lab.switchNetns, outside))) {
     await ip(lab.switchNetns, 'link', 'add', outside, 'type', 'veth', 'peer', 'name', inside, 'netns', netns);
   }
-  await ip(lab.switchNetns, 'link', 'set', outside, 'master', 'sw0', 'up');
+  await ip(lab.switchNetns, 'link', 'set', outside, 'master', segment, 'up');
   if (address && !bare) await ip(netns, 'addr', 'replace', address, 'dev', inside);
   await ip(netns, 'link', 'set', inside, 'up');
 }

@@ -172,7 +172,7 @@ class MigrationRun {
     if (!problems.length) {
       try {
         this.diskNeeds = await this.o.source.diskNeeds();
-        problems.push(...(await this.o.destination.checkStorage(this.diskNeeds)));
+        problems.push(...(await this.o.destination.checkResources(this.diskNeeds)));
       } catch (err) {
         problems.push((err as Error).message);
       }

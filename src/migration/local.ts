@@ -436,7 +436,8 @@ export class LocalDestination implements DestinationSide {
     return localQemuBuild();
   }
 
-  checkStorage(needs: DiskNeed[]): Promise<string[]> {
+  /** Disks only: a destination in this process attaches NICs with the same attacher as its source. */
+  checkResources(needs: DiskNeed[]): Promise<string[]> {
     return checkIncomingStorage(this.spec, this.options.storage, needs);
   }
 

@@ -114,8 +114,8 @@ export interface DestinationSide {
   readonly spec: VmSpec;
   /** begin: the QEMU the destination would start (its version, its machine types). */
   qemu(): Promise<QemuBuild>;
-  /** begin: why the destination cannot take these disks (pool unreachable from it, no room); empty when it can. */
-  checkStorage(needs: DiskNeed[]): Promise<string[]>;
+  /** begin: why the destination cannot take this VM — its disks (pool unreachable from it, no room) or its NICs (network missing there); empty when it can. */
+  checkResources(needs: DiskNeed[]): Promise<string[]>;
   /** prepare: make the volumes, start QEMU paused with `-incoming defer`, same devices, and listen (NBD exports for copied disks). */
   prepare(capabilities: MigrationCapabilities, needs: DiskNeed[]): Promise<PreparedDestination>;
   /** perform: resolves when the destination has loaded all state (it is still paused), rejects if it failed. */

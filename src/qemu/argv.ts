@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 /** The QEMU command line for a VM spec on this host. */
-import type { Accel, VmSpec } from './spec.ts';
+import { usesTap, type Accel, type VmSpec } from './spec.ts';
 import { ovmfCode } from './firmware.ts';
 
 /** Where QEMU gets the TLS credentials of the migration stream (a directory with ca-cert.pem, server-/client-cert.pem, -key.pem). */
@@ -76,9 +76,9 @@ export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
   let firstDisk = true;
   let tapIndex = 0;
   spec.nics.forEach((nic, i) => {
-    if (nic.backend.kind === 'bridge') {
+    if (usesTap(nic)) {
       const tap = runtime.taps[tapIndex++];
-      if (!tap) throw new Error(`no tap device given for NIC ${i} (bridge ${nic.backend.bridge})`);
+      if (!tap) throw new Error(`no tap device given for NIC ${i} (${nic.mac})`);
       argv.push('-netdev', `tap,id=net${i},ifname=${tap},script=no,downscript=no`);
     } else {
       argv.push('-netdev', `user,id=net${i}`);

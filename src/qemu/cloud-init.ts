@@ -25,6 +25,8 @@ export interface CloudInitConfig {
   /** The first NIC's MAC: the network config matches it, whatever the guest calls the interface. */
   mac: string;
   network: GuestNetworkConfig;
+  /** The VM's other NICs (on named networks), eth1, eth2…: a static address, or DHCP. */
+  moreNics?: Array<{ mac: string; network: GuestNetworkConfig }>;
 }
 
 const SSH_KEY = /^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\n]*)?$/;
@@ -52,15 +54,17 @@ export function seedFiles(config: CloudInitConfig): Record<'meta-data' | 'user-d
     'local-hostname': config.hostname,
     ...(config.sshKeys.length ? { 'public-keys': config.sshKeys.map((k) => k.trim()) } : {}),
   };
-  const ethernet =
-    config.network.kind === 'dhcp'
+  const ethernet = (network: GuestNetworkConfig) =>
+    network.kind === 'dhcp'
       ? { dhcp4: true }
       : {
           dhcp4: false,
-          addresses: [`${config.network.address}/${config.network.prefixLength}`],
-          ...(config.network.gateway ? { routes: [{ to: '0.0.0.0/0', via: config.network.gateway }] } : {}),
+          addresses: [`${network.address}/${network.prefixLength}`],
+          ...(network.gateway ? { routes: [{ to: '0.0.0.0/0', via: network.gateway }] } : {}),
         };
-  const networkConfig = { version: 2, ethernets: { eth0: { match: { macaddress: config.mac }, 'set-name': 'eth0', ...ethernet } } };
+  const nics = [{ mac: config.mac, network: config.network }, ...(config.moreNics ?? [])];
+  const ethernets = Object.fromEntries(nics.map((nic, i) => [`eth${i}`, { match: { macaddress: nic.mac }, 'set-name': `eth${i}`, ...ethernet(nic.network) }]));
+  const networkConfig = { version: 2, ethernets };
   return {
     'meta-data': JSON.stringify(metaData, null, 1) + '\n',
     'user-data': config.userData ?? `#cloud-config\n${JSON.stringify({ hostname: config.hostname, preserve_hostname: false })}\n`,

@@ -39,6 +39,8 @@ export interface GuestConfig {
   /** eth0 address with prefix, e.g. 10.77.0.10/24. */
   ip?: string;
   gateway?: string;
+  /** Addresses with prefix of eth1, eth2… (undefined: that NIC stays unconfigured). */
+  moreIps?: Array<string | undefined>;
   /** MiB that memcheck fills (0: no memcheck). */
   memcheckMiB?: number;
   /** MiB/s that memcheck rewrites. */
@@ -54,6 +56,10 @@ export function guestBoot(image: GuestImage, config: GuestConfig = {}): KernelBo
   const words = ['console=ttyS0', 'quiet', 'panic=-1'];
   if (config.ip) words.push(`ferry.ip=${config.ip}`);
   if (config.gateway) words.push(`ferry.gw=${config.gateway}`);
+  // The NICs after the first (named networks): eth1, eth2, eth3.
+  (config.moreIps ?? []).forEach((address, i) => {
+    if (address) words.push(`ferry.ip${i + 1}=${address}`);
+  });
   words.push(`ferry.memcheck=${config.memcheckMiB ?? 32}`);
   words.push(`ferry.dirty=${config.dirtyMiBps ?? 0}`);
   if (config.diskcheck) {

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { buildQemuArgv, type DiskAttachment, type TlsCredentials } from './argv.ts';
 import { GuestBootTimeoutError } from './errors.ts';
 import { QemuProcess, type ShutdownOutcome } from './process.ts';
-import type { Accel, NicSpec, VmSpec } from './spec.ts';
+import { usesTap, type Accel, type NicSpec, type VmSpec } from './spec.ts';
 
 /** Gives each bridge NIC a host device. Implemented by net/ (taps on a bridge). */
 export interface NetworkAttacher {
@@ -54,8 +54,8 @@ export class VmInstance {
     const taps: string[] = [];
     try {
       for (const nic of options.spec.nics) {
-        if (nic.backend.kind !== 'bridge') continue;
-        if (!options.network) throw new Error(`NIC ${nic.mac} is on bridge ${nic.backend.bridge} but no host network was given`);
+        if (!usesTap(nic)) continue;
+        if (!options.network) throw new Error(`NIC ${nic.mac} needs a tap but no host network was given`);
         taps.push(await options.network.attach(nic));
       }
       const runtime = {

@@ -4,7 +4,7 @@
  * actually used) belong to the runtime, not the spec, so that the same spec can
  * be started on a migration destination.
  */
-import { NAME_PATTERN } from '../util/names.ts';
+import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 import { randomUUID } from 'node:crypto';
 import { InvalidVmSpecError } from './errors.ts';
 
@@ -15,15 +15,30 @@ export type AccelChoice = Accel | 'auto';
 export type NicBackend =
   /** A tap device that the host attaches to this bridge (lab hosts, real hosts). */
   | { kind: 'bridge'; bridge: string }
+  /**
+   * A named network of the cluster (`ferry network add`): each host maps the name to its own bridge
+   * (and VLAN) when it attaches the tap, so the spec is the same on every host.
+   */
+  | { kind: 'network'; network: string }
   /** QEMU's user-mode network: no root needed, not reachable from outside, not for migration tests. */
   | { kind: 'user' };
+
+/** Whether the host gives this NIC a tap device (bridge and named-network NICs; not QEMU's user network). */
+export function usesTap(nic: NicSpec): boolean {
+  return nic.backend.kind !== 'user';
+}
 
 export interface NicSpec {
   /** Locally administered unicast MAC, kept across migration so the guest keeps its identity on the LAN. */
   mac: string;
   model: 'virtio-net-pci';
   backend: NicBackend;
+  /** The IPv4 address with prefix ferry configured in the guest on this NIC (named networks), for conflicts and display. */
+  address?: string;
 }
+
+/** NICs per VM (the test guest configures eth0..eth3 from its command line). */
+export const MAX_NICS = 4;
 
 /** Image formats ferry creates volumes in. */
 export type VolumeFormat = 'qcow2' | 'raw';
@@ -162,7 +177,12 @@ export function validateVmSpec(spec: VmSpec): void {
     macs.add(nic.mac);
     if (nic.backend.kind === 'bridge' && !/^[A-Za-z0-9_.-]{1,15}$/.test(nic.backend.bridge))
       throw new InvalidVmSpecError(`nics[${i}].backend.bridge`, `'${nic.backend.bridge}' is not a network interface name`);
+    if (nic.address !== undefined && !/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(nic.address))
+      throw new InvalidVmSpecError(`nics[${i}].address`, `'${nic.address}' is not an IPv4 address with a prefix like 10.78.20.5/24`);
+    if (nic.backend.kind === 'network' && !NAME_PATTERN.test(nic.backend.network))
+      throw new InvalidVmSpecError(`nics[${i}].backend.network`, `'${nic.backend.network}' is not a network name: names ${NAME_RULE}`);
   });
+  if (spec.nics.length > MAX_NICS) throw new InvalidVmSpecError('nics', `${spec.nics.length} NICs: a VM has at most ${MAX_NICS}`);
   const ids = new Set<string>();
   const volumes = new Set<string>();
   (spec.disks ?? []).forEach((disk, i) => {
@@ -233,8 +253,8 @@ export function migrationIncompatibilities(source: VmSpec, destination: VmSpec):
   differ('guest agent channel', source.guestAgent ?? false, destination.guestAgent ?? false, 'the destination must have the same virtio-serial devices');
   differ(
     'NICs',
-    source.nics.map((n) => `${n.model} ${n.mac}`),
-    destination.nics.map((n) => `${n.model} ${n.mac}`),
+    source.nics.map(describeNic),
+    destination.nics.map(describeNic),
     'the destination must have the same NICs with the same MACs',
   );
   differ(
@@ -244,6 +264,11 @@ export function migrationIncompatibilities(source: VmSpec, destination: VmSpec):
     'the destination must have the same disks with the same sizes',
   );
   return problems;
+}
+
+function describeNic(nic: NicSpec): string {
+  const on = nic.backend.kind === 'network' ? ` on network ${nic.backend.network}` : nic.backend.kind === 'bridge' ? ` on bridge ${nic.backend.bridge}` : ' (user)';
+  return `${nic.model} ${nic.mac}${on}`;
 }
 
 function fmt(v: unknown): string {

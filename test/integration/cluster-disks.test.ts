@@ -107,7 +107,7 @@ describe('disks end to end (3-host lab, sqlite store)', () => {
       const counted = dry.json.inputs.diskCopyBytes;
       assert.equal(dry.json.basis.diskCopyBytes.basis, 'measured');
       assert.ok(before > 0 && counted >= before && counted <= after, `the local disk is counted in the prediction: ${counted} bytes, the image held ${before}..${after}`);
-      assert.match(dry.json.storageProblems.join('\n'), /host 'h3' cannot reach storage pool 'local'/);
+      assert.match(dry.json.destinationProblems.join('\n'), /host 'h3' cannot reach storage pool 'local'/);
     } finally {
       await rename(`${images('h3')}.away`, images('h3'));
     }

@@ -73,6 +73,21 @@ describe('cloud-init NoCloud seed', () => {
     assert.deepEqual(JSON.parse(seedFiles({ ...config, network: { kind: 'dhcp' } })['network-config']).ethernets.eth0.dhcp4, true);
   });
 
+  it("lists a VM's other NICs after eth0, each matched by its MAC, static or DHCP", () => {
+    const more = seedFiles({
+      ...config,
+      moreNics: [
+        { mac: '52:54:0b:0e:8f:01', network: { kind: 'static', address: '10.78.0.11', prefixLength: 24 } },
+        { mac: '52:54:0b:0e:8f:02', network: { kind: 'dhcp' } },
+      ],
+    });
+    const ethernets = JSON.parse(more['network-config']).ethernets;
+    assert.deepEqual(Object.keys(ethernets), ['eth0', 'eth1', 'eth2']);
+    assert.deepEqual(ethernets.eth1, { match: { macaddress: '52:54:0b:0e:8f:01' }, 'set-name': 'eth1', dhcp4: false, addresses: ['10.78.0.11/24'] });
+    assert.deepEqual(ethernets.eth2, { match: { macaddress: '52:54:0b:0e:8f:02' }, 'set-name': 'eth2', dhcp4: true });
+    assert.deepEqual(ethernets.eth0.addresses, ['10.80.0.20/24'], 'eth0 keeps the VM address');
+  });
+
   it('refuses what cloud-init would not take, saying what is wrong', () => {
     assert.throws(() => validateCloudInit({ ...config, sshKeys: ['-----BEGIN OPENSSH PRIVATE KEY-----'] }), (e: unknown) => e instanceof InvalidVmSpecError && /is not an OpenSSH public key/.test(e.message));
     assert.throws(() => validateCloudInit({ ...config, userData: 'packages: [nginx]\n' }), /must start with '#cloud-config'/);

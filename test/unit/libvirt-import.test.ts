@@ -1,7 +1,7 @@
 /** Reading a libvirt domain (as `virsh dumpxml` prints one written by virt-install) into ferry's terms. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { LibvirtXmlError, planLibvirtImport } from '../../src/cli/libvirt-import.ts';
+import { LibvirtXmlError, mapImportedNics, planLibvirtImport } from '../../src/cli/libvirt-import.ts';
 
 const DOMAIN = `<domain type='kvm' id='3'>
   <name>web01</name>
@@ -65,7 +65,7 @@ describe('libvirt domain import', () => {
     assert.equal(plan.boot, 'disk');
     assert.deepEqual(plan.disks.map((d) => `${d.target}:${d.file}:${d.format}`), ['sda:/var/lib/libvirt/images/web01.qcow2:qcow2', 'vdb:/var/lib/libvirt/images/web01-data.qcow2:qcow2']);
     assert.equal(plan.cdrom, '/var/lib/libvirt/images/debian-12.iso');
-    assert.deepEqual(plan.macs, ['52:54:00:ab:cd:ef']);
+    assert.deepEqual(plan.nics, [{ mac: '52:54:00:ab:cd:ef', source: 'default' }]);
     assert.equal(plan.guestAgent, true);
     assert.equal(plan.cpuModel, undefined);
   });
@@ -85,6 +85,14 @@ describe('libvirt domain import', () => {
     ];
     assert.equal(lines.length, expect.length, lines.join('\n'));
     expect.forEach((re, i) => assert.match(lines[i]!, re));
+  });
+
+  it("puts the NICs after the first on ferry networks matched by name or bridge, and names those it cannot place", () => {
+    const nics = [{ mac: '52:54:00:00:00:01', source: 'default' }, { mac: '52:54:00:00:00:02', source: 'storage' }, { mac: '52:54:00:00:00:03', source: 'br5' }, { mac: '52:54:00:00:00:04', source: 'virbr9' }];
+    const mapped = mapImportedNics(nics, [{ name: 'storage', bridge: 'br1' }, { name: 'dmz', bridge: 'br5' }]);
+    assert.deepEqual(mapped.nics, [{ network: 'storage', mac: '52:54:00:00:00:02' }, { network: 'dmz', mac: '52:54:00:00:00:03' }]);
+    assert.equal(mapped.unmatched.length, 1);
+    assert.match(mapped.unmatched[0]!, /NIC 52:54:00:00:00:04 on virbr9: no ferry network is named virbr9 or uses bridge virbr9; add one \(ferry network add virbr9 --bridge BR\)/);
   });
 
   it('takes a named CPU model, a BIOS i440FX machine (saying so), and boots the CD-ROM when told', () => {

@@ -1,14 +1,14 @@
 /** ferry vm create|start|stop|destroy|show|list|console|migrate, in the habits of virsh and qm. */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import type { HostRecord, OwnedVm } from '../../cluster/model.ts';
+import type { HostRecord, NetworkRecord, OwnedVm } from '../../cluster/model.ts';
 import { Cli } from '../context.ts';
 import { UsageError, sizeBytes, wholeNumber } from '../errors.ts';
 import { attemptsText, mib, ms, table } from '../format.ts';
 import type { Command } from '../main.ts';
 import { migrateWithProbe } from '../migrate.ts';
 import { interactiveConsole } from '../console.ts';
-import { planLibvirtImport, type LibvirtImportPlan } from '../libvirt-import.ts';
+import { mapImportedNics, planLibvirtImport, type LibvirtImportPlan } from '../libvirt-import.ts';
 import { uploadImage } from './image.ts';
 import { HISTORY_CHOICES, type DryRun, type InputBasis } from '../../agent/predict.ts';
 import { POLICY_NAMES, type PolicyName } from '../../migration/policy/policy.ts';
@@ -21,6 +21,10 @@ const USAGE = `Usage:
       (format: qcow2, raw for rbd pools); on a replicated pool the second replica goes to peer=HOST
       (default: the first other host by name).
       --diskcheck runs the guest's disk checker, writing that many checksummed 4 KiB blocks per second.
+  ferry vm create NAME ... --net NETWORK[,ip=ADDR[/PREFIX]][,mac=MAC]...
+      The first NIC is on the host's guest bridge (its address from the cluster's guest range); each --net
+      adds one on a named network (see ferry network), up to 3, with a MAC ferry derives from the VM's
+      uuid unless given, and the address given (in the network's subnet) configured in the guest.
   ferry vm create NAME --image IMAGE [--disk-size SIZE] [--pool POOL] [--firmware bios|uefi] [--cdrom ISO]
                   [--boot disk|cdrom] [--ssh-key FILE]... [--user-data FILE] [--hostname NAME] [--dhcp | --no-cloud-init]
   ferry vm create NAME --cdrom ISO [--boot cdrom] [--pool POOL] [--firmware bios|uefi] [--disk SIZE]...
@@ -84,7 +88,7 @@ export const vmCommand: Command = {
       allowPositionals: true,
       options: {
         memory: { type: 'string' }, vcpus: { type: 'string' }, host: { type: 'string' }, memcheck: { type: 'string' }, dirty: { type: 'string' },
-        disk: { type: 'string', multiple: true }, diskcheck: { type: 'string' },
+        disk: { type: 'string', multiple: true }, diskcheck: { type: 'string' }, net: { type: 'string', multiple: true },
         image: { type: 'string' }, 'disk-size': { type: 'string' }, pool: { type: 'string' }, firmware: { type: 'string' }, cdrom: { type: 'string' }, boot: { type: 'string' },
         'ssh-key': { type: 'string', multiple: true }, 'user-data': { type: 'string' }, hostname: { type: 'string' }, dhcp: { type: 'boolean' }, 'no-cloud-init': { type: 'boolean' },
         to: { type: 'string' }, 'downtime-limit': { type: 'string' }, bandwidth: { type: 'string' }, 'no-probe': { type: 'boolean' },
@@ -124,6 +128,7 @@ export const vmCommand: Command = {
             ...(values.memcheck ? { memcheckMiB: wholeNumber('memcheck', values.memcheck) } : {}),
             ...(values.dirty ? { dirtyMiBps: wholeNumber('dirty', values.dirty) } : {}),
             ...(disks.length ? { disks } : {}),
+            ...(values.net?.length ? { nics: values.net.map(parseNic) } : {}),
             ...(values.diskcheck !== undefined ? { diskcheckRate: wholeNumber('diskcheck', values.diskcheck) } : {}),
             ...(values.image ? { image: values.image } : {}),
             ...(values['disk-size'] ? { diskSizeBytes: sizeBytes('disk-size', values['disk-size']) } : {}),
@@ -156,6 +161,7 @@ export const vmCommand: Command = {
             ...(vm.spec.disks ?? []).map(
               (d) => `  ${d.id}: volume ${d.pool}/${d.volume}, ${d.format}, ${mib(d.sizeBytes)}${d.bus === 'pflash' ? ' (UEFI variables)' : ''}${d.image ? ` (from image ${d.image})` : ''}`,
             ),
+            ...vm.spec.nics.slice(1).map((n, i) => `  nic${i + 1}: MAC ${n.mac}${n.backend.kind === 'network' ? ` on network ${n.backend.network}` : n.backend.kind === 'bridge' ? ` on bridge ${n.backend.bridge}` : ''}${n.address ? `, address ${n.address}` : ''}`),
             ...(vm.spec.cdrom ? [`  CD-ROM: image ${vm.spec.cdrom.image} (${vm.spec.cdrom.pool}/${vm.spec.cdrom.volume})`] : []),
             ...(guest ? [guestLine(guest)] : []),
           ].join('\n'),
@@ -234,9 +240,13 @@ async function importLibvirt(cli: Cli, values: { 'libvirt-xml'?: string; name?: 
     throw new UsageError(`${file}: ${(err as Error).message}`);
   }
   const say = (line: string) => !json && console.log(line);
-  say(`${plan.name}: ${plan.memoryMiB} MiB, ${plan.vcpus} vCPU, ${plan.cpuModel ?? 'qemu64'}, ${plan.firmware === 'uefi' ? 'UEFI' : 'SeaBIOS'}, boots from ${plan.boot}${plan.uuid ? `, uuid ${plan.uuid}` : ''}${plan.macs[0] ? `, MAC ${plan.macs[0]}` : ''}${plan.guestAgent ? ', guest agent channel' : ''}`);
+  say(`${plan.name}: ${plan.memoryMiB} MiB, ${plan.vcpus} vCPU, ${plan.cpuModel ?? 'qemu64'}, ${plan.firmware === 'uefi' ? 'UEFI' : 'SeaBIOS'}, boots from ${plan.boot}${plan.uuid ? `, uuid ${plan.uuid}` : ''}${plan.nics[0]?.mac ? `, MAC ${plan.nics[0].mac}` : ''}${plan.guestAgent ? ', guest agent channel' : ''}`);
   for (const [i, disk] of plan.disks.entries()) say(`  disk${i} <- ${disk.file} (${disk.format}, was ${disk.target})`);
   if (plan.cdrom) say(`  CD-ROM <- ${plan.cdrom}`);
+  const { networks } = await (await cli.anyAgent()).call<{ networks: NetworkRecord[] }>('GET', '/v1/cluster/networks');
+  const moreNics = mapImportedNics(plan.nics, networks);
+  for (const nic of moreNics.nics) say(`  NIC ${nic.mac ?? ''} -> network ${nic.network}`);
+  plan.notCarried.push(...moreNics.unmatched);
   say(plan.notCarried.length ? 'not carried over:' : 'everything comes over');
   for (const line of plan.notCarried) say(`  - ${line}`);
   if (values['dry-run']) {
@@ -265,7 +275,7 @@ async function importLibvirt(cli: Cli, values: { 'libvirt-xml'?: string; name?: 
     '/v1/vms',
     {
       name: plan.name, memoryMiB: plan.memoryMiB, vcpus: plan.vcpus, pool: values.pool, firmware: plan.firmware, boot: plan.boot, cloudInit: false,
-      ...(plan.uuid ? { uuid: plan.uuid } : {}), ...(plan.macs[0] ? { mac: plan.macs[0] } : {}), ...(plan.cpuModel ? { cpuModel: plan.cpuModel } : {}),
+      ...(plan.uuid ? { uuid: plan.uuid } : {}), ...(plan.nics[0]?.mac ? { mac: plan.nics[0].mac } : {}), ...(moreNics.nics.length ? { nics: moreNics.nics } : {}), ...(plan.cpuModel ? { cpuModel: plan.cpuModel } : {}),
       ...(images[0] ? { image: images[0] } : {}),
       ...(images.length > 1 ? { disks: images.slice(1).map((image) => ({ pool: values.pool, image, sizeBytes: 0 })) } : {}),
       ...(cdrom ? { cdrom } : {}),
@@ -291,6 +301,19 @@ function guestLine(guest: GuestReport): string {
   if (guest.unavailable) return `  guest agent: not answering (${guest.unavailable})`;
   const addresses = (guest.interfaces ?? []).map((i) => `${i.name} ${i.addresses.join(' ') || '-'}`).join(', ');
   return `  guest agent: ${guest.os?.name ?? 'unknown OS'}${guest.os?.kernel ? `, kernel ${guest.os.kernel}` : ''}; ${addresses || 'no interfaces'}`;
+}
+
+/** `--net NETWORK[,ip=ADDR[/PREFIX]][,mac=MAC]` as a NIC request. */
+function parseNic(text: string): { network: string; ip?: string; mac?: string } {
+  const [network, ...options] = text.split(',');
+  const nic: { network: string; ip?: string; mac?: string } = { network: network! };
+  for (const option of options) {
+    const [key, value] = option.split('=', 2);
+    if ((key !== 'ip' && key !== 'mac') || !value) throw new UsageError(`--net ${text}: '${option}' is not ip=ADDR[/PREFIX] or mac=MAC`);
+    nic[key] = value;
+  }
+  if (!network) throw new UsageError(`--net ${text}: name the network first (see ferry network list)`);
+  return nic;
 }
 
 /** The cloud-init part of a create request: false when turned off, undefined for the defaults. */
@@ -390,7 +413,7 @@ async function predictVm(cli: Cli, name: string, to: string, history: string, js
   );
   console.log(`learned from ${result.history.migrations} past migrations (history: ${result.history.choice}${result.history.vms.length ? `; VMs ${result.history.vms.join(', ')}` : ''})`);
   for (const [input, b] of Object.entries(result.basis)) if (b.basis === 'assumed') console.log(`assumed: ${input} = ${m[input as keyof typeof m]} (${b.why})`);
-  for (const problem of result.storageProblems ?? []) console.log(`a real migration would be refused: ${problem}`);
+  for (const problem of result.destinationProblems ?? []) console.log(`a real migration would be refused: ${problem}`);
   console.log(
     table(
       ['policy', 'converges', 'total', 'pause', 'rounds', 'note'],
