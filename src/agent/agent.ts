@@ -16,6 +16,7 @@ import { reconcile } from './reconcile.ts';
 import { fingerprintOf, RevocationList } from './revocation.ts';
 import { ReplicationManager } from './replication.ts';
 import { ConsoleRelay } from './console.ts';
+import { VncRelay } from './vnc.ts';
 import { removeStaleImports } from './images.ts';
 import { routes } from './routes.ts';
 import { LocalRuntime } from './runtime.ts';
@@ -46,6 +47,7 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   const ctx = { node, identity, state: new ClusterState(store), runtime, log } as AgentContext;
   ctx.replication = new ReplicationManager(ctx);
   ctx.consoles = new ConsoleRelay(runtime, log);
+  ctx.displays = new VncRelay(runtime, log);
   ctx.revocations = new RevocationList(ctx.state, log);
   await ctx.revocations.start();
   const mine = fingerprintOf(identity.cert);

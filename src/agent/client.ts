@@ -5,7 +5,8 @@
 import { createReadStream } from 'node:fs';
 import https from 'node:https';
 import type { Duplex } from 'node:stream';
-import type { PeerCertificate } from 'node:tls';
+import tls, { type PeerCertificate } from 'node:tls';
+import WebSocket from 'ws';
 import type { Identity } from '../cluster/pki.ts';
 import { ApiError } from './errors.ts';
 
@@ -72,6 +73,40 @@ export class AgentClient {
       req.on('timeout', () => req.destroy(new AgentUnreachableError(`agent ${this.endpoint.name} did not open the console of '${vm}' within ${timeoutMs} ms`)));
       req.on('error', (err) => reject(err instanceof AgentUnreachableError ? err : new AgentUnreachableError(`cannot reach the agent of ${this.endpoint.name}: ${err.message}`)));
       req.end();
+    });
+  }
+
+  /**
+   * Opens a VM's VNC display: a websocket whose binary messages are the RFB protocol's bytes. Over
+   * the agent's unix socket when there is one (TLS all the same), else its address.
+   */
+  openDisplay(vm: string, timeoutMs = 10_000): Promise<WebSocket> {
+    const tlsOptions = this.tlsOptions();
+    const socketPath = this.endpoint.socket;
+    const url = socketPath ? `wss://${this.endpoint.name}/v1/vms/${encodeURIComponent(vm)}/vnc` : `${this.endpoint.url.replace(/^https:/, 'wss:')}/v1/vms/${encodeURIComponent(vm)}/vnc`;
+    return new Promise<WebSocket>((resolve, reject) => {
+      const ws = new WebSocket(url, 'binary', {
+        ...tlsOptions,
+        handshakeTimeout: timeoutMs,
+        perMessageDeflate: false,
+        ...(socketPath ? { createConnection: () => tls.connect({ ...tlsOptions, path: socketPath }) } : {}),
+      });
+      ws.once('open', () => resolve(ws));
+      ws.once('unexpected-response', (_req, res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => {
+          let message = `HTTP ${res.statusCode}`;
+          try {
+            message = (JSON.parse(text) as { error?: string }).error ?? message;
+          } catch {
+            /* not JSON: the status says enough */
+          }
+          reject(new ApiError(res.statusCode ?? 500, message));
+        });
+      });
+      ws.once('error', (err) => reject(new AgentUnreachableError(`cannot open the VNC display of '${vm}' on ${this.endpoint.name}: ${err.message}`)));
     });
   }
 

@@ -9,8 +9,9 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { LocalRuntime } from './runtime.ts';
 
-export class ConsoleRefusedError extends Error {
-  override name = 'ConsoleRefusedError';
+/** A console or display connection refused before it was upgraded, with the HTTP status to answer. */
+export class UpgradeRefusedError extends Error {
+  override name = 'UpgradeRefusedError';
   constructor(readonly status: number, message: string) {
     super(message);
   }
@@ -27,12 +28,12 @@ export class ConsoleRelay {
 
   constructor(private readonly runtime: LocalRuntime, private readonly log: (line: string) => void) {}
 
-  /** Connects an upgraded client connection to the VM's serial port; throws ConsoleRefusedError before answering 101. */
+  /** Connects an upgraded client connection to the VM's serial port; throws UpgradeRefusedError before answering 101. */
   async attach(vm: string, client: Duplex, head: Buffer, who: string, force: boolean): Promise<void> {
     const instance = this.runtime.get(vm);
-    if (!instance) throw new ConsoleRefusedError(404, `VM '${vm}' is not running on this host`);
+    if (!instance) throw new UpgradeRefusedError(404, `VM '${vm}' is not running on this host`);
     const open = this.sessions.get(vm);
-    if (open && !force) throw new ConsoleRefusedError(409, `the console of '${vm}' is open already (by ${open.who} since ${open.since}); add --force to take it over`);
+    if (open && !force) throw new UpgradeRefusedError(409, `the console of '${vm}' is open already (by ${open.who} since ${open.since}); add --force to take it over`);
     // The slot is this client's from here on (a second attach in the meantime sees it taken).
     const session: Session = { client, who, since: new Date().toISOString() };
     this.sessions.set(vm, session);
@@ -48,7 +49,7 @@ export class ConsoleRelay {
       serial = await new Promise<net.Socket>((resolve, reject) => {
         const s = net.connect(instance.serialSocket);
         s.once('connect', () => resolve(s));
-        s.once('error', (err) => reject(new ConsoleRefusedError(502, `the serial console of '${vm}' cannot be reached (${err.message}); a VM started by an older ferry has none: stop and start it`)));
+        s.once('error', (err) => reject(new UpgradeRefusedError(502, `the serial console of '${vm}' cannot be reached (${err.message}); a VM started by an older ferry has none: stop and start it`)));
       });
     } catch (err) {
       release();

@@ -1,6 +1,7 @@
 /** What every part of a running agent shares. */
 import type { RevocationList } from './revocation.ts';
 import type { ConsoleRelay } from './console.ts';
+import type { VncRelay } from './vnc.ts';
 import type { Identity } from '../cluster/pki.ts';
 import type { ClusterState } from '../cluster/model.ts';
 import { AgentClient } from './client.ts';
@@ -22,6 +23,7 @@ export interface AgentContext {
   revocations: RevocationList;
   /** Serial console sessions of this host's VMs. */
   consoles: ConsoleRelay;
+  displays: VncRelay;
   log: (line: string) => void;
 }
 

@@ -7,7 +7,7 @@ import https from 'node:https';
 import { performance } from 'node:perf_hooks';
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { ConsoleRefusedError } from './console.ts';
+import { UpgradeRefusedError } from './console.ts';
 import { StorageError } from '../storage/errors.ts';
 import { rm } from 'node:fs/promises';
 import type { TLSSocket } from 'node:tls';
@@ -143,7 +143,8 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
       send(status, { error: (err as Error).message, kind: (err as Error).name });
     }
   };
-  // `ferry vm console`: the one route that becomes a byte stream (HTTP Upgrade), for admins only.
+  // The routes that become byte streams (HTTP Upgrade), for admins only: the serial console
+  // (`ferry vm console`, Upgrade: ferry-console) and the VNC display (a websocket).
   const onUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     // Node takes its own error listener off an upgraded socket: a peer's reset must not become an uncaught error.
     socket.on('error', () => socket.destroy());
@@ -155,12 +156,19 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
       if (!(req.socket as TLSSocket).authorized) throw new ApiError(401, 'a client certificate from the cluster CA is required');
       const caller = callerOf(req.socket as TLSSocket, ctx.revocations);
       const url = new URL(req.url ?? '/', 'https://agent');
-      const m = /^\/v1\/vms\/([^/]+)\/console$/.exec(url.pathname);
-      if (!m || req.method !== 'GET' || req.headers.upgrade !== 'ferry-console') throw new NotFoundError(`no upgradable route ${req.method} ${url.pathname}`);
-      authorize('admin', caller, 'GET /v1/vms/:name/console');
-      await ctx.consoles.attach(decodeParam(m[1]!), socket, head, `${caller.name} (${req.socket.remoteAddress ?? 'local socket'})`, url.searchParams.get('force') === '1');
+      const m = /^\/v1\/vms\/([^/]+)\/(console|vnc)$/.exec(url.pathname);
+      const who = `${caller.name} (${req.socket.remoteAddress ?? 'local socket'})`;
+      if (m && req.method === 'GET' && m[2] === 'console' && req.headers.upgrade === 'ferry-console') {
+        authorize('admin', caller, 'GET /v1/vms/:name/console');
+        await ctx.consoles.attach(decodeParam(m[1]!), socket, head, who, url.searchParams.get('force') === '1');
+      } else if (m && req.method === 'GET' && m[2] === 'vnc') {
+        authorize('admin', caller, 'GET /v1/vms/:name/vnc');
+        await ctx.displays.attach(decodeParam(m[1]!), req, socket, head, who);
+      } else {
+        throw new NotFoundError(`no upgradable route ${req.method} ${url.pathname}`);
+      }
     } catch (err) {
-      refuse(err instanceof ConsoleRefusedError || err instanceof ApiError ? err.status : 500, (err as Error).message);
+      refuse(err instanceof UpgradeRefusedError || err instanceof ApiError ? err.status : 500, (err as Error).message);
     }
   };
   // Bounded before authentication too: a handshake must finish in 10 s, a request's headers arrive in

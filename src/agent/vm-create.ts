@@ -126,8 +126,8 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
       ...(varsId ? [placeholder(varsId, UEFI_VARS_BYTES, { bus: 'pflash' })] : []),
     ],
     ...(cdrom ? { cdrom } : {}),
-    // Any OS may run qemu-ga: the channel costs nothing when nobody answers on it.
-    ...(firmware ? { guestAgent: true } : {}),
+    // Any OS may run qemu-ga: the channel costs nothing when nobody answers on it. Its screen is on VNC.
+    ...(firmware ? { guestAgent: true, display: 'vga' as const } : {}),
   });
   await requireRoom(ctx, node.name, memoryMiB, name);
   const unplaceable = await networkProblems(ctx, spec);

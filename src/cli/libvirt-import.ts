@@ -171,7 +171,7 @@ export function planLibvirtImport(xml: string, rename?: string): LibvirtImportPl
   }
   const guestAgent = ((devices['channel'] as Node[] | undefined) ?? []).some((c) => attr(c['target'], 'name') === 'org.qemu.guest_agent.0');
   for (const [element, what] of [
-    ['graphics', 'graphics (VNC/SPICE): the serial console is the way in (ferry vm console)'],
+    ['graphics', "graphics (VNC/SPICE): the VM gets a standard VGA card seen through ferry's VNC display (ferry vm vnc); SPICE, display passwords and listen addresses do not come over"],
     ['video', 'the video card'],
     ['sound', 'sound'],
     ['hostdev', 'host devices (PCI/USB passthrough): they cannot migrate'],

@@ -28,6 +28,11 @@ export interface QemuRuntime {
   serialLog: string;
   /** The serial console's socket, for `ferry vm console` (through the agent); everything the guest prints also goes to serialLog. */
   serialSocket: string;
+  /**
+   * The VM's VNC display, on a unix socket in the VM's private directory: only this host's agent
+   * reaches it, and relays it (over its authenticated API) to viewers.
+   */
+  vncSocket?: string;
   /** The guest agent's channel (spec.guestAgent), for this host's agent only. */
   guestAgentSocket?: string;
   /** Tap device per bridge NIC, in the order of spec.nics. */
@@ -100,6 +105,9 @@ export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
     // q35's built-in AHCI controller: the CD-ROM an installer expects (not virtio: firmware and installers know SATA).
     argv.push('-device', `ide-cd,drive=${CDROM_ID},bus=ide.0,id=${CDROM_ID}-dev${bootIndex(boot.kind === 'firmware' && boot.order === 'cdrom')}`);
   }
+  if (spec.display === 'vga') argv.push('-device', 'VGA,id=video0');
+  // Every VM has a VNC display (without a graphics card it says so); QEMU accepts several viewers at once.
+  if (runtime.vncSocket) argv.push('-vnc', `unix:${runtime.vncSocket}`);
   if (spec.guestAgent) {
     if (!runtime.guestAgentSocket) throw new Error('no socket given for the guest agent channel');
     argv.push('-chardev', `socket,id=qga0,path=${runtime.guestAgentSocket},server=on,wait=off`);

@@ -64,6 +64,7 @@ export class VmInstance {
         serialLog: path.join(dir, 'serial.log'),
         serialSocket: path.join(dir, 'serial.sock'),
         guestAgentSocket: path.join(dir, 'qga.sock'),
+        vncSocket: path.join(dir, 'vnc.sock'),
         taps,
         incoming: options.incoming ?? false,
         ...(options.tls ? { tls: options.tls } : {}),
@@ -91,6 +92,11 @@ export class VmInstance {
   /** The serial console's socket (QEMU serves one client at a time; the agent relays it). */
   get serialSocket(): string {
     return path.join(this.dir, 'serial.sock');
+  }
+
+  /** The VNC display's socket (the agent relays it to viewers over a websocket). */
+  get vncSocket(): string {
+    return path.join(this.dir, 'vnc.sock');
   }
 
   /** The QEMU guest agent's channel (when spec.guestAgent). */

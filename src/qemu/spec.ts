@@ -112,6 +112,8 @@ export interface VmSpec {
   cdrom?: CdromSpec;
   /** A virtio-serial channel for the QEMU guest agent (qemu-ga), where the guest runs one. */
   guestAgent?: boolean;
+  /** A graphics card (standard VGA), seen through the VM's VNC display; absent: the serial line only. */
+  display?: 'vga';
 }
 
 export interface VmSpecInput {
@@ -127,6 +129,7 @@ export interface VmSpecInput {
   disks?: DiskSpec[];
   cdrom?: CdromSpec;
   guestAgent?: boolean;
+  display?: 'vga';
 }
 
 const NAME = NAME_PATTERN;
@@ -149,6 +152,7 @@ export function makeVmSpec(input: VmSpecInput): VmSpec {
     disks: input.disks ?? [],
     ...(input.cdrom ? { cdrom: input.cdrom } : {}),
     ...(input.guestAgent ? { guestAgent: true } : {}),
+    ...(input.display ? { display: input.display } : {}),
   };
   validateVmSpec(spec);
   return spec;
@@ -250,6 +254,7 @@ export function migrationIncompatibilities(source: VmSpec, destination: VmSpec):
   differ('uuid', source.uuid, destination.uuid, 'the destination must run the same VM');
   differ('boot', source.boot, destination.boot, 'the destination must boot the same way (the same kernel and command line, or the same firmware)');
   differ('CD-ROM', source.cdrom ?? null, destination.cdrom ?? null, 'the destination must have the same ISO attached');
+  differ('display', source.display ?? 'none', destination.display ?? 'none', 'the destination must have the same graphics card');
   differ('guest agent channel', source.guestAgent ?? false, destination.guestAgent ?? false, 'the destination must have the same virtio-serial devices');
   differ(
     'NICs',

@@ -37,6 +37,8 @@ export interface InteractiveCli {
   readonly stderr: string;
   /** Sends Ctrl-] and waits for the exit code. */
   leave(): Promise<number>;
+  /** Sends SIGINT (Ctrl-C) and waits for the exit code. */
+  interrupt(): Promise<number>;
   readonly exited: Promise<number>;
 }
 
@@ -64,6 +66,10 @@ export function ferryInteractive(env: Record<string, string>, ...args: string[])
     },
     async leave() {
       child.stdin.write(Buffer.from([0x1d]));
+      return exited;
+    },
+    async interrupt() {
+      child.kill('SIGINT');
       return exited;
     },
   };

@@ -11,6 +11,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AgentClient } from '../../src/agent/client.ts';
+import { createWebSocketStream } from 'ws';
+import { rfbHandshake } from '../helpers/rfb.ts';
 import { ApiError } from '../../src/agent/errors.ts';
 import { issueCertificate, loadIdentity } from '../../src/cluster/pki.ts';
 import { killAgent, startAgent } from '../../src/lab/lab.ts';
@@ -63,9 +65,19 @@ describe('authorization by identity (3-host lab)', () => {
     await assert.rejects(h3.call('GET', '/v1/cluster/vms'), forbidden(/GET \/v1\/cluster\/vms is for the admin/));
     await assert.rejects(h3.call('POST', '/v1/storage', { name: 'evil', type: 'local', path: '/etc' }), forbidden(/is for the admin/));
     await assert.rejects(h3.call('POST', '/v1/vms/g1/recover', {}), forbidden(/is for the admin/));
+    await assert.rejects(h3.openDisplay('g1'), forbidden(/GET \/v1\/vms\/:name\/vnc is for the admin; host 'h3' may not call it/));
+    await assert.rejects(h3.call('POST', '/v1/networks', { name: 'evil', bridge: 'br0' }), forbidden(/is for the admin/));
     await unchanged('h1');
     const pools = (await cli('storage', 'list')).json.hosts[0].pools.map((p: { pool: string }) => p.pool) as string[];
     assert.ok(pools.includes('local') && !pools.includes('evil'), `pools: ${pools.join(', ')}`);
+  });
+
+  it("the admin's certificate opens the VM's VNC display through its owner's agent (the test guest has no graphics card: the display says so in its size)", async () => {
+    const ws = await (await as(adminCert(), 'h1')).openDisplay('g1');
+    const screen = await rfbHandshake(createWebSocketStream(ws));
+    assert.match(screen.name, /g1/);
+    ws.terminate();
+    await assert.rejects((await as(adminCert(), 'h2')).openDisplay('g1'), (err: unknown) => err instanceof ApiError && err.status === 404 && /not running on this host/.test(err.message));
   });
 
   it("the admin's certificate drives no host-to-host route", async () => {
@@ -124,10 +136,10 @@ describe('authorization by identity (3-host lab)', () => {
     // Nor may h3 probe h2's storage with a made-up disk: only the owner asks, about the stored disks.
     const probePath = { ...vm.spec, disks: [{ id: 'disk0', pool: 'local', volume: '../../../etc/shadow', format: 'raw', sizeBytes: 4096 }] };
     await assert.rejects(
-      (await as(hostCert('h3'), 'h2')).call('POST', '/v1/incoming/check-storage', { spec: probePath, disks: [] }),
+      (await as(hostCert('h3'), 'h2')).call('POST', '/v1/incoming/check', { spec: probePath, disks: [] }),
       forbidden(/'g1' is owned by h1; host 'h3' may not ask about its disks/),
     );
-    const asOwner = await (await as(hostCert('h1'), 'h2')).call<{ problems: string[] }>('POST', '/v1/incoming/check-storage', { spec: probePath, disks: [] });
+    const asOwner = await (await as(hostCert('h1'), 'h2')).call<{ problems: string[] }>('POST', '/v1/incoming/check', { spec: probePath, disks: [] });
     assert.deepEqual(asOwner.problems, [], "the owner's answer is about g1's stored disks (none), not the sent path");
     // h1 owns g1 but began no migration: no paused QEMU is started on its say-so.
     await assert.rejects((await as(hostCert('h1'), 'h2')).call('POST', '/v1/incoming', request('made-up', 'h1')), /no migration made-up of 'g1' from h1 to h2 was begun/);

@@ -7,6 +7,7 @@
  * would, and its gamesrv answers the probe — what a user checks.
  */
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
@@ -16,6 +17,7 @@ import { run } from '../../src/util/exec.ts';
 import { agentLogs, useLab } from '../helpers/lab.ts';
 import { killAgent, startAgent } from '../../src/lab/lab.ts';
 import { ferry, ferryInteractive } from '../helpers/cli.ts';
+import { rfbHandshake } from '../helpers/rfb.ts';
 
 const ISO = path.join(PROJECT_ROOT, 'guest', 'out', 'ferry-guest.iso');
 /** guest/installer/build.sh: the Debian 12 installer's kernel and initrd as an ISO, console on the serial line. */
@@ -121,6 +123,16 @@ describe('images, firmware and cloud-init (3-host lab)', () => {
     const second = ferryInteractive(suite.env, 'vm', 'console', 'u1', '--attach');
     assert.notEqual(await second.exited, 0, 'QEMU serves one console client: a second is refused');
     assert.match(second.stderr, /the console of 'u1' is open already \(by admin/);
+    // The VNC display (its VGA card), through the agent's websocket, on a loopback port for a viewer.
+    const vnc = ferryInteractive(suite.env, 'vm', 'vnc', 'u1', '--listen', '127.0.0.1:0', '--json');
+    const port = JSON.parse((await vnc.waitFor(/"port"/)).trim().split('\n')[0]!).listen.port as number;
+    const viewer = net.connect(port, '127.0.0.1');
+    const screen = await rfbHandshake(viewer);
+    assert.match(screen.name, /u1/, 'the display is the VM\'s (QEMU names it after the guest)');
+    assert.ok(screen.width >= 320 && screen.height >= 200, `a VGA screen, not ${screen.width}x${screen.height}`);
+    const viewerClosed = new Promise<void>((resolve) => viewer.once('close', () => resolve()));
+    const asHost = await cli('vm', 'show', 'u1');
+    assert.equal(asHost.json.spec.display, 'vga');
     let last = first;
     for (const to of ['h2', 'h3']) {
       const result = await migrate('u1', to);
@@ -133,6 +145,15 @@ describe('images, firmware and cloud-init (3-host lab)', () => {
       assert.deepEqual([memory.pages, memory.mismatches], [16 * 256, 0], 'the guest\'s 16 MiB memcheck area verifies after the hop');
       t.diagnostic(`u1 -> ${to}: total ${result.totalMs} ms, downtime ${result.downtimeMs} ms`);
     }
+    // The viewer's connection ended when the VM left h1; connecting again reaches the display on h3.
+    await viewerClosed;
+    const again = net.connect(port, '127.0.0.1');
+    const moved = await rfbHandshake(again);
+    assert.match(moved.name, /u1/);
+    again.destroy();
+    assert.match(vnc.stderr, /u1 left h1 \('u1' left this host \(stopped or migrated\): connect again\)/);
+    assert.match(vnc.stderr, /connected to u1 on h3/);
+    assert.equal(await vnc.interrupt(), 0);
     // The console followed the VM to h3.
     for (let i = 0; i < 100 && !/u1 moved to h3; reconnecting there/.test(console1.stderr); i++) await new Promise((r) => setTimeout(r, 100));
     assert.match(console1.stderr, /u1 moved to h2; reconnecting there[\s\S]*u1 moved to h3; reconnecting there/);

@@ -8,6 +8,7 @@ import { attemptsText, mib, ms, table } from '../format.ts';
 import type { Command } from '../main.ts';
 import { migrateWithProbe } from '../migrate.ts';
 import { interactiveConsole } from '../console.ts';
+import { forwardDisplay } from '../vnc.ts';
 import { mapImportedNics, planLibvirtImport, type LibvirtImportPlan } from '../libvirt-import.ts';
 import { uploadImage } from './image.ts';
 import { HISTORY_CHOICES, type DryRun, type InputBasis } from '../../agent/predict.ts';
@@ -42,6 +43,10 @@ const USAGE = `Usage:
       the guest's serial console, interactive (Ctrl-] leaves); it follows the VM when it migrates.
       --force takes over a console someone else has open; --log (or a --json, or no terminal) prints
       what the guest wrote so far instead (--attach: interactive without a terminal, for scripts).
+  ferry vm vnc NAME [--listen 127.0.0.1:5900]
+      the VM's VNC display (its VGA screen; VMs made from images and ISOs have one) on a loopback port of
+      this machine, for any VNC viewer; it follows the VM when it migrates (the viewer reconnects). The
+      agents serve it as a websocket (GET /v1/vms/NAME/vnc, admin certificate), as noVNC expects.
   ferry vm import --libvirt-xml FILE --pool POOL [--name NAME] [--host HOST] [--dry-run]
       a libvirt domain (virsh dumpxml) as a ferry VM: memory, vCPUs, CPU model, firmware, its disks and
       CD-ROM (uploaded from this machine into POOL), its MAC and uuid, the guest agent channel. Prints
@@ -95,6 +100,7 @@ export const vmCommand: Command = {
         policy: { type: 'string' }, timeout: { type: 'string' }, 'allow-postcopy': { type: 'boolean' }, 'verify-memory': { type: 'string' }, 'dry-run': { type: 'boolean' }, history: { type: 'string' },
         'allow-older-destination': { type: 'boolean' }, multifd: { type: 'boolean' }, 'no-multifd': { type: 'boolean' }, 'no-postcopy-preempt': { type: 'boolean' },
         'libvirt-xml': { type: 'string' }, name: { type: 'string' },
+        listen: { type: 'string' },
         force: { type: 'boolean' }, log: { type: 'boolean' }, attach: { type: 'boolean' }, 'accept-data-loss': { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' },
       },
     });
@@ -192,6 +198,8 @@ export const vmCommand: Command = {
         const { log } = await cli.agent(vm.owner).call<{ log: string }>('GET', `/v1/vms/${name}/console`);
         return out(log, { log });
       }
+      case 'vnc':
+        return forwardDisplay(cli, name!, values.listen ?? '127.0.0.1:5900', json);
       case 'recover': {
         if (!values.to) throw new UsageError('ferry vm recover NAME --to HOST: say which host takes the VM over');
         const { vm } = await cli.agent(values.to).call<{ vm: OwnedVm }>('POST', `/v1/vms/${name}/recover`, values['accept-data-loss'] ? { acceptDataLoss: true } : {}, 120_000);
