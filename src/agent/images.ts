@@ -14,7 +14,7 @@ import path from 'node:path';
 import type { ImageRecord, StoredVolume } from '../cluster/model.ts';
 import { ovmfVarsTemplate, requireUefi } from '../qemu/firmware.ts';
 import { buildSeedImage, SEED_BYTES, type CloudInitConfig } from '../qemu/cloud-init.ts';
-import { UEFI_VARS_BYTES, type DiskSpec, type VolumeFormat } from '../qemu/spec.ts';
+import { UEFI_VARS_BYTES, type DiskSpec, type IsoMedium, type VolumeFormat } from '../qemu/spec.ts';
 import { inspectImageFile } from '../storage/image-file.ts';
 import { convertInto, jsonFilename } from '../storage/qemu-img.ts';
 import { defaultFormat, type StorageDriver } from '../storage/types.ts';
@@ -68,7 +68,7 @@ export function imageRoutes(ctx: AgentContext): Route[] {
 async function imageUsers(ctx: AgentContext, image: string): Promise<string[]> {
   const vms = await ctx.state.vms();
   const overlays = (await ctx.state.volumes()).filter((v) => v.backingImage === image).map((v) => (v.vm ? `VM ${v.vm}` : `volume ${v.pool}/${v.name} (an overlay on it)`));
-  return [...new Set([...overlays, ...vms.filter((v) => v.spec.cdrom?.image === image).map((v) => `VM ${v.spec.name}`)])].sort();
+  return [...new Set([...overlays, ...vms.filter((v) => v.spec.cdrom?.medium?.image === image).map((v) => `VM ${v.spec.name}`)])].sort();
 }
 
 /**
@@ -173,6 +173,11 @@ export interface ImageDiskRequest {
 }
 
 /** The ready image of that name, for a use that needs `kind`; refused in words a user can act on. */
+/** An ISO image as a CD-ROM's medium (its size rounded up to whole sectors, as QEMU sees it). */
+export function isoMedium(image: ImageRecord): IsoMedium {
+  return { image: image.name, pool: image.pool, volume: image.volume, sizeBytes: Math.ceil(image.virtualBytes / 512) * 512 };
+}
+
 export async function readyImage(ctx: AgentContext, name: string, kind: 'disk' | 'iso'): Promise<ImageRecord> {
   const image = await ctx.state.image(name);
   if (!image) throw new RefusedError(`no image named '${name}'; see 'ferry image list' (import one with 'ferry image import ${name} FILE')`);

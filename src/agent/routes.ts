@@ -20,6 +20,7 @@ import { recoverRoutes } from './recover.ts';
 import { createVm } from './vm-create.ts';
 import { imageRoutes } from './images.ts';
 import { networkRoutes } from './networks.ts';
+import { changeCdrom, parseCdromChange } from './cdrom.ts';
 import { storageCatalog } from './context.ts';
 
 /**
@@ -133,6 +134,12 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         ctx.log(`${name}: guest filesystems ${action === 'status' ? `are ${result}` : `${action === 'freeze' ? 'frozen' : 'thawed'} (${result})`}`);
         return { action, result };
       },
+    },
+    {
+      method: 'POST',
+      pattern: '/v1/vms/:name/cdrom',
+      who: 'admin',
+      handler: async ({ name }, body) => ({ vm: await changeCdrom(ctx, await mine(name!, body['token']), parseCdromChange(body)) }),
     },
     {
       method: 'POST',

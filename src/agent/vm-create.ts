@@ -19,7 +19,7 @@ import type { ClusterConfig } from './config.ts';
 import { requireRoom, storageCatalog, type AgentContext } from './context.ts';
 import { RefusedError } from './errors.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
-import { makeDiskFromImage, makeSeed, makeUefiVars, readyImage } from './images.ts';
+import { isoMedium, makeDiskFromImage, makeSeed, makeUefiVars, readyImage } from './images.ts';
 import { createVolume, removeVolume } from './storage-routes.ts';
 
 interface DiskRequest {
@@ -97,7 +97,7 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
   if (firmware?.firmware === 'uefi') requireUefi(node.name);
   const cdromImage = firmware?.cdrom ? await readyImage(ctx, firmware.cdrom, 'iso') : undefined;
   if (firmware?.image) await readyImage(ctx, firmware.image, 'disk');
-  const cdrom: CdromSpec | undefined = cdromImage && { image: cdromImage.name, pool: cdromImage.pool, volume: cdromImage.volume, sizeBytes: Math.ceil(cdromImage.virtualBytes / 512) * 512 };
+  const cdrom: CdromSpec | undefined = cdromImage && { medium: isoMedium(cdromImage) };
   const boot: BootSpec = firmware
     ? { kind: 'firmware', firmware: firmware.firmware, order: firmware.order }
     : guestBoot(guestImage(), {

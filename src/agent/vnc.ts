@@ -69,7 +69,8 @@ export class VncRelay {
       display.on('error', () => close(VNC_CLOSE.displayUnreachable, 'the display failed'));
       display.on('close', () => close(VNC_CLOSE.vmGone, `'${vm}' left this host (stopped or migrated): connect again`));
       stream.pipe(display);
-      display.pipe(stream);
+      // Not ended by the display's end: the close code (1012) must tell the viewer why, not a plain 1000.
+      display.pipe(stream, { end: false });
     });
   }
 

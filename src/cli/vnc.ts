@@ -13,7 +13,8 @@ export async function forwardDisplay(cli: Cli, name: string, listen: string, jso
   const m = /^(127\.\d+\.\d+\.\d+|localhost|\[::1\]|::1):(\d+)$/.exec(listen);
   if (!m) throw new UsageError(`--listen ${listen}: give a loopback address and port such as 127.0.0.1:5900 (0 picks a free port); the display has no password of its own, so ferry serves it only on this machine`);
   await cli.vm(name); // refused at once for an unknown VM
-  const note = (line: string) => !json && process.stderr.write(`[ferry: ${line}]\n`);
+  // Notes go to stderr, also with --json: stdout carries only the one JSON document.
+  const note = (line: string) => process.stderr.write(`[ferry: ${line}]\n`);
   const server = net.createServer((viewer) => {
     viewer.pause();
     void (async () => {

@@ -462,7 +462,7 @@ export class LocalDestination implements DestinationSide {
   private async doPrepare(capabilities: MigrationCapabilities, needs: DiskNeed[]): Promise<PreparedDestination> {
     const { spec, accel, runDir, network, storage } = this.options;
     await this.prepareVolumes(needs);
-    const disks = ((spec.disks ?? []).length || spec.cdrom) && storage ? storage.attach(spec) : undefined;
+    const disks = ((spec.disks ?? []).length || spec.cdrom?.medium) && storage ? storage.attach(spec) : undefined;
     const instance = await VmInstance.launch({ spec, accel, runDir, ...(network ? { network } : {}), ...(disks ? { disks } : {}), incoming: true });
     this.launched = instance;
     if (this.aborted) throw new Error('aborted');

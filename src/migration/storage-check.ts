@@ -10,7 +10,7 @@ import { FirmwareMissingError, hasUefi } from '../qemu/firmware.ts';
 export async function checkIncomingStorage(spec: VmSpec, storage: StorageCatalog | undefined, needs: DiskNeed[]): Promise<string[]> {
   const problems = checkFirmware(spec, storage?.host);
   const disks = spec.disks ?? [];
-  if (spec.cdrom && storage) problems.push(...(await checkCdrom(spec, storage)));
+  if (spec.cdrom?.medium && storage) problems.push(...(await checkCdrom(spec, storage)));
   if (!disks.length) return problems;
   if (!storage) return [...problems, `the destination has no storage configured for the disks of '${spec.name}'`];
   // Room is checked per pool: two disks copied into one pool need the sum.
@@ -55,13 +55,13 @@ function checkFirmware(spec: VmSpec, host = 'this host'): string[] {
 
 /** An ISO stays where it is: the destination must see the same one, so only a shared pool will do. */
 async function checkCdrom(spec: VmSpec, storage: StorageCatalog): Promise<string[]> {
-  const cd = spec.cdrom!;
+  const cd = spec.cdrom!.medium!;
   try {
     const driver = storage.get(cd.pool);
     if (!driver.shared)
       return [
         `the CD-ROM holds image '${cd.image}' from pool '${cd.pool}', which each host keeps for itself: the destination has no copy of it. ` +
-          'Import the ISO into a shared pool and attach that one (ejecting a running VM\'s CD-ROM is not built yet)',
+          `Eject it (ferry vm cdrom ${spec.name} eject), or import the ISO into a shared pool and insert that one (ferry vm cdrom ${spec.name} insert ISO)`,
       ];
     if (!(await driver.exists({ pool: cd.pool, name: cd.volume, format: 'raw', sizeBytes: cd.sizeBytes })))
       return [`image '${cd.image}' (the CD-ROM) is not visible in pool '${cd.pool}' on host '${storage.host}'; is the pool really shared?`];

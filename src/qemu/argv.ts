@@ -40,12 +40,19 @@ export interface QemuRuntime {
   /** Start as a migration destination: paused, waiting for `migrate-incoming`. */
   incoming: boolean;
   tls?: TlsCredentials;
-  /** One per spec.disks entry, in that order; then spec.cdrom's, under CDROM_ID. */
+  /** One per spec.disks entry, in that order; then the CD-ROM's medium's, under CDROM_ID. */
   disks?: DiskAttachment[];
 }
 
-/** The node name of a VM's CD-ROM. */
+/** The node name of a VM's CD-ROM medium. */
 export const CDROM_ID = 'cd0';
+/** The id of a VM's CD-ROM drive (QMP's tray and medium commands name it). */
+export const CDROM_DEVICE = `${CDROM_ID}-dev`;
+
+/** The blockdev of an ISO in the CD-ROM drive, as given on the command line or to blockdev-add. */
+export function cdromBlockdev(blockdev: Record<string, unknown>): Record<string, unknown> {
+  return { ...blockdev, 'node-name': CDROM_ID, 'read-only': true };
+}
 
 /** virtio-blk keeps 20 characters of a serial: longer names are cut and given a hash, so two disks never share one. */
 export function diskSerial(name: string): string {
@@ -99,11 +106,15 @@ export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
     firstDisk = false;
   });
   if (spec.cdrom) {
-    const cdrom = runtime.disks?.find((d) => d.id === CDROM_ID);
-    if (!cdrom) throw new Error(`no storage given for the CD-ROM (${spec.cdrom.pool}/${spec.cdrom.volume})`);
-    argv.push('-blockdev', JSON.stringify({ ...cdrom.blockdev, 'node-name': CDROM_ID, 'read-only': true }));
+    const medium = spec.cdrom.medium;
+    if (medium) {
+      const cdrom = runtime.disks?.find((d) => d.id === CDROM_ID);
+      if (!cdrom) throw new Error(`no storage given for the CD-ROM (${medium.pool}/${medium.volume})`);
+      argv.push('-blockdev', JSON.stringify({ ...cdromBlockdev(cdrom.blockdev) }));
+    }
     // q35's built-in AHCI controller: the CD-ROM an installer expects (not virtio: firmware and installers know SATA).
-    argv.push('-device', `ide-cd,drive=${CDROM_ID},bus=ide.0,id=${CDROM_ID}-dev${bootIndex(boot.kind === 'firmware' && boot.order === 'cdrom')}`);
+    // An empty drive has no backend; a medium inserted later gets one (QMP blockdev-add, CDROM_ID).
+    argv.push('-device', `ide-cd,${medium ? `drive=${CDROM_ID},` : ''}bus=ide.0,id=${CDROM_DEVICE}${bootIndex(boot.kind === 'firmware' && boot.order === 'cdrom')}`);
   }
   if (spec.display === 'vga') argv.push('-device', 'VGA,id=video0');
   // Every VM has a VNC display (without a graphics card it says so); QEMU accepts several viewers at once.

@@ -5,10 +5,10 @@
  */
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { buildQemuArgv, type DiskAttachment, type TlsCredentials } from './argv.ts';
+import { CDROM_DEVICE, CDROM_ID, buildQemuArgv, cdromBlockdev, type DiskAttachment, type TlsCredentials } from './argv.ts';
 import { GuestBootTimeoutError } from './errors.ts';
 import { QemuProcess, type ShutdownOutcome } from './process.ts';
-import { usesTap, type Accel, type NicSpec, type VmSpec } from './spec.ts';
+import { usesTap, type Accel, type IsoMedium, type NicSpec, type VmSpec } from './spec.ts';
 
 /** Gives each bridge NIC a host device. Implemented by net/ (taps on a bridge). */
 export interface NetworkAttacher {
@@ -35,7 +35,7 @@ export interface LaunchOptions {
 
 export class VmInstance {
   private constructor(
-    readonly spec: VmSpec,
+    private currentSpec: VmSpec,
     readonly accel: Accel,
     readonly dir: string,
     readonly process: QemuProcess,
@@ -45,6 +45,32 @@ export class VmInstance {
 
   get qmp() {
     return this.process.qmp;
+  }
+
+  /** The spec this QEMU runs: as started, with its CD-ROM's medium as changed since. */
+  get spec(): VmSpec {
+    return this.currentSpec;
+  }
+
+  /**
+   * Takes the CD-ROM's medium out (force: a guest's tray lock does not hold it, as `eject -f`) and,
+   * when `insert` is given, puts that ISO in. The tray is closed again either way.
+   */
+  async changeCdrom(insert: { medium: IsoMedium; blockdev: Record<string, unknown> } | undefined): Promise<void> {
+    if (!this.currentSpec.cdrom) throw new Error(`'${this.currentSpec.name}' has no CD-ROM drive`);
+    const id = CDROM_DEVICE;
+    await this.qmp.execute('blockdev-open-tray', { id, force: true });
+    if (this.currentSpec.cdrom.medium) {
+      await this.qmp.execute('blockdev-remove-medium', { id });
+      await this.qmp.execute('blockdev-del', { 'node-name': CDROM_ID });
+    }
+    this.currentSpec = { ...this.currentSpec, cdrom: {} };
+    if (insert) {
+      await this.qmp.execute('blockdev-add', cdromBlockdev(insert.blockdev));
+      await this.qmp.execute('blockdev-insert-medium', { id, 'node-name': CDROM_ID });
+      this.currentSpec = { ...this.currentSpec, cdrom: { medium: insert.medium } };
+    }
+    await this.qmp.execute('blockdev-close-tray', { id });
   }
 
   static async launch(options: LaunchOptions): Promise<VmInstance> {

@@ -87,11 +87,17 @@ export interface FirmwareBoot {
 export type BootSpec = KernelBoot | FirmwareBoot;
 
 /** An ISO image attached read-only (an installer, a live system). It is an image's volume, never the VM's. */
-export interface CdromSpec {
+/** An ISO in a CD-ROM drive: an image's volume, opened read-only. */
+export interface IsoMedium {
   image: string;
   pool: string;
   volume: string;
   sizeBytes: number;
+}
+
+/** The VM's CD-ROM drive (SATA): an ISO in it, or none (ejected; the drive stays, as in a real machine). */
+export interface CdromSpec {
+  medium?: IsoMedium;
 }
 
 /** Size of the UEFI variable store: Debian's OVMF_VARS_4M.fd, which pairs with OVMF_CODE_4M.fd. */
@@ -212,8 +218,9 @@ export function validateVmSpec(spec: VmSpec): void {
   if (uefi && flash.length !== 1) throw new InvalidVmSpecError('disks', 'a UEFI VM needs exactly one UEFI variable store among its disks');
   if (!uefi && flash.length) throw new InvalidVmSpecError('disks', 'only a UEFI VM has a variable store (bus pflash)');
   if (spec.cdrom) {
-    if (!NAME.test(spec.cdrom.pool) || !NAME.test(spec.cdrom.volume) || !NAME.test(spec.cdrom.image))
-      throw new InvalidVmSpecError('cdrom', `'${spec.cdrom.pool}/${spec.cdrom.volume}' does not name an image volume`);
+    const medium = spec.cdrom.medium;
+    if (medium && (!NAME.test(medium.pool) || !NAME.test(medium.volume) || !NAME.test(medium.image)))
+      throw new InvalidVmSpecError('cdrom', `'${medium.pool}/${medium.volume}' does not name an image volume`);
     if (spec.boot.kind !== 'firmware') throw new InvalidVmSpecError('cdrom', 'a CD-ROM needs firmware boot (--boot disk or cdrom), not a kernel');
   }
   if (spec.boot.kind === 'firmware' && spec.boot.order === 'cdrom' && !spec.cdrom)

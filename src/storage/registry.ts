@@ -8,7 +8,7 @@ import { ReplicatedDriver } from './replicated.ts';
 import { StorageError } from './errors.ts';
 import type { StorageDriver, StoragePoolConfig } from './types.ts';
 import type { DiskAttachment } from '../qemu/argv.ts';
-import type { VmSpec } from '../qemu/spec.ts';
+import type { IsoMedium, VmSpec } from '../qemu/spec.ts';
 import { CDROM_ID } from '../qemu/argv.ts';
 import { volumeOf } from './types.ts';
 
@@ -51,8 +51,13 @@ export class StorageCatalog {
   /** How QEMU opens each disk of a VM on this host, in spec order, then its CD-ROM (id CDROM_ID). */
   attach(spec: VmSpec): DiskAttachment[] {
     const disks = spec.disks.map((disk) => ({ id: disk.id, blockdev: this.get(disk.pool).blockdev(volumeOf(disk)), serial: disk.volume }));
-    const cd = spec.cdrom;
+    const cd = spec.cdrom?.medium;
     if (!cd) return disks;
-    return [...disks, { id: CDROM_ID, blockdev: this.get(cd.pool).blockdev({ pool: cd.pool, name: cd.volume, format: 'raw', sizeBytes: cd.sizeBytes }), serial: cd.volume }];
+    return [...disks, { id: CDROM_ID, blockdev: this.isoBlockdev(cd), serial: cd.volume }];
+  }
+
+  /** How QEMU opens an ISO on this host (the CD-ROM's medium). */
+  isoBlockdev(medium: IsoMedium): Record<string, unknown> {
+    return this.get(medium.pool).blockdev({ pool: medium.pool, name: medium.volume, format: 'raw', sizeBytes: medium.sizeBytes });
   }
 }

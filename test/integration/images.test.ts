@@ -203,8 +203,31 @@ describe('images, firmware and cloud-init (3-host lab)', () => {
     const refused = await cli('vm', 'migrate', 'c2', '--to', 'h2');
     assert.notEqual(refused.code, 0);
     assert.match(`${refused.stderr}${refused.json?.error ?? ''}`, /the CD-ROM holds image 'fg-iso-local' from pool 'local', which each host keeps for itself/);
+    assert.match(`${refused.stderr}${refused.json?.error ?? ''}`, /Eject it \(ferry vm cdrom c2 eject\)/);
     assert.equal((await cli('vm', 'show', 'c2')).json.owner, 'h1');
     assert.equal((await guestAnswers('c2')).boot, before.boot, 'the VM kept running where it was');
+
+    // Ejected, the ISO no longer ties it to h1: it moves (its seed disk copied), its guest unaware.
+    const ejected = await cli('vm', 'cdrom', 'c2', 'eject');
+    assert.equal(ejected.code, 0, ejected.stderr);
+    assert.deepEqual(ejected.json.vm.spec.cdrom, {}, 'the drive stays, empty');
+    assert.match((await cli('vm', 'cdrom', 'c2', 'eject')).stderr, /the CD-ROM drive of 'c2' is empty already/);
+    assert.match((await cli('vm', 'cdrom', 'c2', 'insert', 'fg')).stderr, /image 'fg' is a disk image, not an ISO/);
+    await migrate('c2', 'h2');
+    assert.equal((await guestAnswers('c2')).boot, before.boot, 'migrated with an empty drive, not rebooted');
+    const onH2 = await run('pgrep', ['-af', 'guest=c2,']);
+    assert.doesNotMatch(onH2, /"node-name":"cd0"/, "the destination's drive was started empty");
+    assert.match(onH2, /ide-cd,bus=ide\.0,id=cd0-dev/);
+    // A shared ISO goes in, and the destination opens it after the next move.
+    const inserted = await cli('vm', 'cdrom', 'c2', 'insert', 'fg-iso');
+    assert.equal(inserted.code, 0, inserted.stderr);
+    assert.equal(inserted.json.vm.spec.cdrom.medium.image, 'fg-iso');
+    assert.match((await cli('image', 'delete', 'fg-iso')).stderr, /in use by VM c1, VM c2/);
+    await migrate('c2', 'h3');
+    assert.equal((await guestAnswers('c2')).boot, before.boot);
+    const onH3 = await run('pgrep', ['-af', 'guest=c2,']);
+    assert.match(onH3, /image-fg-iso/, 'the destination opened the inserted ISO');
+    assert.match(onH3, /"node-name":"cd0"/);
   });
 
   it('a host without OVMF: a UEFI VM is neither created there nor moved there, with what to install said; nothing changes', async () => {

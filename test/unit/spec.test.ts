@@ -10,7 +10,7 @@ const boot = { kind: 'kernel' as const, kernel: '/img/vmlinuz', initrd: '/img/in
 const input = (over: Partial<VmSpecInput> = {}): VmSpecInput => ({ name: 'web1', uuid: '0b0e8f5e-2c54-4f27-9d0e-6f1f0f6a1b2c', boot, ...over });
 const disk = (id: string): DiskSpec => ({ id, pool: 'shared', volume: `web1-${id}`, format: 'qcow2', sizeBytes: 2 ** 30 });
 const vars = (id: string): DiskSpec => ({ id, pool: 'shared', volume: 'web1-vars', format: 'raw', sizeBytes: UEFI_VARS_BYTES, bus: 'pflash' });
-const cdrom = { image: 'debian-netinst', pool: 'shared', volume: 'image-debian-netinst', sizeBytes: 2048 * 1000 };
+const cdrom = { medium: { image: 'debian-netinst', pool: 'shared', volume: 'image-debian-netinst', sizeBytes: 2048 * 1000 } };
 
 describe('VM spec', () => {
   it('fills defaults', () => {

@@ -43,6 +43,9 @@ const USAGE = `Usage:
       the guest's serial console, interactive (Ctrl-] leaves); it follows the VM when it migrates.
       --force takes over a console someone else has open; --log (or a --json, or no terminal) prints
       what the guest wrote so far instead (--attach: interactive without a terminal, for scripts).
+  ferry vm cdrom NAME eject | insert ISO
+      changes the ISO in a running VM's CD-ROM drive (the guest sees the tray open and close; a guest's
+      tray lock does not stop an eject). An ISO on a host-local pool keeps a VM from migrating: eject it.
   ferry vm vnc NAME [--listen 127.0.0.1:5900]
       the VM's VNC display (its VGA screen; VMs made from images and ISOs have one) on a loopback port of
       this machine, for any VNC viewer; it follows the VM when it migrates (the viewer reconnects). The
@@ -168,7 +171,7 @@ export const vmCommand: Command = {
               (d) => `  ${d.id}: volume ${d.pool}/${d.volume}, ${d.format}, ${mib(d.sizeBytes)}${d.bus === 'pflash' ? ' (UEFI variables)' : ''}${d.image ? ` (from image ${d.image})` : ''}`,
             ),
             ...vm.spec.nics.slice(1).map((n, i) => `  nic${i + 1}: MAC ${n.mac}${n.backend.kind === 'network' ? ` on network ${n.backend.network}` : n.backend.kind === 'bridge' ? ` on bridge ${n.backend.bridge}` : ''}${n.address ? `, address ${n.address}` : ''}`),
-            ...(vm.spec.cdrom ? [`  CD-ROM: image ${vm.spec.cdrom.image} (${vm.spec.cdrom.pool}/${vm.spec.cdrom.volume})`] : []),
+            ...(vm.spec.cdrom ? [`  CD-ROM: ${vm.spec.cdrom.medium ? `image ${vm.spec.cdrom.medium.image} (${vm.spec.cdrom.medium.pool}/${vm.spec.cdrom.medium.volume})` : 'empty'}`] : []),
             ...(guest ? [guestLine(guest)] : []),
           ].join('\n'),
           guest ? { ...vm, guest } : vm,
@@ -191,6 +194,16 @@ export const vmCommand: Command = {
         const body = { token: vm.token, force: values.force ?? false };
         const result = verb === 'destroy' ? await agent.call('DELETE', `/v1/vms/${name}`, body, 120_000) : await agent.call('POST', `/v1/vms/${name}/${verb}`, body, 120_000);
         return out(`${name}: ${verb === 'stop' ? `stopped (${(result as { outcome: string }).outcome})` : verb === 'start' ? 'started' : 'destroyed'} on ${vm.owner}`, result);
+      }
+      case 'cdrom': {
+        const action = positionals[2];
+        const image = positionals[3];
+        if (action !== 'eject' && action !== 'insert') throw new UsageError('ferry vm cdrom NAME eject | ferry vm cdrom NAME insert ISO');
+        if (action === 'insert' && !image) throw new UsageError('ferry vm cdrom NAME insert ISO: name the ISO image (see ferry image list)');
+        const vm = await cli.vm(name!);
+        const result = await cli.agent(vm.owner).call<{ vm: OwnedVm }>('POST', `/v1/vms/${name}/cdrom`, { token: vm.token, action, ...(image ? { image } : {}) }, 60_000);
+        const medium = result.vm.spec.cdrom?.medium;
+        return out(`${name}: the CD-ROM ${medium ? `holds image ${medium.image}` : 'is empty'}`, result);
       }
       case 'console': {
         if (!values.log && !json && (process.stdin.isTTY || values.attach)) return interactiveConsole(cli, name!, { force: values.force ?? false });
