@@ -9,7 +9,7 @@ import { CERTIFICATE_WARNING_DAYS, loadIdentity } from '../cluster/pki.ts';
 import { LeaseExpiredError, type Store } from '../cluster/store/types.ts';
 import { BridgeTapAttacher } from '../net/tap.ts';
 import { resolvePlacement } from './networks.ts';
-import { loadClusterConfig, openStore, type ClusterConfig, type NodeConfig } from './config.ts';
+import { hostStoreCredentials, loadClusterConfig, openStore, type ClusterConfig, type NodeConfig } from './config.ts';
 import type { AgentContext } from './context.ts';
 import { IncomingMigrations } from './incoming.ts';
 import { reconcile } from './reconcile.ts';
@@ -40,7 +40,7 @@ export interface RunningAgent {
 export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   const cluster: ClusterConfig = await loadClusterConfig(node.clusterDir);
   const identity = await loadIdentity(node.certDir);
-  const store = openStore(cluster.store, identity);
+  const store = openStore(cluster.store, identity, await hostStoreCredentials(node, cluster));
   const log = (line: string) => console.log(`${new Date().toISOString()} ${node.name}: ${line}`);
   const attacher = new BridgeTapAttacher(node.netns, (nic) => resolvePlacement(ctx, nic));
   const runtime = new LocalRuntime(node.stateDir, node.runDir, attacher, log);
@@ -136,10 +136,12 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
   const renew = async () => {
     const revoked = ctx.revocations.check(fingerprint);
     if (revoked) {
-      // Removed from the cluster (it owned no VM then): it takes no further part; its lease runs out.
+      // Removed from the cluster (it owned no VM then): it takes no further part, and takes its record
+      // away (if its store user is gone already, its lease runs out instead).
       ctx.log(new HostRemovedError(node.name, revoked.revokedAt, revoked.reason).message);
       clearInterval(renewTimer);
       clearInterval(fenceTimer);
+      await ctx.state.deleteOwnHostRecord(node.name).catch(() => undefined);
       return;
     }
     try {

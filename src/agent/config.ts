@@ -1,12 +1,17 @@
 /** On-disk configuration of a cluster and of one node (host) in it. */
 import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { EtcdStore } from '../cluster/store/etcd.ts';
+import { EtcdStore, type EtcdCredentials } from '../cluster/store/etcd.ts';
+import { STORE_PASSWORD_FILE, hostUser } from '../cluster/store/etcd-auth.ts';
 import { SqliteStore } from '../cluster/store/sqlite.ts';
 import type { Store } from '../cluster/store/types.ts';
 import type { Identity } from '../cluster/pki.ts';
 
-export type StoreConfig = { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[] };
+export type StoreConfig =
+  | { kind: 'sqlite'; path: string }
+  /** rbac: etcd runs with users (cluster/store/etcd-auth.ts): each host logs in with the password in its bundle. */
+  | { kind: 'etcd'; endpoints: string[]; rbac?: boolean };
+
 
 /** cluster.json, next to the cluster CA (ca-cert.pem). */
 export interface ClusterConfig {
@@ -62,6 +67,17 @@ export const loadClusterConfig = (clusterDir: string) => readJson<ClusterConfig>
 export const loadNodeConfig = (file: string) => readJson<NodeConfig>(file, 'node configuration');
 
 /** identity: this node's certificate, presented to etcd members that require client certificates. */
-export function openStore(config: StoreConfig, identity?: Identity): Store {
-  return config.kind === 'sqlite' ? new SqliteStore(config.path) : new EtcdStore(config.endpoints, 5000, identity);
+export function openStore(config: StoreConfig, identity?: Identity, credentials?: EtcdCredentials): Store {
+  return config.kind === 'sqlite' ? new SqliteStore(config.path) : new EtcdStore(config.endpoints, 5000, identity, credentials);
+}
+
+/** A host's etcd user and password, where the cluster's etcd runs with RBAC; undefined otherwise. */
+export async function hostStoreCredentials(node: NodeConfig, cluster: ClusterConfig): Promise<EtcdCredentials | undefined> {
+  if (cluster.store.kind !== 'etcd' || !cluster.store.rbac) return undefined;
+  const file = path.join(node.certDir, STORE_PASSWORD_FILE);
+  try {
+    return { user: hostUser(node.name), password: (await readFile(file, 'utf8')).trim() };
+  } catch (err) {
+    throw new ConfigError(`this cluster's etcd checks who writes what, and this host has no store password at ${file} (${(err as Error).message}); join the host again (ferry join) and install its new bundle`);
+  }
 }

@@ -40,8 +40,9 @@ export const KEYS = {
   volumeLocation: (pool: string, location: string) => `/ferry/volume-locations/${pool}/${location}`,
   /** Set while one replica of a replicated volume lacks writes the other has (DRBD's "outdated"). */
   replicaOutdated: (pool: string, name: string) => `/ferry/replica-outdated/${pool}/${name}`,
-  /** Where a host serves its replica of a replicated volume to the primary (NBD over TLS). */
-  replicaEndpoint: (pool: string, name: string, host: string) => `/ferry/replica-endpoints/${pool}/${name}/${host}`,
+  /** Where a host serves its replica of a replicated volume to the primary (NBD over TLS); under the host's own prefix, which only it may write. */
+  replicaEndpoint: (pool: string, name: string, host: string) => `/ferry/replica-endpoints/${host}/${pool}/${name}`,
+  replicaEndpointsOf: (host: string) => `/ferry/replica-endpoints/${host}/`,
   /** A host that joined, with its certificate's fingerprint; unlike its lease-bound record, kept while it is down. */
   member: (name: string) => `/ferry/members/${name}`,
   /** A certificate no agent accepts any more (ferry node remove), by its SHA-256 fingerprint. */
@@ -226,7 +227,11 @@ export class ClusterState {
     await this.store.put(KEYS.revoked(entry.fingerprint), JSON.stringify(entry));
   }
 
-  /** Revokes a host's certificate and forgets the host, in one transaction. */
+  /**
+   * Revokes a host's certificate and forgets the host, in one transaction. Its lease-bound host
+   * record is its own (under etcd RBAC no other host may delete it): the removed agent drops it when
+   * it sees the revocation, or its lease runs out.
+   */
   async removeHost(member: MemberRecord, reason: string): Promise<void> {
     const entry: RevokedCertificate = { fingerprint: member.fingerprint, name: member.name, revokedAt: new Date().toISOString(), reason };
     await this.store.txn(
@@ -234,9 +239,13 @@ export class ClusterState {
       [
         { type: 'put', key: KEYS.revoked(member.fingerprint), value: JSON.stringify(entry) },
         { type: 'delete', key: KEYS.member(member.name) },
-        { type: 'delete', key: KEYS.host(member.name) },
       ],
     );
+  }
+
+  /** A host leaves: its own record goes (the agent of that host only). */
+  async deleteOwnHostRecord(name: string): Promise<void> {
+    await this.store.delete(KEYS.host(name));
   }
 
   async host(name: string): Promise<HostRecord | undefined> {

@@ -15,6 +15,7 @@ import path from 'node:path';
 import { AgentClient, type AgentEndpoint } from '../agent/client.ts';
 import { readJson, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../agent/config.ts';
 import { createCa, issueCertificate, loadIdentity } from '../cluster/pki.ts';
+import { addStoreUser, enableStoreRbac } from '../cluster/store/etcd-auth.ts';
 import { EtcdCluster } from '../cluster/store/etcd-cluster.ts';
 import { FAULT_FILE_ENV, type FaultAction, type FaultPoint } from '../agent/faults.ts';
 import { createBridge, createNetns, deleteNetns, ip, linkExists, netnsExists } from '../net/netns.ts';
@@ -160,7 +161,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
         logFd,
       );
       lab.etcdPids = cluster.members.map((m) => m.pid!).filter(Boolean);
-      storeConfig = { kind: 'etcd', endpoints: cluster.endpoints };
+      storeConfig = { kind: 'etcd', endpoints: cluster.endpoints, rbac: true };
       await save();
       log(`etcd: 3 members at ${cluster.endpoints.join(', ')}`);
     }
@@ -171,6 +172,8 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
     };
     await writeJson(path.join(clusterDir, 'cluster.json'), clusterConfig);
     await issueCertificate(clusterDir, path.join(dir, 'admin'), { name: 'admin', role: 'admin' });
+    // etcd with RBAC, as `ferry join` sets it up: root's password stays in the cluster directory, each host gets a user of its own.
+    const rbac = storeConfig.kind === 'etcd' ? await enableStoreRbac(clusterDir, storeConfig.endpoints, await loadIdentity(path.join(dir, 'admin'))) : undefined;
 
     for (let i = 1; i <= hostCount; i++) {
       const name = `h${i}`;
@@ -186,6 +189,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       await ip(host.netns, 'link', 'set', 'up1', 'master', 'br1', 'up');
       const hostDir = path.join(dir, 'hosts', name);
       await issueCertificate(clusterDir, path.join(hostDir, 'cert'), { name, role: 'host', addresses: [host.address] });
+      if (rbac) await addStoreUser(rbac, name, path.join(hostDir, 'cert'));
       const node: NodeConfig = {
         name,
         clusterDir,
@@ -204,6 +208,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       await startAgent(lab, name);
       log(`host ${name}: namespace ${host.netns}, address ${host.address}, agent pid ${host.pid}`);
     }
+    await rbac?.close();
     await addLabStorage(lab, log);
     if (options.storage?.length) await startStorageServers(lab, options.storage, save, log);
     await writeJson(path.join(dir, 'context.json'), labContext(lab));

@@ -11,6 +11,8 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AgentClient } from '../../src/agent/client.ts';
 import { createCa, issueCertificate, loadIdentity } from '../../src/cluster/pki.ts';
+import { KEYS } from '../../src/cluster/model.ts';
+import { STORE_PASSWORD_FILE, STORE_ROOT_PASSWORD_FILE } from '../../src/cluster/store/etcd-auth.ts';
 import { injectFault, killAgent, readLab, startAgent, type LabRecord } from '../../src/lab/lab.ts';
 import { Probe } from '../../src/lab/probe.ts';
 import { run } from '../../src/util/exec.ts';
@@ -273,10 +275,40 @@ for (const store of ['sqlite', 'etcd'] as const) {
         const etcdctl = (...extra: string[]) =>
           run('ip', ['netns', 'exec', lab.storeNetns!, 'etcdctl', '--endpoints=https://10.80.0.5:2379', `--cacert=${path.join(dir, 'cluster', 'ca-cert.pem')}`, '--command-timeout=2s', ...extra, 'get', '--prefix', '--keys-only', '/ferry/hosts/']);
         await assert.rejects(etcdctl());
-        const keys = await etcdctl(`--cert=${path.join(dir, 'admin', 'cert.pem')}`, `--key=${path.join(dir, 'admin', 'key.pem')}`);
+        const tlsAdmin = [`--cert=${path.join(dir, 'admin', 'cert.pem')}`, `--key=${path.join(dir, 'admin', 'key.pem')}`];
+        // RBAC: a certificate alone is no etcd user; root (its password on the CA's machine) reads everything.
+        await assert.rejects(etcdctl(...tlsAdmin), /permission denied|user name/);
+        const rootPassword = (await readFile(path.join(dir, 'cluster', STORE_ROOT_PASSWORD_FILE), 'utf8')).trim();
+        const keys = await etcdctl(...tlsAdmin, `--user=root:${rootPassword}`);
         assert.match(keys, /\/ferry\/hosts\/h1/);
       }
     });
+
+    if (store === 'etcd')
+      it("etcd's RBAC: a host writes its own records and the shared ones, never another host's", async () => {
+        // etcdctl in the store's namespace, as host h3 (its user and the password in its bundle, its certificate).
+        const h3Dir = path.join(dir, 'hosts', 'h3', 'cert');
+        const password = (await readFile(path.join(h3Dir, STORE_PASSWORD_FILE), 'utf8')).trim();
+        const etcdctl = (certDir: string, user: string | undefined, ...command: string[]) =>
+          run('ip', [
+            'netns', 'exec', lab.storeNetns!, 'etcdctl', '--endpoints=https://10.80.0.5:2379', `--cacert=${path.join(dir, 'cluster', 'ca-cert.pem')}`, '--command-timeout=2s',
+            `--cert=${path.join(certDir, 'cert.pem')}`, `--key=${path.join(certDir, 'key.pem')}`, ...(user ? [`--user=${user}`] : []), ...command,
+          ]);
+        const asH3 = (...command: string[]) => etcdctl(h3Dir, `host-h3:${password}`, ...command);
+        assert.match(await asH3('get', '--keys-only', '/ferry/hosts/h1'), /\/ferry\/hosts\/h1/, 'h3 reads the cluster');
+        await assert.rejects(asH3('del', '/ferry/hosts/h1'), /permission denied/, "h3 cannot delete h1's lease record");
+        await assert.rejects(asH3('put', KEYS.replicaEndpoint('r', 'v1', 'h1'), '{"host":"h1"}'), /permission denied/, "nor publish a replica endpoint in h1's name");
+        const own = KEYS.replicaEndpoint('r', 'v1', 'h3');
+        await asH3('put', own, '{}');
+        await asH3('del', own);
+        await asH3('put', '/ferry/jobs/rbac-probe', '{}'); // a shared record: any host's agent writes jobs
+        await asH3('del', '/ferry/jobs/rbac-probe');
+        await assert.rejects(etcdctl(h3Dir, 'host-h3:wrong', 'get', '/ferry/hosts/h1'), /authentication failed|invalid user ID or password/);
+        // A store member's certificate (CN etcd1) is no user either.
+        await assert.rejects(etcdctl(path.join(dir, 'etcd', 'tls1'), undefined, 'get', '/ferry/hosts/h1'), /permission denied|user name not found|user name is empty/);
+        assert.match(await asH3('get', '--keys-only', '/ferry/hosts/h1'), /\/ferry\/hosts\/h1/, "h1's record is untouched");
+        await assertHealthyOn((await cli('vm', 'show', 'g1')).json.owner);
+      });
 
     it('refuses a command carrying a stale fencing token', async () => {
       const before = (await cli('vm', 'show', 'g1')).json;

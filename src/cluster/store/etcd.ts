@@ -54,18 +54,49 @@ function toRequestOp(op: Op): Record<string, unknown> {
     : { request_delete_range: { key: b64(op.key) } };
 }
 
+/** An etcd user and password (etcd's RBAC: etcd-auth.ts). */
+export interface EtcdCredentials {
+  user: string;
+  password: string;
+}
+
+/** etcd refused the caller's permissions on a key: the message names what. */
+export class StorePermissionError extends Error {
+  override name = 'StorePermissionError';
+}
+
 export class EtcdStore implements Store {
   readonly kind = 'etcd' as const;
   private readonly watches = new Set<AbortController>();
+  /** The auth token for `credentials`, asked for on first use and again when etcd forgets it (it expires after idle minutes). */
+  private token: Promise<string> | undefined;
 
-  /** endpoints: http(s)://host:port of each member; tls: the client identity for https endpoints. */
-  constructor(readonly endpoints: string[], private readonly requestTimeoutMs = 5000, private readonly tls?: Identity) {
+  /**
+   * endpoints: http(s)://host:port of each member; tls: the client identity for https endpoints;
+   * credentials: the etcd user this client acts as, where the cluster runs etcd with RBAC.
+   */
+  constructor(readonly endpoints: string[], private readonly requestTimeoutMs = 5000, private readonly tls?: Identity, private readonly credentials?: EtcdCredentials) {
     if (!endpoints.length) throw new StoreUnavailableError('no etcd endpoints given');
     if (endpoints.some((e) => e.startsWith('https:')) && !tls) throw new StoreUnavailableError('https etcd endpoints need a client certificate');
   }
 
+  private authToken(): Promise<string> | undefined {
+    if (!this.credentials) return undefined;
+    this.token ??= this.call<{ token?: string }>('/v3/auth/authenticate', { name: this.credentials.user, password: this.credentials.password }, false).then(
+      (res) => {
+        if (!res.token) throw new StorePermissionError(`etcd gave no token to user '${this.credentials!.user}'`);
+        return res.token;
+      },
+      (err: Error) => {
+        this.token = undefined;
+        throw err;
+      },
+    );
+    return this.token;
+  }
+
   /** POSTs JSON; resolves with the status and the response stream. */
-  private post(url: string, body: unknown, options: { timeoutMs?: number; signal?: AbortSignal }): Promise<http.IncomingMessage> {
+  private post(url: string, body: unknown, options: { timeoutMs?: number; signal?: AbortSignal; token?: string }): Promise<http.IncomingMessage> {
     const target = new URL(url);
     const payload = JSON.stringify(body);
     const secure = target.protocol === 'https:';
@@ -76,7 +107,7 @@ export class EtcdStore implements Store {
           host: target.hostname,
           port: target.port,
           path: target.pathname,
-          headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+          headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload), ...(options.token ? { authorization: options.token } : {}) },
           ...(secure && this.tls ? { ca: this.tls.ca, cert: this.tls.cert, key: this.tls.key } : {}),
           ...(options.timeoutMs ? { timeout: options.timeoutMs } : {}),
           ...(options.signal ? { signal: options.signal } : {}),
@@ -89,28 +120,52 @@ export class EtcdStore implements Store {
     });
   }
 
-  private async call<T>(path: string, body: unknown): Promise<T> {
+  private async call<T>(path: string, body: unknown, authenticated = true): Promise<T> {
     const errors: string[] = [];
     for (const endpoint of this.endpoints) {
       try {
-        const res = await this.post(`${endpoint}${path}`, body, { timeoutMs: this.requestTimeoutMs });
+        const token = authenticated ? await this.authToken() : undefined;
+        const res = await this.post(`${endpoint}${path}`, body, { timeoutMs: this.requestTimeoutMs, ...(token ? { token } : {}) });
         let text = '';
         for await (const chunk of res) text += chunk;
         const json = JSON.parse(text) as T & { error?: string; message?: string; code?: number };
         if ((res.statusCode ?? 500) >= 400) {
           const message = json.message ?? json.error ?? `HTTP ${res.statusCode}`;
           if (/lease not found|requested lease not found/.test(message)) throw new LeaseExpiredError((body as { ID?: string; lease?: string }).ID ?? (body as { lease?: string }).lease ?? '');
+          if (/invalid auth token/.test(message) && token) {
+            // etcd forgot the token (idle, or a member restarted): ask for a new one, once.
+            if (this.token) this.token = undefined;
+            const fresh = await this.authToken();
+            const again = await this.post(`${endpoint}${path}`, body, { timeoutMs: this.requestTimeoutMs, ...(fresh ? { token: fresh } : {}) });
+            let retried = '';
+            for await (const chunk of again) retried += chunk;
+            const answer = JSON.parse(retried) as T & { error?: string; message?: string };
+            if ((again.statusCode ?? 500) < 400) return answer;
+            throw this.refusal(path, answer.message ?? answer.error ?? `HTTP ${again.statusCode}`);
+          }
+          if (/permission denied|user name is empty|authentication failed|not capable/.test(message)) throw this.refusal(path, message);
           // "etcdserver: no leader" and friends: another member may answer.
           errors.push(`${endpoint}: ${message}`);
           continue;
         }
         return json;
       } catch (err) {
-        if (err instanceof LeaseExpiredError) throw err;
+        if (err instanceof LeaseExpiredError || err instanceof StorePermissionError) throw err;
         errors.push(`${endpoint}: ${(err as Error).message}`);
       }
     }
     throw new StoreUnavailableError(`no etcd member answered ${path}: ${errors.join('; ')}`);
+  }
+
+  /** Any etcd v3 JSON API call as this client's user (the RBAC administration in etcd-auth.ts). */
+  rpc<T = unknown>(path: string, body: unknown): Promise<T> {
+    return this.call<T>(path, body);
+  }
+
+  /** A refusal of etcd's RBAC, saying who was refused (another member would refuse it too). */
+  private refusal(path: string, message: string): StorePermissionError {
+    const who = this.credentials ? `etcd user '${this.credentials.user}'` : 'a client without an etcd user (this cluster runs etcd with RBAC: each host has its user)';
+    return new StorePermissionError(`the store refused ${path} to ${who}: ${message}`);
   }
 
   async get(key: string): Promise<KeyValue | undefined> {
@@ -152,10 +207,11 @@ export class EtcdStore implements Store {
           if (abort.signal.aborted) return;
           try {
             after ??= await this.revision();
+            const token = await this.authToken();
             const res = await this.post(
               `${endpoint}/v3/watch`,
               { create_request: { key: b64(prefix), range_end: prefixEnd(prefix), start_revision: String(after + 1) } },
-              { signal: abort.signal },
+              { signal: abort.signal, ...(token ? { token } : {}) },
             );
             let buffer = '';
             for await (const chunk of res as AsyncIterable<Buffer>) {
@@ -174,7 +230,8 @@ export class EtcdStore implements Store {
               }
             }
           } catch {
-            /* member gone or watch closed: try the next member */
+            /* member gone or watch closed: try the next member (with a fresh token: an expired one ends a watch too) */
+            if (this.credentials) this.token = undefined;
           }
         }
         await new Promise((r) => setTimeout(r, 200));
