@@ -62,6 +62,10 @@ export interface CliContext {
   agents: AgentEndpoint[];
   /** The lab's client namespace, where probes run. */
   clientNetns?: string;
+  /** The cluster directory (the CA's machine): where `ferry node remove` finds etcd's root password. */
+  clusterDir?: string;
+  /** The network namespace etcd is reached from, where it is not reached from here (the lab's store namespace). */
+  storeNetns?: string;
 }
 
 export class LabError extends Error {
@@ -297,6 +301,8 @@ export function labContext(lab: LabRecord): CliContext {
     certDir: path.join(lab.dir, 'admin'),
     agents: lab.hosts.map((h) => ({ name: h.name, url: `https://${h.address}:7443`, socket: path.join(lab.dir, 'hosts', h.name, 'agent.sock') })),
     clientNetns: lab.clientNetns,
+    clusterDir: path.join(lab.dir, 'cluster'),
+    ...(lab.storeNetns ? { storeNetns: lab.storeNetns } : {}),
   };
 }
 

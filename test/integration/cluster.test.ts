@@ -386,5 +386,29 @@ for (const store of ['sqlite', 'etcd'] as const) {
         assert.equal(jobs.filter((j) => j.state === 'running').length, 0, 'no job may stay running');
       });
     }
+
+    if (store === 'etcd')
+      it('ferry node remove also removes the host\'s etcd user: its password opens the store no more', async () => {
+        const owner = (await cli('vm', 'show', 'g1')).json.owner as string;
+        if (owner === 'h3') assert.equal((await cli('vm', 'migrate', 'g1', '--to', 'h1')).code, 0);
+        const certDir = path.join(dir, 'hosts', 'h3', 'cert');
+        const password = (await readFile(path.join(certDir, STORE_PASSWORD_FILE), 'utf8')).trim();
+        const asH3 = () =>
+          run('ip', [
+            'netns', 'exec', lab.storeNetns!, 'etcdctl', '--endpoints=https://10.80.0.5:2379', `--cacert=${path.join(dir, 'cluster', 'ca-cert.pem')}`, '--command-timeout=2s',
+            `--cert=${path.join(certDir, 'cert.pem')}`, `--key=${path.join(certDir, 'key.pem')}`, `--user=host-h3:${password}`, 'get', '--keys-only', '/ferry/hosts/h1',
+          ]);
+        await asH3();
+        const removed = await cli('node', 'remove', 'h3', '--reason', 'rbac test');
+        assert.equal(removed.code, 0, removed.stderr);
+        assert.match(removed.json.storeUser, /its etcd user host-h3 is removed/);
+        await assert.rejects(asH3(), /authentication failed|invalid user ID or password|user name not found/);
+        const deadline = Date.now() + 15_000;
+        while (((await cli('node', 'list')).json.hosts as { name: string }[]).some((h) => h.name === 'h3')) {
+          assert.ok(Date.now() < deadline, 'h3 left the host list');
+          await sleep(500);
+        }
+        await assertHealthyOn((await cli('vm', 'show', 'g1')).json.owner);
+      });
   });
 }

@@ -1,11 +1,12 @@
 /** ferry init, ferry join, ferry agent: making a cluster of real machines. */
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir } from 'node:fs/promises';
+import { copyFile, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { runAgent } from '../../agent/agent.ts';
 import { loadClusterConfig, loadNodeConfig, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../../agent/config.ts';
-import { createCa, issueCertificate } from '../../cluster/pki.ts';
+import { createCa, issueCertificate, loadIdentity } from '../../cluster/pki.ts';
+import { addStoreUser, enableStoreRbac } from '../../cluster/store/etcd-auth.ts';
 import type { CliContext } from '../../lab/lab.ts';
 import { UsageError } from '../errors.ts';
 import { NAME_PATTERN, NAME_RULE } from '../../util/names.ts';
@@ -36,11 +37,13 @@ export const initCommand: Command = {
     const dir = path.resolve(values.dir);
     const name = values.name ?? 'ferry';
     if (!NAME_PATTERN.test(name)) throw new UsageError(`--name '${name}': a cluster name must ${NAME_RULE}`);
-    const config: ClusterConfig = { name, store: parseStore(values.store, dir, values['insecure-store'] ?? false) }; // bad input fails before anything is written
+    const store = parseStore(values.store, dir, values['insecure-store'] ?? false); // bad input fails before anything is written
+    // A TLS etcd gets RBAC: switched on at the first `ferry join` (etcd runs with this CA's certificates by then).
+    const config: ClusterConfig = { name, store: store.kind === 'etcd' && store.endpoints.every((e) => e.startsWith('https:')) ? { ...store, rbac: true } : store };
     await createCa(dir, name);
     await writeJson(path.join(dir, 'cluster.json'), config);
     await issueCertificate(dir, path.join(dir, 'admin'), { name: 'admin', role: 'admin' });
-    const context: CliContext = { cluster: name, certDir: path.join(dir, 'admin'), agents: [] };
+    const context: CliContext = { cluster: name, certDir: path.join(dir, 'admin'), agents: [], clusterDir: dir };
     await writeJson(path.join(dir, 'context.json'), context);
     if (values.json) console.log(JSON.stringify({ dir, ...config }));
     else console.log(`cluster '${name}' created in ${dir} (store: ${config.store.kind}); add hosts with 'ferry join --cluster-dir ${dir} ...'`);
@@ -78,6 +81,18 @@ export const joinCommand: Command = {
     await writeJson(path.join(out, 'cluster', 'cluster.json'), cluster);
     await copyFile(path.join(clusterDir, 'ca-cert.pem'), path.join(out, 'cluster', 'ca-cert.pem'));
     await issueCertificate(clusterDir, path.join(out, 'cert'), { name: values.name, role: 'host', addresses: [values.address] });
+    if (cluster.store.kind === 'etcd' && cluster.store.rbac) {
+      // The host's etcd user, with a password in its bundle: RBAC is switched on with the first host.
+      const rbac = await enableStoreRbac(clusterDir, cluster.store.endpoints, await loadIdentity(path.join(clusterDir, 'admin'))).catch(async (err: Error) => {
+        await rm(out, { recursive: true, force: true }); // no half-made bundle stays behind
+        throw new UsageError(`cannot set up host '${values.name}' in etcd (${err.message}); etcd must run, with certificates of this cluster's CA, before hosts join`);
+      });
+      try {
+        await addStoreUser(rbac, values.name, path.join(out, 'cert'));
+      } finally {
+        await rbac.close();
+      }
+    }
     const node: NodeConfig = {
       name: values.name,
       clusterDir: path.join(INSTALL_DIR, 'cluster'),
