@@ -13,6 +13,7 @@ import { storageCommand } from './commands/storage.ts';
 import { volumeCommand } from './commands/volume.ts';
 import { imageCommand } from './commands/image.ts';
 import { networkCommand } from './commands/network.ts';
+import { storeUserCommand } from './commands/store-user.ts';
 
 export interface Command {
   summary: string;
@@ -28,6 +29,7 @@ const COMMANDS: Record<string, Command> = {
   volume: volumeCommand,
   image: imageCommand,
   network: networkCommand,
+  'store-user': storeUserCommand,
   job: jobCommand,
   probe: probeCommand,
   init: initCommand,

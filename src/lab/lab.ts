@@ -15,10 +15,10 @@ import path from 'node:path';
 import { AgentClient, type AgentEndpoint } from '../agent/client.ts';
 import { readJson, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../agent/config.ts';
 import { createCa, issueCertificate, loadIdentity } from '../cluster/pki.ts';
-import { addStoreUser, enableStoreRbac } from '../cluster/store/etcd-auth.ts';
 import { EtcdCluster } from '../cluster/store/etcd-cluster.ts';
 import { FAULT_FILE_ENV, type FaultAction, type FaultPoint } from '../agent/faults.ts';
 import { createBridge, createNetns, deleteNetns, ip, linkExists, netnsExists } from '../net/netns.ts';
+import { run } from '../util/exec.ts';
 import { PROJECT_ROOT } from '../qemu/guest-image.ts';
 
 export const DEFAULT_LAB_DIR = process.env['FERRY_LAB_DIR'] ?? '/var/lib/ferry/lab';
@@ -176,8 +176,11 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
     };
     await writeJson(path.join(clusterDir, 'cluster.json'), clusterConfig);
     await issueCertificate(clusterDir, path.join(dir, 'admin'), { name: 'admin', role: 'admin' });
-    // etcd with RBAC, as `ferry join` sets it up: root's password stays in the cluster directory, each host gets a user of its own.
-    const rbac = storeConfig.kind === 'etcd' ? await enableStoreRbac(clusterDir, storeConfig.endpoints, await loadIdentity(path.join(dir, 'admin'))) : undefined;
+    // etcd with RBAC, as `ferry join` sets it up: root's password stays in the cluster directory, each
+    // host gets a user of its own. Done from the store's namespace: etcd is reached only from there.
+    const storeUser = (...args: string[]) =>
+      run('ip', ['netns', 'exec', lab.storeNetns!, process.execPath, path.join(PROJECT_ROOT, 'bin', 'ferry.mjs'), 'store-user', ...args, '--cluster-dir', clusterDir, '--admin-dir', path.join(dir, 'admin')]);
+    if (storeConfig.kind === 'etcd') await storeUser('enable');
 
     for (let i = 1; i <= hostCount; i++) {
       const name = `h${i}`;
@@ -193,7 +196,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       await ip(host.netns, 'link', 'set', 'up1', 'master', 'br1', 'up');
       const hostDir = path.join(dir, 'hosts', name);
       await issueCertificate(clusterDir, path.join(hostDir, 'cert'), { name, role: 'host', addresses: [host.address] });
-      if (rbac) await addStoreUser(rbac, name, path.join(hostDir, 'cert'));
+      if (storeConfig.kind === 'etcd') await storeUser('add', name, '--cert-dir', path.join(hostDir, 'cert'));
       const node: NodeConfig = {
         name,
         clusterDir,
@@ -212,7 +215,6 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       await startAgent(lab, name);
       log(`host ${name}: namespace ${host.netns}, address ${host.address}, agent pid ${host.pid}`);
     }
-    await rbac?.close();
     await addLabStorage(lab, log);
     if (options.storage?.length) await startStorageServers(lab, options.storage, save, log);
     await writeJson(path.join(dir, 'context.json'), labContext(lab));

@@ -24,21 +24,32 @@ describe('ferry init and ferry join', () => {
     const r = await ferry({}, 'init', '--dir', dir, '--name', 'prod', '--store', 'etcd:https://10.1.0.1:2379,https://10.1.0.2:2379', '--json');
     assert.equal(r.code, 0, r.stderr);
     const cluster = JSON.parse(await readFile(path.join(dir, 'cluster.json'), 'utf8'));
-    assert.deepEqual(cluster.store, { kind: 'etcd', endpoints: ['https://10.1.0.1:2379', 'https://10.1.0.2:2379'] });
+    assert.deepEqual(cluster.store, { kind: 'etcd', endpoints: ['https://10.1.0.1:2379', 'https://10.1.0.2:2379'], rbac: true }, 'a TLS etcd is marked for RBAC');
     assert.match(await run('openssl', ['x509', '-in', path.join(dir, 'admin', 'cert.pem'), '-noout', '-subject']), /OU\s*=\s*admin, CN\s*=\s*admin/, 'the admin certificate names its role');
     assert.equal((await stat(path.join(dir, 'ca-key.pem'))).mode & 0o077, 0, 'the CA key must be private');
     await run('openssl', ['verify', '-CAfile', path.join(dir, 'ca-cert.pem'), path.join(dir, 'admin', 'cert.pem')]);
   });
 
+  it("join refuses a host it cannot give an etcd user (etcd not running yet), leaving no bundle", async () => {
+    const out = path.join(dir, 'bundle-early');
+    const r = await ferry({}, 'join', '--cluster-dir', dir, '--name', 'node6', '--address', '10.1.0.6', '--out', out);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /cannot set up host 'node6' in etcd \(.*\); etcd must run, with certificates of this cluster's CA, before hosts join/);
+    assert.equal(existsSync(out), false, 'no half-made bundle');
+  });
+
   it("join writes a bundle with that host's key and certificate (role host, its address), the CA certificate and its configuration — no other key", async () => {
+    // A cluster whose store needs no users (SQLite): the bundle is what is checked here.
+    const sq = path.join(dir, 'sqlite-cluster');
+    assert.equal((await ferry({}, 'init', '--dir', sq, '--name', 'prod')).code, 0);
     const out = path.join(dir, 'bundle-node7');
-    const r = await ferry({}, 'join', '--cluster-dir', dir, '--name', 'node7', '--address', '10.1.0.7', '--memory', '8192', '--out', out, '--json');
+    const r = await ferry({}, 'join', '--cluster-dir', sq, '--name', 'node7', '--address', '10.1.0.7', '--memory', '8192', '--out', out, '--json');
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.json.bundle, out);
     const node = JSON.parse(await readFile(path.join(out, 'node.json'), 'utf8'));
     assert.deepEqual({ address: node.address, memoryMiB: node.memoryMiB, certDir: node.certDir, clusterDir: node.clusterDir }, { address: '10.1.0.7', memoryMiB: 8192, certDir: '/etc/ferry/cert', clusterDir: '/etc/ferry/cluster' });
     const cert = path.join(out, 'cert', 'cert.pem');
-    await run('openssl', ['verify', '-CAfile', path.join(dir, 'ca-cert.pem'), cert]);
+    await run('openssl', ['verify', '-CAfile', path.join(sq, 'ca-cert.pem'), cert]);
     const text = await run('openssl', ['x509', '-in', cert, '-noout', '-text']);
     assert.match(text, /Subject: O\s*=\s*ferry, OU\s*=\s*host, CN\s*=\s*node7/);
     assert.match(text, /DNS:node7, IP Address:10.1.0.7/);
@@ -49,11 +60,11 @@ describe('ferry init and ferry join', () => {
     assert.deepEqual(files.filter((f) => f.endsWith('key.pem')), ['cert/client-key.pem', 'cert/key.pem', 'cert/server-key.pem'], 'only the host\'s own key');
     assert.ok(files.includes('cluster/cluster.json') && files.includes('cluster/ca-cert.pem'));
     assert.equal((await stat(path.join(out, 'cert'))).mode & 0o077, 0, 'the key directory is private');
-    assert.equal(existsSync(path.join(dir, 'hosts', 'node7')), false, 'no copy of the host key stays with the CA');
-    const again = await ferry({}, 'join', '--cluster-dir', dir, '--name', 'node7', '--address', '10.1.0.7', '--out', out);
+    assert.equal(existsSync(path.join(sq, 'hosts', 'node7')), false, 'no copy of the host key stays with the CA');
+    const again = await ferry({}, 'join', '--cluster-dir', sq, '--name', 'node7', '--address', '10.1.0.7', '--out', out);
     assert.equal(again.code, 2);
     assert.match(again.stderr, /exists already/);
-    const badName = await ferry({}, 'join', '--cluster-dir', dir, '--name', 'Node,OU=admin', '--address', '10.1.0.8', '--out', path.join(dir, 'bad'));
+    const badName = await ferry({}, 'join', '--cluster-dir', sq, '--name', 'Node,OU=admin', '--address', '10.1.0.8', '--out', path.join(dir, 'bad'));
     assert.equal(badName.code, 2);
     assert.match(badName.stderr, /a host name must start with a letter/);
   });

@@ -1,7 +1,6 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadClusterConfig } from '../../agent/config.ts';
-import { hostUser, openStoreRbac } from '../../cluster/store/etcd-auth.ts';
 import { PROJECT_ROOT } from '../../qemu/guest-image.ts';
 import { run } from '../../util/exec.ts';
 import type { HostRecord } from '../../cluster/model.ts';
@@ -19,19 +18,10 @@ export const nodeCommand: Command = {
     '',
     "  remove: the host leaves the cluster for good. Its certificate is revoked (every agent refuses it",
     '  within seconds) and its records are forgotten; refused while it owns a VM or keeps a volume.',
-    '  Where etcd runs with RBAC, its etcd user goes too (ferry node remove-store-user HOST does only that,',
-    "  where the cluster directory is; node remove runs it). To bring it back, join it again (ferry join).",
+    "  Where etcd runs with RBAC, its etcd user goes too (ferry store-user remove). To bring it back, join it again.",
   ].join('\n'),
   async run(args) {
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' }, reason: { type: 'string' }, context: { type: 'string' }, 'cluster-dir': { type: 'string' } } });
-    if (positionals[0] === 'remove-store-user') {
-      const host = positionals[1];
-      if (!host) throw new UsageError('usage: ferry node remove-store-user HOST [--cluster-dir DIR]');
-      const cli = await Cli.load(values.context);
-      const dir = values['cluster-dir'] ? path.resolve(values['cluster-dir']) : cli.context.clusterDir;
-      if (!dir) throw new UsageError("give --cluster-dir DIR: the cluster directory (made by ferry init) holds etcd's root password");
-      return void console.log(await removeStoreUser(cli, dir, host));
-    }
+    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' }, reason: { type: 'string' }, context: { type: 'string' } } });
     if (positionals[0] === 'remove') {
       const host = positionals[1];
       if (!host) throw new UsageError('usage: ferry node remove HOST [--reason TEXT]');
@@ -72,27 +62,18 @@ function certificateCell(iso: string | undefined): string {
   return iso ? `expires in ${Math.max(0, Math.floor(daysUntil(iso)))} d` : '-';
 }
 
-/** Removes the host's etcd user where the cluster has RBAC, from the namespace etcd is reached from; what happened, or '' without RBAC. */
+/** Removes the host's etcd user where the cluster has RBAC, from where etcd is reached; what happened, or '' without RBAC. */
 async function storeUserOf(cli: Cli, host: string): Promise<string> {
   const dir = cli.context.clusterDir;
-  if (!dir) return `its etcd user (if the store has RBAC) stays: run 'ferry node remove-store-user ${host} --cluster-dir DIR' where the cluster directory is`;
-  try {
-    if (!cli.context.storeNetns) return await removeStoreUser(cli, dir, host);
-    // The lab's etcd is reached only from its namespace: the same command, run there.
-    return (await run('ip', ['netns', 'exec', cli.context.storeNetns, process.execPath, path.join(PROJECT_ROOT, 'bin', 'ferry.mjs'), 'node', 'remove-store-user', host, '--cluster-dir', dir])).trim();
-  } catch (err) {
-    return `its etcd user could not be removed (${(err as Error).message.split('\n')[0]}); run 'ferry node remove-store-user ${host} --cluster-dir ${dir}' where etcd is reached`;
-  }
-}
-
-async function removeStoreUser(cli: Cli, clusterDir: string, host: string): Promise<string> {
-  const cluster = await loadClusterConfig(clusterDir);
+  const how = `ferry store-user remove ${host} --cluster-dir DIR --admin-dir DIR`;
+  if (!dir) return `its etcd user (if the store has RBAC) stays: run '${how}' where the cluster directory is`;
+  const cluster = await loadClusterConfig(dir);
   if (cluster.store.kind !== 'etcd' || !cluster.store.rbac) return '';
-  const rbac = await openStoreRbac(clusterDir, cluster.store.endpoints, cli.identity);
+  const command = [process.execPath, path.join(PROJECT_ROOT, 'bin', 'ferry.mjs'), 'store-user', 'remove', host, '--cluster-dir', dir, '--admin-dir', cli.context.certDir];
   try {
-    await rbac.removeHost(host);
-  } finally {
-    await rbac.close();
+    // The lab's etcd is reached only from its namespace: the command runs there.
+    return (await (cli.context.storeNetns ? run('ip', ['netns', 'exec', cli.context.storeNetns, ...command]) : run(command[0]!, command.slice(1)))).trim();
+  } catch (err) {
+    return `its etcd user could not be removed (${(err as Error).message.split('\n')[0]}); run '${how}' where etcd is reached`;
   }
-  return `its etcd user ${hostUser(host)} is removed: it cannot write the store any more`;
 }

@@ -15,7 +15,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { KEYS } from '../model.ts';
 import type { Identity } from '../pki.ts';
-import { EtcdStore } from './etcd.ts';
+import { EtcdStore, StorePermissionError } from './etcd.ts';
 
 export const ROOT_USER = 'root';
 /** A host's etcd password, in its certificate directory (mode 0600, like its key). */
@@ -73,8 +73,8 @@ export class EtcdRbac {
     const enabled = await anonymous.rpc('/v3/auth/user/add', { name: ROOT_USER, password: rootPassword }).then(
       () => false,
       (err: Error) => {
+        if (err instanceof StorePermissionError) return true; // auth is on already: root logs in below
         if (/user name already exists/.test(err.message)) return false;
-        if (/user name is empty|permission denied|auth/.test(err.message)) return true; // auth is on already
         throw err;
       },
     );
