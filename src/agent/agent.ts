@@ -9,7 +9,7 @@ import { CERTIFICATE_WARNING_DAYS, loadIdentity } from '../cluster/pki.ts';
 import { LeaseExpiredError, type Store } from '../cluster/store/types.ts';
 import { BridgeTapAttacher } from '../net/tap.ts';
 import { resolvePlacement } from './networks.ts';
-import { hostStoreCredentials, loadClusterConfig, openStore, type ClusterConfig, type NodeConfig } from './config.ts';
+import { loadClusterConfig, openHostStore, type ClusterConfig, type NodeConfig } from './config.ts';
 import type { AgentContext } from './context.ts';
 import { IncomingMigrations } from './incoming.ts';
 import { reconcile } from './reconcile.ts';
@@ -40,7 +40,7 @@ export interface RunningAgent {
 export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   const cluster: ClusterConfig = await loadClusterConfig(node.clusterDir);
   const identity = await loadIdentity(node.certDir);
-  const store = openStore(cluster.store, identity, await hostStoreCredentials(node, cluster));
+  const store = await openHostStore(node, cluster, identity);
   const log = (line: string) => console.log(`${new Date().toISOString()} ${node.name}: ${line}`);
   const attacher = new BridgeTapAttacher(node.netns, (nic) => resolvePlacement(ctx, nic));
   const runtime = new LocalRuntime(node.stateDir, node.runDir, attacher, log);

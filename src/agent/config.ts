@@ -5,7 +5,7 @@ import { EtcdStore, type EtcdCredentials } from '../cluster/store/etcd.ts';
 import { STORE_PASSWORD_FILE, hostUser } from '../cluster/store/etcd-auth.ts';
 import { SqliteStore } from '../cluster/store/sqlite.ts';
 import type { Store } from '../cluster/store/types.ts';
-import type { Identity } from '../cluster/pki.ts';
+import { loadIdentity, type Identity } from '../cluster/pki.ts';
 
 export type StoreConfig =
   | { kind: 'sqlite'; path: string }
@@ -71,13 +71,17 @@ export function openStore(config: StoreConfig, identity?: Identity, credentials?
   return config.kind === 'sqlite' ? new SqliteStore(config.path) : new EtcdStore(config.endpoints, 5000, identity, credentials);
 }
 
-/** A host's etcd user and password, where the cluster's etcd runs with RBAC; undefined otherwise. */
-export async function hostStoreCredentials(node: NodeConfig, cluster: ClusterConfig): Promise<EtcdCredentials | undefined> {
-  if (cluster.store.kind !== 'etcd' || !cluster.store.rbac) return undefined;
+/**
+ * How a host reaches the store: its own certificate, or — where etcd runs with RBAC — its etcd user
+ * and password over its CN-less store certificate (pki.ts issueStoreClientCertificate).
+ */
+export async function openHostStore(node: NodeConfig, cluster: ClusterConfig, identity: Identity): Promise<Store> {
+  if (cluster.store.kind !== 'etcd' || !cluster.store.rbac) return openStore(cluster.store, identity);
   const file = path.join(node.certDir, STORE_PASSWORD_FILE);
   try {
-    return { user: hostUser(node.name), password: (await readFile(file, 'utf8')).trim() };
+    const password = (await readFile(file, 'utf8')).trim();
+    return openStore(cluster.store, await loadIdentity(path.join(node.certDir, 'store')), { user: hostUser(node.name), password });
   } catch (err) {
-    throw new ConfigError(`this cluster's etcd checks who writes what, and this host has no store password at ${file} (${(err as Error).message}); join the host again (ferry join) and install its new bundle`);
+    throw new ConfigError(`this cluster's etcd checks who writes what, and this host lacks its store password or certificate (${(err as Error).message}); join the host again (ferry join) and install its new bundle`);
   }
 }

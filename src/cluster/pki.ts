@@ -97,6 +97,31 @@ export async function issueCertificate(caDir: string, outDir: string, subject: {
   }
 }
 
+/**
+ * A client certificate for etcd only, without a CN: with RBAC on, etcd's JSON gateway refuses any
+ * client certificate that has one (its CN cannot become the etcd user across the gateway; etcd's
+ * embed/serve.go), so the TLS connection carries this one and the etcd user logs in by password.
+ * No agent accepts it (an agent needs a CN and a role). Written to `<certDir>/store/`.
+ */
+export async function issueStoreClientCertificate(caDir: string, certDir: string, owner: string): Promise<string> {
+  const outDir = path.join(certDir, 'store');
+  await mkdir(outDir, { recursive: true, mode: 0o700 });
+  const key = path.join(outDir, 'key.pem');
+  const csr = path.join(outDir, 'req.csr');
+  const ext = path.join(outDir, 'ext.cnf');
+  await writeFile(ext, 'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=CA:FALSE\n');
+  checkName('store client', owner);
+  await openssl(['req', ...CURVE, '-keyout', key, '-out', csr, '-subj', `/O=ferry/OU=store-client-${owner}`]);
+  await openssl([
+    'x509', '-req', '-in', csr, '-CA', path.join(caDir, 'ca-cert.pem'), '-CAkey', path.join(caDir, 'ca-key.pem'),
+    '-CAcreateserial', '-days', String(CERTIFICATE_DAYS.host), '-out', path.join(outDir, 'cert.pem'), '-extfile', ext,
+  ]);
+  await rm(csr);
+  await rm(ext);
+  await copyFile(path.join(caDir, 'ca-cert.pem'), path.join(outDir, 'ca-cert.pem'));
+  return outDir;
+}
+
 export async function loadIdentity(dir: string): Promise<Identity> {
   try {
     const [ca, cert, key] = await Promise.all(['ca-cert.pem', 'cert.pem', 'key.pem'].map((f) => readFile(path.join(dir, f), 'utf8')));

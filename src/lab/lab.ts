@@ -14,7 +14,7 @@ import { CephCluster } from './ceph-cluster.ts';
 import path from 'node:path';
 import { AgentClient, type AgentEndpoint } from '../agent/client.ts';
 import { readJson, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../agent/config.ts';
-import { createCa, issueCertificate, loadIdentity } from '../cluster/pki.ts';
+import { createCa, issueCertificate, issueStoreClientCertificate, loadIdentity } from '../cluster/pki.ts';
 import { EtcdCluster } from '../cluster/store/etcd-cluster.ts';
 import { FAULT_FILE_ENV, type FaultAction, type FaultPoint } from '../agent/faults.ts';
 import { createBridge, createNetns, deleteNetns, ip, linkExists, netnsExists } from '../net/netns.ts';
@@ -180,7 +180,10 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
     // host gets a user of its own. Done from the store's namespace: etcd is reached only from there.
     const storeUser = (...args: string[]) =>
       run('ip', ['netns', 'exec', lab.storeNetns!, process.execPath, path.join(PROJECT_ROOT, 'bin', 'ferry.mjs'), 'store-user', ...args, '--cluster-dir', clusterDir, '--admin-dir', path.join(dir, 'admin')]);
-    if (storeConfig.kind === 'etcd') await storeUser('enable');
+    if (storeConfig.kind === 'etcd') {
+      await issueStoreClientCertificate(clusterDir, path.join(dir, 'admin'), 'admin');
+      await storeUser('enable');
+    }
 
     for (let i = 1; i <= hostCount; i++) {
       const name = `h${i}`;
@@ -196,7 +199,10 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       await ip(host.netns, 'link', 'set', 'up1', 'master', 'br1', 'up');
       const hostDir = path.join(dir, 'hosts', name);
       await issueCertificate(clusterDir, path.join(hostDir, 'cert'), { name, role: 'host', addresses: [host.address] });
-      if (storeConfig.kind === 'etcd') await storeUser('add', name, '--cert-dir', path.join(hostDir, 'cert'));
+      if (storeConfig.kind === 'etcd') {
+        await issueStoreClientCertificate(clusterDir, path.join(hostDir, 'cert'), name);
+        await storeUser('add', name, '--cert-dir', path.join(hostDir, 'cert'));
+      }
       const node: NodeConfig = {
         name,
         clusterDir,

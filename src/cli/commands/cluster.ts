@@ -5,7 +5,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { runAgent } from '../../agent/agent.ts';
 import { loadClusterConfig, loadNodeConfig, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../../agent/config.ts';
-import { createCa, issueCertificate, loadIdentity } from '../../cluster/pki.ts';
+import { createCa, issueCertificate, issueStoreClientCertificate, loadIdentity } from '../../cluster/pki.ts';
 import { addStoreUser, enableStoreRbac } from '../../cluster/store/etcd-auth.ts';
 import type { CliContext } from '../../lab/lab.ts';
 import { UsageError } from '../errors.ts';
@@ -83,7 +83,10 @@ export const joinCommand: Command = {
     await issueCertificate(clusterDir, path.join(out, 'cert'), { name: values.name, role: 'host', addresses: [values.address] });
     if (cluster.store.kind === 'etcd' && cluster.store.rbac) {
       // The host's etcd user, with a password in its bundle: RBAC is switched on with the first host.
-      const rbac = await enableStoreRbac(clusterDir, cluster.store.endpoints, await loadIdentity(path.join(clusterDir, 'admin'))).catch(async (err: Error) => {
+      const adminStore = path.join(clusterDir, 'admin', 'store');
+      if (!existsSync(path.join(adminStore, 'cert.pem'))) await issueStoreClientCertificate(clusterDir, path.join(clusterDir, 'admin'), 'admin');
+      await issueStoreClientCertificate(clusterDir, path.join(out, 'cert'), values.name);
+      const rbac = await enableStoreRbac(clusterDir, cluster.store.endpoints, await loadIdentity(adminStore)).catch(async (err: Error) => {
         await rm(out, { recursive: true, force: true }); // no half-made bundle stays behind
         throw new UsageError(`cannot set up host '${values.name}' in etcd (${err.message}); etcd must run, with certificates of this cluster's CA, before hosts join`);
       });

@@ -27,7 +27,8 @@ export const storeUserCommand: Command = {
     if (!clusterDir || !values['admin-dir']) throw new UsageError(USAGE);
     const cluster = await loadClusterConfig(clusterDir);
     if (cluster.store.kind !== 'etcd' || !cluster.store.rbac) throw new UsageError(`the cluster in ${clusterDir} does not run etcd with RBAC`);
-    const identity = await loadIdentity(path.resolve(values['admin-dir']));
+    // The admin's CN-less store certificate: etcd's gateway refuses a client certificate with a CN once RBAC is on.
+    const identity = await loadIdentity(path.join(path.resolve(values['admin-dir']), 'store'));
     if (verb === 'enable') return void (await (await enableStoreRbac(clusterDir, cluster.store.endpoints, identity)).close());
     if (!host || (verb !== 'add' && verb !== 'remove')) throw new UsageError(USAGE);
     const rbac = await openStoreRbac(clusterDir, cluster.store.endpoints, identity);
