@@ -9,7 +9,7 @@ import type { IncomingRequest } from './remote-destination.ts';
 import type { JsonRoute, Route } from './server.ts';
 import { dryRun, type HistoryChoice } from './predict.ts';
 import { migrationParams } from './validate.ts';
-import { removeHost } from './membership.ts';
+import { removeHost, revokeAdminCertificate } from './membership.ts';
 import { cancelMigration, startMigration, type MigrateRequest } from './source-migration.ts';
 import { localQemuBuild } from '../qemu/host-probe.ts';
 import type { VmSpec } from '../qemu/spec.ts';
@@ -99,6 +99,12 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       pattern: '/v1/cluster/hosts/:name/remove',
       who: 'admin',
       handler: async ({ name }, body) => removeHost(ctx, name!, typeof body['reason'] === 'string' ? body['reason'].slice(0, 200) : 'removed with ferry node remove'),
+    },
+    {
+      method: 'POST',
+      pattern: '/v1/cluster/certificates/revoke',
+      who: 'admin',
+      handler: async (_, body, caller) => ({ revoked: await revokeAdminCertificate(ctx, caller, String(body['fingerprint'] ?? ''), typeof body['reason'] === 'string' ? body['reason'].slice(0, 200) : 'revoked by the admin') }),
     },
     { method: 'GET', pattern: '/v1/cluster/vms', who: 'admin', handler: async () => ({ vms: await state.vms() }) },
     { method: 'GET', pattern: '/v1/cluster/vms/:name', who: 'admin', handler: async ({ name }) => ({ vm: await requireVm(ctx, name!), migration: await state.migration(name!) }) },

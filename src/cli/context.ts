@@ -18,6 +18,11 @@ export class Cli {
     return new Cli(context, await loadIdentity(context.certDir));
   }
 
+  /** The same cluster, with another certificate (a renewed admin's). */
+  withIdentity(identity: Identity): Cli {
+    return new Cli(this.context, identity);
+  }
+
   agent(host: string): AgentClient {
     const endpoint = this.context.agents.find((a) => a.name === host);
     if (!endpoint) throw new UsageError(`unknown host '${host}'; hosts: ${this.context.agents.map((a) => a.name).join(', ')}`);
@@ -26,7 +31,6 @@ export class Cli {
     return new AgentClient(endpoint, this.identity);
   }
 
-  /** Any agent that answers and reaches the store, for cluster-wide reads (else any that answers). */
   /** An agent that answers and reaches the store; `except`: not that host's (the one being removed, say). */
   async anyAgent(except?: string): Promise<AgentClient> {
     const errors: string[] = [];

@@ -3,7 +3,7 @@ import { UsageError } from './errors.ts';
 import { demoCommand } from './commands/demo.ts';
 import { guestCommand } from './commands/guest.ts';
 import { hostCommand } from './commands/host.ts';
-import { agentCommand, initCommand, joinCommand } from './commands/cluster.ts';
+import { agentCommand, bundlesCommand, initCommand, joinCommand } from './commands/cluster.ts';
 import { jobCommand } from './commands/job.ts';
 import { labCommand } from './commands/lab.ts';
 import { nodeCommand } from './commands/node.ts';
@@ -14,6 +14,7 @@ import { volumeCommand } from './commands/volume.ts';
 import { imageCommand } from './commands/image.ts';
 import { networkCommand } from './commands/network.ts';
 import { storeUserCommand } from './commands/store-user.ts';
+import { certCommand } from './commands/cert.ts';
 
 export interface Command {
   summary: string;
@@ -30,10 +31,12 @@ const COMMANDS: Record<string, Command> = {
   image: imageCommand,
   network: networkCommand,
   'store-user': storeUserCommand,
+  cert: certCommand,
   job: jobCommand,
   probe: probeCommand,
   init: initCommand,
   join: joinCommand,
+  bundles: bundlesCommand,
   agent: agentCommand,
   demo: demoCommand,
   host: hostCommand,

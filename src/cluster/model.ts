@@ -209,6 +209,10 @@ export class ClusterState {
     return (await this.store.list(KEYS.hosts)).map((kv) => JSON.parse(kv.value) as HostRecord);
   }
 
+  async members(): Promise<MemberRecord[]> {
+    return (await this.store.list('/ferry/members/')).map((kv) => JSON.parse(kv.value) as MemberRecord);
+  }
+
   async member(name: string): Promise<MemberRecord | undefined> {
     const kv = await this.store.get(KEYS.member(name));
     return kv && (JSON.parse(kv.value) as MemberRecord);

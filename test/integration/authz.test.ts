@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AgentClient } from '../../src/agent/client.ts';
+import { fingerprintOf } from '../../src/agent/revocation.ts';
 import { createWebSocketStream } from 'ws';
 import { rfbHandshake } from '../helpers/rfb.ts';
 import { ApiError } from '../../src/agent/errors.ts';
@@ -222,6 +223,38 @@ describe('authorization by identity (3-host lab)', () => {
     await sleep(4000); // past another renewal period
     assert.equal(((await cli('node', 'list')).json.hosts as { name: string }[]).some((h) => h.name === 'h3'), false, 'h3 did not come back');
     assert.match((await cli('node', 'remove', 'h3')).stderr, /no host 'h3' has joined this cluster \(or it was removed already\)/);
+    await unchanged(owner);
+  });
+
+  it("ferry cert renew-admin: the CLI switches to a new admin certificate and the old one is refused everywhere; the admin cannot revoke its own or a host's", async () => {
+    const oldCopy = path.join(pki, 'old-admin');
+    await run('cp', ['-r', adminCert(), oldCopy]);
+    const old = await loadIdentity(oldCopy);
+    const owner = (await cli('vm', 'show', 'g1')).json.owner as string;
+    const admin = await as(adminCert(), owner);
+    const own = fingerprintOf(old.cert);
+    await assert.rejects(admin.call('POST', '/v1/cluster/certificates/revoke', { fingerprint: own }), /revoking it would lock the admin out/);
+    const h1 = fingerprintOf(await readFile(path.join(hostCert('h1'), 'cert.pem'), 'utf8'));
+    await assert.rejects(admin.call('POST', '/v1/cluster/certificates/revoke', { fingerprint: h1 }), /that is host 'h1''s certificate/);
+    const renewed = await cli('cert', 'renew-admin');
+    assert.equal(renewed.code, 0, renewed.stderr);
+    assert.equal(renewed.json.revoked, own);
+    assert.notEqual(renewed.json.certificate, own);
+    // The CLI works with the new one; the old one is refused by every agent within seconds.
+    assert.equal((await cli('vm', 'show', 'g1')).code, 0);
+    for (const host of ['h1', 'h2']) {
+      const stale = new AgentClient({ name: host, url: '', socket: path.join(suite.dir, 'hosts', host, 'agent.sock') }, old, 10_000);
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const refused = await stale.call('GET', '/v1/cluster/vms').then(() => undefined, (err: Error) => err);
+        if (refused) {
+          assert.match(refused.message, /the certificate of 'admin' was revoked at .* \(renewed: ferry cert renew-admin\)/);
+          break;
+        }
+        assert.ok(Date.now() < deadline, `${host} still accepts the old admin certificate`);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
     await unchanged(owner);
   });
 });

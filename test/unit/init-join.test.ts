@@ -1,7 +1,8 @@
 /** ferry init and ferry join: the CA, the host certificates and configurations they write. */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { issueCertificate } from '../../src/cluster/pki.ts';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -80,5 +81,28 @@ describe('ferry init and ferry join', () => {
     const unknown = await ferry({}, 'frobnicate');
     assert.equal(unknown.code, 2);
     assert.match(unknown.stderr, /unknown command 'frobnicate'/);
+  });
+
+  it('ferry bundles moves a cluster directory of the old layout (every host key in it) to one bundle per host, with fresh keys', async () => {
+    const old = path.join(dir, 'old-layout');
+    assert.equal((await ferry({}, 'init', '--dir', old, '--name', 'legacy')).code, 0);
+    // The layout ferry join wrote before bundles: DIR/hosts/HOST/{cert/,node.json}.
+    for (const [name, address] of [['n1', '10.2.0.1'], ['n2', '10.2.0.2']] as const) {
+      await issueCertificate(old, path.join(old, 'hosts', name, 'cert'), { name, role: 'host', addresses: [address] });
+      await writeFile(path.join(old, 'hosts', name, 'node.json'), JSON.stringify({ name, clusterDir: old, certDir: path.join(old, 'hosts', name, 'cert'), address, port: 7443, runDir: '/run/ferry', stateDir: '/var/lib/ferry', bridge: 'br5', memoryMiB: 2048, leaseTtlSeconds: 10, networks: { back: 'br9' } }));
+    }
+    const oldKey = await readFile(path.join(old, 'hosts', 'n1', 'cert', 'key.pem'), 'utf8');
+    const out = path.join(dir, 'bundles-out');
+    const r = await ferry({}, 'bundles', '--cluster-dir', old, '--out', out, '--json');
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.json.bundles.map((b: { host: string }) => b.host), ['n1', 'n2']);
+    const node = JSON.parse(await readFile(path.join(out, 'ferry-host-n1', 'node.json'), 'utf8'));
+    assert.deepEqual([node.address, node.bridge, node.memoryMiB, node.networks, node.certDir], ['10.2.0.1', 'br5', 2048, { back: 'br9' }, '/etc/ferry/cert']);
+    assert.notEqual(await readFile(path.join(out, 'ferry-host-n1', 'cert', 'key.pem'), 'utf8'), oldKey, 'a fresh key, not the copied one');
+    assert.match(await run('openssl', ['x509', '-in', path.join(out, 'ferry-host-n2', 'cert', 'cert.pem'), '-noout', '-subject']), /OU\s*=\s*host, CN\s*=\s*n2/);
+    assert.equal(existsSync(path.join(old, 'hosts')), false, 'no host key stays in the cluster directory');
+    const again = await ferry({}, 'bundles', '--cluster-dir', old, '--out', out);
+    assert.equal(again.code, 2);
+    assert.match(again.stderr, /holds no host keys/);
   });
 });

@@ -1,6 +1,6 @@
 /** ferry init, ferry join, ferry agent: making a cluster of real machines. */
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, rm } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { runAgent } from '../../agent/agent.ts';
@@ -74,43 +74,100 @@ export const joinCommand: Command = {
     const clusterDir = values['cluster-dir'] && path.resolve(values['cluster-dir']);
     if (!clusterDir || !values.name || !values.address) throw new UsageError('ferry join needs --cluster-dir, --name and --address');
     if (!NAME_PATTERN.test(values.name)) throw new UsageError(`--name '${values.name}': a host name must ${NAME_RULE}`);
-    const cluster = await loadClusterConfig(clusterDir);
     const out = path.resolve(values.out ?? `ferry-host-${values.name}`);
-    if (existsSync(out)) throw new UsageError(`${out} exists already; give another --out (a bundle is written once, with a fresh key)`);
+    const node = await writeHostBundle(clusterDir, out, {
+      name: values.name, address: values.address, port: Number(values.port ?? 7443), memoryMiB: Number(values.memory ?? 4096), bridge: values.bridge ?? 'br0',
+    });
+    if (values.json) console.log(JSON.stringify({ bundle: out, node }));
+    else console.log(`host '${values.name}' joined: its bundle is ${out}; copy its contents to ${INSTALL_DIR} on the host (only that host's key is in it)`);
+  },
+};
+
+/** What a host's agent configuration keeps when its bundle is made again. */
+type HostSettings = Pick<NodeConfig, 'name' | 'address' | 'port' | 'memoryMiB' | 'bridge'> & Partial<Pick<NodeConfig, 'networks'>>;
+
+/**
+ * A host's bundle in `out`: the cluster configuration and CA certificate, a fresh key and certificate
+ * (role host) — and, where etcd runs with RBAC, its store certificate and etcd user — and its agent
+ * configuration pointing at /etc/ferry. Nothing half-made stays if a step fails.
+ */
+async function writeHostBundle(clusterDir: string, out: string, host: HostSettings): Promise<NodeConfig> {
+  const cluster = await loadClusterConfig(clusterDir);
+  if (existsSync(out)) throw new UsageError(`${out} exists already; give another --out (a bundle is written once, with a fresh key)`);
+  try {
     await mkdir(path.join(out, 'cluster'), { recursive: true, mode: 0o700 });
     await writeJson(path.join(out, 'cluster', 'cluster.json'), cluster);
     await copyFile(path.join(clusterDir, 'ca-cert.pem'), path.join(out, 'cluster', 'ca-cert.pem'));
-    await issueCertificate(clusterDir, path.join(out, 'cert'), { name: values.name, role: 'host', addresses: [values.address] });
+    await issueCertificate(clusterDir, path.join(out, 'cert'), { name: host.name, role: 'host', addresses: [host.address] });
     if (cluster.store.kind === 'etcd' && cluster.store.rbac) {
       // The host's etcd user, with a password in its bundle: RBAC is switched on with the first host.
       const adminStore = path.join(clusterDir, 'admin', 'store');
       if (!existsSync(path.join(adminStore, 'cert.pem'))) await issueStoreClientCertificate(clusterDir, path.join(clusterDir, 'admin'), 'admin');
-      await issueStoreClientCertificate(clusterDir, path.join(out, 'cert'), values.name);
-      const rbac = await enableStoreRbac(clusterDir, cluster.store.endpoints, await loadIdentity(adminStore)).catch(async (err: Error) => {
-        await rm(out, { recursive: true, force: true }); // no half-made bundle stays behind
-        throw new UsageError(`cannot set up host '${values.name}' in etcd (${err.message}); etcd must run, with certificates of this cluster's CA, before hosts join`);
+      await issueStoreClientCertificate(clusterDir, path.join(out, 'cert'), host.name);
+      const rbac = await enableStoreRbac(clusterDir, cluster.store.endpoints, await loadIdentity(adminStore)).catch((err: Error) => {
+        throw new UsageError(`cannot set up host '${host.name}' in etcd (${err.message}); etcd must run, with certificates of this cluster's CA, before hosts join`);
       });
       try {
-        await addStoreUser(rbac, values.name, path.join(out, 'cert'));
+        await addStoreUser(rbac, host.name, path.join(out, 'cert'));
       } finally {
         await rbac.close();
       }
     }
     const node: NodeConfig = {
-      name: values.name,
+      ...host,
       clusterDir: path.join(INSTALL_DIR, 'cluster'),
       certDir: path.join(INSTALL_DIR, 'cert'),
-      address: values.address,
-      port: Number(values.port ?? 7443),
-      runDir: path.join('/run/ferry', values.name),
-      stateDir: path.join('/var/lib/ferry', values.name),
-      bridge: values.bridge ?? 'br0',
-      memoryMiB: Number(values.memory ?? 4096),
+      runDir: path.join('/run/ferry', host.name),
+      stateDir: path.join('/var/lib/ferry', host.name),
       leaseTtlSeconds: 10,
     };
     await writeJson(path.join(out, 'node.json'), node);
-    if (values.json) console.log(JSON.stringify({ bundle: out, node }));
-    else console.log(`host '${values.name}' joined: its bundle is ${out}; copy its contents to ${INSTALL_DIR} on the host (only that host's key is in it)`);
+    return node;
+  } catch (err) {
+    await rm(out, { recursive: true, force: true }); // no half-made bundle stays behind
+    throw err;
+  }
+}
+
+export const bundlesCommand: Command = {
+  summary: 'move a cluster directory made before bundles (every host key in it) to one bundle per host',
+  usage: [
+    'Usage: ferry bundles --cluster-dir DIR [--out DIR] [--json]',
+    '',
+    "Before bundles, 'ferry join' kept every host's key and configuration under DIR/hosts/HOST and the whole",
+    'directory was copied to each host: every host held every key, and the admin\'s. This writes a bundle',
+    "per host found there (fresh key and certificate, same name, address, port, memory, bridge and networks),",
+    "removes the old keys from DIR, and says what to do next: install each bundle at /etc/ferry on its host,",
+    "restart its agent (it revokes its old certificate when it runs with the new one), delete the old copies",
+    "of the cluster directory from the hosts, and renew the admin's certificate (ferry cert renew-admin).",
+  ].join('\n'),
+  async run(args) {
+    const { values } = parseArgs({ args, options: { 'cluster-dir': { type: 'string' }, out: { type: 'string' }, json: { type: 'boolean' } } });
+    const clusterDir = values['cluster-dir'] && path.resolve(values['cluster-dir']);
+    if (!clusterDir) throw new UsageError('ferry bundles needs --cluster-dir DIR (the directory ferry init made)');
+    const hostsDir = path.join(clusterDir, 'hosts');
+    const names = existsSync(hostsDir) ? (await readdir(hostsDir)).filter((n) => existsSync(path.join(hostsDir, n, 'node.json'))).sort() : [];
+    if (!names.length) throw new UsageError(`no host configurations under ${hostsDir}: this cluster directory holds no host keys (its hosts have bundles already)`);
+    const outDir = path.resolve(values.out ?? '.');
+    const written: Array<{ host: string; bundle: string }> = [];
+    for (const name of names) {
+      const old = await loadNodeConfig(path.join(hostsDir, name, 'node.json'));
+      const bundle = path.join(outDir, `ferry-host-${name}`);
+      await writeHostBundle(clusterDir, bundle, {
+        name: old.name, address: old.address, port: old.port, memoryMiB: old.memoryMiB, bridge: old.bridge, ...(old.networks ? { networks: old.networks } : {}),
+      });
+      await rm(path.join(hostsDir, name), { recursive: true, force: true }); // its old key: the bundle holds the new one
+      written.push({ host: name, bundle });
+    }
+    if (!(await readdir(hostsDir)).length) await rm(hostsDir, { recursive: true, force: true });
+    if (values.json) return void console.log(JSON.stringify({ bundles: written }));
+    console.log(
+      [
+        ...written.map((w) => `host '${w.host}': bundle ${w.bundle}`),
+        `the old host keys are removed from ${clusterDir}. Next: install each bundle at ${INSTALL_DIR} on its host and restart its agent;`,
+        "delete the old copies of the cluster directory from the hosts; then 'ferry cert renew-admin' (every host had the admin's key).",
+      ].join('\n'),
+    );
   },
 };
 
