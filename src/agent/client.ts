@@ -3,6 +3,7 @@
  * certificate, to a URL or to the agent's unix socket.
  */
 import { createReadStream } from 'node:fs';
+import type { IncomingMessage } from 'node:http';
 import https from 'node:https';
 import type { Duplex } from 'node:stream';
 import tls, { type PeerCertificate } from 'node:tls';
@@ -20,6 +21,20 @@ export interface AgentEndpoint {
 
 export class AgentUnreachableError extends Error {
   override name = 'AgentUnreachableError';
+}
+
+/** An agent's answer that refused an upgrade (a console, a display), as the ApiError it carries. */
+async function refusalOf(res: IncomingMessage): Promise<ApiError> {
+  let text = '';
+  res.setEncoding('utf8');
+  for await (const chunk of res) text += chunk;
+  let message = `HTTP ${res.statusCode}`;
+  try {
+    message = (JSON.parse(text) as { error?: string }).error ?? message;
+  } catch {
+    /* not JSON: the status says enough */
+  }
+  return new ApiError(res.statusCode ?? 500, message);
 }
 
 export class AgentClient {
@@ -56,20 +71,7 @@ export class AgentClient {
         if (head.length) socket.unshift(head);
         resolve(socket);
       });
-      req.on('response', (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () => {
-          let message = `HTTP ${res.statusCode}`;
-          try {
-            message = (JSON.parse(text) as { error?: string }).error ?? message;
-          } catch {
-            /* not JSON: the status says enough */
-          }
-          reject(new ApiError(res.statusCode ?? 500, message));
-        });
-      });
+      req.on('response', (res) => void refusalOf(res).then(reject));
       req.on('timeout', () => req.destroy(new AgentUnreachableError(`agent ${this.endpoint.name} did not open the console of '${vm}' within ${timeoutMs} ms`)));
       req.on('error', (err) => reject(err instanceof AgentUnreachableError ? err : new AgentUnreachableError(`cannot reach the agent of ${this.endpoint.name}: ${err.message}`)));
       req.end();
@@ -92,20 +94,7 @@ export class AgentClient {
         ...(socketPath ? { createConnection: () => tls.connect({ ...tlsOptions, path: socketPath }) } : {}),
       });
       ws.once('open', () => resolve(ws));
-      ws.once('unexpected-response', (_req, res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () => {
-          let message = `HTTP ${res.statusCode}`;
-          try {
-            message = (JSON.parse(text) as { error?: string }).error ?? message;
-          } catch {
-            /* not JSON: the status says enough */
-          }
-          reject(new ApiError(res.statusCode ?? 500, message));
-        });
-      });
+      ws.once('unexpected-response', (_req, res) => void refusalOf(res).then(reject));
       ws.once('error', (err) => reject(new AgentUnreachableError(`cannot open the VNC display of '${vm}' on ${this.endpoint.name}: ${err.message}`)));
     });
   }

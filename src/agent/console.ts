@@ -46,11 +46,7 @@ export class ConsoleRelay {
     };
     let serial: net.Socket;
     try {
-      serial = await new Promise<net.Socket>((resolve, reject) => {
-        const s = net.connect(instance.serialSocket);
-        s.once('connect', () => resolve(s));
-        s.once('error', (err) => reject(new UpgradeRefusedError(502, `the serial console of '${vm}' cannot be reached (${err.message}); a VM started by an older ferry has none: stop and start it`)));
-      });
+      serial = await connectQemuSocket(instance.serialSocket, `the serial console of '${vm}'`);
     } catch (err) {
       release();
       throw err;
@@ -82,6 +78,15 @@ export class ConsoleRelay {
     serial.on('close', close);
     serial.on('error', close);
   }
+}
+
+/** A socket QEMU serves in the VM's directory; refused with 502 (and what to do) when it cannot be reached. */
+export function connectQemuSocket(socketPath: string, what: string): Promise<net.Socket> {
+  return new Promise<net.Socket>((resolve, reject) => {
+    const s = net.connect(socketPath);
+    s.once('connect', () => resolve(s));
+    s.once('error', (err) => reject(new UpgradeRefusedError(502, `${what} cannot be reached (${err.message}); a VM started by an older ferry has none: stop and start it`)));
+  });
 }
 
 /** Output queued for a slow console client before more is dropped. */

@@ -9,7 +9,7 @@ import type { IncomingMessage } from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, createWebSocketStream, type WebSocket } from 'ws';
-import { UpgradeRefusedError } from './console.ts';
+import { UpgradeRefusedError, connectQemuSocket } from './console.ts';
 import type { LocalRuntime } from './runtime.ts';
 
 /** A websocket message is at most this big (a VNC client sends small messages; framebuffer updates flow the other way). */
@@ -42,11 +42,7 @@ export class VncRelay {
     this.viewers.set(vm, count + 1);
     let display: net.Socket;
     try {
-      display = await new Promise<net.Socket>((resolve, reject) => {
-        const s = net.connect(instance.vncSocket);
-        s.once('connect', () => resolve(s));
-        s.once('error', (err) => reject(new UpgradeRefusedError(502, `the VNC display of '${vm}' cannot be reached (${err.message}); a VM started by an older ferry has none: stop and start it`)));
-      });
+      display = await connectQemuSocket(instance.vncSocket, `the VNC display of '${vm}'`);
     } catch (err) {
       this.release(vm);
       throw err;
