@@ -9,7 +9,7 @@
  * by bench/setup-libvirt.sh when it is missing; when it cannot be used, the
  * benchmark runs without it and says why.
  *
- *   npm run bench -- [--runs 5] [--must-finish-runs 10] [--json FILE] [--only ram|disk|must-finish] [--no-libvirt]
+ *   npm run bench -- [--runs 5] [--must-finish-runs 10] [--json FILE] [--only ram|disk|must-finish|cli] [--no-libvirt]
  *
  * Prints a table per scenario with medians and ratios to the baseline, and where ferry's blackouts
  * went; the disk scenario (disk.bench.ts) and must-finish against a guest dirtying faster than the
@@ -34,6 +34,7 @@ import { blackoutBreakdown, type BlackoutBreakdown } from '../src/cli/migrate.ts
 import type { SwitchoverTimeline } from '../src/migration/types.ts';
 import { unixSocketThroughput } from './link.ts';
 import { attemptsCell, countAttempts } from './attempts.ts';
+import { runCliBench } from './cli.bench.ts';
 import { Transcript } from './transcript.ts';
 import { nonZeroBytes } from '../src/qemu/ram-scan.ts';
 import { runDiskBench, type DiskSample, type DiskVariant } from './disk.bench.ts';
@@ -93,7 +94,16 @@ async function main() {
   const mustFinishRuns = Number(values['must-finish-runs'] ?? 10);
   if (!Number.isInteger(runs) || runs < 1 || !Number.isInteger(mustFinishRuns) || mustFinishRuns < 1) throw new Error('--runs and --must-finish-runs take a whole number >= 1');
   const only = values.only;
-  if (only !== undefined && only !== 'ram' && only !== 'disk' && only !== 'must-finish') throw new Error(`--only ${only}: choose ram, disk or must-finish`);
+  if (only === 'cli') {
+    // The CLI's start and the agents' memory: a lab, no migration benchmark.
+    const transcript = new Transcript();
+    transcript.start();
+    await runCliBench(values.runs ? runs : 20);
+    const qemu = formatQemuVersion((await localQemuBuild()).version);
+    await transcript.save(path.join('bench', 'results', 'cli.txt'), { command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(), qemu });
+    return;
+  }
+  if (only !== undefined && only !== 'ram' && only !== 'disk' && only !== 'must-finish') throw new Error(`--only ${only}: choose ram, disk, must-finish or cli`);
   const wants = (part: 'ram' | 'disk' | 'must-finish') => only === undefined || only === part;
   const transcript = new Transcript();
   transcript.start();

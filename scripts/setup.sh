@@ -105,6 +105,12 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
+# The compiled CLI and agent (dist/): nothing is transpiled when ferry runs. `ferry` on the PATH.
+say "build (esbuild -> dist/)"
+node scripts/build.mjs
+ln -sf "$PWD/bin/ferry.mjs" /usr/local/bin/ferry || echo "setup: could not link /usr/local/bin/ferry (not root?); run bin/ferry.mjs" >&2
+{ mkdir -p /etc/bash_completion.d && node bin/ferry.mjs completion bash > /etc/bash_completion.d/ferry; } 2>/dev/null || echo "setup: could not install the bash completion (not root?)" >&2
+
 say "guest image"
 bash guest/build.sh
 

@@ -8,10 +8,13 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { StreamWindow } from './probe-agent.ts';
+import { PROJECT_ROOT } from '../util/project.ts';
 
 export type { StreamWindow } from './probe-agent.ts';
 
-const AGENT = path.join(path.dirname(fileURLToPath(import.meta.url)), 'probe-agent.ts');
+/** The probe's own process: the built one beside the built CLI (dist/), else the source through tsx. */
+const BUILT = fileURLToPath(import.meta.url).endsWith('.mjs');
+const AGENT = BUILT ? path.join(PROJECT_ROOT, 'dist', 'lab', 'probe-agent.mjs') : path.join(path.dirname(fileURLToPath(import.meta.url)), 'probe-agent.ts');
 
 export const GAMESRV_PORT = 7777;
 export const MEMCHECK_PORT = 7778;
@@ -92,9 +95,9 @@ export class Probe {
 
   /** Starts a probe process inside `netns` (or in this namespace when undefined). */
   static async start(netns: string | undefined): Promise<Probe> {
-    const node = [process.execPath, '--import', 'tsx', AGENT];
+    const node = BUILT ? [process.execPath, AGENT] : [process.execPath, '--import', 'tsx', AGENT];
     const [cmd, args] = netns ? ['ip', ['netns', 'exec', netns, ...node]] : [node[0]!, node.slice(1)];
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], cwd: path.resolve(path.dirname(AGENT), '../..') });
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], cwd: PROJECT_ROOT });
     const probe = new Probe(child);
     await new Promise<void>((resolve, reject) => {
       probe.waiting.set(0, { resolve: () => resolve(), reject });

@@ -1,11 +1,11 @@
 /** ferry's own guest image (guest/build.sh): where it is, and the boot spec for it. */
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { run } from '../util/exec.ts';
+import { PROJECT_ROOT } from '../util/project.ts';
 import type { KernelBoot } from './spec.ts';
 
-export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export { PROJECT_ROOT };
 const OUT = path.join(PROJECT_ROOT, 'guest', 'out');
 
 export interface GuestImage {

@@ -12,7 +12,7 @@ import { fingerprintOf } from '../../agent/revocation.ts';
 import { issueCertificate, loadIdentity } from '../../cluster/pki.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 
 const USAGE = `Usage:
   ferry cert renew-admin [--cluster-dir DIR] [--json]

@@ -10,7 +10,7 @@ import { addStoreUser, enableStoreRbac } from '../../cluster/store/etcd-auth.ts'
 import type { CliContext } from '../../lab/lab.ts';
 import { UsageError } from '../errors.ts';
 import { NAME_PATTERN, NAME_RULE } from '../../util/names.ts';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 
 function parseStore(value: string | undefined, dir: string, insecure: boolean): StoreConfig {
   if (!value || value === 'sqlite') return { kind: 'sqlite', path: path.join(dir, 'state.db') };

@@ -8,7 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 import { UsageError, wholeNumber } from '../errors.ts';
 import { medianCell, mib, ms, table } from '../format.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';

@@ -1,4 +1,4 @@
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 import { UsageError } from '../errors.ts';
 import { ensureGuestImage } from '../../qemu/guest-image.ts';
 

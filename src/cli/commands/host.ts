@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 import { UsageError } from '../errors.ts';
 import { ensureGuestImage } from '../../qemu/guest-image.ts';
 import { probeHost, resolveAccel } from '../../qemu/host-probe.ts';

@@ -8,7 +8,7 @@ import type { ImageRecord } from '../../cluster/model.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { mib, table } from '../format.ts';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 import { ProgressDisplay } from '../progress.ts';
 
 const USAGE = `Usage:

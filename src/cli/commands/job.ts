@@ -3,7 +3,7 @@ import type { Job } from '../../cluster/model.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { table } from '../format.ts';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 
 export const jobCommand: Command = {
   summary: 'long operations and their records: ferry job list|show ID|cancel ID',

@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import { DEFAULT_LAB_DIR, LAB_STORAGE, killAgent, labDown, labUp, readLab, startAgent, type LabStorage } from '../../lab/lab.ts';
 import { UsageError } from '../errors.ts';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 import path from 'node:path';
 import { Probe } from '../../lab/probe.ts';
 import { Cli } from '../context.ts';

@@ -5,7 +5,7 @@ import { AgentUnreachableError } from '../../agent/client.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { table } from '../format.ts';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 
 const USAGE = `Usage:
   ferry network add NAME --bridge BR [--vlan N] [--subnet CIDR]

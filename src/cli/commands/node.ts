@@ -8,7 +8,7 @@ import { CERTIFICATE_WARNING_DAYS } from '../../cluster/pki.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { table } from '../format.ts';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 
 export const nodeCommand: Command = {
   summary: "the cluster's hosts: ferry node list, ferry node remove HOST",

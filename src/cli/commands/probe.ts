@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { Probe } from '../../lab/probe.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 
 export const probeCommand: Command = {
   summary: "play against a guest's gamesrv at 200 packets/s and report gaps and losses (or verify its memory)",

@@ -6,7 +6,7 @@ import { STORAGE_TYPES, poolLocation, type StoragePoolConfig } from '../../stora
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { mib, table } from '../format.ts';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 
 const USAGE = `Usage:
   ferry storage add NAME --type shared-dir|local|replicated --path DIR

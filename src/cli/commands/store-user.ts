@@ -10,7 +10,7 @@ import { loadClusterConfig } from '../../agent/config.ts';
 import { loadIdentity } from '../../cluster/pki.ts';
 import { addStoreUser, enableStoreRbac, hostUser, openStoreRbac } from '../../cluster/store/etcd-auth.ts';
 import { UsageError } from '../errors.ts';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 
 const USAGE = `Usage:
   ferry store-user enable --cluster-dir DIR --admin-dir DIR          RBAC on (root's password kept in the cluster directory)

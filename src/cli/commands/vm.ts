@@ -5,7 +5,7 @@ import type { HostRecord, NetworkRecord, OwnedVm } from '../../cluster/model.ts'
 import { Cli } from '../context.ts';
 import { UsageError, sizeBytes, wholeNumber } from '../errors.ts';
 import { attemptsText, mib, ms, table } from '../format.ts';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 import { migrateWithProbe } from '../migrate.ts';
 import { interactiveConsole } from '../console.ts';
 import { forwardDisplay } from '../vnc.ts';

@@ -4,7 +4,7 @@ import type { StoredVolume } from '../../cluster/model.ts';
 import { Cli } from '../context.ts';
 import { UsageError, sizeBytes } from '../errors.ts';
 import { mib, table } from '../format.ts';
-import type { Command } from '../main.ts';
+import type { Command } from '../command.ts';
 
 const USAGE = `Usage:
   ferry volume create NAME --pool POOL --size SIZE [--format qcow2|raw] [--host HOST] [--peer HOST]

@@ -1,0 +1,33 @@
+#!/usr/bin/env node
+// Compiles ferry's TypeScript into dist/ (esbuild): what the `ferry` command and the agents run, so
+// nothing is transpiled at run time. Each command is its own chunk, loaded when it runs. The
+// type-check stays in the test command (tsc --noEmit); esbuild only strips the types.
+import { build } from 'esbuild';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const started = Date.now();
+await build({
+  absWorkingDir: root,
+  entryPoints: ['src/cli/main.ts', 'src/lab/probe-agent.ts'],
+  outdir: 'dist',
+  outbase: 'src',
+  outExtension: { '.js': '.mjs' },
+  chunkNames: 'chunks/[name]-[hash]',
+  bundle: true,
+  splitting: true,
+  format: 'esm',
+  platform: 'node',
+  target: 'node20',
+  sourcemap: true,
+  // Native and optional modules stay in node_modules.
+  external: ['better-sqlite3', 'bufferutil', 'utf-8-validate'],
+  // Bundled CommonJS modules (ws, fast-xml-parser) call require(): give them one.
+  banner: { js: "import { createRequire as __ferryRequire } from 'node:module'; const require = __ferryRequire(import.meta.url);" },
+  logLevel: 'warning',
+});
+// bin/ferry.mjs runs dist/ only while it is newer than every source file (else it runs the sources).
+writeFileSync(path.join(root, 'dist', '.built'), new Date().toISOString() + '\n');
+console.log(`built dist/ in ${Date.now() - started} ms`);
