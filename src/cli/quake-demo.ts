@@ -93,7 +93,7 @@ export async function quakeDemo(rounds: number, pool: 'shared' | 'local', json: 
         'and one a second per address, so a silence is measured to within 125 ms. Same match: the match start time (g_timestamp), map and players are unchanged.',
     );
     console.log('');
-    console.log('The lab keeps running. Try: npx ferry vm show arena; npx ferry vm console arena; npx ferry lab down');
+    console.log('The lab keeps running. Try: ferry vm show arena; ferry vm console arena; ferry lab down');
   }
   return rows.every((r) => r.status === 'completed' && r.sameMatch) ? 0 : 1;
 }

@@ -145,9 +145,9 @@ async function labDemo(rounds: number, json: boolean): Promise<number> {
     );
     console.log('');
     console.log('The lab keeps running. Try:');
-    console.log('  npx ferry node list; npx ferry vm list; npx ferry probe demo --seconds 5');
-    console.log('  npx ferry vm migrate demo --to h2; npx ferry job list');
-    console.log('  npx ferry lab down        # removes the namespaces, agents, guests and state it made');
+    console.log('  ferry node list; ferry vm list; ferry probe demo --seconds 5');
+    console.log('  ferry vm migrate demo --to h2; ferry job list');
+    console.log('  ferry lab down        # removes the namespaces, agents, guests and state it made');
   }
   return rows.every((r) => r.status === 'completed' && r.memory === 'verified' && (r.disk === '-' || r.disk.startsWith('verified'))) ? 0 : 1;
 }
