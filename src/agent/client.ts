@@ -7,7 +7,7 @@ import type { IncomingMessage } from 'node:http';
 import https from 'node:https';
 import type { Duplex } from 'node:stream';
 import tls, { type PeerCertificate } from 'node:tls';
-import WebSocket from 'ws';
+import type WebSocket from 'ws';
 import type { Identity } from '../cluster/pki.ts';
 import { ApiError } from './errors.ts';
 
@@ -82,12 +82,13 @@ export class AgentClient {
    * Opens a VM's VNC display: a websocket whose binary messages are the RFB protocol's bytes. Over
    * the agent's unix socket when there is one (TLS all the same), else its address.
    */
-  openDisplay(vm: string, timeoutMs = 10_000): Promise<WebSocket> {
+  async openDisplay(vm: string, timeoutMs = 10_000): Promise<WebSocket> {
     const tlsOptions = this.tlsOptions();
     const socketPath = this.endpoint.socket;
     const url = socketPath ? `wss://${this.endpoint.name}/v1/vms/${encodeURIComponent(vm)}/vnc` : `${this.endpoint.url.replace(/^https:/, 'wss:')}/v1/vms/${encodeURIComponent(vm)}/vnc`;
+    const { default: WebSocketClient } = await import('ws'); // loaded for a display only: every other command starts without it
     return new Promise<WebSocket>((resolve, reject) => {
-      const ws = new WebSocket(url, 'binary', {
+      const ws = new WebSocketClient(url, 'binary', {
         ...tlsOptions,
         handshakeTimeout: timeoutMs,
         perMessageDeflate: false,

@@ -1,5 +1,5 @@
 /** On-disk configuration of a cluster and of one node (host) in it. */
-import { readFile, writeFile, mkdir } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { EtcdStore, type EtcdCredentials } from '../cluster/store/etcd.ts';
 import { STORE_PASSWORD_FILE, hostUser } from '../cluster/store/etcd-auth.ts';
@@ -46,22 +46,9 @@ export interface NodeConfig {
   leaseTtlSeconds: number;
 }
 
-export class ConfigError extends Error {
-  override name = 'ConfigError';
-}
+import { ConfigError, readJson } from '../util/json-file.ts';
 
-export async function readJson<T>(file: string, what: string): Promise<T> {
-  try {
-    return JSON.parse(await readFile(file, 'utf8')) as T;
-  } catch (err) {
-    throw new ConfigError(`cannot read the ${what} at ${file}: ${(err as Error).message}`);
-  }
-}
-
-export async function writeJson(file: string, value: unknown): Promise<void> {
-  await mkdir(path.dirname(file), { recursive: true });
-  await writeFile(file, JSON.stringify(value, null, 2) + '\n', { mode: 0o600 });
-}
+export { ConfigError, readJson, writeJson } from '../util/json-file.ts';
 
 export const loadClusterConfig = (clusterDir: string) => readJson<ClusterConfig>(path.join(clusterDir, 'cluster.json'), 'cluster configuration');
 export const loadNodeConfig = (file: string) => readJson<NodeConfig>(file, 'node configuration');

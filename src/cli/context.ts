@@ -2,10 +2,10 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { AgentClient, AgentUnreachableError } from '../agent/client.ts';
-import { readJson } from '../agent/config.ts';
+import { readJson } from '../util/json-file.ts';
 import type { OwnedVm } from '../cluster/model.ts';
 import { loadIdentity, type Identity } from '../cluster/pki.ts';
-import { DEFAULT_LAB_DIR, type CliContext } from '../lab/lab.ts';
+import { DEFAULT_LAB_DIR, type CliContext } from '../lab/defaults.ts';
 import { UsageError } from './errors.ts';
 
 export class Cli {

@@ -21,7 +21,9 @@ import { createBridge, createNetns, deleteNetns, ip, linkExists, netnsExists } f
 import { run } from '../util/exec.ts';
 import { PROJECT_ROOT } from '../qemu/guest-image.ts';
 
-export const DEFAULT_LAB_DIR = process.env['FERRY_LAB_DIR'] ?? '/var/lib/ferry/lab';
+import { DEFAULT_LAB_DIR, type CliContext } from './defaults.ts';
+
+export { DEFAULT_LAB_DIR, type CliContext };
 const SUBNET = '10.80.0';
 /**
  * More addresses of the client namespace, for a game client that asks a real Quake 3 server more
@@ -55,18 +57,6 @@ export interface LabRecord {
   complete?: boolean;
 }
 
-/** What the CLI needs to reach a cluster: agents and the admin certificate. */
-export interface CliContext {
-  cluster: string;
-  certDir: string;
-  agents: AgentEndpoint[];
-  /** The lab's client namespace, where probes run. */
-  clientNetns?: string;
-  /** The cluster directory (the CA's machine): where `ferry node remove` finds etcd's root password. */
-  clusterDir?: string;
-  /** The network namespace etcd is reached from, where it is not reached from here (the lab's store namespace). */
-  storeNetns?: string;
-}
 
 export class LabError extends Error {
   override name = 'LabError';

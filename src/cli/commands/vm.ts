@@ -6,14 +6,11 @@ import { Cli } from '../context.ts';
 import { UsageError, sizeBytes, wholeNumber } from '../errors.ts';
 import { attemptsText, mib, ms, table } from '../format.ts';
 import type { Command } from '../command.ts';
-import { migrateWithProbe } from '../migrate.ts';
-import { interactiveConsole } from '../console.ts';
-import { forwardDisplay } from '../vnc.ts';
-import { mapImportedNics, planLibvirtImport, type LibvirtImportPlan } from '../libvirt-import.ts';
-import { uploadImage } from './image.ts';
-import { HISTORY_CHOICES, type DryRun, type InputBasis } from '../../agent/predict.ts';
-import { POLICY_NAMES, type PolicyName } from '../../migration/policy/policy.ts';
-import { ProgressDisplay, progressLine } from '../progress.ts';
+import type { LibvirtImportPlan } from '../libvirt-import.ts';
+import type { DryRun, InputBasis } from '../../agent/predict.ts';
+import type { PolicyName } from '../../migration/policy/policy.ts';
+// What only some verbs need (migration, consoles, displays, imports) is loaded by those verbs:
+// `ferry vm list` starts without it.
 
 const USAGE = `Usage:
   ferry vm create NAME [--memory MiB] [--vcpus N] [--host HOST] [--memcheck MiB] [--dirty MiB/s]
@@ -206,13 +203,13 @@ export const vmCommand: Command = {
         return out(`${name}: the CD-ROM ${medium ? `holds image ${medium.image}` : 'is empty'}`, result);
       }
       case 'console': {
-        if (!values.log && !json && (process.stdin.isTTY || values.attach)) return interactiveConsole(cli, name!, { force: values.force ?? false });
+        if (!values.log && !json && (process.stdin.isTTY || values.attach)) return (await import('../console.ts')).interactiveConsole(cli, name!, { force: values.force ?? false });
         const vm = await cli.vm(name!);
         const { log } = await cli.agent(vm.owner).call<{ log: string }>('GET', `/v1/vms/${name}/console`);
         return out(log, { log });
       }
       case 'vnc':
-        return forwardDisplay(cli, name!, values.listen ?? '127.0.0.1:5900', json);
+        return (await import('../vnc.ts')).forwardDisplay(cli, name!, values.listen ?? '127.0.0.1:5900', json);
       case 'recover': {
         if (!values.to) throw new UsageError('ferry vm recover NAME --to HOST: say which host takes the VM over');
         const { vm } = await cli.agent(values.to).call<{ vm: OwnedVm }>('POST', `/v1/vms/${name}/recover`, values['accept-data-loss'] ? { acceptDataLoss: true } : {}, 120_000);
@@ -256,7 +253,7 @@ async function importLibvirt(cli: Cli, values: { 'libvirt-xml'?: string; name?: 
   });
   let plan: LibvirtImportPlan;
   try {
-    plan = planLibvirtImport(xml, values.name);
+    plan = (await import('../libvirt-import.ts')).planLibvirtImport(xml, values.name);
   } catch (err) {
     throw new UsageError(`${file}: ${(err as Error).message}`);
   }
@@ -265,7 +262,7 @@ async function importLibvirt(cli: Cli, values: { 'libvirt-xml'?: string; name?: 
   for (const [i, disk] of plan.disks.entries()) say(`  disk${i} <- ${disk.file} (${disk.format}, was ${disk.target})`);
   if (plan.cdrom) say(`  CD-ROM <- ${plan.cdrom}`);
   const { networks } = await (await cli.anyAgent()).call<{ networks: NetworkRecord[] }>('GET', '/v1/cluster/networks');
-  const moreNics = mapImportedNics(plan.nics, networks);
+  const moreNics = (await import('../libvirt-import.ts')).mapImportedNics(plan.nics, networks);
   for (const nic of moreNics.nics) say(`  NIC ${nic.mac ?? ''} -> network ${nic.network}`);
   plan.notCarried.push(...moreNics.unmatched);
   say(plan.notCarried.length ? 'not carried over:' : 'everything comes over');
@@ -286,11 +283,11 @@ async function importLibvirt(cli: Cli, values: { 'libvirt-xml'?: string; name?: 
   let vm: OwnedVm;
   try {
     for (const [i, disk] of plan.disks.entries()) {
-      const image = await uploadImage(cli, host, `${plan.name}-import-disk${i}`, disk.file, values.pool);
+      const image = await (await import('./image.ts')).uploadImage(cli, host, `${plan.name}-import-disk${i}`, disk.file, values.pool);
       say(`  uploaded ${disk.file} as image ${image.name}`);
       images.push(image.name);
     }
-    if (plan.cdrom) images.push((cdrom = (await uploadImage(cli, host, `${plan.name}-import-cdrom`, plan.cdrom, values.pool)).name));
+    if (plan.cdrom) images.push((cdrom = (await (await import('./image.ts')).uploadImage(cli, host, `${plan.name}-import-cdrom`, plan.cdrom, values.pool)).name));
     ({ vm } = await cli.agent(host).call<{ vm: OwnedVm }>(
     'POST',
     '/v1/vms',
@@ -371,6 +368,7 @@ async function migrateVm(
   const downtimeLimit = wholeNumber('downtime-limit', values['downtime-limit']);
   const bandwidth = wholeNumber('bandwidth', values.bandwidth);
   const timeout = wholeNumber('timeout', values.timeout);
+  const { POLICY_NAMES } = await import('../../migration/policy/policy.ts');
   if (values.policy !== undefined && !POLICY_NAMES.includes(values.policy as PolicyName))
     throw new UsageError(`--policy ${values.policy}: choose one of ${POLICY_NAMES.join(', ')}`);
   if (values['allow-postcopy'] && values.policy !== 'must-finish') throw new UsageError('--allow-postcopy goes with --policy must-finish');
@@ -393,8 +391,9 @@ async function migrateVm(
   };
   if (values['allow-postcopy'] && !json)
     console.error('warning: post-copy allowed: if the network fails after the switch to post-copy, the VM can be lost.');
+  const { ProgressDisplay, progressLine } = await import('../progress.ts');
   const display = new ProgressDisplay();
-  const doc = await migrateWithProbe(cli, name, values.to, {
+  const doc = await (await import('../migrate.ts')).migrateWithProbe(cli, name, values.to, {
     params,
     probe: !values['no-probe'],
     onProgress: json ? undefined : (from, progress) => display.update(progressLine(`${name} ${from}→${values.to}:`, progress)),
@@ -417,6 +416,7 @@ async function migrateVm(
 async function predictVm(cli: Cli, name: string, to: string, history: string, json: boolean): Promise<number> {
   const vm = await cli.vm(name);
   cli.agent(to);
+  const { HISTORY_CHOICES } = await import('../../agent/predict.ts');
   if (!(HISTORY_CHOICES as readonly string[]).includes(history)) throw new UsageError(`--history ${history}: choose one of ${HISTORY_CHOICES.join(', ')}`);
   const result = await cli.agent(vm.owner).call<DryRun>('POST', `/v1/vms/${name}/predict`, { to, history }, 120_000);
   if (json) {
