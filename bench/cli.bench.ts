@@ -2,8 +2,8 @@
  * How fast `ferry` answers and how much an agent holds, against a 3-host lab (`npm run bench -- --only
  * cli`). Each command is run `runs` times, interleaved with a bare `node -e 0` and with the same
  * command run from the TypeScript sources (FERRY_DEV=1, tsx's loader, its cache warm): medians and
- * ratios to bare Node from the same run. The agents' resident memory is read from /proc with no VM
- * and with one.
+ * ratios to bare Node from the same run. The agents' resident memory is read from /proc with no VM,
+ * with one, with ten on one host, and before and after `migrations` live migrations between two hosts.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -34,7 +34,7 @@ function rssMiB(pid: number): number | null {
   }
 }
 
-export async function runCliBench(runs = 20): Promise<void> {
+export async function runCliBench(runs = 20, migrations = 100): Promise<void> {
   if (!existsSync(path.join(PROJECT_ROOT, 'dist', '.built'))) throw new Error('dist/ is not built: run node scripts/build.mjs (setup does)');
   const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-cli-'));
   const env = { FERRY_LAB_DIR: dir, FERRY_CONTEXT: path.join(dir, 'context.json'), FERRY_LAB_PREFIX: `fbc${process.pid % 10000}`, FERRY_LAB_HOST_MEMORY: '768' };
@@ -77,9 +77,28 @@ export async function runCliBench(runs = 20): Promise<void> {
       ),
     );
     const loaded = agents();
-    const show = (v: number | null) => (v === null ? '-' : `${v.toFixed(1)} MiB`);
-    console.log('\nagents\' resident memory (VmRSS, /proc), one reading each');
-    console.log(table(['host', 'no VM', 'after one VM was created in the cluster'], lab.hosts.map((h, i) => [h.name, show(idle[i] ?? null), show(loaded[i] ?? null)])));
+    // Ten VMs on h1 (b1 and nine small ones), then b1's agent-side life over many migrations h1 -> h2 -> h3 -> h2 ...
+    for (let i = 2; i <= 10; i++) ferry('vm', 'create', `b${i}`, '--memory', '64', '--memcheck', '4', '--host', 'h1');
+    await new Promise((r) => setTimeout(r, 2000));
+    const ten = agents();
+    let done = 0;
+    const hops = ['h2', 'h3'];
+    const beforeHops = agents();
+    for (let i = 0; i < migrations; i++) {
+      ferry('vm', 'migrate', 'b1', '--to', hops[i % 2]!, '--no-probe');
+      done++;
+    }
+    await new Promise((r) => setTimeout(r, 2000));
+    const afterHops = agents();
+    const show = (v: number | null | undefined) => (v === null || v === undefined ? '-' : `${v.toFixed(1)} MiB`);
+    const growth = (i: number) => (beforeHops[i] != null && afterHops[i] != null ? `${(afterHops[i]! - beforeHops[i]!).toFixed(1)} MiB` : '-');
+    console.log(`\nagents' resident memory (VmRSS from /proc, one reading each; ${done} migrations of b1 between h2 and h3, after it left h1)`);
+    console.log(
+      table(
+        ['host', 'no VM', 'one VM in the cluster', 'ten VMs on h1', `before the ${done} migrations`, 'after', 'growth'],
+        lab.hosts.map((h, i) => [h.name, show(idle[i]), show(loaded[i]), show(ten[i]), show(beforeHops[i]), show(afterHops[i]), growth(i)]),
+      ),
+    );
   } finally {
     spawnSync(process.execPath, [FERRY, 'lab', 'down'], { env: { ...process.env, ...env } });
     await rm(dir, { recursive: true, force: true });
