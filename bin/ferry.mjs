@@ -16,6 +16,8 @@ function builtAndFresh() {
   } catch {
     return false;
   }
+  // A changed dependency (package.json, its lock) makes the build stale too.
+  for (const file of ['package.json', 'package-lock.json']) if (statSync(path.join(root, file)).mtimeMs > built) return false;
   const src = path.join(root, 'src');
   for (const file of readdirSync(src, { recursive: true })) {
     if (file.endsWith('.ts') && statSync(path.join(src, file)).mtimeMs > built) return false;

@@ -3,12 +3,13 @@
 // nothing is transpiled at run time. Each command is its own chunk, loaded when it runs. The
 // type-check stays in the test command (tsc --noEmit); esbuild only strips the types.
 import { build } from 'esbuild';
-import { writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const started = Date.now();
+rmSync(path.join(root, 'dist'), { recursive: true, force: true }); // no chunk of an earlier build stays
 await build({
   absWorkingDir: root,
   entryPoints: ['src/cli/main.ts', 'src/lab/probe-agent.ts'],

@@ -38,7 +38,14 @@ export async function changeCdrom(ctx: AgentContext, vm: OwnedVm, change: CdromC
     storage.get(medium.pool); // a pool this host cannot reach is refused before the drive is touched
   }
   const load = (m: IsoMedium | undefined) => instance.changeCdrom(m && { medium: m, blockdev: storage.isoBlockdev(m) });
-  await load(medium);
+  try {
+    await load(medium);
+  } catch (err) {
+    // QEMU refused half-way: the medium it had goes back in, so the store (unchanged) is right again.
+    await load(before).catch((again: Error) => ctx.log(`${name}: could not put the CD-ROM's medium back after a failed change: ${again.message}`));
+    await ctx.runtime.record(instance, 'running');
+    throw new RefusedError(`QEMU refused to change the CD-ROM of '${name}' (${(err as Error).message}); ${instance.spec.cdrom?.medium?.image === before?.image ? 'the medium is as it was' : `the drive now holds ${instance.spec.cdrom?.medium ? `image ${instance.spec.cdrom.medium.image}` : 'nothing'} — change it again`}`);
+  }
   const spec = makeVmSpec({ ...vm.spec, cdrom: medium ? { medium } : {} });
   const token = await ctx.state.updateVm(vm, { spec });
   if (token === undefined) {

@@ -2,7 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { EtcdStore, type EtcdCredentials } from '../cluster/store/etcd.ts';
-import { STORE_PASSWORD_FILE, hostUser } from '../cluster/store/etcd-auth.ts';
+import { STORE_PASSWORD_FILE, STORE_USER_FILE } from '../cluster/store/etcd-auth.ts';
 import { SqliteStore } from '../cluster/store/sqlite.ts';
 import type { Store } from '../cluster/store/types.ts';
 import { loadIdentity, type Identity } from '../cluster/pki.ts';
@@ -64,10 +64,9 @@ export function openStore(config: StoreConfig, identity?: Identity, credentials?
  */
 export async function openHostStore(node: NodeConfig, cluster: ClusterConfig, identity: Identity): Promise<Store> {
   if (cluster.store.kind !== 'etcd' || !cluster.store.rbac) return openStore(cluster.store, identity);
-  const file = path.join(node.certDir, STORE_PASSWORD_FILE);
   try {
-    const password = (await readFile(file, 'utf8')).trim();
-    return openStore(cluster.store, await loadIdentity(path.join(node.certDir, 'store')), { user: hostUser(node.name), password });
+    const read = async (file: string) => (await readFile(path.join(node.certDir, file), 'utf8')).trim();
+    return openStore(cluster.store, await loadIdentity(path.join(node.certDir, 'store')), { user: await read(STORE_USER_FILE), password: await read(STORE_PASSWORD_FILE) });
   } catch (err) {
     throw new ConfigError(`this cluster's etcd checks who writes what, and this host lacks its store password or certificate (${(err as Error).message}); join the host again (ferry join) and install its new bundle`);
   }

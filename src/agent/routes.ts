@@ -217,12 +217,13 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     { method: 'POST', pattern: '/v1/jobs/:id/cancel', who: 'admin', handler: async ({ id }) => ({ cancelled: cancelMigration(id!) }) },
 
     { method: 'POST', pattern: '/v1/incoming', who: 'host', handler: async (_, body, caller) => incoming.prepare(body as unknown as IncomingRequest, caller.name) },
-    {
+    // '/v1/incoming/check-storage': its name before it checked networks too, for agents of an older ferry during an upgrade.
+    ...['/v1/incoming/check', '/v1/incoming/check-storage'].map((pattern): Route => ({
       method: 'POST',
-      pattern: '/v1/incoming/check',
+      pattern,
       who: 'host',
       handler: async (_, body, caller) => ({ problems: await incoming.check(String((body['spec'] as VmSpec | undefined)?.name ?? ''), (body['disks'] as DiskNeed[]) ?? [], caller.name) }),
-    },
+    })),
     ...sourceOnly(incoming, [
       { method: 'GET', pattern: '/v1/incoming/:id', handler: async ({ id }) => ({ state: incoming.get(id!).state }) },
       { method: 'POST', pattern: '/v1/incoming/:id/wait', handler: async ({ id }, body) => incoming.wait(id!, Number(body['timeoutMs'] ?? 10_000)) },

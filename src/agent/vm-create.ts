@@ -13,7 +13,7 @@ import { SEED_BYTES, validateCloudInit, type CloudInitConfig, type GuestNetworkC
 import { requireUefi } from '../qemu/firmware.ts';
 import { guestBoot, guestImage } from '../qemu/guest-image.ts';
 import { MAX_NICS, UEFI_VARS_BYTES, macFor, makeVmSpec, type BootSpec, type CdromSpec, type DiskSpec, type NicSpec, type VolumeFormat } from '../qemu/spec.ts';
-import { inSubnet, networkProblems } from './networks.ts';
+import { inSubnet, networkProblems, parseCidr } from './networks.ts';
 import { defaultFormat, type StoragePoolConfig } from '../storage/types.ts';
 import type { ClusterConfig } from './config.ts';
 import { requireRoom, storageCatalog, type AgentContext } from './context.ts';
@@ -275,7 +275,7 @@ async function namedNetworkNics(ctx: AgentContext, uuid: string, value: unknown)
     const address = ip.includes('/') ? ip : `${ip}/${network.subnet?.split('/')[1] ?? 24}`;
     if (network.subnet && !inSubnet(address, network.subnet))
       throw new RefusedError(`--net ${network.name},ip=${ip}: not a host address of network ${network.name}'s subnet ${network.subnet}`);
-    if (!/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(address)) throw new RefusedError(`--net ${network.name},ip=${ip}: not an IPv4 address like 10.78.20.5/24`);
+    if (!parseCidr(address)) throw new RefusedError(`--net ${network.name},ip=${ip}: not an IPv4 address with a prefix of 8 to 30 bits, like 10.78.20.5/24`);
     const holder = vms.find((v) => v.spec.nics.some((n) => n.backend.kind === 'network' && n.backend.network === network.name && n.address?.split('/')[0] === address.split('/')[0]));
     if (holder) throw new RefusedError(`--net ${network.name},ip=${ip}: VM '${holder.spec.name}' has this address on network ${network.name}`);
     return { ...nic, address };

@@ -36,7 +36,8 @@ export class VncRelay {
   async attach(vm: string, req: IncomingMessage, socket: Duplex, head: Buffer, who: string): Promise<void> {
     const instance = this.runtime.get(vm);
     if (!instance) throw new UpgradeRefusedError(404, `VM '${vm}' is not running on this host`);
-    if (req.headers.upgrade?.toLowerCase() !== 'websocket') throw new UpgradeRefusedError(400, 'the VNC display is a websocket: send Upgrade: websocket');
+    if (req.headers.upgrade?.toLowerCase() !== 'websocket' || !req.headers['sec-websocket-key'] || req.headers['sec-websocket-version'] !== '13')
+      throw new UpgradeRefusedError(400, 'the VNC display is a websocket (RFC 6455, version 13): send Upgrade: websocket with Sec-WebSocket-Key');
     const count = this.viewers.get(vm) ?? 0;
     if (count >= MAX_VIEWERS) throw new UpgradeRefusedError(429, `'${vm}' has ${count} VNC viewers already; close one`);
     this.viewers.set(vm, count + 1);
@@ -47,7 +48,15 @@ export class VncRelay {
       this.release(vm);
       throw err;
     }
+    // A viewer that leaves before the upgrade completes gives back its slot and the display's socket.
+    let upgraded = false;
+    socket.once('close', () => {
+      if (upgraded) return;
+      this.release(vm);
+      display.destroy();
+    });
     this.server.handleUpgrade(req, socket, head, (ws: WebSocket) => {
+      upgraded = true;
       this.log(`VNC display of ${vm} opened by ${who}`);
       // A stream over the websocket: pipe() carries the backpressure both ways (a slow viewer slows the display, not the agent's memory).
       const stream = createWebSocketStream(ws);

@@ -21,6 +21,7 @@ export async function forwardDisplay(cli: Cli, name: string, listen: string, jso
       try {
         const vm = await cli.vm(name);
         const ws = await cli.agent(vm.owner).openDisplay(name);
+        if (viewer.destroyed) return ws.terminate(); // the viewer left meanwhile: the agent's slot goes back
         const stream = createWebSocketStream(ws);
         note(`viewer ${viewer.remoteAddress}:${viewer.remotePort} connected to ${name} on ${vm.owner}`);
         ws.on('close', (code, reason) => {

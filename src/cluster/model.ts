@@ -202,6 +202,17 @@ export interface Job {
   error?: string;
 }
 
+/** A stored VM record, in today's shape: a CD-ROM recorded before drives could be empty held its ISO directly. */
+function readVmRecord(text: string): VmRecord {
+  const record = JSON.parse(text) as VmRecord;
+  const cdrom = record.spec.cdrom as (VmRecord['spec']['cdrom'] & { image?: string; pool?: string; volume?: string; sizeBytes?: number }) | undefined;
+  if (cdrom && cdrom.medium === undefined && cdrom.image !== undefined) {
+    const { image, pool, volume, sizeBytes } = cdrom as { image: string; pool: string; volume: string; sizeBytes: number };
+    record.spec = { ...record.spec, cdrom: { medium: { image, pool, volume, sizeBytes } } };
+  }
+  return record;
+}
+
 export class ClusterState {
   constructor(readonly store: Store) {}
 
@@ -259,11 +270,11 @@ export class ClusterState {
 
   async vm(name: string): Promise<OwnedVm | undefined> {
     const kv = await this.store.get(KEYS.vm(name));
-    return kv && { ...(JSON.parse(kv.value) as VmRecord), token: kv.modRevision };
+    return kv && { ...readVmRecord(kv.value), token: kv.modRevision };
   }
 
   async vms(): Promise<OwnedVm[]> {
-    return (await this.store.list(KEYS.vms)).map((kv) => ({ ...(JSON.parse(kv.value) as VmRecord), token: kv.modRevision }));
+    return (await this.store.list(KEYS.vms)).map((kv) => ({ ...readVmRecord(kv.value), token: kv.modRevision }));
   }
 
   /** Creates the record if no VM of that name exists; returns its token, or undefined if the name is taken. */

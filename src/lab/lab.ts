@@ -15,6 +15,7 @@ import path from 'node:path';
 import { AgentClient, type AgentEndpoint } from '../agent/client.ts';
 import { readJson, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../agent/config.ts';
 import { createCa, issueCertificate, issueStoreClientCertificate, loadIdentity } from '../cluster/pki.ts';
+import { storeUserArgv } from '../cluster/store/etcd-auth.ts';
 import { EtcdCluster } from '../cluster/store/etcd-cluster.ts';
 import { FAULT_FILE_ENV, type FaultAction, type FaultPoint } from '../agent/faults.ts';
 import { createBridge, createNetns, deleteNetns, ip, linkExists, netnsExists } from '../net/netns.ts';
@@ -168,8 +169,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
     await issueCertificate(clusterDir, path.join(dir, 'admin'), { name: 'admin', role: 'admin' });
     // etcd with RBAC, as `ferry join` sets it up: root's password stays in the cluster directory, each
     // host gets a user of its own. Done from the store's namespace: etcd is reached only from there.
-    const storeUser = (...args: string[]) =>
-      run('ip', ['netns', 'exec', lab.storeNetns!, process.execPath, path.join(PROJECT_ROOT, 'bin', 'ferry.mjs'), 'store-user', ...args, '--cluster-dir', clusterDir, '--admin-dir', path.join(dir, 'admin')]);
+    const storeUser = (...args: string[]) => run('ip', ['netns', 'exec', lab.storeNetns!, ...storeUserArgv(...args, '--cluster-dir', clusterDir, '--admin-dir', path.join(dir, 'admin'))]);
     if (storeConfig.kind === 'etcd') {
       await issueStoreClientCertificate(clusterDir, path.join(dir, 'admin'), 'admin');
       await storeUser('enable');

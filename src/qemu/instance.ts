@@ -60,17 +60,26 @@ export class VmInstance {
     if (!this.currentSpec.cdrom) throw new Error(`'${this.currentSpec.name}' has no CD-ROM drive`);
     const id = CDROM_DEVICE;
     await this.qmp.execute('blockdev-open-tray', { id, force: true });
-    if (this.currentSpec.cdrom.medium) {
-      await this.qmp.execute('blockdev-remove-medium', { id });
-      await this.qmp.execute('blockdev-del', { 'node-name': CDROM_ID });
+    try {
+      if (this.currentSpec.cdrom.medium) {
+        await this.qmp.execute('blockdev-remove-medium', { id });
+        await this.qmp.execute('blockdev-del', { 'node-name': CDROM_ID });
+      }
+      this.currentSpec = { ...this.currentSpec, cdrom: {} };
+      if (insert) {
+        await this.qmp.execute('blockdev-add', cdromBlockdev(insert.blockdev));
+        try {
+          await this.qmp.execute('blockdev-insert-medium', { id, 'node-name': CDROM_ID });
+        } catch (err) {
+          await this.qmp.execute('blockdev-del', { 'node-name': CDROM_ID }).catch(() => undefined);
+          throw err;
+        }
+        this.currentSpec = { ...this.currentSpec, cdrom: { medium: insert.medium } };
+      }
+    } finally {
+      // The spec says what is in the drive now, whatever failed; the tray is closed again either way.
+      await this.qmp.execute('blockdev-close-tray', { id }).catch(() => undefined);
     }
-    this.currentSpec = { ...this.currentSpec, cdrom: {} };
-    if (insert) {
-      await this.qmp.execute('blockdev-add', cdromBlockdev(insert.blockdev));
-      await this.qmp.execute('blockdev-insert-medium', { id, 'node-name': CDROM_ID });
-      this.currentSpec = { ...this.currentSpec, cdrom: { medium: insert.medium } };
-    }
-    await this.qmp.execute('blockdev-close-tray', { id });
   }
 
   static async launch(options: LaunchOptions): Promise<VmInstance> {

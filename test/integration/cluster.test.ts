@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { AgentClient } from '../../src/agent/client.ts';
 import { createCa, issueCertificate, loadIdentity } from '../../src/cluster/pki.ts';
 import { KEYS } from '../../src/cluster/model.ts';
-import { STORE_PASSWORD_FILE, STORE_ROOT_PASSWORD_FILE } from '../../src/cluster/store/etcd-auth.ts';
+import { STORE_PASSWORD_FILE, STORE_ROOT_PASSWORD_FILE, STORE_USER_FILE } from '../../src/cluster/store/etcd-auth.ts';
 import { injectFault, killAgent, readLab, startAgent, type LabRecord } from '../../src/lab/lab.ts';
 import { Probe } from '../../src/lab/probe.ts';
 import { run } from '../../src/util/exec.ts';
@@ -289,12 +289,14 @@ for (const store of ['sqlite', 'etcd'] as const) {
         // etcdctl in the store's namespace, as host h3 (its user and the password in its bundle, its certificate).
         const h3Dir = path.join(dir, 'hosts', 'h3', 'cert');
         const password = (await readFile(path.join(h3Dir, STORE_PASSWORD_FILE), 'utf8')).trim();
+        const user = (await readFile(path.join(h3Dir, STORE_USER_FILE), 'utf8')).trim();
+        assert.match(user, /^host-h3-[0-9a-f]{6}$/, 'one etcd user per bundle, with the host role');
         const etcdctl = (certDir: string, user: string | undefined, ...command: string[]) =>
           run('ip', [
             'netns', 'exec', lab.storeNetns!, 'etcdctl', '--endpoints=https://10.80.0.5:2379', `--cacert=${path.join(dir, 'cluster', 'ca-cert.pem')}`, '--command-timeout=2s',
             `--cert=${path.join(certDir, 'cert.pem')}`, `--key=${path.join(certDir, 'key.pem')}`, ...(user ? [`--user=${user}`] : []), ...command,
           ]);
-        const asH3 = (...command: string[]) => etcdctl(h3Dir, `host-h3:${password}`, ...command);
+        const asH3 = (...command: string[]) => etcdctl(h3Dir, `${user}:${password}`, ...command);
         assert.match(await asH3('get', '--keys-only', '/ferry/hosts/h1'), /\/ferry\/hosts\/h1/, 'h3 reads the cluster');
         await assert.rejects(asH3('del', '/ferry/hosts/h1'), /permission denied/, "h3 cannot delete h1's lease record");
         await assert.rejects(asH3('put', KEYS.replicaEndpoint('r', 'v1', 'h1'), '{"host":"h1"}'), /permission denied/, "nor publish a replica endpoint in h1's name");
@@ -303,7 +305,7 @@ for (const store of ['sqlite', 'etcd'] as const) {
         await asH3('del', own);
         await asH3('put', '/ferry/jobs/rbac-probe', '{}'); // a shared record: any host's agent writes jobs
         await asH3('del', '/ferry/jobs/rbac-probe');
-        await assert.rejects(etcdctl(h3Dir, 'host-h3:wrong', 'get', '/ferry/hosts/h1'), /authentication failed|invalid user ID or password/);
+        await assert.rejects(etcdctl(h3Dir, `${user}:wrong`, 'get', '/ferry/hosts/h1'), /authentication failed|invalid user ID or password/);
         // A store member's certificate (CN etcd1) is no user either.
         await assert.rejects(etcdctl(path.join(dir, 'etcd', 'tls1'), undefined, 'get', '/ferry/hosts/h1'), /permission denied|user name not found|user name is empty/);
         assert.match(await asH3('get', '--keys-only', '/ferry/hosts/h1'), /\/ferry\/hosts\/h1/, "h1's record is untouched");
@@ -393,15 +395,16 @@ for (const store of ['sqlite', 'etcd'] as const) {
         if (owner === 'h3') assert.equal((await cli('vm', 'migrate', 'g1', '--to', 'h1')).code, 0);
         const certDir = path.join(dir, 'hosts', 'h3', 'cert');
         const password = (await readFile(path.join(certDir, STORE_PASSWORD_FILE), 'utf8')).trim();
+        const user = (await readFile(path.join(certDir, STORE_USER_FILE), 'utf8')).trim();
         const asH3 = () =>
           run('ip', [
             'netns', 'exec', lab.storeNetns!, 'etcdctl', '--endpoints=https://10.80.0.5:2379', `--cacert=${path.join(dir, 'cluster', 'ca-cert.pem')}`, '--command-timeout=2s',
-            `--cert=${path.join(certDir, 'cert.pem')}`, `--key=${path.join(certDir, 'key.pem')}`, `--user=host-h3:${password}`, 'get', '--keys-only', '/ferry/hosts/h1',
+            `--cert=${path.join(certDir, 'cert.pem')}`, `--key=${path.join(certDir, 'key.pem')}`, `--user=${user}:${password}`, 'get', '--keys-only', '/ferry/hosts/h1',
           ]);
         await asH3();
         const removed = await cli('node', 'remove', 'h3', '--reason', 'rbac test');
         assert.equal(removed.code, 0, removed.stderr);
-        assert.match(removed.json.storeUser, /its etcd user host-h3 is removed/);
+        assert.match(removed.json.storeUser, new RegExp(`its etcd users \\(${user}\\) and role host-h3 are removed`));
         await assert.rejects(asH3(), /authentication failed|invalid user ID or password|user name not found/);
         const deadline = Date.now() + 15_000;
         while (((await cli('node', 'list')).json.hosts as { name: string }[]).some((h) => h.name === 'h3')) {

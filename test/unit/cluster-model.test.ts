@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { ClusterState } from '../../src/cluster/model.ts';
+import { ClusterState, KEYS } from '../../src/cluster/model.ts';
 import { SqliteStore } from '../../src/cluster/store/sqlite.ts';
 import { makeVmSpec } from '../../src/qemu/spec.ts';
 
@@ -22,6 +22,15 @@ describe('cluster model', () => {
     await rm(dir, { recursive: true, force: true });
   });
   const spec = (name: string) => makeVmSpec({ name, boot: { kind: 'kernel', kernel: '/k', initrd: '/i', cmdline: '' } });
+
+  it('reads a VM recorded with the CD-ROM shape of before empty drives: its ISO is the medium', async () => {
+    const old = { ...spec('o1'), boot: { kind: 'firmware', firmware: 'bios', order: 'cdrom' }, cdrom: { image: 'd-i', pool: 'shared', volume: 'image-d-i', sizeBytes: 2048 } };
+    await store.put(KEYS.vm('o1'), JSON.stringify({ spec: old, owner: 'h1', desired: 'running' }));
+    const vm = await state.vm('o1');
+    assert.deepEqual(vm?.spec.cdrom, { medium: { image: 'd-i', pool: 'shared', volume: 'image-d-i', sizeBytes: 2048 } });
+    assert.deepEqual((await state.vms()).find((v) => v.spec.name === 'o1')?.spec.cdrom?.medium?.image, 'd-i');
+    await store.delete(KEYS.vm('o1'));
+  });
 
   it('two VMs created at once never get the same guest address; deleting a VM frees it', async () => {
     const results = await Promise.all(['a1', 'a2'].map((name) => state.createVm({ spec: spec(name), owner: 'h1', desired: 'running', ip: '10.80.0.100' })));

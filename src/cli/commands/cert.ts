@@ -5,11 +5,11 @@
  * Hosts renew by joining again (ferry join); their agents revoke their old certificate themselves.
  */
 import { existsSync } from 'node:fs';
-import { cp, rename, rm } from 'node:fs/promises';
+import { rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fingerprintOf } from '../../agent/revocation.ts';
-import { issueCertificate, loadIdentity } from '../../cluster/pki.ts';
+import { issueCertificate, issueStoreClientCertificate, loadIdentity } from '../../cluster/pki.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import type { Command } from '../command.ts';
@@ -34,7 +34,8 @@ export const certCommand: Command = {
     const fresh = `${certDir}.new-${process.pid}`;
     try {
       await issueCertificate(clusterDir, fresh, { name: 'admin', role: 'admin' });
-      if (existsSync(path.join(certDir, 'store'))) await cp(path.join(certDir, 'store'), path.join(fresh, 'store'), { recursive: true });
+      // The admin's etcd certificate (where etcd runs with RBAC) is renewed with it.
+      if (existsSync(path.join(certDir, 'store'))) await issueStoreClientCertificate(clusterDir, fresh, 'admin');
       const renewed = cli.withIdentity(await loadIdentity(fresh));
       await (await renewed.anyAgent()).call('POST', '/v1/cluster/certificates/revoke', { fingerprint: old, reason: 'renewed: ferry cert renew-admin' });
     } catch (err) {

@@ -1,7 +1,6 @@
-import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadClusterConfig } from '../../agent/config.ts';
-import { PROJECT_ROOT } from '../../qemu/guest-image.ts';
+import { storeUserArgv } from '../../cluster/store/etcd-auth.ts';
 import { run } from '../../util/exec.ts';
 import type { HostRecord } from '../../cluster/model.ts';
 import { CERTIFICATE_WARNING_DAYS } from '../../cluster/pki.ts';
@@ -28,7 +27,7 @@ export const nodeCommand: Command = {
       const cli = await Cli.load(values.context);
       const agent = await cli.anyAgent(host); // another host's agent does it: the removed one stops taking part
       const result = await agent.call<{ removed: string; fingerprint: string }>('POST', `/v1/cluster/hosts/${encodeURIComponent(host)}/remove`, values.reason ? { reason: values.reason } : {});
-      const storeUser = await storeUserOf(cli, host);
+      const storeUser = await removeStoreUsers(cli, host);
       if (values.json) return void console.log(JSON.stringify({ ...result, storeUser }));
       return void console.log(`host '${host}' removed: its certificate (sha256 ${result.fingerprint}) is revoked; no agent accepts it any more${storeUser ? `; ${storeUser}` : ''}`);
     }
@@ -62,18 +61,22 @@ function certificateCell(iso: string | undefined): string {
   return iso ? `expires in ${Math.max(0, Math.floor(daysUntil(iso)))} d` : '-';
 }
 
-/** Removes the host's etcd user where the cluster has RBAC, from where etcd is reached; what happened, or '' without RBAC. */
-async function storeUserOf(cli: Cli, host: string): Promise<string> {
+/**
+ * Removes the host's etcd users where the cluster has RBAC, from where etcd is reached: what
+ * happened, '' without RBAC. Throws if they could not be removed (the host could still write the
+ * store, its own revocation included).
+ */
+async function removeStoreUsers(cli: Cli, host: string): Promise<string> {
   const dir = cli.context.clusterDir;
   const how = `ferry store-user remove ${host} --cluster-dir DIR --admin-dir DIR`;
-  if (!dir) return `its etcd user (if the store has RBAC) stays: run '${how}' where the cluster directory is`;
+  if (!dir) return `its etcd users (if the store has RBAC) stay: run '${how}' where the cluster directory is`;
   const cluster = await loadClusterConfig(dir);
   if (cluster.store.kind !== 'etcd' || !cluster.store.rbac) return '';
-  const command = [process.execPath, path.join(PROJECT_ROOT, 'bin', 'ferry.mjs'), 'store-user', 'remove', host, '--cluster-dir', dir, '--admin-dir', cli.context.certDir];
+  const argv = storeUserArgv('remove', host, '--cluster-dir', dir, '--admin-dir', cli.context.certDir);
   try {
     // The lab's etcd is reached only from its namespace: the command runs there.
-    return (await (cli.context.storeNetns ? run('ip', ['netns', 'exec', cli.context.storeNetns, ...command]) : run(command[0]!, command.slice(1)))).trim();
+    return (await (cli.context.storeNetns ? run('ip', ['netns', 'exec', cli.context.storeNetns, ...argv]) : run(argv[0]!, argv.slice(1)))).trim();
   } catch (err) {
-    return `its etcd user could not be removed (${(err as Error).message.split('\n')[0]}); run '${how}' where etcd is reached`;
+    throw new Error(`host '${host}' is removed and its certificate revoked, but its etcd users could not be removed (${(err as Error).message.split('\n')[0]}): it can still write the store; run '${how}' where etcd is reached`);
   }
 }

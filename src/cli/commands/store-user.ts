@@ -8,7 +8,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadClusterConfig } from '../../agent/config.ts';
 import { loadIdentity } from '../../cluster/pki.ts';
-import { addStoreUser, enableStoreRbac, hostUser, openStoreRbac } from '../../cluster/store/etcd-auth.ts';
+import { addStoreUser, enableStoreRbac, hostRole, openStoreRbac } from '../../cluster/store/etcd-auth.ts';
 import { UsageError } from '../errors.ts';
 import type { Command } from '../command.ts';
 
@@ -35,11 +35,10 @@ export const storeUserCommand: Command = {
     try {
       if (verb === 'add') {
         if (!values['cert-dir']) throw new UsageError(USAGE);
-        await addStoreUser(rbac, host, path.resolve(values['cert-dir']));
-        return void console.log(`etcd user ${hostUser(host)} made`);
+        return void console.log(`etcd user ${await addStoreUser(rbac, host, path.resolve(values['cert-dir']))} made`);
       }
-      await rbac.removeHost(host);
-      console.log(`its etcd user ${hostUser(host)} is removed: it cannot write the store any more`);
+      const removed = await rbac.removeHost(host);
+      console.log(`its etcd users (${removed.join(', ') || 'none'}) and role ${hostRole(host)} are removed: it cannot write the store any more`);
     } finally {
       await rbac.close();
     }

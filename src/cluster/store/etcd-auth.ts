@@ -16,13 +16,17 @@ import path from 'node:path';
 import { KEYS } from '../model.ts';
 import type { Identity } from '../pki.ts';
 import { EtcdStore, StorePermissionError } from './etcd.ts';
+import { PROJECT_ROOT } from '../../util/project.ts';
 
 export const ROOT_USER = 'root';
 /** A host's etcd password, in its certificate directory (mode 0600, like its key). */
 export const STORE_PASSWORD_FILE = 'store-password';
 /** etcd's root password, in the cluster directory on the CA's machine only (never in a host's bundle). */
 export const STORE_ROOT_PASSWORD_FILE = 'store-root-password';
-export const hostUser = (host: string) => `host-${host}`;
+/** The role every etcd user of host `host` has (one user per bundle: a renewal never cuts off the running agent). */
+export const hostRole = (host: string) => `host-${host}`;
+/** The file in a bundle's certificate directory that names its etcd user. */
+export const STORE_USER_FILE = 'store-user';
 
 /** The records every host's agent writes (key prefixes). */
 const SHARED_PREFIXES = [
@@ -92,24 +96,36 @@ export class EtcdRbac {
     return new EtcdRbac(new EtcdStore(endpoints, 10_000, identity, { user: ROOT_USER, password: rootPassword }));
   }
 
-  /** Makes (or remakes, with a new password) host `host`'s user and role. */
-  async addHost(host: string, password: string): Promise<void> {
-    const user = hostUser(host);
-    await this.removeHost(host);
-    await this.root.rpc('/v3/auth/role/add', { name: user });
+  /**
+   * A new etcd user for a bundle of host `host` (named after the host and a random suffix), with the
+   * host's role, made or brought up to date first. Users of earlier bundles keep working: a host
+   * joined again is not cut off from the store before it runs with its new bundle.
+   */
+  async addHost(host: string, password: string): Promise<string> {
+    const role = hostRole(host);
+    await this.root.rpc('/v3/auth/role/add', { name: role }).catch((err: Error) => {
+      if (!/role name already exists/.test(err.message)) throw err;
+    });
+    // Granting a permission the role has already changes nothing.
     for (const p of hostPermissions(host))
-      await this.root.rpc('/v3/auth/role/grant', { name: user, perm: { permType: p.permType, key: b64(p.key), ...(p.prefix ? { range_end: rangeEnd(p.key) } : {}) } });
+      await this.root.rpc('/v3/auth/role/grant', { name: role, perm: { permType: p.permType, key: b64(p.key), ...(p.prefix ? { range_end: rangeEnd(p.key) } : {}) } });
+    const user = `${role}-${randomBytes(3).toString('hex')}`;
     await this.root.rpc('/v3/auth/user/add', { name: user, password });
-    await this.root.rpc('/v3/auth/user/grant', { user, role: user });
+    await this.root.rpc('/v3/auth/user/grant', { user, role });
+    return user;
   }
 
-  /** Removes host `host`'s user and role (ferry node remove); nothing if it has none. */
-  async removeHost(host: string): Promise<void> {
-    const user = hostUser(host);
-    for (const [path, body] of [['/v3/auth/user/delete', { name: user }], ['/v3/auth/role/delete', { role: user }]] as const)
-      await this.root.rpc(path, body).catch((err: Error) => {
-        if (!/not found/.test(err.message)) throw err;
-      });
+  /** Removes every etcd user of host `host` and its role (ferry node remove); nothing if it has none. What was removed. */
+  async removeHost(host: string): Promise<string[]> {
+    const role = hostRole(host);
+    const { users = [] } = await this.root.rpc<{ users?: string[] }>('/v3/auth/user/list', {});
+    const mine = users.filter((u) => u === role || u.startsWith(`${role}-`));
+    const gone = (err: Error) => {
+      if (!/not found/.test(err.message)) throw err;
+    };
+    for (const user of mine) await this.root.rpc('/v3/auth/user/delete', { name: user }).catch(gone);
+    await this.root.rpc('/v3/auth/role/delete', { role }).catch(gone);
+    return mine;
   }
 
   async close(): Promise<void> {
@@ -140,9 +156,16 @@ export async function openStoreRbac(clusterDir: string, endpoints: string[], ide
   return EtcdRbac.open(endpoints, identity, password.trim());
 }
 
-/** Host `host`'s etcd user with a new password, written into its certificate directory `certDir`. */
-export async function addStoreUser(rbac: EtcdRbac, host: string, certDir: string): Promise<void> {
+/** A new etcd user of host `host` with a new password, both written into its certificate directory `certDir`. */
+export async function addStoreUser(rbac: EtcdRbac, host: string, certDir: string): Promise<string> {
   const password = newStorePassword();
-  await rbac.addHost(host, password);
+  const user = await rbac.addHost(host, password);
   await writeFile(path.join(certDir, STORE_PASSWORD_FILE), password + '\n', { mode: 0o600 });
+  await writeFile(path.join(certDir, STORE_USER_FILE), user + '\n', { mode: 0o600 });
+  return user;
+}
+
+/** The command line of `ferry store-user ARGS…` (run in a namespace that reaches etcd, in the lab). */
+export function storeUserArgv(...args: string[]): string[] {
+  return [process.execPath, path.join(PROJECT_ROOT, 'bin', 'ferry.mjs'), 'store-user', ...args];
 }

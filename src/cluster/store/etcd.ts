@@ -122,7 +122,11 @@ export class EtcdStore implements Store {
 
   private async call<T>(path: string, body: unknown, authenticated = true): Promise<T> {
     const errors: string[] = [];
-    for (const endpoint of this.endpoints) {
+    // etcd forgets a token (idle minutes, a member restarted): a new one is asked for, and the
+    // request tried again on the same member, once; everything else is as for any request.
+    let refreshed = false;
+    for (let i = 0; i < this.endpoints.length; i++) {
+      const endpoint = this.endpoints[i]!;
       try {
         const token = authenticated ? await this.authToken() : undefined;
         const res = await this.post(`${endpoint}${path}`, body, { timeoutMs: this.requestTimeoutMs, ...(token ? { token } : {}) });
@@ -132,16 +136,11 @@ export class EtcdStore implements Store {
         if ((res.statusCode ?? 500) >= 400) {
           const message = json.message ?? json.error ?? `HTTP ${res.statusCode}`;
           if (/lease not found|requested lease not found/.test(message)) throw new LeaseExpiredError((body as { ID?: string; lease?: string }).ID ?? (body as { lease?: string }).lease ?? '');
-          if (/invalid auth token/.test(message) && token) {
-            // etcd forgot the token (idle, or a member restarted): ask for a new one, once.
-            if (this.token) this.token = undefined;
-            const fresh = await this.authToken();
-            const again = await this.post(`${endpoint}${path}`, body, { timeoutMs: this.requestTimeoutMs, ...(fresh ? { token: fresh } : {}) });
-            let retried = '';
-            for await (const chunk of again) retried += chunk;
-            const answer = JSON.parse(retried) as T & { error?: string; message?: string };
-            if ((again.statusCode ?? 500) < 400) return answer;
-            throw this.refusal(path, answer.message ?? answer.error ?? `HTTP ${again.statusCode}`);
+          if (/invalid auth token/.test(message) && token && !refreshed) {
+            refreshed = true;
+            this.token = undefined;
+            i--;
+            continue;
           }
           if (/permission denied|user name is empty|authentication failed|not capable/.test(message)) throw this.refusal(path, message);
           // "etcdserver: no leader" and friends: another member may answer.
