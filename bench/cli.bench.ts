@@ -37,7 +37,7 @@ function rssMiB(pid: number): number | null {
 export async function runCliBench(runs = 20, migrations = 100): Promise<void> {
   if (!existsSync(path.join(PROJECT_ROOT, 'dist', '.built'))) throw new Error('dist/ is not built: run node scripts/build.mjs (setup does)');
   const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-cli-'));
-  const env = { FERRY_LAB_DIR: dir, FERRY_CONTEXT: path.join(dir, 'context.json'), FERRY_LAB_PREFIX: `fbc${process.pid % 10000}`, FERRY_LAB_HOST_MEMORY: '768' };
+  const env = { FERRY_LAB_DIR: dir, FERRY_CONTEXT: path.join(dir, 'context.json'), FERRY_LAB_PREFIX: `fbc${process.pid % 10000}`, FERRY_LAB_HOST_MEMORY: '1536' };
   const ferry = (...args: string[]) => timed([FERRY, ...args], env);
   try {
     ferry('lab', 'up', '--hosts', '3');
@@ -78,7 +78,7 @@ export async function runCliBench(runs = 20, migrations = 100): Promise<void> {
     );
     const loaded = agents();
     // Ten VMs on h1 (b1 and nine small ones), then b1's agent-side life over many migrations h1 -> h2 -> h3 -> h2 ...
-    for (let i = 2; i <= 10; i++) ferry('vm', 'create', `b${i}`, '--memory', '64', '--memcheck', '4', '--host', 'h1');
+    for (let i = 2; i <= 10; i++) ferry('vm', 'create', `b${i}`, '--memory', '128', '--memcheck', '8', '--host', 'h1');
     await new Promise((r) => setTimeout(r, 2000));
     const ten = agents();
     let done = 0;
