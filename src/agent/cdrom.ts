@@ -35,8 +35,8 @@ export async function changeCdrom(ctx: AgentContext, vm: OwnedVm, change: CdromC
   let medium: IsoMedium | undefined;
   if (change.action === 'insert') {
     medium = isoMedium(await readyImage(ctx, change.image, 'iso'));
-    storage.get(medium.pool); // a pool this host cannot reach is refused before the drive is touched
   }
+  // A pool this host cannot reach is refused by isoBlockdev, before the drive is touched.
   const load = (m: IsoMedium | undefined) => instance.changeCdrom(m && { medium: m, blockdev: storage.isoBlockdev(m) });
   try {
     await load(medium);

@@ -9,12 +9,14 @@ import type { NetworkRecord } from '../cluster/model.ts';
 import { NetworkUnavailableError, placementProblem, type TapPlacement } from '../net/tap.ts';
 import type { NicSpec, VmSpec } from '../qemu/spec.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
+import { parseCidr } from '../util/net.ts';
+
+export { inSubnet, parseCidr } from '../util/net.ts';
 import type { AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
 
 const BRIDGE = /^[A-Za-z0-9_.-]{1,15}$/;
-const CIDR = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/;
 
 export function networkRoutes(ctx: AgentContext): Route[] {
   const { state } = ctx;
@@ -99,27 +101,4 @@ export function parseNetwork(body: Record<string, unknown>, by: string): Network
   const subnet = body['subnet'] === undefined ? undefined : String(body['subnet']);
   if (subnet !== undefined && !parseCidr(subnet)) throw new RefusedError(`--subnet '${subnet}' is not an IPv4 network like 10.78.20.0/24`);
   return { name, bridge, ...(vlan !== undefined ? { vlan } : {}), ...(subnet !== undefined ? { subnet } : {}), createdAt: new Date().toISOString(), createdBy: by };
-}
-
-/** An IPv4 CIDR's network address and prefix length, or undefined if it is not one. */
-export function parseCidr(text: string): { base: number; prefixLength: number } | undefined {
-  const m = CIDR.exec(text);
-  if (!m) return undefined;
-  const octets = m.slice(1, 5).map(Number);
-  const prefixLength = Number(m[5]);
-  if (octets.some((o) => o > 255) || prefixLength < 8 || prefixLength > 30) return undefined;
-  const address = octets.reduce((a, o) => a * 256 + o, 0);
-  return { base: address - (address % 2 ** (32 - prefixLength)), prefixLength };
-}
-
-/** Whether ADDR/PREFIX is a host address inside `subnet` with the subnet's prefix length. */
-export function inSubnet(addressWithPrefix: string, subnet: string): boolean {
-  const net = parseCidr(subnet);
-  const host = parseCidr(addressWithPrefix);
-  const m = CIDR.exec(addressWithPrefix);
-  if (!net || !host || !m) return false;
-  const address = m.slice(1, 5).map(Number).reduce((a, o) => a * 256 + o, 0);
-  const size = 2 ** (32 - net.prefixLength);
-  const offset = address - net.base;
-  return host.prefixLength === net.prefixLength && offset > 0 && offset < size - 1;
 }

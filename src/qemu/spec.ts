@@ -5,6 +5,7 @@
  * be started on a migration destination.
  */
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
+import { parseCidr } from '../util/net.ts';
 import { randomUUID } from 'node:crypto';
 import { InvalidVmSpecError } from './errors.ts';
 
@@ -187,8 +188,8 @@ export function validateVmSpec(spec: VmSpec): void {
     macs.add(nic.mac);
     if (nic.backend.kind === 'bridge' && !/^[A-Za-z0-9_.-]{1,15}$/.test(nic.backend.bridge))
       throw new InvalidVmSpecError(`nics[${i}].backend.bridge`, `'${nic.backend.bridge}' is not a network interface name`);
-    if (nic.address !== undefined && !/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(nic.address))
-      throw new InvalidVmSpecError(`nics[${i}].address`, `'${nic.address}' is not an IPv4 address with a prefix like 10.78.20.5/24`);
+    if (nic.address !== undefined && !parseCidr(nic.address))
+      throw new InvalidVmSpecError(`nics[${i}].address`, `'${nic.address}' is not an IPv4 address with a prefix of 8 to 30 bits, like 10.78.20.5/24`);
     if (nic.backend.kind === 'network' && !NAME_PATTERN.test(nic.backend.network))
       throw new InvalidVmSpecError(`nics[${i}].backend.network`, `'${nic.backend.network}' is not a network name: names ${NAME_RULE}`);
   });

@@ -18,7 +18,7 @@ describe('named networks', () => {
   });
 
   it('knows which addresses are host addresses of a subnet', () => {
-    assert.deepEqual(parseCidr('10.78.0.77/24'), { base: (10 * 256 ** 3) + (78 * 256 ** 2), prefixLength: 24 });
+    assert.deepEqual(parseCidr('10.78.0.77/24'), { address: (10 * 256 ** 3) + (78 * 256 ** 2) + 77, base: (10 * 256 ** 3) + (78 * 256 ** 2), prefixLength: 24 });
     assert.equal(parseCidr('10.78.0.300/24'), undefined);
     assert.equal(inSubnet('10.78.0.11/24', '10.78.0.0/24'), true);
     assert.equal(inSubnet('10.78.1.11/24', '10.78.0.0/24'), false, 'another network');
