@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { setFlagsFromString } from 'node:v8';
 import { runAgent } from '../../agent/agent.ts';
 import { loadClusterConfig, loadNodeConfig, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../../agent/config.ts';
 import { createCa, issueCertificate, issueStoreClientCertificate, loadIdentity } from '../../cluster/pki.ts';
@@ -177,6 +178,11 @@ export const agentCommand: Command = {
   async run(args) {
     const { values } = parseArgs({ args, options: { config: { type: 'string' } } });
     if (!values.config) throw new UsageError('ferry agent needs --config (written by ferry join or ferry lab up)');
+    // A daemon that mostly waits: V8's memory-saving mode grows the heap conservatively, so garbage between
+    // major GCs does not creep into the resident size (bench cli: +6 to +8 MiB over 100 migrations by
+    // default, +1.6 to +3.8 MiB with it; the live heap itself does not grow). V8 reads it whenever it sizes the heap, so
+    // setting it here, before the agent allocates, takes effect without a flag on every command line.
+    setFlagsFromString('--optimize-for-size');
     const agent = await runAgent(await loadNodeConfig(values.config));
     await new Promise<void>((resolve) => {
       for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, () => resolve());
