@@ -19,6 +19,8 @@ import { ConsoleRelay } from './console.ts';
 import { VncRelay } from './vnc.ts';
 import { removeStaleImports } from './images.ts';
 import { routes } from './routes.ts';
+import { haTiming } from '../cluster/ha/timing.ts';
+import { startHaManager } from './ha.ts';
 import { LocalRuntime } from './runtime.ts';
 import { serve } from './server.ts';
 import { localQemuBuild } from '../qemu/host-probe.ts';
@@ -67,12 +69,14 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   ctx.replication.start();
   const membership = await keepMembership(ctx, store, mine);
   const servers = await serve(ctx, routes(ctx, new IncomingMigrations(ctx), cluster));
+  const ha = startHaManager(ctx, store);
   log(`agent up at https://${node.address}:${node.port}${node.socket ? ` and ${node.socket}` : ''} (store: ${cluster.store.kind})`);
   return {
     ctx,
     async stop() {
       clearInterval(stallWatch);
       ctx.revocations.stop();
+      await ha.stop();
       membership.stop();
       await ctx.replication.stop();
       for (const s of servers) s.close();
@@ -110,6 +114,7 @@ const FENCE_CHECK_MS = 250;
 async function keepMembership(ctx: AgentContext, store: Store, fingerprint: string): Promise<{ stop(): void }> {
   const { node } = ctx;
   const ttl = node.leaseTtlSeconds;
+  const timing = haTiming(ttl);
   const qemu = await localQemuBuild();
   const record: HostRecord = {
     name: node.name,
@@ -162,12 +167,12 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
     if (renewing) return; // a store that does not answer: the call in flight has its own timeout
     renewing = true;
     void renew().finally(() => (renewing = false));
-  }, (ttl * 1000) / 3);
+  }, timing.renewMs);
   // Watched apart from the renewals: a renewal that hangs (a store cut off without a reset)
   // must not hold the fencing back until the lease has expired elsewhere.
   const fenceTimer = setInterval(async () => {
     const silentMs = performance.now() - lastRenewed;
-    if (fenced || silentMs <= (ttl * 2000) / 3) return;
+    if (fenced || silentMs <= timing.selfFenceMs) return;
     fenced = true;
     ctx.log(`self-fencing: the host lease was not renewed for ${Math.round(silentMs)} ms; stopping all guests of this host before it expires`);
     for (const vm of await ctx.runtime.list()) await ctx.runtime.stop(vm.name, true).catch(() => undefined);

@@ -21,12 +21,22 @@ export function recoverRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/vms/:name/recover',
       who: 'admin',
-      handler: async ({ name }, body) => ({ vm: await recoverVm(ctx, name!, body['acceptDataLoss'] === true) }),
+      handler: async ({ name }, body) => ({ vm: await recoverVm(ctx, name!, { acceptDataLoss: body['acceptDataLoss'] === true, start: true, by: 'admin' }) }),
     },
   ];
 }
 
-async function recoverVm(ctx: AgentContext, name: string, acceptDataLoss: boolean) {
+export interface RecoverOptions {
+  /** Boot from a replica that lacks writes (the admin's explicit choice; never the HA manager's). */
+  acceptDataLoss: boolean;
+  /** false: only take the VM over, stopped (an HA request `stopped`). */
+  start: boolean;
+  /** Who asks: the admin (`ferry vm recover`), or the HA manager, which waited the fencing margin already. */
+  by: 'admin' | 'ha';
+}
+
+export async function recoverVm(ctx: AgentContext, name: string, options: RecoverOptions) {
+  const { acceptDataLoss } = options;
   const { state, node, runtime } = ctx;
   const vm = await requireVm(ctx, name);
   if (vm.owner === node.name) throw new RefusedError(`'${name}' is owned by ${node.name} already; start it with 'ferry vm start ${name}'`);
@@ -59,7 +69,9 @@ async function recoverVm(ctx: AgentContext, name: string, acceptDataLoss: boolea
   // (The replica file's modification time: the replica server writes it through.)
   const modified = () => Promise.all(replicated.map(async (d) => (await stat((storage.get(d.pool) as ReplicatedDriver).fileOf(volumeOf(d)))).mtimeMs));
   const writesBefore = await modified();
-  await requireGone(ctx, vm.owner);
+  // The manager waited TTL + margin already (cluster/ha/timing.ts); a replica still gets a second's look.
+  const graceMs = options.by === 'ha' ? (replicated.length ? 1000 : 0) : Math.max(2, ctx.node.leaseTtlSeconds / 5) * 1000;
+  await requireGone(ctx, vm.owner, graceMs);
   const writesAfter = await modified();
   const stillWriting = replicated.filter((_, i) => writesAfter[i] !== writesBefore[i]);
   if (stillWriting.length)
@@ -69,20 +81,27 @@ async function recoverVm(ctx: AgentContext, name: string, acceptDataLoss: boolea
     );
   if (vm.spec.boot.kind === 'firmware' && vm.spec.boot.firmware === 'uefi') requireUefi(node.name);
   const job = await state.newJob('recover', name, node.name);
-  job.log.push(`${new Date().toISOString()} host '${vm.owner}' is gone (lease expired); recovering ${name} on ${node.name}`);
+  const by = options.by === 'ha' ? 'the HA manager' : 'the admin';
+  job.log.push(`${new Date().toISOString()} host '${vm.owner}' is gone (lease expired); ${by} recovers ${name} on ${node.name}${options.start ? '' : ' (stopped)'}`);
+  let owned: number | undefined;
   try {
-    const token = await state.updateVm(vm, { owner: node.name });
-    if (token === undefined) throw new RefusedError(`'${name}' changed while being recovered (another host took it?); see 'ferry vm show ${name}'`);
+    owned = await state.updateVm(vm, { owner: node.name, desired: options.start ? 'running' : 'stopped' });
+    if (owned === undefined) throw new RefusedError(`'${name}' changed while being recovered (another host took it?); see 'ferry vm show ${name}'`);
     // This host served its replicas to the lost primary: from now on its guest writes to them.
     await ctx.replication.stopServing(vm.spec);
-    await ctx.replication.beforeStart(vm.spec);
-    await runtime.start(vm.spec, storage.attach(vm.spec));
+    if (options.start) {
+      await ctx.replication.beforeStart(vm.spec);
+      await runtime.start(vm.spec, storage.attach(vm.spec));
+    }
     job.state = 'succeeded';
-    job.log.push(`${new Date().toISOString()} ${name} started on ${node.name} from its disks (its memory was lost with '${vm.owner}')`);
-    ctx.log(`recovered ${name} from lost host ${vm.owner}`);
+    job.log.push(`${new Date().toISOString()} ${name} ${options.start ? 'started' : 'is kept stopped'} on ${node.name} from its disks (its memory was lost with '${vm.owner}')`);
+    ctx.log(`recovered ${name} from lost host ${vm.owner} (${by})`);
   } catch (err) {
     job.state = 'failed';
     job.error = (err as Error).message;
+    // Taken over but not started: the record says so, and whoever asks again starts it here.
+    const taken = owned !== undefined ? await state.vm(name) : undefined;
+    if (taken && taken.owner === node.name && taken.desired === 'running') await state.updateVm(taken, { desired: 'stopped' }).catch(() => undefined);
     throw err;
   } finally {
     await state.saveJob(job);
@@ -94,10 +113,9 @@ async function recoverVm(ctx: AgentContext, name: string, acceptDataLoss: boolea
  * The host's lease has expired, and stays expired for a grace period: long enough for a host
  * that lost the store to have stopped its guests (it does so before its lease runs out).
  */
-async function requireGone(ctx: AgentContext, host: string): Promise<void> {
+async function requireGone(ctx: AgentContext, host: string, graceMs: number): Promise<void> {
   const alive = `host '${host}' is alive (its lease is current): migrate or stop the VM there; recover is for VMs whose host is gone`;
   if (await ctx.state.host(host)) throw new RefusedError(alive);
-  const graceMs = Math.max(2, ctx.node.leaseTtlSeconds / 5) * 1000;
-  await new Promise((r) => setTimeout(r, graceMs));
+  if (graceMs > 0) await new Promise((r) => setTimeout(r, graceMs));
   if (await ctx.state.host(host)) throw new RefusedError(`${alive} (it came back)`);
 }

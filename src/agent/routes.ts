@@ -2,7 +2,6 @@
 import type { ClusterConfig } from './config.ts';
 import { checkToken, freeMemoryMiB, requireVm, type AgentContext } from './context.ts';
 import { ApiError, NotFoundError, RefusedError } from './errors.ts';
-import { requireUefi } from '../qemu/firmware.ts';
 import { GuestAgentRefusedError, GuestAgentUnavailableError, guestAgentCall, guestInfo } from '../qemu/guest-agent.ts';
 import type { IncomingMigrations } from './incoming.ts';
 import type { IncomingRequest } from './remote-destination.ts';
@@ -17,6 +16,8 @@ import type { OwnedVm } from '../cluster/model.ts';
 import type { DiskNeed } from '../migration/sides.ts';
 import { storageRoutes } from './storage-routes.ts';
 import { recoverRoutes } from './recover.ts';
+import { startOwnVm } from './vm-start.ts';
+import { haRoutes } from './ha.ts';
 import { createVm } from './vm-create.ts';
 import { imageRoutes } from './images.ts';
 import { networkRoutes } from './networks.ts';
@@ -75,6 +76,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
   return [
     ...storageRoutes(ctx),
     ...recoverRoutes(ctx),
+    ...haRoutes(ctx),
     ...imageRoutes(ctx),
     ...networkRoutes(ctx),
     {
@@ -152,11 +154,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       pattern: '/v1/vms/:name/start',
       who: 'admin',
       handler: async ({ name }, body) => {
-        const vm = await mine(name!, body['token']);
-        if (runtime.get(name!)) throw new RefusedError(`'${name}' is already running on ${node.name}`);
-        if (vm.spec.boot.kind === 'firmware' && vm.spec.boot.firmware === 'uefi') requireUefi(node.name);
-        await ctx.replication.beforeStart(vm.spec);
-        await runtime.start(vm.spec, (await storageCatalog(ctx)).attach(vm.spec));
+        await startOwnVm(ctx, await mine(name!, body['token']));
         return { vm: await state.vm(name!) };
       },
     },
@@ -165,9 +163,12 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       pattern: '/v1/vms/:name/stop',
       who: 'admin',
       handler: async ({ name }, body) => {
-        await mine(name!, body['token']);
+        const vm = await mine(name!, body['token']);
         if (!runtime.get(name!)) throw new RefusedError(`'${name}' is not running`);
-        return { outcome: await runtime.stop(name!, body['force'] === true) };
+        const outcome = await runtime.stop(name!, body['force'] === true);
+        // Stopped on purpose: the HA manager and a restarted agent leave it stopped.
+        await state.updateVm(vm, { desired: 'stopped' });
+        return { outcome };
       },
     },
     {
@@ -250,3 +251,4 @@ async function storeAnswers(ctx: AgentContext): Promise<boolean> {
     clearTimeout(timer);
   }
 }
+

@@ -15,6 +15,7 @@ complete -o default -F _ferry ferry
 `;
 
 /** Verbs that take a VM name next. */
+const HA_VM_VERBS = new Set(['add', 'set', 'remove']);
 const VM_VERBS = new Set(['show', 'start', 'stop', 'destroy', 'migrate', 'console', 'vnc', 'cdrom', 'fsfreeze', 'recover']);
 const HOST_FLAGS = new Set(['--host', '--to']);
 
@@ -41,5 +42,6 @@ export async function complete(words: string[], sources: CompletionSources): Pro
     return starts(verbs);
   }
   if (before[0] === 'vm' && before.length === 2 && VM_VERBS.has(before[1]!)) return starts(await sources.vmNames());
+  if (before[0] === 'ha' && before.length === 2 && HA_VM_VERBS.has(before[1]!)) return starts(await sources.vmNames());
   return [];
 }

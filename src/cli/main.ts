@@ -18,6 +18,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   image: async () => (await import('./commands/image.ts')).imageCommand,
   network: async () => (await import('./commands/network.ts')).networkCommand,
   job: async () => (await import('./commands/job.ts')).jobCommand,
+  ha: async () => (await import('./commands/ha.ts')).haCommand,
   probe: async () => (await import('./commands/probe.ts')).probeCommand,
   init: async () => (await import('./commands/cluster.ts')).initCommand,
   join: async () => (await import('./commands/cluster.ts')).joinCommand,

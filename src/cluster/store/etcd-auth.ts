@@ -13,6 +13,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { HA_PREFIX } from '../ha/records.ts';
 import { KEYS } from '../model.ts';
 import type { Identity } from '../pki.ts';
 import { EtcdStore, StorePermissionError } from './etcd.ts';
@@ -31,7 +32,7 @@ export const STORE_USER_FILE = 'store-user';
 /** The records every host's agent writes (key prefixes). */
 const SHARED_PREFIXES = [
   KEYS.vms, KEYS.migrations, KEYS.jobs, '/ferry/guest-addresses/', KEYS.pools, KEYS.volumes, '/ferry/volume-locations/',
-  '/ferry/replica-outdated/', KEYS.images, KEYS.networks, '/ferry/members/', KEYS.revokedAll,
+  '/ferry/replica-outdated/', KEYS.images, KEYS.networks, '/ferry/members/', KEYS.revokedAll, HA_PREFIX,
 ];
 
 interface Permission {
