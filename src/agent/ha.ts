@@ -1,0 +1,144 @@
+/**
+ * High availability on the agent: the admin's HA requests (`ferry ha …`), the HA manager this agent
+ * runs (one agent of the cluster is the active one, cluster/ha/manager.ts), and what the manager asks
+ * of a host. Those host routes answer only the host that holds the manager key at that moment: a
+ * host's certificate alone starts nothing.
+ */
+import { HaManager } from '../cluster/ha/manager.ts';
+import { HA_KEYS, HA_REQUESTS, HaRecords, type HaRequest, type HaResource } from '../cluster/ha/records.ts';
+import { describeTiming, haTiming } from '../cluster/ha/timing.ts';
+import type { Store } from '../cluster/store/types.ts';
+import { NAME_PATTERN } from '../util/names.ts';
+import type { Caller } from './authz.ts';
+import { ForbiddenError } from './authz.ts';
+import { peer, requireVm, type AgentContext } from './context.ts';
+import { NotFoundError, RefusedError } from './errors.ts';
+import { recoverVm } from './recover.ts';
+import { startOwnVm } from './vm-start.ts';
+import type { Route } from './server.ts';
+
+const DEFAULT_MAX_RESTART = 1;
+const DEFAULT_MAX_RELOCATE = 1;
+
+export function startHaManager(ctx: AgentContext, store: Store): HaManager {
+  const manager = new HaManager({
+    store,
+    me: ctx.node.name,
+    timing: haTiming(ctx.node.leaseTtlSeconds),
+    log: ctx.log,
+    actions: {
+      recover: async (host, vm, start) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/recover/${vm}`, { start }, 120_000)),
+      start: async (host, vm) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/start/${vm}`, {}, 120_000)),
+    },
+  });
+  manager.start();
+  return manager;
+}
+
+export function haRoutes(ctx: AgentContext): Route[] {
+  const records = new HaRecords(ctx.state.store);
+  const requireManager = async (caller: Caller) => {
+    const manager = await records.manager();
+    if (!manager || manager.host !== caller.name)
+      throw new ForbiddenError(`host '${caller.name}' is not the HA manager${manager ? ` ('${manager.host}' is)` : ' (there is none now)'}; only the manager asks hosts to take VMs over`);
+  };
+  return [
+    {
+      method: 'GET',
+      pattern: '/v1/ha',
+      who: 'admin',
+      handler: async () => ({
+        manager: (await records.manager()) ?? null,
+        timing: describeTiming(haTiming(ctx.node.leaseTtlSeconds)),
+        resources: await records.resources(),
+        statuses: await records.statuses(),
+      }),
+    },
+    {
+      method: 'POST',
+      pattern: '/v1/ha/resources',
+      who: 'admin',
+      handler: async (_, body) => {
+        const vm = String(body['vm'] ?? '');
+        if (!NAME_PATTERN.test(vm)) throw new RefusedError(`'${vm}' is not a VM name`);
+        await requireVm(ctx, vm);
+        if (await records.resource(vm)) throw new RefusedError(`'${vm}' is under HA already; change it with 'ferry ha set ${vm} …'`);
+        const resource: HaResource = {
+          vm,
+          request: parseRequest(body['request'] ?? 'started'),
+          maxRestart: parseCount(body['maxRestart'] ?? DEFAULT_MAX_RESTART, 'max-restart'),
+          maxRelocate: parseCount(body['maxRelocate'] ?? DEFAULT_MAX_RELOCATE, 'max-relocate'),
+          addedAt: new Date().toISOString(),
+        };
+        await records.putResource(resource);
+        ctx.log(`HA: ${vm} added (${resource.request}, max-restart ${resource.maxRestart}, max-relocate ${resource.maxRelocate})`);
+        return { resource };
+      },
+    },
+    {
+      method: 'POST',
+      pattern: '/v1/ha/resources/:vm',
+      who: 'admin',
+      handler: async ({ vm }, body) => {
+        const current = await records.resource(vm!);
+        if (!current) throw new NotFoundError(`'${vm}' is not under HA; add it with 'ferry ha add ${vm}'`);
+        const status = await records.status(vm!);
+        const request = body['request'] === undefined ? current.request : parseRequest(body['request']);
+        if (status?.actual === 'error' && request === 'started' && current.request !== 'disabled')
+          throw new RefusedError(`'${vm}' is in error (${status.reason ?? 'see ferry ha status'}): set it disabled first (ferry ha set ${vm} --state disabled), then started`);
+        const resource: HaResource = {
+          ...current,
+          request,
+          ...(body['maxRestart'] !== undefined ? { maxRestart: parseCount(body['maxRestart'], 'max-restart') } : {}),
+          ...(body['maxRelocate'] !== undefined ? { maxRelocate: parseCount(body['maxRelocate'], 'max-relocate') } : {}),
+        };
+        await records.putResource(resource);
+        // Leaving `error` (or any past failures) behind: disabled starts the count afresh.
+        if (request === 'disabled') await ctx.state.store.delete(HA_KEYS.status(vm!));
+        return { resource };
+      },
+    },
+    {
+      method: 'DELETE',
+      pattern: '/v1/ha/resources/:vm',
+      who: 'admin',
+      handler: async ({ vm }) => {
+        if (!(await records.resource(vm!))) throw new NotFoundError(`'${vm}' is not under HA`);
+        await records.removeResource(vm!);
+        return { removed: vm };
+      },
+    },
+    {
+      method: 'POST',
+      pattern: '/v1/ha/hosts/recover/:vm',
+      who: 'host',
+      handler: async ({ vm }, body, caller) => {
+        await requireManager(caller);
+        return { vm: await recoverVm(ctx, vm!, { acceptDataLoss: false, start: body['start'] !== false, by: 'ha' }) };
+      },
+    },
+    {
+      method: 'POST',
+      pattern: '/v1/ha/hosts/start/:vm',
+      who: 'host',
+      handler: async ({ vm }, _body, caller) => {
+        await requireManager(caller);
+        const record = await requireVm(ctx, vm!);
+        if (record.owner !== ctx.node.name) throw new RefusedError(`'${vm}' is owned by ${record.owner}, not ${ctx.node.name}`);
+        if (!ctx.runtime.get(vm!)) await startOwnVm(ctx, record);
+        return { vm: await ctx.state.vm(vm!) };
+      },
+    },
+  ];
+}
+
+function parseRequest(value: unknown): HaRequest {
+  if (typeof value === 'string' && (HA_REQUESTS as readonly string[]).includes(value)) return value as HaRequest;
+  throw new RefusedError(`--state ${String(value)}: choose ${HA_REQUESTS.join(', ')}`);
+}
+
+function parseCount(value: unknown, flag: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 10) throw new RefusedError(`--${flag} ${String(value)}: a whole number from 0 to 10`);
+  return n;
+}

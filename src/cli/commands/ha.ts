@@ -1,0 +1,102 @@
+/** ferry ha add|set|remove|list|status: VMs the cluster brings back by itself when their host dies. */
+import { parseArgs } from 'node:util';
+import type { HaManagerRecord, HaResource, HaStatus } from '../../cluster/ha/records.ts';
+import { Cli } from '../context.ts';
+import { UsageError } from '../errors.ts';
+import { table } from '../format.ts';
+import type { Command } from '../command.ts';
+
+const USAGE = `Usage:
+  ferry ha add VM [--state started|stopped|disabled|ignored] [--max-restart N] [--max-relocate N]
+      The HA manager keeps VM in that state (default started): when its host dies (its lease expires),
+      it starts the VM on another host that reaches its disks and has the memory, after the fencing
+      margin. A start that fails is tried --max-restart more times on that host (default 1), then on
+      up to --max-relocate other hosts (default 1); then the VM is in 'error'.
+      stopped: kept stopped, but moved off a dead host. disabled: left stopped where it is.
+      ignored: the manager leaves it alone.
+  ferry ha set VM [--state S] [--max-restart N] [--max-relocate N]
+      Leaving 'error' takes --state disabled, then --state started.
+  ferry ha remove VM
+  ferry ha list        the HA VMs and what each asks for
+  ferry ha status      the manager's host, the timing chain, each HA VM's requested and actual state
+                       and the manager's last action on it
+Every command takes --json.`;
+
+interface HaView {
+  manager: (HaManagerRecord & { token: number }) | null;
+  timing: string;
+  resources: HaResource[];
+  statuses: HaStatus[];
+}
+
+export const haCommand: Command = {
+  summary: 'high availability: VMs restarted elsewhere when their host dies',
+  usage: USAGE,
+  async run(args) {
+    const { values, positionals } = parseArgs({
+      args,
+      allowPositionals: true,
+      options: { state: { type: 'string' }, 'max-restart': { type: 'string' }, 'max-relocate': { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },
+    });
+    const [verb, vm] = positionals;
+    const json = values.json ?? false;
+    const out = (human: string, doc: unknown) => console.log(json ? JSON.stringify(doc, null, 2) : human);
+    if (!verb) throw new UsageError(USAGE);
+    const cli = await Cli.load(values.context);
+    const settings = {
+      ...(values.state !== undefined ? { request: values.state } : {}),
+      ...(values['max-restart'] !== undefined ? { maxRestart: values['max-restart'] } : {}),
+      ...(values['max-relocate'] !== undefined ? { maxRelocate: values['max-relocate'] } : {}),
+    };
+    switch (verb) {
+      case 'add': {
+        if (!vm) throw new UsageError('ferry ha add VM [--state S] [--max-restart N] [--max-relocate N]');
+        const { resource } = await (await cli.anyAgent()).call<{ resource: HaResource }>('POST', '/v1/ha/resources', { vm, ...settings });
+        return out(`${vm} is under HA: ${describe(resource)}`, { resource });
+      }
+      case 'set': {
+        if (!vm) throw new UsageError('ferry ha set VM [--state S] [--max-restart N] [--max-relocate N]');
+        if (!Object.keys(settings).length) throw new UsageError('ferry ha set needs --state, --max-restart or --max-relocate');
+        const { resource } = await (await cli.anyAgent()).call<{ resource: HaResource }>('POST', `/v1/ha/resources/${encodeURIComponent(vm)}`, settings);
+        return out(`${vm}: ${describe(resource)}`, { resource });
+      }
+      case 'remove': {
+        if (!vm) throw new UsageError('ferry ha remove VM');
+        await (await cli.anyAgent()).call('DELETE', `/v1/ha/resources/${encodeURIComponent(vm)}`);
+        return out(`${vm} is no longer under HA (it keeps running where it is)`, { removed: vm });
+      }
+      case 'list':
+      case 'status': {
+        const view = await (await cli.anyAgent()).call<HaView>('GET', '/v1/ha');
+        if (verb === 'list')
+          return out(
+            view.resources.length ? table(['vm', 'requested', 'max-restart', 'max-relocate', 'since'], view.resources.map((r) => [r.vm, r.request, String(r.maxRestart), String(r.maxRelocate), r.addedAt])) : "no VM is under HA; add one with 'ferry ha add VM'",
+            { resources: view.resources },
+          );
+        const statusOf = new Map(view.statuses.map((s) => [s.vm, s]));
+        const lines = [
+          `manager: ${view.manager ? `${view.manager.host} (since ${view.manager.since})` : 'none active (no agent holds the manager key yet)'}`,
+          `timing:  ${view.timing}`,
+        ];
+        if (view.resources.length)
+          lines.push(
+            '',
+            table(
+              ['vm', 'requested', 'actual', 'host', 'last action', 'at', 'reason'],
+              view.resources.map((r) => {
+                const s = statusOf.get(r.vm);
+                return [r.vm, r.request, s?.actual ?? '-', s?.host ?? '-', s?.lastAction?.what ?? '-', s?.lastAction?.at ?? '-', s?.reason ?? ''];
+              }),
+            ),
+          );
+        return out(lines.join('\n'), view);
+      }
+      default:
+        throw new UsageError(`unknown verb '${verb}'\n${USAGE}`);
+    }
+  },
+};
+
+function describe(r: HaResource): string {
+  return `${r.request}, max-restart ${r.maxRestart}, max-relocate ${r.maxRelocate}`;
+}

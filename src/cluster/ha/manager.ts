@@ -1,0 +1,234 @@
+/**
+ * The HA manager: one agent of the cluster at a time (the holder of /ferry/ha/manager, a key bound to
+ * a lease it renews every tick) brings the HA VMs of a dead host back on live ones.
+ *
+ * Each tick it reads the requests, the VMs and the live hosts, and acts only on what it sees then —
+ * no memory of its own is needed to be right, so a manager that takes over after another died (or
+ * after a restart of the whole cluster) simply carries on. What it remembers is when it first saw
+ * each host gone: a VM is started elsewhere only once its host's lease has expired *and* the margin
+ * of the timing chain (timing.ts) has passed since, measured on this process's monotonic clock. A new
+ * manager starts that wait afresh: later, never sooner. Every start goes through the ownership
+ * compare-and-swap on the host that starts it, so two managers could never start one VM twice.
+ */
+import type { OwnedVm } from '../model.ts';
+import { ClusterState } from '../model.ts';
+import { LeaseExpiredError, type Store } from '../store/types.ts';
+import { HaRecords, type HaResource, type HaStatus } from './records.ts';
+import { placeVms, reachableHosts, type PlacementRequest } from './placement.ts';
+import type { HaTiming } from './timing.ts';
+
+/** What the manager asks a host's agent to do (agent/ha.ts answers; the host checks it is the manager asking). */
+export interface HaActions {
+  /** Take `vm` from its dead owner and start it there (`start: false`: only take it, for requests `stopped`). */
+  recover(host: string, vm: string, start: boolean): Promise<void>;
+  /** Start `vm` on its live owner `host` (a request `started` whose VM is stopped). */
+  start(host: string, vm: string): Promise<void>;
+}
+
+export interface HaManagerOptions {
+  store: Store;
+  me: string;
+  timing: HaTiming;
+  actions: HaActions;
+  log: (line: string) => void;
+  /** How often the manager looks (and renews its key's lease). */
+  tickMs?: number;
+}
+
+export class HaManager {
+  private readonly records: HaRecords;
+  private readonly state: ClusterState;
+  private timer: NodeJS.Timeout | undefined;
+  private ticking = false;
+  private lease: string | undefined;
+  /** The manager key's revision while this agent is the manager: the token its status writes carry. */
+  private token: number | undefined;
+  /** Hosts that own VMs and have no live record, with when this manager first saw them so. */
+  private readonly goneSince = new Map<string, number>();
+  private readonly written = new Map<string, string>();
+
+  constructor(private readonly options: HaManagerOptions) {
+    this.records = new HaRecords(options.store);
+    this.state = new ClusterState(options.store);
+  }
+
+  get active(): boolean {
+    return this.token !== undefined;
+  }
+
+  start(): void {
+    this.timer = setInterval(() => {
+      if (this.ticking) return;
+      this.ticking = true;
+      void this.tick()
+        .catch((err) => this.options.log(`HA manager: ${(err as Error).message}`))
+        .finally(() => (this.ticking = false));
+    }, this.options.tickMs ?? 1000);
+  }
+
+  /** Stops acting; the key is given up so another agent takes over at once, not after the lease. */
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    while (this.ticking) await new Promise((r) => setTimeout(r, 50));
+    if (this.lease) await this.options.store.revokeLease(this.lease).catch(() => undefined);
+    this.lease = undefined;
+    this.token = undefined;
+  }
+
+  async tick(): Promise<void> {
+    if (!(await this.holdOrClaim())) return;
+    await this.reconcile();
+  }
+
+  private async holdOrClaim(): Promise<boolean> {
+    const { store, me, timing, log } = this.options;
+    if (this.lease && this.token !== undefined) {
+      try {
+        await store.keepAlive(this.lease);
+        return true;
+      } catch (err) {
+        log(`HA manager: ${me} is no longer the manager (${err instanceof LeaseExpiredError ? 'its lease expired' : (err as Error).message})`);
+        this.token = undefined;
+        this.lease = undefined;
+        this.goneSince.clear();
+        this.written.clear();
+        return false;
+      }
+    }
+    if (await this.records.manager()) return false;
+    this.lease ??= await store.grantLease(Math.round(timing.leaseTtlMs / 1000));
+    this.token = await this.records.claimManager({ host: me, since: new Date().toISOString() }, this.lease);
+    if (this.token !== undefined) log(`HA manager: ${me} is the HA manager now`);
+    return this.token !== undefined;
+  }
+
+  private async reconcile(): Promise<void> {
+    const resources = await this.records.resources();
+    if (!resources.length) return;
+    const [vms, hosts, pools, statuses] = await Promise.all([this.state.vms(), this.state.hosts(), this.state.pools(), this.records.statuses()]);
+    const alive = new Set(hosts.map((h) => h.name));
+    const now = performance.now();
+    for (const host of [...this.goneSince.keys()]) if (alive.has(host)) this.goneSince.delete(host);
+    const byName = new Map(vms.map((v) => [v.spec.name, v]));
+    const statusOf = new Map(statuses.map((s) => [s.vm, s]));
+    this.written.clear();
+    for (const s of statuses) this.written.set(s.vm, comparable(s));
+    const toPlace: Array<{ resource: HaResource; vm: OwnedVm; status: HaStatus }> = [];
+    for (const resource of resources) {
+      const vm = byName.get(resource.vm);
+      const status: HaStatus = statusOf.get(resource.vm) ?? { vm: resource.vm, actual: 'waiting', restarts: 0, relocations: 0, failedOn: [], updatedAt: '' };
+      if (resource.request === 'ignored' || resource.request === 'disabled') continue;
+      if (!vm) {
+        await this.save({ ...status, actual: 'error', reason: `the VM '${resource.vm}' no longer exists; remove it from HA (ferry ha remove ${resource.vm})` });
+        continue;
+      }
+      if (status.actual === 'error') continue; // left by `ferry ha set VM --state disabled`, then started
+      if (alive.has(vm.owner)) {
+        if (resource.request === 'started' && vm.desired !== 'running') await this.startOnOwner(resource, vm, status);
+        else {
+          const actual = vm.desired === 'running' ? 'running' : 'stopped';
+          await this.save({ ...status, actual, host: vm.owner, reason: undefined, ...(actual === 'running' ? { restarts: 0, failedOn: [] } : {}) });
+        }
+        continue;
+      }
+      if (!this.goneSince.has(vm.owner)) {
+        this.goneSince.set(vm.owner, now);
+        this.options.log(`HA manager: host '${vm.owner}' has no live lease; its HA VMs move after ${this.options.timing.marginMs} ms more`);
+      }
+      const waited = now - this.goneSince.get(vm.owner)!;
+      if (waited < this.options.timing.marginMs) {
+        await this.save({ ...status, actual: 'waiting', host: vm.owner, reason: `host '${vm.owner}' lost its lease; waiting the fencing margin before starting it elsewhere` });
+        continue;
+      }
+      toPlace.push({ resource, vm, status });
+    }
+    if (toPlace.length) await this.recoverAll(toPlace, vms, hosts, pools);
+  }
+
+  private async recoverAll(
+    items: Array<{ resource: HaResource; vm: OwnedVm; status: HaStatus }>,
+    vms: OwnedVm[],
+    hosts: Awaited<ReturnType<ClusterState['hosts']>>,
+    pools: Awaited<ReturnType<ClusterState['pools']>>,
+  ): Promise<void> {
+    const requests: PlacementRequest[] = [];
+    const unplaceable = new Map<string, string>();
+    for (const { vm, status } of items) {
+      const reach = reachableHosts(vm.spec, pools, vm.owner);
+      if ('reason' in reach) unplaceable.set(vm.spec.name, reach.reason);
+      else requests.push({ vm: vm.spec.name, memoryMiB: vm.spec.memoryMiB, reachableFrom: reach.hosts, exclude: new Set(status.failedOn) });
+    }
+    const used = (host: string) => vms.filter((v) => v.owner === host).reduce((sum, v) => sum + v.spec.memoryMiB, 0);
+    const placements = placeVms(requests, hosts.map((h) => ({ name: h.name, memoryMiB: h.memoryMiB, usedMiB: used(h.name) })));
+    const work = items.map(async ({ resource, vm, status }) => {
+      const name = vm.spec.name;
+      const placement = placements.find((p) => p.vm === name);
+      const reason = unplaceable.get(name) ?? (placement && 'reason' in placement ? placement.reason : undefined);
+      if (reason || !placement || !('host' in placement)) {
+        await this.save({ ...status, actual: 'waiting', reason: `no host can take it: ${reason ?? 'no placement'}` });
+        return;
+      }
+      const target = placement.host;
+      const start = resource.request === 'started';
+      const what = `${start ? 'start' : 'move (stopped)'} ${name} on ${target}: its host '${vm.owner}' is gone`;
+      await this.save({ ...status, actual: 'recovering', host: target, reason: undefined, lastAction: this.action(what) });
+      this.options.log(`HA manager: ${what}`);
+      try {
+        await this.options.actions.recover(target, name, start);
+        await this.save({ ...status, actual: start ? 'running' : 'stopped', host: target, reason: undefined, restarts: 0, failedOn: [], lastAction: this.action(`${what} — done`) });
+      } catch (err) {
+        await this.save(this.afterFailure(resource, status, target, (err as Error).message));
+      }
+    });
+    await Promise.allSettled(work);
+  }
+
+  private async startOnOwner(resource: HaResource, vm: OwnedVm, status: HaStatus): Promise<void> {
+    const what = `start ${vm.spec.name} on its host ${vm.owner} (HA requests it started)`;
+    await this.save({ ...status, actual: 'recovering', host: vm.owner, lastAction: this.action(what) });
+    this.options.log(`HA manager: ${what}`);
+    try {
+      await this.options.actions.start(vm.owner, vm.spec.name);
+      await this.save({ ...status, actual: 'running', host: vm.owner, reason: undefined, restarts: 0, failedOn: [], lastAction: this.action(`${what} — done`) });
+    } catch (err) {
+      const failed = this.afterFailure(resource, status, vm.owner, (err as Error).message);
+      // Its host is alive and keeps it: moving a stopped VM between live hosts is not the manager's (yet).
+      await this.save(failed.actual === 'waiting' && failed.failedOn.includes(vm.owner) ? { ...failed, actual: 'error', reason: `it failed to start on its host ${vm.owner} ${resource.maxRestart + 1} times (${(err as Error).message}); fix the cause, then: ferry ha set ${vm.spec.name} --state disabled; ferry ha set ${vm.spec.name} --state started` } : failed);
+    }
+  }
+
+  /** Counts a failed start: another try on the same host, then the next host, then `error`. */
+  private afterFailure(resource: HaResource, status: HaStatus, host: string, message: string): HaStatus {
+    const restarts = (status.host === host ? status.restarts : 0) + 1;
+    const base = { ...status, host, lastAction: this.action(`starting ${resource.vm} on ${host} failed: ${message}`) };
+    this.options.log(`HA manager: starting ${resource.vm} on ${host} failed (${restarts} of ${resource.maxRestart + 1} tries there): ${message}`);
+    if (restarts <= resource.maxRestart) return { ...base, actual: 'waiting', restarts, reason: `start on ${host} failed: ${message}; trying again` };
+    const relocations = status.relocations + 1;
+    if (relocations > resource.maxRelocate)
+      return {
+        ...base,
+        actual: 'error',
+        restarts,
+        relocations,
+        reason: `it failed to start on ${[...status.failedOn, host].join(', ')} (last: ${message}); after ${resource.maxRelocate} relocations it stays down. Fix the cause, then: ferry ha set ${resource.vm} --state disabled; ferry ha set ${resource.vm} --state started`,
+      };
+    return { ...base, actual: 'waiting', restarts: 0, relocations, failedOn: [...status.failedOn, host], reason: `start on ${host} failed ${restarts} times: ${message}; trying another host` };
+  }
+
+  private action(what: string): HaStatus['lastAction'] {
+    return { what, at: new Date().toISOString(), by: this.options.me };
+  }
+
+  /** Writes a status only when it changed (the store's writes grow with what happens, not with time). */
+  private async save(status: HaStatus): Promise<void> {
+    const key = comparable(status);
+    if (this.written.get(status.vm) === key || this.token === undefined) return;
+    if (await this.records.putStatus({ ...status, updatedAt: new Date().toISOString() }, this.token)) this.written.set(status.vm, key);
+  }
+}
+
+/** A status without its time stamp, for "did it change". */
+function comparable(status: HaStatus): string {
+  const { updatedAt: _updatedAt, ...rest } = status;
+  return JSON.stringify(rest);
+}

@@ -1,0 +1,63 @@
+/**
+ * Where the HA manager starts VMs whose host is gone: a live host that reaches every disk (any host
+ * for a shared pool, the other replica's host for a replicated volume, none for a local disk) and has
+ * the memory. Several VMs of one dead host are spread: each goes to the host with the most memory
+ * left after the VMs placed before it (largest VMs first, so the big ones find room).
+ */
+import type { VmSpec } from '../../qemu/spec.ts';
+import type { StoragePoolConfig } from '../../storage/types.ts';
+
+export interface PlacementHost {
+  name: string;
+  memoryMiB: number;
+  /** Memory of the VMs it owns now. */
+  usedMiB: number;
+}
+
+export interface PlacementRequest {
+  vm: string;
+  memoryMiB: number;
+  /** Hosts that reach every disk; undefined: any host. */
+  reachableFrom?: ReadonlySet<string>;
+  /** Hosts not to use (where it failed to start). */
+  exclude: ReadonlySet<string>;
+}
+
+export type Placement = { vm: string; host: string } | { vm: string; reason: string };
+
+/** Which hosts reach every disk of `spec`; a reason instead when no host but `lost` ever could. */
+export function reachableHosts(spec: VmSpec, pools: StoragePoolConfig[], lost: string): { hosts?: Set<string> } | { reason: string } {
+  let hosts: Set<string> | undefined;
+  const narrow = (to: Iterable<string>) => {
+    const next = new Set(to);
+    hosts = hosts ? new Set([...hosts].filter((h) => next.has(h))) : next;
+  };
+  for (const disk of spec.disks ?? []) {
+    const pool = pools.find((p) => p.name === disk.pool);
+    if (!pool) return { reason: `disk ${disk.id} is in pool '${disk.pool}', which the cluster no longer has` };
+    if (pool.type === 'local') return { reason: `disk ${disk.id} is in the local pool '${disk.pool}' of '${lost}': no other host has it` };
+    if (pool.type === 'replicated') narrow((disk.replicas ?? []).filter((h) => h !== lost));
+  }
+  if (hosts && hosts.size === 0) return { reason: `its replicated disks have no replica outside '${lost}'` };
+  return hosts ? { hosts } : {};
+}
+
+export function placeVms(requests: PlacementRequest[], hosts: PlacementHost[]): Placement[] {
+  const free = new Map(hosts.map((h) => [h.name, h.memoryMiB - h.usedMiB]));
+  const ordered = [...requests].sort((a, b) => b.memoryMiB - a.memoryMiB || a.vm.localeCompare(b.vm));
+  return ordered.map((request) => {
+    const candidates = hosts
+      .map((h) => h.name)
+      .filter((h) => !request.exclude.has(h) && (!request.reachableFrom || request.reachableFrom.has(h)));
+    if (!candidates.length) {
+      const why = request.reachableFrom ? `no live host reaches its disks (they are on ${[...request.reachableFrom].join(', ')})` : 'no live host is left to try';
+      return { vm: request.vm, reason: request.exclude.size ? `${why}; it failed to start on ${[...request.exclude].join(', ')}` : why };
+    }
+    const roomy = candidates.filter((h) => free.get(h)! >= request.memoryMiB);
+    if (!roomy.length)
+      return { vm: request.vm, reason: `it needs ${request.memoryMiB} MiB and the hosts it can run on have ${candidates.map((h) => `${h} ${free.get(h)} MiB`).join(', ')} free` };
+    const host = roomy.sort((a, b) => free.get(b)! - free.get(a)! || a.localeCompare(b))[0]!;
+    free.set(host, free.get(host)! - request.memoryMiB);
+    return { vm: request.vm, host };
+  });
+}

@@ -1,0 +1,114 @@
+/**
+ * What the HA manager keeps in the store:
+ *   /ferry/ha/resources/<vm>  HaResource: the admin's request (`ferry ha add|set`); survives anything
+ *   /ferry/ha/status/<vm>     HaStatus: what the manager last saw and did, with its reason
+ *   /ferry/ha/manager         HaManagerRecord: which host's agent is the manager, bound to a lease
+ *                             (its modRevision is the manager's fencing token)
+ */
+import type { Store } from '../store/types.ts';
+
+/**
+ * What the admin asks for, as in Proxmox: `started` runs it and brings it back anywhere it can run;
+ * `stopped` keeps it stopped but moves it off a dead host; `disabled` keeps it stopped where it is;
+ * `ignored` leaves it to the admin. Leaving `error` takes `disabled` first.
+ */
+export type HaRequest = 'started' | 'stopped' | 'disabled' | 'ignored';
+export const HA_REQUESTS: readonly HaRequest[] = ['started', 'stopped', 'disabled', 'ignored'];
+
+export interface HaResource {
+  vm: string;
+  request: HaRequest;
+  /** Failed starts on one host before the VM is tried on another. */
+  maxRestart: number;
+  /** Hosts tried after the first before the VM goes to `error`. */
+  maxRelocate: number;
+  addedAt: string;
+}
+
+/**
+ * What the manager sees: `running` on its owner; `stopped` as requested; `waiting` for its host's
+ * lease to expire and the margin to pass, or for a host it can run on; `recovering` while a host
+ * starts it; `error` when every try failed (the reason says which).
+ */
+export type HaActual = 'running' | 'stopped' | 'waiting' | 'recovering' | 'error';
+
+export interface HaStatus {
+  vm: string;
+  actual: HaActual;
+  /** Why, when it is not what was asked for. */
+  reason?: string;
+  host?: string;
+  /** Failed starts on `host` since the last success; hosts left behind since then. */
+  restarts: number;
+  relocations: number;
+  /** Hosts where starting it failed `maxRestart` times (not tried again until it runs somewhere). */
+  failedOn: string[];
+  lastAction?: { what: string; at: string; by: string };
+  updatedAt: string;
+}
+
+export interface HaManagerRecord {
+  host: string;
+  since: string;
+}
+
+export const HA_PREFIX = '/ferry/ha/';
+
+export const HA_KEYS = {
+  resource: (vm: string) => `/ferry/ha/resources/${vm}`,
+  resources: '/ferry/ha/resources/',
+  status: (vm: string) => `/ferry/ha/status/${vm}`,
+  statuses: '/ferry/ha/status/',
+  manager: '/ferry/ha/manager',
+};
+
+export class HaRecords {
+  constructor(readonly store: Store) {}
+
+  async resources(): Promise<HaResource[]> {
+    return (await this.store.list(HA_KEYS.resources)).map((kv) => JSON.parse(kv.value) as HaResource);
+  }
+
+  async resource(vm: string): Promise<HaResource | undefined> {
+    const kv = await this.store.get(HA_KEYS.resource(vm));
+    return kv ? (JSON.parse(kv.value) as HaResource) : undefined;
+  }
+
+  async putResource(resource: HaResource): Promise<void> {
+    await this.store.put(HA_KEYS.resource(resource.vm), JSON.stringify(resource));
+  }
+
+  /** Removes the request and what the manager recorded for it. */
+  async removeResource(vm: string): Promise<void> {
+    await this.store.txn([], [{ type: 'delete', key: HA_KEYS.resource(vm) }, { type: 'delete', key: HA_KEYS.status(vm) }]);
+  }
+
+  async statuses(): Promise<HaStatus[]> {
+    return (await this.store.list(HA_KEYS.statuses)).map((kv) => JSON.parse(kv.value) as HaStatus);
+  }
+
+  async status(vm: string): Promise<HaStatus | undefined> {
+    const kv = await this.store.get(HA_KEYS.status(vm));
+    return kv ? (JSON.parse(kv.value) as HaStatus) : undefined;
+  }
+
+  /**
+   * Written only by the manager, and only while it still is the manager: the write carries the
+   * manager key's revision (its fencing token), so a manager that lost its lease writes nothing.
+   */
+  async putStatus(status: HaStatus, managerToken: number): Promise<boolean> {
+    const result = await this.store.txn([{ key: HA_KEYS.manager, modRevision: managerToken }], [{ type: 'put', key: HA_KEYS.status(status.vm), value: JSON.stringify(status) }]);
+    return result.succeeded;
+  }
+
+  async manager(): Promise<(HaManagerRecord & { token: number }) | undefined> {
+    const kv = await this.store.get(HA_KEYS.manager);
+    return kv ? { ...(JSON.parse(kv.value) as HaManagerRecord), token: kv.modRevision } : undefined;
+  }
+
+  /** Becomes the manager if there is none: the key bound to `lease`. Its revision is the token, or undefined. */
+  async claimManager(record: HaManagerRecord, lease: string): Promise<number | undefined> {
+    const result = await this.store.txn([{ key: HA_KEYS.manager, modRevision: 0 }], [{ type: 'put', key: HA_KEYS.manager, value: JSON.stringify(record), lease }]);
+    return result.succeeded ? result.revision : undefined;
+  }
+}

@@ -1,0 +1,180 @@
+/**
+ * The HA manager's rules on a real SQLite store: the timing chain, placement, waiting the margin,
+ * one manager at a time, failed starts counted to `error`. The manager's requests to other hosts'
+ * agents are the one seam faked here (recorded, and failing where a test says so); the integration
+ * test (test/integration/ha.test.ts) has real agents answer them and real guests boot.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { HaManager, type HaActions } from '../../src/cluster/ha/manager.ts';
+import { placeVms, reachableHosts } from '../../src/cluster/ha/placement.ts';
+import { HaRecords } from '../../src/cluster/ha/records.ts';
+import { checkTimingChain, haTiming, TimingChainError } from '../../src/cluster/ha/timing.ts';
+import { ClusterState, KEYS, type HostRecord } from '../../src/cluster/model.ts';
+import { SqliteStore } from '../../src/cluster/store/sqlite.ts';
+import { makeVmSpec } from '../../src/qemu/spec.ts';
+import type { StoragePoolConfig } from '../../src/storage/types.ts';
+
+describe('the timing chain', () => {
+  it('orders renew < self-fence < watchdog < lease TTL < TTL + margin for the lab and production TTLs', () => {
+    for (const ttl of [3, 6, 10, 30, 60]) {
+      const t = haTiming(ttl);
+      assert.ok(t.renewMs < t.selfFenceMs && t.selfFenceMs < t.watchdogMs && t.watchdogMs < t.leaseTtlMs && t.leaseTtlMs < t.leaseTtlMs + t.marginMs, `TTL ${ttl}`);
+      assert.ok(t.selfFenceMs >= 2 * t.renewMs);
+    }
+  });
+
+  it('refuses a chain where a dead host could still run its guests when another starts them', () => {
+    const good = haTiming(10);
+    assert.throws(() => checkTimingChain({ ...good, watchdogMs: good.leaseTtlMs + 1 }), (e: unknown) => e instanceof TimingChainError && /lease TTL/.test((e as Error).message));
+    assert.throws(() => checkTimingChain({ ...good, selfFenceMs: good.renewMs }), TimingChainError);
+    assert.throws(() => checkTimingChain({ ...good, marginMs: 0 }), TimingChainError);
+  });
+});
+
+describe('HA placement', () => {
+  const spec = (name: string, memoryMiB: number, disks: Array<{ pool: string; replicas?: string[] }> = []) =>
+    makeVmSpec({ name, memoryMiB, boot: { kind: 'kernel', kernel: '/k', initrd: '/i', cmdline: '' }, disks: disks.map((d, i) => ({ id: `disk${i}`, pool: d.pool, volume: `${name}-${i}`, format: 'qcow2', sizeBytes: 1048576, ...(d.replicas ? { replicas: d.replicas } : {}) })) as never });
+  const pools = [
+    { name: 'shared', type: 'shared-dir', path: '/x' },
+    { name: 'local', type: 'local', path: '/y/%h' },
+    { name: 'repl', type: 'replicated', path: '/z/%h' },
+  ] as unknown as StoragePoolConfig[];
+
+  it('spreads a dead host\'s VMs over the hosts instead of piling them on one', () => {
+    const placed = placeVms(
+      ['a', 'b', 'c', 'd'].map((vm) => ({ vm, memoryMiB: 256, exclude: new Set<string>() })),
+      [
+        { name: 'h2', memoryMiB: 1024, usedMiB: 0 },
+        { name: 'h3', memoryMiB: 1024, usedMiB: 0 },
+      ],
+    );
+    const count = (h: string) => placed.filter((p) => 'host' in p && p.host === h).length;
+    assert.equal(count('h2'), 2);
+    assert.equal(count('h3'), 2);
+  });
+
+  it('says why a VM has no place: memory, disks only on the lost host, hosts it failed on', () => {
+    const [tooBig] = placeVms([{ vm: 'big', memoryMiB: 4096, exclude: new Set() }], [{ name: 'h2', memoryMiB: 1024, usedMiB: 512 }]);
+    assert.match((tooBig as { reason: string }).reason, /needs 4096 MiB.*h2 512 MiB/);
+    assert.match((reachableHosts(spec('l', 128, [{ pool: 'local' }]), pools, 'h1') as { reason: string }).reason, /local pool 'local' of 'h1'/);
+    const repl = reachableHosts(spec('r', 128, [{ pool: 'shared' }, { pool: 'repl', replicas: ['h1', 'h3'] }]), pools, 'h1') as { hosts: Set<string> };
+    assert.deepEqual([...repl.hosts], ['h3']);
+    const [onlyFailed] = placeVms([{ vm: 'r', memoryMiB: 128, reachableFrom: repl.hosts, exclude: new Set(['h3']) }], [{ name: 'h2', memoryMiB: 1024, usedMiB: 0 }, { name: 'h3', memoryMiB: 1024, usedMiB: 0 }]);
+    assert.match((onlyFailed as { reason: string }).reason, /reaches its disks.*failed to start on h3/);
+  });
+});
+
+describe('the HA manager', () => {
+  let dir: string;
+  let store: SqliteStore;
+  let state: ClusterState;
+  let records: HaRecords;
+  const managers: HaManager[] = [];
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-ha-'));
+    store = new SqliteStore(path.join(dir, 'state.db'));
+    state = new ClusterState(store);
+    records = new HaRecords(store);
+  });
+  after(async () => {
+    for (const m of managers) await m.stop();
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const host = async (name: string) => {
+    const lease = await store.grantLease(60);
+    const record: HostRecord = { name, url: `https://${name}`, address: name, memoryMiB: 1024, startedAt: new Date().toISOString() };
+    await store.put(KEYS.host(name), JSON.stringify(record), { lease });
+    return lease;
+  };
+  const calls: string[] = [];
+  const failOn = new Set<string>();
+  const actions: HaActions = {
+    async recover(target, vm, start) {
+      calls.push(`recover ${vm} on ${target}${start ? '' : ' stopped'}`);
+      if (failOn.has(target)) throw new Error(`QEMU would not start on ${target}`);
+      const current = (await state.vm(vm))!;
+      await state.updateVm(current, { owner: target, desired: start ? 'running' : 'stopped' });
+    },
+    async start(target, vm) {
+      calls.push(`start ${vm} on ${target}`);
+    },
+  };
+  const manager = (me: string, marginMs = 300) => {
+    const m = new HaManager({ store, me, timing: { ...haTiming(10), marginMs }, actions, log: () => undefined, tickMs: 60_000 });
+    managers.push(m);
+    return m;
+  };
+  const vm = (name: string, owner: string) => state.createVm({ spec: makeVmSpec({ name, memoryMiB: 256, boot: { kind: 'kernel', kernel: '/k', initrd: '/i', cmdline: '' } }), owner, desired: 'running' });
+
+  it('one manager at a time: the second agent waits while the first holds the key', async () => {
+    const m1 = manager('h2');
+    const m2 = manager('h3');
+    await m1.tick();
+    await m2.tick();
+    assert.equal(m1.active, true);
+    assert.equal(m2.active, false);
+    assert.equal((await records.manager())?.host, 'h2');
+  });
+
+  it('waits the margin after the lease is gone, then starts the VMs elsewhere, spread, once', async () => {
+    const [m1] = managers;
+    const h1 = await host('h1');
+    await host('h2');
+    await host('h3');
+    await vm('v1', 'h1');
+    await vm('v2', 'h1');
+    for (const name of ['v1', 'v2']) await records.putResource({ vm: name, request: 'started', maxRestart: 1, maxRelocate: 1, addedAt: new Date().toISOString() });
+    await m1!.tick();
+    assert.equal((await records.status('v1'))?.actual, 'running');
+    await store.revokeLease(h1); // h1 dies
+    await m1!.tick();
+    assert.deepEqual(calls, [], 'nothing starts before the margin has passed');
+    assert.equal((await records.status('v1'))?.actual, 'waiting');
+    await new Promise((r) => setTimeout(r, 350));
+    await m1!.tick();
+    assert.deepEqual(calls.sort(), ['recover v1 on h2', 'recover v2 on h3']);
+    assert.deepEqual([(await state.vm('v1'))?.owner, (await state.vm('v2'))?.owner].sort(), ['h2', 'h3']);
+    await m1!.tick();
+    assert.equal(calls.length, 2, 'a VM back on a live host is not started again');
+    assert.equal((await records.status('v1'))?.actual, 'running');
+  });
+
+  it('a start that keeps failing moves to the next host, then to error with the reason', async () => {
+    const [m1] = managers;
+    calls.length = 0;
+    const h4 = await host('h4');
+    await vm('v3', 'h4');
+    await records.putResource({ vm: 'v3', request: 'started', maxRestart: 1, maxRelocate: 1, addedAt: new Date().toISOString() });
+    await m1!.tick();
+    await store.revokeLease(h4);
+    failOn.add('h2').add('h3');
+    await m1!.tick();
+    await new Promise((r) => setTimeout(r, 350));
+    for (let i = 0; i < 6; i++) await m1!.tick();
+    const status = (await records.status('v3'))!;
+    assert.equal(status.actual, 'error');
+    assert.match(status.reason!, /failed to start on h\d, h\d/);
+    assert.equal(calls.filter((c) => c.startsWith('recover v3')).length, 4, 'two tries on each of two hosts');
+    await m1!.tick();
+    assert.equal(calls.filter((c) => c.startsWith('recover v3')).length, 4, 'in error: no more tries');
+    failOn.clear();
+  });
+
+  it('a manager that lost its lease stops acting and writes nothing; another takes over', async () => {
+    const [m1, m2] = managers;
+    const before = await records.manager();
+    await store.revokeLease((await store.get('/ferry/ha/manager'))!.lease);
+    await m1!.tick();
+    assert.equal(m1!.active, false);
+    assert.equal(await records.putStatus({ vm: 'v1', actual: 'error', restarts: 0, relocations: 0, failedOn: [], updatedAt: '' }, before!.token), false, 'the old token writes nothing');
+    await m2!.tick();
+    assert.equal(m2!.active, true);
+    assert.equal((await records.manager())?.host, 'h3');
+  });
+});
