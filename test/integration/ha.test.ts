@@ -1,0 +1,128 @@
+/**
+ * High availability in a 3-host lab (SQLite store): a VM on shared storage under HA, and its host
+ * dies — every process of it SIGKILLed, the agent and the guest's QEMU. Nobody types anything: the
+ * HA manager waits for the host's lease to expire and the fencing margin, and starts the VM on
+ * another host. Checked as a user would: the guest answers again (a new boot), from exactly one QEMU
+ * on the machine, the store says where, the disk holds every write the guest saw complete and nothing
+ * torn or foreign; the dead host comes back without a second copy. Then the manager's own host dies
+ * with the VM on it: another agent becomes the manager and brings the VM back all the same.
+ */
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { killAgent, startAgent } from '../../src/lab/lab.ts';
+import { run } from '../../src/util/exec.ts';
+import { agentLogs, assertDiskVerifies, useLab, type SuiteLab } from '../helpers/lab.ts';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function qemuOf(vm: string): Promise<string[]> {
+  return (await run('pgrep', ['-f', `qemu-system-x86_64 -name guest=${vm},`]).catch(() => '')).split('\n').filter(Boolean);
+}
+
+/** Kills every process of `host` that runs `vm` (agent and QEMU); returns when it happened (ms, Date.now()). */
+async function killHost(suite: SuiteLab, host: string, vm: string): Promise<number> {
+  const instance = JSON.parse(await readFile(path.join(suite.dir, 'hosts', host, 'state', 'instances', `${vm}.running.json`), 'utf8')) as { pid: number };
+  await killAgent(suite.lab, host);
+  process.kill(instance.pid, 'SIGKILL');
+  return Date.now();
+}
+
+/** Polls the guest until it answers with a boot id other than `oldBoot`; the time of that first reply. */
+async function firstReplyOfNewBoot(suite: SuiteLab, ip: string, oldBoot: string, timeoutMs: number): Promise<{ at: number; boot: string }> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const reply = await suite.probe.gamesrv(ip, 250);
+      if (reply.boot !== oldBoot) return { at: Date.now(), boot: reply.boot };
+    } catch {
+      /* not answering yet */
+    }
+    if (Date.now() > deadline) throw new Error(`the guest at ${ip} did not answer from a new boot within ${timeoutMs} ms`);
+    await sleep(100);
+  }
+}
+
+describe('high availability: a dead host\'s VM comes back on another host by itself (3-host lab, SQLite store)', () => {
+  const suite = useLab('ha');
+  const cli = suite.cli;
+  let ip: string;
+
+  it('ha add refuses what it cannot keep, and shows the manager and the timing chain', async () => {
+    const created = await cli('vm', 'create', 'a1', '--memory', '128', '--disk', '32M,storage=shared', '--diskcheck', '40', '--host', 'h1');
+    assert.equal(created.code, 0, created.stderr);
+    ip = (await cli('vm', 'show', 'a1')).json.ip as string;
+    const ghost = await cli('ha', 'add', 'ghost');
+    assert.notEqual(ghost.code, 0);
+    assert.match(ghost.stderr, /no VM named 'ghost'/);
+    const bad = await cli('ha', 'add', 'a1', '--state', 'sometimes');
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /--state sometimes: choose started, stopped, disabled, ignored/);
+    assert.equal((await cli('ha', 'list')).json.resources.length, 0, 'a refused add records nothing');
+    const added = await cli('ha', 'add', 'a1');
+    assert.equal(added.code, 0, added.stderr);
+    assert.equal((await cli('ha', 'add', 'a1')).code === 0, false, 'added twice: refused');
+    let status = (await cli('ha', 'status')).json;
+    for (let i = 0; i < 20 && !status.statuses.some((s: { vm: string; actual: string }) => s.vm === 'a1' && s.actual === 'running'); i++) {
+      await sleep(500);
+      status = (await cli('ha', 'status')).json;
+    }
+    assert.match(status.manager.host, /^h[123]$/);
+    assert.match(status.timing, /renew every .* < self-fence at .* < watchdog at .* < lease TTL 10 s < recovery after/);
+    assert.equal(status.statuses.find((s: { vm: string }) => s.vm === 'a1')?.actual, 'running');
+  });
+
+  it('its host killed (agent and QEMU): the guest answers from another host, once, with every completed write', async (t) => {
+    const before = await suite.probe.gamesrv(ip);
+    const lastSeen = await suite.probe.diskcheckStats(ip);
+    const died = await killHost(suite, 'h1', 'a1');
+    let back: { at: number; boot: string };
+    try {
+      back = await firstReplyOfNewBoot(suite, ip, before.boot, 60_000);
+    } catch (err) {
+      (err as Error).message += `\n${await agentLogs(suite, ['h2', 'h3'])}`;
+      throw err;
+    }
+    const shown = (await cli('vm', 'show', 'a1')).json;
+    t.diagnostic(`a1: h1 killed, the guest answered from ${shown.owner} ${back.at - died} ms later (lease TTL 10 s, includes the guest's boot)`);
+    assert.notEqual(shown.owner, 'h1');
+    assert.ok(back.at - died < 45_000, `back after ${back.at - died} ms`);
+    assert.equal((await qemuOf('a1')).length, 1, 'one QEMU runs a1');
+    const startup = await suite.probe.diskcheckStartup(ip, 60_000);
+    assert.deepEqual({ torn: startup.torn, foreign: startup.foreign }, { torn: 0, foreign: 0 });
+    assert.ok(startup.maxseq >= lastSeen.seq, `a write the guest saw complete (seq ${lastSeen.seq}) is missing: the disk's newest is ${startup.maxseq}`);
+    await assertDiskVerifies(suite, 'a1', 0, ip);
+    const status = (await cli('ha', 'status')).json.statuses.find((s: { vm: string }) => s.vm === 'a1');
+    assert.equal(status.actual, 'running');
+    assert.match(status.lastAction.what, new RegExp(`start a1 on ${shown.owner}: its host 'h1' is gone — done`));
+    const jobs = (await cli('job', 'list')).json as Array<{ kind: string; vm: string; state: string; log: string[] }>;
+    assert.ok(jobs.some((j) => j.kind === 'recover' && j.vm === 'a1' && j.state === 'succeeded' && j.log.some((l) => /the HA manager recovers a1/.test(l))), 'the recovery is in the job log');
+
+    await startAgent(suite.lab, 'h1');
+    for (let i = 0; i < 40 && !(await cli('node', 'list')).json?.hosts?.some((h: { name: string }) => h.name === 'h1'); i++) await sleep(500);
+    await sleep(2000);
+    assert.equal((await qemuOf('a1')).length, 1, 'h1 came back without a second copy');
+    assert.equal((await suite.probe.gamesrv(ip)).boot, back.boot, 'and the guest was not restarted again');
+  });
+
+  it('the manager\'s own host dies with the VM on it: another agent takes over as manager and brings it back', async (t) => {
+    const manager = (await cli('ha', 'status')).json.manager.host as string;
+    const owner = (await cli('vm', 'show', 'a1')).json.owner as string;
+    if (owner !== manager) {
+      const moved = await cli('vm', 'migrate', 'a1', '--to', manager, '--no-probe');
+      assert.equal(moved.code, 0, moved.stderr);
+    }
+    const before = await suite.probe.gamesrv(ip);
+    const died = await killHost(suite, manager, 'a1');
+    const back = await firstReplyOfNewBoot(suite, ip, before.boot, 60_000);
+    const view = (await cli('ha', 'status')).json;
+    const shown = (await cli('vm', 'show', 'a1')).json;
+    t.diagnostic(`a1: ${manager} (the manager, and a1's host) killed; ${view.manager?.host} took over, the guest answered from ${shown.owner} ${back.at - died} ms later`);
+    assert.notEqual(view.manager.host, manager);
+    assert.notEqual(shown.owner, manager);
+    assert.equal((await qemuOf('a1')).length, 1);
+    await assertDiskVerifies(suite, 'a1', 0, ip);
+    await startAgent(suite.lab, manager);
+  });
+});
