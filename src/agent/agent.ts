@@ -20,6 +20,8 @@ import { VncRelay } from './vnc.ts';
 import { removeStaleImports } from './images.ts';
 import { routes } from './routes.ts';
 import { haTiming } from '../cluster/ha/timing.ts';
+import { HaRecords } from '../cluster/ha/records.ts';
+import { WatchdogClient } from './watchdog-client.ts';
 import { startHaManager } from './ha.ts';
 import { LocalRuntime } from './runtime.ts';
 import { serve } from './server.ts';
@@ -134,6 +136,20 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
     await store.put(KEYS.host(node.name), JSON.stringify(record), { lease });
     return lease;
   };
+  const watchdog = node.watchdog ? new WatchdogClient(node.watchdog.socket, ctx.log) : undefined;
+  if (!watchdog) ctx.log('no watchdog configured (node.json "watchdog"): HA guests here are guarded by self-fencing alone, which a frozen agent cannot do');
+  const ha = new HaRecords(store);
+  let guarded: number[] = [];
+  /** The QEMUs the HA manager would start elsewhere if this host went silent: the watchdog guards them. */
+  const guardedGuests = async (): Promise<number[]> => {
+    try {
+      const names = new Set((await ha.resources()).filter((r) => r.request === 'started' || r.request === 'stopped').map((r) => r.vm));
+      guarded = [...ctx.runtime.pids()].filter(([name]) => names.has(name)).map(([, pid]) => pid);
+    } catch {
+      /* the store answered the renewal a moment ago: keep the last list until it answers again */
+    }
+    return guarded;
+  };
   let lease = await register();
   let lastRenewed = performance.now();
   let fenced = false;
@@ -159,6 +175,7 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
       }
       lastRenewed = performance.now();
       fenced = false;
+      if (watchdog) watchdog.pet(timing.watchdogMs, await guardedGuests());
     } catch (err) {
       ctx.log(`cannot renew the host lease for ${Math.round(performance.now() - lastRenewed)} ms: ${(err as Error).message}`);
     }
@@ -181,6 +198,10 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
     stop: () => {
       clearInterval(renewTimer);
       clearInterval(fenceTimer);
+      // Guests left running for the next agent to adopt stay guarded: it must be back before the deadline.
+      if (watchdog && !guarded.length) watchdog.disarm();
+      else if (watchdog) ctx.log(`the watchdog keeps guarding ${guarded.length} HA guest(s): an agent must pet it within ${timing.watchdogMs} ms or they are killed`);
+      watchdog?.close();
     },
   };
 }

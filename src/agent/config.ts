@@ -42,8 +42,10 @@ export interface NodeConfig {
   networks?: Record<string, string>;
   /** Memory this host offers to guests. */
   memoryMiB: number;
-  /** Seconds of the host lease; the agent renews it every third of that. */
+  /** Seconds of the host lease; the agent renews it every third of that (cluster/ha/timing.ts). */
   leaseTtlSeconds: number;
+  /** The watchdog outside the agent (`ferry watchdog`), which it pets after each renewal. */
+  watchdog?: { socket: string };
 }
 
 import { ConfigError, readJson } from '../util/json-file.ts';

@@ -138,6 +138,11 @@ export class LocalRuntime {
     return viaAgent && outcome === 'powered-off' ? 'powered off through the guest agent' : outcome;
   }
 
+  /** The QEMU pid of each VM running here (no QMP round trip: for the watchdog's pets). */
+  pids(): Map<string, number> {
+    return new Map([...this.running].map(([name, vm]) => [name, vm.process.pid]));
+  }
+
   async list(): Promise<LocalVmInfo[]> {
     const out: LocalVmInfo[] = [];
     for (const [name, vm] of this.running) {

@@ -26,6 +26,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   cert: async () => (await import('./commands/cert.ts')).certCommand,
   'store-user': async () => (await import('./commands/store-user.ts')).storeUserCommand,
   agent: async () => (await import('./commands/cluster.ts')).agentCommand,
+  watchdog: async () => (await import('./commands/watchdog.ts')).watchdogCommand,
   demo: async () => (await import('./commands/demo.ts')).demoCommand,
   host: async () => (await import('./commands/host.ts')).hostCommand,
   guest: async () => (await import('./commands/guest.ts')).guestCommand,

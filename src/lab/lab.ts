@@ -38,6 +38,8 @@ export interface LabHost {
   address: string;
   config: string;
   pid?: number;
+  /** The host's watchdog (`ferry watchdog --kill-guests`): a process apart from the host's, in the root namespace. */
+  watchdogPid?: number;
 }
 
 export interface LabRecord {
@@ -100,7 +102,10 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
   const existing = await readLab(dir);
   if (existing && !existing.complete) await labDown(dir); // an interrupted `up`: start over
   else if (existing) {
-    for (const h of existing.hosts) if (!alive(h.pid)) await startAgent(existing, h.name);
+    for (const h of existing.hosts) {
+      if (!alive(h.watchdogPid)) await startWatchdog(existing, h.name);
+      if (!alive(h.pid)) await startAgent(existing, h.name);
+    }
     // `--storage` on a running lab adds the servers it does not run yet.
     const missing = (options.storage ?? []).filter((kind) => !existing.storage?.includes(kind));
     if (missing.length) await startStorageServers(existing, missing, () => writeJson(path.join(dir, 'lab.json'), existing), log);
@@ -206,8 +211,10 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
         bridge: 'br0',
         memoryMiB: options.memoryMiBPerHost ?? 2048,
         leaseTtlSeconds: 10,
+        watchdog: { socket: path.join(hostDir, 'watchdog.sock') },
       };
       await writeJson(host.config, node);
+      await startWatchdog(lab, name);
       await startAgent(lab, name);
       log(`host ${name}: namespace ${host.netns}, address ${host.address}, agent pid ${host.pid}`);
     }
@@ -317,6 +324,32 @@ export async function injectFault(lab: LabRecord, host: string, point: FaultPoin
   await writeJson(file, { ...faults, [point]: { action, vm } });
 }
 
+/**
+ * The host's watchdog: outside the host's namespace and processes, so that a fault that freezes or
+ * kills the host leaves it running; in the lab it kills the host's HA guests instead of resetting.
+ */
+export async function startWatchdog(lab: LabRecord, name: string): Promise<number> {
+  const host = lab.hosts.find((h) => h.name === name);
+  if (!host) throw new LabError(`no host ${name} in the lab`);
+  const hostDir = path.join(lab.dir, 'hosts', name);
+  const socket = path.join(hostDir, 'watchdog.sock');
+  const logFd = openSync(path.join(hostDir, 'watchdog.log'), 'a');
+  const child = spawn(process.execPath, [path.join(PROJECT_ROOT, 'bin', 'ferry.mjs'), 'watchdog', '--socket', socket, '--kill-guests'], {
+    stdio: ['ignore', logFd, logFd],
+    detached: true,
+    cwd: PROJECT_ROOT,
+  });
+  child.unref();
+  host.watchdogPid = child.pid!;
+  await writeJson(path.join(lab.dir, 'lab.json'), lab);
+  for (let i = 0; i < 100 && !existsSync(socket); i++) {
+    if (!alive(host.watchdogPid)) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  if (!existsSync(socket)) throw new LabError(`the watchdog of ${name} did not come up: ${(await readFile(path.join(hostDir, 'watchdog.log'), 'utf8').catch(() => '')).slice(-500)}`);
+  return host.watchdogPid;
+}
+
 export async function startAgent(lab: LabRecord, name: string, env: Record<string, string> = {}): Promise<number> {
   const host = lab.hosts.find((h) => h.name === name);
   if (!host) throw new LabError(`no host ${name} in the lab`);
@@ -369,6 +402,7 @@ export async function labDown(dir = DEFAULT_LAB_DIR): Promise<string[]> {
     // So do the replica servers of replicated volumes.
     const replicaServer = Number((await readFile(path.join(dir, 'hosts', h.name, 'state', 'replica-server', 'pid'), 'utf8').catch(() => '')).trim());
     if (replicaServer > 0 && alive(replicaServer)) process.kill(replicaServer, 'SIGKILL');
+    if (alive(h.watchdogPid)) process.kill(h.watchdogPid!, 'SIGKILL');
   }
   for (const pid of lab.etcdPids) if (alive(pid)) process.kill(pid, 'SIGKILL');
   if (lab.sanNetns) {

@@ -4,8 +4,10 @@
  * HA manager waits for the host's lease to expire and the fencing margin, and starts the VM on
  * another host. Checked as a user would: the guest answers again (a new boot), from exactly one QEMU
  * on the machine, the store says where, the disk holds every write the guest saw complete and nothing
- * torn or foreign; the dead host comes back without a second copy. Then the manager's own host dies
- * with the VM on it: another agent becomes the manager and brings the VM back all the same.
+ * torn or foreign; the dead host comes back without a second copy. Its agent frozen instead (its
+ * QEMU keeps running): the watchdog outside the host kills the guest before the lease expires, so
+ * the copy started elsewhere is the only one. Then the manager's own host dies with the VM on it:
+ * another agent becomes the manager and brings the VM back all the same.
  */
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
@@ -104,6 +106,41 @@ describe('high availability: a dead host\'s VM comes back on another host by its
     await sleep(2000);
     assert.equal((await qemuOf('a1')).length, 1, 'h1 came back without a second copy');
     assert.equal((await suite.probe.gamesrv(ip)).boot, back.boot, 'and the guest was not restarted again');
+  });
+
+  it('its agent frozen (SIGSTOP): the watchdog outside it kills the guest before the VM starts elsewhere; never two copies', async (t) => {
+    const owner = (await cli('vm', 'show', 'a1')).json.owner as string;
+    const host = suite.lab.hosts.find((h) => h.name === owner)!;
+    const before = await suite.probe.gamesrv(ip);
+    const [original] = await qemuOf('a1');
+    process.kill(host.pid!, 'SIGSTOP');
+    const frozen = Date.now();
+    let back: { at: number; boot: string };
+    const copiesWhileFrozen: number[] = [];
+    let recovered = false;
+    try {
+      // Never two QEMUs for a1 on the machine, sampled all along the recovery.
+      const sampling = (async () => {
+        while (!recovered) {
+          copiesWhileFrozen.push((await qemuOf('a1')).length);
+          await sleep(100);
+        }
+      })();
+      back = await firstReplyOfNewBoot(suite, ip, before.boot, 60_000).finally(() => (recovered = true));
+      await sampling;
+    } finally {
+      process.kill(host.pid!, 'SIGCONT');
+    }
+    const watchdogLog = await readFile(path.join(suite.dir, 'hosts', owner, 'watchdog.log'), 'utf8');
+    const shown = (await cli('vm', 'show', 'a1')).json;
+    t.diagnostic(`a1: ${owner}'s agent frozen; the guest answered from ${shown.owner} ${back.at - frozen} ms later; QEMU copies sampled ${copiesWhileFrozen.length} times, most at once: ${Math.max(...copiesWhileFrozen)}`);
+    assert.match(watchdogLog, new RegExp(`killed the guests' QEMUs ${original}`), 'the watchdog killed the frozen host\'s guest');
+    assert.ok(Math.max(...copiesWhileFrozen) <= 1, `two QEMUs ran a1 at once: ${copiesWhileFrozen.join(',')}`);
+    assert.notEqual(shown.owner, owner);
+    await sleep(3000); // the thawed agent finds it lost its lease and the VM
+    assert.equal((await qemuOf('a1')).length, 1, 'the thawed host starts no second copy');
+    assert.equal((await suite.probe.gamesrv(ip)).boot, back.boot);
+    await assertDiskVerifies(suite, 'a1', 0, ip);
   });
 
   it('the manager\'s own host dies with the VM on it: another agent takes over as manager and brings it back', async (t) => {

@@ -1,0 +1,123 @@
+/**
+ * The watchdog outside the agent (Proxmox's watchdog-mux, sanlock's wdmd): `ferry watchdog` runs as a
+ * process of its own and the agent pets it over a unix socket after each lease renewal. If the pets
+ * stop for longer than the deadline the agent gave (it is dead, frozen, or cut off from the store and
+ * somehow did not fence itself), the watchdog acts before the host's lease can expire and the HA
+ * manager start the guests elsewhere (cluster/ha/timing.ts):
+ *
+ *   device mode  (production) it writes to /dev/watchdog at every pet and stops when the pets stop:
+ *                the kernel's watchdog (softdog or hardware, its timeout set below the deadline)
+ *                resets the machine. A disarm closes the device with the magic 'V'.
+ *   guests mode  (the lab, where no machine may be reset) it SIGKILLs the guests' QEMUs the agent
+ *                named in its last pet, after checking each pid still is a QEMU.
+ *
+ * Armed only while the agent names guests to guard (its HA guests): a host with none may restart its
+ * agent at leisure, as with Proxmox's LRM. Messages are JSON lines:
+ *   {"pet": {"deadlineMs": 8333, "guests": [pid, …]}}   {"disarm": true}
+ */
+import { openSync, readFileSync, writeSync, closeSync } from 'node:fs';
+import { chmod, rm } from 'node:fs/promises';
+import net from 'node:net';
+
+export type WatchdogAction = { kind: 'device'; path: string } | { kind: 'guests' };
+
+export interface PetMessage {
+  pet: { deadlineMs: number; guests: number[] };
+}
+
+export interface WatchdogDaemon {
+  close(): Promise<void>;
+}
+
+export async function runWatchdog(socketPath: string, action: WatchdogAction, log: (line: string) => void): Promise<WatchdogDaemon> {
+  let lastPet = 0;
+  let deadlineMs = 0;
+  let guests: number[] = [];
+  let device: number | undefined;
+  const armed = () => guests.length > 0;
+
+  const disarm = (why: string) => {
+    if (device !== undefined) {
+      writeSync(device, 'V');
+      closeSync(device);
+      device = undefined;
+    }
+    if (armed()) log(`disarmed: ${why}`);
+    guests = [];
+  };
+
+  const onMessage = (line: string) => {
+    let message: Partial<PetMessage> & { disarm?: boolean };
+    try {
+      message = JSON.parse(line) as typeof message;
+    } catch {
+      log(`ignored a message that is not JSON: ${line.slice(0, 80)}`);
+      return;
+    }
+    if (message.disarm) return disarm('the agent stopped guarding guests');
+    if (!message.pet) return;
+    const { deadlineMs: deadline, guests: pids } = message.pet;
+    if (!Number.isFinite(deadline) || deadline <= 0 || !Array.isArray(pids)) return;
+    const wasArmed = armed();
+    deadlineMs = deadline;
+    guests = pids.filter((p) => Number.isInteger(p) && p > 1);
+    lastPet = performance.now();
+    if (!guests.length) return disarm('no guest to guard');
+    if (action.kind === 'device') {
+      device ??= openSync(action.path, 'w');
+      writeSync(device, '\0');
+    }
+    if (!wasArmed) log(`armed: guarding ${guests.length} guest(s), deadline ${deadlineMs} ms without a pet`);
+  };
+
+  const expiry = setInterval(() => {
+    if (!armed() || performance.now() - lastPet <= deadlineMs) return;
+    const silent = Math.round(performance.now() - lastPet);
+    if (action.kind === 'device') {
+      // Nothing written any more: the device resets the machine when its own timeout runs out.
+      log(`no pet for ${silent} ms: leaving ${action.path} unfed, the machine resets`);
+      guests = [];
+      return;
+    }
+    const killed = guests.filter(killIfQemu);
+    log(`no pet for ${silent} ms (deadline ${deadlineMs} ms): killed the guests' QEMUs ${killed.join(', ') || '(none was left)'}`);
+    guests = [];
+  }, 100);
+
+  await rm(socketPath, { force: true });
+  const server = net.createServer((socket) => {
+    let buffered = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => {
+      buffered += chunk;
+      let nl: number;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        onMessage(buffered.slice(0, nl));
+        buffered = buffered.slice(nl + 1);
+      }
+    });
+    // A client that goes away without a disarm leaves the watchdog armed: that is the point.
+    socket.on('error', () => undefined);
+  });
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(socketPath, () => resolve()));
+  await chmod(socketPath, 0o600);
+  log(`watching (${action.kind === 'device' ? `device ${action.path}` : 'lab: kills the guests\' QEMUs'}) on ${socketPath}`);
+  return {
+    async close() {
+      clearInterval(expiry);
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** SIGKILLs `pid` if it still is a QEMU (a pid the kernel gave to another process is left alone). */
+function killIfQemu(pid: number): boolean {
+  try {
+    const argv0 = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0] ?? '';
+    if (!/qemu-system/.test(argv0)) return false;
+    process.kill(pid, 'SIGKILL');
+    return true;
+  } catch {
+    return false;
+  }
+}
