@@ -35,6 +35,7 @@ import type { SwitchoverTimeline } from '../src/migration/types.ts';
 import { unixSocketThroughput } from './link.ts';
 import { attemptsCell, countAttempts } from './attempts.ts';
 import { runCliBench } from './cli.bench.ts';
+import { runFailoverBench } from './failover.bench.ts';
 import { Transcript } from './transcript.ts';
 import { nonZeroBytes } from '../src/qemu/ram-scan.ts';
 import { runDiskBench, type DiskSample, type DiskVariant } from './disk.bench.ts';
@@ -103,7 +104,16 @@ async function main() {
     await transcript.save(path.join('bench', 'results', 'cli.txt'), { command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(), qemu });
     return;
   }
-  if (only !== undefined && only !== 'ram' && only !== 'disk' && only !== 'must-finish') throw new Error(`--only ${only}: choose ram, disk, must-finish or cli`);
+  if (only === 'failover') {
+    // HA: a lab, faults of the VM's host, no migration benchmark.
+    const transcript = new Transcript();
+    transcript.start();
+    await runFailoverBench(values.runs ? runs : 10);
+    const qemu = formatQemuVersion((await localQemuBuild()).version);
+    await transcript.save(path.join('bench', 'results', 'failover.txt'), { command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(), qemu });
+    return;
+  }
+  if (only !== undefined && only !== 'ram' && only !== 'disk' && only !== 'must-finish') throw new Error(`--only ${only}: choose ram, disk, must-finish, cli or failover`);
   const wants = (part: 'ram' | 'disk' | 'must-finish') => only === undefined || only === part;
   const transcript = new Transcript();
   transcript.start();
