@@ -95,22 +95,19 @@ async function main() {
   const mustFinishRuns = Number(values['must-finish-runs'] ?? 10);
   if (!Number.isInteger(runs) || runs < 1 || !Number.isInteger(mustFinishRuns) || mustFinishRuns < 1) throw new Error('--runs and --must-finish-runs take a whole number >= 1');
   const only = values.only;
-  if (only === 'cli') {
-    // The CLI's start and the agents' memory: a lab, no migration benchmark.
+  // Benchmarks of their own, each in a lab of its own, with no migration benchmark: the CLI's start and
+  // the agents' memory; HA failover.
+  const standalone: Record<string, { file: string; run: () => Promise<void> }> = {
+    cli: { file: 'cli.txt', run: () => runCliBench(values.runs ? runs : 20) },
+    failover: { file: 'failover.txt', run: () => runFailoverBench(values.runs ? runs : 10) },
+  };
+  const alone = only !== undefined ? standalone[only] : undefined;
+  if (alone) {
     const transcript = new Transcript();
     transcript.start();
-    await runCliBench(values.runs ? runs : 20);
+    await alone.run();
     const qemu = formatQemuVersion((await localQemuBuild()).version);
-    await transcript.save(path.join('bench', 'results', 'cli.txt'), { command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(), qemu });
-    return;
-  }
-  if (only === 'failover') {
-    // HA: a lab, faults of the VM's host, no migration benchmark.
-    const transcript = new Transcript();
-    transcript.start();
-    await runFailoverBench(values.runs ? runs : 10);
-    const qemu = formatQemuVersion((await localQemuBuild()).version);
-    await transcript.save(path.join('bench', 'results', 'failover.txt'), { command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(), qemu });
+    await transcript.save(path.join('bench', 'results', alone.file), { command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(), qemu });
     return;
   }
   if (only !== undefined && only !== 'ram' && only !== 'disk' && only !== 'must-finish') throw new Error(`--only ${only}: choose ram, disk, must-finish, cli or failover`);

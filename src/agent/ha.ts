@@ -14,7 +14,7 @@ import { ForbiddenError } from './authz.ts';
 import { peer, requireVm, type AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import { recoverVm } from './recover.ts';
-import { startOwnVm } from './vm-start.ts';
+import { startOwnVm, stopOwnVm } from './vm-start.ts';
 import type { Route } from './server.ts';
 
 const DEFAULT_MAX_RESTART = 1;
@@ -29,6 +29,7 @@ export function startHaManager(ctx: AgentContext, store: Store): HaManager {
     actions: {
       recover: async (host, vm, start) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/recover/${vm}`, { start }, 120_000)),
       start: async (host, vm) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/start/${vm}`, {}, 120_000)),
+      stop: async (host, vm) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/stop/${vm}`, {}, 120_000)),
     },
   });
   manager.start();
@@ -41,6 +42,13 @@ export function haRoutes(ctx: AgentContext): Route[] {
     const manager = await records.manager();
     if (!manager || manager.host !== caller.name)
       throw new ForbiddenError(`host '${caller.name}' is not the HA manager${manager ? ` ('${manager.host}' is)` : ' (there is none now)'}; only the manager asks hosts to take VMs over`);
+  };
+  /** The manager asks, about a VM this host owns. */
+  const ownedHereAsked = async (caller: Caller, vm: string) => {
+    await requireManager(caller);
+    const record = await requireVm(ctx, vm);
+    if (record.owner !== ctx.node.name) throw new RefusedError(`'${vm}' is owned by ${record.owner}, not ${ctx.node.name}`);
+    return record;
   };
   return [
     {
@@ -122,10 +130,19 @@ export function haRoutes(ctx: AgentContext): Route[] {
       pattern: '/v1/ha/hosts/start/:vm',
       who: 'host',
       handler: async ({ vm }, _body, caller) => {
-        await requireManager(caller);
-        const record = await requireVm(ctx, vm!);
-        if (record.owner !== ctx.node.name) throw new RefusedError(`'${vm}' is owned by ${record.owner}, not ${ctx.node.name}`);
+        const record = await ownedHereAsked(caller, vm!);
         if (!ctx.runtime.get(vm!)) await startOwnVm(ctx, record);
+        return { vm: await ctx.state.vm(vm!) };
+      },
+    },
+    {
+      method: 'POST',
+      pattern: '/v1/ha/hosts/stop/:vm',
+      who: 'host',
+      handler: async ({ vm }, _body, caller) => {
+        const record = await ownedHereAsked(caller, vm!);
+        if (ctx.runtime.get(vm!)) await stopOwnVm(ctx, record, false);
+        else if (record.desired !== 'stopped') await ctx.state.updateVm(record, { desired: 'stopped' });
         return { vm: await ctx.state.vm(vm!) };
       },
     },

@@ -16,7 +16,8 @@ import type { OwnedVm } from '../cluster/model.ts';
 import type { DiskNeed } from '../migration/sides.ts';
 import { storageRoutes } from './storage-routes.ts';
 import { recoverRoutes } from './recover.ts';
-import { startOwnVm } from './vm-start.ts';
+import { refuseIfHaDecides, startOwnVm, stopOwnVm } from './vm-start.ts';
+import { HaRecords } from '../cluster/ha/records.ts';
 import { haRoutes } from './ha.ts';
 import { createVm } from './vm-create.ts';
 import { imageRoutes } from './images.ts';
@@ -154,7 +155,9 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       pattern: '/v1/vms/:name/start',
       who: 'admin',
       handler: async ({ name }, body) => {
-        await startOwnVm(ctx, await mine(name!, body['token']));
+        const vm = await mine(name!, body['token']);
+        await refuseIfHaDecides(ctx, name!, 'start');
+        await startOwnVm(ctx, vm);
         return { vm: await state.vm(name!) };
       },
     },
@@ -165,10 +168,8 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       handler: async ({ name }, body) => {
         const vm = await mine(name!, body['token']);
         if (!runtime.get(name!)) throw new RefusedError(`'${name}' is not running`);
-        const outcome = await runtime.stop(name!, body['force'] === true);
-        // Stopped on purpose: the HA manager and a restarted agent leave it stopped.
-        await state.updateVm(vm, { desired: 'stopped' });
-        return { outcome };
+        await refuseIfHaDecides(ctx, name!, 'stop');
+        return { outcome: await stopOwnVm(ctx, vm, body['force'] === true) };
       },
     },
     {
@@ -177,6 +178,8 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       who: 'admin',
       handler: async ({ name }, body) => {
         const vm = await mine(name!, body['token']);
+        if (await new HaRecords(state.store).resource(name!))
+          throw new RefusedError(`'${name}' is under HA: the manager would keep bringing it back; remove it from HA first (ferry ha remove ${name})`);
         if (await state.migration(name!)) throw new RefusedError(`'${name}' is being migrated; wait for the migration to end`);
         if (runtime.get(name!)) await runtime.stop(name!, true);
         // Its volumes stay (data is never deleted implicitly), detached, where they are. Detached

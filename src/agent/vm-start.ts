@@ -1,4 +1,5 @@
-/** Starting a VM on the host that owns it: the admin's `ferry vm start`, or the HA manager's request. */
+/** Starting and stopping a VM on the host that owns it: the admin's `ferry vm start|stop`, or the HA manager's request. */
+import { HaRecords } from '../cluster/ha/records.ts';
 import type { OwnedVm } from '../cluster/model.ts';
 import { requireUefi } from '../qemu/firmware.ts';
 import { storageCatalog, type AgentContext } from './context.ts';
@@ -26,4 +27,25 @@ export async function startOwnVm(ctx: AgentContext, vm: OwnedVm): Promise<void> 
     await state.updateVm(current, { desired: 'stopped' }).catch(() => undefined);
     throw err;
   }
+}
+
+/** Stops a VM running here (ACPI power-down, or killed with `force`), and the record says it is meant to be stopped. */
+export async function stopOwnVm(ctx: AgentContext, vm: OwnedVm, force: boolean): Promise<string> {
+  const outcome = await ctx.runtime.stop(vm.spec.name, force);
+  // Stopped on purpose: the HA manager and a restarted agent leave it stopped.
+  await ctx.state.updateVm(vm, { desired: 'stopped' });
+  return outcome;
+}
+
+/**
+ * An HA VM asked to be `started` is not stopped by hand (the manager would start it again), nor one
+ * asked to be `stopped` started: the admin changes the request instead, as with Proxmox's ha-manager.
+ */
+export async function refuseIfHaDecides(ctx: AgentContext, name: string, what: 'start' | 'stop'): Promise<void> {
+  const resource = await new HaRecords(ctx.state.store).resource(name);
+  if (!resource) return;
+  if (what === 'stop' && resource.request === 'started')
+    throw new RefusedError(`'${name}' is under HA, asked to be started: the manager would start it again; stop it with 'ferry ha set ${name} --state stopped'`);
+  if (what === 'start' && resource.request === 'stopped')
+    throw new RefusedError(`'${name}' is under HA, asked to be stopped; start it with 'ferry ha set ${name} --state started'`);
 }

@@ -73,6 +73,15 @@ describe('high availability: a dead host\'s VM comes back on another host by its
     assert.match(status.manager.host, /^h[123]$/);
     assert.match(status.timing, /renew every .* < self-fence at .* < watchdog at .* < lease TTL 10 s < recovery after/);
     assert.equal(status.statuses.find((s: { vm: string }) => s.vm === 'a1')?.actual, 'running');
+    // By hand, the admin would fight the manager: refused, with what to do instead, and nothing changes.
+    const stop = await cli('vm', 'stop', 'a1');
+    assert.notEqual(stop.code, 0);
+    assert.match(stop.stderr, /under HA, asked to be started.*ferry ha set a1 --state stopped/);
+    const destroy = await cli('vm', 'destroy', 'a1');
+    assert.notEqual(destroy.code, 0);
+    assert.match(destroy.stderr, /under HA.*ferry ha remove a1/);
+    assert.equal((await qemuOf('a1')).length, 1);
+    await suite.probe.gamesrv(ip);
   });
 
   it('its host killed (agent and QEMU): the guest answers from another host, once, with every completed write', async (t) => {

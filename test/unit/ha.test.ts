@@ -104,6 +104,10 @@ describe('the HA manager', () => {
     async start(target, vm) {
       calls.push(`start ${vm} on ${target}`);
     },
+    async stop(target, vm) {
+      calls.push(`stop ${vm} on ${target}`);
+      await state.updateVm((await state.vm(vm))!, { desired: 'stopped' });
+    },
   };
   const manager = (me: string, marginMs = 300) => {
     const m = new HaManager({ store, me, timing: { ...haTiming(10), marginMs }, actions, log: () => undefined, tickMs: 60_000 });

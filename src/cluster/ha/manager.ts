@@ -23,6 +23,8 @@ export interface HaActions {
   recover(host: string, vm: string, start: boolean): Promise<void>;
   /** Start `vm` on its live owner `host` (a request `started` whose VM is stopped). */
   start(host: string, vm: string): Promise<void>;
+  /** Stop `vm` on its live owner `host` (a request `stopped` whose VM runs). */
+  stop(host: string, vm: string): Promise<void>;
 }
 
 export interface HaManagerOptions {
@@ -125,6 +127,7 @@ export class HaManager {
       if (status.actual === 'error') continue; // left by `ferry ha set VM --state disabled`, then started
       if (alive.has(vm.owner)) {
         if (resource.request === 'started' && vm.desired !== 'running') await this.startOnOwner(resource, vm, status);
+        else if (resource.request === 'stopped' && vm.desired === 'running') await this.stopOnOwner(vm, status);
         else {
           const actual = vm.desired === 'running' ? 'running' : 'stopped';
           await this.save({ ...status, actual, host: vm.owner, reason: undefined, ...(actual === 'running' ? { restarts: 0, failedOn: [] } : {}) });
@@ -194,6 +197,17 @@ export class HaManager {
       const failed = this.afterFailure(resource, status, vm.owner, (err as Error).message);
       // Its host is alive and keeps it: moving a stopped VM between live hosts is not the manager's (yet).
       await this.save(failed.actual === 'waiting' && failed.failedOn.includes(vm.owner) ? { ...failed, actual: 'error', reason: `it failed to start on its host ${vm.owner} ${resource.maxRestart + 1} times (${(err as Error).message}); fix the cause, then: ferry ha set ${vm.spec.name} --state disabled; ferry ha set ${vm.spec.name} --state started` } : failed);
+    }
+  }
+
+  private async stopOnOwner(vm: OwnedVm, status: HaStatus): Promise<void> {
+    const what = `stop ${vm.spec.name} on ${vm.owner} (HA requests it stopped)`;
+    this.options.log(`HA manager: ${what}`);
+    try {
+      await this.options.actions.stop(vm.owner, vm.spec.name);
+      await this.save({ ...status, actual: 'stopped', host: vm.owner, reason: undefined, lastAction: this.action(`${what} — done`) });
+    } catch (err) {
+      await this.save({ ...status, actual: 'running', host: vm.owner, reason: `stopping it failed: ${(err as Error).message}; trying again`, lastAction: this.action(`${what} — failed`) });
     }
   }
 
