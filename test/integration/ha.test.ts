@@ -10,7 +10,7 @@
  * another agent becomes the manager and brings the VM back all the same.
  */
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { killAgent, startAgent } from '../../src/lab/lab.ts';
@@ -23,11 +23,15 @@ async function qemuOf(vm: string): Promise<string[]> {
   return (await run('pgrep', ['-f', `qemu-system-x86_64 -name guest=${vm},`]).catch(() => '')).split('\n').filter(Boolean);
 }
 
-/** Kills every process of `host` that runs `vm` (agent and QEMU); returns when it happened (ms, Date.now()). */
-async function killHost(suite: SuiteLab, host: string, vm: string): Promise<number> {
-  const instance = JSON.parse(await readFile(path.join(suite.dir, 'hosts', host, 'state', 'instances', `${vm}.running.json`), 'utf8')) as { pid: number };
+/** Kills every process of `host`: its agent, its guests' QEMUs, its replica server. When it happened (Date.now()). */
+async function killHost(suite: SuiteLab, host: string): Promise<number> {
+  const state = path.join(suite.dir, 'hosts', host, 'state');
+  const guests = await Promise.all(
+    (await readdir(path.join(state, 'instances'))).filter((f) => f.endsWith('.running.json')).map(async (f) => (JSON.parse(await readFile(path.join(state, 'instances', f), 'utf8')) as { pid: number }).pid),
+  );
+  const replicaServer = Number((await readFile(path.join(state, 'replica-server', 'pid'), 'utf8').catch(() => '')).trim());
   await killAgent(suite.lab, host);
-  process.kill(instance.pid, 'SIGKILL');
+  for (const pid of [...guests, ...(replicaServer > 0 ? [replicaServer] : [])]) process.kill(pid, 'SIGKILL');
   return Date.now();
 }
 
@@ -46,10 +50,12 @@ async function firstReplyOfNewBoot(suite: SuiteLab, ip: string, oldBoot: string,
   }
 }
 
-describe('high availability: a dead host\'s VM comes back on another host by itself (3-host lab, SQLite store)', () => {
-  const suite = useLab('ha');
+for (const store of ['sqlite', 'etcd'] as const)
+describe(`high availability: a dead host's VMs come back on other hosts by themselves (3-host lab, ${store} store)`, () => {
+  const suite = useLab(`ha${store[0]}`, ['--store', store]);
   const cli = suite.cli;
   let ip: string;
+  let replicatedIp: string;
 
   it('ha add refuses what it cannot keep, and shows the manager and the timing chain', async () => {
     const created = await cli('vm', 'create', 'a1', '--memory', '128', '--disk', '32M,storage=shared', '--diskcheck', '40', '--host', 'h1');
@@ -73,6 +79,17 @@ describe('high availability: a dead host\'s VM comes back on another host by its
     assert.match(status.manager.host, /^h[123]$/);
     assert.match(status.timing, /renew every .* < self-fence at .* < watchdog at .* < lease TTL 10 s < recovery after/);
     assert.equal(status.statuses.find((s: { vm: string }) => s.vm === 'a1')?.actual, 'running');
+
+    // A second HA VM, on a replicated volume kept on h1 and h2: only h2 can take it over.
+    for (const h of suite.lab.hosts) await mkdir(path.join(suite.dir, 'hosts', h.name, 'replicas'), { recursive: true });
+    assert.equal((await cli('storage', 'add', 'r', '--type', 'replicated', '--path', path.join(suite.dir, 'hosts', '%h', 'replicas'))).code, 0);
+    const replicated = await cli('vm', 'create', 'r1', '--memory', '128', '--disk', '32M,storage=r,peer=h2', '--diskcheck', '40', '--host', 'h1');
+    assert.equal(replicated.code, 0, replicated.stderr);
+    replicatedIp = (await cli('vm', 'show', 'r1')).json.ip as string;
+    for (let i = 0; i < 120 && (await cli('volume', 'show', 'r1-disk0', '--pool', 'r')).json.replication?.state !== 'in-sync'; i++) await sleep(500);
+    assert.equal((await cli('volume', 'show', 'r1-disk0', '--pool', 'r')).json.replication?.state, 'in-sync');
+    assert.equal((await cli('ha', 'add', 'r1')).code, 0);
+
     // By hand, the admin would fight the manager: refused, with what to do instead, and nothing changes.
     const stop = await cli('vm', 'stop', 'a1');
     assert.notEqual(stop.code, 0);
@@ -84,26 +101,32 @@ describe('high availability: a dead host\'s VM comes back on another host by its
     await suite.probe.gamesrv(ip);
   });
 
-  it('its host killed (agent and QEMU): the guest answers from another host, once, with every completed write', async (t) => {
+  it('its host killed (agent, QEMUs, replica server): both guests answer from other hosts, once, with every completed write', async (t) => {
     const before = await suite.probe.gamesrv(ip);
+    const beforeReplicated = await suite.probe.gamesrv(replicatedIp);
     const lastSeen = await suite.probe.diskcheckStats(ip);
-    const died = await killHost(suite, 'h1', 'a1');
+    const lastSeenReplicated = await suite.probe.diskcheckStats(replicatedIp);
+    const died = await killHost(suite, 'h1');
     let back: { at: number; boot: string };
+    let backReplicated: { at: number; boot: string };
     try {
-      back = await firstReplyOfNewBoot(suite, ip, before.boot, 60_000);
+      [back, backReplicated] = await Promise.all([firstReplyOfNewBoot(suite, ip, before.boot, 60_000), firstReplyOfNewBoot(suite, replicatedIp, beforeReplicated.boot, 60_000)]);
     } catch (err) {
       (err as Error).message += `\n${await agentLogs(suite, ['h2', 'h3'])}`;
       throw err;
     }
     const shown = (await cli('vm', 'show', 'a1')).json;
-    t.diagnostic(`a1: h1 killed, the guest answered from ${shown.owner} ${back.at - died} ms later (lease TTL 10 s, includes the guest's boot)`);
+    t.diagnostic(`h1 killed: a1 answered from ${shown.owner} ${back.at - died} ms later, r1 from h2 ${backReplicated.at - died} ms later (lease TTL 10 s, includes the guests' boots)`);
     assert.notEqual(shown.owner, 'h1');
+    assert.equal((await cli('vm', 'show', 'r1')).json.owner, 'h2', 'the replicated VM goes to the other replica\'s host');
     assert.ok(back.at - died < 45_000, `back after ${back.at - died} ms`);
-    assert.equal((await qemuOf('a1')).length, 1, 'one QEMU runs a1');
-    const startup = await suite.probe.diskcheckStartup(ip, 60_000);
-    assert.deepEqual({ torn: startup.torn, foreign: startup.foreign }, { torn: 0, foreign: 0 });
-    assert.ok(startup.maxseq >= lastSeen.seq, `a write the guest saw complete (seq ${lastSeen.seq}) is missing: the disk's newest is ${startup.maxseq}`);
-    await assertDiskVerifies(suite, 'a1', 0, ip);
+    for (const [vm, address, seen] of [['a1', ip, lastSeen], ['r1', replicatedIp, lastSeenReplicated]] as const) {
+      assert.equal((await qemuOf(vm)).length, 1, `one QEMU runs ${vm}`);
+      const startup = await suite.probe.diskcheckStartup(address, 60_000);
+      assert.deepEqual({ torn: startup.torn, foreign: startup.foreign }, { torn: 0, foreign: 0 }, vm);
+      assert.ok(startup.maxseq >= seen.seq, `${vm}: a write the guest saw complete (seq ${seen.seq}) is missing: the disk's newest is ${startup.maxseq}`);
+      await assertDiskVerifies(suite, vm, 0, address);
+    }
     const status = (await cli('ha', 'status')).json.statuses.find((s: { vm: string }) => s.vm === 'a1');
     assert.equal(status.actual, 'running');
     assert.match(status.lastAction.what, new RegExp(`start a1 on ${shown.owner}: its host 'h1' is gone — done`));
@@ -114,6 +137,10 @@ describe('high availability: a dead host\'s VM comes back on another host by its
     for (let i = 0; i < 40 && !(await cli('node', 'list')).json?.hosts?.some((h: { name: string }) => h.name === 'h1'); i++) await sleep(500);
     await sleep(2000);
     assert.equal((await qemuOf('a1')).length, 1, 'h1 came back without a second copy');
+    assert.equal((await qemuOf('r1')).length, 1, 'nor of r1');
+    // The tests below are about a1 alone.
+    assert.equal((await cli('ha', 'remove', 'r1')).code, 0);
+    assert.equal((await cli('vm', 'stop', 'r1', '--force')).code, 0);
     assert.equal((await suite.probe.gamesrv(ip)).boot, back.boot, 'and the guest was not restarted again');
   });
 
@@ -160,7 +187,7 @@ describe('high availability: a dead host\'s VM comes back on another host by its
       assert.equal(moved.code, 0, moved.stderr);
     }
     const before = await suite.probe.gamesrv(ip);
-    const died = await killHost(suite, manager, 'a1');
+    const died = await killHost(suite, manager);
     const back = await firstReplyOfNewBoot(suite, ip, before.boot, 60_000);
     const view = (await cli('ha', 'status')).json;
     const shown = (await cli('vm', 'show', 'a1')).json;

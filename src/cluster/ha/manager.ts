@@ -48,6 +48,7 @@ export class HaManager {
   /** Hosts that own VMs and have no live record, with when this manager first saw them so. */
   private readonly goneSince = new Map<string, number>();
   private readonly written = new Map<string, string>();
+  private seenRevision = -1;
 
   constructor(private readonly options: HaManagerOptions) {
     this.records = new HaRecords(options.store);
@@ -94,6 +95,7 @@ export class HaManager {
         this.lease = undefined;
         this.goneSince.clear();
         this.written.clear();
+        this.seenRevision = -1;
         return false;
       }
     }
@@ -105,13 +107,18 @@ export class HaManager {
   }
 
   private async reconcile(): Promise<void> {
+    // Nothing changed in the store since the last look, and no host's margin is running: nothing to do
+    // (a cluster of thousands of VMs is not read every second). A lease that expires changes it.
+    const revision = await this.options.store.revision();
+    if (revision === this.seenRevision && this.goneSince.size === 0) return;
     const resources = await this.records.resources();
-    if (!resources.length) return;
     const [vms, hosts, pools, statuses] = await Promise.all([this.state.vms(), this.state.hosts(), this.state.pools(), this.records.statuses()]);
+    this.seenRevision = revision;
     const alive = new Set(hosts.map((h) => h.name));
     const now = performance.now();
-    for (const host of [...this.goneSince.keys()]) if (alive.has(host)) this.goneSince.delete(host);
     const byName = new Map(vms.map((v) => [v.spec.name, v]));
+    const haOwners = new Set(resources.map((r) => byName.get(r.vm)?.owner));
+    for (const host of [...this.goneSince.keys()]) if (alive.has(host) || !haOwners.has(host)) this.goneSince.delete(host);
     const statusOf = new Map(statuses.map((s) => [s.vm, s]));
     this.written.clear();
     for (const s of statuses) this.written.set(s.vm, comparable(s));
@@ -161,11 +168,13 @@ export class HaManager {
       if ('reason' in reach) unplaceable.set(vm.spec.name, reach.reason);
       else requests.push({ vm: vm.spec.name, memoryMiB: vm.spec.memoryMiB, reachableFrom: reach.hosts, exclude: new Set(status.failedOn) });
     }
-    const used = (host: string) => vms.filter((v) => v.owner === host).reduce((sum, v) => sum + v.spec.memoryMiB, 0);
-    const placements = placeVms(requests, hosts.map((h) => ({ name: h.name, memoryMiB: h.memoryMiB, usedMiB: used(h.name) })));
+    const used = new Map<string, number>();
+    for (const v of vms) used.set(v.owner, (used.get(v.owner) ?? 0) + v.spec.memoryMiB);
+    const placements = placeVms(requests, hosts.map((h) => ({ name: h.name, memoryMiB: h.memoryMiB, usedMiB: used.get(h.name) ?? 0 })));
+    const placementOf = new Map(placements.map((p) => [p.vm, p]));
     const work = items.map(async ({ resource, vm, status }) => {
       const name = vm.spec.name;
-      const placement = placements.find((p) => p.vm === name);
+      const placement = placementOf.get(name);
       const reason = unplaceable.get(name) ?? (placement && 'reason' in placement ? placement.reason : undefined);
       if (reason || !placement || !('host' in placement)) {
         await this.save({ ...status, actual: 'waiting', reason: `no host can take it: ${reason ?? 'no placement'}` });
