@@ -36,6 +36,7 @@ import { unixSocketThroughput } from './link.ts';
 import { attemptsCell, countAttempts } from './attempts.ts';
 import { runCliBench } from './cli.bench.ts';
 import { runFailoverBench } from './failover.bench.ts';
+import { runScaleBench } from './scale.bench.ts';
 import { Transcript } from './transcript.ts';
 import { nonZeroBytes } from '../src/qemu/ram-scan.ts';
 import { runDiskBench, type DiskSample, type DiskVariant } from './disk.bench.ts';
@@ -96,10 +97,11 @@ async function main() {
   if (!Number.isInteger(runs) || runs < 1 || !Number.isInteger(mustFinishRuns) || mustFinishRuns < 1) throw new Error('--runs and --must-finish-runs take a whole number >= 1');
   const only = values.only;
   // Benchmarks of their own, each in a lab of its own, with no migration benchmark: the CLI's start and
-  // the agents' memory; HA failover.
+  // the agents' memory; HA failover; the HA manager at scale.
   const standalone: Record<string, { file: string; run: () => Promise<void> }> = {
     cli: { file: 'cli.txt', run: () => runCliBench(values.runs ? runs : 20) },
     failover: { file: 'failover.txt', run: () => runFailoverBench(values.runs ? runs : 10) },
+    scale: { file: 'scale.txt', run: () => runScaleBench() },
   };
   const alone = only !== undefined ? standalone[only] : undefined;
   if (alone) {
@@ -110,7 +112,7 @@ async function main() {
     await transcript.save(path.join('bench', 'results', alone.file), { command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(), qemu });
     return;
   }
-  if (only !== undefined && only !== 'ram' && only !== 'disk' && only !== 'must-finish') throw new Error(`--only ${only}: choose ram, disk, must-finish, cli or failover`);
+  if (only !== undefined && only !== 'ram' && only !== 'disk' && only !== 'must-finish') throw new Error(`--only ${only}: choose ram, disk, must-finish, cli, failover or scale`);
   const wants = (part: 'ram' | 'disk' | 'must-finish') => only === undefined || only === part;
   const transcript = new Transcript();
   transcript.start();

@@ -264,7 +264,9 @@ export class EtcdStore implements Store {
   }
 
   async revision(): Promise<number> {
-    const res = await this.call<Header>('/v3/kv/range', { key: b64('\0'), count_only: true });
+    // Any read answers with the store's revision in its header; one key under /ferry/, which every
+    // ferry user may read (a host's etcd user may read nothing outside it).
+    const res = await this.call<Header>('/v3/kv/range', { key: b64('/ferry/'), count_only: true });
     return Number(res.header?.revision ?? 0);
   }
 
