@@ -176,7 +176,7 @@ describe('the HA manager', () => {
     await store.revokeLease((await store.get('/ferry/ha/manager'))!.lease);
     await m1!.tick();
     assert.equal(m1!.active, false);
-    assert.equal(await records.putStatus({ vm: 'v1', actual: 'error', restarts: 0, relocations: 0, failedOn: [], updatedAt: '' }, before!.token), false, 'the old token writes nothing');
+    assert.equal(await records.putStatuses([{ vm: 'v1', actual: 'error', restarts: 0, relocations: 0, failedOn: [], updatedAt: '' }], before!.token), false, 'the old token writes nothing');
     await m2!.tick();
     assert.equal(m2!.active, true);
     assert.equal((await records.manager())?.host, 'h3');

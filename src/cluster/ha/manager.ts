@@ -48,6 +48,8 @@ export class HaManager {
   /** Hosts that own VMs and have no live record, with when this manager first saw them so. */
   private readonly goneSince = new Map<string, number>();
   private readonly written = new Map<string, string>();
+  private readonly pending = new Map<string, HaStatus>();
+  private renewTimer: NodeJS.Timeout | undefined;
   private seenRevision = -1;
 
   constructor(private readonly options: HaManagerOptions) {
@@ -60,6 +62,8 @@ export class HaManager {
   }
 
   start(): void {
+    // The key's lease is renewed on a timer of its own: a long tick (thousands of VMs) must not let it lapse.
+    this.renewTimer = setInterval(() => void this.renew(), this.options.timing.renewMs);
     this.timer = setInterval(() => {
       if (this.ticking) return;
       this.ticking = true;
@@ -72,6 +76,7 @@ export class HaManager {
   /** Stops acting; the key is given up so another agent takes over at once, not after the lease. */
   async stop(): Promise<void> {
     clearInterval(this.timer);
+    clearInterval(this.renewTimer);
     while (this.ticking) await new Promise((r) => setTimeout(r, 50));
     if (this.lease) await this.options.store.revokeLease(this.lease).catch(() => undefined);
     this.lease = undefined;
@@ -83,22 +88,31 @@ export class HaManager {
     await this.reconcile();
   }
 
+  private async renew(): Promise<boolean> {
+    if (!this.lease || this.token === undefined) return false;
+    try {
+      await this.options.store.keepAlive(this.lease);
+      return true;
+    } catch (err) {
+      this.stepDown(err instanceof LeaseExpiredError ? 'its lease expired' : (err as Error).message);
+      return false;
+    }
+  }
+
+  private stepDown(why: string): void {
+    if (this.token === undefined) return;
+    this.options.log(`HA manager: ${this.options.me} is no longer the manager (${why})`);
+    this.token = undefined;
+    this.lease = undefined;
+    this.goneSince.clear();
+    this.written.clear();
+    this.pending.clear();
+    this.seenRevision = -1;
+  }
+
   private async holdOrClaim(): Promise<boolean> {
     const { store, me, timing, log } = this.options;
-    if (this.lease && this.token !== undefined) {
-      try {
-        await store.keepAlive(this.lease);
-        return true;
-      } catch (err) {
-        log(`HA manager: ${me} is no longer the manager (${err instanceof LeaseExpiredError ? 'its lease expired' : (err as Error).message})`);
-        this.token = undefined;
-        this.lease = undefined;
-        this.goneSince.clear();
-        this.written.clear();
-        this.seenRevision = -1;
-        return false;
-      }
-    }
+    if (this.lease && this.token !== undefined) return this.renew();
     if (await this.records.manager()) return false;
     this.lease ??= await store.grantLease(Math.round(timing.leaseTtlMs / 1000));
     this.token = await this.records.claimManager({ host: me, since: new Date().toISOString() }, this.lease);
@@ -128,7 +142,7 @@ export class HaManager {
       const status: HaStatus = statusOf.get(resource.vm) ?? { vm: resource.vm, actual: 'waiting', restarts: 0, relocations: 0, failedOn: [], updatedAt: '' };
       if (resource.request === 'ignored' || resource.request === 'disabled') continue;
       if (!vm) {
-        await this.save({ ...status, actual: 'error', reason: `the VM '${resource.vm}' no longer exists; remove it from HA (ferry ha remove ${resource.vm})` });
+        this.save({ ...status, actual: 'error', reason: `the VM '${resource.vm}' no longer exists; remove it from HA (ferry ha remove ${resource.vm})` });
         continue;
       }
       if (status.actual === 'error') continue; // left by `ferry ha set VM --state disabled`, then started
@@ -137,7 +151,7 @@ export class HaManager {
         else if (resource.request === 'stopped' && vm.desired === 'running') await this.stopOnOwner(vm, status);
         else {
           const actual = vm.desired === 'running' ? 'running' : 'stopped';
-          await this.save({ ...status, actual, host: vm.owner, reason: undefined, ...(actual === 'running' ? { restarts: 0, failedOn: [] } : {}) });
+          this.save({ ...status, actual, host: vm.owner, reason: undefined, ...(actual === 'running' ? { restarts: 0, failedOn: [] } : {}) });
         }
         continue;
       }
@@ -147,12 +161,14 @@ export class HaManager {
       }
       const waited = now - this.goneSince.get(vm.owner)!;
       if (waited < this.options.timing.marginMs) {
-        await this.save({ ...status, actual: 'waiting', host: vm.owner, reason: `host '${vm.owner}' lost its lease; waiting the fencing margin before starting it elsewhere` });
+        this.save({ ...status, actual: 'waiting', host: vm.owner, reason: `host '${vm.owner}' lost its lease; waiting the fencing margin before starting it elsewhere` });
         continue;
       }
       toPlace.push({ resource, vm, status });
     }
     if (toPlace.length) await this.recoverAll(toPlace, vms, hosts, pools);
+    await this.flush();
+    this.written.clear(); // read afresh next time: nothing of the cluster's size stays between ticks
   }
 
   private async recoverAll(
@@ -172,51 +188,62 @@ export class HaManager {
     for (const v of vms) used.set(v.owner, (used.get(v.owner) ?? 0) + v.spec.memoryMiB);
     const placements = placeVms(requests, hosts.map((h) => ({ name: h.name, memoryMiB: h.memoryMiB, usedMiB: used.get(h.name) ?? 0 })));
     const placementOf = new Map(placements.map((p) => [p.vm, p]));
-    const work = items.map(async ({ resource, vm, status }) => {
+    const takeovers: Array<{ resource: HaResource; status: HaStatus; name: string; target: string; start: boolean; what: string }> = [];
+    for (const { resource, vm, status } of items) {
       const name = vm.spec.name;
       const placement = placementOf.get(name);
       const reason = unplaceable.get(name) ?? (placement && 'reason' in placement ? placement.reason : undefined);
       if (reason || !placement || !('host' in placement)) {
-        await this.save({ ...status, actual: 'waiting', reason: `no host can take it: ${reason ?? 'no placement'}` });
-        return;
+        this.save({ ...status, actual: 'waiting', reason: `no host can take it: ${reason ?? 'no placement'}` });
+        continue;
       }
-      const target = placement.host;
       const start = resource.request === 'started';
-      const what = `${start ? 'start' : 'move (stopped)'} ${name} on ${target}: its host '${vm.owner}' is gone`;
-      await this.save({ ...status, actual: 'recovering', host: target, reason: undefined, lastAction: this.action(what) });
-      this.options.log(`HA manager: ${what}`);
-      try {
-        await this.options.actions.recover(target, name, start);
-        await this.save({ ...status, actual: start ? 'running' : 'stopped', host: target, reason: undefined, restarts: 0, failedOn: [], lastAction: this.action(`${what} — done`) });
-      } catch (err) {
-        await this.save(this.afterFailure(resource, status, target, (err as Error).message));
-      }
-    });
-    await Promise.allSettled(work);
+      const what = `${start ? 'start' : 'move (stopped)'} ${name} on ${placement.host}: its host '${vm.owner}' is gone`;
+      this.save({ ...status, actual: 'recovering', host: placement.host, reason: undefined, lastAction: this.action(what) });
+      takeovers.push({ resource, status, name, target: placement.host, start, what });
+    }
+    // Written down before acting; a manager that lost its key meanwhile asks no host for anything.
+    await this.flush();
+    if (this.token === undefined) return;
+    await Promise.allSettled(
+      takeovers.map(async ({ resource, status, name, target, start, what }) => {
+        this.options.log(`HA manager: ${what}`);
+        try {
+          await this.options.actions.recover(target, name, start);
+          this.save({ ...status, actual: start ? 'running' : 'stopped', host: target, reason: undefined, restarts: 0, failedOn: [], lastAction: this.action(`${what} — done`) });
+        } catch (err) {
+          this.save(this.afterFailure(resource, status, target, (err as Error).message));
+        }
+      }),
+    );
   }
 
   private async startOnOwner(resource: HaResource, vm: OwnedVm, status: HaStatus): Promise<void> {
     const what = `start ${vm.spec.name} on its host ${vm.owner} (HA requests it started)`;
-    await this.save({ ...status, actual: 'recovering', host: vm.owner, lastAction: this.action(what) });
+    this.save({ ...status, actual: 'recovering', host: vm.owner, lastAction: this.action(what) });
+    await this.flush();
+    if (this.token === undefined) return;
     this.options.log(`HA manager: ${what}`);
     try {
       await this.options.actions.start(vm.owner, vm.spec.name);
-      await this.save({ ...status, actual: 'running', host: vm.owner, reason: undefined, restarts: 0, failedOn: [], lastAction: this.action(`${what} — done`) });
+      this.save({ ...status, actual: 'running', host: vm.owner, reason: undefined, restarts: 0, failedOn: [], lastAction: this.action(`${what} — done`) });
     } catch (err) {
       const failed = this.afterFailure(resource, status, vm.owner, (err as Error).message);
       // Its host is alive and keeps it: moving a stopped VM between live hosts is not the manager's (yet).
-      await this.save(failed.actual === 'waiting' && failed.failedOn.includes(vm.owner) ? { ...failed, actual: 'error', reason: `it failed to start on its host ${vm.owner} ${resource.maxRestart + 1} times (${(err as Error).message}); fix the cause, then: ferry ha set ${vm.spec.name} --state disabled; ferry ha set ${vm.spec.name} --state started` } : failed);
+      this.save(failed.actual === 'waiting' && failed.failedOn.includes(vm.owner) ? { ...failed, actual: 'error', reason: `it failed to start on its host ${vm.owner} ${resource.maxRestart + 1} times (${(err as Error).message}); fix the cause, then: ferry ha set ${vm.spec.name} --state disabled; ferry ha set ${vm.spec.name} --state started` } : failed);
     }
   }
 
   private async stopOnOwner(vm: OwnedVm, status: HaStatus): Promise<void> {
     const what = `stop ${vm.spec.name} on ${vm.owner} (HA requests it stopped)`;
+    await this.flush();
+    if (this.token === undefined) return;
     this.options.log(`HA manager: ${what}`);
     try {
       await this.options.actions.stop(vm.owner, vm.spec.name);
-      await this.save({ ...status, actual: 'stopped', host: vm.owner, reason: undefined, lastAction: this.action(`${what} — done`) });
+      this.save({ ...status, actual: 'stopped', host: vm.owner, reason: undefined, lastAction: this.action(`${what} — done`) });
     } catch (err) {
-      await this.save({ ...status, actual: 'running', host: vm.owner, reason: `stopping it failed: ${(err as Error).message}; trying again`, lastAction: this.action(`${what} — failed`) });
+      this.save({ ...status, actual: 'running', host: vm.owner, reason: `stopping it failed: ${(err as Error).message}; trying again`, lastAction: this.action(`${what} — failed`) });
     }
   }
 
@@ -242,12 +269,22 @@ export class HaManager {
     return { what, at: new Date().toISOString(), by: this.options.me };
   }
 
-  /** Writes a status only when it changed (the store's writes grow with what happens, not with time). */
-  private async save(status: HaStatus): Promise<void> {
+  /** Queues a status, if it changed (the store's writes grow with what happens, not with time or the cluster's size). */
+  private save(status: HaStatus): void {
     const key = comparable(status);
-    if (this.written.get(status.vm) === key || this.token === undefined) return;
-    if (await this.records.putStatus({ ...status, updatedAt: new Date().toISOString() }, this.token)) this.written.set(status.vm, key);
+    if (this.written.get(status.vm) === key) return;
+    this.written.set(status.vm, key);
+    this.pending.set(status.vm, { ...status, updatedAt: new Date().toISOString() });
   }
+
+  /** Writes the queued statuses; a manager whose key is gone writes none and stops being the manager. */
+  private async flush(): Promise<void> {
+    if (!this.pending.size || this.token === undefined) return;
+    const statuses = [...this.pending.values()];
+    this.pending.clear();
+    if (!(await this.records.putStatuses(statuses, this.token))) this.stepDown('its manager key changed (another agent is the manager)');
+  }
+
 }
 
 /** A status without its time stamp, for "did it change". */

@@ -93,12 +93,16 @@ export class HaRecords {
   }
 
   /**
-   * Written only by the manager, and only while it still is the manager: the write carries the
+   * Written only by the manager, and only while it still is the manager: each write carries the
    * manager key's revision (its fencing token), so a manager that lost its lease writes nothing.
+   * In batches of 100 (etcd's default limit of operations in one transaction is 128).
    */
-  async putStatus(status: HaStatus, managerToken: number): Promise<boolean> {
-    const result = await this.store.txn([{ key: HA_KEYS.manager, modRevision: managerToken }], [{ type: 'put', key: HA_KEYS.status(status.vm), value: JSON.stringify(status) }]);
-    return result.succeeded;
+  async putStatuses(statuses: HaStatus[], managerToken: number): Promise<boolean> {
+    for (let i = 0; i < statuses.length; i += 100) {
+      const puts = statuses.slice(i, i + 100).map((status) => ({ type: 'put' as const, key: HA_KEYS.status(status.vm), value: JSON.stringify(status) }));
+      if (!(await this.store.txn([{ key: HA_KEYS.manager, modRevision: managerToken }], puts)).succeeded) return false;
+    }
+    return true;
   }
 
   async manager(): Promise<(HaManagerRecord & { token: number }) | undefined> {
