@@ -5,10 +5,10 @@
  * host's certificate alone starts nothing.
  */
 import { HaManager } from '../cluster/ha/manager.ts';
-import { HA_KEYS, HA_REQUESTS, HaRecords, type HaRequest, type HaResource } from '../cluster/ha/records.ts';
+import { HA_KEYS, HA_REQUESTS, HaRecords, type HaRequest, type HaResource, type HaRule } from '../cluster/ha/records.ts';
 import { describeTiming, haTiming } from '../cluster/ha/timing.ts';
 import type { Store } from '../cluster/store/types.ts';
-import { NAME_PATTERN } from '../util/names.ts';
+import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 import type { Caller } from './authz.ts';
 import { ForbiddenError } from './authz.ts';
 import { peer, requireVm, type AgentContext } from './context.ts';
@@ -60,7 +60,28 @@ export function haRoutes(ctx: AgentContext): Route[] {
         timing: describeTiming(haTiming(ctx.node.leaseTtlSeconds)),
         resources: await records.resources(),
         statuses: await records.statuses(),
+        rules: await records.rules(),
       }),
+    },
+    {
+      method: 'POST',
+      pattern: '/v1/ha/rules',
+      who: 'admin',
+      handler: async (_, body) => {
+        const rule = await parseRule(ctx, body);
+        if (!(await records.addRule(rule))) throw new RefusedError(`there is a rule named '${rule.name}' already; remove it first (ferry ha rule remove ${rule.name}) or choose another name`);
+        ctx.log(`HA: rule ${rule.name} added`);
+        return { rule };
+      },
+    },
+    {
+      method: 'DELETE',
+      pattern: '/v1/ha/rules/:name',
+      who: 'admin',
+      handler: async ({ name }) => {
+        if (!(await records.removeRule(name!))) throw new NotFoundError(`no HA rule named '${name}'; see 'ferry ha rule list'`);
+        return { removed: name };
+      },
     },
     {
       method: 'POST',
@@ -158,4 +179,30 @@ function parseCount(value: unknown, flag: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0 || n > 10) throw new RefusedError(`--${flag} ${String(value)}: a whole number from 0 to 10`);
   return n;
+}
+
+/** A placement rule from a request: names that exist, priorities that are numbers, one kind only. */
+async function parseRule(ctx: AgentContext, body: Record<string, unknown>): Promise<HaRule> {
+  const name = String(body['name'] ?? '');
+  if (!NAME_PATTERN.test(name)) throw new RefusedError(`'${name}' is not a rule name: ${NAME_RULE}`);
+  const vms = Array.isArray(body['vms']) ? body['vms'].map(String) : [];
+  if (!vms.length) throw new RefusedError('--vms names the VMs the rule is about (a comma-separated list)');
+  for (const vm of vms) await requireVm(ctx, vm);
+  if (body['nodes'] !== undefined) {
+    if (body['together'] !== undefined) throw new RefusedError('a rule is about hosts (--nodes) or about VMs together or apart, not both');
+    const nodes = (Array.isArray(body['nodes']) ? body['nodes'] : []).map((n) => n as { host?: unknown; priority?: unknown });
+    if (!nodes.length) throw new RefusedError('--nodes names at least one host (HOST[:PRIORITY],...)');
+    const members = new Set((await ctx.state.members()).map((m) => m.name));
+    const parsed = nodes.map((n) => {
+      const host = String(n.host ?? '');
+      const priority = Number(n.priority ?? 0);
+      if (!members.has(host)) throw new RefusedError(`no host '${host}' has joined this cluster; see 'ferry node list'`);
+      if (!Number.isInteger(priority) || priority < 0 || priority > 1000) throw new RefusedError(`${host}:${String(n.priority)}: a priority is a whole number from 0 to 1000`);
+      return { host, priority };
+    });
+    return { name, kind: 'nodes', vms, nodes: parsed, strict: body['strict'] === true };
+  }
+  if (typeof body['together'] !== 'boolean') throw new RefusedError('say what the rule asks: --nodes HOST[:PRIORITY],... [--strict], or --together, or --apart');
+  if (vms.length < 2) throw new RefusedError('keeping VMs together or apart takes at least two VMs');
+  return { name, kind: 'vms', vms, together: body['together'] };
 }

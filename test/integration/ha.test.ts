@@ -96,6 +96,14 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
     assert.deepEqual(await replication().then((r) => ({ state: r.state, outdated: r.outdated })), { state: 'in-sync', outdated: undefined });
     assert.equal((await cli('ha', 'add', 'r1')).code, 0);
 
+    // A placement rule: a1 prefers h3 when its host dies. A rule about a VM that does not exist is refused.
+    const ghostRule = await cli('ha', 'rule', 'add', 'g', '--vms', 'ghost', '--nodes', 'h3');
+    assert.notEqual(ghostRule.code, 0);
+    assert.match(ghostRule.stderr, /no VM named 'ghost'/);
+    const rule = await cli('ha', 'rule', 'add', 'a1-on-h3', '--vms', 'a1', '--nodes', 'h3:2');
+    assert.equal(rule.code, 0, rule.stderr);
+    assert.deepEqual((await cli('ha', 'rule', 'list')).json.rules.map((r: { name: string }) => r.name), ['a1-on-h3']);
+
     // By hand, the admin would fight the manager: refused, with what to do instead, and nothing changes.
     const stop = await cli('vm', 'stop', 'a1');
     assert.notEqual(stop.code, 0);
@@ -123,7 +131,7 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
     }
     const shown = (await cli('vm', 'show', 'a1')).json;
     t.diagnostic(`h1 killed: a1 answered from ${shown.owner} ${back.at - died} ms later, r1 from h2 ${backReplicated.at - died} ms later (lease TTL 10 s, includes the guests' boots)`);
-    assert.notEqual(shown.owner, 'h1');
+    assert.equal(shown.owner, 'h3', 'a1 goes where its rule prefers');
     assert.equal((await cli('vm', 'show', 'r1')).json.owner, 'h2', 'the replicated VM goes to the other replica\'s host');
     assert.ok(back.at - died < 45_000, `back after ${back.at - died} ms`);
     for (const [vm, address, seen] of [['a1', ip, lastSeen], ['r1', replicatedIp, lastSeenReplicated]] as const) {

@@ -68,6 +68,31 @@ describe('HA placement', () => {
   });
 });
 
+describe('HA placement rules', () => {
+  const hosts = ['h2', 'h3', 'h4'].map((name) => ({ name, memoryMiB: 1024, usedMiB: 0 }));
+  const one = (request: Partial<Parameters<typeof placeVms>[0][0]> & { vm: string }, locations = new Map<string, string>()) =>
+    placeVms([{ memoryMiB: 256, exclude: new Set<string>(), ...request }], hosts, locations)[0]!;
+
+  it('node preferences: the highest priority that can take it; strict refuses the others', () => {
+    const preferred = { rule: 'db-nodes', priorities: new Map([['h4', 2], ['h3', 1]]), strict: false };
+    assert.deepEqual(one({ vm: 'db', preferred }), { vm: 'db', host: 'h4' });
+    assert.deepEqual(one({ vm: 'db', preferred, exclude: new Set(['h4']) }), { vm: 'db', host: 'h3' });
+    assert.deepEqual(one({ vm: 'db', preferred, exclude: new Set(['h4', 'h3']) }), { vm: 'db', host: 'h2' }, 'not strict: any host when none preferred can');
+    const strict = one({ vm: 'db', preferred: { ...preferred, strict: true }, exclude: new Set(['h4', 'h3']) });
+    assert.match((strict as { reason: string }).reason, /rule 'db-nodes' allows only h4, h3/);
+  });
+
+  it('VMs kept apart never share a host, VMs kept together do — also when placed in one round', () => {
+    const apart = { rule: 'spread-web', vms: ['web1', 'web2', 'web3'] };
+    const placed = placeVms(['web2', 'web3'].map((vm) => ({ vm, memoryMiB: 256, exclude: new Set<string>(), apart })), hosts, new Map([['web1', 'h2']]));
+    const on = placed.map((p) => (p as { host: string }).host);
+    assert.equal(new Set([...on, 'h2']).size, 3, `apart: ${on.join(', ')}`);
+    const full = one({ vm: 'web4', apart: { rule: 'spread-web', vms: ['web1', 'web2', 'web3', 'web4'] } }, new Map([['web1', 'h2'], ['web2', 'h3'], ['web3', 'h4']]));
+    assert.match((full as { reason: string }).reason, /rule 'spread-web' keeps it apart from web1, web2, web3/);
+    assert.deepEqual(one({ vm: 'app', together: { rule: 'app-db', vms: ['app', 'db'] } }, new Map([['db', 'h3']])), { vm: 'app', host: 'h3' });
+  });
+});
+
 describe('the HA manager', () => {
   let dir: string;
   let store: SqliteStore;

@@ -1,6 +1,6 @@
 /** ferry ha add|set|remove|list|status: VMs the cluster brings back by itself when their host dies. */
 import { parseArgs } from 'node:util';
-import type { HaManagerRecord, HaResource, HaStatus } from '../../cluster/ha/records.ts';
+import type { HaManagerRecord, HaResource, HaRule, HaStatus } from '../../cluster/ha/records.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { table } from '../format.ts';
@@ -17,6 +17,12 @@ const USAGE = `Usage:
   ferry ha set VM [--state S] [--max-restart N] [--max-relocate N]
       Leaving 'error' takes --state disabled, then --state started.
   ferry ha remove VM
+  ferry ha rule add NAME --vms VM,... --nodes HOST[:PRIORITY],... [--strict]
+      The VMs go to the live host of the highest priority (default 0) that can take them; --strict:
+      only to those hosts (else to any host when none of them can).
+  ferry ha rule add NAME --vms VM,... --together | --apart
+      The VMs run on one host (together), or never two of them on one host (apart).
+  ferry ha rule list | remove NAME
   ferry ha list        the HA VMs and what each asks for
   ferry ha status      the manager's host, the timing chain, each HA VM's requested and actual state
                        and the manager's last action on it
@@ -27,6 +33,7 @@ interface HaView {
   timing: string;
   resources: HaResource[];
   statuses: HaStatus[];
+  rules: HaRule[];
 }
 
 export const haCommand: Command = {
@@ -36,9 +43,13 @@ export const haCommand: Command = {
     const { values, positionals } = parseArgs({
       args,
       allowPositionals: true,
-      options: { state: { type: 'string' }, 'max-restart': { type: 'string' }, 'max-relocate': { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },
+      options: {
+        state: { type: 'string' }, 'max-restart': { type: 'string' }, 'max-relocate': { type: 'string' },
+        vms: { type: 'string' }, nodes: { type: 'string' }, strict: { type: 'boolean' }, together: { type: 'boolean' }, apart: { type: 'boolean' },
+        json: { type: 'boolean' }, context: { type: 'string' },
+      },
     });
-    const [verb, vm] = positionals;
+    const [verb, vm, ruleName] = positionals;
     const json = values.json ?? false;
     const out = (human: string, doc: unknown) => console.log(json ? JSON.stringify(doc, null, 2) : human);
     if (!verb) throw new UsageError(USAGE);
@@ -65,6 +76,32 @@ export const haCommand: Command = {
         await (await cli.anyAgent()).call('DELETE', `/v1/ha/resources/${encodeURIComponent(vm)}`);
         return out(`${vm} is no longer under HA (it keeps running where it is)`, { removed: vm });
       }
+      case 'rule': {
+        // ferry ha rule add|list|remove: positionals are [rule, add, NAME].
+        const sub = vm;
+        if (sub === 'list') {
+          const { rules } = await (await cli.anyAgent()).call<HaView>('GET', '/v1/ha');
+          return out(rules.length ? table(['rule', 'VMs', 'asks'], rules.map((r) => [r.name, r.vms.join(', '), describeRule(r)])) : "no HA rules; add one with 'ferry ha rule add'", { rules });
+        }
+        if (sub === 'remove') {
+          if (!ruleName) throw new UsageError('ferry ha rule remove NAME');
+          await (await cli.anyAgent()).call('DELETE', `/v1/ha/rules/${encodeURIComponent(ruleName)}`);
+          return out(`rule ${ruleName} removed`, { removed: ruleName });
+        }
+        if (sub !== 'add' || !ruleName) throw new UsageError('ferry ha rule add NAME --vms VM,... (--nodes HOST[:PRIORITY],... [--strict] | --together | --apart)');
+        if ([values.nodes !== undefined, values.together, values.apart].filter(Boolean).length !== 1) throw new UsageError('a rule takes one of --nodes, --together and --apart');
+        const nodes = values.nodes?.split(',').map((entry) => {
+          const [host, priority] = entry.split(':');
+          if (priority !== undefined && !/^\d+$/.test(priority)) throw new UsageError(`--nodes ${entry}: the priority after ':' is a whole number`);
+          return { host, priority: priority === undefined ? 0 : Number(priority) };
+        });
+        const { rule } = await (await cli.anyAgent()).call<{ rule: HaRule }>('POST', '/v1/ha/rules', {
+          name: ruleName,
+          vms: (values.vms ?? '').split(',').filter(Boolean),
+          ...(nodes ? { nodes, strict: values.strict ?? false } : { together: values.together === true }),
+        });
+        return out(`rule ${rule.name}: ${rule.vms.join(', ')} ${describeRule(rule)}`, { rule });
+      }
       case 'list':
       case 'status': {
         const view = await (await cli.anyAgent()).call<HaView>('GET', '/v1/ha');
@@ -77,6 +114,7 @@ export const haCommand: Command = {
         const lines = [
           `manager: ${view.manager ? `${view.manager.host} (since ${view.manager.since})` : 'none active (no agent holds the manager key yet)'}`,
           `timing:  ${view.timing}`,
+          ...view.rules.map((r) => `rule ${r.name}: ${r.vms.join(', ')} ${describeRule(r)}`),
         ];
         if (view.resources.length)
           lines.push(
@@ -99,4 +137,9 @@ export const haCommand: Command = {
 
 function describe(r: HaResource): string {
   return `${r.request}, max-restart ${r.maxRestart}, max-relocate ${r.maxRelocate}`;
+}
+
+function describeRule(r: HaRule): string {
+  if (r.kind === 'vms') return r.together ? 'run together on one host' : 'never share a host';
+  return `${r.strict ? 'only on' : 'prefer'} ${r.nodes.map((n) => `${n.host} (priority ${n.priority})`).join(', ')}`;
 }

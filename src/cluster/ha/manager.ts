@@ -13,7 +13,7 @@
 import type { OwnedVm } from '../model.ts';
 import { ClusterState } from '../model.ts';
 import { LeaseExpiredError, type Store } from '../store/types.ts';
-import { HaRecords, type HaResource, type HaStatus } from './records.ts';
+import { HaRecords, type HaResource, type HaRule, type HaStatus } from './records.ts';
 import { placeVms, reachableHosts, type PlacementRequest } from './placement.ts';
 import type { HaTiming } from './timing.ts';
 
@@ -177,16 +177,19 @@ export class HaManager {
     hosts: Awaited<ReturnType<ClusterState['hosts']>>,
     pools: Awaited<ReturnType<ClusterState['pools']>>,
   ): Promise<void> {
+    const rules = await this.records.rules();
     const requests: PlacementRequest[] = [];
     const unplaceable = new Map<string, string>();
     for (const { vm, status } of items) {
       const reach = reachableHosts(vm.spec, pools, vm.owner);
       if ('reason' in reach) unplaceable.set(vm.spec.name, reach.reason);
-      else requests.push({ vm: vm.spec.name, memoryMiB: vm.spec.memoryMiB, reachableFrom: reach.hosts, exclude: new Set(status.failedOn) });
+      else requests.push({ vm: vm.spec.name, memoryMiB: vm.spec.memoryMiB, reachableFrom: reach.hosts, exclude: new Set(status.failedOn), ...ruleConstraints(rules, vm.spec.name) });
     }
     const used = new Map<string, number>();
     for (const v of vms) used.set(v.owner, (used.get(v.owner) ?? 0) + v.spec.memoryMiB);
-    const placements = placeVms(requests, hosts.map((h) => ({ name: h.name, memoryMiB: h.memoryMiB, usedMiB: used.get(h.name) ?? 0 })));
+    const alive = new Set(hosts.map((h) => h.name));
+    const locations = new Map(vms.filter((v) => alive.has(v.owner) && v.desired === 'running').map((v) => [v.spec.name, v.owner]));
+    const placements = placeVms(requests, hosts.map((h) => ({ name: h.name, memoryMiB: h.memoryMiB, usedMiB: used.get(h.name) ?? 0 })), locations);
     const placementOf = new Map(placements.map((p) => [p.vm, p]));
     const takeovers: Array<{ resource: HaResource; status: HaStatus; name: string; target: string; start: boolean; what: string }> = [];
     for (const { resource, vm, status } of items) {
@@ -291,4 +294,16 @@ export class HaManager {
 function comparable(status: HaStatus): string {
   const { updatedAt: _updatedAt, ...rest } = status;
   return JSON.stringify(rest);
+}
+
+/** What the placement rules ask of one VM (the first rule of each kind that names it). */
+function ruleConstraints(rules: HaRule[], vm: string): Pick<PlacementRequest, 'preferred' | 'together' | 'apart'> {
+  const nodes = rules.find((r): r is Extract<HaRule, { kind: 'nodes' }> => r.kind === 'nodes' && r.vms.includes(vm));
+  const together = rules.find((r): r is Extract<HaRule, { kind: 'vms' }> => r.kind === 'vms' && r.together && r.vms.includes(vm));
+  const apart = rules.find((r): r is Extract<HaRule, { kind: 'vms' }> => r.kind === 'vms' && !r.together && r.vms.includes(vm));
+  return {
+    ...(nodes ? { preferred: { rule: nodes.name, priorities: new Map(nodes.nodes.map((n) => [n.host, n.priority])), strict: nodes.strict } } : {}),
+    ...(together ? { together: { rule: together.name, vms: together.vms } } : {}),
+    ...(apart ? { apart: { rule: apart.name, vms: apart.vms } } : {}),
+  };
 }

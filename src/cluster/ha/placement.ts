@@ -1,8 +1,9 @@
 /**
  * Where the HA manager starts VMs whose host is gone: a live host that reaches every disk (any host
  * for a shared pool, the other replica's host for a replicated volume, none for a local disk) and has
- * the memory. Several VMs of one dead host are spread: each goes to the host with the most memory
- * left after the VMs placed before it (largest VMs first, so the big ones find room).
+ * the memory, within the placement rules (records.ts HaRule): among the hosts a rule prefers, the
+ * highest priority first. Several VMs of one dead host are spread: each goes to the host with the
+ * most memory left after the VMs placed before it (largest VMs first, so the big ones find room).
  */
 import type { VmSpec } from '../../qemu/spec.ts';
 import type { StoragePoolConfig } from '../../storage/types.ts';
@@ -21,6 +22,11 @@ export interface PlacementRequest {
   reachableFrom?: ReadonlySet<string>;
   /** Hosts not to use (where it failed to start). */
   exclude: ReadonlySet<string>;
+  /** A node-affinity rule: the hosts it prefers, by priority (higher first); strict: only those. */
+  preferred?: { rule: string; priorities: ReadonlyMap<string, number>; strict: boolean };
+  /** VM-affinity rules: VMs it must share a host with, and VMs it must not. */
+  together?: { rule: string; vms: string[] };
+  apart?: { rule: string; vms: string[] };
 }
 
 export type Placement = { vm: string; host: string } | { vm: string; reason: string };
@@ -42,22 +48,48 @@ export function reachableHosts(spec: VmSpec, pools: StoragePoolConfig[], lost: s
   return hosts ? { hosts } : {};
 }
 
-export function placeVms(requests: PlacementRequest[], hosts: PlacementHost[]): Placement[] {
+/** `locations`: where the other VMs run now (live hosts only), for the VM-affinity rules. */
+export function placeVms(requests: PlacementRequest[], hosts: PlacementHost[], locations: ReadonlyMap<string, string> = new Map()): Placement[] {
   const free = new Map(hosts.map((h) => [h.name, h.memoryMiB - h.usedMiB]));
+  const where = new Map(locations);
   const ordered = [...requests].sort((a, b) => b.memoryMiB - a.memoryMiB || a.vm.localeCompare(b.vm));
   return ordered.map((request) => {
-    const candidates = hosts
-      .map((h) => h.name)
-      .filter((h) => !request.exclude.has(h) && (!request.reachableFrom || request.reachableFrom.has(h)));
-    if (!candidates.length) {
-      const why = request.reachableFrom ? `no live host reaches its disks (they are on ${[...request.reachableFrom].join(', ')})` : 'no live host is left to try';
-      return { vm: request.vm, reason: request.exclude.size ? `${why}; it failed to start on ${[...request.exclude].join(', ')}` : why };
+    const placed = choose(request, hosts, free, where);
+    if ('host' in placed) {
+      free.set(placed.host, free.get(placed.host)! - request.memoryMiB);
+      where.set(request.vm, placed.host);
     }
-    const roomy = candidates.filter((h) => free.get(h)! >= request.memoryMiB);
-    if (!roomy.length)
-      return { vm: request.vm, reason: `it needs ${request.memoryMiB} MiB and the hosts it can run on have ${candidates.map((h) => `${h} ${free.get(h)} MiB`).join(', ')} free` };
-    const host = roomy.sort((a, b) => free.get(b)! - free.get(a)! || a.localeCompare(b))[0]!;
-    free.set(host, free.get(host)! - request.memoryMiB);
-    return { vm: request.vm, host };
+    return placed;
   });
+}
+
+function choose(request: PlacementRequest, hosts: PlacementHost[], free: Map<string, number>, where: Map<string, string>): Placement {
+  const vm = request.vm;
+  let candidates = hosts.map((h) => h.name).filter((h) => !request.exclude.has(h) && (!request.reachableFrom || request.reachableFrom.has(h)));
+  if (!candidates.length) {
+    const why = request.reachableFrom ? `no live host reaches its disks (they are on ${[...request.reachableFrom].join(', ')})` : 'no live host is left to try';
+    return { vm, reason: request.exclude.size ? `${why}; it failed to start on ${[...request.exclude].join(', ')}` : why };
+  }
+  const { preferred, together, apart } = request;
+  if (preferred?.strict) {
+    candidates = candidates.filter((h) => preferred.priorities.has(h));
+    if (!candidates.length) return { vm, reason: `rule '${preferred.rule}' allows only ${[...preferred.priorities.keys()].join(', ')}, and none of them is alive, reaches its disks and is left to try` };
+  }
+  if (apart) {
+    const taken = new Set(apart.vms.filter((v) => v !== vm).map((v) => where.get(v)).filter((h): h is string => h !== undefined));
+    candidates = candidates.filter((h) => !taken.has(h));
+    if (!candidates.length) return { vm, reason: `rule '${apart.rule}' keeps it apart from ${apart.vms.filter((v) => v !== vm).join(', ')}, which are on every host it could use` };
+  }
+  if (together) {
+    const with_ = new Set(together.vms.filter((v) => v !== vm).map((v) => where.get(v)).filter((h): h is string => h !== undefined));
+    if (with_.size) {
+      candidates = candidates.filter((h) => with_.has(h));
+      if (!candidates.length) return { vm, reason: `rule '${together.rule}' keeps it with ${together.vms.filter((v) => v !== vm).join(', ')} on ${[...with_].join(', ')}, which it cannot use` };
+    }
+  }
+  const roomy = candidates.filter((h) => free.get(h)! >= request.memoryMiB);
+  if (!roomy.length) return { vm, reason: `it needs ${request.memoryMiB} MiB and the hosts it can run on have ${candidates.map((h) => `${h} ${free.get(h)} MiB`).join(', ')} free` };
+  const priority = (h: string) => preferred?.priorities.get(h) ?? -1;
+  const host = roomy.sort((a, b) => priority(b) - priority(a) || free.get(b)! - free.get(a)! || a.localeCompare(b))[0]!;
+  return { vm, host };
 }

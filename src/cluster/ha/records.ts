@@ -4,6 +4,7 @@
  *   /ferry/ha/status/<vm>     HaStatus: what the manager last saw and did, with its reason
  *   /ferry/ha/manager         HaManagerRecord: which host's agent is the manager, bound to a lease
  *                             (its modRevision is the manager's fencing token)
+ *   /ferry/ha/rules/<name>    HaRule: where the manager may place VMs (`ferry ha rule add`)
  */
 import type { Store } from '../store/types.ts';
 
@@ -47,6 +48,15 @@ export interface HaStatus {
   updatedAt: string;
 }
 
+/**
+ * Placement rules, as Proxmox VE 9's: `nodes` — the VMs go to the available host of the highest
+ * priority (strict: only to those hosts; else any host when none of them can); `vms` — the VMs run
+ * on one host (together) or never two on one host (apart).
+ */
+export type HaRule =
+  | { name: string; kind: 'nodes'; vms: string[]; nodes: Array<{ host: string; priority: number }>; strict: boolean }
+  | { name: string; kind: 'vms'; vms: string[]; together: boolean };
+
 export interface HaManagerRecord {
   host: string;
   since: string;
@@ -60,6 +70,8 @@ export const HA_KEYS = {
   status: (vm: string) => `/ferry/ha/status/${vm}`,
   statuses: '/ferry/ha/status/',
   manager: '/ferry/ha/manager',
+  rule: (name: string) => `/ferry/ha/rules/${name}`,
+  rules: '/ferry/ha/rules/',
 };
 
 export class HaRecords {
@@ -102,6 +114,22 @@ export class HaRecords {
       const puts = statuses.slice(i, i + 100).map((status) => ({ type: 'put' as const, key: HA_KEYS.status(status.vm), value: JSON.stringify(status) }));
       if (!(await this.store.txn([{ key: HA_KEYS.manager, modRevision: managerToken }], puts)).succeeded) return false;
     }
+    return true;
+  }
+
+  async rules(): Promise<HaRule[]> {
+    return (await this.store.list(HA_KEYS.rules)).map((kv) => JSON.parse(kv.value) as HaRule);
+  }
+
+  /** Adds a rule under a name not taken yet; false if it is. */
+  async addRule(rule: HaRule): Promise<boolean> {
+    return (await this.store.txn([{ key: HA_KEYS.rule(rule.name), modRevision: 0 }], [{ type: 'put', key: HA_KEYS.rule(rule.name), value: JSON.stringify(rule) }])).succeeded;
+  }
+
+  /** Removes a rule; false if there was none of that name. */
+  async removeRule(name: string): Promise<boolean> {
+    if (!(await this.store.get(HA_KEYS.rule(name)))) return false;
+    await this.store.delete(HA_KEYS.rule(name));
     return true;
   }
 
