@@ -65,6 +65,12 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   }
   if (!before || before.fingerprint !== mine) await ctx.state.putMember({ name: node.name, fingerprint: mine, since: new Date().toISOString() });
 
+  // A VM that stopped by itself is not running: its record says so (the HA manager starts it again if asked to).
+  runtime.onUnexpectedExit = async (name) => {
+    const vm = await ctx.state.vm(name).catch(() => undefined);
+    if (!vm || vm.owner !== node.name || vm.desired !== 'running') return;
+    if ((await ctx.state.updateVm(vm, { desired: 'stopped' }).catch(() => undefined)) !== undefined) log(`'${name}' is recorded as stopped`);
+  };
   const stallWatch = watchEventLoop(log);
   await reconcile(ctx);
   await removeStaleImports(ctx);

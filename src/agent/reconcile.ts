@@ -32,6 +32,11 @@ async function reconcileInstance(ctx: AgentContext, recorded: InstanceState): Pr
   const vm = await ctx.state.vm(recorded.vm);
   if (!instance) {
     await ctx.runtime.forget(recorded.vm, recorded.role);
+    // Its QEMU died while no agent watched (a crash, the watchdog): the record says it is not running.
+    if (recorded.role === 'running' && vm?.owner === me && vm.desired === 'running') {
+      await ctx.state.updateVm(vm, { desired: 'stopped' });
+      ctx.log(`'${recorded.vm}' ended while the agent was down: recorded as stopped`);
+    }
     return;
   }
   if (vm?.owner === me) {

@@ -162,6 +162,9 @@ export class LocalRuntime {
     return log.subarray(Math.max(0, log.length - CONSOLE_LOG_TAIL_BYTES)).toString('utf8');
   }
 
+  /** Told when a VM's QEMU exits on its own (a crash, a kill, the guest powering off). */
+  onUnexpectedExit: ((name: string) => Promise<void>) | undefined;
+
   async shutdownAll(): Promise<void> {
     for (const vm of this.running.values()) vm.qmp.close();
   }
@@ -173,6 +176,7 @@ export class LocalRuntime {
       this.log(`VM '${instance.spec.name}' exited unexpectedly (code ${exit.code}, signal ${exit.signal})`);
       await instance.release();
       await this.forget(instance.spec.name, 'running');
+      await this.onUnexpectedExit?.(instance.spec.name);
     });
   }
 }

@@ -1,5 +1,6 @@
 /**
- * High availability in a 3-host lab (SQLite store): a VM on shared storage under HA, and its host
+ * High availability in a 3-host lab (SQLite, then etcd store): a VM whose QEMU dies on a live host is
+ * started again there. A VM on shared storage and one on a replicated volume under HA, and their host
  * dies — every process of it SIGKILLed, the agent and the guest's QEMU. Nobody types anything: the
  * HA manager waits for the host's lease to expire and the fencing margin, and starts the VM on
  * another host. Checked as a user would: the guest answers again (a new boot), from exactly one QEMU
@@ -113,6 +114,19 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
     assert.match(destroy.stderr, /under HA.*ferry ha remove a1/);
     assert.equal((await qemuOf('a1')).length, 1);
     await suite.probe.gamesrv(ip);
+  });
+
+  it('its QEMU dies on a live host: the manager starts it again there', async (t) => {
+    const before = await suite.probe.gamesrv(ip);
+    const [pid] = await qemuOf('a1');
+    process.kill(Number(pid), 'SIGKILL');
+    const killed = Date.now();
+    const back = await firstReplyOfNewBoot(suite, ip, before.boot, 60_000);
+    t.diagnostic(`a1's QEMU killed on h1: the guest answered again ${back.at - killed} ms later`);
+    assert.equal((await cli('vm', 'show', 'a1')).json.owner, 'h1');
+    assert.equal((await qemuOf('a1')).length, 1);
+    const status = (await cli('ha', 'status')).json.statuses.find((s: { vm: string }) => s.vm === 'a1');
+    assert.match(status.lastAction.what, /start a1 on its host h1 \(HA requests it started\) — done/);
   });
 
   it('its host killed (agent, QEMUs, replica server): both guests answer from other hosts, once, with every completed write', async (t) => {
