@@ -8,9 +8,11 @@ export class CommandFailedError extends Error {
 }
 
 /** Runs a program (no shell) and returns its stdout; throws CommandFailedError with its stderr. */
-export function run(command: string, args: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<string> {
+/** `env`: variables added to this process's environment for the command. */
+export function run(command: string, args: string[], options: { timeoutMs?: number; input?: string; env?: Record<string, string> } = {}): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = execFile(command, args, { timeout: options.timeoutMs ?? 30_000, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
+    const env = options.env ? { ...process.env, ...options.env } : undefined;
+    const child = execFile(command, args, { timeout: options.timeoutMs ?? 30_000, maxBuffer: 16 * 1024 * 1024, ...(env ? { env } : {}) }, (err, stdout, stderr) => {
       if (err) {
         const code = typeof (err as NodeJS.ErrnoException).code === 'number' ? ((err as unknown as { code: number }).code) : null;
         const detail = (err as NodeJS.ErrnoException).code === 'ENOENT' ? `${command} is not installed` : stderr || err.message;

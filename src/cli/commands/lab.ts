@@ -1,4 +1,4 @@
-/** ferry lab up|down|kill-agent|start-agent: many hosts on one machine. */
+/** ferry lab up|down|kill-agent|start-agent|demo|chaos: many hosts on one machine. */
 import { parseArgs } from 'node:util';
 import { DEFAULT_LAB_DIR, LAB_STORAGE, killAgent, labDown, labUp, readLab, startAgent, type LabStorage } from '../../lab/lab.ts';
 import { UsageError } from '../errors.ts';
@@ -10,6 +10,7 @@ import { medianCell, mib, ms, table } from '../format.ts';
 import { migrateWithProbe, tourHosts, type MigrationSummary } from '../migrate.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
 import { quakeDemo } from '../quake-demo.ts';
+import { FAULT_KINDS, FAULT_TABLE_HEADER, runChaosCampaign, summarizeFaults, type FaultKind } from '../../lab/chaos.ts';
 
 const USAGE = `Usage:
   ferry lab up [--hosts 3] [--store sqlite|etcd] [--storage nfs,iscsi,rbd] [--json]
@@ -18,6 +19,10 @@ const USAGE = `Usage:
       nfs (NFS-Ganesha), iscsi (tgt, 8 LUNs of 256 MiB), rbd (Ceph: 1 monitor, 3 memstore OSDs, cephx)
   ferry lab down [--json]                                    remove everything the lab made (recorded in its lab.json)
   ferry lab kill-agent HOST | start-agent HOST               stop / restart one host's agent (its guests keep running)
+  ferry lab chaos [--faults 20] [--max-minutes 30] [--kinds K,...] [--vm chaos1] [--json]
+      an HA fault campaign: random faults at random moments of the host of an HA VM (made when absent),
+      each judged (time back, two QEMUs at once, writes lost, blocks torn) and the host brought back;
+      kinds: ${Object.keys(FAULT_KINDS).join(', ')} (partition: etcd labs)
   ferry lab demo [--rounds 2] [--json]                       (lab up, then) migrate a game server around all hosts, print a table
   ferry lab demo --quake [--rounds 1] [--pool shared|local]  the same with a real Debian VM running the OpenArena (Quake 3) server,
       queried by a Quake 3 client; its boot disk in the shared pool (only RAM moves) or the local one (the disk moves too)
@@ -28,7 +33,14 @@ export const labCommand: Command = {
   summary: 'many hosts on one machine: network namespaces, a switch, agents, a probe client',
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { hosts: { type: 'string' }, store: { type: 'string' }, storage: { type: 'string' }, rounds: { type: 'string' }, quake: { type: 'boolean' }, pool: { type: 'string' }, json: { type: 'boolean' } } });
+    const { values, positionals } = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        hosts: { type: 'string' }, store: { type: 'string' }, storage: { type: 'string' }, rounds: { type: 'string' }, quake: { type: 'boolean' }, pool: { type: 'string' }, json: { type: 'boolean' },
+        faults: { type: 'string' }, 'max-minutes': { type: 'string' }, kinds: { type: 'string' }, vm: { type: 'string' },
+      },
+    });
     const [verb, host] = positionals;
     const json = values.json ?? false;
     switch (verb) {
@@ -62,6 +74,26 @@ export const labCommand: Command = {
         else await startAgent(lab, host);
         if (json) console.log(JSON.stringify({ host, done: verb }));
         else console.log(`${verb === 'kill-agent' ? 'killed' : 'started'} the agent of ${host}`);
+        return;
+      }
+      case 'chaos': {
+        const lab = await readLab();
+        if (!lab) throw new UsageError("no lab is up; run 'ferry lab up'");
+        const faults = Number(values.faults ?? 20);
+        const maxMinutes = Number(values['max-minutes'] ?? 30);
+        if (!Number.isInteger(faults) || faults < 1 || faults > 1000) throw new UsageError('--faults: a whole number from 1 to 1000');
+        if (!(maxMinutes > 0 && maxMinutes <= 24 * 60)) throw new UsageError('--max-minutes: more than 0, at most a day');
+        const kinds = (values.kinds ?? Object.keys(FAULT_KINDS).join(',')).split(',') as FaultKind[];
+        for (const k of kinds) if (!(k in FAULT_KINDS)) throw new UsageError(`--kinds ${k}: choose among ${Object.keys(FAULT_KINDS).join(', ')}`);
+        const probe = await Probe.start(lab.clientNetns);
+        try {
+          const outcomes = await runChaosCampaign(lab, probe, { faults, maxMinutes, kinds, vm: values.vm ?? 'chaos1', log: json ? () => undefined : (l) => console.log(l) });
+          if (json) return void console.log(JSON.stringify({ outcomes }, null, 2));
+          console.log(table(FAULT_TABLE_HEADER, summarizeFaults(outcomes)));
+          if (outcomes.some((o) => o.error)) process.exitCode = 1;
+        } finally {
+          await probe.close();
+        }
         return;
       }
       case 'demo': {
