@@ -146,18 +146,46 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
   if (!watchdog) ctx.log('no watchdog configured (node.json "watchdog"): HA guests here are guarded by self-fencing alone, which a frozen agent cannot do');
   const ha = new HaRecords(store);
   let guarded: number[] = [];
-  /** The QEMUs the HA manager would start elsewhere if this host went silent: the watchdog guards them. */
-  const guardedGuests = async (): Promise<number[]> => {
+  let listed = false;
+  let advertised = '';
+  /**
+   * The QEMUs the HA manager would start elsewhere if this host went silent: the watchdog guards them,
+   * and then the store is told which VMs are guarded (the manager recovers no running VM of a dead
+   * host that is not in that list: a VM put under HA while its host was frozen was never guarded).
+   */
+  const guard = async (): Promise<void> => {
+    if (!watchdog) return;
+    const deadline = () => Math.max(1, Math.round(timing.watchdogMs - (performance.now() - lastRenewed)));
+    if (listed) watchdog.pet(deadline(), guarded); // at once, with what it guarded: a slow read below must not delay it
     try {
       const names = new Set((await ha.resources()).filter((r) => r.request === 'started' || r.request === 'stopped').map((r) => r.vm));
-      guarded = [...ctx.runtime.pids()].filter(([name]) => names.has(name)).map(([, pid]) => pid);
+      const running = [...ctx.runtime.pids()].filter(([name]) => names.has(name));
+      guarded = running.map(([, pid]) => pid);
+      listed = true;
+      watchdog.pet(deadline(), guarded);
+      // Claimed only while the watchdog answers: a host whose watchdog is gone guards nothing.
+      const list = JSON.stringify(watchdog.connected ? running.map(([name]) => name).sort() : []);
+      if (list !== advertised) {
+        await ha.putGuarded(node.name, JSON.parse(list) as string[]);
+        advertised = list;
+      }
     } catch {
-      /* the store answered the renewal a moment ago: keep the last list until it answers again */
+      /* the store answered the renewal a moment ago: the watchdog keeps the last list until it answers again */
     }
-    return guarded;
+  };
+  /** Guests this host stopped when it fenced itself: recorded as stopped once the store answers again. */
+  const fencedVms = new Set<string>();
+  const recordFenced = async (): Promise<void> => {
+    for (const name of fencedVms) {
+      const vm = await ctx.state.vm(name);
+      if (vm?.owner === node.name && vm.desired === 'running' && !ctx.runtime.get(name)) await ctx.state.updateVm(vm, { desired: 'stopped' });
+      fencedVms.delete(name);
+    }
   };
   let lease = await register();
   let lastRenewed = performance.now();
+  await guard();
+  ctx.guard = guard;
   let fenced = false;
   let renewing = false;
   const renew = async () => {
@@ -181,7 +209,8 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
       }
       lastRenewed = performance.now();
       fenced = false;
-      if (watchdog) watchdog.pet(timing.watchdogMs, await guardedGuests());
+      await guard();
+      if (fencedVms.size) await recordFenced().catch((err: Error) => ctx.log(`could not record the fenced guests as stopped yet: ${err.message}`));
     } catch (err) {
       ctx.log(`cannot renew the host lease for ${Math.round(performance.now() - lastRenewed)} ms: ${(err as Error).message}`);
     }
@@ -198,7 +227,10 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
     if (fenced || silentMs <= timing.selfFenceMs) return;
     fenced = true;
     ctx.log(`self-fencing: the host lease was not renewed for ${Math.round(silentMs)} ms; stopping all guests of this host before it expires`);
-    for (const vm of await ctx.runtime.list()) await ctx.runtime.stop(vm.name, true).catch(() => undefined);
+    for (const vm of await ctx.runtime.list()) {
+      await ctx.runtime.stop(vm.name, true).catch(() => undefined);
+      fencedVms.add(vm.name);
+    }
   }, FENCE_CHECK_MS);
   return {
     stop: () => {
@@ -206,7 +238,11 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
       clearInterval(fenceTimer);
       // Guests left running for the next agent to adopt stay guarded: it must be back before the deadline.
       if (watchdog && !guarded.length) watchdog.disarm();
-      else if (watchdog) ctx.log(`the watchdog keeps guarding ${guarded.length} HA guest(s): an agent must pet it within ${timing.watchdogMs} ms or they are killed`);
+      else if (watchdog) {
+        const left = Math.max(1, Math.round(timing.watchdogMs - (performance.now() - lastRenewed)));
+        watchdog.pet(left, guarded);
+        ctx.log(`the watchdog keeps guarding ${guarded.length} HA guest(s): an agent must pet it within ${left} ms or they are killed`);
+      }
       watchdog?.close();
     },
   };

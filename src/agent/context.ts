@@ -25,6 +25,8 @@ export interface AgentContext {
   consoles: ConsoleRelay;
   displays: VncRelay;
   log: (line: string) => void;
+  /** Pets the watchdog with this host's HA guests now and tells the store which VMs it guards (after a start). */
+  guard?: () => Promise<void>;
 }
 
 export async function peer(ctx: AgentContext, host: string): Promise<AgentClient> {

@@ -113,7 +113,7 @@ export function haRoutes(ctx: AgentContext): Route[] {
         if (!current) throw new NotFoundError(`'${vm}' is not under HA; add it with 'ferry ha add ${vm}'`);
         const status = await records.status(vm!);
         const request = body['request'] === undefined ? current.request : parseRequest(body['request']);
-        if (status?.actual === 'error' && request === 'started' && current.request !== 'disabled')
+        if (status?.actual === 'error' && request !== 'disabled')
           throw new RefusedError(`'${vm}' is in error (${status.reason ?? 'see ferry ha status'}): set it disabled first (ferry ha set ${vm} --state disabled), then started`);
         const resource: HaResource = {
           ...current,
@@ -122,8 +122,8 @@ export function haRoutes(ctx: AgentContext): Route[] {
           ...(body['maxRelocate'] !== undefined ? { maxRelocate: parseCount(body['maxRelocate'], 'max-relocate') } : {}),
         };
         await records.putResource(resource);
-        // Leaving `error` (or any past failures) behind: disabled starts the count afresh.
-        if (request === 'disabled') await ctx.state.store.delete(HA_KEYS.status(vm!));
+        // Into or out of `disabled`: past failures (and `error`) are forgotten, the count starts afresh.
+        if (request === 'disabled' || current.request === 'disabled') await ctx.state.store.delete(HA_KEYS.status(vm!));
         return { resource };
       },
     },

@@ -92,6 +92,7 @@ export async function recoverVm(ctx: AgentContext, name: string, options: Recove
     if (options.start) {
       await ctx.replication.beforeStart(vm.spec);
       await runtime.start(vm.spec, storage.attach(vm.spec));
+      await ctx.guard?.();
     }
     job.state = 'succeeded';
     job.log.push(`${new Date().toISOString()} ${name} ${options.start ? 'started' : 'is kept stopped'} on ${node.name} from its disks (its memory was lost with '${vm.owner}')`);

@@ -14,15 +14,15 @@ export async function startOwnVm(ctx: AgentContext, vm: OwnedVm): Promise<void> 
   const name = vm.spec.name;
   if (runtime.get(name)) throw new RefusedError(`'${name}' is already running on ${node.name}`);
   if (vm.spec.boot.kind === 'firmware' && vm.spec.boot.firmware === 'uefi') requireUefi(node.name);
-  let current = vm;
-  if (vm.desired !== 'running') {
-    const token = await state.updateVm(vm, { desired: 'running' });
-    if (token === undefined) throw new RefusedError(`'${name}' changed while being started; try again`);
-    current = { ...vm, desired: 'running', token };
-  }
+  // Always a compare-and-swap right before QEMU starts, even when the record says running already:
+  // if another host took the VM over meanwhile (this host was thought dead), this one loses it here.
+  const token = await state.updateVm(vm, { desired: 'running' });
+  if (token === undefined) throw new RefusedError(`'${name}' changed while being started (another host may have taken it over); see 'ferry vm show ${name}'`);
+  const current = { ...vm, desired: 'running' as const, token };
   try {
     await ctx.replication.beforeStart(vm.spec);
     await runtime.start(vm.spec, (await storageCatalog(ctx)).attach(vm.spec));
+    await ctx.guard?.();
   } catch (err) {
     await state.updateVm(current, { desired: 'stopped' }).catch(() => undefined);
     throw err;

@@ -10,6 +10,11 @@ export class WatchdogClient {
   private socket: net.Socket | undefined;
   private reachable: boolean | undefined;
 
+  /** Whether the last connection to the watchdog succeeded (what this host may claim it guards). */
+  get connected(): boolean {
+    return this.reachable === true;
+  }
+
   constructor(
     private readonly socketPath: string,
     private readonly log: (line: string) => void,

@@ -5,9 +5,10 @@
  * somehow did not fence itself), the watchdog acts before the host's lease can expire and the HA
  * manager start the guests elsewhere (cluster/ha/timing.ts):
  *
- *   device mode  (production) it writes to /dev/watchdog at every pet and stops when the pets stop:
- *                the kernel's watchdog (softdog or hardware, its timeout set below the deadline)
- *                resets the machine. A disarm closes the device with the magic 'V'.
+ *   device mode  (production) it feeds /dev/watchdog on its own timer until (deadline - the device's
+ *                timeout, read from sysfs) after the last pet, then never again: the kernel's watchdog
+ *                (softdog or hardware) resets the machine at the deadline. A disarm closes the device
+ *                with the magic 'V'; a pet that comes after the feeding stopped changes nothing.
  *   guests mode  (the lab, where no machine may be reset) it SIGKILLs the guests' QEMUs the agent
  *                named in its last pet, after checking each pid still is a QEMU.
  *
@@ -17,6 +18,7 @@
  */
 import { openSync, readFileSync, writeSync, closeSync } from 'node:fs';
 import { chmod, rm } from 'node:fs/promises';
+import path from 'node:path';
 import net from 'node:net';
 
 export type WatchdogAction = { kind: 'device'; path: string } | { kind: 'guests' };
@@ -29,17 +31,50 @@ export interface WatchdogDaemon {
   close(): Promise<void>;
 }
 
+/** The device's own timeout, from sysfs (/dev/watchdog → the first watchdog's, /dev/watchdogN → its own). */
+function deviceTimeoutMs(devicePath: string): number {
+  const name = path.basename(devicePath) === 'watchdog' ? 'watchdog0' : path.basename(devicePath);
+  const seconds = Number(readFileSync(`/sys/class/watchdog/${name}/timeout`, 'utf8').trim());
+  if (!(seconds > 0)) throw new Error(`cannot read the timeout of ${devicePath} from /sys/class/watchdog/${name}/timeout`);
+  return seconds * 1000;
+}
+
 export async function runWatchdog(socketPath: string, action: WatchdogAction, log: (line: string) => void): Promise<WatchdogDaemon> {
   let lastPet = 0;
   let deadlineMs = 0;
   let guests: number[] = [];
   let device: number | undefined;
+  // Device mode: fed every second until (deadline - the device's timeout) after the last pet, so the
+  // machine resets at the deadline whatever the device's timeout; once it went unfed, never again.
+  let timeoutMs = 0;
+  let expired = false;
+  if (action.kind === 'device') {
+    timeoutMs = deviceTimeoutMs(action.path);
+    device = openSync(action.path, 'w'); // at start: a device that cannot be opened is an error now, not at the first pet
+    writeSync(device, 'V'); // opened means armed: stand it down until a pet names guests
+    closeSync(device);
+    device = undefined;
+  }
   const armed = () => guests.length > 0;
 
+  const feed = () => {
+    if (action.kind !== 'device' || expired) return;
+    try {
+      device ??= openSync(action.path, 'w');
+      writeSync(device, '\0');
+    } catch (err) {
+      log(`cannot feed ${action.path}: ${(err as Error).message}; the machine resets when its timeout runs out`);
+    }
+  };
+
   const disarm = (why: string) => {
-    if (device !== undefined) {
-      writeSync(device, 'V');
-      closeSync(device);
+    if (device !== undefined && !expired) {
+      try {
+        writeSync(device, 'V');
+        closeSync(device);
+      } catch (err) {
+        log(`cannot disarm ${action.kind === 'device' ? action.path : 'the device'}: ${(err as Error).message}`);
+      }
       device = undefined;
     }
     if (armed()) log(`disarmed: ${why}`);
@@ -54,35 +89,38 @@ export async function runWatchdog(socketPath: string, action: WatchdogAction, lo
       log(`ignored a message that is not JSON: ${line.slice(0, 80)}`);
       return;
     }
+    if (expired) return; // the reset is under way: a late pet must not stop it
     if (message.disarm) return disarm('the agent stopped guarding guests');
     if (!message.pet) return;
     const { deadlineMs: deadline, guests: pids } = message.pet;
     if (!Number.isFinite(deadline) || deadline <= 0 || !Array.isArray(pids)) return;
+    if (action.kind === 'device' && deadline <= timeoutMs + 1000) {
+      log(`refused a deadline of ${deadline} ms: ${action.path} needs more than its own timeout (${timeoutMs} ms) plus a second; lower the device's timeout`);
+      return;
+    }
     const wasArmed = armed();
     deadlineMs = deadline;
     guests = pids.filter((p) => Number.isInteger(p) && p > 1);
     lastPet = performance.now();
     if (!guests.length) return disarm('no guest to guard');
-    if (action.kind === 'device') {
-      device ??= openSync(action.path, 'w');
-      writeSync(device, '\0');
-    }
+    feed();
     if (!wasArmed) log(`armed: guarding ${guests.length} guest(s), deadline ${deadlineMs} ms without a pet`);
   };
 
   const expiry = setInterval(() => {
-    if (!armed() || performance.now() - lastPet <= deadlineMs) return;
-    const silent = Math.round(performance.now() - lastPet);
+    if (!armed()) return;
+    const silent = performance.now() - lastPet;
     if (action.kind === 'device') {
-      // Nothing written any more: the device resets the machine when its own timeout runs out.
-      log(`no pet for ${silent} ms: leaving ${action.path} unfed, the machine resets`);
-      guests = [];
+      if (silent < deadlineMs - timeoutMs) return feed();
+      if (!expired) log(`no pet for ${Math.round(silent)} ms: ${action.path} is no longer fed, the machine resets within ${timeoutMs} ms`);
+      expired = true;
       return;
     }
+    if (silent <= deadlineMs) return;
     const killed = guests.filter(killIfQemu);
-    log(`no pet for ${silent} ms (deadline ${deadlineMs} ms): killed the guests' QEMUs ${killed.join(', ') || '(none was left)'}`);
+    log(`no pet for ${Math.round(silent)} ms (deadline ${deadlineMs} ms): killed the guests' QEMUs ${killed.join(', ') || '(none was left)'}`);
     guests = [];
-  }, 100);
+  }, action.kind === 'device' ? Math.max(100, Math.min(1000, timeoutMs / 3)) : 100);
 
   await rm(socketPath, { force: true });
   const server = net.createServer((socket) => {

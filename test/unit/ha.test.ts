@@ -161,6 +161,7 @@ describe('the HA manager', () => {
     for (const name of ['v1', 'v2']) await records.putResource({ vm: name, request: 'started', maxRestart: 1, maxRelocate: 1, addedAt: new Date().toISOString() });
     await m1!.tick();
     assert.equal((await records.status('v1'))?.actual, 'running');
+    await records.putGuarded('h1', ['v1', 'v2']); // what h1's watchdog guarded
     await store.revokeLease(h1); // h1 dies
     await m1!.tick();
     assert.deepEqual(calls, [], 'nothing starts before the margin has passed');
@@ -181,6 +182,7 @@ describe('the HA manager', () => {
     await vm('v3', 'h4');
     await records.putResource({ vm: 'v3', request: 'started', maxRestart: 1, maxRelocate: 1, addedAt: new Date().toISOString() });
     await m1!.tick();
+    await records.putGuarded('h4', ['v3']);
     await store.revokeLease(h4);
     failOn.add('h2').add('h3');
     await m1!.tick();
@@ -193,6 +195,23 @@ describe('the HA manager', () => {
     await m1!.tick();
     assert.equal(calls.filter((c) => c.startsWith('recover v3')).length, 4, 'in error: no more tries');
     failOn.clear();
+  });
+
+  it('a running VM its dead host\'s watchdog did not guard is not started elsewhere: it may still run there', async () => {
+    const [m1] = managers;
+    calls.length = 0;
+    const h5 = await host('h5');
+    await vm('v4', 'h5');
+    await records.putResource({ vm: 'v4', request: 'started', maxRestart: 1, maxRelocate: 1, addedAt: new Date().toISOString() });
+    await records.putGuarded('h5', []); // put under HA while h5 was silent: never guarded
+    await store.revokeLease(h5);
+    await m1!.tick();
+    await new Promise((r) => setTimeout(r, 350));
+    await m1!.tick();
+    assert.deepEqual(calls, []);
+    const status = (await records.status('v4'))!;
+    assert.equal(status.actual, 'waiting');
+    assert.match(status.reason!, /no watchdog of it guarded v4.*ferry vm recover v4/);
   });
 
   it('a manager that lost its lease stops acting and writes nothing; another takes over', async () => {

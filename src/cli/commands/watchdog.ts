@@ -8,9 +8,10 @@ const USAGE = `Usage: ferry watchdog --socket PATH (--device /dev/watchdog | --k
   Runs in the foreground (contrib/ferry-watchdog.service). The agent (node.json "watchdog": {"socket": PATH})
   pets it after each lease renewal while it runs HA guests. When the pets stop for longer than the
   deadline of the timing chain (before the host's lease can expire):
-    --device      the kernel watchdog is fed at each pet and resets the machine when they stop (load
-                  softdog, or use the hardware's, with a timeout between the renew interval and the
-                  deadline: softdog soft_margin=5 for the default 10 s lease, pets every 3.3 s, deadline 8.3 s)
+    --device      the kernel watchdog (softdog, or the hardware's) is fed until the deadline minus its own
+                  timeout after the last pet, so the machine resets at the deadline; its timeout must be
+                  below the deadline less a second (softdog soft_margin=5 for the default 10 s lease,
+                  whose deadline is 8.3 s)
     --kill-guests SIGKILL the guests' QEMUs (the lab, where no machine may be reset)`;
 
 export const watchdogCommand: Command = {

@@ -94,7 +94,10 @@ export class HaManager {
       await this.options.store.keepAlive(this.lease);
       return true;
     } catch (err) {
-      this.stepDown(err instanceof LeaseExpiredError ? 'its lease expired' : (err as Error).message);
+      // Gone for good only when the store says the lease is; a store that does not answer this once
+      // means no acting this tick, and the next renewal tells.
+      if (err instanceof LeaseExpiredError) this.stepDown('its lease expired');
+      else this.options.log(`HA manager: cannot renew the manager key's lease (${(err as Error).message}); not acting until it is renewed`);
       return false;
     }
   }
@@ -114,10 +117,17 @@ export class HaManager {
     const { store, me, timing, log } = this.options;
     if (this.lease && this.token !== undefined) return this.renew();
     if (await this.records.manager()) return false;
-    this.lease ??= await store.grantLease(Math.round(timing.leaseTtlMs / 1000));
-    this.token = await this.records.claimManager({ host: me, since: new Date().toISOString() }, this.lease);
-    if (this.token !== undefined) log(`HA manager: ${me} is the HA manager now`);
-    return this.token !== undefined;
+    // A lease of its own for each try: one that lost the race is given back, never reused once stale.
+    const lease = await store.grantLease(Math.round(timing.leaseTtlMs / 1000));
+    const token = await this.records.claimManager({ host: me, since: new Date().toISOString() }, lease);
+    if (token === undefined) {
+      await store.revokeLease(lease).catch(() => undefined);
+      return false;
+    }
+    this.lease = lease;
+    this.token = token;
+    log(`HA manager: ${me} is the HA manager now`);
+    return true;
   }
 
   private async reconcile(): Promise<void> {
@@ -137,6 +147,7 @@ export class HaManager {
     this.written.clear();
     for (const s of statuses) this.written.set(s.vm, comparable(s));
     const toPlace: Array<{ resource: HaResource; vm: OwnedVm; status: HaStatus }> = [];
+    const guardedBy = new Map<string, Set<string> | undefined>();
     for (const resource of resources) {
       const vm = byName.get(resource.vm);
       const status: HaStatus = statusOf.get(resource.vm) ?? { vm: resource.vm, actual: 'waiting', restarts: 0, relocations: 0, failedOn: [], updatedAt: '' };
@@ -163,6 +174,15 @@ export class HaManager {
       if (waited < this.options.timing.marginMs) {
         this.save({ ...status, actual: 'waiting', host: vm.owner, reason: `host '${vm.owner}' lost its lease; waiting the fencing margin before starting it elsewhere` });
         continue;
+      }
+      // A running VM comes back elsewhere only if its host's watchdog guarded it (DESIGN invariant 4):
+      // one put under HA while its host was already silent, or on a host without a watchdog, may still run there.
+      if (vm.desired === 'running') {
+        if (!guardedBy.has(vm.owner)) guardedBy.set(vm.owner, await this.records.guarded(vm.owner));
+        if (!guardedBy.get(vm.owner)?.has(vm.spec.name)) {
+          this.save({ ...status, actual: 'waiting', host: vm.owner, reason: `host '${vm.owner}' lost its lease, but no watchdog of it guarded ${vm.spec.name} (none configured there, or it went silent before it did): its QEMU may still run. Once you are sure it is down: ferry vm recover ${vm.spec.name} --to HOST` });
+          continue;
+        }
       }
       toPlace.push({ resource, vm, status });
     }

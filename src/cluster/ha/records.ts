@@ -5,6 +5,7 @@
  *   /ferry/ha/manager         HaManagerRecord: which host's agent is the manager, bound to a lease
  *                             (its modRevision is the manager's fencing token)
  *   /ferry/ha/rules/<name>    HaRule: where the manager may place VMs (`ferry ha rule add`)
+ *   /ferry/ha/guarded/<host>  the VMs whose QEMUs that host's watchdog guards
  */
 import type { Store } from '../store/types.ts';
 
@@ -71,6 +72,8 @@ export const HA_KEYS = {
   statuses: '/ferry/ha/status/',
   manager: '/ferry/ha/manager',
   rule: (name: string) => `/ferry/ha/rules/${name}`,
+  /** The VMs a host's watchdog guards (written by that host after each change). */
+  guarded: (host: string) => `/ferry/ha/guarded/${host}`,
   rules: '/ferry/ha/rules/',
 };
 
@@ -115,6 +118,16 @@ export class HaRecords {
       if (!(await this.store.txn([{ key: HA_KEYS.manager, modRevision: managerToken }], puts)).succeeded) return false;
     }
     return true;
+  }
+
+  async putGuarded(host: string, vms: string[]): Promise<void> {
+    await this.store.put(HA_KEYS.guarded(host), JSON.stringify({ vms, at: new Date().toISOString() }));
+  }
+
+  /** The VMs `host` said its watchdog guards; undefined: it never said (no watchdog, or an older agent). */
+  async guarded(host: string): Promise<Set<string> | undefined> {
+    const kv = await this.store.get(HA_KEYS.guarded(host));
+    return kv ? new Set((JSON.parse(kv.value) as { vms: string[] }).vms) : undefined;
   }
 
   async rules(): Promise<HaRule[]> {
