@@ -188,6 +188,8 @@ export class IncomingMigrations {
     entry.state = 'running';
     await this.ctx.runtime.adoptRunning(entry.destination.instance);
     await this.ctx.runtime.forget(entry.request.spec.name, 'incoming');
+    // An HA guest that arrives is guarded (and said to be) now, not at the next renewal; off the switchover's path.
+    void this.ctx.guard?.().catch(() => undefined);
   }
 
   async finish(id: string): Promise<DestinationTimes> {

@@ -89,10 +89,11 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
     replicatedIp = (await cli('vm', 'show', 'r1')).json.ip as string;
     // In sync, and no outdated mark left from the first copy (h2's replica would be refused as the source of a recovery).
     const replication = async () => (await cli('volume', 'show', 'r1-disk0', '--pool', 'r')).json.replication as { state: string; outdated?: unknown };
-    for (let i = 0; i < 120; i++) {
+    // Three readings in a row, a second apart: the first copy can say in-sync before its job has started.
+    for (let i = 0, steady = 0; i < 120 && steady < 3; i++) {
       const r = await replication();
-      if (r?.state === 'in-sync' && !r.outdated) break;
-      await sleep(500);
+      steady = r?.state === 'in-sync' && !r.outdated ? steady + 1 : 0;
+      await sleep(1000);
     }
     assert.deepEqual(await replication().then((r) => ({ state: r.state, outdated: r.outdated })), { state: 'in-sync', outdated: undefined });
     assert.equal((await cli('ha', 'add', 'r1')).code, 0);
