@@ -78,8 +78,9 @@ export function haRoutes(ctx: AgentContext): Route[] {
       method: 'DELETE',
       pattern: '/v1/ha/rules/:name',
       who: 'admin',
-      handler: async ({ name }) => {
-        if (!(await records.removeRule(name!))) throw new NotFoundError(`no HA rule named '${name}'; see 'ferry ha rule list'`);
+      handler: async (params) => {
+        const name = nameParam(params['name'], 'rule');
+        if (!(await records.removeRule(name))) throw new NotFoundError(`no HA rule named '${name}'; see 'ferry ha rule list'`);
         return { removed: name };
       },
     },
@@ -108,10 +109,11 @@ export function haRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/ha/resources/:vm',
       who: 'admin',
-      handler: async ({ vm }, body) => {
-        const current = await records.resource(vm!);
+      handler: async (params, body) => {
+        const vm = nameParam(params['vm'], 'VM');
+        const current = await records.resource(vm);
         if (!current) throw new NotFoundError(`'${vm}' is not under HA; add it with 'ferry ha add ${vm}'`);
-        const status = await records.status(vm!);
+        const status = await records.status(vm);
         const request = body['request'] === undefined ? current.request : parseRequest(body['request']);
         if (status?.actual === 'error' && request !== 'disabled')
           throw new RefusedError(`'${vm}' is in error (${status.reason ?? 'see ferry ha status'}): set it disabled first (ferry ha set ${vm} --state disabled), then started`);
@@ -123,7 +125,7 @@ export function haRoutes(ctx: AgentContext): Route[] {
         };
         await records.putResource(resource);
         // Into or out of `disabled`: past failures (and `error`) are forgotten, the count starts afresh.
-        if (request === 'disabled' || current.request === 'disabled') await ctx.state.store.delete(HA_KEYS.status(vm!));
+        if (request === 'disabled' || current.request === 'disabled') await ctx.state.store.delete(HA_KEYS.status(vm));
         return { resource };
       },
     },
@@ -131,9 +133,10 @@ export function haRoutes(ctx: AgentContext): Route[] {
       method: 'DELETE',
       pattern: '/v1/ha/resources/:vm',
       who: 'admin',
-      handler: async ({ vm }) => {
-        if (!(await records.resource(vm!))) throw new NotFoundError(`'${vm}' is not under HA`);
-        await records.removeResource(vm!);
+      handler: async (params) => {
+        const vm = nameParam(params['vm'], 'VM');
+        if (!(await records.resource(vm))) throw new NotFoundError(`'${vm}' is not under HA`);
+        await records.removeResource(vm);
         return { removed: vm };
       },
     },
@@ -141,30 +144,33 @@ export function haRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/ha/hosts/recover/:vm',
       who: 'host',
-      handler: async ({ vm }, body, caller) => {
+      handler: async (params, body, caller) => {
+        const vm = nameParam(params['vm'], 'VM');
         await requireManager(caller);
-        return { vm: await recoverVm(ctx, vm!, { acceptDataLoss: false, start: body['start'] !== false, by: 'ha' }) };
+        return { vm: await recoverVm(ctx, vm, { acceptDataLoss: false, start: body['start'] !== false, by: 'ha' }) };
       },
     },
     {
       method: 'POST',
       pattern: '/v1/ha/hosts/start/:vm',
       who: 'host',
-      handler: async ({ vm }, _body, caller) => {
-        const record = await ownedHereAsked(caller, vm!);
-        if (!ctx.runtime.get(vm!)) await startOwnVm(ctx, record);
-        return { vm: await ctx.state.vm(vm!) };
+      handler: async (params, _body, caller) => {
+        const vm = nameParam(params['vm'], 'VM');
+        const record = await ownedHereAsked(caller, vm);
+        if (!ctx.runtime.get(vm)) await startOwnVm(ctx, record);
+        return { vm: await ctx.state.vm(vm) };
       },
     },
     {
       method: 'POST',
       pattern: '/v1/ha/hosts/stop/:vm',
       who: 'host',
-      handler: async ({ vm }, _body, caller) => {
-        const record = await ownedHereAsked(caller, vm!);
-        if (ctx.runtime.get(vm!)) await stopOwnVm(ctx, record, false);
+      handler: async (params, _body, caller) => {
+        const vm = nameParam(params['vm'], 'VM');
+        const record = await ownedHereAsked(caller, vm);
+        if (ctx.runtime.get(vm)) await stopOwnVm(ctx, record, false);
         else if (record.desired !== 'stopped') await ctx.state.updateVm(record, { desired: 'stopped' });
-        return { vm: await ctx.state.vm(vm!) };
+        return { vm: await ctx.state.vm(vm) };
       },
     },
   ];
@@ -205,4 +211,10 @@ async function parseRule(ctx: AgentContext, body: Record<string, unknown>): Prom
   if (typeof body['together'] !== 'boolean') throw new RefusedError('say what the rule asks: --nodes HOST[:PRIORITY],... [--strict], or --together, or --apart');
   if (vms.length < 2) throw new RefusedError('keeping VMs together or apart takes at least two VMs');
   return { name, kind: 'vms', vms, together: body['together'] };
+}
+
+/** A name from the path, checked before it becomes part of a store key (a decoded '%2F' is a '/'). */
+function nameParam(value: string | undefined, what: string): string {
+  if (!value || !NAME_PATTERN.test(value)) throw new RefusedError(`'${value ?? ''}' is not a ${what} name: ${NAME_RULE}`);
+  return value;
 }

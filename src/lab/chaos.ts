@@ -13,7 +13,7 @@ import type { HaManagerRecord } from '../cluster/ha/records.ts';
 import type { OwnedVm, HostRecord } from '../cluster/model.ts';
 import { run } from '../util/exec.ts';
 import { PROJECT_ROOT } from '../util/project.ts';
-import { killAgent, labContext, startAgent, type LabRecord } from './lab.ts';
+import { killAgent, labContext, startAgent, switchPortName, type LabRecord } from './lab.ts';
 import type { Probe } from './probe.ts';
 
 export type FaultKind = 'kill-host' | 'freeze-agent' | 'freeze-host' | 'kill-qemu' | 'kill-manager-mid-recovery' | 'partition';
@@ -109,7 +109,7 @@ export async function killLabHost(lab: LabRecord, host: string): Promise<void> {
 }
 
 function uplinkOf(lab: LabRecord, host: string): string {
-  return `s-${lab.hosts.find((h) => h.name === host)!.netns.slice(-9)}`.slice(0, 15);
+  return switchPortName(lab.hosts.find((h) => h.name === host)!.netns);
 }
 
 /** One fault of `kind` after `delayMs`, judged, and the lab brought back whole. */

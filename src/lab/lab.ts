@@ -288,10 +288,15 @@ async function startStorageServers(lab: LabRecord, kinds: LabStorage[], save: ()
  */
 export const SECOND_SEGMENT = '10.78.0';
 
-/** Connects a namespace to a switch bridge with a veth pair (name inside; `s-<ns>` on sw0, `b-<ns>` on sw1). */
+/** The switch's end of a namespace's veth pair: `s-<ns>` on sw0, `b-<ns>` on sw1 (link names are at most 15 characters). */
+export function switchPortName(netns: string, segment: 'sw0' | 'sw1' = 'sw0'): string {
+  return `${segment === 'sw0' ? 's' : 'b'}-${netns.slice(-9)}`.slice(0, 15);
+}
+
+/** Connects a namespace to a switch bridge with a veth pair (name inside; switchPortName outside). */
 async function plug(lab: LabRecord, netns: string, inside: string, address: string | undefined, bare: boolean, segment: 'sw0' | 'sw1' = 'sw0'): Promise<void> {
   await createNetns(netns);
-  const outside = `${segment === 'sw0' ? 's' : 'b'}-${netns.slice(-9)}`.slice(0, 15);
+  const outside = switchPortName(netns, segment);
   if (!(await linkExists(lab.switchNetns, outside))) {
     await ip(lab.switchNetns, 'link', 'add', outside, 'type', 'veth', 'peer', 'name', inside, 'netns', netns);
   }

@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { mkdir, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { killAgent, startAgent } from '../../src/lab/lab.ts';
+import { killAgent, startAgent, switchPortName } from '../../src/lab/lab.ts';
 import { run } from '../../src/util/exec.ts';
 import { agentLogs, assertDiskVerifies, useLab, type SuiteLab } from '../helpers/lab.ts';
 
@@ -214,7 +214,7 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
     it('its links cut (partition): it fences itself, the VM runs elsewhere, and healing brings no second copy', async (t) => {
       const owner = (await cli('vm', 'show', 'a1')).json.owner as string;
       const host = suite.lab.hosts.find((h) => h.name === owner)!;
-      const uplink = `s-${host.netns.slice(-9)}`.slice(0, 15);
+      const uplink = switchPortName(host.netns);
       const before = await suite.probe.gamesrv(ip);
       const copies: number[] = [];
       let recovered = false;

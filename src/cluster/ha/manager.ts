@@ -10,7 +10,8 @@
  * manager starts that wait afresh: later, never sooner. Every start goes through the ownership
  * compare-and-swap on the host that starts it, so two managers could never start one VM twice.
  */
-import type { OwnedVm } from '../model.ts';
+import type { HostRecord, OwnedVm } from '../model.ts';
+import type { StoragePoolConfig } from '../../storage/types.ts';
 import { ClusterState } from '../model.ts';
 import { LeaseExpiredError, type Store } from '../store/types.ts';
 import { HaRecords, type HaResource, type HaRule, type HaStatus } from './records.ts';
@@ -194,8 +195,8 @@ export class HaManager {
   private async recoverAll(
     items: Array<{ resource: HaResource; vm: OwnedVm; status: HaStatus }>,
     vms: OwnedVm[],
-    hosts: Awaited<ReturnType<ClusterState['hosts']>>,
-    pools: Awaited<ReturnType<ClusterState['pools']>>,
+    hosts: HostRecord[],
+    pools: StoragePoolConfig[],
   ): Promise<void> {
     const rules = await this.records.rules();
     const requests: PlacementRequest[] = [];
