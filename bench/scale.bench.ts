@@ -90,6 +90,8 @@ async function oneSize(hosts: number, port: number): Promise<ScaleRow> {
       },
       async start() {},
       async stop() {},
+      async release() {},
+      async migrate() {},
     };
     const manager = new HaManager({ store, me: 'n1', timing: { ...haTiming(10), marginMs: MARGIN_MS }, actions, log: () => undefined, tickMs: 3_600_000 });
     managers.push(manager);

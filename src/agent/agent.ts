@@ -21,6 +21,7 @@ import { removeStaleImports } from './images.ts';
 import { routes } from './routes.ts';
 import { haTiming } from '../cluster/ha/timing.ts';
 import { HaRecords } from '../cluster/ha/records.ts';
+import { liftOwnFences } from './storage-fencing.ts';
 import { WatchdogClient } from './watchdog-client.ts';
 import { startHaManager } from './ha.ts';
 import { LocalRuntime } from './runtime.ts';
@@ -63,7 +64,8 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
     await ctx.state.revokeCertificate({ fingerprint: before.fingerprint, name: node.name, revokedAt: new Date().toISOString(), reason: 'renewed: the host runs with a new certificate' });
     log(`this host's earlier certificate (sha256 ${before.fingerprint.slice(0, 16)}…) is revoked: it runs with a new one`);
   }
-  if (!before || before.fingerprint !== mine) await ctx.state.putMember({ name: node.name, fingerprint: mine, since: new Date().toISOString() });
+  if (!before || before.fingerprint !== mine || before.address !== node.address)
+    await ctx.state.putMember({ name: node.name, fingerprint: mine, since: before?.fingerprint === mine ? before.since : new Date().toISOString(), address: node.address });
 
   // A VM that stopped by itself is not running: its record says so (the HA manager starts it again if asked to).
   runtime.onUnexpectedExit = async (name) => {
@@ -184,6 +186,12 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
   };
   let lease = await register();
   let lastRenewed = performance.now();
+  /** Storage fences of this host (set while it was thought lost) are lifted once it runs only its own guests. */
+  let fencesLeft = true;
+  const liftFences = async () => {
+    fencesLeft = !(await liftOwnFences(ctx).catch((err: Error) => (ctx.log(`storage fences: ${err.message}`), false)));
+  };
+  await liftFences();
   await guard();
   ctx.guard = guard;
   let fenced = false;
@@ -206,10 +214,12 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
         if (!(err instanceof LeaseExpiredError)) throw err;
         lease = await register();
         ctx.log('host lease had expired; registered again');
+        fencesLeft = true;
       }
       lastRenewed = performance.now();
       fenced = false;
       await guard();
+      if (fencesLeft) await liftFences();
       if (fencedVms.size) await recordFenced().catch((err: Error) => ctx.log(`could not record the fenced guests as stopped yet: ${err.message}`));
     } catch (err) {
       ctx.log(`cannot renew the host lease for ${Math.round(performance.now() - lastRenewed)} ms: ${(err as Error).message}`);

@@ -11,9 +11,10 @@ import type { Store } from '../cluster/store/types.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 import type { Caller } from './authz.ts';
 import { ForbiddenError } from './authz.ts';
-import { peer, requireVm, type AgentContext } from './context.ts';
+import { peer, requireVm, storageCatalog, type AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import { recoverVm } from './recover.ts';
+import { startMigration } from './source-migration.ts';
 import { startOwnVm, stopOwnVm } from './vm-start.ts';
 import type { Route } from './server.ts';
 
@@ -30,6 +31,8 @@ export function startHaManager(ctx: AgentContext, store: Store): HaManager {
       recover: async (host, vm, start) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/recover/${vm}`, { start }, 120_000)),
       start: async (host, vm) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/start/${vm}`, {}, 120_000)),
       stop: async (host, vm) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/stop/${vm}`, {}, 120_000)),
+      migrate: async (host, vm, to) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/migrate/${vm}`, { to }, 30_000)),
+      release: async (host, vm, to) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/release/${vm}`, { to }, 30_000)),
     },
   });
   manager.start();
@@ -173,6 +176,37 @@ export function haRoutes(ctx: AgentContext): Route[] {
         return { vm: await ctx.state.vm(vm) };
       },
     },
+    {
+      method: 'POST',
+      pattern: '/v1/ha/hosts/migrate/:vm',
+      who: 'host',
+      handler: async (params, body, caller) => {
+        const vm = nameParam(params['vm'], 'VM');
+        const record = await ownedHereAsked(caller, vm);
+        const to = nameParam(typeof body['to'] === 'string' ? body['to'] : undefined, 'host');
+        // The same checks and job as the admin's `ferry vm migrate`; the manager does not wait for the end.
+        return { job: await startMigration(ctx, vm, { to, token: record.token }) };
+      },
+    },
+    {
+      method: 'POST',
+      pattern: '/v1/ha/hosts/release/:vm',
+      who: 'host',
+      handler: async (params, body, caller) => {
+        const vm = nameParam(params['vm'], 'VM');
+        const record = await ownedHereAsked(caller, vm);
+        const to = nameParam(typeof body['to'] === 'string' ? body['to'] : undefined, 'host');
+        if (ctx.runtime.get(vm)) throw new RefusedError(`'${vm}' runs on ${ctx.node.name}: it is moved by migration, not handed over`);
+        if (!(await ctx.state.host(to))) throw new RefusedError(`host '${to}' has no live lease; '${vm}' stays on ${ctx.node.name}`);
+        const storage = await storageCatalog(ctx);
+        const unmovable = (record.spec.disks ?? []).find((d) => !storage.get(d.pool).shared);
+        if (unmovable) throw new RefusedError(`disk ${unmovable.id} of '${vm}' is in pool '${unmovable.pool}', which ${to} does not share with ${ctx.node.name}`);
+        if ((await ctx.state.updateVm(record, { owner: to, desired: 'stopped' })) === undefined)
+          throw new RefusedError(`'${vm}' changed while being handed over; the manager looks again`);
+        ctx.log(`HA: stopped ${vm} handed over to ${to} (it failed to start here)`);
+        return { vm: await ctx.state.vm(vm) };
+      },
+    },
   ];
 }
 
@@ -206,7 +240,7 @@ async function parseRule(ctx: AgentContext, body: Record<string, unknown>): Prom
       if (!Number.isInteger(priority) || priority < 0 || priority > 1000) throw new RefusedError(`${host}:${String(n.priority)}: a priority is a whole number from 0 to 1000`);
       return { host, priority };
     });
-    return { name, kind: 'nodes', vms, nodes: parsed, strict: body['strict'] === true };
+    return { name, kind: 'nodes', vms, nodes: parsed, strict: body['strict'] === true, failback: body['failback'] === true };
   }
   if (typeof body['together'] !== 'boolean') throw new RefusedError('say what the rule asks: --nodes HOST[:PRIORITY],... [--strict], or --together, or --apart');
   if (vms.length < 2) throw new RefusedError('keeping VMs together or apart takes at least two VMs');

@@ -14,6 +14,7 @@ import { volumeOf } from '../storage/types.ts';
 import { requireRoom, requireVm, storageCatalog, type AgentContext } from './context.ts';
 import { RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
+import { fenceLostHost } from './storage-fencing.ts';
 
 export function recoverRoutes(ctx: AgentContext): Route[] {
   return [
@@ -85,6 +86,8 @@ export async function recoverVm(ctx: AgentContext, name: string, options: Recove
   job.log.push(`${new Date().toISOString()} host '${vm.owner}' is gone (lease expired); ${by} recovers ${name} on ${node.name}${options.start ? '' : ' (stopped)'}`);
   let owned: number | undefined;
   try {
+    // Storage fencing before anything of it opens here: what the lost host may still run writes no more.
+    for (const line of await fenceLostHost(ctx, vm.owner, vm.spec)) job.log.push(`${new Date().toISOString()} fenced: ${line}`);
     owned = await state.updateVm(vm, { owner: node.name, desired: options.start ? 'running' : 'stopped' });
     if (owned === undefined) throw new RefusedError(`'${name}' changed while being recovered (another host took it?); see 'ferry vm show ${name}'`);
     // This host served its replicas to the lost primary: from now on its guest writes to them.

@@ -232,7 +232,10 @@ function parsePool(body: Record<string, unknown>): StoragePoolConfig {
     const target = String(body['target'] ?? '');
     if (!/^[A-Za-z0-9.-]+(:\d+)?$/.test(portal)) throw new RefusedError(`an iscsi pool needs --portal HOST[:PORT], not '${portal}'`);
     if (!/^(iqn|eui|naa)\.[A-Za-z0-9.:-]+$/.test(target)) throw new RefusedError(`an iscsi pool needs --target IQN (like iqn.2026-11.org.example:store), not '${target}'`);
-    return { name, type, portal: portal.includes(':') ? portal : `${portal}:3260`, target };
+    const fence = body['fenceCommand'];
+    if (fence !== undefined && (!Array.isArray(fence) || !fence.length || !String(fence[0]).startsWith('/')))
+      throw new RefusedError(`--fence-command must name an executable by its absolute path (then its arguments), run as 'COMMAND... fence|unfence ADDRESS HOST'`);
+    return { name, type, portal: portal.includes(':') ? portal : `${portal}:3260`, target, ...(fence ? { fenceCommand: (fence as unknown[]).map(String) } : {}) };
   }
   if (type === 'rbd') {
     const pool = String(body['pool'] ?? 'rbd');

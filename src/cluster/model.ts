@@ -56,6 +56,8 @@ export interface MemberRecord {
   /** SHA-256 of its certificate, lower-case hex. */
   fingerprint: string;
   since: string;
+  /** The address it reaches storage and peers from (written by its agent at start): storage fencing cuts it off by it. */
+  address?: string;
 }
 
 /** A revoked certificate: whose it was, when, and why. */

@@ -268,8 +268,10 @@ async function startStorageServers(lab: LabRecord, kinds: LabStorage[], save: ()
         // tgtd's management socket is machine-wide (/var/run/tgtd): a port per lab keeps labs and a host's own tgtd apart.
         const controlPort = await IscsiServer.freeControlPort(3000 + ([...lab.prefix].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 997, 7)));
         const server = await IscsiServer.start({ netns: lab.sanNetns, dir: path.join(lab.dir, 'san', 'iscsi'), address: SAN_ADDRESS, target, luns: 8, lunMiB: 256, controlPort, initiators: hostAddresses });
-        await client.call('POST', '/v1/storage', { name: 'iscsi', type: 'iscsi', portal: server.portal, target });
-        log(`storage: pool 'iscsi' (tgt at iscsi://${server.portal}/${target}, 8 LUNs of 256 MiB)`);
+        // tgtd's management socket is a file every lab host sees: the lab's target can withdraw a lost host's initiator.
+        const fenceCommand = [path.join(PROJECT_ROOT, 'scripts', 'tgt-fence.sh'), String(controlPort), '1'];
+        await client.call('POST', '/v1/storage', { name: 'iscsi', type: 'iscsi', portal: server.portal, target, fenceCommand });
+        log(`storage: pool 'iscsi' (tgt at iscsi://${server.portal}/${target}, 8 LUNs of 256 MiB; storage fencing by scripts/tgt-fence.sh)`);
         break;
       }
       case 'rbd': {

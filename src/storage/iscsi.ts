@@ -9,7 +9,7 @@
 import { run, CommandFailedError } from '../util/exec.ts';
 import { NoSpaceError, PoolUnreachableError, StorageError, VolumeNotFoundError } from './errors.ts';
 import { createImage, imageInfo } from './qemu-img.ts';
-import type { IncomingDisk, IscsiPoolConfig, PoolStatus, StorageDriver, VolumeSpec, VolumeUsage } from './types.ts';
+import type { FencedHost, IncomingDisk, IscsiPoolConfig, PoolStatus, StorageDriver, VolumeSpec, VolumeUsage } from './types.ts';
 
 interface Lun {
   lun: number;
@@ -126,5 +126,26 @@ export class IscsiDriver implements StorageDriver {
 
   async releaseAfterMigration(): Promise<void> {
     // Same LUN, new owner.
+  }
+
+  get fence(): ((host: FencedHost) => Promise<string>) | undefined {
+    return this.config.fenceCommand ? (host) => this.runFenceCommand('fence', host) : undefined;
+  }
+
+  get unfence(): ((host: FencedHost) => Promise<string>) | undefined {
+    return this.config.fenceCommand ? (host) => this.runFenceCommand('unfence', host) : undefined;
+  }
+
+  private async runFenceCommand(action: 'fence' | 'unfence', host: FencedHost): Promise<string> {
+    const [command, ...args] = this.config.fenceCommand!;
+    try {
+      await run(command!, [...args, action, host.address, host.name], { timeoutMs: 30_000 });
+    } catch (err) {
+      const detail = err instanceof CommandFailedError ? err.stderr.trim() || err.message : (err as Error).message;
+      throw new StorageError(`the fence command of iSCSI pool '${this.config.name}' (${command}) could not ${action} ${host.name} (${host.address}): ${detail}`);
+    }
+    return action === 'fence'
+      ? `iSCSI: the initiator of ${host.name} (${host.address}) is withdrawn from ${this.config.target} (${command})`
+      : `iSCSI: ${host.name} (${host.address}) may log in to ${this.config.target} again`;
   }
 }

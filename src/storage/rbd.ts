@@ -6,7 +6,7 @@
  */
 import { CommandFailedError, run } from '../util/exec.ts';
 import { PoolUnreachableError, StorageError, VolumeExistsError, VolumeNotFoundError } from './errors.ts';
-import type { IncomingDisk, PoolStatus, RbdPoolConfig, StorageDriver, VolumeSpec, VolumeUsage } from './types.ts';
+import type { FencedHost, IncomingDisk, PoolStatus, RbdPoolConfig, StorageDriver, VolumeSpec, VolumeUsage } from './types.ts';
 
 export class RbdDriver implements StorageDriver {
   readonly shared = true;
@@ -101,4 +101,26 @@ export class RbdDriver implements StorageDriver {
   async releaseAfterMigration(): Promise<void> {
     // Same image, new owner.
   }
+
+  /** Every client from the lost host's address is refused by the OSDs (EBLOCKLISTED): a QEMU it still runs writes nothing more. */
+  async fence(host: FencedHost): Promise<string> {
+    await this.blocklist(['add', host.address, String(BLOCKLIST_SECONDS)]);
+    return `Ceph: the RBD clients of ${host.name} (${host.address}) are blocklisted (ceph osd blocklist add ${host.address})`;
+  }
+
+  async unfence(host: FencedHost): Promise<string> {
+    await this.blocklist(['rm', host.address]);
+    return `Ceph: ${host.name} (${host.address}) is off the blocklist`;
+  }
+
+  private async blocklist(args: string[]): Promise<void> {
+    try {
+      await run('ceph', ['-c', this.config.conf, '--id', this.config.user, '--connect-timeout', '10', 'osd', 'blocklist', ...args], { timeoutMs: 20_000 });
+    } catch (err) {
+      throw this.unreachable(err);
+    }
+  }
 }
+
+/** How long a blocklist entry lasts if its host never comes back to lift it (Ceph's default is an hour). */
+const BLOCKLIST_SECONDS = 30 * 86_400;

@@ -34,6 +34,12 @@ export interface IscsiPoolConfig {
   portal: string;
   /** The target's IQN. */
   target: string;
+  /**
+   * Storage fencing, where the target lets a host's initiator be withdrawn (iSCSI itself cannot):
+   * an executable (absolute path, then its own arguments) run on the recovering host as
+   * `COMMAND... fence|unfence ADDRESS HOST`. Without it the pool is fenced by the leases and the watchdogs alone.
+   */
+  fenceCommand?: string[];
 }
 
 /** RBD images of a Ceph pool, opened by QEMU through librbd; cephx through the client's ceph.conf and keyring. */
@@ -179,4 +185,18 @@ export interface StorageDriver {
   abortIncoming(volume: VolumeSpec, how: IncomingDisk): Promise<void>;
   /** Migration source, after the destination took over: drop this host's now stale copy (nothing for shared storage). */
   releaseAfterMigration(volume: VolumeSpec): Promise<void>;
+  /**
+   * Storage fencing, for pools whose backend can cut a host off (Ceph's blocklist, an iSCSI target
+   * that withdraws an initiator): before a lost host's VM starts elsewhere, nothing that host still
+   * runs can write to the pool. Returns what was done, for the job log.
+   */
+  fence?(host: FencedHost): Promise<string>;
+  /** Lets a fenced host back in (once it runs nothing it does not own). */
+  unfence?(host: FencedHost): Promise<string>;
+}
+
+/** A host cut off a pool's backend: by the address its clients reach the backend from. */
+export interface FencedHost {
+  name: string;
+  address: string;
 }

@@ -140,7 +140,18 @@ export async function agentLogs(suite: SuiteLab, hosts: string[], chars = 3000):
  * finds every write the guest reported complete, nothing torn or foreign, and the disk verifies.
  * The dead host's agent then comes back without starting a second copy.
  */
-export async function recoverAfterHostDeath(suite: SuiteLab, vm: string, to: string, t: { diagnostic(message: string): void }): Promise<void> {
+/**
+ * `fencedFrom`: the pool whose backend fences a lost host (storage fencing): the recovery's job log
+ * says it did, `reachesPool` (run in the lost host's namespace) fails while the host is fenced, and the
+ * pool is reachable again from that host once its agent is back.
+ */
+export async function recoverAfterHostDeath(
+  suite: SuiteLab,
+  vm: string,
+  to: string,
+  t: { diagnostic(message: string): void },
+  fencing?: { pool: string; reachesPool: (netns: string) => Promise<boolean> },
+): Promise<void> {
   const shown = (await suite.cli('vm', 'show', vm)).json as { owner: string; ip: string };
   const lost = shown.owner;
   const lastSeen = await suite.probe.diskcheckStats(shown.ip);
@@ -163,8 +174,24 @@ export async function recoverAfterHostDeath(suite: SuiteLab, vm: string, to: str
   assert.deepEqual({ torn: startup.torn, foreign: startup.foreign }, { torn: 0, foreign: 0 });
   assert.ok(startup.maxseq >= lastSeen.seq, `a write the guest saw complete (seq ${lastSeen.seq}) is missing: the disk's newest is ${startup.maxseq}`);
   await assertDiskVerifies(suite, vm, 0, shown.ip);
+  const lostNetns = suite.lab.hosts.find((h) => h.name === lost)!.netns;
+  if (fencing) {
+    const job = ((await suite.cli('job', 'list')).json as Array<{ kind: string; vm: string; log: string[] }>).filter((j) => j.kind === 'recover' && j.vm === vm).at(-1);
+    assert.ok(job?.log.some((l) => /fenced: /.test(l)), `the recovery's job log says ${lost} was fenced: ${job?.log.join(' | ')}`);
+    assert.equal(await fencing.reachesPool(lostNetns), false, `${lost} is cut off pool '${fencing.pool}' while it is fenced`);
+  }
   await startAgent(suite.lab, lost);
   for (let i = 0; i < 60 && !(await suite.cli('node', 'list')).json?.hosts?.some((h: { name: string }) => h.name === lost); i++) await new Promise((r) => setTimeout(r, 500));
+  if (fencing) {
+    let back = false;
+    for (let i = 0; i < 30 && !back; i++) {
+      back = await fencing.reachesPool(lostNetns);
+      if (!back) await new Promise((r) => setTimeout(r, 1000));
+    }
+    assert.ok(back, `${lost} lifted its storage fence once its agent was back (it runs no guest of another host)`);
+    const listed = (await suite.cli('storage', 'list')).json.hosts as Array<{ host: string; pools?: Array<{ pool: string; reachable: boolean }> }>;
+    assert.equal(listed.find((h) => h.host === lost)?.pools?.find((p) => p.pool === fencing.pool)?.reachable, true, `ferry storage list: ${lost} reaches '${fencing.pool}' again`);
+  }
   const copies = (await run('pgrep', ['-f', `qemu-system-x86_64 -name guest=${vm},`]).catch(() => '')).split('\n').filter(Boolean);
   assert.equal(copies.length, 1, `one QEMU runs ${vm} after ${lost} came back`);
 }

@@ -77,8 +77,11 @@ describe('iscsi storage (tgt in the lab, QEMU libiscsi)', () => {
     assert.equal(again.json.location, a.json.location, 'the freed LUN is used again');
   });
 
-  it('its host dies: the VM is recovered on another host from the same LUN, nothing the guest saw written is lost', async (t) => {
-    await recoverAfterHostDeath(suite, 'i1', 'h3', t);
+  it('its host dies: its initiator is withdrawn from the target, the VM is recovered on another host from the same LUN, nothing the guest saw written is lost; back, the host may log in again', async (t) => {
+    const portal = (await cli('storage', 'list')).json.pools.find((p: { name: string }) => p.name === 'iscsi').portal as string;
+    // iscsi-ls logs in and lists the target's LUNs: a withdrawn initiator sees none.
+    const reachesPool = async (netns: string) => /Lun:\d+\s+Type:DIRECT_ACCESS/.test(await run('ip', ['netns', 'exec', netns, 'timeout', '15', 'iscsi-ls', '-s', `iscsi://${portal}/`]).catch(() => ''));
+    await recoverAfterHostDeath(suite, 'i1', 'h3', t, { pool: 'iscsi', reachesPool });
     assert.equal(await openers(lun), 1, 'exactly one QEMU has the LUN open after the recovery');
   });
 });

@@ -33,8 +33,16 @@ describe('rbd storage (Ceph in the lab, QEMU librbd)', () => {
     await migrateAroundOnSharedStorage(suite, 'r1', ip, t);
   });
 
-  it('its host dies: the VM is recovered on another host from the same RBD image, nothing the guest saw written is lost', async (t) => {
-    await recoverAfterHostDeath(suite, 'r1', 'h2', t);
+  it('its host dies: its RBD clients are blocklisted, the VM is recovered on another host from the same image, nothing the guest saw written is lost; back, the host lifts the blocklist', async (t) => {
+    const conf = path.join(suite.dir, 'san', 'ceph', 'ceph.conf');
+    const reachesPool = async (netns: string) =>
+      run('ip', ['netns', 'exec', netns, 'timeout', '20', 'rbd', '-c', conf, 'ls', 'rbd']).then(
+        () => true,
+        () => false,
+      );
+    await recoverAfterHostDeath(suite, 'r1', 'h2', t, { pool: 'rbd', reachesPool });
+    const blocklist = await run('ip', ['netns', 'exec', suite.lab.sanNetns!, 'ceph', '-c', conf, 'osd', 'blocklist', 'ls']);
+    assert.doesNotMatch(blocklist, /10\.80\.0\.\d+:0\/0/, 'no host address is left on the blocklist');
   });
 
   it('volumes are RBD images: made, refused as qcow2, removed', async () => {

@@ -111,9 +111,9 @@ describe('the HA manager', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  const host = async (name: string) => {
+  const host = async (name: string, startedAt = new Date()) => {
     const lease = await store.grantLease(60);
-    const record: HostRecord = { name, url: `https://${name}`, address: name, memoryMiB: 1024, startedAt: new Date().toISOString() };
+    const record: HostRecord = { name, url: `https://${name}`, address: name, memoryMiB: 1024, startedAt: startedAt.toISOString() };
     await store.put(KEYS.host(name), JSON.stringify(record), { lease });
     return lease;
   };
@@ -128,6 +128,16 @@ describe('the HA manager', () => {
     },
     async start(target, vm) {
       calls.push(`start ${vm} on ${target}`);
+      if (failOn.has(target)) throw new Error(`QEMU would not start on ${target}`);
+      await state.updateVm((await state.vm(vm))!, { desired: 'running' });
+    },
+    async migrate(owner, vm, to) {
+      calls.push(`migrate ${vm} from ${owner} to ${to}`);
+      await state.updateVm((await state.vm(vm))!, { owner: to });
+    },
+    async release(owner, vm, to) {
+      calls.push(`release ${vm} from ${owner} to ${to}`);
+      await state.updateVm((await state.vm(vm))!, { owner: to, desired: 'stopped' });
     },
     async stop(target, vm) {
       calls.push(`stop ${vm} on ${target}`);
@@ -195,6 +205,47 @@ describe('the HA manager', () => {
     await m1!.tick();
     assert.equal(calls.filter((c) => c.startsWith('recover v3')).length, 4, 'in error: no more tries');
     failOn.clear();
+  });
+
+  it('a VM that keeps failing to start on its live host is handed to another host and started there', async () => {
+    const [m1] = managers;
+    calls.length = 0;
+    await vm('v5', 'h2');
+    await state.updateVm((await state.vm('v5'))!, { desired: 'stopped' }); // its QEMU died
+    await records.putResource({ vm: 'v5', request: 'started', maxRestart: 1, maxRelocate: 1, addedAt: new Date().toISOString() });
+    failOn.add('h2');
+    for (let i = 0; i < 4; i++) await m1!.tick();
+    failOn.clear();
+    assert.deepEqual(
+      calls.filter((c) => c.includes('v5')),
+      ['start v5 on h2', 'start v5 on h2', 'release v5 from h2 to h3', 'start v5 on h3'],
+      'two tries on its own host (max-restart 1), then the next host',
+    );
+    assert.deepEqual({ owner: (await state.vm('v5'))?.owner, desired: (await state.vm('v5'))?.desired }, { owner: 'h3', desired: 'running' });
+    const status = (await records.status('v5'))!;
+    assert.equal(status.actual, 'running');
+    assert.match(status.lastAction!.what, /start v5 on h3: it failed to start on 'h2' — done/);
+  });
+
+  it('failback: a VM goes back by live migration to the host its rule prefers, once that host has settled; not without --failback', async () => {
+    const [m1] = managers;
+    calls.length = 0;
+    await vm('v6', 'h3');
+    await vm('v7', 'h3');
+    for (const name of ['v6', 'v7']) await records.putResource({ vm: name, request: 'started', maxRestart: 1, maxRelocate: 1, addedAt: new Date().toISOString() });
+    await records.addRule({ name: 'v6-home', kind: 'nodes', vms: ['v6'], nodes: [{ host: 'h6', priority: 2 }, { host: 'h3', priority: 1 }], strict: false, failback: true });
+    await records.addRule({ name: 'v7-home', kind: 'nodes', vms: ['v7'], nodes: [{ host: 'h6', priority: 2 }], strict: false });
+    await m1!.tick(); // both running on h3, h6 not up
+    await host('h6'); // h6 comes back, just now
+    await m1!.tick();
+    assert.deepEqual(calls.filter((c) => c.startsWith('migrate')), [], 'not to a host that came back a moment ago');
+    await new Promise((r) => setTimeout(r, 5_100));
+    await m1!.tick();
+    assert.deepEqual(calls.filter((c) => c.startsWith('migrate')), ['migrate v6 from h3 to h6'], 'v6 fails back; v7 (no --failback) stays');
+    assert.equal((await state.vm('v6'))?.owner, 'h6');
+    await m1!.tick();
+    assert.equal(calls.filter((c) => c.startsWith('migrate')).length, 1, 'once there, it stays');
+    assert.match((await records.status('v6'))!.lastAction!.what, /fail back v6 to h6 by live migration \(rule 'v6-home': priority 2 over h3's 1\)/);
   });
 
   it('a running VM its dead host\'s watchdog did not guard is not started elsewhere: it may still run there', async () => {

@@ -17,9 +17,10 @@ const USAGE = `Usage:
   ferry ha set VM [--state S] [--max-restart N] [--max-relocate N]
       Leaving 'error' takes --state disabled, then --state started.
   ferry ha remove VM
-  ferry ha rule add NAME --vms VM,... --nodes HOST[:PRIORITY],... [--strict]
+  ferry ha rule add NAME --vms VM,... --nodes HOST[:PRIORITY],... [--strict] [--failback]
       The VMs go to the live host of the highest priority (default 0) that can take them; --strict:
-      only to those hosts (else to any host when none of them can).
+      only to those hosts (else to any host when none of them can). --failback: a running VM goes back
+      by live migration when a host of higher priority than its own is up again (one at a time).
   ferry ha rule add NAME --vms VM,... --together | --apart
       The VMs run on one host (together), or never two of them on one host (apart).
   ferry ha rule list | remove NAME
@@ -45,7 +46,7 @@ export const haCommand: Command = {
       allowPositionals: true,
       options: {
         state: { type: 'string' }, 'max-restart': { type: 'string' }, 'max-relocate': { type: 'string' },
-        vms: { type: 'string' }, nodes: { type: 'string' }, strict: { type: 'boolean' }, together: { type: 'boolean' }, apart: { type: 'boolean' },
+        vms: { type: 'string' }, nodes: { type: 'string' }, strict: { type: 'boolean' }, failback: { type: 'boolean' }, together: { type: 'boolean' }, apart: { type: 'boolean' },
         json: { type: 'boolean' }, context: { type: 'string' },
       },
     });
@@ -88,7 +89,8 @@ export const haCommand: Command = {
           await (await cli.anyAgent()).call('DELETE', `/v1/ha/rules/${encodeURIComponent(ruleName)}`);
           return out(`rule ${ruleName} removed`, { removed: ruleName });
         }
-        if (sub !== 'add' || !ruleName) throw new UsageError('ferry ha rule add NAME --vms VM,... (--nodes HOST[:PRIORITY],... [--strict] | --together | --apart)');
+        if (sub !== 'add' || !ruleName) throw new UsageError('ferry ha rule add NAME --vms VM,... (--nodes HOST[:PRIORITY],... [--strict] [--failback] | --together | --apart)');
+        if (values.failback && values.nodes === undefined) throw new UsageError('--failback goes with --nodes: it moves VMs back to the hosts a rule prefers');
         if ([values.nodes !== undefined, values.together, values.apart].filter(Boolean).length !== 1) throw new UsageError('a rule takes one of --nodes, --together and --apart');
         const nodes = values.nodes?.split(',').map((entry) => {
           const [host, priority] = entry.split(':');
@@ -98,7 +100,7 @@ export const haCommand: Command = {
         const { rule } = await (await cli.anyAgent()).call<{ rule: HaRule }>('POST', '/v1/ha/rules', {
           name: ruleName,
           vms: (values.vms ?? '').split(',').filter(Boolean),
-          ...(nodes ? { nodes, strict: values.strict ?? false } : { together: values.together === true }),
+          ...(nodes ? { nodes, strict: values.strict ?? false, failback: values.failback ?? false } : { together: values.together === true }),
         });
         return out(`rule ${rule.name}: ${rule.vms.join(', ')} ${describeRule(rule)}`, { rule });
       }
@@ -141,5 +143,5 @@ function describe(r: HaResource): string {
 
 function describeRule(r: HaRule): string {
   if (r.kind === 'vms') return r.together ? 'run together on one host' : 'never share a host';
-  return `${r.strict ? 'only on' : 'prefer'} ${r.nodes.map((n) => `${n.host} (priority ${n.priority})`).join(', ')}`;
+  return `${r.strict ? 'only on' : 'prefer'} ${r.nodes.map((n) => `${n.host} (priority ${n.priority})`).join(', ')}${r.failback ? ', failback' : ''}`;
 }

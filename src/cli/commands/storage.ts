@@ -13,7 +13,7 @@ const USAGE = `Usage:
       replicated: each volume keeps a replica on two hosts (DIR per host, '%h' = host name);
       the host running the VM writes to both before a write completes.
   ferry storage add NAME --type nfs --server HOST --export /PATH
-  ferry storage add NAME --type iscsi --portal HOST[:PORT] --target IQN
+  ferry storage add NAME --type iscsi --portal HOST[:PORT] --target IQN [--fence-command 'PATH ARGS...']
   ferry storage add NAME --type rbd [--ceph-pool rbd] [--conf /etc/ceph/ceph.conf] [--user admin]
       shared-dir: a directory every host mounts at DIR (NFS...); live migration moves only RAM.
       local:      each host's own DIR; live migration copies the disks (NBD mirror, active mode).
@@ -21,8 +21,11 @@ const USAGE = `Usage:
       nfs:        an NFS export that QEMU opens itself (libnfs, NFSv3; no mount on the hosts); only RAM moves.
       iscsi:      the LUNs of a target, opened by QEMU's own initiator (libiscsi); one free LUN per new volume;
                   only RAM moves; the ownership swap is the only lock (iSCSI has none), no agent opens a LUN of
-                  a VM it does not own.
+                  a VM it does not own. --fence-command: storage fencing where the target allows it, run on the
+                  recovering host as 'PATH ARGS... fence|unfence ADDRESS HOST' (withdraw a lost host's initiator).
       rbd:        Ceph RBD images (raw) through librbd, cephx via ceph.conf and the user's keyring on every host.
+                  Storage fencing: a lost host's clients are blocklisted (ceph osd blocklist) before its VMs
+                  start elsewhere; the user needs the mon caps for it ('profile rbd' has them).
   ferry storage list      every pool, and whether each host reaches it (free space per host)
 Every command takes --json.`;
 
@@ -33,7 +36,7 @@ export const storageCommand: Command = {
     const { values, positionals } = parseArgs({
       args,
       allowPositionals: true,
-      options: { type: { type: 'string' }, path: { type: 'string' }, server: { type: 'string' }, export: { type: 'string' }, portal: { type: 'string' }, target: { type: 'string' }, 'ceph-pool': { type: 'string' }, conf: { type: 'string' }, user: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },
+      options: { type: { type: 'string' }, path: { type: 'string' }, server: { type: 'string' }, export: { type: 'string' }, portal: { type: 'string' }, target: { type: 'string' }, 'fence-command': { type: 'string' }, 'ceph-pool': { type: 'string' }, conf: { type: 'string' }, user: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },
     });
     const [verb, name] = positionals;
     const json = values.json ?? false;
@@ -43,13 +46,13 @@ export const storageCommand: Command = {
       case 'add': {
         if (!name) throw new UsageError('ferry storage add needs a pool name');
         if (!values.type || !STORAGE_TYPES.includes(values.type as never)) throw new UsageError(`--type must be one of ${STORAGE_TYPES.join(', ')}`);
-        let where: Record<string, string>;
+        let where: Record<string, string | string[]>;
         if (values.type === 'nfs') {
           if (!values.server || !values.export) throw new UsageError('an nfs pool needs --server HOST and --export /PATH');
           where = { server: values.server, export: values.export };
         } else if (values.type === 'iscsi') {
           if (!values.portal || !values.target) throw new UsageError('an iscsi pool needs --portal HOST[:PORT] and --target IQN');
-          where = { portal: values.portal, target: values.target };
+          where = { portal: values.portal, target: values.target, ...(values['fence-command'] ? { fenceCommand: values['fence-command'].trim().split(/\s+/) } : {}) };
         } else if (values.type === 'rbd') {
           where = { ...(values['ceph-pool'] ? { pool: values['ceph-pool'] } : {}), ...(values.conf ? { conf: values.conf } : {}), ...(values.user ? { user: values.user } : {}) };
         } else {

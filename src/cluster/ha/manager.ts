@@ -15,7 +15,7 @@ import type { StoragePoolConfig } from '../../storage/types.ts';
 import { ClusterState } from '../model.ts';
 import { LeaseExpiredError, type Store } from '../store/types.ts';
 import { HaRecords, type HaResource, type HaRule, type HaStatus } from './records.ts';
-import { placeVms, reachableHosts, type PlacementRequest } from './placement.ts';
+import { placeVms, reachableHosts, type PlacementHost, type PlacementRequest } from './placement.ts';
 import type { HaTiming } from './timing.ts';
 
 /** What the manager asks a host's agent to do (agent/ha.ts answers; the host checks it is the manager asking). */
@@ -26,6 +26,18 @@ export interface HaActions {
   start(host: string, vm: string): Promise<void>;
   /** Stop `vm` on its live owner `host` (a request `stopped` whose VM runs). */
   stop(host: string, vm: string): Promise<void>;
+  /** Live-migrate `vm` from its owner `host` to `to` (failback); resolves once the migration has begun. */
+  migrate(host: string, vm: string, to: string): Promise<void>;
+  /** Hand the stopped `vm` from its live owner `host` to `to` (it failed to start there too often). */
+  release(host: string, vm: string, to: string): Promise<void>;
+}
+
+/** A VM the manager starts on another host: its host is gone, or alive but it failed to start there. */
+interface ToPlace {
+  resource: HaResource;
+  vm: OwnedVm;
+  status: HaStatus;
+  from: 'lost' | 'live';
 }
 
 export interface HaManagerOptions {
@@ -52,6 +64,8 @@ export class HaManager {
   private readonly pending = new Map<string, HaStatus>();
   private renewTimer: NodeJS.Timeout | undefined;
   private seenRevision = -1;
+  /** When to look again although the store did not change (a failback waiting for its host to settle). */
+  private lookAgainAt: number | undefined;
 
   constructor(private readonly options: HaManagerOptions) {
     this.records = new HaRecords(options.store);
@@ -135,7 +149,8 @@ export class HaManager {
     // Nothing changed in the store since the last look, and no host's margin is running: nothing to do
     // (a cluster of thousands of VMs is not read every second). A lease that expires changes it.
     const revision = await this.options.store.revision();
-    if (revision === this.seenRevision && this.goneSince.size === 0) return;
+    if (revision === this.seenRevision && this.goneSince.size === 0 && !(this.lookAgainAt !== undefined && performance.now() >= this.lookAgainAt)) return;
+    this.lookAgainAt = undefined;
     const resources = await this.records.resources();
     const [vms, hosts, pools, statuses] = await Promise.all([this.state.vms(), this.state.hosts(), this.state.pools(), this.records.statuses()]);
     this.seenRevision = revision;
@@ -147,7 +162,7 @@ export class HaManager {
     const statusOf = new Map(statuses.map((s) => [s.vm, s]));
     this.written.clear();
     for (const s of statuses) this.written.set(s.vm, comparable(s));
-    const toPlace: Array<{ resource: HaResource; vm: OwnedVm; status: HaStatus }> = [];
+    const toPlace: ToPlace[] = [];
     const guardedBy = new Map<string, Set<string> | undefined>();
     for (const resource of resources) {
       const vm = byName.get(resource.vm);
@@ -159,7 +174,11 @@ export class HaManager {
       }
       if (status.actual === 'error') continue; // left by `ferry ha set VM --state disabled`, then started
       if (alive.has(vm.owner)) {
-        if (resource.request === 'started' && vm.desired !== 'running') await this.startOnOwner(resource, vm, status);
+        if (resource.request === 'started' && vm.desired !== 'running') {
+          // It failed to start there as often as allowed: another host, as for a lost one.
+          if (status.failedOn.includes(vm.owner)) toPlace.push({ resource, vm, status, from: 'live' });
+          else await this.startOnOwner(resource, vm, status);
+        }
         else if (resource.request === 'stopped' && vm.desired === 'running') await this.stopOnOwner(vm, status);
         else {
           const actual = vm.desired === 'running' ? 'running' : 'stopped';
@@ -185,15 +204,16 @@ export class HaManager {
           continue;
         }
       }
-      toPlace.push({ resource, vm, status });
+      toPlace.push({ resource, vm, status, from: 'lost' });
     }
     if (toPlace.length) await this.recoverAll(toPlace, vms, hosts, pools);
+    else await this.failBack(resources, byName, vms, hosts, statusOf);
     await this.flush();
     this.written.clear(); // read afresh next time: nothing of the cluster's size stays between ticks
   }
 
   private async recoverAll(
-    items: Array<{ resource: HaResource; vm: OwnedVm; status: HaStatus }>,
+    items: ToPlace[],
     vms: OwnedVm[],
     hosts: HostRecord[],
     pools: StoragePoolConfig[],
@@ -201,45 +221,97 @@ export class HaManager {
     const rules = await this.records.rules();
     const requests: PlacementRequest[] = [];
     const unplaceable = new Map<string, string>();
-    for (const { vm, status } of items) {
+    for (const { vm, status, from } of items) {
       const reach = reachableHosts(vm.spec, pools, vm.owner);
       if ('reason' in reach) unplaceable.set(vm.spec.name, reach.reason);
+      else if (from === 'live' && reach.hosts) unplaceable.set(vm.spec.name, `its replicated disks move to the other replica only when '${vm.owner}' is gone`);
       else requests.push({ vm: vm.spec.name, memoryMiB: vm.spec.memoryMiB, reachableFrom: reach.hosts, exclude: new Set(status.failedOn), ...ruleConstraints(rules, vm.spec.name) });
     }
-    const used = new Map<string, number>();
-    for (const v of vms) used.set(v.owner, (used.get(v.owner) ?? 0) + v.spec.memoryMiB);
-    const alive = new Set(hosts.map((h) => h.name));
-    const locations = new Map(vms.filter((v) => alive.has(v.owner) && v.desired === 'running').map((v) => [v.spec.name, v.owner]));
-    const placements = placeVms(requests, hosts.map((h) => ({ name: h.name, memoryMiB: h.memoryMiB, usedMiB: used.get(h.name) ?? 0 })), locations);
+    const { room, locations } = capacity(vms, hosts);
+    const placements = placeVms(requests, room, locations);
     const placementOf = new Map(placements.map((p) => [p.vm, p]));
-    const takeovers: Array<{ resource: HaResource; status: HaStatus; name: string; target: string; start: boolean; what: string }> = [];
-    for (const { resource, vm, status } of items) {
+    const takeovers: Array<{ resource: HaResource; status: HaStatus; name: string; owner: string; from: ToPlace['from']; target: string; start: boolean; what: string }> = [];
+    for (const { resource, vm, status, from } of items) {
       const name = vm.spec.name;
       const placement = placementOf.get(name);
       const reason = unplaceable.get(name) ?? (placement && 'reason' in placement ? placement.reason : undefined);
       if (reason || !placement || !('host' in placement)) {
-        this.save({ ...status, actual: 'waiting', reason: `no host can take it: ${reason ?? 'no placement'}` });
+        if (from === 'live')
+          this.save({ ...status, actual: 'error', reason: `it failed to start on its host ${vm.owner}, and no other host can take it (${reason ?? 'no placement'}). ${leaveError(name)}` });
+        else this.save({ ...status, actual: 'waiting', reason: `no host can take it: ${reason ?? 'no placement'}` });
         continue;
       }
       const start = resource.request === 'started';
-      const what = `${start ? 'start' : 'move (stopped)'} ${name} on ${placement.host}: its host '${vm.owner}' is gone`;
+      const why = from === 'lost' ? `its host '${vm.owner}' is gone` : `it failed to start on '${vm.owner}'`;
+      const what = `${start ? 'start' : 'move (stopped)'} ${name} on ${placement.host}: ${why}`;
       this.save({ ...status, actual: 'recovering', host: placement.host, reason: undefined, lastAction: this.action(what) });
-      takeovers.push({ resource, status, name, target: placement.host, start, what });
+      takeovers.push({ resource, status, name, owner: vm.owner, from, target: placement.host, start, what });
     }
     // Written down before acting; a manager that lost its key meanwhile asks no host for anything.
     await this.flush();
     if (this.token === undefined) return;
     await Promise.allSettled(
-      takeovers.map(async ({ resource, status, name, target, start, what }) => {
+      takeovers.map(async ({ resource, status, name, owner, from, target, start, what }) => {
         this.options.log(`HA manager: ${what}`);
         try {
-          await this.options.actions.recover(target, name, start);
+          if (from === 'lost') await this.options.actions.recover(target, name, start);
+          else {
+            await this.options.actions.release(owner, name, target);
+            if (start) await this.options.actions.start(target, name);
+          }
           this.save({ ...status, actual: start ? 'running' : 'stopped', host: target, reason: undefined, restarts: 0, failedOn: [], lastAction: this.action(`${what} — done`) });
         } catch (err) {
           this.save(this.afterFailure(resource, status, target, (err as Error).message));
         }
       }),
     );
+  }
+
+  /**
+   * Failback (a nodes rule with `failback`): a running VM goes back by live migration to the live
+   * host its rule prefers over its own. One at a time in the cluster, none while a recovery runs,
+   * and only to a host up for FAILBACK_SETTLE_MS (one that just came back may still be starting).
+   */
+  private async failBack(resources: HaResource[], byName: Map<string, OwnedVm>, vms: OwnedVm[], hosts: HostRecord[], statusOf: Map<string, HaStatus>): Promise<void> {
+    const allRules = await this.records.rules();
+    const rules = allRules.filter((r): r is Extract<HaRule, { kind: 'nodes' }> => r.kind === 'nodes' && r.failback === true);
+    if (!rules.length) return;
+    const migrating = await this.state.migrations();
+    if (migrating.some((m) => resources.some((r) => r.vm === m.vm))) return;
+    const alive = new Map(hosts.map((h) => [h.name, h]));
+    const { room, locations } = capacity(vms, hosts);
+    for (const resource of resources) {
+      const vm = byName.get(resource.vm);
+      const status = statusOf.get(resource.vm);
+      const rule = rules.find((r) => r.vms.includes(resource.vm));
+      if (!vm || !rule || resource.request !== 'started' || vm.desired !== 'running' || !alive.has(vm.owner) || status?.actual !== 'running') continue;
+      const priorities = new Map(rule.nodes.map((n) => [n.host, n.priority]));
+      const own = priorities.get(vm.owner) ?? -1;
+      const others = new Map(locations);
+      others.delete(resource.vm);
+      const [placement] = placeVms(
+        [{ vm: resource.vm, memoryMiB: vm.spec.memoryMiB, exclude: new Set([vm.owner, ...status.failedOn]), ...ruleConstraints(allRules, resource.vm), preferred: { rule: rule.name, priorities, strict: true } }],
+        room,
+        others,
+      );
+      if (!placement || !('host' in placement) || (priorities.get(placement.host) ?? -1) <= own) continue;
+      const settledFor = Date.now() - Date.parse(alive.get(placement.host)!.startedAt);
+      if (settledFor < FAILBACK_SETTLE_MS) {
+        this.lookAgainAt = performance.now() + FAILBACK_SETTLE_MS - settledFor;
+        return;
+      }
+      const what = `fail back ${resource.vm} to ${placement.host} by live migration (rule '${rule.name}': priority ${priorities.get(placement.host)} over ${vm.owner}'s ${own < 0 ? 'none' : own})`;
+      this.save({ ...status, lastAction: this.action(what) });
+      await this.flush();
+      if (this.token === undefined) return;
+      this.options.log(`HA manager: ${what}`);
+      try {
+        await this.options.actions.migrate(vm.owner, resource.vm, placement.host);
+      } catch (err) {
+        this.save({ ...status, lastAction: this.action(`${what} — refused: ${(err as Error).message}`) });
+      }
+      return; // one at a time: the next once this one has ended (its end changes the store)
+    }
   }
 
   private async startOnOwner(resource: HaResource, vm: OwnedVm, status: HaStatus): Promise<void> {
@@ -252,9 +324,8 @@ export class HaManager {
       await this.options.actions.start(vm.owner, vm.spec.name);
       this.save({ ...status, actual: 'running', host: vm.owner, reason: undefined, restarts: 0, failedOn: [], lastAction: this.action(`${what} — done`) });
     } catch (err) {
-      const failed = this.afterFailure(resource, status, vm.owner, (err as Error).message);
-      // Its host is alive and keeps it: moving a stopped VM between live hosts is not the manager's (yet).
-      this.save(failed.actual === 'waiting' && failed.failedOn.includes(vm.owner) ? { ...failed, actual: 'error', reason: `it failed to start on its host ${vm.owner} ${resource.maxRestart + 1} times (${(err as Error).message}); fix the cause, then: ferry ha set ${vm.spec.name} --state disabled; ferry ha set ${vm.spec.name} --state started` } : failed);
+      // Tried again there, then (next tick, failedOn naming its host) relocated, then error.
+      this.save(this.afterFailure(resource, status, vm.owner, (err as Error).message));
     }
   }
 
@@ -284,7 +355,7 @@ export class HaManager {
         actual: 'error',
         restarts,
         relocations,
-        reason: `it failed to start on ${[...status.failedOn, host].join(', ')} (last: ${message}); after ${resource.maxRelocate} relocations it stays down. Fix the cause, then: ferry ha set ${resource.vm} --state disabled; ferry ha set ${resource.vm} --state started`,
+        reason: `it failed to start on ${[...status.failedOn, host].join(', ')} (last: ${message}); after ${resource.maxRelocate} relocations it stays down. ${leaveError(resource.vm)}`,
       };
     return { ...base, actual: 'waiting', restarts: 0, relocations, failedOn: [...status.failedOn, host], reason: `start on ${host} failed ${restarts} times: ${message}; trying another host` };
   }
@@ -309,6 +380,25 @@ export class HaManager {
     if (!(await this.records.putStatuses(statuses, this.token))) this.stepDown('its manager key changed (another agent is the manager)');
   }
 
+}
+
+/** How long a host that came back is left to settle before VMs fail back to it. */
+const FAILBACK_SETTLE_MS = 5_000;
+
+/** Each live host's memory and what its VMs use, and where the VMs run, for placement. */
+function capacity(vms: OwnedVm[], hosts: HostRecord[]): { room: PlacementHost[]; locations: Map<string, string> } {
+  const used = new Map<string, number>();
+  for (const v of vms) used.set(v.owner, (used.get(v.owner) ?? 0) + v.spec.memoryMiB);
+  const alive = new Set(hosts.map((h) => h.name));
+  return {
+    room: hosts.map((h) => ({ name: h.name, memoryMiB: h.memoryMiB, usedMiB: used.get(h.name) ?? 0 })),
+    locations: new Map(vms.filter((v) => alive.has(v.owner) && v.desired === 'running').map((v) => [v.spec.name, v.owner])),
+  };
+}
+
+/** How an admin takes a VM out of `error`, as with Proxmox's ha-manager. */
+function leaveError(vm: string): string {
+  return `Fix the cause, then: ferry ha set ${vm} --state disabled; ferry ha set ${vm} --state started`;
 }
 
 /** A status without its time stamp, for "did it change". */

@@ -55,7 +55,7 @@ export interface HaStatus {
  * on one host (together) or never two on one host (apart).
  */
 export type HaRule =
-  | { name: string; kind: 'nodes'; vms: string[]; nodes: Array<{ host: string; priority: number }>; strict: boolean }
+  | { name: string; kind: 'nodes'; vms: string[]; nodes: Array<{ host: string; priority: number }>; strict: boolean; failback?: boolean }
   | { name: string; kind: 'vms'; vms: string[]; together: boolean };
 
 export interface HaManagerRecord {
@@ -75,7 +75,20 @@ export const HA_KEYS = {
   /** The VMs a host's watchdog guards (written by that host after each change). */
   guarded: (host: string) => `/ferry/ha/guarded/${host}`,
   rules: '/ferry/ha/rules/',
+  /** A lost host cut off a pool's backend (storage fencing), until it is back and lifts it. */
+  fence: (host: string, pool: string) => `/ferry/ha/fences/${host}/${pool}`,
+  fencesOf: (host: string) => `/ferry/ha/fences/${host}/`,
 };
+
+/** Storage fencing written down before it is done: whoever sees it knows the host must lift it when back. */
+export interface StorageFence {
+  host: string;
+  pool: string;
+  address: string;
+  /** Who fenced it, and when. */
+  by: string;
+  at: string;
+}
 
 export class HaRecords {
   constructor(readonly store: Store) {}
@@ -128,6 +141,18 @@ export class HaRecords {
   async guarded(host: string): Promise<Set<string> | undefined> {
     const kv = await this.store.get(HA_KEYS.guarded(host));
     return kv ? new Set((JSON.parse(kv.value) as { vms: string[] }).vms) : undefined;
+  }
+
+  async putFence(fence: StorageFence): Promise<void> {
+    await this.store.put(HA_KEYS.fence(fence.host, fence.pool), JSON.stringify(fence));
+  }
+
+  async fencesOf(host: string): Promise<StorageFence[]> {
+    return (await this.store.list(HA_KEYS.fencesOf(host))).map((kv) => JSON.parse(kv.value) as StorageFence);
+  }
+
+  async removeFence(fence: StorageFence): Promise<void> {
+    await this.store.delete(HA_KEYS.fence(fence.host, fence.pool));
   }
 
   async rules(): Promise<HaRule[]> {
