@@ -173,12 +173,14 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
     assert.equal((await suite.probe.gamesrv(ip)).boot, back.boot, 'and the guest was not restarted again');
   });
 
-  it('its agent frozen (SIGSTOP): the watchdog outside it kills the guest before the VM starts elsewhere; never two copies', async (t) => {
+  for (const frozenPart of ['agent', 'whole host'] as const)
+  it(`its ${frozenPart} frozen (SIGSTOP${frozenPart === 'whole host' ? ': agent and QEMU, thawed after the VM runs elsewhere' : ''}): the watchdog outside it kills the guest before the VM starts elsewhere; never two copies`, async (t) => {
     const owner = (await cli('vm', 'show', 'a1')).json.owner as string;
     const host = suite.lab.hosts.find((h) => h.name === owner)!;
     const before = await suite.probe.gamesrv(ip);
     const [original] = await qemuOf('a1');
     process.kill(host.pid!, 'SIGSTOP');
+    if (frozenPart === 'whole host') process.kill(Number(original), 'SIGSTOP');
     const frozen = Date.now();
     let back: { at: number; boot: string };
     const copiesWhileFrozen: number[] = [];
@@ -195,10 +197,17 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
       await sampling;
     } finally {
       process.kill(host.pid!, 'SIGCONT');
+      if (frozenPart === 'whole host') {
+        try {
+          process.kill(Number(original), 'SIGCONT');
+        } catch {
+          /* the watchdog killed it: what it is meant to do */
+        }
+      }
     }
     const watchdogLog = await readFile(path.join(suite.dir, 'hosts', owner, 'watchdog.log'), 'utf8');
     const shown = (await cli('vm', 'show', 'a1')).json;
-    t.diagnostic(`a1: ${owner}'s agent frozen; the guest answered from ${shown.owner} ${back.at - frozen} ms later; QEMU copies sampled ${copiesWhileFrozen.length} times, most at once: ${Math.max(...copiesWhileFrozen)}`);
+    t.diagnostic(`a1: ${owner}'s ${frozenPart} frozen; the guest answered from ${shown.owner} ${back.at - frozen} ms later; QEMU copies sampled ${copiesWhileFrozen.length} times, most at once: ${Math.max(...copiesWhileFrozen)}`);
     assert.match(watchdogLog, new RegExp(`killed the guests' QEMUs ${original}`), 'the watchdog killed the frozen host\'s guest');
     assert.ok(Math.max(...copiesWhileFrozen) <= 1, `two QEMUs ran a1 at once: ${copiesWhileFrozen.join(',')}`);
     assert.notEqual(shown.owner, owner);
@@ -263,5 +272,32 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
     assert.equal((await qemuOf('a1')).length, 1);
     await assertDiskVerifies(suite, 'a1', 0, ip);
     await startAgent(suite.lab, manager);
+  });
+
+  it('failback: a rule that prefers the host it left brings the VM back by live migration once that host is up (the guest keeps running)', async (t) => {
+    const owner = (await cli('vm', 'show', 'a1')).json.owner as string;
+    const home = suite.lab.hosts.map((h) => h.name).find((h) => h !== owner)!;
+    for (let i = 0; i < 40 && !(await cli('node', 'list')).json?.hosts?.some((h: { name: string }) => h.name === home); i++) await sleep(500);
+    const before = await suite.probe.gamesrv(ip);
+    const added = await cli('ha', 'rule', 'add', 'a1-home', '--vms', 'a1', '--nodes', `${home}:2`, '--failback');
+    assert.equal(added.code, 0, added.stderr);
+    const asked = Date.now();
+    let now = owner;
+    for (let i = 0; i < 120 && now !== home; i++) {
+      await sleep(500);
+      now = (await cli('vm', 'show', 'a1')).json.owner as string;
+    }
+    t.diagnostic(`a1 went back from ${owner} to ${home} ${Date.now() - asked} ms after the rule was added`);
+    assert.equal(now, home, `a1 failed back to ${home}`);
+    assert.equal((await suite.probe.gamesrv(ip)).boot, before.boot, 'by live migration: the same boot, never restarted');
+    assert.equal((await qemuOf('a1')).length, 1);
+    let job: { state: string } | undefined;
+    for (let i = 0; i < 20 && job?.state !== 'succeeded'; i++) {
+      job = ((await cli('job', 'list')).json as Array<{ kind: string; vm: string; state: string }>).filter((j) => j.kind === 'migrate' && j.vm === 'a1').at(-1);
+      if (job?.state !== 'succeeded') await sleep(500);
+    }
+    assert.equal(job?.state, 'succeeded', 'the failback is a migration job like any other');
+    assert.match((await cli('ha', 'status')).json.statuses.find((s: { vm: string }) => s.vm === 'a1').lastAction.what, /fail back a1 to/);
+    assert.equal((await cli('ha', 'rule', 'remove', 'a1-home')).code, 0);
   });
 });
