@@ -7,6 +7,7 @@
 import { HaManager } from '../cluster/ha/manager.ts';
 import { HA_KEYS, HA_REQUESTS, HaRecords, type HaRequest, type HaResource, type HaRule } from '../cluster/ha/records.ts';
 import { describeTiming, haTiming } from '../cluster/ha/timing.ts';
+import type { OwnedVm } from '../cluster/model.ts';
 import type { Store } from '../cluster/store/types.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 import type { Caller } from './authz.ts';
@@ -53,6 +54,16 @@ export function haRoutes(ctx: AgentContext): Route[] {
     if (record.owner !== ctx.node.name) throw new RefusedError(`'${vm}' is owned by ${record.owner}, not ${ctx.node.name}`);
     return record;
   };
+  /** A route the manager calls on the host that owns the VM; answers the VM's record afterwards unless `act` answers. */
+  const askedOfOwner = (verb: string, act: (record: OwnedVm, body: Record<string, unknown>) => Promise<unknown>): Route => ({
+    method: 'POST',
+    pattern: `/v1/ha/hosts/${verb}/:vm`,
+    who: 'host',
+    handler: async (params, body, caller) => {
+      const vm = nameParam(params['vm'], 'VM');
+      return (await act(await ownedHereAsked(caller, vm), body)) ?? { vm: await ctx.state.vm(vm) };
+    },
+  });
   return [
     {
       method: 'GET',
@@ -153,60 +164,26 @@ export function haRoutes(ctx: AgentContext): Route[] {
         return { vm: await recoverVm(ctx, vm, { acceptDataLoss: false, start: body['start'] !== false, by: 'ha' }) };
       },
     },
-    {
-      method: 'POST',
-      pattern: '/v1/ha/hosts/start/:vm',
-      who: 'host',
-      handler: async (params, _body, caller) => {
-        const vm = nameParam(params['vm'], 'VM');
-        const record = await ownedHereAsked(caller, vm);
-        if (!ctx.runtime.get(vm)) await startOwnVm(ctx, record);
-        return { vm: await ctx.state.vm(vm) };
-      },
-    },
-    {
-      method: 'POST',
-      pattern: '/v1/ha/hosts/stop/:vm',
-      who: 'host',
-      handler: async (params, _body, caller) => {
-        const vm = nameParam(params['vm'], 'VM');
-        const record = await ownedHereAsked(caller, vm);
-        if (ctx.runtime.get(vm)) await stopOwnVm(ctx, record, false);
-        else if (record.desired !== 'stopped') await ctx.state.updateVm(record, { desired: 'stopped' });
-        return { vm: await ctx.state.vm(vm) };
-      },
-    },
-    {
-      method: 'POST',
-      pattern: '/v1/ha/hosts/migrate/:vm',
-      who: 'host',
-      handler: async (params, body, caller) => {
-        const vm = nameParam(params['vm'], 'VM');
-        const record = await ownedHereAsked(caller, vm);
-        const to = nameParam(typeof body['to'] === 'string' ? body['to'] : undefined, 'host');
-        // The same checks and job as the admin's `ferry vm migrate`; the manager does not wait for the end.
-        return { job: await startMigration(ctx, vm, { to, token: record.token }) };
-      },
-    },
-    {
-      method: 'POST',
-      pattern: '/v1/ha/hosts/release/:vm',
-      who: 'host',
-      handler: async (params, body, caller) => {
-        const vm = nameParam(params['vm'], 'VM');
-        const record = await ownedHereAsked(caller, vm);
-        const to = nameParam(typeof body['to'] === 'string' ? body['to'] : undefined, 'host');
-        if (ctx.runtime.get(vm)) throw new RefusedError(`'${vm}' runs on ${ctx.node.name}: it is moved by migration, not handed over`);
-        if (!(await ctx.state.host(to))) throw new RefusedError(`host '${to}' has no live lease; '${vm}' stays on ${ctx.node.name}`);
-        const storage = await storageCatalog(ctx);
-        const unmovable = (record.spec.disks ?? []).find((d) => !storage.get(d.pool).shared);
-        if (unmovable) throw new RefusedError(`disk ${unmovable.id} of '${vm}' is in pool '${unmovable.pool}', which ${to} does not share with ${ctx.node.name}`);
-        if ((await ctx.state.updateVm(record, { owner: to, desired: 'stopped' })) === undefined)
-          throw new RefusedError(`'${vm}' changed while being handed over; the manager looks again`);
-        ctx.log(`HA: stopped ${vm} handed over to ${to} (it failed to start here)`);
-        return { vm: await ctx.state.vm(vm) };
-      },
-    },
+    askedOfOwner('start', async (record) => {
+      if (!ctx.runtime.get(record.spec.name)) await startOwnVm(ctx, record);
+    }),
+    askedOfOwner('stop', async (record) => {
+      if (ctx.runtime.get(record.spec.name)) await stopOwnVm(ctx, record, false);
+      else if (record.desired !== 'stopped') await ctx.state.updateVm(record, { desired: 'stopped' });
+    }),
+    // Failback: the same checks and job as the admin's `ferry vm migrate`; the manager does not wait for the end.
+    askedOfOwner('migrate', async (record, body) => ({ job: await startMigration(ctx, record.spec.name, { to: nameParam(stringOf(body['to']), 'host'), token: record.token }) })),
+    askedOfOwner('release', async (record, body) => {
+      const vm = record.spec.name;
+      const to = nameParam(stringOf(body['to']), 'host');
+      if (ctx.runtime.get(vm)) throw new RefusedError(`'${vm}' runs on ${ctx.node.name}: it is moved by migration, not handed over`);
+      if (!(await ctx.state.host(to))) throw new RefusedError(`host '${to}' has no live lease; '${vm}' stays on ${ctx.node.name}`);
+      const storage = await storageCatalog(ctx);
+      const unmovable = (record.spec.disks ?? []).find((d) => !storage.get(d.pool).shared);
+      if (unmovable) throw new RefusedError(`disk ${unmovable.id} of '${vm}' is in pool '${unmovable.pool}', which ${to} does not share with ${ctx.node.name}`);
+      if ((await ctx.state.updateVm(record, { owner: to, desired: 'stopped' })) === undefined) throw new RefusedError(`'${vm}' changed while being handed over; the manager looks again`);
+      ctx.log(`HA: stopped ${vm} handed over to ${to} (it failed to start here)`);
+    }),
   ];
 }
 
@@ -245,6 +222,10 @@ async function parseRule(ctx: AgentContext, body: Record<string, unknown>): Prom
   if (typeof body['together'] !== 'boolean') throw new RefusedError('say what the rule asks: --nodes HOST[:PRIORITY],... [--strict], or --together, or --apart');
   if (vms.length < 2) throw new RefusedError('keeping VMs together or apart takes at least two VMs');
   return { name, kind: 'vms', vms, together: body['together'] };
+}
+
+function stringOf(value: unknown): string | undefined {
+  return typeof value === 'string' ? value : undefined;
 }
 
 /** A name from the path, checked before it becomes part of a store key (a decoded '%2F' is a '/'). */
