@@ -165,10 +165,12 @@ export function haRoutes(ctx: AgentContext): Route[] {
       },
     },
     askedOfOwner('start', async (record) => {
-      if (!ctx.runtime.get(record.spec.name)) await startOwnVm(ctx, record);
+      if (ctx.runtime.get(record.spec.name)) return;
+      await ctx.state.asJob('start', record.spec.name, ctx.node.name, `the HA manager starts ${record.spec.name} on ${ctx.node.name} (HA requests it started)`, () => startOwnVm(ctx, record));
     }),
     askedOfOwner('stop', async (record) => {
-      if (ctx.runtime.get(record.spec.name)) await stopOwnVm(ctx, record, false);
+      const name = record.spec.name;
+      if (ctx.runtime.get(name)) await ctx.state.asJob('stop', name, ctx.node.name, `the HA manager stops ${name} on ${ctx.node.name} (HA requests it stopped)`, () => stopOwnVm(ctx, record, false));
       else if (record.desired !== 'stopped') await ctx.state.updateVm(record, { desired: 'stopped' });
     }),
     // Failback: the same checks and job as the admin's `ferry vm migrate`; the manager does not wait for the end.
@@ -181,7 +183,9 @@ export function haRoutes(ctx: AgentContext): Route[] {
       const storage = await storageCatalog(ctx);
       const unmovable = (record.spec.disks ?? []).find((d) => !storage.get(d.pool).shared);
       if (unmovable) throw new RefusedError(`disk ${unmovable.id} of '${vm}' is in pool '${unmovable.pool}', which ${to} does not share with ${ctx.node.name}`);
-      if ((await ctx.state.updateVm(record, { owner: to, desired: 'stopped' })) === undefined) throw new RefusedError(`'${vm}' changed while being handed over; the manager looks again`);
+      await ctx.state.asJob('handover', vm, ctx.node.name, `the HA manager hands the stopped ${vm} from ${ctx.node.name} to ${to} (it failed to start here)`, async () => {
+        if ((await ctx.state.updateVm(record, { owner: to, desired: 'stopped' })) === undefined) throw new RefusedError(`'${vm}' changed while being handed over; the manager looks again`);
+      });
       ctx.log(`HA: stopped ${vm} handed over to ${to} (it failed to start here)`);
     }),
   ];

@@ -187,7 +187,7 @@ export interface InFlightMigration {
 }
 
 export type JobState = 'running' | 'succeeded' | 'failed';
-export type JobKind = 'create' | 'start' | 'stop' | 'migrate' | 'recover';
+export type JobKind = 'create' | 'start' | 'stop' | 'migrate' | 'recover' | 'handover';
 
 export interface Job {
   id: string;
@@ -452,6 +452,25 @@ export class ClusterState {
     const job: Job = { id: `${now.slice(0, 19).replace(/[-:T]/g, '')}-${randomUUID().slice(0, 8)}`, kind, vm, host, state: 'running', createdAt: now, updatedAt: now, log: [] };
     await this.saveJob(job);
     return job;
+  }
+
+  /** Runs `act` as a job of its own: one log line before, the outcome after (its error, rethrown). */
+  async asJob<T>(kind: JobKind, vm: string, host: string, what: string, act: () => Promise<T>): Promise<T> {
+    const job = await this.newJob(kind, vm, host);
+    job.log.push(`${new Date().toISOString()} ${what}`);
+    try {
+      const result = await act();
+      job.state = 'succeeded';
+      job.log.push(`${new Date().toISOString()} done`);
+      return result;
+    } catch (err) {
+      job.state = 'failed';
+      job.error = (err as Error).message;
+      job.log.push(`${new Date().toISOString()} failed: ${job.error}`);
+      throw err;
+    } finally {
+      await this.saveJob(job);
+    }
   }
 
   async saveJob(job: Job): Promise<void> {

@@ -128,6 +128,8 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
     assert.equal((await qemuOf('a1')).length, 1);
     const status = (await cli('ha', 'status')).json.statuses.find((s: { vm: string }) => s.vm === 'a1');
     assert.match(status.lastAction.what, /start a1 on its host h1 \(HA requests it started\) — done/);
+    const jobs = (await cli('job', 'list')).json as Array<{ kind: string; vm: string; state: string; log: string[] }>;
+    assert.ok(jobs.some((j) => j.kind === 'start' && j.vm === 'a1' && j.state === 'succeeded' && /the HA manager starts a1 on h1/.test(j.log[0] ?? '')), 'the start is in the job log');
   });
 
   it('its host killed (agent, QEMUs, replica server): both guests answer from other hosts, once, with every completed write', async (t) => {
