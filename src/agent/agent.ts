@@ -87,7 +87,7 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
       clearInterval(stallWatch);
       ctx.revocations.stop();
       await ha.stop();
-      membership.stop();
+      await membership.stop();
       await ctx.replication.stop();
       for (const s of servers) s.close();
       await runtime.shutdownAll();
@@ -150,6 +150,8 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
   let guarded: number[] = [];
   let listed = false;
   let advertised = '';
+  /** Cluster maintenance, as last read: an agent stopped meanwhile disarms its watchdog (nobody recovers its guests). */
+  let maintenance = false;
   /**
    * The QEMUs the HA manager would start elsewhere if this host went silent: the watchdog guards them,
    * and then the store is told which VMs are guarded (the manager recovers no running VM of a dead
@@ -160,7 +162,9 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
     const deadline = () => Math.max(1, Math.round(timing.watchdogMs - (performance.now() - lastRenewed)));
     if (listed) watchdog.pet(deadline(), guarded); // at once, with what it guarded: a slow read below must not delay it
     try {
-      const names = new Set((await ha.resources()).filter((r) => r.request === 'started' || r.request === 'stopped').map((r) => r.vm));
+      const [resources, inMaintenance] = await Promise.all([ha.resources(), ha.maintenance()]);
+      maintenance = inMaintenance !== undefined;
+      const names = new Set(resources.filter((r) => r.request === 'started' || r.request === 'stopped').map((r) => r.vm));
       const running = [...ctx.runtime.pids()].filter(([name]) => names.has(name));
       guarded = running.map(([, pid]) => pid);
       listed = true;
@@ -243,9 +247,23 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
     }
   }, FENCE_CHECK_MS);
   return {
-    stop: () => {
+    stop: async () => {
       clearInterval(renewTimer);
       clearInterval(fenceTimer);
+      // In cluster maintenance the manager recovers nothing: the store is told first that this host
+      // guards nothing (so that nothing is recovered after the maintenance either, while it may run
+      // them unguarded), then the watchdog lets go, and the agent may be away as long as it takes.
+      // Asked afresh: an admin may stop the agent right after switching the maintenance on.
+      if (watchdog && guarded.length) maintenance = await ha.maintenance().then((m) => m !== undefined, () => maintenance);
+      if (watchdog && maintenance && guarded.length) {
+        try {
+          await ha.putGuarded(node.name, []);
+          guarded = [];
+          ctx.log('cluster maintenance: the watchdog is disarmed while this agent is away; its guests run unguarded until it is back');
+        } catch (err) {
+          ctx.log(`cluster maintenance, but the store could not be told that this host guards nothing (${(err as Error).message}): the watchdog stays armed`);
+        }
+      }
       // Guests left running for the next agent to adopt stay guarded: it must be back before the deadline.
       if (watchdog && !guarded.length) watchdog.disarm();
       else if (watchdog) {

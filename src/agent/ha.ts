@@ -71,11 +71,37 @@ export function haRoutes(ctx: AgentContext): Route[] {
       who: 'admin',
       handler: async () => ({
         manager: (await records.manager()) ?? null,
+        maintenance: (await records.maintenance()) ?? null,
         timing: describeTiming(haTiming(ctx.node.leaseTtlSeconds)),
         resources: await records.resources(),
         statuses: await records.statuses(),
         rules: await records.rules(),
       }),
+    },
+    {
+      method: 'POST',
+      pattern: '/v1/cluster/maintenance',
+      who: 'admin',
+      handler: async (_, body, caller) => {
+        if (typeof body['on'] !== 'boolean') throw new RefusedError('cluster maintenance is switched on or off');
+        const current = await records.maintenance();
+        if (!body['on']) {
+          await records.setMaintenance(undefined);
+          if (current) ctx.log(`cluster maintenance off (${caller.name}); it was on since ${current.since}`);
+          return { maintenance: null, was: current ?? null };
+        }
+        if (current) return { maintenance: current };
+        const recovering = (await records.statuses()).filter((s) => s.actual === 'recovering');
+        if (recovering.length && body['force'] !== true)
+          throw new RefusedError(
+            `the HA manager is recovering ${recovering.map((s) => `${s.vm}${s.host ? ` on ${s.host}` : ''}`).join(', ')}: maintenance now would leave that half done. ` +
+              "Wait until 'ferry ha status' shows it running, or pass --force",
+          );
+        const maintenance = { since: new Date().toISOString(), by: caller.name, ...(typeof body['reason'] === 'string' && body['reason'] ? { reason: body['reason'].slice(0, 200) } : {}) };
+        await records.setMaintenance(maintenance);
+        ctx.log(`cluster maintenance on (${caller.name}${maintenance.reason ? `: ${maintenance.reason}` : ''})`);
+        return { maintenance };
+      },
     },
     {
       method: 'POST',

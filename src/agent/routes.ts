@@ -95,6 +95,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       who: 'admin',
       handler: async () => ({
         hosts: await Promise.all((await state.hosts()).map(async (h) => ({ ...h, freeMemoryMiB: await freeMemoryMiB(ctx, h.name) }))),
+        clusterMaintenance: (await new HaRecords(state.store).maintenance()) ?? null,
       }),
     },
     {

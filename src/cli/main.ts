@@ -19,6 +19,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   network: async () => (await import('./commands/network.ts')).networkCommand,
   job: async () => (await import('./commands/job.ts')).jobCommand,
   ha: async () => (await import('./commands/ha.ts')).haCommand,
+  cluster: async () => (await import('./commands/cluster-state.ts')).clusterCommand,
   probe: async () => (await import('./commands/probe.ts')).probeCommand,
   init: async () => (await import('./commands/cluster.ts')).initCommand,
   join: async () => (await import('./commands/cluster.ts')).joinCommand,

@@ -302,4 +302,34 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
     assert.match((await cli('ha', 'status')).json.statuses.find((s: { vm: string }) => s.vm === 'a1').lastAction.what, /fail back a1 to/);
     assert.equal((await cli('ha', 'rule', 'remove', 'a1-home')).code, 0);
   });
+
+  it('cluster maintenance: an agent stopped meanwhile lets its guest run unguarded; a host killed meanwhile is recovered only once maintenance is off', async (t) => {
+    const on = await cli('cluster', 'maintenance', 'on', '--reason', 'upgrading the agents');
+    assert.equal(on.code, 0, on.stderr);
+    assert.equal((await cli('ha', 'status')).json.maintenance.reason, 'upgrading the agents');
+    assert.equal((await cli('node', 'list')).json.clusterMaintenance.by, 'admin', 'node list shows it');
+    const owner = (await cli('vm', 'show', 'a1')).json.owner as string;
+    const before = await suite.probe.gamesrv(ip);
+    await killAgent(suite.lab, owner, 'SIGTERM'); // an upgrade: the agent stops cleanly
+    await sleep(12_000); // past the watchdog's deadline and the lease's expiry
+    assert.equal((await suite.probe.gamesrv(ip)).boot, before.boot, 'the guest ran on while its agent was away');
+    assert.equal((await qemuOf('a1')).length, 1);
+    assert.match(await readFile(path.join(suite.dir, 'hosts', owner, 'agent.log'), 'utf8'), /cluster maintenance: the watchdog is disarmed while this agent is away/);
+    await startAgent(suite.lab, owner);
+    for (let i = 0; i < 40 && !(await cli('node', 'list')).json?.hosts?.some((h: { name: string }) => h.name === owner); i++) await sleep(500);
+    await sleep(2000); // its first renewal: the guest adopted and guarded again
+    assert.equal((await suite.probe.gamesrv(ip)).boot, before.boot, 'the agent back adopted the guest');
+    const died = await killHost(suite, owner);
+    await sleep(16_000); // lease TTL, margin and more
+    assert.equal((await qemuOf('a1')).length, 0, 'in maintenance, the dead host\'s VM is not recovered');
+    assert.equal((await cli('vm', 'show', 'a1')).json.owner, owner);
+    const off = await cli('cluster', 'maintenance', 'off');
+    assert.equal(off.code, 0, off.stderr);
+    const offAt = Date.now();
+    const back = await firstReplyOfNewBoot(suite, ip, before.boot, 60_000);
+    t.diagnostic(`a1: ${owner} killed during maintenance; nothing for ${offAt - died} ms; maintenance off, the guest answered from ${(await cli('vm', 'show', 'a1')).json.owner} ${back.at - offAt} ms later`);
+    assert.equal((await qemuOf('a1')).length, 1);
+    await assertDiskVerifies(suite, 'a1', 0, ip);
+    await startAgent(suite.lab, owner);
+  });
 });

@@ -248,6 +248,29 @@ describe('the HA manager', () => {
     assert.match((await records.status('v6'))!.lastAction!.what, /fail back v6 to h6 by live migration \(rule 'v6-home': priority 2 over h3's 1\)/);
   });
 
+  it('cluster maintenance: nothing is done while it is on; once off, the margin is waited afresh, then the VM is recovered', async () => {
+    const [m1] = managers;
+    calls.length = 0;
+    const h7 = await host('h7');
+    await vm('v8', 'h7');
+    await records.putResource({ vm: 'v8', request: 'started', maxRestart: 1, maxRelocate: 1, addedAt: new Date().toISOString() });
+    await m1!.tick();
+    await records.putGuarded('h7', ['v8']);
+    await records.setMaintenance({ since: new Date().toISOString(), by: 'admin' });
+    await store.revokeLease(h7);
+    for (let i = 0; i < 3; i++) {
+      await m1!.tick();
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.deepEqual(calls, [], 'in maintenance: no recovery, however long the host is gone');
+    await records.setMaintenance(undefined);
+    await m1!.tick();
+    assert.deepEqual(calls, [], 'maintenance off: the margin starts now');
+    await new Promise((r) => setTimeout(r, 350));
+    await m1!.tick();
+    assert.equal(calls.filter((c) => c.startsWith('recover v8')).length, 1);
+  });
+
   it('a running VM its dead host\'s watchdog did not guard is not started elsewhere: it may still run there', async () => {
     const [m1] = managers;
     calls.length = 0;

@@ -1,6 +1,7 @@
 /** ferry ha add|set|remove|list|status: VMs the cluster brings back by itself when their host dies. */
 import { parseArgs } from 'node:util';
-import type { HaManagerRecord, HaResource, HaRule, HaStatus } from '../../cluster/ha/records.ts';
+import type { ClusterMaintenance, HaManagerRecord, HaResource, HaRule, HaStatus } from '../../cluster/ha/records.ts';
+import { maintenanceLine } from './cluster-state.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { table } from '../format.ts';
@@ -31,6 +32,7 @@ Every command takes --json.`;
 
 interface HaView {
   manager: (HaManagerRecord & { token: number }) | null;
+  maintenance: ClusterMaintenance | null;
   timing: string;
   resources: HaResource[];
   statuses: HaStatus[];
@@ -116,6 +118,7 @@ export const haCommand: Command = {
         const lines = [
           `manager: ${view.manager ? `${view.manager.host} (since ${view.manager.since})` : 'none active (no agent holds the manager key yet)'}`,
           `timing:  ${view.timing}`,
+          maintenanceLine(view.maintenance),
           ...view.rules.map((r) => `rule ${r.name}: ${r.vms.join(', ')} ${describeRule(r)}`),
         ];
         if (view.resources.length)

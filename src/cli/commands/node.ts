@@ -4,7 +4,9 @@ import { storeUserArgv } from '../../cluster/store/etcd-auth.ts';
 import { run } from '../../util/exec.ts';
 import type { HostRecord } from '../../cluster/model.ts';
 import { CERTIFICATE_WARNING_DAYS } from '../../cluster/pki.ts';
+import type { ClusterMaintenance } from '../../cluster/ha/records.ts';
 import { Cli } from '../context.ts';
+import { maintenanceLine } from './cluster-state.ts';
 import { UsageError } from '../errors.ts';
 import { table } from '../format.ts';
 import type { Command } from '../command.ts';
@@ -33,10 +35,11 @@ export const nodeCommand: Command = {
     }
     if (positionals[0] !== 'list') throw new UsageError('usage: ferry node list [--json] | ferry node remove HOST');
     const cli = await Cli.load(values.context);
-    const { hosts } = await (await cli.anyAgent()).call<{ hosts: (HostRecord & { freeMemoryMiB: number })[] }>('GET', '/v1/cluster/hosts');
+    const { hosts, clusterMaintenance } = await (await cli.anyAgent()).call<{ hosts: (HostRecord & { freeMemoryMiB: number })[]; clusterMaintenance?: ClusterMaintenance | null }>('GET', '/v1/cluster/hosts');
     const known = new Set(hosts.map((h) => h.name));
     const down = cli.context.agents.filter((a) => !known.has(a.name)).map((a) => a.name);
-    if (values.json) return void console.log(JSON.stringify({ hosts, down }, null, 2));
+    if (values.json) return void console.log(JSON.stringify({ hosts, down, clusterMaintenance: clusterMaintenance ?? null }, null, 2));
+    if (clusterMaintenance) console.log(maintenanceLine(clusterMaintenance));
     console.log(
       table(
         ['host', 'address', 'memory', 'free', 'QEMU', 'newest machine type', 'certificate', 'state'],

@@ -2,6 +2,8 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import type { HostRecord, NetworkRecord, OwnedVm } from '../../cluster/model.ts';
+import type { ClusterMaintenance } from '../../cluster/ha/records.ts';
+import { maintenanceLine } from './cluster-state.ts';
 import { Cli } from '../context.ts';
 import { UsageError, sizeBytes, wholeNumber } from '../errors.ts';
 import { attemptsText, mib, ms, table } from '../format.ts';
@@ -113,7 +115,12 @@ export const vmCommand: Command = {
 
     switch (verb) {
       case 'list': {
-        const { vms } = await (await cli.anyAgent()).call<{ vms: OwnedVm[] }>('GET', '/v1/cluster/vms');
+        const agent = await cli.anyAgent();
+        const { vms } = await agent.call<{ vms: OwnedVm[] }>('GET', '/v1/cluster/vms');
+        if (!values.json) {
+          const { maintenance } = await agent.call<{ maintenance: ClusterMaintenance | null }>('GET', '/v1/ha');
+          if (maintenance) console.log(maintenanceLine(maintenance));
+        }
         return out(table(['vm', 'host', 'memory', 'vcpus', 'address', 'token'], vms.map((v) => [v.spec.name, v.owner, `${v.spec.memoryMiB} MiB`, String(v.spec.vcpus), v.ip ?? '-', String(v.token)])), vms);
       }
       case 'create': {

@@ -64,6 +64,7 @@ export class HaManager {
   private readonly pending = new Map<string, HaStatus>();
   private renewTimer: NodeJS.Timeout | undefined;
   private seenRevision = -1;
+  private inMaintenance = false;
   /** When to look again although the store did not change (a failback waiting for its host to settle). */
   private lookAgainAt: number | undefined;
 
@@ -151,6 +152,18 @@ export class HaManager {
     const revision = await this.options.store.revision();
     if (revision === this.seenRevision && this.goneSince.size === 0 && !(this.lookAgainAt !== undefined && performance.now() >= this.lookAgainAt)) return;
     this.lookAgainAt = undefined;
+    // Cluster maintenance: no restart, relocation, failback, start or stop. A host seen gone meanwhile
+    // starts its wait afresh once it is over (later, never sooner).
+    const maintenance = await this.records.maintenance();
+    if (maintenance) {
+      if (!this.inMaintenance) this.options.log(`HA manager: cluster maintenance since ${maintenance.since} (${maintenance.by}): not acting until it is off`);
+      this.inMaintenance = true;
+      this.goneSince.clear();
+      this.seenRevision = revision;
+      return;
+    }
+    if (this.inMaintenance) this.options.log('HA manager: cluster maintenance is off: acting again');
+    this.inMaintenance = false;
     const resources = await this.records.resources();
     const [vms, hosts, pools, statuses] = await Promise.all([this.state.vms(), this.state.hosts(), this.state.pools(), this.records.statuses()]);
     this.seenRevision = revision;

@@ -75,10 +75,19 @@ export const HA_KEYS = {
   /** The VMs a host's watchdog guards (written by that host after each change). */
   guarded: (host: string) => `/ferry/ha/guarded/${host}`,
   rules: '/ferry/ha/rules/',
+  /** Cluster maintenance mode (Pacemaker's maintenance-mode): the manager does nothing while it is set. */
+  maintenance: '/ferry/ha/maintenance',
   /** A lost host cut off a pool's backend (storage fencing), until it is back and lifts it. */
   fence: (host: string, pool: string) => `/ferry/ha/fences/${host}/${pool}`,
   fencesOf: (host: string) => `/ferry/ha/fences/${host}/`,
 };
+
+/** Cluster maintenance mode: who switched it on, when, and why. */
+export interface ClusterMaintenance {
+  since: string;
+  by: string;
+  reason?: string;
+}
 
 /** Storage fencing written down before it is done: whoever sees it knows the host must lift it when back. */
 export interface StorageFence {
@@ -141,6 +150,16 @@ export class HaRecords {
   async guarded(host: string): Promise<Set<string> | undefined> {
     const kv = await this.store.get(HA_KEYS.guarded(host));
     return kv ? new Set((JSON.parse(kv.value) as { vms: string[] }).vms) : undefined;
+  }
+
+  async maintenance(): Promise<ClusterMaintenance | undefined> {
+    const kv = await this.store.get(HA_KEYS.maintenance);
+    return kv ? (JSON.parse(kv.value) as ClusterMaintenance) : undefined;
+  }
+
+  async setMaintenance(maintenance: ClusterMaintenance | undefined): Promise<void> {
+    if (maintenance) await this.store.put(HA_KEYS.maintenance, JSON.stringify(maintenance));
+    else await this.store.delete(HA_KEYS.maintenance);
   }
 
   async putFence(fence: StorageFence): Promise<void> {
