@@ -64,8 +64,9 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
     await ctx.state.revokeCertificate({ fingerprint: before.fingerprint, name: node.name, revokedAt: new Date().toISOString(), reason: 'renewed: the host runs with a new certificate' });
     log(`this host's earlier certificate (sha256 ${before.fingerprint.slice(0, 16)}…) is revoked: it runs with a new one`);
   }
-  if (!before || before.fingerprint !== mine || before.address !== node.address)
-    await ctx.state.putMember({ name: node.name, fingerprint: mine, since: before?.fingerprint === mine ? before.since : new Date().toISOString(), address: node.address });
+  const storageAddress = node.storageAddress ?? node.address;
+  if (!before || before.fingerprint !== mine || before.address !== storageAddress)
+    await ctx.state.putMember({ name: node.name, fingerprint: mine, since: before?.fingerprint === mine ? before.since : new Date().toISOString(), address: storageAddress });
 
   // A VM that stopped by itself is not running: its record says so (the HA manager starts it again if asked to).
   runtime.onUnexpectedExit = async (name) => {
@@ -116,6 +117,9 @@ function watchEventLoop(log: (line: string) => void): NodeJS.Timeout {
 }
 
 const EVENT_LOOP_STALL_MS = 2_000;
+
+/** Every how many renewals an agent looks for storage fences of its own it has not lifted (about a minute). */
+const FENCE_LOOK_EVERY = 18;
 
 /** How often the time since the last lease renewal is checked against the fencing deadline. */
 const FENCE_CHECK_MS = 250;
@@ -190,13 +194,24 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
   };
   let lease = await register();
   let lastRenewed = performance.now();
-  /** Storage fences of this host (set while it was thought lost) are lifted once it runs only its own guests. */
+  /**
+   * Storage fences of this host (set while it was thought lost) are lifted once it runs only its own
+   * guests: looked for at registration, then at every FENCE_LOOK_EVERY-th renewal (a recovery that
+   * fenced and then died may leave one behind), out of band — a slow storage backend must not hold
+   * up the renewals and the watchdog.
+   */
   let fencesLeft = true;
-  const liftFences = async () => {
-    fencesLeft = !(await liftOwnFences(ctx).catch((err: Error) => (ctx.log(`storage fences: ${err.message}`), false)));
+  let lifting = false;
+  let renewals = 0;
+  const liftFences = () => {
+    if (lifting) return;
+    lifting = true;
+    void liftOwnFences(ctx)
+      .then((none) => (fencesLeft = !none), (err: Error) => ctx.log(`storage fences: ${err.message}`))
+      .finally(() => (lifting = false));
   };
-  await liftFences();
   await guard();
+  liftFences();
   ctx.guard = guard;
   let fenced = false;
   let renewing = false;
@@ -223,7 +238,7 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
       lastRenewed = performance.now();
       fenced = false;
       await guard();
-      if (fencesLeft) await liftFences();
+      if (fencesLeft || ++renewals % FENCE_LOOK_EVERY === 0) liftFences();
       if (fencedVms.size) await recordFenced().catch((err: Error) => ctx.log(`could not record the fenced guests as stopped yet: ${err.message}`));
     } catch (err) {
       ctx.log(`cannot renew the host lease for ${Math.round(performance.now() - lastRenewed)} ms: ${(err as Error).message}`);

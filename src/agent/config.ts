@@ -46,6 +46,8 @@ export interface NodeConfig {
   leaseTtlSeconds: number;
   /** The watchdog outside the agent (`ferry watchdog`), which it pets after each renewal. */
   watchdog?: { socket: string };
+  /** The IP address this host reaches storage from, where it is not `address` (storage fencing cuts it off by it). */
+  storageAddress?: string;
 }
 
 import { ConfigError, readJson } from '../util/json-file.ts';

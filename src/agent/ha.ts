@@ -204,7 +204,8 @@ export function haRoutes(ctx: AgentContext): Route[] {
     askedOfOwner('release', async (record, body) => {
       const vm = record.spec.name;
       const to = nameParam(stringOf(body['to']), 'host');
-      if (ctx.runtime.get(vm)) throw new RefusedError(`'${vm}' runs on ${ctx.node.name}: it is moved by migration, not handed over`);
+      // Recorded stopped too: a start under way says running before its QEMU exists.
+      if (ctx.runtime.get(vm) || record.desired !== 'stopped') throw new RefusedError(`'${vm}' runs (or is starting) on ${ctx.node.name}: it is moved by migration, not handed over`);
       if (!(await ctx.state.host(to))) throw new RefusedError(`host '${to}' has no live lease; '${vm}' stays on ${ctx.node.name}`);
       const storage = await storageCatalog(ctx);
       const unmovable = (record.spec.disks ?? []).find((d) => !storage.get(d.pool).shared);

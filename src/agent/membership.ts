@@ -7,6 +7,7 @@ import type { RevokedCertificate } from '../cluster/model.ts';
 import type { Caller } from './authz.ts';
 import type { AgentContext } from './context.ts';
 import { RefusedError, NotFoundError } from './errors.ts';
+import { liftFencesOf } from './storage-fencing.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 
 export async function removeHost(ctx: AgentContext, name: string, reason: string): Promise<{ removed: string; fingerprint: string }> {
@@ -20,6 +21,8 @@ export async function removeHost(ctx: AgentContext, name: string, reason: string
   if (kept.length) throw new RefusedError(`host '${name}' still keeps volumes ${kept.join(', ')} (a local volume or a replica): move or delete them first`);
   await ctx.state.removeHost(member, reason);
   await ctx.revocations.refresh();
+  // Gone for good: a machine that comes at its address later is not to find itself blocklisted.
+  await liftFencesOf(ctx, name);
   ctx.log(`host '${name}' removed from the cluster: its certificate (sha256 ${member.fingerprint.slice(0, 16)}…) is revoked`);
   return { removed: name, fingerprint: member.fingerprint };
 }

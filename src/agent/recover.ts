@@ -14,7 +14,7 @@ import { volumeOf } from '../storage/types.ts';
 import { requireRoom, requireVm, storageCatalog, type AgentContext } from './context.ts';
 import { RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
-import { fenceLostHost } from './storage-fencing.ts';
+import { fenceLostHost, type FenceOutcome } from './storage-fencing.ts';
 
 export function recoverRoutes(ctx: AgentContext): Route[] {
   return [
@@ -85,11 +85,14 @@ export async function recoverVm(ctx: AgentContext, name: string, options: Recove
   const by = options.by === 'ha' ? 'the HA manager' : 'the admin';
   job.log.push(`${new Date().toISOString()} host '${vm.owner}' is gone (lease expired); ${by} recovers ${name} on ${node.name}${options.start ? '' : ' (stopped)'}`);
   let owned: number | undefined;
+  let fenced: FenceOutcome | undefined;
   try {
     // Storage fencing before anything of it opens here: what the lost host may still run writes no more.
-    for (const line of await fenceLostHost(ctx, vm.owner, vm.spec)) job.log.push(`${new Date().toISOString()} fenced: ${line}`);
-    owned = await state.updateVm(vm, { owner: node.name, desired: options.start ? 'running' : 'stopped' });
-    if (owned === undefined) throw new RefusedError(`'${name}' changed while being recovered (another host took it?); see 'ferry vm show ${name}'`);
+    fenced = await fenceLostHost(ctx, vm.owner, vm.spec);
+    for (const line of fenced.done) job.log.push(`${new Date().toISOString()} fenced: ${line}`);
+    // Taken only while the lost host is still gone: one that came back keeps its VM (and its fence is lifted below).
+    owned = await state.updateVm(vm, { owner: node.name, desired: options.start ? 'running' : 'stopped' }, { hostGone: vm.owner });
+    if (owned === undefined) throw new RefusedError(`'${name}' changed while being recovered (another host took it, or '${vm.owner}' came back); see 'ferry vm show ${name}'`);
     // This host served its replicas to the lost primary: from now on its guest writes to them.
     await ctx.replication.stopServing(vm.spec);
     if (options.start) {
@@ -106,6 +109,9 @@ export async function recoverVm(ctx: AgentContext, name: string, options: Recove
     // Taken over but not started: the record says so, and whoever asks again starts it here.
     const taken = owned !== undefined ? await state.vm(name) : undefined;
     if (taken && taken.owner === node.name && taken.desired === 'running') await state.updateVm(taken, { desired: 'stopped' }).catch(() => undefined);
+    // Not taken because the lost host came back (running its VM): the fence is lifted again. Not when
+    // another recovery took the VM: it relies on the same fence.
+    if (owned === undefined && fenced && (await state.host(vm.owner).catch(() => undefined))) for (const line of await fenced.undo()) job.log.push(`${new Date().toISOString()} ${line}`);
     throw err;
   } finally {
     await state.saveJob(job);

@@ -12,28 +12,60 @@ import type { VmSpec } from '../qemu/spec.ts';
 import type { StorageDriver } from '../storage/types.ts';
 import { storageCatalog, type AgentContext } from './context.ts';
 import { RefusedError } from './errors.ts';
+import { isIP } from 'node:net';
+
+/** What a recovery fenced, and how to take it back if the recovery does not take the VM after all. */
+export interface FenceOutcome {
+  done: string[];
+  undo(): Promise<string[]>;
+}
 
 /**
- * Cuts `lost` off every pool of `spec` that can do so; returns what was done, a line each.
- * Fencing twice is harmless (a recovery tried again, a second VM of the same host).
+ * Cuts `lost` off every pool of `spec` that can do so. Fencing twice is harmless (a recovery tried
+ * again, a second VM of the same host). All or nothing: a pool that cannot fence undoes the others.
  */
-export async function fenceLostHost(ctx: AgentContext, lost: string, spec: VmSpec): Promise<string[]> {
+export async function fenceLostHost(ctx: AgentContext, lost: string, spec: VmSpec): Promise<FenceOutcome> {
   const catalog = await storageCatalog(ctx);
   const drivers = [...new Set((spec.disks ?? []).map((d) => d.pool))].map((pool) => catalog.get(pool)).filter((d) => d.fence !== undefined);
-  if (!drivers.length) return [];
-  const address = (await ctx.state.member(lost))?.address;
-  if (!address)
-    throw new RefusedError(
-      `cannot fence '${lost}' from ${drivers.map((d) => `pool '${d.config.name}'`).join(', ')}: the cluster does not know its address (its agent never ran a version that records it). ` +
-        `Make sure it is down, then start its agent once or remove it (ferry node remove ${lost})`,
-    );
   const records = new HaRecords(ctx.state.store);
+  const fenced: StorageFence[] = [];
+  const undo = async () => {
+    const lines: string[] = [];
+    for (const fence of fenced.splice(0)) lines.push(await liftFence(ctx, records, catalog.get(fence.pool), fence));
+    return lines;
+  };
+  if (!drivers.length) return { done: [], undo };
+  const address = (await ctx.state.member(lost))?.address;
+  if (!address || !isIP(address))
+    throw new RefusedError(
+      `cannot fence '${lost}' from ${drivers.map((d) => `pool '${d.config.name}'`).join(', ')}: ` +
+        (address
+          ? `its storage address '${address}' is not an IP address (set "storageAddress" in its node.json to the address it reaches storage from). `
+          : 'the cluster does not know the address it reaches storage from (its agent never ran a version that records it). ') +
+        `Start its agent once if you can; a VM on those pools is not started elsewhere unfenced`,
+    );
   const done: string[] = [];
-  for (const driver of drivers) {
-    await records.putFence({ host: lost, pool: driver.config.name, address, by: ctx.node.name, at: new Date().toISOString() });
-    done.push(await driver.fence!({ name: lost, address }));
+  try {
+    for (const driver of drivers) {
+      const fence: StorageFence = { host: lost, pool: driver.config.name, address, by: ctx.node.name, at: new Date().toISOString() };
+      await records.putFence(fence);
+      fenced.push(fence);
+      done.push(await driver.fence!({ name: lost, address }));
+    }
+  } catch (err) {
+    await undo();
+    throw err;
   }
-  return done;
+  return { done, undo };
+}
+
+/** Lifts every fence of `host` (it left the cluster for good: a new machine may come at its address). */
+export async function liftFencesOf(ctx: AgentContext, host: string): Promise<string[]> {
+  const records = new HaRecords(ctx.state.store);
+  const catalog = await storageCatalog(ctx);
+  const lines: string[] = [];
+  for (const fence of await records.fencesOf(host)) lines.push(await liftFence(ctx, records, catalog.pools().find((d) => d.config.name === fence.pool), fence));
+  return lines;
 }
 
 /**
@@ -52,19 +84,20 @@ export async function liftOwnFences(ctx: AgentContext): Promise<boolean> {
       return false;
     }
   }
-  const catalog = await storageCatalog(ctx);
-  let lifted = true;
-  for (const fence of fences) lifted = (await liftFence(ctx, records, catalog.pools().find((d) => d.config.name === fence.pool), fence)) && lifted;
-  return lifted;
+  await liftFencesOf(ctx, ctx.node.name);
+  return (await records.fencesOf(ctx.node.name)).length === 0;
 }
 
-async function liftFence(ctx: AgentContext, records: HaRecords, driver: StorageDriver | undefined, fence: StorageFence): Promise<boolean> {
+/** Lifts one fence; what happened, a line (an error is said, not thrown: the record stays for another try). */
+async function liftFence(ctx: AgentContext, records: HaRecords, driver: StorageDriver | undefined, fence: StorageFence): Promise<string> {
   try {
-    if (driver?.unfence) ctx.log(await driver.unfence({ name: fence.host, address: fence.address }));
+    const line = driver?.unfence ? await driver.unfence({ name: fence.host, address: fence.address }) : `pool '${fence.pool}' is gone: nothing to lift`;
     await records.removeFence(fence);
-    return true;
+    ctx.log(line);
+    return line;
   } catch (err) {
-    ctx.log(`could not lift the storage fence of pool '${fence.pool}' (set by ${fence.by} at ${fence.at}): ${(err as Error).message}; trying again`);
-    return false;
+    const line = `could not lift the storage fence of ${fence.host} on pool '${fence.pool}' (set by ${fence.by} at ${fence.at}): ${(err as Error).message}; tried again later`;
+    ctx.log(line);
+    return line;
   }
 }

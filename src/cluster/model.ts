@@ -56,7 +56,7 @@ export interface MemberRecord {
   /** SHA-256 of its certificate, lower-case hex. */
   fingerprint: string;
   since: string;
-  /** The address it reaches storage and peers from (written by its agent at start): storage fencing cuts it off by it. */
+  /** The address it reaches storage from (node.json's storageAddress, else its address; written by its agent at start): storage fencing cuts it off by it. */
   address?: string;
 }
 
@@ -297,11 +297,12 @@ export class ClusterState {
   }
 
   /** Changes a VM record only if its token is still `token`; returns the new token or undefined. */
-  async updateVm(vm: OwnedVm, change: Partial<VmRecord>, extra: { deleteKeys?: string[] } = {}): Promise<number | undefined> {
+  /** `extra.hostGone`: only while that host has no live record (a recovery must not win against a host that came back). */
+  async updateVm(vm: OwnedVm, change: Partial<VmRecord>, extra: { deleteKeys?: string[]; hostGone?: string } = {}): Promise<number | undefined> {
     const key = KEYS.vm(vm.spec.name);
     const { token: _token, ...record } = vm;
     const r = await this.store.txn(
-      [{ key, modRevision: vm.token }],
+      [{ key, modRevision: vm.token }, ...(extra.hostGone ? [{ key: KEYS.host(extra.hostGone), modRevision: 0 }] : [])],
       [{ type: 'put', key, value: JSON.stringify({ ...record, ...change }) }, ...(extra.deleteKeys ?? []).map((k) => ({ type: 'delete' as const, key: k }))],
     );
     return r.succeeded ? r.revision : undefined;

@@ -117,6 +117,11 @@ export class RbdDriver implements StorageDriver {
     try {
       await run('ceph', ['-c', this.config.conf, '--id', this.config.user, '--connect-timeout', '10', 'osd', 'blocklist', ...args], { timeoutMs: 20_000 });
     } catch (err) {
+      if (err instanceof CommandFailedError && /EACCES|access denied|permission denied/i.test(err.stderr))
+        throw new StorageError(
+          `ceph user '${this.config.user}' may not change the OSD blocklist (ceph osd blocklist ${args.join(' ')}): storage fencing needs the mon cap ` +
+            `'allow command "osd blocklist"' (ceph auth caps client.${this.config.user} mon 'profile rbd, allow command "osd blocklist"' osd 'profile rbd')`,
+        );
       throw this.unreachable(err);
     }
   }

@@ -133,6 +133,7 @@ describe('the HA manager', () => {
     },
     async migrate(owner, vm, to) {
       calls.push(`migrate ${vm} from ${owner} to ${to}`);
+      if (failOn.has(to)) throw new Error(`the migration to ${to} was refused`);
       await state.updateVm((await state.vm(vm))!, { owner: to });
     },
     async release(owner, vm, to) {
@@ -248,6 +249,23 @@ describe('the HA manager', () => {
     assert.match((await records.status('v6'))!.lastAction!.what, /fail back v6 to h6 by live migration \(rule 'v6-home': priority 2 over h3's 1\)/);
   });
 
+  it('a failback that fails is not tried again at every tick; a host still fenced takes no VM', async () => {
+    const [m1] = managers;
+    calls.length = 0;
+    await vm('v9', 'h3');
+    await records.putResource({ vm: 'v9', request: 'started', maxRestart: 1, maxRelocate: 1, addedAt: new Date().toISOString() });
+    await records.addRule({ name: 'v9-home', kind: 'nodes', vms: ['v9'], nodes: [{ host: 'h6', priority: 3 }, { host: 'h2', priority: 2 }], strict: false, failback: true });
+    failOn.add('h6');
+    await records.putFence({ host: 'h2', pool: 'rbd', address: '10.0.0.2', by: 'h3', at: new Date().toISOString() });
+    for (let i = 0; i < 4; i++) await m1!.tick();
+    failOn.clear();
+    assert.deepEqual(calls.filter((c) => c.includes('v9')), ['migrate v9 from h3 to h6'], 'tried once; not to h2, which is fenced');
+    assert.match((await records.status('v9'))!.lastAction!.what, /refused: the migration to h6 was refused/);
+    await records.removeFence({ host: 'h2', pool: 'rbd', address: '10.0.0.2', by: 'h3', at: '' });
+    await m1!.tick();
+    assert.deepEqual(calls.filter((c) => c.includes('v9')), ['migrate v9 from h3 to h6', 'migrate v9 from h3 to h2'], 'the fence lifted: the next host of the rule');
+  });
+
   it('cluster maintenance: nothing is done while it is on; once off, the margin is waited afresh, then the VM is recovered', async () => {
     const [m1] = managers;
     calls.length = 0;
@@ -268,7 +286,7 @@ describe('the HA manager', () => {
     assert.deepEqual(calls, [], 'maintenance off: the margin starts now');
     await new Promise((r) => setTimeout(r, 350));
     await m1!.tick();
-    assert.equal(calls.filter((c) => c.startsWith('recover v8')).length, 1);
+    assert.equal((calls as string[]).filter((c) => c.startsWith('recover v8')).length, 1);
   });
 
   it('a running VM its dead host\'s watchdog did not guard is not started elsewhere: it may still run there', async () => {

@@ -25,7 +25,8 @@ const USAGE = `Usage:
                   recovering host as 'PATH ARGS... fence|unfence ADDRESS HOST' (withdraw a lost host's initiator).
       rbd:        Ceph RBD images (raw) through librbd, cephx via ceph.conf and the user's keyring on every host.
                   Storage fencing: a lost host's clients are blocklisted (ceph osd blocklist) before its VMs
-                  start elsewhere; the user needs the mon caps for it ('profile rbd' has them).
+                  start elsewhere, lifted when it is back; the user needs the mon cap 'allow command "osd blocklist"'
+                  ('profile rbd' blocklists single clients only, and lifts nothing).
   ferry storage list      every pool, and whether each host reaches it (free space per host)
 Every command takes --json.`;
 

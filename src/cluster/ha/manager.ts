@@ -65,6 +65,10 @@ export class HaManager {
   private renewTimer: NodeJS.Timeout | undefined;
   private seenRevision = -1;
   private inMaintenance = false;
+  /** Live hosts, with when this manager first saw each alive (its own monotonic clock): failback waits for a host to settle. */
+  private readonly aliveSince = new Map<string, number>();
+  /** Failbacks tried (vm → target host → when): not tried again for FAILBACK_RETRY_MS, whatever came of them. */
+  private readonly failbackTried = new Map<string, Map<string, number>>();
   /** When to look again although the store did not change (a failback waiting for its host to settle). */
   private lookAgainAt: number | undefined;
 
@@ -124,6 +128,7 @@ export class HaManager {
     this.token = undefined;
     this.lease = undefined;
     this.goneSince.clear();
+    this.aliveSince.clear();
     this.written.clear();
     this.pending.clear();
     this.seenRevision = -1;
@@ -169,6 +174,8 @@ export class HaManager {
     this.seenRevision = revision;
     const alive = new Set(hosts.map((h) => h.name));
     const now = performance.now();
+    for (const host of alive) if (!this.aliveSince.has(host)) this.aliveSince.set(host, now);
+    for (const host of [...this.aliveSince.keys()]) if (!alive.has(host)) this.aliveSince.delete(host);
     const byName = new Map(vms.map((v) => [v.spec.name, v]));
     const haOwners = new Set(resources.map((r) => byName.get(r.vm)?.owner));
     for (const host of [...this.goneSince.keys()]) if (alive.has(host) || !haOwners.has(host)) this.goneSince.delete(host);
@@ -231,14 +238,14 @@ export class HaManager {
     hosts: HostRecord[],
     pools: StoragePoolConfig[],
   ): Promise<void> {
-    const rules = await this.records.rules();
+    const [rules, fenced] = await Promise.all([this.records.rules(), this.records.fencedHosts()]);
     const requests: PlacementRequest[] = [];
     const unplaceable = new Map<string, string>();
     for (const { vm, status, from } of items) {
       const reach = reachableHosts(vm.spec, pools, vm.owner);
       if ('reason' in reach) unplaceable.set(vm.spec.name, reach.reason);
       else if (from === 'live' && reach.hosts) unplaceable.set(vm.spec.name, `its replicated disks move to the other replica only when '${vm.owner}' is gone`);
-      else requests.push({ vm: vm.spec.name, memoryMiB: vm.spec.memoryMiB, reachableFrom: reach.hosts, exclude: new Set(status.failedOn), ...ruleConstraints(rules, vm.spec.name) });
+      else requests.push({ vm: vm.spec.name, memoryMiB: vm.spec.memoryMiB, reachableFrom: reach.hosts, exclude: new Set([...status.failedOn, ...fenced]), ...ruleConstraints(rules, vm.spec.name) });
     }
     const { room, locations } = capacity(vms, hosts);
     const placements = placeVms(requests, room, locations);
@@ -270,6 +277,8 @@ export class HaManager {
           if (from === 'lost') await this.options.actions.recover(target, name, start);
           else {
             await this.options.actions.release(owner, name, target);
+            // Not failed back by live migration to where it would not start, for a while.
+            this.failbackTried.set(name, new Map([[owner, performance.now()]]));
             if (start) await this.options.actions.start(target, name);
           }
           this.save({ ...status, actual: start ? 'running' : 'stopped', host: target, reason: undefined, restarts: 0, failedOn: [], lastAction: this.action(`${what} — done`) });
@@ -291,28 +300,33 @@ export class HaManager {
     if (!rules.length) return;
     const migrating = await this.state.migrations();
     if (migrating.some((m) => resources.some((r) => r.vm === m.vm))) return;
-    const alive = new Map(hosts.map((h) => [h.name, h]));
+    const fenced = await this.records.fencedHosts();
     const { room, locations } = capacity(vms, hosts);
+    const now = performance.now();
     for (const resource of resources) {
       const vm = byName.get(resource.vm);
       const status = statusOf.get(resource.vm);
       const rule = rules.find((r) => r.vms.includes(resource.vm));
-      if (!vm || !rule || resource.request !== 'started' || vm.desired !== 'running' || !alive.has(vm.owner) || status?.actual !== 'running') continue;
+      if (!vm || !rule || resource.request !== 'started' || vm.desired !== 'running' || !this.aliveSince.has(vm.owner) || status?.actual !== 'running') continue;
+      const tried = this.failbackTried.get(resource.vm) ?? new Map<string, number>();
+      for (const [host, at] of tried) if (now - at >= FAILBACK_RETRY_MS) tried.delete(host);
       const priorities = new Map(rule.nodes.map((n) => [n.host, n.priority]));
       const own = priorities.get(vm.owner) ?? -1;
       const others = new Map(locations);
       others.delete(resource.vm);
       const [placement] = placeVms(
-        [{ vm: resource.vm, memoryMiB: vm.spec.memoryMiB, exclude: new Set([vm.owner, ...status.failedOn]), ...ruleConstraints(allRules, resource.vm), preferred: { rule: rule.name, priorities, strict: true } }],
+        [{ vm: resource.vm, memoryMiB: vm.spec.memoryMiB, exclude: new Set([vm.owner, ...status.failedOn, ...fenced, ...tried.keys()]), ...ruleConstraints(allRules, resource.vm), preferred: { rule: rule.name, priorities, strict: true } }],
         room,
         others,
       );
       if (!placement || !('host' in placement) || (priorities.get(placement.host) ?? -1) <= own) continue;
-      const settledFor = Date.now() - Date.parse(alive.get(placement.host)!.startedAt);
+      const settledFor = now - this.aliveSince.get(placement.host)!;
       if (settledFor < FAILBACK_SETTLE_MS) {
-        this.lookAgainAt = performance.now() + FAILBACK_SETTLE_MS - settledFor;
+        this.lookAgainAt = now + FAILBACK_SETTLE_MS - settledFor;
         return;
       }
+      tried.set(placement.host, now);
+      this.failbackTried.set(resource.vm, tried);
       const what = `fail back ${resource.vm} to ${placement.host} by live migration (rule '${rule.name}': priority ${priorities.get(placement.host)} over ${vm.owner}'s ${own < 0 ? 'none' : own})`;
       this.save({ ...status, lastAction: this.action(what) });
       await this.flush();
@@ -395,8 +409,10 @@ export class HaManager {
 
 }
 
-/** How long a host that came back is left to settle before VMs fail back to it. */
+/** How long a host that came back is left to settle (as this manager saw it come) before VMs fail back to it. */
 const FAILBACK_SETTLE_MS = 5_000;
+/** A failback to a host is not tried again for this long, whatever came of it (no loop of failing migrations). */
+const FAILBACK_RETRY_MS = 5 * 60_000;
 
 /** Each live host's memory and what its VMs use, and where the VMs run, for placement. */
 function capacity(vms: OwnedVm[], hosts: HostRecord[]): { room: PlacementHost[]; locations: Map<string, string> } {

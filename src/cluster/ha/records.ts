@@ -170,6 +170,11 @@ export class HaRecords {
     return (await this.store.list(HA_KEYS.fencesOf(host))).map((kv) => JSON.parse(kv.value) as StorageFence);
   }
 
+  /** Hosts with a storage fence not lifted yet: no VM is placed there. */
+  async fencedHosts(): Promise<Set<string>> {
+    return new Set((await this.store.list('/ferry/ha/fences/')).map((kv) => (JSON.parse(kv.value) as StorageFence).host));
+  }
+
   async removeFence(fence: StorageFence): Promise<void> {
     await this.store.delete(HA_KEYS.fence(fence.host, fence.pool));
   }
