@@ -1,4 +1,5 @@
 /** What every part of a running agent shares. */
+import { MoveRecords } from '../cluster/moves/records.ts';
 import type { RevocationList } from './revocation.ts';
 import type { ConsoleRelay } from './console.ts';
 import type { VncRelay } from './vnc.ts';
@@ -56,7 +57,11 @@ export async function freeMemoryMiB(ctx: AgentContext, host: string): Promise<nu
   return record.memoryMiB - used;
 }
 
+/** `host` may take `vm`: it is not in maintenance, and has the memory. */
 export async function requireRoom(ctx: AgentContext, host: string, memoryMiB: number, vm: string): Promise<void> {
+  const maintenance = await new MoveRecords(ctx.state.store).maintenance(host);
+  if (maintenance)
+    throw new RefusedError(`host '${host}' is in maintenance since ${maintenance.since} (by ${maintenance.by}): it takes no new VM; choose another host, or end it with 'ferry node maintenance off ${host}'`);
   const free = await freeMemoryMiB(ctx, host);
   if (free < memoryMiB)
     throw new RefusedError(`host '${host}' has ${free} MiB free for guests, '${vm}' needs ${memoryMiB} MiB; choose another host or stop a VM there`);

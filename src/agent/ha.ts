@@ -15,7 +15,8 @@ import { ForbiddenError } from './authz.ts';
 import { peer, requireVm, storageCatalog, type AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import { recoverVm } from './recover.ts';
-import { startMigration } from './source-migration.ts';
+import { cancelMigration, startMigration } from './source-migration.ts';
+import { MoveRunner } from '../cluster/moves/runner.ts';
 import { startOwnVm, stopOwnVm } from './vm-start.ts';
 import type { Route } from './server.ts';
 
@@ -23,7 +24,17 @@ const DEFAULT_MAX_RESTART = 1;
 const DEFAULT_MAX_RELOCATE = 1;
 
 export function startHaManager(ctx: AgentContext, store: Store): HaManager {
+  const migrateOn = async (host: string, vm: string, to: string) => (await (await peer(ctx, host)).call<{ job: { id: string } }>('POST', `/v1/ha/hosts/migrate/${vm}`, { to }, 30_000)).job.id;
+  const moves = new MoveRunner(
+    store,
+    {
+      migrate: migrateOn,
+      cancel: async (host, vm, jobId) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/cancel/${vm}`, { jobId }, 30_000)),
+    },
+    ctx.log,
+  );
   const manager = new HaManager({
+    whileManager: (token) => moves.tick(token),
     store,
     me: ctx.node.name,
     timing: haTiming(ctx.node.leaseTtlSeconds),
@@ -32,7 +43,7 @@ export function startHaManager(ctx: AgentContext, store: Store): HaManager {
       recover: async (host, vm, start) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/recover/${vm}`, { start }, 120_000)),
       start: async (host, vm) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/start/${vm}`, {}, 120_000)),
       stop: async (host, vm) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/stop/${vm}`, {}, 120_000)),
-      migrate: async (host, vm, to) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/migrate/${vm}`, { to }, 30_000)),
+      migrate: async (host, vm, to) => void (await migrateOn(host, vm, to)),
       release: async (host, vm, to) => void (await (await peer(ctx, host)).call('POST', `/v1/ha/hosts/release/${vm}`, { to }, 30_000)),
     },
   });
@@ -201,6 +212,7 @@ export function haRoutes(ctx: AgentContext): Route[] {
     }),
     // Failback: the same checks and job as the admin's `ferry vm migrate`; the manager does not wait for the end.
     askedOfOwner('migrate', async (record, body) => ({ job: await startMigration(ctx, record.spec.name, { to: nameParam(stringOf(body['to']), 'host'), token: record.token }) })),
+    askedOfOwner('cancel', async (record, body) => ({ cancelled: cancelMigration(String(body['jobId'] ?? '')), vm: record.spec.name })),
     askedOfOwner('release', async (record, body) => {
       const vm = record.spec.name;
       const to = nameParam(stringOf(body['to']), 'host');

@@ -19,6 +19,8 @@ import { recoverRoutes } from './recover.ts';
 import { refuseIfHaDecides, startOwnVm, stopOwnVm } from './vm-start.ts';
 import { HaRecords } from '../cluster/ha/records.ts';
 import { haRoutes } from './ha.ts';
+import { moveRoutes } from './moves.ts';
+import { MoveRecords } from '../cluster/moves/records.ts';
 import { createVm } from './vm-create.ts';
 import { imageRoutes } from './images.ts';
 import { networkRoutes } from './networks.ts';
@@ -78,6 +80,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     ...storageRoutes(ctx),
     ...recoverRoutes(ctx),
     ...haRoutes(ctx),
+    ...moveRoutes(ctx),
     ...imageRoutes(ctx),
     ...networkRoutes(ctx),
     {
@@ -96,6 +99,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       handler: async () => ({
         hosts: await Promise.all((await state.hosts()).map(async (h) => ({ ...h, freeMemoryMiB: await freeMemoryMiB(ctx, h.name) }))),
         clusterMaintenance: (await new HaRecords(state.store).maintenance()) ?? null,
+        maintenance: await new MoveRecords(state.store).maintenances(),
       }),
     },
     {

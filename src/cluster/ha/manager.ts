@@ -15,8 +15,9 @@ import type { StoragePoolConfig } from '../../storage/types.ts';
 import { ClusterState } from '../model.ts';
 import { LeaseExpiredError, type Store } from '../store/types.ts';
 import { HaRecords, type HaResource, type HaRule, type HaStatus } from './records.ts';
-import { placeVms, reachableHosts, type PlacementHost, type PlacementRequest } from './placement.ts';
+import { capacity, placeVms, reachableHosts, ruleConstraints, type PlacementRequest } from './placement.ts';
 import type { HaTiming } from './timing.ts';
+import { MoveRecords } from '../moves/records.ts';
 
 /** What the manager asks a host's agent to do (agent/ha.ts answers; the host checks it is the manager asking). */
 export interface HaActions {
@@ -48,6 +49,8 @@ export interface HaManagerOptions {
   log: (line: string) => void;
   /** How often the manager looks (and renews its key's lease). */
   tickMs?: number;
+  /** More work of the one manager (the move jobs), after each look; false: the key is no longer its. */
+  whileManager?: (token: number) => Promise<boolean>;
 }
 
 export class HaManager {
@@ -106,6 +109,7 @@ export class HaManager {
   async tick(): Promise<void> {
     if (!(await this.holdOrClaim())) return;
     await this.reconcile();
+    if (this.token !== undefined && this.options.whileManager && !(await this.options.whileManager(this.token))) this.stepDown('its manager key changed (another agent is the manager)');
   }
 
   private async renew(): Promise<boolean> {
@@ -238,7 +242,7 @@ export class HaManager {
     hosts: HostRecord[],
     pools: StoragePoolConfig[],
   ): Promise<void> {
-    const [rules, fenced] = await Promise.all([this.records.rules(), this.records.fencedHosts()]);
+    const [rules, fenced] = await Promise.all([this.records.rules(), this.unavailableHosts()]);
     const requests: PlacementRequest[] = [];
     const unplaceable = new Map<string, string>();
     for (const { vm, status, from } of items) {
@@ -300,7 +304,7 @@ export class HaManager {
     if (!rules.length) return;
     const migrating = await this.state.migrations();
     if (migrating.some((m) => resources.some((r) => r.vm === m.vm))) return;
-    const fenced = await this.records.fencedHosts();
+    const fenced = await this.unavailableHosts();
     const { room, locations } = capacity(vms, hosts);
     const now = performance.now();
     for (const resource of resources) {
@@ -339,6 +343,12 @@ export class HaManager {
       }
       return; // one at a time: the next once this one has ended (its end changes the store)
     }
+  }
+
+  /** Hosts no VM is placed on: fenced (not lifted yet), or in maintenance. */
+  private async unavailableHosts(): Promise<Set<string>> {
+    const [fenced, maintenances] = await Promise.all([this.records.fencedHosts(), new MoveRecords(this.options.store).maintenances()]);
+    return new Set([...fenced, ...maintenances.map((m) => m.host)]);
   }
 
   private async startOnOwner(resource: HaResource, vm: OwnedVm, status: HaStatus): Promise<void> {
@@ -414,17 +424,6 @@ const FAILBACK_SETTLE_MS = 5_000;
 /** A failback to a host is not tried again for this long, whatever came of it (no loop of failing migrations). */
 const FAILBACK_RETRY_MS = 5 * 60_000;
 
-/** Each live host's memory and what its VMs use, and where the VMs run, for placement. */
-function capacity(vms: OwnedVm[], hosts: HostRecord[]): { room: PlacementHost[]; locations: Map<string, string> } {
-  const used = new Map<string, number>();
-  for (const v of vms) used.set(v.owner, (used.get(v.owner) ?? 0) + v.spec.memoryMiB);
-  const alive = new Set(hosts.map((h) => h.name));
-  return {
-    room: hosts.map((h) => ({ name: h.name, memoryMiB: h.memoryMiB, usedMiB: used.get(h.name) ?? 0 })),
-    locations: new Map(vms.filter((v) => alive.has(v.owner) && v.desired === 'running').map((v) => [v.spec.name, v.owner])),
-  };
-}
-
 /** How an admin takes a VM out of `error`, as with Proxmox's ha-manager. */
 function leaveError(vm: string): string {
   return `Fix the cause, then: ferry ha set ${vm} --state disabled; ferry ha set ${vm} --state started`;
@@ -434,16 +433,4 @@ function leaveError(vm: string): string {
 function comparable(status: HaStatus): string {
   const { updatedAt: _updatedAt, ...rest } = status;
   return JSON.stringify(rest);
-}
-
-/** What the placement rules ask of one VM (the first rule of each kind that names it). */
-function ruleConstraints(rules: HaRule[], vm: string): Pick<PlacementRequest, 'preferred' | 'together' | 'apart'> {
-  const nodes = rules.find((r): r is Extract<HaRule, { kind: 'nodes' }> => r.kind === 'nodes' && r.vms.includes(vm));
-  const together = rules.find((r): r is Extract<HaRule, { kind: 'vms' }> => r.kind === 'vms' && r.together && r.vms.includes(vm));
-  const apart = rules.find((r): r is Extract<HaRule, { kind: 'vms' }> => r.kind === 'vms' && !r.together && r.vms.includes(vm));
-  return {
-    ...(nodes ? { preferred: { rule: nodes.name, priorities: new Map(nodes.nodes.map((n) => [n.host, n.priority])), strict: nodes.strict } } : {}),
-    ...(together ? { together: { rule: together.name, vms: together.vms } } : {}),
-    ...(apart ? { apart: { rule: apart.name, vms: apart.vms } } : {}),
-  };
 }

@@ -7,6 +7,8 @@
  */
 import type { VmSpec } from '../../qemu/spec.ts';
 import type { StoragePoolConfig } from '../../storage/types.ts';
+import type { HaRule } from './records.ts';
+import type { HostRecord, OwnedVm } from '../model.ts';
 
 export interface PlacementHost {
   name: string;
@@ -92,4 +94,27 @@ function choose(request: PlacementRequest, hosts: PlacementHost[], free: Map<str
   const priority = (h: string) => preferred?.priorities.get(h) ?? -1;
   const host = roomy.sort((a, b) => priority(b) - priority(a) || free.get(b)! - free.get(a)! || a.localeCompare(b))[0]!;
   return { vm, host };
+}
+
+/** What the placement rules ask of one VM (the first rule of each kind that names it). */
+export function ruleConstraints(rules: HaRule[], vm: string): Pick<PlacementRequest, 'preferred' | 'together' | 'apart'> {
+  const nodes = rules.find((r): r is Extract<HaRule, { kind: 'nodes' }> => r.kind === 'nodes' && r.vms.includes(vm));
+  const together = rules.find((r): r is Extract<HaRule, { kind: 'vms' }> => r.kind === 'vms' && r.together && r.vms.includes(vm));
+  const apart = rules.find((r): r is Extract<HaRule, { kind: 'vms' }> => r.kind === 'vms' && !r.together && r.vms.includes(vm));
+  return {
+    ...(nodes ? { preferred: { rule: nodes.name, priorities: new Map(nodes.nodes.map((n) => [n.host, n.priority])), strict: nodes.strict } } : {}),
+    ...(together ? { together: { rule: together.name, vms: together.vms } } : {}),
+    ...(apart ? { apart: { rule: apart.name, vms: apart.vms } } : {}),
+  };
+}
+
+/** Each live host's memory and what its VMs use, and where the VMs run, for placement. */
+export function capacity(vms: OwnedVm[], hosts: HostRecord[]): { room: PlacementHost[]; locations: Map<string, string> } {
+  const used = new Map<string, number>();
+  for (const v of vms) used.set(v.owner, (used.get(v.owner) ?? 0) + v.spec.memoryMiB);
+  const alive = new Set(hosts.map((h) => h.name));
+  return {
+    room: hosts.map((h) => ({ name: h.name, memoryMiB: h.memoryMiB, usedMiB: used.get(h.name) ?? 0 })),
+    locations: new Map(vms.filter((v) => alive.has(v.owner) && v.desired === 'running').map((v) => [v.spec.name, v.owner])),
+  };
 }

@@ -1,0 +1,142 @@
+/**
+ * The admin's side of the move jobs: `ferry node drain`, `ferry node maintenance on|off`, and the
+ * jobs' progress and cancel. Each request checks, plans and writes the job down; the HA manager's
+ * agent runs it (cluster/moves/runner.ts), so it goes on whatever happens to the CLI or this agent.
+ */
+import { randomUUID } from 'node:crypto';
+import { HaRecords } from '../cluster/ha/records.ts';
+import { planDrain } from '../cluster/moves/plan.ts';
+import { finished, MoveRecords, type MoveItem, type MoveJob, type MoveJobKind, type MoveLimits } from '../cluster/moves/records.ts';
+import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
+import type { Caller } from './authz.ts';
+import type { AgentContext } from './context.ts';
+import { NotFoundError, RefusedError } from './errors.ts';
+import type { Route } from './server.ts';
+
+/** Two migrations at once out of the drained host, one into each destination (KubeVirt: 2 outbound per node). */
+const DEFAULT_PARALLEL = 2;
+
+export function moveRoutes(ctx: AgentContext): Route[] {
+  const moves = new MoveRecords(ctx.state.store);
+  const ha = new HaRecords(ctx.state.store);
+
+  const plan = async (host: string, to?: string[]): Promise<MoveItem[]> => {
+    const [vms, hosts, pools, rules, fenced, maintenances] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), ctx.state.pools(), ha.rules(), ha.fencedHosts(), moves.maintenances()]);
+    const unavailable = new Map<string, string>();
+    for (const m of maintenances) if (m.host !== host) unavailable.set(m.host, 'is in maintenance');
+    for (const f of fenced) unavailable.set(f, 'is fenced from storage');
+    const alive = new Set(hosts.map((h) => h.name));
+    for (const t of to ?? []) if (!alive.has(t)) throw new RefusedError(`--to ${t}: no such host is up; see 'ferry node list'`);
+    return planDrain({ host, vms, hosts, pools, rules, unavailable, ...(to ? { to } : {}) });
+  };
+
+  const newJob = (kind: MoveJobKind, host: string, items: MoveItem[], limits: MoveLimits, caller: Caller, forMaintenance = false): MoveJob => ({
+    id: `${kind}-${host}-${randomUUID().slice(0, 8)}`,
+    kind,
+    host,
+    state: items.some((i) => i.progress.state === 'waiting') ? 'running' : 'done',
+    limits,
+    items,
+    createdAt: new Date().toISOString(),
+    by: caller.name,
+    ...(forMaintenance ? { forMaintenance } : {}),
+  });
+
+  const refuseSecondDrain = async (host: string) => {
+    const running = (await moves.jobs()).find((j) => j.kind === 'drain' && j.host === host && !finished(j));
+    if (running) throw new RefusedError(`host '${host}' is being drained already (job ${running.id}); follow it with 'ferry job show ${running.id}' or cancel it with 'ferry job cancel ${running.id}'`);
+  };
+
+  return [
+    {
+      method: 'POST',
+      pattern: '/v1/nodes/:host/drain',
+      who: 'admin',
+      handler: async (params, body, caller) => {
+        const host = await member(ctx, params['host']);
+        const to = Array.isArray(body['to']) ? body['to'].map(String) : undefined;
+        const items = await plan(host, to);
+        if (body['dryRun'] === true) return { plan: items };
+        await refuseSecondDrain(host);
+        const job = newJob('drain', host, items, limitsOf(body['parallel']), caller);
+        await moves.putJob(job);
+        ctx.log(`drain of ${host} (job ${job.id}): ${items.filter((i) => i.progress.state === 'waiting').length} VM(s) to move, ${items.filter((i) => i.progress.state === 'blocked').length} blocked`);
+        return { job };
+      },
+    },
+    {
+      method: 'POST',
+      pattern: '/v1/nodes/:host/maintenance',
+      who: 'admin',
+      handler: async (params, body, caller) => {
+        const host = await member(ctx, params['host']);
+        if (typeof body['on'] !== 'boolean') throw new RefusedError('maintenance is switched on or off');
+        const current = await moves.maintenance(host);
+        if (body['on']) {
+          if (current) return { maintenance: current, job: (await moves.job(current.drainId)) ?? null };
+          await refuseSecondDrain(host);
+          const items = await plan(host);
+          const job = newJob('drain', host, items, limitsOf(body['parallel']), caller, true);
+          const maintenance = { host, since: new Date().toISOString(), by: caller.name, drainId: job.id, left: [] };
+          if (!(await moves.beginMaintenance(maintenance, job))) throw new RefusedError(`host '${host}' went into maintenance meanwhile; see 'ferry node list'`);
+          ctx.log(`host ${host} in maintenance (${caller.name}); drain ${job.id}`);
+          return { maintenance, job };
+        }
+        if (!current) throw new RefusedError(`host '${host}' is not in maintenance; see 'ferry node list'`);
+        const drain = await moves.job(current.drainId);
+        if (drain && !finished(drain)) await moves.putJob({ ...drain, state: 'cancelling' });
+        await moves.endMaintenance(host);
+        // The VMs that left it for the maintenance come back (Proxmox's failback), where still there and running.
+        const vms = new Map((await ctx.state.vms()).map((v) => [v.spec.name, v]));
+        const back: MoveItem[] = current.left.flatMap(({ vm, to }) => {
+          const record = vms.get(vm);
+          if (!record || record.owner !== to || record.desired !== 'running') return [];
+          return [{ vm, from: to, to: host, memoryMiB: record.spec.memoryMiB, why: `it left ${host} for its maintenance`, progress: { state: 'waiting' } }];
+        });
+        ctx.log(`host ${host} out of maintenance (${caller.name}); ${back.length} VM(s) come back`);
+        if (!back.length) return { maintenance: null, job: null };
+        const job = newJob('return', host, back, limitsOf(body['parallel']), caller);
+        await moves.putJob(job);
+        return { maintenance: null, job };
+      },
+    },
+    { method: 'GET', pattern: '/v1/moves', who: 'admin', handler: async () => ({ jobs: await moves.jobs(), maintenances: await moves.maintenances() }) },
+    {
+      method: 'GET',
+      pattern: '/v1/moves/:id',
+      who: 'admin',
+      handler: async (params) => ({ job: await requireJob(moves, params['id']) }),
+    },
+    {
+      method: 'POST',
+      pattern: '/v1/moves/:id/cancel',
+      who: 'admin',
+      handler: async (params) => {
+        const job = await requireJob(moves, params['id']);
+        if (finished(job)) throw new RefusedError(`job ${job.id} has ended (${job.state}); nothing to cancel`);
+        // The runner cancels the migrations under way (they roll back); finished moves stay.
+        const cancelling: MoveJob = { ...job, state: 'cancelling' };
+        await moves.putJob(cancelling);
+        return { job: cancelling };
+      },
+    },
+  ];
+}
+
+async function member(ctx: AgentContext, value: string | undefined): Promise<string> {
+  if (!value || !NAME_PATTERN.test(value)) throw new RefusedError(`'${value ?? ''}' is not a host name: ${NAME_RULE}`);
+  if (!(await ctx.state.member(value))) throw new NotFoundError(`no host '${value}' has joined this cluster; see 'ferry node list'`);
+  return value;
+}
+
+async function requireJob(moves: MoveRecords, id: string | undefined): Promise<MoveJob> {
+  const job = id && /^[a-z]+-[A-Za-z0-9-]+$/.test(id) ? await moves.job(id) : undefined;
+  if (!job) throw new NotFoundError(`no drain, return or balance job '${id ?? ''}'; see 'ferry job list'`);
+  return job;
+}
+
+function limitsOf(value: unknown): MoveLimits {
+  const n = value === undefined ? DEFAULT_PARALLEL : Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 16) throw new RefusedError(`--parallel ${String(value)}: a whole number from 1 to 16`);
+  return { total: n, perSource: n, perDestination: Math.max(1, Math.ceil(n / 2)) };
+}
