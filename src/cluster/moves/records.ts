@@ -31,7 +31,12 @@ export interface MoveItem {
   /** Why this destination (the plan's words), or why none. */
   why: string;
   progress: MoveState;
+  /** Migrations tried for it (one that failed, or was interrupted by an agent's restart, is tried again). */
+  attempts?: number;
 }
+
+/** Tries per VM before it is left `failed`. */
+export const MAX_ATTEMPTS = 3;
 
 export type MoveJobState = 'running' | 'cancelling' | 'cancelled' | 'done';
 

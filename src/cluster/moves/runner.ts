@@ -12,7 +12,10 @@ import type { HostRecord, Job, OwnedVm } from '../model.ts';
 import { ClusterState } from '../model.ts';
 import type { Store } from '../store/types.ts';
 import { HA_KEYS } from '../ha/records.ts';
-import { finished, MoveRecords, type HostMaintenance, type MoveItem, type MoveJob } from './records.ts';
+import { finished, MAX_ATTEMPTS, MoveRecords, type HostMaintenance, type MoveItem, type MoveJob } from './records.ts';
+
+/** A migrate job not updated for this long, with no migration in flight, is taken as ended. */
+const ABANDONED_AFTER_MS = 60_000;
 
 export interface MoveActions {
   /** Starts the live migration of `vm` from its owner `from` to `to`; the migrate job's id. */
@@ -72,11 +75,26 @@ export class MoveRunner {
         const seconds = migration ? (Date.parse(migration.updatedAt) - Date.parse(migration.createdAt)) / 1000 : (Date.now() - Date.parse(item.progress.startedAt)) / 1000;
         item.progress = { state: 'moved', jobId: item.progress.jobId, seconds: Math.round(seconds * 10) / 10 };
         this.log(`${job.kind} ${job.id}: ${item.vm} moved ${item.from} → ${item.to} in ${item.progress.seconds} s`);
-      } else if (migration?.state === 'failed' || (!migration && vm?.owner === item.from)) {
-        item.progress = { state: 'failed', jobId: item.progress.jobId, reason: failure(migration) };
-        this.log(`${job.kind} ${job.id}: ${item.vm} did not move: ${item.progress.reason}`);
+      } else if (migration?.state === 'failed' || (!migration && vm?.owner === item.from) || (await this.abandoned(migration, item))) {
+        const reason = failure(migration);
+        const attempts = item.attempts ?? 1;
+        // Tried again (an agent restarted under it, a transient refusal), unless cancelling or tried enough.
+        if (job.state === 'running' && attempts < MAX_ATTEMPTS && vm?.owner === item.from) {
+          item.progress = { state: 'waiting' };
+          item.attempts = attempts + 1;
+          this.log(`${job.kind} ${job.id}: ${item.vm} did not move (${reason}); trying again (${attempts + 1} of ${MAX_ATTEMPTS})`);
+        } else {
+          item.progress = { state: 'failed', jobId: item.progress.jobId, reason: `${reason}${attempts > 1 ? ` (after ${attempts} tries)` : ''}` };
+          this.log(`${job.kind} ${job.id}: ${item.vm} did not move: ${item.progress.reason}`);
+        }
       }
     }
+  }
+
+  /** A migrate job still said running, but nothing migrates the VM any more (its source's agent died and did not come back to close it). */
+  private async abandoned(migration: Job | undefined, item: MoveItem): Promise<boolean> {
+    if (migration?.state !== 'running' || Date.now() - Date.parse(migration.updatedAt) < ABANDONED_AFTER_MS) return false;
+    return (await this.state.migration(item.vm)) === undefined;
   }
 
   private async cancel(job: MoveJob): Promise<void> {
@@ -116,6 +134,7 @@ export class MoveRunner {
 
   private async start(job: MoveJob, items: MoveItem[]): Promise<void> {
     for (const item of items) {
+      item.attempts ??= 1;
       try {
         const jobId = await this.actions.migrate(item.from, item.vm, item.to);
         item.progress = { state: 'migrating', jobId, startedAt: new Date().toISOString() };
