@@ -5,6 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { HaRecords } from '../cluster/ha/records.ts';
+import { planBalance, spreadOf } from '../cluster/moves/balance.ts';
 import { planDrain } from '../cluster/moves/plan.ts';
 import { finished, MoveRecords, type MoveItem, type MoveJob, type MoveJobKind, type MoveLimits } from '../cluster/moves/records.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
@@ -30,10 +31,10 @@ export function moveRoutes(ctx: AgentContext): Route[] {
     return planDrain({ host, vms, hosts, pools, rules, unavailable, ...(to ? { to } : {}) });
   };
 
-  const newJob = (kind: MoveJobKind, host: string, items: MoveItem[], limits: MoveLimits, caller: Caller, forMaintenance = false): MoveJob => ({
-    id: `${kind}-${host}-${randomUUID().slice(0, 8)}`,
+  const newJob = (kind: MoveJobKind, host: string | undefined, items: MoveItem[], limits: MoveLimits, caller: Caller, forMaintenance = false): MoveJob => ({
+    id: `${kind}-${host ?? 'cluster'}-${randomUUID().slice(0, 8)}`,
     kind,
-    host,
+    ...(host ? { host } : {}),
     state: items.some((i) => i.progress.state === 'waiting') ? 'running' : 'done',
     limits,
     items,
@@ -98,6 +99,35 @@ export function moveRoutes(ctx: AgentContext): Route[] {
         const job = newJob('return', host, back, limitsOf(body['parallel']), caller);
         await moves.putJob(job);
         return { maintenance: null, job };
+      },
+    },
+    {
+      method: 'POST',
+      pattern: '/v1/cluster/balance',
+      who: 'admin',
+      handler: async (_, body, caller) => {
+        const [vms, hosts, pools, rules, fenced, maintenances] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), ctx.state.pools(), ha.rules(), ha.fencedHosts(), moves.maintenances()]);
+        const unavailable = new Set([...fenced, ...maintenances.map((m) => m.host)]);
+        const items = planBalance({ vms, hosts, pools, rules, unavailable });
+        const before = spreadOf(vms, hosts, unavailable);
+        const moved = new Map(items.map((i) => [i.vm, i.to]));
+        const predicted = spreadOf(vms.map((v) => (moved.has(v.spec.name) ? { ...v, owner: moved.get(v.spec.name)! } : v)), hosts, unavailable);
+        if (body['dryRun'] === true || !items.length) return { plan: items, before, predicted, job: null };
+        const running = (await moves.jobs()).find((j) => j.kind === 'balance' && !finished(j));
+        if (running) throw new RefusedError(`a balance is running already (job ${running.id}); follow it with 'ferry job show ${running.id}'`);
+        const job = newJob('balance', undefined, items, limitsOf(body['parallel']), caller);
+        await moves.putJob(job);
+        ctx.log(`balance (job ${job.id}): ${items.length} VM(s) to move, spread ${before.spreadPoints} → ${predicted.spreadPoints} points`);
+        return { plan: items, before, predicted, job };
+      },
+    },
+    {
+      method: 'GET',
+      pattern: '/v1/cluster/spread',
+      who: 'admin',
+      handler: async () => {
+        const [vms, hosts, fenced, maintenances] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), ha.fencedHosts(), moves.maintenances()]);
+        return { spread: spreadOf(vms, hosts, new Set([...fenced, ...maintenances.map((m) => m.host)])) };
       },
     },
     { method: 'GET', pattern: '/v1/moves', who: 'admin', handler: async () => ({ jobs: await moves.jobs(), maintenances: await moves.maintenances() }) },

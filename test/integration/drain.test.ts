@@ -141,4 +141,19 @@ describe('drain and maintenance (3-host lab)', () => {
     }
     assert.doesNotMatch(((await cli('node', 'list')).json as { hosts: Array<{ name: string; state: string }> }).hosts.find((h) => h.name === 'h3')!.state, /maintenance/);
   });
+
+  it('cluster balance: the plan narrows the spread of memory use, the moves are live, and the spread after is the one planned', async (t) => {
+    const { hosts } = (await cli('node', 'list')).json as { hosts: Array<{ name: string; freeMemoryMiB: number }> };
+    const roomiest = [...hosts].sort((a, b) => b.freeMemoryMiB - a.freeMemoryMiB)[0]!.name;
+    for (const name of ['b1', 'b2']) await create(name, roomiest);
+    const dry = await cli('cluster', 'balance', '--dry-run');
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.ok(dry.json.plan.length >= 1, `b1 and b2 on ${roomiest} unbalance the cluster: ${dry.stderr}`);
+    assert.ok(dry.json.predicted.spreadPoints < dry.json.before.spreadPoints);
+    const balanced = await cli('cluster', 'balance');
+    assert.equal(balanced.code, 0, balanced.stderr);
+    t.diagnostic(`balance: ${balanced.json.plan.length} move(s), spread ${balanced.json.before.spreadPoints} → ${balanced.json.after.spreadPoints} points (planned ${balanced.json.predicted.spreadPoints})`);
+    assert.equal(balanced.json.after.spreadPoints, balanced.json.predicted.spreadPoints);
+    for (const item of balanced.json.plan as MoveJobView['items']) assert.equal(await sameGuest(item.vm), item.to);
+  });
 });

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { HA_KEYS } from '../../src/cluster/ha/records.ts';
 import { ClusterState, KEYS, type HostRecord, type OwnedVm } from '../../src/cluster/model.ts';
+import { planBalance, spreadOf } from '../../src/cluster/moves/balance.ts';
 import { planDrain } from '../../src/cluster/moves/plan.ts';
 import { MoveRecords, type MoveJob } from '../../src/cluster/moves/records.ts';
 import { MoveRunner, type MoveActions } from '../../src/cluster/moves/runner.ts';
@@ -65,6 +66,36 @@ describe('the drain plan', () => {
     const vms = [owned('w1', 'h1', 128), owned('w2', 'h1', 128), owned('w3', 'h2', 128)];
     const plan = planDrain({ host: 'h1', vms, hosts, pools, rules: [{ name: 'web', kind: 'vms', vms: ['w1', 'w2', 'w3'], together: false }], unavailable: new Map() });
     assert.deepEqual(plan.map((i) => i.to).sort(), ['', 'h3'], 'one goes to h3; for the other no host is left (w3 is on h2)');
+  });
+});
+
+describe('the balance plan', () => {
+  const hosts = [hostRecord('h1'), hostRecord('h2'), hostRecord('h3')];
+  it('moves from the fullest host until no move narrows the spread; the spread shrinks', () => {
+    const vms = [owned('a', 'h1', 256), owned('b', 'h1', 256), owned('c', 'h1', 256), owned('d', 'h3', 256)];
+    const plan = planBalance({ vms, hosts, pools, rules: [], unavailable: new Set() });
+    assert.deepEqual(plan.map((i) => [i.from, i.to]), [['h1', 'h2']], 'one VM from h1 to h2: 512/256/256');
+    const after = vms.map((v) => (v.spec.name === plan[0]!.vm ? { ...v, owner: 'h2' } : v));
+    assert.equal(spreadOf(vms, hosts).spreadPoints, 75);
+    assert.equal(spreadOf(after, hosts).spreadPoints, 25);
+  });
+
+  it('keeps the rules and the replicas, leaves hosts in maintenance out, and moves nothing when even', () => {
+    const vms = [
+      owned('w1', 'h1', 256),
+      owned('w2', 'h1', 256),
+      owned('r', 'h1', 256, [{ pool: 'rep', replicas: ['h1', 'h3'] }]),
+      owned('w3', 'h2', 128),
+    ];
+    const rules = [{ name: 'web', kind: 'vms' as const, vms: ['w1', 'w2', 'w3'], together: false }];
+    const plan = planBalance({ vms, hosts, pools, rules, unavailable: new Set() });
+    for (const item of plan) {
+      if (item.vm.startsWith('w')) assert.notEqual(item.to, 'h2', 'never beside w3');
+      if (item.vm === 'r') assert.equal(item.to, 'h3', 'only to its other replica');
+    }
+    assert.ok(plan.length >= 1);
+    assert.deepEqual(planBalance({ vms, hosts, pools, rules, unavailable: new Set(['h2', 'h3']) }), [], 'h1 alone: nothing to even out');
+    assert.deepEqual(planBalance({ vms: [owned('x', 'h1', 128), owned('y', 'h2', 128), owned('z', 'h3', 128)], hosts, pools, rules: [], unavailable: new Set() }), []);
   });
 });
 

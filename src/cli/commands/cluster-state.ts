@@ -4,6 +4,10 @@ import type { ClusterMaintenance } from '../../cluster/ha/records.ts';
 import { Cli } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import type { Command } from '../command.ts';
+import type { Spread } from '../../cluster/moves/balance.ts';
+import type { MoveItem, MoveJob } from '../../cluster/moves/records.ts';
+import { table } from '../format.ts';
+import { followJob, notMoved, planTable } from '../moves.ts';
 
 const USAGE = `Usage:
   ferry cluster maintenance on [--reason TEXT] [--force]
@@ -14,15 +18,25 @@ const USAGE = `Usage:
   ferry cluster maintenance off
       The manager acts again; a host that went down meanwhile is waited for from now on (lease, margin).
   ferry cluster maintenance status
+  ferry cluster balance [--dry-run] [--parallel N] [--no-wait]
+      Moves running VMs by live migration so that the hosts' memory use evens out (hosts in maintenance
+      left out; HA rules, replicated disks kept): the spread and the plan first, then a job run as a
+      drain is (same limits; ferry job cancel ID), then the spread it left.
 Every command takes --json.`;
 
 export const clusterCommand: Command = {
-  summary: 'the whole cluster: maintenance mode (the HA manager switched off)',
+  summary: 'the whole cluster: maintenance mode (the HA manager switched off), balance',
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { reason: { type: 'string' }, force: { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' } } });
+    const { values, positionals } = parseArgs({
+      args,
+      allowPositionals: true,
+      options: { reason: { type: 'string' }, force: { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' }, 'dry-run': { type: 'boolean' }, parallel: { type: 'string' }, 'no-wait': { type: 'boolean' } },
+    });
     const [topic, verb] = positionals;
+    if (topic === 'balance') return balance(values);
     if (topic !== 'maintenance' || !['on', 'off', 'status'].includes(verb ?? '')) throw new UsageError(USAGE);
+
     const cli = await Cli.load(values.context);
     const agent = await cli.anyAgent();
     const out = (human: string, doc: unknown) => console.log(values.json ? JSON.stringify(doc, null, 2) : human);
@@ -39,6 +53,34 @@ export const clusterCommand: Command = {
     return out(result.was ? `cluster maintenance off (it was on since ${result.was.since}); the HA manager acts again` : 'cluster maintenance was not on', result);
   },
 };
+
+async function balance(values: { json?: boolean; context?: string; 'dry-run'?: boolean; parallel?: string; 'no-wait'?: boolean }): Promise<void> {
+  if (values.parallel !== undefined && !/^\d+$/.test(values.parallel)) throw new UsageError(`--parallel ${values.parallel}: a whole number`);
+  const cli = await Cli.load(values.context);
+  const agent = await cli.anyAgent();
+  const print = (line: string) => (values.json ? console.error(line) : console.log(line));
+  const result = await agent.call<{ plan: MoveItem[]; before: Spread; predicted: Spread; job: MoveJob | null }>('POST', '/v1/cluster/balance', {
+    ...(values['dry-run'] ? { dryRun: true } : {}),
+    ...(values.parallel !== undefined ? { parallel: Number(values.parallel) } : {}),
+  });
+  print(`memory use now (spread ${result.before.spreadPoints} points between the fullest and the emptiest host):\n${spreadTable(result.before)}`);
+  if (!result.plan.length) {
+    print('nothing to move: no move narrows the spread');
+    if (values.json) console.log(JSON.stringify(result, null, 2));
+    return;
+  }
+  print(`${values['dry-run'] ? 'the plan (nothing moved)' : `the plan (job ${result.job?.id})`}:\n${planTable(result.plan)}\nexpected after: spread ${result.predicted.spreadPoints} points`);
+  if (!result.job || values['no-wait']) return void (values.json && console.log(JSON.stringify(result, null, 2)));
+  const ended = await followJob(agent, result.job.id, print);
+  const { spread } = await agent.call<{ spread: Spread }>('GET', '/v1/cluster/spread');
+  print(`memory use after (spread ${spread.spreadPoints} points):\n${spreadTable(spread)}`);
+  if (values.json) console.log(JSON.stringify({ ...result, job: ended, after: spread }, null, 2));
+  if (notMoved(ended).length) process.exitCode = 3;
+}
+
+function spreadTable(spread: Spread): string {
+  return table(['host', 'used', 'memory', 'share'], spread.hosts.map((h) => [h.host, `${h.usedMiB} MiB`, `${h.memoryMiB} MiB`, `${Math.round(h.share * 1000) / 10} %`]));
+}
 
 /** One line for every status command: whether the cluster is in maintenance. */
 export function maintenanceLine(maintenance: ClusterMaintenance | null | undefined): string {
