@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { HaRecords } from '../cluster/ha/records.ts';
 import { planBalance, spreadOf } from '../cluster/moves/balance.ts';
-import { planDrain } from '../cluster/moves/plan.ts';
+import { planDrain, replicaWarnings } from '../cluster/moves/plan.ts';
 import { finished, MoveRecords, type MoveItem, type MoveJob, type MoveJobKind, type MoveLimits } from '../cluster/moves/records.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 import type { Caller } from './authz.ts';
@@ -21,14 +21,14 @@ export function moveRoutes(ctx: AgentContext): Route[] {
   const moves = new MoveRecords(ctx.state.store);
   const ha = new HaRecords(ctx.state.store);
 
-  const plan = async (host: string, to?: string[]): Promise<MoveItem[]> => {
+  const plan = async (host: string, to?: string[]): Promise<{ items: MoveItem[]; warnings: string[] }> => {
     const [vms, hosts, pools, rules, fenced, maintenances] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), ctx.state.pools(), ha.rules(), ha.fencedHosts(), moves.maintenances()]);
     const unavailable = new Map<string, string>();
     for (const m of maintenances) if (m.host !== host) unavailable.set(m.host, 'is in maintenance');
     for (const f of fenced) unavailable.set(f, 'is fenced from storage');
     const alive = new Set(hosts.map((h) => h.name));
     for (const t of to ?? []) if (!alive.has(t)) throw new RefusedError(`--to ${t}: no such host is up; see 'ferry node list'`);
-    return planDrain({ host, vms, hosts, pools, rules, unavailable, ...(to ? { to } : {}) });
+    return { items: planDrain({ host, vms, hosts, pools, rules, unavailable, ...(to ? { to } : {}) }), warnings: replicaWarnings(host, vms, pools) };
   };
 
   const newJob = (kind: MoveJobKind, host: string | undefined, items: MoveItem[], limits: MoveLimits, caller: Caller, forMaintenance = false): MoveJob => ({
@@ -56,13 +56,13 @@ export function moveRoutes(ctx: AgentContext): Route[] {
       handler: async (params, body, caller) => {
         const host = await member(ctx, params['host']);
         const to = Array.isArray(body['to']) ? body['to'].map(String) : undefined;
-        const items = await plan(host, to);
-        if (body['dryRun'] === true) return { plan: items };
+        const { items, warnings } = await plan(host, to);
+        if (body['dryRun'] === true) return { plan: items, warnings };
         await refuseSecondDrain(host);
         const job = newJob('drain', host, items, limitsOf(body['parallel']), caller);
         await moves.putJob(job);
         ctx.log(`drain of ${host} (job ${job.id}): ${items.filter((i) => i.progress.state === 'waiting').length} VM(s) to move, ${items.filter((i) => i.progress.state === 'blocked').length} blocked`);
-        return { job };
+        return { job, warnings };
       },
     },
     {
@@ -76,12 +76,12 @@ export function moveRoutes(ctx: AgentContext): Route[] {
         if (body['on']) {
           if (current) return { maintenance: current, job: (await moves.job(current.drainId)) ?? null };
           await refuseSecondDrain(host);
-          const items = await plan(host);
+          const { items, warnings } = await plan(host);
           const job = newJob('drain', host, items, limitsOf(body['parallel']), caller, true);
           const maintenance = { host, since: new Date().toISOString(), by: caller.name, drainId: job.id, left: [] };
           if (!(await moves.beginMaintenance(maintenance, job))) throw new RefusedError(`host '${host}' went into maintenance meanwhile; see 'ferry node list'`);
           ctx.log(`host ${host} in maintenance (${caller.name}); drain ${job.id}`);
-          return { maintenance, job };
+          return { maintenance, job, warnings };
         }
         if (!current) throw new RefusedError(`host '${host}' is not in maintenance; see 'ferry node list'`);
         const drain = await moves.job(current.drainId);

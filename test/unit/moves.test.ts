@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { HA_KEYS } from '../../src/cluster/ha/records.ts';
 import { ClusterState, KEYS, type HostRecord, type OwnedVm } from '../../src/cluster/model.ts';
 import { planBalance, spreadOf } from '../../src/cluster/moves/balance.ts';
-import { planDrain } from '../../src/cluster/moves/plan.ts';
+import { planDrain, replicaWarnings } from '../../src/cluster/moves/plan.ts';
 import { MoveRecords, type MoveJob } from '../../src/cluster/moves/records.ts';
 import { MoveRunner, type MoveActions } from '../../src/cluster/moves/runner.ts';
 import { SqliteStore } from '../../src/cluster/store/sqlite.ts';
@@ -62,7 +62,14 @@ describe('the drain plan', () => {
     assert.match((rep.progress as { reason: string }).reason, /h3 is in maintenance/);
   });
 
-  it('keeps VMs apart that a rule keeps apart', () => {
+  it('warns of VMs elsewhere that keep a replica on the drained host', () => {
+    const vms = [owned('rep2', 'h3', 128, [{ pool: 'rep', replicas: ['h3', 'h1'] }]), owned('plain', 'h3', 128)];
+    const warnings = replicaWarnings('h1', vms, pools);
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0]!, /rep2 \(on h3\) keeps the other replica of rep\/rep2-0 on h1/);
+  });
+
+    it('keeps VMs apart that a rule keeps apart', () => {
     const vms = [owned('w1', 'h1', 128), owned('w2', 'h1', 128), owned('w3', 'h2', 128)];
     const plan = planDrain({ host: 'h1', vms, hosts, pools, rules: [{ name: 'web', kind: 'vms', vms: ['w1', 'w2', 'w3'], together: false }], unavailable: new Map() });
     assert.deepEqual(plan.map((i) => i.to).sort(), ['', 'h3'], 'one goes to h3; for the other no host is left (w3 is on h2)');

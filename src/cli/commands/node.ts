@@ -104,20 +104,21 @@ async function runMoveVerb(positionals: string[], values: { json?: boolean; cont
   const parallel = values.parallel !== undefined ? { parallel: Number(values.parallel) } : {};
   let job: MoveJob | null;
   if (verb === 'drain') {
-    const result = await agent.call<{ plan?: MoveItem[]; job?: MoveJob }>('POST', `/v1/nodes/${encodeURIComponent(host)}/drain`, {
+    const result = await agent.call<{ plan?: MoveItem[]; job?: MoveJob; warnings: string[] }>('POST', `/v1/nodes/${encodeURIComponent(host)}/drain`, {
       ...(values.to ? { to: values.to.split(',').filter(Boolean) } : {}),
       ...parallel,
       ...(values['dry-run'] ? { dryRun: true } : {}),
     });
-    if (result.plan) return void console.log(values.json ? JSON.stringify({ plan: result.plan }, null, 2) : `drain of ${host}, the plan (nothing moved):\n${planTable(result.plan)}`);
+    if (result.plan)
+      return void console.log(values.json ? JSON.stringify({ plan: result.plan, warnings: result.warnings }, null, 2) : `drain of ${host}, the plan (nothing moved):\n${planTable(result.plan)}${warningLines(result.warnings)}`);
     job = result.job!;
-    print(`drain of ${host} (job ${job.id}):\n${planTable(job.items)}`);
+    print(`drain of ${host} (job ${job.id}):\n${planTable(job.items)}${warningLines(result.warnings)}`);
   } else {
-    const result = await agent.call<{ maintenance: HostMaintenance | null; job: MoveJob | null }>('POST', `/v1/nodes/${encodeURIComponent(host)}/maintenance`, { on: onOff === 'on', ...parallel });
+    const result = await agent.call<{ maintenance: HostMaintenance | null; job: MoveJob | null; warnings?: string[] }>('POST', `/v1/nodes/${encodeURIComponent(host)}/maintenance`, { on: onOff === 'on', ...parallel });
     job = result.job;
     print(
       onOff === 'on'
-        ? `host ${host} is in maintenance since ${result.maintenance!.since}: it takes no new VM; its VMs leave it (job ${job?.id ?? '-'}):\n${planTable(job?.items ?? [])}`
+        ? `host ${host} is in maintenance since ${result.maintenance!.since}: it takes no new VM; its VMs leave it (job ${job?.id ?? '-'}):\n${planTable(job?.items ?? [])}${warningLines(result.warnings ?? [])}`
         : `host ${host} takes VMs again${job ? `; ${job.items.length} VM(s) come back (job ${job.id})` : '; no VM to bring back'}`,
     );
   }
@@ -129,6 +130,10 @@ async function runMoveVerb(positionals: string[], values: { json?: boolean; cont
     print(`not moved: ${stayed.map((i) => `${i.vm} (${i.progress.state === 'blocked' || i.progress.state === 'failed' ? i.progress.reason : i.progress.state})`).join('; ')}`);
     process.exitCode = 3;
   }
+}
+
+function warningLines(warnings: string[]): string {
+  return warnings.map((w) => `\nwarning: ${w}`).join('');
 }
 
 function daysUntil(iso: string): number {

@@ -60,6 +60,17 @@ export function planDrain(input: DrainInput): MoveItem[] {
   return [...items.filter((i) => i.progress.state !== 'blocked'), ...items.filter((i) => i.progress.state === 'blocked')];
 }
 
+/** VMs on other hosts that keep a replica of their disks on `host`: they run on, with one copy while it is away. */
+export function replicaWarnings(host: string, vms: OwnedVm[], pools: StoragePoolConfig[]): string[] {
+  return vms.flatMap((vm) =>
+    vm.owner === host
+      ? []
+      : (vm.spec.disks ?? [])
+          .filter((d) => pools.find((p) => p.name === d.pool)?.type === 'replicated' && d.replicas?.includes(host))
+          .map((d) => `${vm.spec.name} (on ${vm.owner}) keeps the other replica of ${d.pool}/${d.volume} on ${host}: while ${host} is away it writes to one copy only`),
+  );
+}
+
 /** Hosts that reach every disk of `vm` once it leaves `from` (undefined: any); a reason when none can. */
 function destinationsForDisks(vm: OwnedVm, pools: StoragePoolConfig[], from: string): { hosts?: Set<string> } | { reason: string } {
   let hosts: Set<string> | undefined;
