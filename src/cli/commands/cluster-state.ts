@@ -54,7 +54,7 @@ export const clusterCommand: Command = {
   },
 };
 
-async function balance(values: { json?: boolean; context?: string; 'dry-run'?: boolean; parallel?: string; 'no-wait'?: boolean }): Promise<void> {
+async function balance(values: { json?: boolean; context?: string; 'dry-run'?: boolean; parallel?: string; 'no-wait'?: boolean }): Promise<number | void> {
   if (values.parallel !== undefined && !/^\d+$/.test(values.parallel)) throw new UsageError(`--parallel ${values.parallel}: a whole number`);
   const cli = await Cli.load(values.context);
   const agent = await cli.anyAgent();
@@ -75,7 +75,7 @@ async function balance(values: { json?: boolean; context?: string; 'dry-run'?: b
   const { spread } = await agent.call<{ spread: Spread }>('GET', '/v1/cluster/spread');
   print(`memory use after (spread ${spread.spreadPoints} points):\n${spreadTable(spread)}`);
   if (values.json) console.log(JSON.stringify({ ...result, job: ended, after: spread }, null, 2));
-  if (notMoved(ended).length) process.exitCode = 3;
+  if (notMoved(ended).length) return 3;
 }
 
 function spreadTable(spread: Spread): string {

@@ -91,7 +91,7 @@ export const nodeCommand: Command = {
 };
 
 /** ferry node drain | maintenance on|off: the plan, then the job followed to its end (unless --no-wait). */
-async function runMoveVerb(positionals: string[], values: { json?: boolean; context?: string; to?: string; parallel?: string; 'dry-run'?: boolean; 'no-wait'?: boolean }): Promise<void> {
+async function runMoveVerb(positionals: string[], values: { json?: boolean; context?: string; to?: string; parallel?: string; 'dry-run'?: boolean; 'no-wait'?: boolean }): Promise<number | void> {
   const [verb, ...rest] = positionals;
   const onOff = verb === 'maintenance' ? rest[0] : undefined;
   const host = verb === 'maintenance' ? rest[1] : rest[0];
@@ -128,7 +128,7 @@ async function runMoveVerb(positionals: string[], values: { json?: boolean; cont
   const stayed = notMoved(ended);
   if (stayed.length) {
     print(`not moved: ${stayed.map((i) => `${i.vm} (${i.progress.state === 'blocked' || i.progress.state === 'failed' ? i.progress.reason : i.progress.state})`).join('; ')}`);
-    process.exitCode = 3;
+    return 3;
   }
 }
 
