@@ -173,6 +173,7 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
       guarded = running.map(([, pid]) => pid);
       listed = true;
       watchdog.pet(deadline(), guarded);
+      await watchdog.firstAnswer(1000);
       // Claimed only while the watchdog answers: a host whose watchdog is gone guards nothing.
       const list = JSON.stringify(watchdog.connected ? running.map(([name]) => name).sort() : []);
       if (list !== advertised) {

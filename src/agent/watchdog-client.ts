@@ -9,6 +9,7 @@ import type { PetMessage } from './watchdog.ts';
 export class WatchdogClient {
   private socket: net.Socket | undefined;
   private reachable: boolean | undefined;
+  private readonly settled: Array<() => void> = [];
 
   /** Whether the last connection to the watchdog succeeded (what this host may claim it guards). */
   get connected(): boolean {
@@ -19,6 +20,18 @@ export class WatchdogClient {
     private readonly socketPath: string,
     private readonly log: (line: string) => void,
   ) {}
+
+  /** Until the first connection has succeeded or failed (at most `timeoutMs`): a new agent's first claim must not say "nothing guarded" only because it was not connected yet. */
+  async firstAnswer(timeoutMs: number): Promise<void> {
+    if (this.reachable !== undefined) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      this.settled.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
 
   pet(deadlineMs: number, guests: number[]): void {
     const message: PetMessage = { pet: { deadlineMs, guests } };
@@ -49,6 +62,7 @@ export class WatchdogClient {
   }
 
   private state(reachable: boolean, why?: string): void {
+    for (const resolve of this.settled.splice(0)) resolve();
     if (this.reachable === reachable) return;
     this.reachable = reachable;
     this.log(reachable ? `watchdog at ${this.socketPath} reached` : `cannot reach the watchdog at ${this.socketPath} (${why}): HA guests here are guarded by self-fencing alone`);

@@ -317,7 +317,7 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
     assert.match(await readFile(path.join(suite.dir, 'hosts', owner, 'agent.log'), 'utf8'), /cluster maintenance: the watchdog is disarmed while this agent is away/);
     await startAgent(suite.lab, owner);
     for (let i = 0; i < 40 && !(await cli('node', 'list')).json?.hosts?.some((h: { name: string }) => h.name === owner); i++) await sleep(500);
-    await sleep(2000); // its first renewal: the guest adopted and guarded again
+    await sleep(4000); // its first renewal: the guest adopted and guarded again
     assert.equal((await suite.probe.gamesrv(ip)).boot, before.boot, 'the agent back adopted the guest');
     const died = await killHost(suite, owner);
     await sleep(16_000); // lease TTL, margin and more
