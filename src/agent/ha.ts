@@ -16,6 +16,7 @@ import { peer, requireVm, storageCatalog, type AgentContext } from './context.ts
 import { NotFoundError, RefusedError } from './errors.ts';
 import { recoverVm } from './recover.ts';
 import { cancelMigration, startMigration } from './source-migration.ts';
+import { migrationParams } from './validate.ts';
 import { MoveRunner } from '../cluster/moves/runner.ts';
 import { startOwnVm, stopOwnVm } from './vm-start.ts';
 import type { Route } from './server.ts';
@@ -24,7 +25,8 @@ const DEFAULT_MAX_RESTART = 1;
 const DEFAULT_MAX_RELOCATE = 1;
 
 export function startHaManager(ctx: AgentContext, store: Store): HaManager {
-  const migrateOn = async (host: string, vm: string, to: string) => (await (await peer(ctx, host)).call<{ job: { id: string } }>('POST', `/v1/ha/hosts/migrate/${vm}`, { to }, 30_000)).job.id;
+  const migrateOn = async (host: string, vm: string, to: string, policy?: string) =>
+    (await (await peer(ctx, host)).call<{ job: { id: string } }>('POST', `/v1/ha/hosts/migrate/${vm}`, { to, ...(policy ? { policy } : {}) }, 30_000)).job.id;
   const moves = new MoveRunner(
     store,
     {
@@ -211,7 +213,9 @@ export function haRoutes(ctx: AgentContext): Route[] {
       else if (record.desired !== 'stopped') await ctx.state.updateVm(record, { desired: 'stopped' });
     }),
     // Failback: the same checks and job as the admin's `ferry vm migrate`; the manager does not wait for the end.
-    askedOfOwner('migrate', async (record, body) => ({ job: await startMigration(ctx, record.spec.name, { to: nameParam(stringOf(body['to']), 'host'), token: record.token }) })),
+    askedOfOwner('migrate', async (record, body) => ({
+      job: await startMigration(ctx, record.spec.name, { to: nameParam(stringOf(body['to']), 'host'), token: record.token, params: migrationParams(body['policy'] === undefined ? undefined : { policy: body['policy'] }) }),
+    })),
     askedOfOwner('cancel', async (record, body) => ({ cancelled: cancelMigration(String(body['jobId'] ?? '')), vm: record.spec.name })),
     askedOfOwner('release', async (record, body) => {
       const vm = record.spec.name;

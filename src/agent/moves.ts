@@ -13,6 +13,7 @@ import type { Caller } from './authz.ts';
 import type { AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
+import { migrationParams } from './validate.ts';
 
 /** Two migrations at once out of the drained host, one into each destination (KubeVirt: 2 outbound per node). */
 const DEFAULT_PARALLEL = 2;
@@ -31,7 +32,7 @@ export function moveRoutes(ctx: AgentContext): Route[] {
     return { items: planDrain({ host, vms, hosts, pools, rules, unavailable, ...(to ? { to } : {}) }), warnings: replicaWarnings(host, vms, pools) };
   };
 
-  const newJob = (kind: MoveJobKind, host: string | undefined, items: MoveItem[], limits: MoveLimits, caller: Caller, forMaintenance = false): MoveJob => ({
+  const newJob = (kind: MoveJobKind, host: string | undefined, items: MoveItem[], limits: MoveLimits, caller: Caller, forMaintenance = false, policy?: string): MoveJob => ({
     id: `${kind}-${host ?? 'cluster'}-${randomUUID().slice(0, 8)}`,
     kind,
     ...(host ? { host } : {}),
@@ -41,6 +42,7 @@ export function moveRoutes(ctx: AgentContext): Route[] {
     createdAt: new Date().toISOString(),
     by: caller.name,
     ...(forMaintenance ? { forMaintenance } : {}),
+    ...(policy ? { policy } : {}),
   });
 
   const refuseSecondDrain = async (host: string) => {
@@ -59,7 +61,7 @@ export function moveRoutes(ctx: AgentContext): Route[] {
         const { items, warnings } = await plan(host, to);
         if (body['dryRun'] === true) return { plan: items, warnings };
         await refuseSecondDrain(host);
-        const job = newJob('drain', host, items, limitsOf(body['parallel']), caller);
+        const job = newJob('drain', host, items, limitsOf(body['parallel']), caller, false, policyOf(body['policy']));
         await moves.putJob(job);
         ctx.log(`drain of ${host} (job ${job.id}): ${items.filter((i) => i.progress.state === 'waiting').length} VM(s) to move, ${items.filter((i) => i.progress.state === 'blocked').length} blocked`);
         return { job, warnings };
@@ -163,6 +165,12 @@ async function requireJob(moves: MoveRecords, id: string | undefined): Promise<M
   const job = id && /^[a-z]+-[A-Za-z0-9-]+$/.test(id) ? await moves.job(id) : undefined;
   if (!job) throw new NotFoundError(`no drain, return or balance job '${id ?? ''}'; see 'ferry job list'`);
   return job;
+}
+
+/** A migration policy by name, checked as `ferry vm migrate --policy` checks it. */
+function policyOf(value: unknown): string | undefined {
+  if (value === undefined) return undefined;
+  return migrationParams({ policy: value }).policy;
 }
 
 function limitsOf(value: unknown): MoveLimits {

@@ -62,7 +62,10 @@ describe('drain and maintenance (3-host lab)', () => {
     assert.match(plan.find((i) => i.vm === 'd3')!.progress.reason!, /it is stopped/);
     assert.equal(await sameGuest('d1'), 'h1', '--dry-run moves nothing');
     const started = Date.now();
-    const drained = await cli('node', 'drain', 'h1');
+    const badPolicy = await cli('node', 'drain', 'h1', '--policy', 'fastest');
+    assert.notEqual(badPolicy.code, 0);
+    assert.match(badPolicy.stderr, /policy/);
+    const drained = await cli('node', 'drain', 'h1', '--policy', 'must-finish');
     t.diagnostic(`drain of h1 (2 VMs of 128 MiB, 1 blocked): ${Date.now() - started} ms`);
     assert.equal(drained.code, 3, `exits 3: a VM did not move\n${drained.stderr}`);
     assert.match(drained.stderr, /not moved: d3 \(it is stopped/);
@@ -134,6 +137,10 @@ describe('drain and maintenance (3-host lab)', () => {
       const item = (on.json.job as MoveJobView).items.find((i) => i.vm === vm);
       if (item?.progress.state !== 'blocked') assert.notEqual(await sameGuest(vm), 'h3', `${vm} left h3`);
     }
+    // The README's rolling upgrade: the empty host's agent stopped and started again while in maintenance.
+    assert.equal((await cli('lab', 'kill-agent', 'h3')).code, 0);
+    assert.equal((await cli('lab', 'start-agent', 'h3')).code, 0);
+    await until('h3 is back', async () => ((await cli('node', 'list')).json as { hosts: Array<{ name: string; state: string }> }).hosts.some((h) => h.name === 'h3' && /maintenance/.test(h.state)));
     const off = await cli('node', 'maintenance', 'off', 'h3');
     assert.equal(off.code, 0, off.stderr);
     t.diagnostic(`maintenance of h3: ${before.join(', ')} left and came back`);

@@ -17,7 +17,7 @@ export const nodeCommand: Command = {
   summary: "the cluster's hosts: list, drain, maintenance, remove",
   usage: [
     'Usage: ferry node list [--json]',
-    '       ferry node drain HOST [--to HOST,...] [--parallel N] [--dry-run] [--no-wait] [--json]',
+    '       ferry node drain HOST [--to HOST,...] [--parallel N] [--policy P] [--dry-run] [--no-wait] [--json]',
     '       ferry node maintenance on|off HOST [--parallel N] [--no-wait] [--json]',
     '       ferry node remove HOST [--reason TEXT] [--json]',
     '',
@@ -44,6 +44,7 @@ export const nodeCommand: Command = {
         context: { type: 'string' },
         to: { type: 'string' },
         parallel: { type: 'string' },
+        policy: { type: 'string' },
         'dry-run': { type: 'boolean' },
         'no-wait': { type: 'boolean' },
       },
@@ -91,7 +92,7 @@ export const nodeCommand: Command = {
 };
 
 /** ferry node drain | maintenance on|off: the plan, then the job followed to its end (unless --no-wait). */
-async function runMoveVerb(positionals: string[], values: { json?: boolean; context?: string; to?: string; parallel?: string; 'dry-run'?: boolean; 'no-wait'?: boolean }): Promise<number | void> {
+async function runMoveVerb(positionals: string[], values: { json?: boolean; context?: string; to?: string; parallel?: string; policy?: string; 'dry-run'?: boolean; 'no-wait'?: boolean }): Promise<number | void> {
   const [verb, ...rest] = positionals;
   const onOff = verb === 'maintenance' ? rest[0] : undefined;
   const host = verb === 'maintenance' ? rest[1] : rest[0];
@@ -106,6 +107,7 @@ async function runMoveVerb(positionals: string[], values: { json?: boolean; cont
   if (verb === 'drain') {
     const result = await agent.call<{ plan?: MoveItem[]; job?: MoveJob; warnings: string[] }>('POST', `/v1/nodes/${encodeURIComponent(host)}/drain`, {
       ...(values.to ? { to: values.to.split(',').filter(Boolean) } : {}),
+      ...(values.policy ? { policy: values.policy } : {}),
       ...parallel,
       ...(values['dry-run'] ? { dryRun: true } : {}),
     });

@@ -59,6 +59,8 @@ export interface MoveJob {
   items: MoveItem[];
   createdAt: string;
   by: string;
+  /** The migration policy of its migrations (`--policy`, as `ferry vm migrate --policy`); absent: the default. */
+  policy?: string;
   /** Drain for `ferry node maintenance on`: the moved VMs are remembered to come back at `off`. */
   forMaintenance?: boolean;
   endedAt?: string;

@@ -18,8 +18,8 @@ import { finished, MAX_ATTEMPTS, MoveRecords, type HostMaintenance, type MoveIte
 const ABANDONED_AFTER_MS = 60_000;
 
 export interface MoveActions {
-  /** Starts the live migration of `vm` from its owner `from` to `to`; the migrate job's id. */
-  migrate(from: string, vm: string, to: string): Promise<string>;
+  /** Starts the live migration of `vm` from its owner `from` to `to` (with `policy`, if any); the migrate job's id. */
+  migrate(from: string, vm: string, to: string, policy?: string): Promise<string>;
   /** Cancels a migration under way on its source `from` (it rolls back). */
   cancel(from: string, vm: string, jobId: string): Promise<void>;
 }
@@ -136,7 +136,7 @@ export class MoveRunner {
     for (const item of items) {
       item.attempts ??= 1;
       try {
-        const jobId = await this.actions.migrate(item.from, item.vm, item.to);
+        const jobId = await this.actions.migrate(item.from, item.vm, item.to, job.policy);
         item.progress = { state: 'migrating', jobId, startedAt: new Date().toISOString() };
         this.log(`${job.kind} ${job.id}: ${item.vm} ${item.from} → ${item.to} (job ${jobId})`);
       } catch (err) {
