@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { HaRecords } from '../cluster/ha/records.ts';
 import { planBalance, spreadOf } from '../cluster/moves/balance.ts';
 import { planDrain, replicaWarnings } from '../cluster/moves/plan.ts';
-import { finished, MoveRecords, type MoveItem, type MoveJob, type MoveJobKind, type MoveLimits } from '../cluster/moves/records.ts';
+import { finished, hostsTakingNoVm, MoveRecords, type MoveItem, type MoveJob, type MoveJobKind, type MoveLimits } from '../cluster/moves/records.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 import type { Caller } from './authz.ts';
 import type { AgentContext } from './context.ts';
@@ -23,10 +23,8 @@ export function moveRoutes(ctx: AgentContext): Route[] {
   const ha = new HaRecords(ctx.state.store);
 
   const plan = async (host: string, to?: string[]): Promise<{ items: MoveItem[]; warnings: string[] }> => {
-    const [vms, hosts, pools, rules, fenced, maintenances] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), ctx.state.pools(), ha.rules(), ha.fencedHosts(), moves.maintenances()]);
-    const unavailable = new Map<string, string>();
-    for (const m of maintenances) if (m.host !== host) unavailable.set(m.host, 'is in maintenance');
-    for (const f of fenced) unavailable.set(f, 'is fenced from storage');
+    const [vms, hosts, pools, rules, unavailable] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), ctx.state.pools(), ha.rules(), hostsTakingNoVm(ctx.state.store)]);
+    unavailable.delete(host);
     const alive = new Set(hosts.map((h) => h.name));
     for (const t of to ?? []) if (!alive.has(t)) throw new RefusedError(`--to ${t}: no such host is up; see 'ferry node list'`);
     return { items: planDrain({ host, vms, hosts, pools, rules, unavailable, ...(to ? { to } : {}) }), warnings: replicaWarnings(host, vms, pools) };
@@ -45,9 +43,13 @@ export function moveRoutes(ctx: AgentContext): Route[] {
     ...(policy ? { policy } : {}),
   });
 
+  /** A host is drained by one job at a time, and not while VMs are brought back to it. */
   const refuseSecondDrain = async (host: string) => {
-    const running = (await moves.jobs()).find((j) => j.kind === 'drain' && j.host === host && !finished(j));
-    if (running) throw new RefusedError(`host '${host}' is being drained already (job ${running.id}); follow it with 'ferry job show ${running.id}' or cancel it with 'ferry job cancel ${running.id}'`);
+    const running = (await moves.jobs()).find((j) => (j.kind === 'drain' || j.kind === 'return') && j.host === host && !finished(j));
+    if (running)
+      throw new RefusedError(
+        `${running.kind === 'drain' ? `host '${host}' is being drained already` : `VMs are being brought back to '${host}'`} (job ${running.id}); follow it with 'ferry job show ${running.id}' or cancel it with 'ferry job cancel ${running.id}'`,
+      );
   };
 
   return [
@@ -62,7 +64,7 @@ export function moveRoutes(ctx: AgentContext): Route[] {
         if (body['dryRun'] === true) return { plan: items, warnings };
         await refuseSecondDrain(host);
         const job = newJob('drain', host, items, limitsOf(body['parallel']), caller, false, policyOf(body['policy']));
-        await moves.putJob(job);
+        await moves.createJob(job);
         ctx.log(`drain of ${host} (job ${job.id}): ${items.filter((i) => i.progress.state === 'waiting').length} VM(s) to move, ${items.filter((i) => i.progress.state === 'blocked').length} blocked`);
         return { job, warnings };
       },
@@ -87,20 +89,19 @@ export function moveRoutes(ctx: AgentContext): Route[] {
         }
         if (!current) throw new RefusedError(`host '${host}' is not in maintenance; see 'ferry node list'`);
         const drain = await moves.job(current.drainId);
-        if (drain && !finished(drain)) await moves.putJob({ ...drain, state: 'cancelling' });
-        await moves.endMaintenance(host);
-        // The VMs that left it for the maintenance come back (Proxmox's failback), where still there and running.
+        if (drain && !finished(drain))
+          throw new RefusedError(`host '${host}' is still being drained (job ${drain.id}): cancel it first (ferry job cancel ${drain.id}; the VMs moved already stay), then end the maintenance`);
+        // The VMs its drain moved come back (Proxmox's failback), where still there and running.
         const vms = new Map((await ctx.state.vms()).map((v) => [v.spec.name, v]));
-        const back: MoveItem[] = current.left.flatMap(({ vm, to }) => {
-          const record = vms.get(vm);
-          if (!record || record.owner !== to || record.desired !== 'running') return [];
-          return [{ vm, from: to, to: host, memoryMiB: record.spec.memoryMiB, why: `it left ${host} for its maintenance`, progress: { state: 'waiting' } }];
+        const back: MoveItem[] = (drain?.items ?? []).flatMap((item) => {
+          const record = vms.get(item.vm);
+          if (item.progress.state !== 'moved' || !record || record.owner !== item.to || record.desired !== 'running') return [];
+          return [{ vm: item.vm, from: item.to, to: host, memoryMiB: record.spec.memoryMiB, why: `it left ${host} for its maintenance`, progress: { state: 'waiting' } }];
         });
+        const job = back.length ? newJob('return', host, back, limitsOf(body['parallel']), caller) : undefined;
+        await moves.endMaintenance(host, job);
         ctx.log(`host ${host} out of maintenance (${caller.name}); ${back.length} VM(s) come back`);
-        if (!back.length) return { maintenance: null, job: null };
-        const job = newJob('return', host, back, limitsOf(body['parallel']), caller);
-        await moves.putJob(job);
-        return { maintenance: null, job };
+        return { maintenance: null, job: job ?? null };
       },
     },
     {
@@ -108,8 +109,8 @@ export function moveRoutes(ctx: AgentContext): Route[] {
       pattern: '/v1/cluster/balance',
       who: 'admin',
       handler: async (_, body, caller) => {
-        const [vms, hosts, pools, rules, fenced, maintenances] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), ctx.state.pools(), ha.rules(), ha.fencedHosts(), moves.maintenances()]);
-        const unavailable = new Set([...fenced, ...maintenances.map((m) => m.host)]);
+        const [vms, hosts, pools, rules, noVm] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), ctx.state.pools(), ha.rules(), hostsTakingNoVm(ctx.state.store)]);
+        const unavailable = new Set(noVm.keys());
         const items = planBalance({ vms, hosts, pools, rules, unavailable });
         const before = spreadOf(vms, hosts, unavailable);
         const moved = new Map(items.map((i) => [i.vm, i.to]));
@@ -118,7 +119,7 @@ export function moveRoutes(ctx: AgentContext): Route[] {
         const running = (await moves.jobs()).find((j) => j.kind === 'balance' && !finished(j));
         if (running) throw new RefusedError(`a balance is running already (job ${running.id}); follow it with 'ferry job show ${running.id}'`);
         const job = newJob('balance', undefined, items, limitsOf(body['parallel']), caller);
-        await moves.putJob(job);
+        await moves.createJob(job);
         ctx.log(`balance (job ${job.id}): ${items.length} VM(s) to move, spread ${before.spreadPoints} → ${predicted.spreadPoints} points`);
         return { plan: items, before, predicted, job };
       },
@@ -128,8 +129,8 @@ export function moveRoutes(ctx: AgentContext): Route[] {
       pattern: '/v1/cluster/spread',
       who: 'admin',
       handler: async () => {
-        const [vms, hosts, fenced, maintenances] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), ha.fencedHosts(), moves.maintenances()]);
-        return { spread: spreadOf(vms, hosts, new Set([...fenced, ...maintenances.map((m) => m.host)])) };
+        const [vms, hosts, noVm] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), hostsTakingNoVm(ctx.state.store)]);
+        return { spread: spreadOf(vms, hosts, new Set(noVm.keys())) };
       },
     },
     { method: 'GET', pattern: '/v1/moves', who: 'admin', handler: async () => ({ jobs: await moves.jobs(), maintenances: await moves.maintenances() }) },
@@ -146,9 +147,9 @@ export function moveRoutes(ctx: AgentContext): Route[] {
       handler: async (params) => {
         const job = await requireJob(moves, params['id']);
         if (finished(job)) throw new RefusedError(`job ${job.id} has ended (${job.state}); nothing to cancel`);
-        // The runner cancels the migrations under way (they roll back); finished moves stay.
-        const cancelling: MoveJob = { ...job, state: 'cancelling' };
-        await moves.putJob(cancelling);
+        // The runner cancels the migrations under way (they roll back); finished moves stay. Written
+        // against the revision read: the runner's own writes never overwrite it, nor it theirs.
+        const cancelling = await moves.updateJob(job.id, (j) => (finished(j) || j.state === 'cancelling' ? undefined : { ...j, state: 'cancelling' }));
         return { job: cancelling };
       },
     },

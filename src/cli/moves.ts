@@ -34,20 +34,23 @@ function detail(item: MoveItem): string {
     case 'blocked':
     case 'failed':
       return p.reason;
+    case 'elsewhere':
+      return `left by other means: it is on ${p.owner}`;
   }
 }
 
 /**
- * One line for the whole job: VMs done and left, memory left, and an ETA from the pace of the
- * migrations done so far (none done yet: no ETA, not a guess).
+ * One line for the whole job: VMs done and left, memory left, and an ETA from the job's pace so far
+ * (guest memory moved per second since it began, whatever ran in parallel); none moved yet: no ETA,
+ * not a guess.
  */
-export function summaryLine(job: MoveJob): string {
+export function summaryLine(job: MoveJob, now = Date.now()): string {
   const count = (state: MoveItem['progress']['state']) => job.items.filter((i) => i.progress.state === state).length;
   const left = job.items.filter((i) => ['waiting', 'starting', 'migrating'].includes(i.progress.state));
-  const done = job.items.flatMap((i) => (i.progress.state === 'moved' && i.progress.jobId ? [{ mib: i.memoryMiB, s: i.progress.seconds }] : []));
+  const movedMiB = job.items.filter((i) => i.progress.state === 'moved' && i.progress.jobId).reduce((sum, i) => sum + i.memoryMiB, 0);
   const leftMiB = left.reduce((sum, i) => sum + i.memoryMiB, 0);
-  const secondsPerMiB = done.length ? done.reduce((s, d) => s + d.s, 0) / done.reduce((s, d) => s + d.mib, 0) : undefined;
-  const eta = left.length && secondsPerMiB !== undefined ? `; ETA ${Math.round((leftMiB * secondsPerMiB) / Math.max(1, job.limits.total))} s (from the pace of ${done.length} done)` : '';
+  const elapsedS = (now - Date.parse(job.createdAt)) / 1000;
+  const eta = left.length && movedMiB > 0 && elapsedS > 0 ? `; ETA ${Math.round(leftMiB / (movedMiB / elapsedS))} s (at the ${Math.round(movedMiB / elapsedS)} MiB/s of guest memory moved so far)` : '';
   const blockedOrFailed = count('blocked') + count('failed');
   return `${job.kind} ${job.id}: ${job.state}; ${count('moved')} of ${job.items.length} moved, ${count('migrating')} migrating, ${count('waiting')} waiting${blockedOrFailed ? `, ${blockedOrFailed} not moving` : ''}; ${leftMiB} MiB of guest memory left${eta}`;
 }
@@ -71,7 +74,7 @@ export async function followJob(agent: AgentClient, id: string, print: (line: st
   }
 }
 
-/** The VMs a job did not move, for the exit: none means success. */
+/** The VMs a job did not move, for the exit: none means success (one that left by other means is not a failure). */
 export function notMoved(job: MoveJob): MoveItem[] {
-  return job.items.filter((i) => i.progress.state !== 'moved');
+  return job.items.filter((i) => i.progress.state !== 'moved' && i.progress.state !== 'elsewhere');
 }

@@ -15,6 +15,7 @@ import { planBalance, spreadOf } from '../../src/cluster/moves/balance.ts';
 import { planDrain, replicaWarnings } from '../../src/cluster/moves/plan.ts';
 import { MoveRecords, type MoveJob } from '../../src/cluster/moves/records.ts';
 import { MoveRunner, type MoveActions } from '../../src/cluster/moves/runner.ts';
+import { notMoved } from '../../src/cli/moves.ts';
 import { SqliteStore } from '../../src/cluster/store/sqlite.ts';
 import { makeVmSpec } from '../../src/qemu/spec.ts';
 import type { StoragePoolConfig } from '../../src/storage/types.ts';
@@ -115,6 +116,7 @@ describe('the move runner', () => {
   const started: string[] = [];
   const cancelled: string[] = [];
   const finishing = new Map<string, 'succeed' | 'fail'>();
+  const refuseOnce = new Set<string>();
   before(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-moves-'));
     store = new SqliteStore(path.join(dir, 'state.db'));
@@ -132,6 +134,7 @@ describe('the move runner', () => {
   const actions: MoveActions = {
     async migrate(from, vm, to) {
       started.push(`${vm} ${from}→${to}`);
+      if (refuseOnce.delete(vm)) throw new Error(`a migration of '${vm}' is already in flight`);
       const job = await state.newJob('migrate', vm, from);
       finishing.set(job.id, 'succeed');
       void to;
@@ -157,7 +160,7 @@ describe('the move runner', () => {
     const all = await state.vms();
     const items = planDrain({ host: 'h1', vms: all, hosts: await state.hosts(), pools, rules: [], unavailable: new Map() });
     const job: MoveJob = { id: `drain-h1-${vms[0]![0]}`, kind: 'drain', host: 'h1', state: 'running', limits: { total: parallel, perSource: parallel, perDestination: 1 }, items, createdAt: new Date().toISOString(), by: 'admin' };
-    await moves.putJob(job);
+    await moves.createJob(job);
     return job;
   };
 
@@ -185,7 +188,7 @@ describe('the move runner', () => {
     await runner.tick(token);
     await finishMigrations();
     await runner.tick(token); // c1 moved, c2 under way
-    await moves.putJob({ ...(await moves.job(job.id))!, state: 'cancelling' });
+    await moves.updateJob(job.id, (j) => ({ ...j, state: 'cancelling' }));
     await runner.tick(token);
     assert.deepEqual(cancelled, ['c2']);
     await finishMigrations();
@@ -195,6 +198,25 @@ describe('the move runner', () => {
     assert.deepEqual(ended.items.map((i) => [i.vm, i.progress.state]), [['c1', 'moved'], ['c2', 'failed'], ['c3', 'waiting']]);
     assert.equal(started.length, 2);
     assert.equal((await state.vm('c2'))!.owner, 'h1', 'rolled back: c2 runs where it was');
+  });
+
+  it('a refused start is tried again; a VM that left by other means is not this job\'s to move (and not a failure)', async () => {
+    started.length = 0;
+    const runner = new MoveRunner(store, actions, () => undefined);
+    const job = await drainOf([['e1', 128], ['e2', 128]], 2);
+    refuseOnce.add('e1');
+    const elsewhere = job.items.find((i) => i.vm === 'e2')!.to === 'h2' ? 'h3' : 'h2';
+    await state.updateVm((await state.vm('e2'))!, { owner: elsewhere }); // not where the plan sends it: the HA manager, an admin…
+    for (let i = 0; i < 4 && (await moves.job(job.id))!.state !== 'done'; i++) {
+      await runner.tick(token);
+      await finishMigrations();
+    }
+    const ended = (await moves.job(job.id))!;
+    assert.equal(ended.state, 'done');
+    const by = new Map(ended.items.map((i) => [i.vm, i]));
+    assert.deepEqual([by.get('e1')!.progress.state, by.get('e1')!.attempts], ['moved', 2], 'refused once, moved at the second try');
+    assert.deepEqual(by.get('e2')!.progress, { state: 'elsewhere', owner: elsewhere });
+    assert.deepEqual(notMoved(ended).map((i) => i.vm).filter((v) => v.startsWith('e')), []);
   });
 
   it('a runner whose manager key is gone writes nothing; a new manager carries the job on from the record', async () => {

@@ -17,7 +17,7 @@ import { LeaseExpiredError, type Store } from '../store/types.ts';
 import { HaRecords, type HaResource, type HaRule, type HaStatus } from './records.ts';
 import { capacity, placeVms, reachableHosts, ruleConstraints, type PlacementRequest } from './placement.ts';
 import type { HaTiming } from './timing.ts';
-import { MoveRecords } from '../moves/records.ts';
+import { hostsTakingNoVm } from '../moves/records.ts';
 
 /** What the manager asks a host's agent to do (agent/ha.ts answers; the host checks it is the manager asking). */
 export interface HaActions {
@@ -345,10 +345,9 @@ export class HaManager {
     }
   }
 
-  /** Hosts no VM is placed on: fenced (not lifted yet), or in maintenance. */
+  /** Hosts no VM is placed on: fenced (not lifted yet), in maintenance, being drained. */
   private async unavailableHosts(): Promise<Set<string>> {
-    const [fenced, maintenances] = await Promise.all([this.records.fencedHosts(), new MoveRecords(this.options.store).maintenances()]);
-    return new Set([...fenced, ...maintenances.map((m) => m.host)]);
+    return new Set((await hostsTakingNoVm(this.options.store)).keys());
   }
 
   private async startOnOwner(resource: HaResource, vm: OwnedVm, status: HaStatus): Promise<void> {

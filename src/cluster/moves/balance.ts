@@ -56,7 +56,7 @@ export function planBalance(input: BalanceInput): MoveItem[] {
       for (const vm of input.vms) {
         if (vm.owner !== from || where.get(vm.spec.name) !== from || vm.desired !== 'running' || moved.has(vm.spec.name)) continue;
         for (const to of byShare.slice(1)) {
-          if (used.get(to)! + vm.spec.memoryMiB > memory.get(to)! || !reaches(vm, to, from, pools) || !keepsRules(vm.spec.name, to, rules, where)) continue;
+          if (used.get(to)! + vm.spec.memoryMiB > memory.get(to)! || !reaches(vm, to, from, pools) || !keepsRules(vm.spec.name, from, to, rules, where)) continue;
           const after = [...used.keys()].map((h) => share(h, h === from ? -vm.spec.memoryMiB : h === to ? vm.spec.memoryMiB : 0));
           const newSpread = Math.max(...after) - Math.min(...after);
           if (newSpread < spread - 1e-9 && (!best || newSpread < best.spread)) best = { vm, to, spread: newSpread };
@@ -87,11 +87,17 @@ function reaches(vm: OwnedVm, to: string, from: string, pools: StoragePoolConfig
   });
 }
 
-/** A strict nodes rule allows `to`; no VM kept apart is there; VMs kept together stay together (so none of them moves alone). */
-function keepsRules(vm: string, to: string, rules: HaRule[], where: ReadonlyMap<string, string>): boolean {
+/**
+ * A strict nodes rule allows `to`, and a failback rule does not rank it below `from` (failback would
+ * move it back); no VM kept apart is there; VMs kept together stay together (none of them moves alone).
+ */
+function keepsRules(vm: string, from: string, to: string, rules: HaRule[], where: ReadonlyMap<string, string>): boolean {
   return rules.every((rule) => {
     if (!rule.vms.includes(vm)) return true;
-    if (rule.kind === 'nodes') return !rule.strict || rule.nodes.some((n) => n.host === to);
+    if (rule.kind === 'nodes') {
+      const priority = (host: string) => rule.nodes.find((n) => n.host === host)?.priority ?? -1;
+      return (!rule.strict || rule.nodes.some((n) => n.host === to)) && (!rule.failback || priority(to) >= priority(from));
+    }
     const others = rule.vms.filter((v) => v !== vm && where.has(v));
     return rule.together ? others.length === 0 : !others.some((v) => where.get(v) === to);
   });

@@ -8,6 +8,7 @@
  *   /ferry/ha/host-maintenance/<host>    a host in maintenance: it takes no new VM
  */
 import type { Store } from '../store/types.ts';
+import { HaRecords } from '../ha/records.ts';
 
 export type MoveJobKind = 'drain' | 'return' | 'balance';
 
@@ -21,7 +22,9 @@ export type MoveState =
   /** It cannot move (no host with room, a disk only its host has…): the others go on. */
   | { state: 'blocked'; reason: string }
   /** Its migration failed or was cancelled: rolled back, it runs where it was. */
-  | { state: 'failed'; jobId?: string; reason: string };
+  | { state: 'failed'; jobId?: string; reason: string }
+  /** It left its host by other means meanwhile (HA recovered it, an admin moved it): not this job's to move. */
+  | { state: 'elsewhere'; owner: string };
 
 export interface MoveItem {
   vm: string;
@@ -71,10 +74,8 @@ export interface HostMaintenance {
   host: string;
   since: string;
   by: string;
-  /** The drain that empties it. */
+  /** The drain that empties it: the VMs it moved come back at `off`. */
   drainId: string;
-  /** VMs that left it for the maintenance, and where to: `off` brings them back. */
-  left: Array<{ vm: string; to: string }>;
 }
 
 export const MOVE_KEYS = {
@@ -84,28 +85,54 @@ export const MOVE_KEYS = {
   maintenances: '/ferry/ha/host-maintenance/',
 };
 
+/** A job as read, with its key's revision: every write of it compares that (the runner and a cancel never overwrite each other). */
+export type StoredMoveJob = MoveJob & { revision: number };
+
 export class MoveRecords {
   constructor(readonly store: Store) {}
 
-  async jobs(): Promise<MoveJob[]> {
-    return (await this.store.list(MOVE_KEYS.jobs)).map((kv) => JSON.parse(kv.value) as MoveJob);
+  async jobs(): Promise<StoredMoveJob[]> {
+    return (await this.store.list(MOVE_KEYS.jobs)).map((kv) => ({ ...(JSON.parse(kv.value) as MoveJob), revision: kv.modRevision }));
   }
 
-  async job(id: string): Promise<MoveJob | undefined> {
+  async job(id: string): Promise<StoredMoveJob | undefined> {
     const kv = await this.store.get(MOVE_KEYS.job(id));
-    return kv ? (JSON.parse(kv.value) as MoveJob) : undefined;
+    return kv ? { ...(JSON.parse(kv.value) as MoveJob), revision: kv.modRevision } : undefined;
   }
 
-  async putJob(job: MoveJob): Promise<void> {
-    await this.store.put(MOVE_KEYS.job(job.id), JSON.stringify(job));
+  /** A new job; false if one of that id exists. */
+  async createJob(job: MoveJob): Promise<boolean> {
+    return (await this.store.txn([{ key: MOVE_KEYS.job(job.id), modRevision: 0 }], [{ type: 'put', key: MOVE_KEYS.job(job.id), value: JSON.stringify(job) }])).succeeded;
+  }
+
+  /** The job changed as `change` says, if no one wrote it since it was read (tried again on a fresh read, a few times). */
+  async updateJob(id: string, change: (job: MoveJob) => MoveJob | undefined): Promise<StoredMoveJob | undefined> {
+    for (let i = 0; i < 5; i++) {
+      const current = await this.job(id);
+      if (!current) return undefined;
+      const { revision, ...job } = current;
+      const next = change(job);
+      if (!next) return current;
+      const r = await this.store.txn([{ key: MOVE_KEYS.job(id), modRevision: revision }], [{ type: 'put', key: MOVE_KEYS.job(id), value: JSON.stringify(next) }]);
+      if (r.succeeded) return { ...next, revision: r.revision };
+    }
+    throw new Error(`move job ${id} kept changing while being updated; try again`);
   }
 
   /**
-   * Written by the manager only while it is the manager (its key's revision, as for HA statuses);
-   * false if it is not any more.
+   * Written by the manager only while it is the manager (its key's revision, as for HA statuses) and
+   * only if no one wrote the job since it was read; the new revision, or undefined (then it reads again).
    */
-  async putJobAsManager(job: MoveJob, managerKey: string, managerToken: number): Promise<boolean> {
-    return (await this.store.txn([{ key: managerKey, modRevision: managerToken }], [{ type: 'put', key: MOVE_KEYS.job(job.id), value: JSON.stringify(job) }])).succeeded;
+  async putJobAsManager(job: StoredMoveJob, managerKey: string, managerToken: number): Promise<number | undefined> {
+    const { revision, ...record } = job;
+    const r = await this.store.txn(
+      [
+        { key: managerKey, modRevision: managerToken },
+        { key: MOVE_KEYS.job(job.id), modRevision: revision },
+      ],
+      [{ type: 'put', key: MOVE_KEYS.job(job.id), value: JSON.stringify(record) }],
+    );
+    return r.succeeded ? r.revision : undefined;
   }
 
   async maintenances(): Promise<HostMaintenance[]> {
@@ -131,13 +158,27 @@ export class MoveRecords {
     ).succeeded;
   }
 
-  async putMaintenance(maintenance: HostMaintenance): Promise<void> {
-    await this.store.put(MOVE_KEYS.maintenance(maintenance.host), JSON.stringify(maintenance));
+  /** Ends a host's maintenance and writes the job that brings its VMs back, in one transaction. */
+  async endMaintenance(host: string, back: MoveJob | undefined): Promise<void> {
+    await this.store.txn(
+      [],
+      [{ type: 'delete', key: MOVE_KEYS.maintenance(host) }, ...(back ? [{ type: 'put' as const, key: MOVE_KEYS.job(back.id), value: JSON.stringify(back) }] : [])],
+    );
   }
+}
 
-  async endMaintenance(host: string): Promise<void> {
-    await this.store.delete(MOVE_KEYS.maintenance(host));
-  }
+/**
+ * Hosts that take no VM now, and why: in maintenance, being drained, fenced from storage (not lifted
+ * yet). Drains, balances, HA recovery and failback place nothing there.
+ */
+export async function hostsTakingNoVm(store: Store): Promise<Map<string, string>> {
+  const moves = new MoveRecords(store);
+  const [maintenances, jobs, fenced] = await Promise.all([moves.maintenances(), moves.jobs(), new HaRecords(store).fencedHosts()]);
+  const why = new Map<string, string>();
+  for (const f of fenced) why.set(f, 'is fenced from storage');
+  for (const j of jobs) if (j.kind === 'drain' && j.host && !finished(j)) why.set(j.host, 'is being drained');
+  for (const m of maintenances) why.set(m.host, 'is in maintenance');
+  return why;
 }
 
 /** Whether a move job has nothing more to do. */
