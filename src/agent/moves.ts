@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { HaRecords } from '../cluster/ha/records.ts';
 import { planBalance, spreadOf } from '../cluster/moves/balance.ts';
 import { planDrain, replicaWarnings } from '../cluster/moves/plan.ts';
+import { predictorFrom } from '../cluster/moves/predict.ts';
 import { finished, hostsTakingNoVm, MoveRecords, type MoveItem, type MoveJob, type MoveJobKind, type MoveLimits } from '../cluster/moves/records.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 import type { Caller } from './authz.ts';
@@ -23,11 +24,11 @@ export function moveRoutes(ctx: AgentContext): Route[] {
   const ha = new HaRecords(ctx.state.store);
 
   const plan = async (host: string, to?: string[]): Promise<{ items: MoveItem[]; warnings: string[] }> => {
-    const [vms, hosts, pools, rules, unavailable] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), ctx.state.pools(), ha.rules(), hostsTakingNoVm(ctx.state.store)]);
+    const [vms, hosts, pools, rules, unavailable, jobs] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), ctx.state.pools(), ha.rules(), hostsTakingNoVm(ctx.state.store), ctx.state.jobs()]);
     unavailable.delete(host);
     const alive = new Set(hosts.map((h) => h.name));
     for (const t of to ?? []) if (!alive.has(t)) throw new RefusedError(`--to ${t}: no such host is up; see 'ferry node list'`);
-    return { items: planDrain({ host, vms, hosts, pools, rules, unavailable, ...(to ? { to } : {}) }), warnings: replicaWarnings(host, vms, pools) };
+    return { items: planDrain({ host, vms, hosts, pools, rules, unavailable, predict: predictorFrom(jobs), ...(to ? { to } : {}) }), warnings: replicaWarnings(host, vms, pools) };
   };
 
   const newJob = (kind: MoveJobKind, host: string | undefined, items: MoveItem[], limits: MoveLimits, caller: Caller, forMaintenance = false, policy?: string): MoveJob => ({

@@ -6,9 +6,15 @@ import { table } from './format.ts';
 /** Per VM: where it goes and why, or what blocks it. */
 export function planTable(items: MoveItem[]): string {
   if (!items.length) return 'no VM to move';
-  return table(
-    ['vm', 'memory', 'from', 'to', 'why / what blocks it'],
-    items.map((i) => [i.vm, `${i.memoryMiB} MiB`, i.from, i.to || '-', i.progress.state === 'blocked' ? `BLOCKED: ${i.progress.reason}` : i.why]),
+  const bases = [...new Set(items.flatMap((i) => (i.predicted ? [`${i.vm}: ${i.predicted.basis}`] : [])))];
+  const expected = items.some((i) => i.predicted)
+    ? `\nexpected times (shortest first), from: ${bases.join('; ')}`
+    : '\n(no expected times: the cluster has no completed migration to learn from yet; ordered by memory)';
+  return (
+    table(
+      ['vm', 'memory', 'from', 'to', 'expected', 'why / what blocks it'],
+      items.map((i) => [i.vm, `${i.memoryMiB} MiB`, i.from, i.to || '-', i.predicted ? `${i.predicted.seconds} s` : '-', i.progress.state === 'blocked' ? `BLOCKED: ${i.progress.reason}` : i.why]),
+    ) + expected
   );
 }
 

@@ -13,6 +13,7 @@ import { HA_KEYS } from '../../src/cluster/ha/records.ts';
 import { ClusterState, KEYS, type HostRecord, type OwnedVm } from '../../src/cluster/model.ts';
 import { planBalance, spreadOf } from '../../src/cluster/moves/balance.ts';
 import { planDrain, replicaWarnings } from '../../src/cluster/moves/plan.ts';
+import { predictorFrom } from '../../src/cluster/moves/predict.ts';
 import { MoveRecords, type MoveJob } from '../../src/cluster/moves/records.ts';
 import { MoveRunner, type MoveActions } from '../../src/cluster/moves/runner.ts';
 import { notMoved } from '../../src/cli/moves.ts';
@@ -233,5 +234,28 @@ describe('the move runner', () => {
     }
     assert.equal((await moves.job(job.id))!.state, 'done');
     token = newToken;
+  });
+});
+
+describe('expected move times', () => {
+  const record = (vm: string, totalMs: number, mib: number, startedAt: string) => ({
+    id: `j-${vm}-${startedAt}`,
+    kind: 'migrate' as const,
+    vm,
+    host: 'h1',
+    state: 'succeeded' as const,
+    createdAt: startedAt,
+    updatedAt: startedAt,
+    log: [],
+    result: { vm, outcome: 'completed', startedAt, totalMs, bytes: mib * 2 ** 20 } as never,
+  });
+  it('from the VM\'s last migration, else its memory at the cluster\'s median rate, else none; the drain goes shortest first', () => {
+    const predict = predictorFrom([record('slow', 9000, 128, '2026-11-30T10:00:00Z'), record('slow', 8000, 128, '2026-11-30T11:00:00Z'), record('other', 1000, 100, '2026-11-30T09:00:00Z')]);
+    assert.deepEqual(predict('slow', 128), { seconds: 8, basis: 'its last migration (2026-11-30 11:00)' });
+    assert.equal(predict('new', 256)!.seconds, 16, '256 MiB at the median 16 MiB/s of 3');
+    assert.equal(predictorFrom([])('new', 256), undefined);
+    const hosts = [hostRecord('h1'), hostRecord('h2'), hostRecord('h3')];
+    const plan = planDrain({ host: 'h1', vms: [owned('slow', 'h1', 128), owned('new', 'h1', 256), owned('tiny', 'h1', 64)], hosts, pools, rules: [], unavailable: new Map(), predict });
+    assert.deepEqual(plan.map((i) => [i.vm, i.predicted?.seconds]), [['tiny', 4], ['slow', 8], ['new', 16]]);
   });
 });

@@ -6,14 +6,15 @@
  * disks (any host for shared pools and for local disks, which the migration copies; the other
  * replica's host for a replicated volume), has the memory, and keeps the HA rules (a nodes rule's
  * hosts first, VMs apart never on one host, together where the others are). Several VMs are spread
- * as the HA placement spreads them. The plan is ordered smallest first: with the same link, a
- * smaller guest is the quicker migration, so more VMs are off the host sooner.
+ * as the HA placement spreads them. The plan is ordered by expected move time, shortest first (so
+ * more VMs are off the host sooner): learned from past migrations (predict.ts), else by memory.
  */
 import type { HostRecord, OwnedVm } from '../model.ts';
 import type { StoragePoolConfig } from '../../storage/types.ts';
 import type { HaRule } from '../ha/records.ts';
 import { capacity, placeVms, ruleConstraints, type PlacementRequest } from '../ha/placement.ts';
 import type { MoveItem } from './records.ts';
+import type { MovePredictor } from './predict.ts';
 
 export interface DrainInput {
   host: string;
@@ -25,11 +26,16 @@ export interface DrainInput {
   unavailable: ReadonlyMap<string, string>;
   /** Only these destinations (`--to`). */
   to?: string[];
+  /** Each VM's expected move time (predict.ts); without it, or without a figure for a VM, the order is by memory. */
+  predict?: MovePredictor;
 }
 
 export function planDrain(input: DrainInput): MoveItem[] {
   const { host, vms, pools, rules, unavailable } = input;
-  const own = vms.filter((v) => v.owner === host).sort((a, b) => a.spec.memoryMiB - b.spec.memoryMiB || a.spec.name.localeCompare(b.spec.name));
+  const predicted = new Map(vms.filter((v) => v.owner === host).map((v) => [v.spec.name, input.predict?.(v.spec.name, v.spec.memoryMiB)]));
+  // Shortest expected move first (a VM without a figure by its memory, after those with one).
+  const expected = (v: OwnedVm) => predicted.get(v.spec.name)?.seconds ?? Number.POSITIVE_INFINITY;
+  const own = vms.filter((v) => v.owner === host).sort((a, b) => expected(a) - expected(b) || a.spec.memoryMiB - b.spec.memoryMiB || a.spec.name.localeCompare(b.spec.name));
   const destinations = input.hosts.filter((h) => h.name !== host && !unavailable.has(h.name) && (!input.to || input.to.includes(h.name)));
   const items: MoveItem[] = [];
   const requests: PlacementRequest[] = [];
@@ -54,7 +60,8 @@ export function planDrain(input: DrainInput): MoveItem[] {
       items.push({ vm: name, from: host, to: '', memoryMiB: vm.spec.memoryMiB, why: reason ?? 'no placement', progress: { state: 'blocked', reason: reason ?? 'no placement' } });
       continue;
     }
-    items.push({ vm: name, from: host, to: placement.host, memoryMiB: vm.spec.memoryMiB, why: whyThere(vm, placement.host, rules, pools), progress: { state: 'waiting' } });
+    const prediction = predicted.get(name);
+    items.push({ vm: name, from: host, to: placement.host, memoryMiB: vm.spec.memoryMiB, why: whyThere(vm, placement.host, rules, pools), progress: { state: 'waiting' }, ...(prediction ? { predicted: prediction } : {}) });
   }
   // Blocked ones last: the report reads what moves first, then what does not.
   return [...items.filter((i) => i.progress.state !== 'blocked'), ...items.filter((i) => i.progress.state === 'blocked')];

@@ -34,6 +34,8 @@ export interface MoveItem {
   /** Why this destination (the plan's words), or why none. */
   why: string;
   progress: MoveState;
+  /** How long its move is expected to take, and from what (absent: nothing to learn from yet). */
+  predicted?: { seconds: number; basis: string };
   /** Migrations tried for it (one that failed, or was interrupted by an agent's restart, is tried again). */
   attempts?: number;
 }
