@@ -137,6 +137,11 @@ export class MoveRecords {
     return r.succeeded ? r.revision : undefined;
   }
 
+  /** Forgets an ended job (if no one wrote it since it was read). */
+  async removeJob(job: StoredMoveJob): Promise<void> {
+    await this.store.txn([{ key: MOVE_KEYS.job(job.id), modRevision: job.revision }], [{ type: 'delete', key: MOVE_KEYS.job(job.id) }]);
+  }
+
   async maintenances(): Promise<HostMaintenance[]> {
     return (await this.store.list(MOVE_KEYS.maintenances)).map((kv) => JSON.parse(kv.value) as HostMaintenance);
   }

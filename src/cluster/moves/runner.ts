@@ -22,6 +22,8 @@ import { finished, MAX_ATTEMPTS, MoveRecords, type HostMaintenance, type MoveIte
  */
 const SETTLED_AFTER_MS = 60_000;
 
+const KEEP_ENDED_MS = 7 * 86_400_000;
+
 export interface MoveActions {
   /** Starts the live migration of `vm` from its owner `from` to `to` (with `policy`, if any); the migrate job's id. */
   migrate(from: string, vm: string, to: string, policy?: string): Promise<string>;
@@ -44,7 +46,10 @@ export class MoveRunner {
 
   /** One step of every unfinished job; false if the manager key is no longer `managerToken`'s. */
   async tick(managerToken: number): Promise<boolean> {
-    const jobs = (await this.records.jobs()).filter((j) => !finished(j));
+    const all = await this.records.jobs();
+    // Ended jobs are kept a week for `ferry job show`, then forgotten (every tick reads the list).
+    for (const old of all.filter((j) => finished(j) && j.endedAt && Date.now() - Date.parse(j.endedAt) > KEEP_ENDED_MS)) await this.records.removeJob(old);
+    const jobs = all.filter((j) => !finished(j));
     if (!jobs.length) return true;
     const [vms, hosts, maintenances] = await Promise.all([this.state.vms(), this.state.hosts(), this.records.maintenances()]);
     const view: ClusterView = { vms: new Map(vms.map((v) => [v.spec.name, v])), alive: new Map(hosts.map((h) => [h.name, h])), maintenances };
