@@ -47,8 +47,13 @@ export class MoveRunner {
   /** One step of every unfinished job; false if the manager key is no longer `managerToken`'s. */
   async tick(managerToken: number): Promise<boolean> {
     const all = await this.records.jobs();
-    // Ended jobs are kept a week for `ferry job show`, then forgotten (every tick reads the list).
-    for (const old of all.filter((j) => finished(j) && j.endedAt && Date.now() - Date.parse(j.endedAt) > KEEP_ENDED_MS)) await this.records.removeJob(old);
+    // Ended jobs are kept a week for `ferry job show`, then forgotten (every tick reads the list) —
+    // not the drain of a host still in maintenance: `off` brings back what it moved.
+    const aged = all.filter((j) => finished(j) && j.endedAt && Date.now() - Date.parse(j.endedAt) > KEEP_ENDED_MS);
+    if (aged.length) {
+      const kept = new Set((await this.records.maintenances()).map((m) => m.drainId));
+      for (const old of aged) if (!kept.has(old.id)) await this.records.removeJob(old);
+    }
     const jobs = all.filter((j) => !finished(j));
     if (!jobs.length) return true;
     const [vms, hosts, maintenances] = await Promise.all([this.state.vms(), this.state.hosts(), this.records.maintenances()]);
