@@ -153,7 +153,7 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
   const ha = new HaRecords(store);
   let guarded: number[] = [];
   let listed = false;
-  let advertised = '';
+  let advertised: string | undefined; // what the store was last told (undefined: nothing yet, so the first list is written even if empty)
   /** Cluster maintenance, as last read: an agent stopped meanwhile disarms its watchdog (nobody recovers its guests). */
   let maintenance = false;
   /**
@@ -175,10 +175,10 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
       watchdog.pet(deadline(), guarded);
       await watchdog.firstAnswer(1000);
       // Claimed only while the watchdog answers: a host whose watchdog is gone guards nothing.
-      const list = JSON.stringify(watchdog.connected ? running.map(([name]) => name).sort() : []);
-      if (list !== advertised) {
-        await ha.putGuarded(node.name, JSON.parse(list) as string[]);
-        advertised = list;
+      const claimed = watchdog.connected ? running.map(([name]) => name).sort() : [];
+      if (claimed.join('\n') !== advertised) {
+        await ha.putGuarded(node.name, claimed);
+        advertised = claimed.join('\n');
       }
     } catch {
       /* the store answered the renewal a moment ago: the watchdog keeps the last list until it answers again */

@@ -216,7 +216,13 @@ export function haRoutes(ctx: AgentContext): Route[] {
     askedOfOwner('migrate', async (record, body) => ({
       job: await startMigration(ctx, record.spec.name, { to: nameParam(stringOf(body['to']), 'host'), token: record.token, params: migrationParams(body['policy'] === undefined ? undefined : { policy: body['policy'] }) }),
     })),
-    askedOfOwner('cancel', async (record, body) => ({ cancelled: cancelMigration(String(body['jobId'] ?? '')), vm: record.spec.name })),
+    askedOfOwner('cancel', async (record, body) => {
+      const jobId = String(body['jobId'] ?? '');
+      const job = /^[0-9]{14}-[0-9a-f]{8}$/.test(jobId) ? await ctx.state.job(jobId) : undefined;
+      if (job?.kind !== 'migrate' || job.vm !== record.spec.name || job.host !== ctx.node.name)
+        throw new RefusedError(`'${jobId}' is not a migration of '${record.spec.name}' from ${ctx.node.name}`);
+      return { cancelled: cancelMigration(jobId), vm: record.spec.name };
+    }),
     askedOfOwner('release', async (record, body) => {
       const vm = record.spec.name;
       const to = nameParam(stringOf(body['to']), 'host');

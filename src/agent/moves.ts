@@ -8,7 +8,7 @@ import { HaRecords } from '../cluster/ha/records.ts';
 import { planBalance, spreadOf } from '../cluster/moves/balance.ts';
 import { planDrain, replicaWarnings } from '../cluster/moves/plan.ts';
 import { predictorFrom } from '../cluster/moves/predict.ts';
-import { finished, hostsTakingNoVm, MoveRecords, type MoveItem, type MoveJob, type MoveJobKind, type MoveLimits } from '../cluster/moves/records.ts';
+import { finished, hostsTakingNoVm, MoveRecords, type HostMaintenance, type MoveItem, type MoveJob, type MoveJobKind, type MoveLimits } from '../cluster/moves/records.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 import type { Caller } from './authz.ts';
 import type { AgentContext } from './context.ts';
@@ -61,10 +61,11 @@ export function moveRoutes(ctx: AgentContext): Route[] {
       handler: async (params, body, caller) => {
         const host = await member(ctx, params['host']);
         const to = Array.isArray(body['to']) ? body['to'].map(String) : undefined;
+        const [limits, policy] = [limitsOf(body['parallel']), policyOf(body['policy'])];
         const { items, warnings } = await plan(host, to);
         if (body['dryRun'] === true) return { plan: items, warnings };
         await refuseSecondDrain(host);
-        const job = newJob('drain', host, items, limitsOf(body['parallel']), caller, false, policyOf(body['policy']));
+        const job = newJob('drain', host, items, limits, caller, false, policy);
         await moves.createJob(job);
         ctx.log(`drain of ${host} (job ${job.id}): ${items.filter((i) => i.progress.state === 'waiting').length} VM(s) to move, ${items.filter((i) => i.progress.state === 'blocked').length} blocked`);
         return { job, warnings };
@@ -80,15 +81,17 @@ export function moveRoutes(ctx: AgentContext): Route[] {
         const current = await moves.maintenance(host);
         if (body['on']) {
           if (current) return { maintenance: current, job: (await moves.job(current.drainId)) ?? null };
+          const limits = limitsOf(body['parallel']);
           await refuseSecondDrain(host);
           const { items, warnings } = await plan(host);
-          const job = newJob('drain', host, items, limitsOf(body['parallel']), caller, true);
-          const maintenance = { host, since: new Date().toISOString(), by: caller.name, drainId: job.id, left: [] };
+          const job = newJob('drain', host, items, limits, caller, true);
+          const maintenance: HostMaintenance = { host, since: new Date().toISOString(), by: caller.name, drainId: job.id };
           if (!(await moves.beginMaintenance(maintenance, job))) throw new RefusedError(`host '${host}' went into maintenance meanwhile; see 'ferry node list'`);
           ctx.log(`host ${host} in maintenance (${caller.name}); drain ${job.id}`);
           return { maintenance, job, warnings };
         }
         if (!current) throw new RefusedError(`host '${host}' is not in maintenance; see 'ferry node list'`);
+        const limits = limitsOf(body['parallel']);
         const drain = await moves.job(current.drainId);
         if (drain && !finished(drain))
           throw new RefusedError(`host '${host}' is still being drained (job ${drain.id}): cancel it first (ferry job cancel ${drain.id}; the VMs moved already stay), then end the maintenance`);
@@ -99,7 +102,7 @@ export function moveRoutes(ctx: AgentContext): Route[] {
           if (item.progress.state !== 'moved' || !record || record.owner !== item.to || record.desired !== 'running') return [];
           return [{ vm: item.vm, from: item.to, to: host, memoryMiB: record.spec.memoryMiB, why: `it left ${host} for its maintenance`, progress: { state: 'waiting' } }];
         });
-        const job = back.length ? newJob('return', host, back, limitsOf(body['parallel']), caller) : undefined;
+        const job = back.length ? newJob('return', host, back, limits, caller) : undefined;
         await moves.endMaintenance(host, job);
         ctx.log(`host ${host} out of maintenance (${caller.name}); ${back.length} VM(s) come back`);
         return { maintenance: null, job: job ?? null };
@@ -110,6 +113,7 @@ export function moveRoutes(ctx: AgentContext): Route[] {
       pattern: '/v1/cluster/balance',
       who: 'admin',
       handler: async (_, body, caller) => {
+        const limits = limitsOf(body['parallel']);
         const [vms, hosts, pools, rules, noVm] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), ctx.state.pools(), ha.rules(), hostsTakingNoVm(ctx.state.store)]);
         const unavailable = new Set(noVm.keys());
         const items = planBalance({ vms, hosts, pools, rules, unavailable });
@@ -119,7 +123,7 @@ export function moveRoutes(ctx: AgentContext): Route[] {
         if (body['dryRun'] === true || !items.length) return { plan: items, before, predicted, job: null };
         const running = (await moves.jobs()).find((j) => j.kind === 'balance' && !finished(j));
         if (running) throw new RefusedError(`a balance is running already (job ${running.id}); follow it with 'ferry job show ${running.id}'`);
-        const job = newJob('balance', undefined, items, limitsOf(body['parallel']), caller);
+        const job = newJob('balance', undefined, items, limits, caller);
         await moves.createJob(job);
         ctx.log(`balance (job ${job.id}): ${items.length} VM(s) to move, spread ${before.spreadPoints} → ${predicted.spreadPoints} points`);
         return { plan: items, before, predicted, job };

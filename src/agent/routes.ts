@@ -114,7 +114,12 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       who: 'admin',
       handler: async (_, body, caller) => ({ revoked: await revokeAdminCertificate(ctx, caller, String(body['fingerprint'] ?? ''), typeof body['reason'] === 'string' ? body['reason'].slice(0, 200) : 'revoked by the admin') }),
     },
-    { method: 'GET', pattern: '/v1/cluster/vms', who: 'admin', handler: async () => ({ vms: await state.vms() }) },
+    {
+      method: 'GET',
+      pattern: '/v1/cluster/vms',
+      who: 'admin',
+      handler: async () => ({ vms: await state.vms(), clusterMaintenance: (await new HaRecords(state.store).maintenance()) ?? null }),
+    },
     { method: 'GET', pattern: '/v1/cluster/vms/:name', who: 'admin', handler: async ({ name }) => ({ vm: await requireVm(ctx, name!), migration: await state.migration(name!) }) },
 
     { method: 'POST', pattern: '/v1/vms', who: 'admin', handler: async (_, body) => createVm(ctx, cluster, body) },

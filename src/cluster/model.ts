@@ -296,8 +296,10 @@ export class ClusterState {
     return (await this.store.get(KEYS.guestAddress(ip))) !== undefined;
   }
 
-  /** Changes a VM record only if its token is still `token`; returns the new token or undefined. */
-  /** `extra.hostGone`: only while that host has no live record (a recovery must not win against a host that came back). */
+  /**
+   * Changes a VM record only if its token is still `token`; returns the new token or undefined.
+   * `extra.hostGone`: only while that host has no live record (a recovery must not win against a host that came back).
+   */
   async updateVm(vm: OwnedVm, change: Partial<VmRecord>, extra: { deleteKeys?: string[]; hostGone?: string } = {}): Promise<number | undefined> {
     const key = KEYS.vm(vm.spec.name);
     const { token: _token, ...record } = vm;

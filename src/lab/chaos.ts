@@ -13,7 +13,7 @@ import type { HaManagerRecord } from '../cluster/ha/records.ts';
 import type { OwnedVm, HostRecord } from '../cluster/model.ts';
 import { run } from '../util/exec.ts';
 import { PROJECT_ROOT } from '../util/project.ts';
-import { killAgent, labContext, startAgent, switchPortName, type LabRecord } from './lab.ts';
+import { killAgent, labContext, qemuPidsOf, startAgent, switchPortName, type LabRecord } from './lab.ts';
 import type { Probe } from './probe.ts';
 
 export type FaultKind = 'kill-host' | 'freeze-agent' | 'freeze-host' | 'kill-qemu' | 'kill-manager-mid-recovery' | 'partition';
@@ -45,10 +45,6 @@ export interface FaultOutcome {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function qemuPids(vm: string): Promise<number[]> {
-  return (await run('pgrep', ['-f', `qemu-system-x86_64 -name guest=${vm},`]).catch(() => '')).split('\n').filter(Boolean).map(Number);
-}
 
 /** The admin's view of the lab, through whichever agent answers. */
 export class LabAdmin {
@@ -120,12 +116,12 @@ export async function injectFault(target: FaultTarget, kind: FaultKind, delayMs:
   const before = await probe.gamesrv(ip, 5000);
   await sleep(delayMs);
   const lastSeen = (await probe.diskcheckStats(ip).catch(() => undefined))?.seq;
-  const [qemu] = await qemuPids(vm);
+  const [qemu] = await qemuPidsOf(vm);
   const outcome: FaultOutcome = { kind, host: owner, delayMs, downMs: null, mostCopies: 0, lostWrites: null, torn: 0, foreign: 0 };
   let recovered = false;
   const counting = (async () => {
     while (!recovered) {
-      outcome.mostCopies = Math.max(outcome.mostCopies, (await qemuPids(vm)).length);
+      outcome.mostCopies = Math.max(outcome.mostCopies, (await qemuPidsOf(vm)).length);
       await sleep(100);
     }
   })();

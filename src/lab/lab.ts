@@ -387,6 +387,11 @@ export async function startAgent(lab: LabRecord, name: string, env: Record<strin
 }
 
 /** Kills a host's agent (not its guests): for recovery tests and `ferry lab kill-agent`. */
+/** The QEMU processes running guest `vm` on this machine, whichever lab host started them (their pids). */
+export async function qemuPidsOf(vm: string): Promise<number[]> {
+  return (await run('pgrep', ['-f', `qemu-system-x86_64 -name guest=${vm},`]).catch(() => '')).split('\n').filter(Boolean).map(Number);
+}
+
 export async function killAgent(lab: LabRecord, name: string, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
   const host = lab.hosts.find((h) => h.name === name);
   if (!host?.pid || !alive(host.pid)) return;

@@ -7,8 +7,10 @@ export class CommandFailedError extends Error {
   }
 }
 
-/** Runs a program (no shell) and returns its stdout; throws CommandFailedError with its stderr. */
-/** `env`: variables added to this process's environment for the command. */
+/**
+ * Runs a program (no shell) and returns its stdout; throws CommandFailedError with its stderr.
+ * `env`: variables added to this process's environment for the command.
+ */
 export function run(command: string, args: string[], options: { timeoutMs?: number; input?: string; env?: Record<string, string> } = {}): Promise<string> {
   return new Promise((resolve, reject) => {
     const env = options.env ? { ...process.env, ...options.env } : undefined;

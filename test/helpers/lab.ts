@@ -5,7 +5,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before } from 'node:test';
-import { killAgent, readLab, startAgent, type LabRecord } from '../../src/lab/lab.ts';
+import { killAgent, qemuPidsOf, readLab, startAgent, type LabRecord } from '../../src/lab/lab.ts';
 import { Probe } from '../../src/lab/probe.ts';
 import { run } from '../../src/util/exec.ts';
 import { ferry, type CliResult } from './cli.ts';
@@ -192,6 +192,6 @@ export async function recoverAfterHostDeath(
     const listed = (await suite.cli('storage', 'list')).json.hosts as Array<{ host: string; pools?: Array<{ pool: string; reachable: boolean }> }>;
     assert.equal(listed.find((h) => h.host === lost)?.pools?.find((p) => p.pool === fencing.pool)?.reachable, true, `ferry storage list: ${lost} reaches '${fencing.pool}' again`);
   }
-  const copies = (await run('pgrep', ['-f', `qemu-system-x86_64 -name guest=${vm},`]).catch(() => '')).split('\n').filter(Boolean);
+  const copies = await qemuPidsOf(vm);
   assert.equal(copies.length, 1, `one QEMU runs ${vm} after ${lost} came back`);
 }

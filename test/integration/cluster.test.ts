@@ -13,7 +13,7 @@ import { AgentClient } from '../../src/agent/client.ts';
 import { createCa, issueCertificate, loadIdentity } from '../../src/cluster/pki.ts';
 import { KEYS } from '../../src/cluster/model.ts';
 import { STORE_PASSWORD_FILE, STORE_ROOT_PASSWORD_FILE, STORE_USER_FILE } from '../../src/cluster/store/etcd-auth.ts';
-import { injectFault, killAgent, readLab, startAgent, type LabRecord } from '../../src/lab/lab.ts';
+import { injectFault, killAgent, qemuPidsOf, readLab, startAgent, type LabRecord } from '../../src/lab/lab.ts';
 import { Probe } from '../../src/lab/probe.ts';
 import { run } from '../../src/util/exec.ts';
 import { ferry, type CliResult } from '../helpers/cli.ts';
@@ -22,10 +22,7 @@ import { assertLabGone } from '../helpers/lab.ts';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** QEMU processes running the named guest, on any host of this machine. */
-async function qemuCount(vm: string): Promise<number> {
-  const out = await run('pgrep', ['-f', `qemu-system-x86_64 -name guest=${vm},`]).catch(() => '');
-  return out.split('\n').filter(Boolean).length;
-}
+const qemuCount = async (vm: string): Promise<number> => (await qemuPidsOf(vm)).length;
 
 for (const store of ['sqlite', 'etcd'] as const) {
   describe(`cluster end to end (${store} store)`, () => {

@@ -8,15 +8,12 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { injectFault, startAgent } from '../../src/lab/lab.ts';
+import { injectFault, qemuPidsOf, startAgent } from '../../src/lab/lab.ts';
 import { run } from '../../src/util/exec.ts';
 import { useLab } from '../helpers/lab.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function copies(vm: string): Promise<number> {
-  return (await run('pgrep', ['-f', `qemu-system-x86_64 -name guest=${vm},`]).catch(() => '')).split('\n').filter(Boolean).length;
-}
 
 interface MoveJobView {
   id: string;
@@ -39,7 +36,7 @@ describe('drain and maintenance (3-host lab)', () => {
   const sameGuest = async (name: string): Promise<string> => {
     const { ip, boot } = boots.get(name)!;
     assert.equal((await suite.probe.gamesrv(ip)).boot, boot, `${name} answers from the same boot: moved live, never restarted`);
-    assert.equal(await copies(name), 1, `one QEMU runs ${name}`);
+    assert.equal((await qemuPidsOf(name)).length, 1, `one QEMU runs ${name}`);
     return (await cli('vm', 'show', name)).json.owner as string;
   };
   const moveJob = async (id: string) => (await cli('job', 'show', id)).json as MoveJobView;

@@ -14,15 +14,12 @@ import assert from 'node:assert/strict';
 import { mkdir, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { killAgent, startAgent, switchPortName } from '../../src/lab/lab.ts';
+import { killAgent, qemuPidsOf as qemuOf, startAgent, switchPortName } from '../../src/lab/lab.ts';
 import { run } from '../../src/util/exec.ts';
 import { agentLogs, assertDiskVerifies, useLab, type SuiteLab } from '../helpers/lab.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function qemuOf(vm: string): Promise<string[]> {
-  return (await run('pgrep', ['-f', `qemu-system-x86_64 -name guest=${vm},`]).catch(() => '')).split('\n').filter(Boolean);
-}
 
 /** Kills every process of `host`: its agent, its guests' QEMUs, its replica server. When it happened (Date.now()). */
 async function killHost(suite: SuiteLab, host: string): Promise<number> {
@@ -48,6 +45,28 @@ async function firstReplyOfNewBoot(suite: SuiteLab, ip: string, oldBoot: string,
     }
     if (Date.now() > deadline) throw new Error(`the guest at ${ip} did not answer from a new boot within ${timeoutMs} ms`);
     await sleep(100);
+  }
+}
+
+/**
+ * Waits for the guest's first reply from a new boot, counting every 100 ms meanwhile the QEMUs that
+ * run it on the machine (two at once is a double run); `undo` ends the fault whatever happens.
+ */
+async function backCountingCopies(suite: SuiteLab, vm: string, ip: string, oldBoot: string, undo: () => Promise<void>): Promise<{ back: { at: number; boot: string }; copies: number[] }> {
+  const copies: number[] = [];
+  let recovered = false;
+  try {
+    const sampling = (async () => {
+      while (!recovered) {
+        copies.push((await qemuOf(vm)).length);
+        await sleep(100);
+      }
+    })();
+    const back = await firstReplyOfNewBoot(suite, ip, oldBoot, 60_000).finally(() => (recovered = true));
+    await sampling;
+    return { back, copies };
+  } finally {
+    await undo();
   }
 }
 
@@ -184,20 +203,8 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
     process.kill(host.pid!, 'SIGSTOP');
     if (frozenPart === 'whole host') process.kill(Number(original), 'SIGSTOP');
     const frozen = Date.now();
-    let back: { at: number; boot: string };
-    const copiesWhileFrozen: number[] = [];
-    let recovered = false;
-    try {
-      // Never two QEMUs for a1 on the machine, sampled all along the recovery.
-      const sampling = (async () => {
-        while (!recovered) {
-          copiesWhileFrozen.push((await qemuOf('a1')).length);
-          await sleep(100);
-        }
-      })();
-      back = await firstReplyOfNewBoot(suite, ip, before.boot, 60_000).finally(() => (recovered = true));
-      await sampling;
-    } finally {
+    // Never two QEMUs for a1 on the machine, sampled all along the recovery.
+    const { back, copies: copiesWhileFrozen } = await backCountingCopies(suite, 'a1', ip, before.boot, async () => {
       process.kill(host.pid!, 'SIGCONT');
       if (frozenPart === 'whole host') {
         try {
@@ -206,7 +213,7 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
           /* the watchdog killed it: what it is meant to do */
         }
       }
-    }
+    });
     const watchdogLog = await readFile(path.join(suite.dir, 'hosts', owner, 'watchdog.log'), 'utf8');
     const shown = (await cli('vm', 'show', 'a1')).json;
     t.diagnostic(`a1: ${owner}'s ${frozenPart} frozen; the guest answered from ${shown.owner} ${back.at - frozen} ms later; QEMU copies sampled ${copiesWhileFrozen.length} times, most at once: ${Math.max(...copiesWhileFrozen)}`);
@@ -227,23 +234,9 @@ describe(`high availability: a dead host's VMs come back on other hosts by thems
       const host = suite.lab.hosts.find((h) => h.name === owner)!;
       const uplink = switchPortName(host.netns);
       const before = await suite.probe.gamesrv(ip);
-      const copies: number[] = [];
-      let recovered = false;
       await run('ip', ['-n', suite.lab.switchNetns, 'link', 'set', uplink, 'down']);
       const cut = Date.now();
-      let back: { at: number; boot: string };
-      try {
-        const sampling = (async () => {
-          while (!recovered) {
-            copies.push((await qemuOf('a1')).length);
-            await sleep(100);
-          }
-        })();
-        back = await firstReplyOfNewBoot(suite, ip, before.boot, 60_000).finally(() => (recovered = true));
-        await sampling;
-      } finally {
-        await run('ip', ['-n', suite.lab.switchNetns, 'link', 'set', uplink, 'up']);
-      }
+      const { back, copies } = await backCountingCopies(suite, 'a1', ip, before.boot, async () => void (await run('ip', ['-n', suite.lab.switchNetns, 'link', 'set', uplink, 'up'])));
       const shown = (await cli('vm', 'show', 'a1')).json;
       t.diagnostic(`a1: ${owner} cut off; the guest answered from ${shown.owner} ${back.at - cut} ms later; QEMU copies sampled ${copies.length} times, most at once: ${Math.max(...copies)}`);
       assert.notEqual(shown.owner, owner);

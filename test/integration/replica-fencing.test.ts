@@ -12,14 +12,11 @@ import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { run } from '../../src/util/exec.ts';
+import { qemuPidsOf as qemuOf } from '../../src/lab/lab.ts';
 import { assertDiskVerifies, useLab } from '../helpers/lab.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** QEMU processes running the named guest, on any host of this machine (pids). */
-async function qemuOf(vm: string): Promise<string[]> {
-  return (await run('pgrep', ['-f', `qemu-system-x86_64 -name guest=${vm},`]).catch(() => '')).split('\n').filter(Boolean);
-}
 
 describe('replicated volumes: the primary loses its peer and the store at once (3-host lab, etcd store)', () => {
   const suite = useLab('fence', ['--store', 'etcd']);

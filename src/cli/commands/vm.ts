@@ -115,12 +115,8 @@ export const vmCommand: Command = {
 
     switch (verb) {
       case 'list': {
-        const agent = await cli.anyAgent();
-        const { vms } = await agent.call<{ vms: OwnedVm[] }>('GET', '/v1/cluster/vms');
-        if (!values.json) {
-          const { maintenance } = await agent.call<{ maintenance: ClusterMaintenance | null }>('GET', '/v1/ha');
-          if (maintenance) console.log(maintenanceLine(maintenance));
-        }
+        const { vms, clusterMaintenance } = await (await cli.anyAgent()).call<{ vms: OwnedVm[]; clusterMaintenance?: ClusterMaintenance | null }>('GET', '/v1/cluster/vms');
+        if (!values.json && clusterMaintenance) console.log(maintenanceLine(clusterMaintenance));
         return out(table(['vm', 'host', 'memory', 'vcpus', 'address', 'token'], vms.map((v) => [v.spec.name, v.owner, `${v.spec.memoryMiB} MiB`, String(v.spec.vcpus), v.ip ?? '-', String(v.token)])), vms);
       }
       case 'create': {

@@ -23,6 +23,7 @@ import { finished, MAX_ATTEMPTS, MoveRecords, type HostMaintenance, type MoveIte
 const SETTLED_AFTER_MS = 60_000;
 
 const KEEP_ENDED_MS = 7 * 86_400_000;
+const IDLE_LOOK_MS = 3_600_000;
 
 export interface MoveActions {
   /** Starts the live migration of `vm` from its owner `from` to `to` (with `policy`, if any); the migrate job's id. */
@@ -34,6 +35,11 @@ export interface MoveActions {
 export class MoveRunner {
   private readonly records: MoveRecords;
   private readonly state: ClusterState;
+  /**
+   * The store's revision when the last look found no job to run, and when that was: while it stays,
+   * there is none (as the HA manager's idle ticks); looked at hourly all the same, for ended jobs to age out.
+   */
+  private idle: { revision: number; at: number } | undefined;
 
   constructor(
     store: Store,
@@ -46,6 +52,8 @@ export class MoveRunner {
 
   /** One step of every unfinished job; false if the manager key is no longer `managerToken`'s. */
   async tick(managerToken: number): Promise<boolean> {
+    const revision = await this.state.store.revision();
+    if (this.idle?.revision === revision && performance.now() - this.idle.at < IDLE_LOOK_MS) return true;
     const all = await this.records.jobs();
     // Ended jobs are kept a week for `ferry job show`, then forgotten (every tick reads the list) —
     // not the drain of a host still in maintenance: `off` brings back what it moved.
@@ -55,7 +63,11 @@ export class MoveRunner {
       for (const old of aged) if (!kept.has(old.id)) await this.records.removeJob(old);
     }
     const jobs = all.filter((j) => !finished(j));
-    if (!jobs.length) return true;
+    if (!jobs.length) {
+      this.idle = { revision, at: performance.now() };
+      return true;
+    }
+    this.idle = undefined;
     const [vms, hosts, maintenances] = await Promise.all([this.state.vms(), this.state.hosts(), this.records.maintenances()]);
     const view: ClusterView = { vms: new Map(vms.map((v) => [v.spec.name, v])), alive: new Map(hosts.map((h) => [h.name, h])), maintenances };
     /** Writes a job; false when the manager key is not ours any more (stop), or someone wrote the job meanwhile (skip it). */
