@@ -1,3 +1,4 @@
+import { cpuArgument, hiddenFeaturesOfThisHost } from './cpu-models.ts';
 import { createHash } from 'node:crypto';
 /** The QEMU command line for a VM spec on this host. */
 import { usesTap, type Accel, type VmSpec } from './spec.ts';
@@ -71,7 +72,7 @@ export function buildQemuArgv(spec: VmSpec, runtime: QemuRuntime): string[] {
     '-machine', `type=${spec.machine},memory-backend=pc.ram${flash ? `,pflash0=fw-code,pflash1=${flash.id}` : ''}`,
     '-object', `memory-backend-memfd,id=pc.ram,size=${spec.memoryMiB}M,share=on`,
     '-accel', runtime.accel,
-    '-cpu', spec.cpuModel,
+    '-cpu', cpuArgument(spec, hiddenFeaturesOfThisHost()),
     '-m', `${spec.memoryMiB}M`,
     '-smp', String(spec.vcpus),
     '-nodefaults', '-no-user-config', '-display', 'none',

@@ -47,6 +47,14 @@ export class QemuStartError extends QemuError {
   }
 }
 
+/** QEMU's `enforce` refused the VM's CPU model: this host cannot give it every feature the model has. */
+export class CpuModelRefusedError extends QemuStartError {
+  override name = 'CpuModelRefusedError';
+  constructor(readonly model: string, readonly features: string[], stderr: string) {
+    super(`this host cannot run CPU model '${model}': it lacks ${features.join(', ')} (QEMU refused it with enforce rather than drop them); choose a model every host runs ('ferry cluster cpu')`, stderr);
+  }
+}
+
 /** The guest did not print its ready line in time. */
 export class GuestBootTimeoutError extends QemuError {
   override name = 'GuestBootTimeoutError';

@@ -8,7 +8,7 @@
  * cached per (QEMU version, host kernel, guest image).
  */
 import { constants } from 'node:fs';
-import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { guestBoot, guestImage } from './guest-image.ts';
@@ -16,18 +16,12 @@ import { VmInstance } from './instance.ts';
 import { QEMU_BINARY, QemuProcess } from './process.ts';
 import { makeVmSpec, type Accel, type AccelChoice } from './spec.ts';
 import { run } from '../util/exec.ts';
+import { queryCpuCatalog, type CpuCatalog } from './cpu-models.ts';
 import { compareQemuVersions, parseQemuVersion, tcgDirtyTrackingSound, type QemuVersion } from './version.ts';
 
 export interface AccelVerdict {
   usable: boolean;
   reason: string;
-}
-
-export interface CpuModel {
-  name: string;
-  migrationSafe: boolean;
-  /** Features this host cannot provide for the model under TCG/KVM; non-empty means the model cannot run here. */
-  unavailableFeatures: string[];
 }
 
 export interface HostProbe {
@@ -39,7 +33,8 @@ export interface HostProbe {
   hostKernel: string;
   accelerators: Record<Accel, AccelVerdict>;
   migrationCapabilities: string[];
-  cpuModels: CpuModel[];
+  /** CPU models and features under the accelerator this host's VMs use (KVM where it works, else TCG). */
+  cpu: CpuCatalog;
   probedAt: string;
 }
 
@@ -86,7 +81,7 @@ export async function probeHost(options: { cacheDir?: string; refresh?: boolean;
   const version = await qemuVersion();
   const image = guestImage();
   // The leading 2: the probe's own format (a cached probe of an older ferry lacks fields).
-  const key = `2|${version}|${os.release()}|${image.inputsHash}`;
+  const key = `3|${version}|${os.release()}|${image.inputsHash}`;
   const cacheFile = path.join(cacheDir, 'host-probe.json');
   if (!options.refresh) {
     try {
@@ -97,20 +92,24 @@ export async function probeHost(options: { cacheDir?: string; refresh?: boolean;
     }
   }
   const runDir = options.runDir ?? path.join(cacheDir, 'probe-run');
-  const { migrationCapabilities, cpuModels } = await queryQemu(runDir);
+  const kvm = await judgeKvm(runDir);
+  const { migrationCapabilities, cpu } = await queryQemu(runDir, kvm.usable ? 'kvm' : 'tcg');
   const qemu = await localQemuBuild();
   const probe: HostProbe = {
     qemuVersion: version,
     tcgDirtyTrackingFixed: tcgDirtyTrackingSound(qemu.version),
     machineTypes: qemu.machineTypes,
     hostKernel: os.release(),
-    accelerators: { tcg: { usable: true, reason: 'software emulation is always available' }, kvm: await judgeKvm(runDir) },
+    accelerators: { tcg: { usable: true, reason: 'software emulation is always available' }, kvm },
     migrationCapabilities,
-    cpuModels,
+    cpu,
     probedAt: new Date().toISOString(),
   };
   await mkdir(cacheDir, { recursive: true });
-  await writeFile(cacheFile, JSON.stringify({ key, probe }, null, 2));
+  // Written whole then renamed: agents of a lab on one machine read it while another writes it.
+  const partial = `${cacheFile}.${process.pid}`;
+  await writeFile(partial, JSON.stringify({ key, probe }, null, 2));
+  await rename(partial, cacheFile);
   return probe;
 }
 
@@ -139,23 +138,17 @@ async function judgeKvm(runDir: string): Promise<AccelVerdict> {
   }
 }
 
-async function queryQemu(runDir: string): Promise<Pick<HostProbe, 'migrationCapabilities' | 'cpuModels'>> {
+async function queryQemu(runDir: string, accel: Accel): Promise<Pick<HostProbe, 'migrationCapabilities' | 'cpu'>> {
   await mkdir(runDir, { recursive: true, mode: 0o700 });
   const qmpSocket = path.join(runDir, `query-${process.pid}.sock`);
   const proc = await QemuProcess.start({
-    argv: ['-machine', 'none', '-accel', 'tcg', '-nodefaults', '-display', 'none', '-S', '-chardev', `socket,id=qmp,path=${qmpSocket},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control'],
+    argv: ['-machine', 'none', '-accel', accel, '-nodefaults', '-display', 'none', '-S', '-chardev', `socket,id=qmp,path=${qmpSocket},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control'],
     qmpSocket,
     serialLog: '/dev/null',
   });
   try {
     const caps = await proc.qmp.execute<{ capability: string }[]>('query-migrate-capabilities');
-    const defs = await proc.qmp.execute<{ name: string; 'migration-safe'?: boolean; 'unavailable-features'?: string[] }[]>('query-cpu-definitions');
-    return {
-      migrationCapabilities: caps.map((c) => c.capability),
-      cpuModels: defs
-        .map((d) => ({ name: d.name, migrationSafe: d['migration-safe'] ?? false, unavailableFeatures: d['unavailable-features'] ?? [] }))
-        .sort((a, b) => a.name.localeCompare(b.name)),
-    };
+    return { migrationCapabilities: caps.map((c) => c.capability), cpu: await queryCpuCatalog(proc.qmp, accel) };
   } finally {
     await proc.kill();
   }

@@ -6,7 +6,8 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { CDROM_DEVICE, CDROM_ID, buildQemuArgv, cdromBlockdev, type DiskAttachment, type TlsCredentials } from './argv.ts';
-import { GuestBootTimeoutError } from './errors.ts';
+import { CpuModelRefusedError, GuestBootTimeoutError, QemuStartError } from './errors.ts';
+import { refusedFeatures } from './cpu-models.ts';
 import { QemuProcess, type ShutdownOutcome } from './process.ts';
 import { usesTap, type Accel, type IsoMedium, type NicSpec, type VmSpec } from './spec.ts';
 
@@ -114,6 +115,8 @@ export class VmInstance {
       return new VmInstance(options.spec, options.accel, dir, process, taps, options.network);
     } catch (err) {
       await releaseHostResources(dir, taps, options.network);
+      const refused = err instanceof QemuStartError ? refusedFeatures(err.stderr) : [];
+      if (refused.length) throw new CpuModelRefusedError(options.spec.cpuModel, refused, (err as QemuStartError).stderr);
       throw err;
     }
   }

@@ -4,6 +4,7 @@
  * actually used) belong to the runtime, not the spec, so that the same spec can
  * be started on a migration destination.
  */
+import { PASSTHROUGH_MODELS } from './cpu-models.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 import { parseCidr } from '../util/net.ts';
 import { randomUUID } from 'node:crypto';
@@ -109,8 +110,13 @@ export interface VmSpec {
   uuid: string;
   memoryMiB: number;
   vcpus: number;
-  /** A named, migratable CPU model ("qemu64", "Haswell-v4", ...). "host" is refused: it ties a VM to one CPU. */
+  /**
+   * A named, versioned QEMU model ("Westmere-v1"), an ISA level ("x86-64-v3"), or — with
+   * cpuPassthrough — "host"/"max", the host's own CPU (cluster/cpu.ts says where each can run).
+   */
   cpuModel: string;
+  /** The user's opt-in to "host"/"max": the VM then moves only between hosts with the same CPU features. */
+  cpuPassthrough?: boolean;
   machine: string;
   accel: AccelChoice;
   boot: BootSpec;
@@ -129,6 +135,7 @@ export interface VmSpecInput {
   memoryMiB?: number;
   vcpus?: number;
   cpuModel?: string;
+  cpuPassthrough?: boolean;
   machine?: string;
   accel?: AccelChoice;
   boot: BootSpec;
@@ -152,6 +159,7 @@ export function makeVmSpec(input: VmSpecInput): VmSpec {
     memoryMiB: input.memoryMiB ?? 256,
     vcpus: input.vcpus ?? 1,
     cpuModel: input.cpuModel ?? 'qemu64',
+    ...(input.cpuPassthrough ? { cpuPassthrough: true } : {}),
     machine: input.machine ?? 'q35',
     accel: input.accel ?? 'auto',
     boot: input.boot,
@@ -173,9 +181,14 @@ export function validateVmSpec(spec: VmSpec): void {
     throw new InvalidVmSpecError('memoryMiB', `${spec.memoryMiB} must be a whole number of MiB between 64 and 1048576`);
   if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > 255)
     throw new InvalidVmSpecError('vcpus', `${spec.vcpus} must be a whole number between 1 and 255`);
-  if (spec.cpuModel === 'host')
-    throw new InvalidVmSpecError('cpuModel', "'host' cannot be live-migrated safely between different hosts; name a CPU model such as qemu64 or Haswell-v4");
-  if (!/^[A-Za-z0-9._-]+$/.test(spec.cpuModel)) throw new InvalidVmSpecError('cpuModel', `'${spec.cpuModel}' is not a CPU model name`);
+  if (PASSTHROUGH_MODELS.includes(spec.cpuModel) && !spec.cpuPassthrough)
+    throw new InvalidVmSpecError(
+      'cpuModel',
+      `'${spec.cpuModel}' passes this host's own CPU through: the VM could then move only to hosts with exactly the same CPU features; name a model every host runs (see 'ferry cluster cpu'), or opt in with --cpu-passthrough`,
+    );
+  if (spec.cpuPassthrough && !PASSTHROUGH_MODELS.includes(spec.cpuModel))
+    throw new InvalidVmSpecError('cpuPassthrough', `--cpu-passthrough is for the models ${PASSTHROUGH_MODELS.join(' and ')}; '${spec.cpuModel}' is a named model (drop --cpu-passthrough)`);
+  if (!/^[A-Za-z][A-Za-z0-9._-]{0,63}$/.test(spec.cpuModel)) throw new InvalidVmSpecError('cpuModel', `'${spec.cpuModel}' is not a CPU model name (see 'ferry cluster cpu' for the models)`);
   if (!/^[a-z0-9._-]+$/.test(spec.machine)) throw new InvalidVmSpecError('machine', `'${spec.machine}' is not a machine type name`);
   if (!['kvm', 'tcg', 'auto'].includes(spec.accel)) throw new InvalidVmSpecError('accel', `'${spec.accel}' must be kvm, tcg or auto`);
   validateBoot(spec);

@@ -23,7 +23,7 @@ export const hostCommand: Command = {
       return;
     }
     const auto = resolveAccel('auto', probe);
-    const usable = probe.cpuModels.filter((m) => m.unavailableFeatures.length === 0);
+    const usable = probe.cpu.models.filter((m) => m.unavailableFeatures.length === 0 && !m.aliasOf);
     console.log(`QEMU ${probe.qemuVersion} on Linux ${probe.hostKernel} (probed ${probe.probedAt})`);
     console.log(
       probe.tcgDirtyTrackingFixed
@@ -35,6 +35,6 @@ export const hostCommand: Command = {
       console.log(`  accel ${name.padEnd(3)}  ${verdict.usable ? 'works  ' : 'NO     '} ${verdict.reason}`);
     console.log(`  accel=auto uses ${auto.accel}${auto.warning ? ` — ${auto.warning}` : ''}`);
     console.log(`  migration capabilities: ${probe.migrationCapabilities.join(', ')}`);
-    console.log(`  CPU models runnable here: ${usable.length} of ${probe.cpuModels.length} (${usable.slice(0, 8).map((m) => m.name).join(', ')}, ...)`);
+    console.log(`  CPU models runnable here under ${probe.cpu.accel.toUpperCase()}: ${usable.length} of ${probe.cpu.models.filter((m) => !m.aliasOf).length} (${usable.slice(0, 8).map((m) => m.name).join(', ')}, ...); ${probe.cpu.hostFeatures.length} features (see 'ferry cluster cpu')`);
   },
 };
