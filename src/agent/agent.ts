@@ -27,6 +27,8 @@ import { startHaManager } from './ha.ts';
 import { LocalRuntime } from './runtime.ts';
 import { serve } from './server.ts';
 import { localQemuBuild } from '../qemu/host-probe.ts';
+import { advertiseHostCpu, describeJoin } from './cpu.ts';
+import type { HostCpu } from '../cluster/cpu.ts';
 import { formatQemuVersion } from '../qemu/version.ts';
 
 /** This host's certificate was revoked: it was removed from the cluster. */
@@ -75,10 +77,11 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
     if ((await ctx.state.updateVm(vm, { desired: 'stopped' }).catch(() => undefined)) !== undefined) log(`'${name}' is recorded as stopped`);
   };
   const stallWatch = watchEventLoop(log);
+  const cpu = await advertiseHostCpu(node); // before any QEMU starts here: they hide what the host hides
   await reconcile(ctx);
   await removeStaleImports(ctx);
   ctx.replication.start();
-  const membership = await keepMembership(ctx, store, mine);
+  const membership = await keepMembership(ctx, store, mine, cpu);
   const servers = await serve(ctx, routes(ctx, new IncomingMigrations(ctx), cluster));
   const ha = startHaManager(ctx, store);
   log(`agent up at https://${node.address}:${node.port}${node.socket ? ` and ${node.socket}` : ''} (store: ${cluster.store.kind})`);
@@ -125,7 +128,7 @@ const FENCE_LOOK_EVERY = 18;
 const FENCE_CHECK_MS = 250;
 
 /** `fingerprint`: this host's certificate's, checked against the revoked list at every renewal. */
-async function keepMembership(ctx: AgentContext, store: Store, fingerprint: string): Promise<{ stop(): void }> {
+async function keepMembership(ctx: AgentContext, store: Store, fingerprint: string, cpu: HostCpu): Promise<{ stop(): void }> {
   const { node } = ctx;
   const ttl = node.leaseTtlSeconds;
   const timing = haTiming(ttl);
@@ -139,6 +142,7 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
     ...(node.socket ? { socket: node.socket } : {}),
     startedAt: new Date().toISOString(),
     certificateExpires: new Date(new X509Certificate(ctx.identity.cert).validTo).toISOString(),
+    cpu,
   };
   const daysLeft = (Date.parse(record.certificateExpires!) - Date.now()) / 86_400_000;
   if (daysLeft < CERTIFICATE_WARNING_DAYS)
@@ -195,6 +199,7 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
   };
   let lease = await register();
   let lastRenewed = performance.now();
+  void describeJoin(ctx, record).then(ctx.log, (err: Error) => ctx.log(`CPU: ${err.message}`));
   /**
    * Storage fences of this host (set while it was thought lost) are lifted once it runs only its own
    * guests: looked for at registration, then at every FENCE_LOOK_EVERY-th renewal (a recovery that

@@ -6,6 +6,7 @@ import { STORE_PASSWORD_FILE, STORE_USER_FILE } from '../cluster/store/etcd-auth
 import { SqliteStore } from '../cluster/store/sqlite.ts';
 import type { Store } from '../cluster/store/types.ts';
 import { loadIdentity, type Identity } from '../cluster/pki.ts';
+import type { CpuRestriction } from '../cluster/cpu.ts';
 
 export type StoreConfig =
   | { kind: 'sqlite'; path: string }
@@ -48,6 +49,8 @@ export interface NodeConfig {
   watchdog?: { socket: string };
   /** The IP address this host reaches storage from, where it is not `address` (storage fencing cuts it off by it). */
   storageAddress?: string;
+  /** What this host's CPU advertises less (as for an older host): cluster/cpu.ts CpuRestriction. */
+  cpu?: CpuRestriction;
 }
 
 import { ConfigError, readJson } from '../util/json-file.ts';

@@ -12,6 +12,8 @@ import type { LocalRuntime } from './runtime.ts';
 import type { ReplicationManager } from './replication.ts';
 import type { OwnedVm } from '../cluster/model.ts';
 import { StorageCatalog } from '../storage/registry.ts';
+import { cpuMisfit } from '../cluster/cpu.ts';
+import type { VmSpec } from '../qemu/spec.ts';
 
 export interface AgentContext {
   node: NodeConfig;
@@ -57,14 +59,23 @@ export async function freeMemoryMiB(ctx: AgentContext, host: string): Promise<nu
   return record.memoryMiB - used;
 }
 
-/** `host` may take `vm`: it is not in maintenance, and has the memory. */
-export async function requireRoom(ctx: AgentContext, host: string, memoryMiB: number, vm: string): Promise<void> {
+/**
+ * `host` may take `spec`'s VM: it is not in maintenance, runs the VM's CPU model (for a live
+ * migration from `liveFrom`, keeps its CPU as it is), and has the memory.
+ */
+export async function requireRoom(ctx: AgentContext, host: string, spec: VmSpec, liveFrom?: string): Promise<void> {
   const maintenance = await new MoveRecords(ctx.state.store).maintenance(host);
   if (maintenance)
     throw new RefusedError(`host '${host}' is in maintenance since ${maintenance.since} (by ${maintenance.by}): it takes no new VM; choose another host, or end it with 'ferry node maintenance off ${host}'`);
+  const [record, from] = await Promise.all([ctx.state.host(host), liveFrom ? ctx.state.host(liveFrom) : undefined]);
+  const misfit = record && cpuMisfit(spec, record, from);
+  if (misfit)
+    throw new RefusedError(
+      `'${spec.name}' cannot run on ${host}: ${misfit}; ${liveFrom ? `'ferry vm migrate ${spec.name} --dry-run' lists the hosts that can take it` : 'choose another host or model'}, 'ferry cluster cpu' the models each host runs`,
+    );
   const free = await freeMemoryMiB(ctx, host);
-  if (free < memoryMiB)
-    throw new RefusedError(`host '${host}' has ${free} MiB free for guests, '${vm}' needs ${memoryMiB} MiB; choose another host or stop a VM there`);
+  if (free < spec.memoryMiB)
+    throw new RefusedError(`host '${host}' has ${free} MiB free for guests, '${spec.name}' needs ${spec.memoryMiB} MiB; choose another host or stop a VM there`);
 }
 
 /** The cluster's storage pools as this host reaches them. */

@@ -3,6 +3,7 @@
  * non-zero memory, its dirty rate, the link to the destination — and predict
  * each policy's outcome. Nothing moves.
  */
+import { candidateHosts, type CandidateHost } from './cpu.ts';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { planMigration, POLICY_NAMES } from '../migration/policy/policy.ts';
@@ -42,8 +43,10 @@ export interface DryRun {
    */
   link: { probedBytesPerSec: number; achievedBytesPerSec?: number };
   predictions: Prediction[];
-  /** What the destination lacks (disks, networks): a real migration would be refused in begin. */
+  /** What the destination lacks (CPU features, memory, disks, networks): a real migration would be refused in begin. */
   destinationProblems: string[];
+  /** Every host as a destination: can it take the VM, and if not, why. */
+  candidates: CandidateHost[];
 }
 
 /** Setup time assumed when no past migration says better: starting the destination, switchover, retiring the source. */
@@ -66,7 +69,11 @@ export async function dryRun(ctx: AgentContext, name: string, to: string, histor
   const setup = typicalSetupMs(past);
   const storage = await storageCatalog(ctx);
   const needs = await new LocalSource(instance, { storage }).diskNeeds();
-  const destinationProblems = (await destination.call<{ problems: string[] }>('POST', '/v1/incoming/check', { spec: vm.spec, disks: needs }, 30_000)).problems;
+  const candidates = await candidateHosts(ctx, name);
+  const destinationProblems = [
+    ...(candidates.hosts.find((h) => h.host === to)?.reasons ?? []),
+    ...(await destination.call<{ problems: string[] }>('POST', '/v1/incoming/check', { spec: vm.spec, disks: needs }, 30_000)).problems,
+  ];
   const copied = (vm.spec.disks ?? []).filter((d) => !storage.get(d.pool).shared).map((d) => d.id);
   const diskCopyBytes = needs.filter((n) => copied.includes(n.id)).reduce((sum, n) => sum + n.allocatedBytes, 0);
 
@@ -102,6 +109,7 @@ export async function dryRun(ctx: AgentContext, name: string, to: string, histor
     link: { probedBytesPerSec, ...(stream ? { achievedBytesPerSec: stream.bytesPerSec } : {}) },
     predictions,
     destinationProblems,
+    candidates: candidates.hosts,
   };
 }
 

@@ -64,7 +64,7 @@ export async function recoverVm(ctx: AgentContext, name: string, options: Recove
       await driver.status();
     }
   }
-  await requireRoom(ctx, node.name, vm.spec.memoryMiB, name);
+  await requireRoom(ctx, node.name, vm.spec);
   // A host whose agent died may still run the guest (QEMU outlives its agent): then it still writes
   // to the replicas here. No write during the grace period, or the recovery is refused.
   // (The replica file's modification time: the replica server writes it through.)

@@ -20,6 +20,8 @@ import { refuseIfHaDecides, startOwnVm, stopOwnVm } from './vm-start.ts';
 import { HaRecords } from '../cluster/ha/records.ts';
 import { haRoutes } from './ha.ts';
 import { moveRoutes } from './moves.ts';
+import { cpuRoutes } from './cpu.ts';
+import { readClusterCpuModel } from '../cluster/cpu.ts';
 import { MoveRecords } from '../cluster/moves/records.ts';
 import { createVm } from './vm-create.ts';
 import { imageRoutes } from './images.ts';
@@ -81,6 +83,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     ...recoverRoutes(ctx),
     ...haRoutes(ctx),
     ...moveRoutes(ctx),
+    ...cpuRoutes(ctx),
     ...imageRoutes(ctx),
     ...networkRoutes(ctx),
     {
@@ -100,6 +103,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         hosts: await Promise.all((await state.hosts()).map(async (h) => ({ ...h, freeMemoryMiB: await freeMemoryMiB(ctx, h.name) }))),
         clusterMaintenance: (await new HaRecords(state.store).maintenance()) ?? null,
         maintenance: await new MoveRecords(state.store).maintenances(),
+        clusterCpuModel: (await readClusterCpuModel(state.store)) ?? null,
       }),
     },
     {

@@ -17,6 +17,7 @@ import { inSubnet, networkProblems, parseCidr } from './networks.ts';
 import { defaultFormat, type StoragePoolConfig } from '../storage/types.ts';
 import type { ClusterConfig } from './config.ts';
 import { requireRoom, storageCatalog, type AgentContext } from './context.ts';
+import { defaultCpuModel, readClusterCpuModel } from '../cluster/cpu.ts';
 import { RefusedError } from './errors.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 import { isoMedium, makeDiskFromImage, makeSeed, makeUefiVars, readyImage } from './images.ts';
@@ -75,6 +76,7 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
   const hosts = await state.hosts();
   const machine = newestCommonMachineType(hosts);
   if (!machine && hosts.some((h) => h.qemu)) throw new RefusedError(`the hosts' QEMUs have no q35 machine type in common (${hosts.map((h) => `${h.name}: QEMU ${h.qemu?.version ?? 'unknown'}`).join(', ')}); upgrade the oldest`);
+  const cpu = body['cpuModel'] !== undefined ? { model: String(body['cpuModel']), why: 'as asked' } : defaultCpuModel(hosts, await readClusterCpuModel(state.store));
   const mac = body['mac'] === undefined ? macFor(uuid, 0) : String(body['mac']).toLowerCase();
   const moreNics = await namedNetworkNics(ctx, uuid, body['nics']);
 
@@ -115,7 +117,8 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
     memoryMiB,
     ...(machine ? { machine } : {}),
     vcpus: Number(body['vcpus'] ?? 1),
-    ...(body['cpuModel'] !== undefined ? { cpuModel: String(body['cpuModel']) } : {}),
+    cpuModel: cpu.model,
+    ...(body['cpuPassthrough'] === true ? { cpuPassthrough: true } : {}),
     accel: (body['accel'] as 'auto' | 'tcg' | 'kvm' | undefined) ?? 'auto',
     boot,
     nics: [{ mac, model: 'virtio-net-pci', backend: { kind: 'bridge', bridge: node.bridge } }, ...moreNics],
@@ -129,7 +132,7 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
     // Any OS may run qemu-ga: the channel costs nothing when nobody answers on it. Its screen is on VNC.
     ...(firmware ? { guestAgent: true, display: 'vga' as const } : {}),
   });
-  await requireRoom(ctx, node.name, memoryMiB, name);
+  await requireRoom(ctx, node.name, spec);
   const unplaceable = await networkProblems(ctx, spec);
   if (unplaceable.length) throw new RefusedError(`'${name}' cannot be created on ${node.name}: ${unplaceable.join('; ')}`);
   // An imported VM keeps its uuid and MAC: two VMs with one MAC on a bridge would take each other's traffic.
@@ -145,6 +148,7 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
   const made: StoredVolume[] = [];
   const job = await state.newJob('create', name, node.name);
   const step = (line: string) => job.log.push(`${new Date().toISOString()} ${line}`);
+  step(`CPU model ${spec.cpuModel}${spec.cpuPassthrough ? ' (passed through: it moves only to hosts with the same CPU features)' : ''}: ${cpu.why}`);
   try {
     const disks: DiskSpec[] = [];
     if (firmware?.image) {

@@ -11,6 +11,7 @@
  *   /ferry/images/<name>       ImageRecord: an imported disk image or ISO, kept in a volume of a pool
  *   /ferry/networks/<name>     NetworkRecord: a named guest network (`ferry network add`)
  */
+import type { HostCpu } from './cpu.ts';
 import { randomUUID } from 'node:crypto';
 import type { VmSpec, VolumeFormat } from '../qemu/spec.ts';
 import type { ReplicaEndpoint, StoragePoolConfig } from '../storage/types.ts';
@@ -158,6 +159,8 @@ export interface HostRecord {
   qemu?: { version: string; machineTypes: string[] };
   /** When the host's certificate expires (ISO time; absent in records of older agents): renew before (join it again). */
   certificateExpires?: string;
+  /** The CPU models it runs and the features it advertises (absent in records of older agents: not judged). */
+  cpu?: HostCpu;
 }
 
 export type DesiredState = 'running' | 'stopped';

@@ -14,6 +14,7 @@ import { CephCluster } from './ceph-cluster.ts';
 import path from 'node:path';
 import { AgentClient, type AgentEndpoint } from '../agent/client.ts';
 import { readJson, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../agent/config.ts';
+import type { CpuRestriction } from '../cluster/cpu.ts';
 import { createCa, issueCertificate, issueStoreClientCertificate, loadIdentity } from '../cluster/pki.ts';
 import { storeUserArgv } from '../cluster/store/etcd-auth.ts';
 import { EtcdCluster } from '../cluster/store/etcd-cluster.ts';
@@ -93,6 +94,8 @@ export interface LabOptions {
   /** Namespace name prefix, so that tests can run a lab beside a user's. */
   prefix?: string;
   memoryMiBPerHost?: number;
+  /** Hosts that advertise less of their CPU (node.json "cpu"): an "older" host on one machine. */
+  cpuRestrictions?: Record<string, CpuRestriction>;
   log?: (line: string) => void;
 }
 
@@ -212,6 +215,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
         memoryMiB: options.memoryMiBPerHost ?? 2048,
         leaseTtlSeconds: 10,
         watchdog: { socket: path.join(hostDir, 'watchdog.sock') },
+        ...(options.cpuRestrictions?.[name] ? { cpu: options.cpuRestrictions[name] } : {}),
       };
       await writeJson(host.config, node);
       await startWatchdog(lab, name);

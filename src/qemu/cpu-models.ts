@@ -69,8 +69,8 @@ export function isaLevelOf(features: ReadonlySet<string>): number {
 }
 
 /**
- * Every model of `query-cpu-definitions` with its features (one static expansion each), the
- * host's features, and the ISA levels. `qmp` is a QEMU started with `-machine none -accel <accel>`.
+ * Every model of `query-cpu-definitions` with its features (one static expansion each), and the
+ * host's features. `qmp` is a QEMU started with `-machine none -accel <accel>`.
  */
 export async function queryCpuCatalog(qmp: QmpClient, accel: Accel): Promise<CpuCatalog> {
   type Definition = { name: string; 'alias-of'?: string; 'migration-safe'?: boolean; 'unavailable-features'?: string[] };
@@ -95,16 +95,24 @@ export async function queryCpuCatalog(qmp: QmpClient, accel: Accel): Promise<Cpu
       features,
     });
   }
-  const base = models.find((m) => m.name === ISA_BASE_MODEL);
-  if (base) {
-    const has = new Set(hostFeatures);
-    for (let level = 1; level <= ISA_LEVEL_ADDS.length; level++) {
-      const features = [...new Set([...base.features, ...isaLevelFeatures(level)])].sort();
-      const lacking = [...new Set([...base.unavailableFeatures, ...isaLevelFeatures(level).filter((f) => !has.has(f))])];
-      models.push({ name: isaLevelName(level), migrationSafe: true, unavailableFeatures: lacking, features, isaLevel: level });
-    }
-  }
   return { accel, hostFeatures, models: models.sort((a, b) => a.name.localeCompare(b.name)) };
+}
+
+/**
+ * The catalog with the ISA levels added, each judged from its base model and the host's features.
+ * Applied to what QEMU said (also when read from the probe's cache): the levels are ferry's, not QEMU's.
+ */
+export function withIsaLevels(catalog: CpuCatalog): CpuCatalog {
+  const models = catalog.models.filter((m) => m.isaLevel === undefined);
+  const base = models.find((m) => m.name === ISA_BASE_MODEL);
+  if (!base) return { ...catalog, models };
+  const has = new Set(catalog.hostFeatures);
+  for (let level = 1; level <= ISA_LEVEL_ADDS.length; level++) {
+    const features = [...new Set([...base.features, ...isaLevelFeatures(level)])].sort();
+    const lacking = [...new Set([...base.unavailableFeatures, ...isaLevelFeatures(level).filter((f) => !has.has(f))])];
+    models.push({ name: isaLevelName(level), migrationSafe: true, unavailableFeatures: lacking, features, isaLevel: level });
+  }
+  return { ...catalog, models: models.sort((a, b) => a.name.localeCompare(b.name)) };
 }
 
 /**

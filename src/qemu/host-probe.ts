@@ -16,7 +16,7 @@ import { VmInstance } from './instance.ts';
 import { QEMU_BINARY, QemuProcess } from './process.ts';
 import { makeVmSpec, type Accel, type AccelChoice } from './spec.ts';
 import { run } from '../util/exec.ts';
-import { queryCpuCatalog, type CpuCatalog } from './cpu-models.ts';
+import { queryCpuCatalog, withIsaLevels, type CpuCatalog } from './cpu-models.ts';
 import { compareQemuVersions, parseQemuVersion, tcgDirtyTrackingSound, type QemuVersion } from './version.ts';
 
 export interface AccelVerdict {
@@ -81,12 +81,12 @@ export async function probeHost(options: { cacheDir?: string; refresh?: boolean;
   const version = await qemuVersion();
   const image = guestImage();
   // The leading 2: the probe's own format (a cached probe of an older ferry lacks fields).
-  const key = `3|${version}|${os.release()}|${image.inputsHash}`;
+  const key = `4|${version}|${os.release()}|${image.inputsHash}`;
   const cacheFile = path.join(cacheDir, 'host-probe.json');
   if (!options.refresh) {
     try {
       const cached = JSON.parse(await readFile(cacheFile, 'utf8')) as { key: string; probe: HostProbe };
-      if (cached.key === key) return cached.probe;
+      if (cached.key === key) return { ...cached.probe, cpu: withIsaLevels(cached.probe.cpu) };
     } catch {
       /* no cache yet */
     }
@@ -110,7 +110,7 @@ export async function probeHost(options: { cacheDir?: string; refresh?: boolean;
   const partial = `${cacheFile}.${process.pid}`;
   await writeFile(partial, JSON.stringify({ key, probe }, null, 2));
   await rename(partial, cacheFile);
-  return probe;
+  return { ...probe, cpu: withIsaLevels(probe.cpu) };
 }
 
 async function judgeKvm(runDir: string): Promise<AccelVerdict> {

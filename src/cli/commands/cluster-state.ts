@@ -8,6 +8,7 @@ import type { Spread } from '../../cluster/moves/balance.ts';
 import type { MoveItem, MoveJob } from '../../cluster/moves/records.ts';
 import { table } from '../format.ts';
 import { followJob, notMoved, planTable } from '../moves.ts';
+import { clusterCpu } from '../cpu.ts';
 
 const USAGE = `Usage:
   ferry cluster maintenance on [--reason TEXT] [--force]
@@ -22,19 +23,33 @@ const USAGE = `Usage:
       Moves running VMs by live migration so that the hosts' memory use evens out (hosts in maintenance
       left out; HA rules, replicated disks kept): the spread and the plan first, then a job run as a
       drain is (same limits; ferry job cancel ID), then the spread it left.
+  ferry cluster cpu [--all]
+      Which CPU models each host runs (what it lacks of the others), the best model every host runs,
+      and the cluster's model: the one new VMs get. A host that lacks a feature of it is flagged.
+  ferry cluster cpu set MODEL|best
+      Records the cluster's CPU model (best: the best every host runs now); a host joining later that
+      lacks one of its features is flagged, and takes no VM of that model.
+  ferry cluster cpu unset
+      New VMs get the best model every host runs at the time.
 Every command takes --json.`;
 
 export const clusterCommand: Command = {
-  summary: 'the whole cluster: maintenance mode (the HA manager switched off), balance',
+  summary: "the whole cluster: maintenance mode (the HA manager switched off), balance, CPU models",
   usage: USAGE,
   async run(args) {
     const { values, positionals } = parseArgs({
       args,
       allowPositionals: true,
-      options: { reason: { type: 'string' }, force: { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' }, 'dry-run': { type: 'boolean' }, parallel: { type: 'string' }, 'no-wait': { type: 'boolean' } },
+      options: { reason: { type: 'string' }, force: { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' }, 'dry-run': { type: 'boolean' }, parallel: { type: 'string' }, 'no-wait': { type: 'boolean' }, all: { type: 'boolean' } },
     });
     const [topic, verb] = positionals;
     if (topic === 'balance') return balance(values);
+    if (topic === 'cpu') {
+      if (verb !== undefined && verb !== 'set' && verb !== 'unset') throw new UsageError(USAGE);
+      if (verb === 'set' && !positionals[2]) throw new UsageError('usage: ferry cluster cpu set MODEL|best');
+      const agent = await (await Cli.load(values.context)).anyAgent();
+      return void console.log(await clusterCpu(agent, verb, positionals[2], { json: values.json ?? false, all: values.all ?? false }));
+    }
     if (topic !== 'maintenance' || !['on', 'off', 'status'].includes(verb ?? '')) throw new UsageError(USAGE);
 
     const cli = await Cli.load(values.context);

@@ -13,10 +13,11 @@ import { quakeDemo } from '../quake-demo.ts';
 import { FAULT_KINDS, FAULT_TABLE_HEADER, runChaosCampaign, summarizeFaults, type FaultKind } from '../../lab/chaos.ts';
 
 const USAGE = `Usage:
-  ferry lab up [--hosts 3] [--store sqlite|etcd] [--storage nfs,iscsi,rbd] [--json]
+  ferry lab up [--hosts 3] [--store sqlite|etcd] [--storage nfs,iscsi,rbd] [--cpu-max HOST=MODEL,...] [--json]
       bring up hosts (network namespaces with agents), a switch and a client; pools 'shared' and 'local';
       --storage runs storage servers in a storage namespace (10.80.0.8), each added as a pool of its name:
-      nfs (NFS-Ganesha), iscsi (tgt, 8 LUNs of 256 MiB), rbd (Ceph: 1 monitor, 3 memstore OSDs, cephx)
+      nfs (NFS-Ganesha), iscsi (tgt, 8 LUNs of 256 MiB), rbd (Ceph: 1 monitor, 3 memstore OSDs, cephx);
+      --cpu-max h3=Westmere-v1 makes h3 an "older" host: it advertises only that model's CPU features
   ferry lab down [--json]                                    remove everything the lab made (recorded in its lab.json)
   ferry lab kill-agent HOST | start-agent HOST               stop / restart one host's agent (its guests keep running)
   ferry lab chaos [--faults 20] [--max-minutes 30] [--kinds K,...] [--vm chaos1] [--json]
@@ -37,7 +38,7 @@ export const labCommand: Command = {
       args,
       allowPositionals: true,
       options: {
-        hosts: { type: 'string' }, store: { type: 'string' }, storage: { type: 'string' }, rounds: { type: 'string' }, quake: { type: 'boolean' }, pool: { type: 'string' }, json: { type: 'boolean' },
+        hosts: { type: 'string' }, store: { type: 'string' }, 'cpu-max': { type: 'string' }, storage: { type: 'string' }, rounds: { type: 'string' }, quake: { type: 'boolean' }, pool: { type: 'string' }, json: { type: 'boolean' },
         faults: { type: 'string' }, 'max-minutes': { type: 'string' }, kinds: { type: 'string' }, vm: { type: 'string' },
       },
     });
@@ -51,7 +52,13 @@ export const labCommand: Command = {
         const memory = process.env['FERRY_LAB_HOST_MEMORY'];
         const storage = (values.storage ?? '').split(',').filter(Boolean);
         for (const kind of storage) if (!LAB_STORAGE.includes(kind as LabStorage)) throw new UsageError(`--storage ${kind}: the lab can run ${LAB_STORAGE.join(', ')}`);
-        const lab = await labUp({ hosts, store, storage: storage as LabStorage[], ...(memory ? { memoryMiBPerHost: Number(memory) } : {}), ...(json ? {} : { log: (l: string) => console.log(l) }) });
+        const cpuRestrictions: Record<string, { maxModel: string }> = {};
+        for (const pair of (values['cpu-max'] ?? '').split(',').filter(Boolean)) {
+          const m = /^(h\d+)=([A-Za-z][A-Za-z0-9._-]*)$/.exec(pair);
+          if (!m) throw new UsageError(`--cpu-max ${pair}: HOST=MODEL, as h3=Westmere-v1`);
+          cpuRestrictions[m[1]!] = { maxModel: m[2]! };
+        }
+        const lab = await labUp({ hosts, store, storage: storage as LabStorage[], cpuRestrictions, ...(memory ? { memoryMiBPerHost: Number(memory) } : {}), ...(json ? {} : { log: (l: string) => console.log(l) }) });
         if (json) return void console.log(JSON.stringify(lab, null, 2));
         console.log(`lab up in ${lab.dir} (store ${lab.store}):`);
         for (const h of lab.hosts) console.log(`  ${h.name}  ${h.address}  namespace ${h.netns}  agent pid ${h.pid}`);

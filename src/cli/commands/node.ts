@@ -1,3 +1,4 @@
+import { lacksOf, type ClusterCpuModel } from '../../cluster/cpu.ts';
 import { parseArgs } from 'node:util';
 import { loadClusterConfig } from '../../agent/config.ts';
 import { storeUserArgv } from '../../cluster/store/etcd-auth.ts';
@@ -63,7 +64,18 @@ export const nodeCommand: Command = {
     if (positionals[0] !== 'list') throw new UsageError('usage: ferry node list | drain HOST | maintenance on|off HOST | remove HOST');
     const cli = await Cli.load(values.context);
     const agent = await cli.anyAgent();
-    const { hosts, clusterMaintenance, maintenance } = await agent.call<{ hosts: (HostRecord & { freeMemoryMiB: number })[]; clusterMaintenance?: ClusterMaintenance | null; maintenance?: HostMaintenance[] }>('GET', '/v1/cluster/hosts');
+    const { hosts, clusterMaintenance, maintenance, clusterCpuModel } = await agent.call<{
+      hosts: (HostRecord & { freeMemoryMiB: number })[];
+      clusterMaintenance?: ClusterMaintenance | null;
+      maintenance?: HostMaintenance[];
+      clusterCpuModel?: ClusterCpuModel | null;
+    }>('GET', '/v1/cluster/hosts');
+    /** A host that lacks features of the cluster's CPU model is flagged (it takes no VM of that model). */
+    const cpuOf = (h: HostRecord) => {
+      if (!h.cpu) return 'not said';
+      const lacks = clusterCpuModel ? (lacksOf(h, clusterCpuModel.model) ?? []) : [];
+      return lacks.length ? `LACKS ${lacks.length} of ${clusterCpuModel!.model}` : `${h.cpu.accel.toUpperCase()}${h.cpu.restriction ? `, ${h.cpu.restriction}` : ''}`;
+    };
     const { jobs } = await agent.call<{ jobs: MoveJob[] }>('GET', '/v1/moves');
     const stateOf = (host: string, up: boolean) => {
       const drain = jobs.find((j) => j.kind === 'drain' && j.host === host && (j.state === 'running' || j.state === 'cancelling'));
@@ -74,17 +86,37 @@ export const nodeCommand: Command = {
     const known = new Set(hosts.map((h) => h.name));
     const down = cli.context.agents.filter((a) => !known.has(a.name)).map((a) => a.name);
     if (values.json)
-      return void console.log(JSON.stringify({ hosts: hosts.map((h) => ({ ...h, state: stateOf(h.name, true) })), down, clusterMaintenance: clusterMaintenance ?? null, maintenance: maintenance ?? [] }, null, 2));
+      return void console.log(
+        JSON.stringify(
+          {
+            hosts: hosts.map(({ cpu, ...h }) => ({
+              ...h,
+              state: stateOf(h.name, true),
+              ...(cpu ? { cpu: { accel: cpu.accel, features: cpu.features, hidden: cpu.hidden, ...(cpu.restriction ? { restriction: cpu.restriction } : {}), ...(clusterCpuModel ? { lacksClusterModel: lacksOf({ ...h, cpu }, clusterCpuModel.model) } : {}) } } : {}),
+            })),
+            down,
+            clusterMaintenance: clusterMaintenance ?? null,
+            maintenance: maintenance ?? [],
+            clusterCpuModel: clusterCpuModel ?? null,
+          },
+          null,
+          2,
+        ),
+      );
     if (clusterMaintenance) console.log(maintenanceLine(clusterMaintenance));
     console.log(
       table(
-        ['host', 'address', 'memory', 'free', 'QEMU', 'newest machine type', 'certificate', 'state'],
+        ['host', 'address', 'memory', 'free', 'QEMU', 'newest machine type', 'CPU', 'certificate', 'state'],
         [
-          ...hosts.map((h) => [h.name, h.address, `${h.memoryMiB} MiB`, `${h.freeMemoryMiB} MiB`, h.qemu?.version ?? '-', h.qemu?.machineTypes[0] ?? '-', certificateCell(h.certificateExpires), stateOf(h.name, true)]),
-          ...down.map((d) => [d, '-', '-', '-', '-', '-', '-', stateOf(d, false)]),
+          ...hosts.map((h) => [h.name, h.address, `${h.memoryMiB} MiB`, `${h.freeMemoryMiB} MiB`, h.qemu?.version ?? '-', h.qemu?.machineTypes[0] ?? '-', cpuOf(h), certificateCell(h.certificateExpires), stateOf(h.name, true)]),
+          ...down.map((d) => [d, '-', '-', '-', '-', '-', '-', '-', stateOf(d, false)]),
         ],
       ),
     );
+    for (const h of hosts) {
+      const lacks = clusterCpuModel ? (lacksOf(h, clusterCpuModel.model) ?? []) : [];
+      if (lacks.length) console.error(`warning: ${h.name} lacks ${lacks.join(', ')} of the cluster's CPU model ${clusterCpuModel!.model}: VMs of that model are not placed there (ferry cluster cpu)`);
+    }
     for (const h of hosts)
       if (h.certificateExpires && daysUntil(h.certificateExpires) < CERTIFICATE_WARNING_DAYS)
         console.error(`warning: the certificate of ${h.name} expires ${h.certificateExpires.slice(0, 10)}; renew it (ferry join --name ${h.name} ... again, then install the new bundle)`);

@@ -10,17 +10,24 @@ import { attemptsText, mib, ms, table } from '../format.ts';
 import type { Command } from '../command.ts';
 import type { LibvirtImportPlan } from '../libvirt-import.ts';
 import type { DryRun, InputBasis } from '../../agent/predict.ts';
+import type { CandidateHost } from '../../agent/cpu.ts';
+import type { ClusterCpuView } from '../cpu.ts';
+import { cpuMisfit } from '../../cluster/cpu.ts';
 import type { PolicyName } from '../../migration/policy/policy.ts';
 // What only some verbs need (migration, consoles, displays, imports) is loaded by those verbs:
 // `ferry vm list` starts without it.
 
 const USAGE = `Usage:
-  ferry vm create NAME [--memory MiB] [--vcpus N] [--host HOST] [--memcheck MiB] [--dirty MiB/s]
+  ferry vm create NAME [--memory MiB] [--vcpus N] [--cpu MODEL [--cpu-passthrough]] [--host HOST] [--memcheck MiB] [--dirty MiB/s]
                   [--disk SIZE[,storage=POOL][,format=qcow2|raw][,peer=HOST]]... [--diskcheck WRITES/s]
       --disk makes a new volume NAME-diskN in POOL (the only pool, when there is one) for each --disk
       (format: qcow2, raw for rbd pools); on a replicated pool the second replica goes to peer=HOST
       (default: the first other host by name).
       --diskcheck runs the guest's disk checker, writing that many checksummed 4 KiB blocks per second.
+      --cpu: a versioned QEMU model (Westmere-v1) or an ISA level (x86-64-v2); default: the cluster's model
+      (ferry cluster cpu). The VM runs, and moves, only where every feature of it is given (QEMU's
+      enforce). host/max pass the host's own CPU through: only with --cpu-passthrough, and the VM then
+      moves only between hosts with the same CPU features.
   ferry vm create NAME ... --net NETWORK[,ip=ADDR[/PREFIX]][,mac=MAC]...
       The first NIC is on the host's guest bridge (its address from the cluster's guest range); each --net
       adds one on a named network (see ferry network), up to 3, with a MAC ferry derives from the VM's
@@ -60,6 +67,7 @@ const USAGE = `Usage:
   ferry vm migrate NAME --to HOST [--policy balanced|minimal-downtime|must-finish] [--downtime-limit ms]
                    [--bandwidth MiB/s] [--timeout s] [--allow-postcopy [--no-postcopy-preempt]] [--multifd|--no-multifd] [--verify-memory auto|always|never]
                    [--allow-older-destination] [--no-probe] [--dry-run [--history all|other-vms|none]]
+  ferry vm migrate NAME --dry-run   (no --to: which hosts can take it, and why not the others)
       Policies: minimal-downtime keeps the pause short and rolls back rather than pause long;
       balanced (default) allows a longer pause step by step, then throttles the guest;
       must-finish also uses XBZRLE and throttles hard.
@@ -79,7 +87,8 @@ const USAGE = `Usage:
       has a known page-losing defect (QEMU < 9.0 under TCG); always is a diagnostic.
       --allow-older-destination lets the VM move to a host whose QEMU is older than the source's
       (backward migration: best effort in QEMU; a failed load leaves the VM on the source).
-      --dry-run measures the guest's non-zero memory, its dirty rate and the link, and predicts each
+      --dry-run without --to lists every host, whether it can take the VM and why not (CPU model,
+      memory, maintenance, replicas). With --to, it measures the guest's non-zero memory, its dirty rate and the link, and predicts each
       policy's total time, pause and whether it converges. Nothing moves. It learns the stream's
       throughput and the setup time from this cluster's past migrations (--history all, the default),
       from other VMs' only (other-vms: to judge it on a VM it has not seen), or from none; each input
@@ -94,7 +103,7 @@ export const vmCommand: Command = {
       args,
       allowPositionals: true,
       options: {
-        memory: { type: 'string' }, vcpus: { type: 'string' }, host: { type: 'string' }, memcheck: { type: 'string' }, dirty: { type: 'string' },
+        memory: { type: 'string' }, vcpus: { type: 'string' }, cpu: { type: 'string' }, 'cpu-passthrough': { type: 'boolean' }, host: { type: 'string' }, memcheck: { type: 'string' }, dirty: { type: 'string' },
         disk: { type: 'string', multiple: true }, diskcheck: { type: 'string' }, net: { type: 'string', multiple: true },
         image: { type: 'string' }, 'disk-size': { type: 'string' }, pool: { type: 'string' }, firmware: { type: 'string' }, cdrom: { type: 'string' }, boot: { type: 'string' },
         'ssh-key': { type: 'string', multiple: true }, 'user-data': { type: 'string' }, hostname: { type: 'string' }, dhcp: { type: 'boolean' }, 'no-cloud-init': { type: 'boolean' },
@@ -122,7 +131,12 @@ export const vmCommand: Command = {
       case 'create': {
         const memoryMiB = wholeNumber('memory', values.memory) ?? 256;
         const hosts = (await (await cli.anyAgent()).call<{ hosts: (HostRecord & { freeMemoryMiB: number })[] }>('GET', '/v1/cluster/hosts')).hosts;
-        const host = values.host ?? [...hosts].sort((a, b) => b.freeMemoryMiB - a.freeMemoryMiB)[0]?.name;
+        // The host with the most memory free among those that run the VM's CPU model (the agent says why, if none does).
+        const cpuModel = values.cpu ?? (await (await cli.anyAgent()).call<ClusterCpuView>('GET', '/v1/cluster/cpu')).default.model;
+        const runsIt = hosts.filter((h) => !cpuMisfit({ cpuModel }, h));
+        if (!values.host && !runsIt.length && hosts.some((h) => h.cpu))
+          throw new UsageError(`no host runs CPU model ${cpuModel}: ${hosts.map((h) => cpuMisfit({ cpuModel }, h)).filter(Boolean).join('; ')}; see 'ferry cluster cpu'`);
+        const host = values.host ?? [...(runsIt.length ? runsIt : hosts)].sort((a, b) => b.freeMemoryMiB - a.freeMemoryMiB)[0]?.name;
         if (!host) throw new UsageError('no host is up; see ferry node list');
         if (!hosts.some((h) => h.name === host)) throw new UsageError(`unknown or down host '${host}'; hosts up: ${hosts.map((h) => h.name).join(', ')}`);
         const disks = values.disk?.length ? await parseDisks(cli, values.disk) : [];
@@ -134,6 +148,8 @@ export const vmCommand: Command = {
             name,
             memoryMiB,
             vcpus: wholeNumber('vcpus', values.vcpus) ?? 1,
+            ...(values.cpu ? { cpuModel: values.cpu } : {}),
+            ...(values['cpu-passthrough'] ? { cpuPassthrough: true } : {}),
             ...(values.memcheck ? { memcheckMiB: wholeNumber('memcheck', values.memcheck) } : {}),
             ...(values.dirty ? { dirtyMiBps: wholeNumber('dirty', values.dirty) } : {}),
             ...(disks.length ? { disks } : {}),
@@ -151,7 +167,7 @@ export const vmCommand: Command = {
           values.image || values.cdrom ? 30 * 60_000 : 180_000,
         );
         const booting = vm.spec.boot.kind === 'firmware' ? `booting from ${vm.spec.boot.order} through ${vm.spec.boot.firmware === 'uefi' ? 'UEFI' : 'SeaBIOS'}` : 'it is running';
-        return out(`created ${name} on ${vm.owner} (${vm.spec.memoryMiB} MiB, address ${vm.ip ?? (cloudInit && (cloudInit as { dhcp?: boolean }).dhcp ? 'by DHCP' : 'none')}); ${booting}`, vm);
+        return out(`created ${name} on ${vm.owner} (${vm.spec.memoryMiB} MiB, CPU ${vm.spec.cpuModel}, address ${vm.ip ?? (cloudInit && (cloudInit as { dhcp?: boolean }).dhcp ? 'by DHCP' : 'none')}); ${booting}`, vm);
       }
       case 'show': {
         const vm = await cli.vm(name!);
@@ -365,7 +381,8 @@ async function migrateVm(
   values: { to?: string; 'downtime-limit'?: string; bandwidth?: string; 'no-probe'?: boolean; policy?: string; timeout?: string; 'allow-postcopy'?: boolean; 'verify-memory'?: string; 'dry-run'?: boolean; history?: string; 'allow-older-destination'?: boolean; multifd?: boolean; 'no-multifd'?: boolean; 'no-postcopy-preempt'?: boolean },
   json: boolean,
 ): Promise<number> {
-  if (!values.to) throw new UsageError('ferry vm migrate needs --to HOST');
+  if (!values.to && values['dry-run']) return listCandidates(cli, name, json);
+  if (!values.to) throw new UsageError("ferry vm migrate needs --to HOST ('ferry vm migrate NAME --dry-run' lists the hosts that can take it)");
   if (values['dry-run']) return predictVm(cli, name, values.to, values.history ?? 'all', json);
   if (values.history) throw new UsageError('--history goes with --dry-run');
   const downtimeLimit = wholeNumber('downtime-limit', values['downtime-limit']);
@@ -416,6 +433,19 @@ async function migrateVm(
   return doc.status === 'completed' ? 0 : 1;
 }
 
+/** `ferry vm migrate NAME --dry-run` without --to: every host, whether it can take the VM and why not. */
+async function listCandidates(cli: Cli, name: string, json: boolean): Promise<number> {
+  const result = await (await cli.anyAgent()).call<{ vm: string; from: string; cpuModel: string; hosts: CandidateHost[] }>('GET', `/v1/vms/${encodeURIComponent(name)}/candidates`);
+  if (json) {
+    console.log(JSON.stringify(result, null, 2));
+    return 0;
+  }
+  console.log(`${name} on ${result.from}, CPU model ${result.cpuModel}: where a live migration could take it (dry run, nothing measured or moved; --to HOST predicts one)`);
+  const width = Math.max(4, ...result.hosts.map((h) => h.host.length));
+  for (const h of result.hosts) console.log(`  ${h.host.padEnd(width)}  ${h.ok ? 'yes' : `no: ${h.reasons.join('; ')}`}`);
+  return 0;
+}
+
 async function predictVm(cli: Cli, name: string, to: string, history: string, json: boolean): Promise<number> {
   const vm = await cli.vm(name);
   cli.agent(to);
@@ -438,6 +468,8 @@ async function predictVm(cli: Cli, name: string, to: string, history: string, js
   console.log(`learned from ${result.history.migrations} past migrations (history: ${result.history.choice}${result.history.vms.length ? `; VMs ${result.history.vms.join(', ')}` : ''})`);
   for (const [input, b] of Object.entries(result.basis)) if (b.basis === 'assumed') console.log(`assumed: ${input} = ${m[input as keyof typeof m]} (${b.why})`);
   for (const problem of result.destinationProblems ?? []) console.log(`a real migration would be refused: ${problem}`);
+  const can = result.candidates.filter((c) => c.ok).map((c) => c.host);
+  console.log(`hosts that can take ${name}: ${can.length ? can.join(', ') : 'none'} (ferry vm migrate ${name} --dry-run: why not the others)`);
   console.log(
     table(
       ['policy', 'converges', 'total', 'pause', 'rounds', 'note'],

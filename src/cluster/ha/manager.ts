@@ -18,6 +18,7 @@ import { HaRecords, type HaResource, type HaRule, type HaStatus } from './record
 import { capacity, placeVms, reachableHosts, ruleConstraints, type PlacementRequest } from './placement.ts';
 import type { HaTiming } from './timing.ts';
 import { hostsTakingNoVm } from '../moves/records.ts';
+import { cpuMisfits } from '../cpu.ts';
 
 /** What the manager asks a host's agent to do (agent/ha.ts answers; the host checks it is the manager asking). */
 export interface HaActions {
@@ -249,7 +250,15 @@ export class HaManager {
       const reach = reachableHosts(vm.spec, pools, vm.owner);
       if ('reason' in reach) unplaceable.set(vm.spec.name, reach.reason);
       else if (from === 'live' && reach.hosts) unplaceable.set(vm.spec.name, `its replicated disks move to the other replica only when '${vm.owner}' is gone`);
-      else requests.push({ vm: vm.spec.name, memoryMiB: vm.spec.memoryMiB, reachableFrom: reach.hosts, exclude: new Set([...status.failedOn, ...fenced]), ...ruleConstraints(rules, vm.spec.name) });
+      else
+        requests.push({
+          vm: vm.spec.name,
+          memoryMiB: vm.spec.memoryMiB,
+          reachableFrom: reach.hosts,
+          exclude: new Set([...status.failedOn, ...fenced]),
+          cpuMisfits: cpuMisfits(vm.spec, hosts), // a cold start: any host that runs the model
+          ...ruleConstraints(rules, vm.spec.name),
+        });
     }
     const { room, locations } = capacity(vms, hosts);
     const placements = placeVms(requests, room, locations);
@@ -319,7 +328,16 @@ export class HaManager {
       const others = new Map(locations);
       others.delete(resource.vm);
       const [placement] = placeVms(
-        [{ vm: resource.vm, memoryMiB: vm.spec.memoryMiB, exclude: new Set([vm.owner, ...status.failedOn, ...fenced, ...tried.keys()]), ...ruleConstraints(allRules, resource.vm), preferred: { rule: rule.name, priorities, strict: true } }],
+        [
+          {
+            vm: resource.vm,
+            memoryMiB: vm.spec.memoryMiB,
+            exclude: new Set([vm.owner, ...status.failedOn, ...fenced, ...tried.keys()]),
+            cpuMisfits: cpuMisfits(vm.spec, hosts, hosts.find((h) => h.name === vm.owner)), // a live migration keeps the guest's CPU
+            ...ruleConstraints(allRules, resource.vm),
+            preferred: { rule: rule.name, priorities, strict: true },
+          },
+        ],
         room,
         others,
       );

@@ -2,7 +2,7 @@
  * Where the HA manager starts VMs whose host is gone: a live host that reaches every disk (any host
  * for a shared pool, the other replica's host for a replicated volume, none for a local disk) and has
  * the memory, within the placement rules (records.ts HaRule): among the hosts a rule prefers, the
- * highest priority first. Several VMs of one dead host are spread: each goes to the host with the
+ * highest priority first; never a host that cannot run its CPU model. Several VMs of one dead host are spread: each goes to the host with the
  * most memory left after the VMs placed before it (largest VMs first, so the big ones find room).
  */
 import type { VmSpec } from '../../qemu/spec.ts';
@@ -24,6 +24,8 @@ export interface PlacementRequest {
   reachableFrom?: ReadonlySet<string>;
   /** Hosts not to use (where it failed to start). */
   exclude: ReadonlySet<string>;
+  /** Hosts that cannot run its CPU model, each with why (cluster/cpu.ts). */
+  cpuMisfits?: ReadonlyMap<string, string>;
   /** A node-affinity rule: the hosts it prefers, by priority (higher first); strict: only those. */
   preferred?: { rule: string; priorities: ReadonlyMap<string, number>; strict: boolean };
   /** VM-affinity rules: VMs it must share a host with, and VMs it must not. */
@@ -71,6 +73,12 @@ function choose(request: PlacementRequest, hosts: PlacementHost[], free: Map<str
   if (!candidates.length) {
     const why = request.reachableFrom ? `no live host reaches its disks (they are on ${[...request.reachableFrom].join(', ')})` : 'no live host is left to try';
     return { vm, reason: request.exclude.size ? `${why}; it failed to start on ${[...request.exclude].join(', ')}` : why };
+  }
+  const misfits = request.cpuMisfits;
+  if (misfits?.size) {
+    const fit = candidates.filter((h) => !misfits.has(h));
+    if (!fit.length) return { vm, reason: `no host it could use runs its CPU: ${candidates.map((h) => misfits.get(h)).join('; ')}` };
+    candidates = fit;
   }
   const { preferred, together, apart } = request;
   if (preferred?.strict) {

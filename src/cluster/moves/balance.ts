@@ -1,10 +1,11 @@
 /**
  * `ferry cluster balance`: which VMs to move so that the hosts' memory use evens out. Greedy, as
  * Proxmox's CRS and oVirt's even distribution: while the fullest and the emptiest host differ, move
- * from the fullest the running VM that brings them closest (one that fits, keeps the HA rules and
+ * from the fullest the running VM that brings them closest (one that fits, runs its CPU model there, keeps the HA rules and
  * reaches its disks there), and stop when no move narrows the spread. Pure: the cluster in, the
  * moves out; the same runner as a drain carries them out.
  */
+import { cpuMisfit } from '../cpu.ts';
 import type { HostRecord, OwnedVm } from '../model.ts';
 import type { StoragePoolConfig } from '../../storage/types.ts';
 import type { HaRule } from '../ha/records.ts';
@@ -45,6 +46,7 @@ export function planBalance(input: BalanceInput): MoveItem[] {
   const used = new Map(hosts.map((h) => [h.name, 0]));
   for (const v of input.vms) if (used.has(v.owner)) used.set(v.owner, used.get(v.owner)! + v.spec.memoryMiB);
   const memory = new Map(hosts.map((h) => [h.name, h.memoryMiB]));
+  const record = new Map(hosts.map((h) => [h.name, h]));
   const share = (h: string, delta = 0) => (used.get(h)! + delta) / memory.get(h)!;
   const moved = new Set<string>();
   const items: MoveItem[] = [];
@@ -57,6 +59,7 @@ export function planBalance(input: BalanceInput): MoveItem[] {
         if (vm.owner !== from || where.get(vm.spec.name) !== from || vm.desired !== 'running' || moved.has(vm.spec.name)) continue;
         for (const to of byShare.slice(1)) {
           if (used.get(to)! + vm.spec.memoryMiB > memory.get(to)! || !reaches(vm, to, from, pools) || !keepsRules(vm.spec.name, from, to, rules, where)) continue;
+          if (cpuMisfit(vm.spec, record.get(to)!, record.get(from))) continue;
           const after = [...used.keys()].map((h) => share(h, h === from ? -vm.spec.memoryMiB : h === to ? vm.spec.memoryMiB : 0));
           const newSpread = Math.max(...after) - Math.min(...after);
           if (newSpread < spread - 1e-9 && (!best || newSpread < best.spread)) best = { vm, to, spread: newSpread };

@@ -4,12 +4,13 @@
  *
  * A destination is a live host not drained, not in maintenance, not fenced, that reaches the VM's
  * disks (any host for shared pools and for local disks, which the migration copies; the other
- * replica's host for a replicated volume), has the memory, and keeps the HA rules (a nodes rule's
+ * replica's host for a replicated volume), runs the VM's CPU model, has the memory, and keeps the HA rules (a nodes rule's
  * hosts first, VMs apart never on one host, together where the others are). Several VMs are spread
  * as the HA placement spreads them. The plan is ordered by expected move time, shortest first (so
  * more VMs are off the host sooner): learned from past migrations (predict.ts), else by memory.
  */
 import type { HostRecord, OwnedVm } from '../model.ts';
+import { cpuMisfits } from '../cpu.ts';
 import type { StoragePoolConfig } from '../../storage/types.ts';
 import type { HaRule } from '../ha/records.ts';
 import { capacity, placeVms, ruleConstraints, type PlacementRequest } from '../ha/placement.ts';
@@ -36,6 +37,7 @@ export function planDrain(input: DrainInput): MoveItem[] {
   // Shortest expected move first (a VM without a figure by its memory, after those with one).
   const expected = (v: OwnedVm) => predicted.get(v.spec.name)?.seconds ?? Number.POSITIVE_INFINITY;
   const own = vms.filter((v) => v.owner === host).sort((a, b) => expected(a) - expected(b) || a.spec.memoryMiB - b.spec.memoryMiB || a.spec.name.localeCompare(b.spec.name));
+  const source = input.hosts.find((h) => h.name === host);
   const destinations = input.hosts.filter((h) => h.name !== host && !unavailable.has(h.name) && (!input.to || input.to.includes(h.name)));
   const items: MoveItem[] = [];
   const requests: PlacementRequest[] = [];
@@ -48,7 +50,15 @@ export function planDrain(input: DrainInput): MoveItem[] {
     }
     const reach = destinationsForDisks(vm, pools, host);
     if ('reason' in reach) blocked.set(name, reach.reason);
-    else requests.push({ vm: name, memoryMiB: vm.spec.memoryMiB, ...(reach.hosts ? { reachableFrom: reach.hosts } : {}), exclude: new Set(), ...ruleConstraints(rules, name) });
+    else
+      requests.push({
+        vm: name,
+        memoryMiB: vm.spec.memoryMiB,
+        ...(reach.hosts ? { reachableFrom: reach.hosts } : {}),
+        exclude: new Set(),
+        cpuMisfits: cpuMisfits(vm.spec, destinations, source),
+        ...ruleConstraints(rules, name),
+      });
   }
   const { room, locations } = capacity(vms, destinations);
   const placed = new Map(placeVms(requests, room, locations).map((p) => [p.vm, p]));
@@ -79,7 +89,7 @@ export function replicaWarnings(host: string, vms: OwnedVm[], pools: StoragePool
 }
 
 /** Hosts that reach every disk of `vm` once it leaves `from` (undefined: any); a reason when none can. */
-function destinationsForDisks(vm: OwnedVm, pools: StoragePoolConfig[], from: string): { hosts?: Set<string> } | { reason: string } {
+export function destinationsForDisks(vm: OwnedVm, pools: StoragePoolConfig[], from: string): { hosts?: Set<string> } | { reason: string } {
   let hosts: Set<string> | undefined;
   for (const disk of vm.spec.disks ?? []) {
     const pool = pools.find((p) => p.name === disk.pool);
