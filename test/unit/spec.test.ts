@@ -25,7 +25,7 @@ describe('VM spec', () => {
     ['name', { name: 'Web 1' }, /name 'Web 1' must start with a letter/],
     ['memoryMiB', { memoryMiB: 10 }, /memoryMiB 10 must be a whole number of MiB between 64/],
     ['vcpus', { vcpus: 0 }, /vcpus 0/],
-    ['cpuModel', { cpuModel: 'host' }, /'host' cannot be live-migrated/],
+    ['cpuModel', { cpuModel: 'host' }, /'host' passes this host's own CPU through.*--cpu-passthrough/],
     ['accel', { accel: 'xen' as never }, /accel 'xen' must be kvm, tcg or auto/],
     ['mac', { nics: [{ mac: '01:00:00:00:00:01', model: 'virtio-net-pci', backend: { kind: 'user' } }] }, /multicast/],
     ['mac format', { nics: [{ mac: '52-54-00-00-00-01', model: 'virtio-net-pci', backend: { kind: 'user' } }] }, /not a lowercase MAC/],
@@ -71,7 +71,7 @@ describe('QEMU command line', () => {
     assert.match(argv, /-chardev socket,id=qmp,path=\/run\/x\/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control/);
     assert.match(argv, /-chardev socket,id=serial0,path=\/run\/x\/serial.sock,server=on,wait=off,logfile=\/run\/x\/serial.log,logappend=on/);
     assert.match(argv, /-kernel \/img\/vmlinuz -initrd \/img\/initrd.gz -append console=ttyS0/);
-    assert.match(argv, /-accel tcg -cpu qemu64 -m 256M -smp 1/);
+    assert.match(argv, /-accel tcg -cpu qemu64,enforce -m 256M -smp 1/);
     assert.match(argv, /-netdev tap,id=net0,ifname=ft0,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01/);
     assert.doesNotMatch(argv, /-incoming/);
   });
