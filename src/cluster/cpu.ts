@@ -52,7 +52,8 @@ export interface ClusterCpuModel {
   setAt: string;
 }
 
-export const CLUSTER_CPU_KEY = '/ferry/cluster/cpu-model';
+/** Under the HA prefix with the cluster's other operational records, which every host's etcd role may write already. */
+export const CLUSTER_CPU_KEY = '/ferry/ha/cluster-cpu-model';
 
 export class CpuRestrictionError extends Error {
   override name = 'CpuRestrictionError';

@@ -33,7 +33,6 @@ export const STORE_USER_FILE = 'store-user';
 const SHARED_PREFIXES = [
   KEYS.vms, KEYS.migrations, KEYS.jobs, '/ferry/guest-addresses/', KEYS.pools, KEYS.volumes, '/ferry/volume-locations/',
   '/ferry/replica-outdated/', KEYS.images, KEYS.networks, '/ferry/members/', KEYS.revokedAll, HA_PREFIX,
-  '/ferry/cluster/',
 ];
 
 interface Permission {
