@@ -61,18 +61,23 @@ export async function freeMemoryMiB(ctx: AgentContext, host: string): Promise<nu
 
 /**
  * `host` may take `spec`'s VM: it is not in maintenance, runs the VM's CPU model (for a live
- * migration from `liveFrom`, keeps its CPU as it is), and has the memory.
+ * migration from `liveFrom`, keeps its CPU as it is), and has the memory. `creating`: the VM is
+ * new, so another model is still a choice.
  */
-export async function requireRoom(ctx: AgentContext, host: string, spec: VmSpec, liveFrom?: string): Promise<void> {
+export async function requireRoom(ctx: AgentContext, host: string, spec: VmSpec, options: { liveFrom?: string; creating?: boolean } = {}): Promise<void> {
   const maintenance = await new MoveRecords(ctx.state.store).maintenance(host);
   if (maintenance)
     throw new RefusedError(`host '${host}' is in maintenance since ${maintenance.since} (by ${maintenance.by}): it takes no new VM; choose another host, or end it with 'ferry node maintenance off ${host}'`);
-  const [record, from] = await Promise.all([ctx.state.host(host), liveFrom ? ctx.state.host(liveFrom) : undefined]);
+  const [record, from] = await Promise.all([ctx.state.host(host), options.liveFrom ? ctx.state.host(options.liveFrom) : undefined]);
   const misfit = record && cpuMisfit(spec, record, from);
-  if (misfit)
-    throw new RefusedError(
-      `'${spec.name}' cannot run on ${host}: ${misfit}; ${liveFrom ? `'ferry vm migrate ${spec.name} --dry-run' lists the hosts that can take it` : 'choose another host or model'}, 'ferry cluster cpu' the models each host runs`,
-    );
+  if (misfit) {
+    const hint = options.liveFrom
+      ? `'ferry vm migrate ${spec.name} --dry-run' lists the hosts that can take it`
+      : options.creating
+        ? 'choose another host or --cpu model'
+        : "choose another host (a VM's CPU model stays what it was made with)";
+    throw new RefusedError(`'${spec.name}' cannot run there: ${misfit}; ${hint}; 'ferry cluster cpu' shows the models each host runs`);
+  }
   const free = await freeMemoryMiB(ctx, host);
   if (free < spec.memoryMiB)
     throw new RefusedError(`host '${host}' has ${free} MiB free for guests, '${spec.name}' needs ${spec.memoryMiB} MiB; choose another host or stop a VM there`);

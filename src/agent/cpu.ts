@@ -4,7 +4,8 @@
  * which hosts can take a VM (`ferry vm migrate NAME --dry-run` without --to).
  */
 import path from 'node:path';
-import { advertisedCpu, bestCommonModel, bestModelOf, cpuMisfit, CpuRestrictionError, defaultCpuModel, lacksOf, readClusterCpuModel, writeClusterCpuModel, type HostCpu } from '../cluster/cpu.ts';
+import { advertisedCpu, bestCommonModel, bestModelOf, cpuMisfit, CpuRestrictionError, defaultCpuModel, lacksClusterModelLine, lacksOf, readClusterCpuModel, writeClusterCpuModel, type HostCpu } from '../cluster/cpu.ts';
+import { PASSTHROUGH_MODELS } from '../qemu/cpu-models.ts';
 import type { HostRecord } from '../cluster/model.ts';
 import { destinationsForDisks } from '../cluster/moves/plan.ts';
 import { hostsTakingNoVm } from '../cluster/moves/records.ts';
@@ -35,9 +36,7 @@ export async function describeJoin(ctx: AgentContext, record: HostRecord): Promi
   const head = `CPU: ${cpu.accel.toUpperCase()}, ${cpu.features.length} features${cpu.restriction ? ` (${cpu.restriction}: ${cpu.hidden.length} hidden)` : ''}, best model here ${best?.name ?? 'none'}`;
   if (!recorded) return head;
   const lacks = lacksOf(record, recorded.model) ?? [];
-  return lacks.length
-    ? `${head}; warning: it lacks ${lacks.join(', ')} of the cluster's CPU model ${recorded.model}: VMs of that model are not placed here (ferry cluster cpu)`
-    : `${head}; runs the cluster's CPU model ${recorded.model}`;
+  return lacks.length ? `${head}; warning: ${lacksClusterModelLine(record.name, lacks, recorded.model)}` : `${head}; runs the cluster's CPU model ${recorded.model}`;
 }
 
 export interface CandidateHost {
@@ -113,6 +112,7 @@ export function cpuRoutes(ctx: AgentContext): Route[] {
         if (model === 'best') model = bestCommonModel(hosts)?.name;
         if (typeof model !== 'string' || !/^[A-Za-z][A-Za-z0-9._-]{0,63}$/.test(model))
           throw new RefusedError(body['model'] === 'best' ? 'no model runs on every host (or no host says which it runs); see ferry cluster cpu' : "give a CPU model name ('best' for the best every host runs)");
+        if (PASSTHROUGH_MODELS.includes(model)) throw new RefusedError(`'${model}' is each host's own CPU: a cluster model is one every host gives alike; name a model ('best' for the best every host runs)`);
         const known = hosts.filter((h) => h.cpu);
         if (!known.length) throw new RefusedError('no host says which CPU models it runs (agents from before CPU records); upgrade them first');
         const lacking = known.map((h) => ({ host: h.name, lacks: lacksOf(h, model) ?? [] })).filter((l) => l.lacks.length);

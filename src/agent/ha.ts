@@ -12,7 +12,7 @@ import type { Store } from '../cluster/store/types.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 import type { Caller } from './authz.ts';
 import { ForbiddenError } from './authz.ts';
-import { peer, requireVm, storageCatalog, type AgentContext } from './context.ts';
+import { peer, requireRoom, requireVm, storageCatalog, type AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import { recoverVm } from './recover.ts';
 import { cancelMigration, startMigration } from './source-migration.ts';
@@ -229,6 +229,7 @@ export function haRoutes(ctx: AgentContext): Route[] {
       // Recorded stopped too: a start under way says running before its QEMU exists.
       if (ctx.runtime.get(vm) || record.desired !== 'stopped') throw new RefusedError(`'${vm}' runs (or is starting) on ${ctx.node.name}: it is moved by migration, not handed over`);
       if (!(await ctx.state.host(to))) throw new RefusedError(`host '${to}' has no live lease; '${vm}' stays on ${ctx.node.name}`);
+      await requireRoom(ctx, to, record.spec);
       const storage = await storageCatalog(ctx);
       const unmovable = (record.spec.disks ?? []).find((d) => !storage.get(d.pool).shared);
       if (unmovable) throw new RefusedError(`disk ${unmovable.id} of '${vm}' is in pool '${unmovable.pool}', which ${to} does not share with ${ctx.node.name}`);

@@ -4,6 +4,8 @@
  * ownership compare-and-swap, asks it to resume with the new token — which
  * this agent checks against the store itself.
  */
+import { cpuMisfit } from '../cluster/cpu.ts';
+import type { VmSpec } from '../qemu/spec.ts';
 import { faultPoint } from './faults.ts';
 import { certificateIdentity } from '../cluster/pki.ts';
 import { LocalDestination } from '../migration/local.ts';
@@ -39,7 +41,14 @@ export class IncomingMigrations {
   async check(name: string, needs: DiskNeed[], caller: string): Promise<string[]> {
     const vm = await requireVm(this.ctx, name);
     if (vm.owner !== caller) throw new ForbiddenError(`'${name}' is owned by ${vm.owner}; host '${caller}' may not ask about its disks`);
-    return [...(await checkIncomingStorage(vm.spec, await storageCatalog(this.ctx), needs)), ...(await networkProblems(this.ctx, vm.spec))];
+    const cpu = await this.cpuProblem(vm.spec, caller);
+    return [...(cpu ? [cpu] : []), ...(await checkIncomingStorage(vm.spec, await storageCatalog(this.ctx), needs)), ...(await networkProblems(this.ctx, vm.spec))];
+  }
+
+  /** Whether this host runs the VM's CPU as the source gives it (checked here too: a source's agent may be older). */
+  private async cpuProblem(spec: VmSpec, source: string): Promise<string | undefined> {
+    const [here, there] = await Promise.all([this.ctx.state.host(this.ctx.node.name), this.ctx.state.host(source)]);
+    return here ? cpuMisfit(spec, here, there) : undefined;
   }
 
   /**
@@ -61,6 +70,8 @@ export class IncomingMigrations {
       throw new RefusedError(`no migration ${body.migrationId} of '${name}' from ${caller} to ${ctx.node.name} was begun; the source writes it down before it asks`);
     if (this.byId.has(body.migrationId)) throw new RefusedError(`incoming migration ${body.migrationId} exists already on ${ctx.node.name}`);
     if (ctx.runtime.get(vm.spec.name)) throw new RefusedError(`a copy of '${vm.spec.name}' already runs on ${ctx.node.name}`);
+    const cpu = await this.cpuProblem(vm.spec, caller);
+    if (cpu) throw new RefusedError(`'${name}' cannot come to ${ctx.node.name}: ${cpu}`);
     const free = (await freeMemoryMiB(ctx, ctx.node.name)) - this.incomingMiB();
     if (free < vm.spec.memoryMiB)
       throw new RefusedError(`host '${ctx.node.name}' has ${free} MiB free for guests (incoming migrations counted), '${name}' needs ${vm.spec.memoryMiB} MiB; choose another host or stop a VM there`);

@@ -71,8 +71,10 @@ export async function dryRun(ctx: AgentContext, name: string, to: string, histor
   const needs = await new LocalSource(instance, { storage }).diskNeeds();
   const candidates = await candidateHosts(ctx, name);
   const destinationProblems = [
-    ...(candidates.hosts.find((h) => h.host === to)?.reasons ?? []),
-    ...(await destination.call<{ problems: string[] }>('POST', '/v1/incoming/check', { spec: vm.spec, disks: needs }, 30_000)).problems,
+    ...new Set([
+      ...(candidates.hosts.find((h) => h.host === to)?.reasons ?? []),
+      ...(await destination.call<{ problems: string[] }>('POST', '/v1/incoming/check', { spec: vm.spec, disks: needs }, 30_000)).problems,
+    ]),
   ];
   const copied = (vm.spec.disks ?? []).filter((d) => !storage.get(d.pool).shared).map((d) => d.id);
   const diskCopyBytes = needs.filter((n) => copied.includes(n.id)).reduce((sum, n) => sum + n.allocatedBytes, 0);

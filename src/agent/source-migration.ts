@@ -50,7 +50,7 @@ export async function startMigration(ctx: AgentContext, name: string, request: M
     throw new RefusedError((err as Error).message);
   }
   const destinationAgent = await peer(ctx, request.to);
-  await requireRoom(ctx, request.to, vm.spec, ctx.node.name);
+  await requireRoom(ctx, request.to, vm.spec, { liveFrom: ctx.node.name });
 
   const job = await ctx.state.newJob('migrate', name, ctx.node.name);
   const record: InFlightMigration = { id: randomUUID(), vm: name, source: ctx.node.name, destination: request.to, token: vm.token, jobId: job.id, startedAt: job.createdAt };

@@ -76,7 +76,9 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
   const hosts = await state.hosts();
   const machine = newestCommonMachineType(hosts);
   if (!machine && hosts.some((h) => h.qemu)) throw new RefusedError(`the hosts' QEMUs have no q35 machine type in common (${hosts.map((h) => `${h.name}: QEMU ${h.qemu?.version ?? 'unknown'}`).join(', ')}); upgrade the oldest`);
-  const cpu = body['cpuModel'] !== undefined ? { model: String(body['cpuModel']), why: 'as asked' } : defaultCpuModel(hosts, await readClusterCpuModel(state.store));
+  if (body['cpuModel'] !== undefined && body['cpuModel'] !== null && typeof body['cpuModel'] !== 'string') throw new RefusedError('cpuModel must be a CPU model name (see ferry cluster cpu)');
+  if (body['cpuPassthrough'] !== undefined && typeof body['cpuPassthrough'] !== 'boolean') throw new RefusedError('cpuPassthrough must be true or false');
+  const cpu = typeof body['cpuModel'] === 'string' ? { model: body['cpuModel'], why: 'as asked' } : defaultCpuModel(hosts, await readClusterCpuModel(state.store));
   const mac = body['mac'] === undefined ? macFor(uuid, 0) : String(body['mac']).toLowerCase();
   const moreNics = await namedNetworkNics(ctx, uuid, body['nics']);
 
@@ -132,7 +134,7 @@ export async function createVm(ctx: AgentContext, cluster: ClusterConfig, body: 
     // Any OS may run qemu-ga: the channel costs nothing when nobody answers on it. Its screen is on VNC.
     ...(firmware ? { guestAgent: true, display: 'vga' as const } : {}),
   });
-  await requireRoom(ctx, node.name, spec);
+  await requireRoom(ctx, node.name, spec, { creating: true });
   const unplaceable = await networkProblems(ctx, spec);
   if (unplaceable.length) throw new RefusedError(`'${name}' cannot be created on ${node.name}: ${unplaceable.join('; ')}`);
   // An imported VM keeps its uuid and MAC: two VMs with one MAC on a bridge would take each other's traffic.

@@ -1,5 +1,5 @@
 /** ferry cluster cpu [--all] | set MODEL|best | unset: which host runs which CPU model, and the cluster's model. */
-import type { ClusterCpuModel, HostCpuModel } from '../cluster/cpu.ts';
+import { lacksClusterModelLine, type ClusterCpuModel, type HostCpuModel } from '../cluster/cpu.ts';
 import type { AgentClient } from '../agent/client.ts';
 import { table } from './format.ts';
 
@@ -63,7 +63,7 @@ export function formatClusterCpu(view: ClusterCpuView, all: boolean): string {
   );
   for (const h of view.hosts)
     if (h.lacksClusterModel?.length)
-      lines.push(`warning: ${h.name} lacks ${h.lacksClusterModel.join(', ')} of the cluster's model ${view.clusterModel!.model}: VMs of that model are not placed there`);
+      lines.push(`warning: ${lacksClusterModelLine(h.name, h.lacksClusterModel, view.clusterModel!.model)}`);
   return lines.join('\n');
 }
 
@@ -79,7 +79,7 @@ export async function clusterCpu(agent: AgentClient, verb: string | undefined, m
     if (!result.clusterModel) return `cluster CPU model unset; new VMs get ${result.default!.model}: ${result.default!.why}`;
     return [
       `cluster CPU model: ${result.clusterModel.model}; new VMs get it (VMs made before keep theirs)`,
-      ...(result.flagged ?? []).map((f) => `warning: ${f.host} lacks ${f.lacks.join(', ')}: VMs of this model are not placed there`),
+      ...(result.flagged ?? []).map((f) => `warning: ${lacksClusterModelLine(f.host, f.lacks, result.clusterModel!.model)}`),
     ].join('\n');
   }
   const view = await agent.call<ClusterCpuView>('GET', '/v1/cluster/cpu');

@@ -8,7 +8,7 @@
  * (QEMU's `enforce` refuses the start otherwise). A cold start (HA recovery) may use any host that
  * runs the model. A passthrough VM ("host"/"max") moves only to a host advertising the same features.
  */
-import { isaLevelOf, PASSTHROUGH_MODELS, type CpuCatalog } from '../qemu/cpu-models.ts';
+import { isaLevelOf, LEGACY_LAX_MODELS, PASSTHROUGH_MODELS, PLAIN_MODEL, type CpuCatalog } from '../qemu/cpu-models.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
 import type { HostRecord } from './model.ts';
 import type { Store } from './store/types.ts';
@@ -65,6 +65,10 @@ export function advertisedCpu(catalog: CpuCatalog, restriction: CpuRestriction =
   const hidden = new Set<string>();
   const said: string[] = [];
   const byName = new Map(catalog.models.map((m) => [m.name, m]));
+  if (restriction.maxModel !== undefined && typeof restriction.maxModel !== 'string')
+    throw new CpuRestrictionError('node.json cpu.maxModel must be a model name, as "Westmere-v1"');
+  if (restriction.hideFeatures !== undefined && (!Array.isArray(restriction.hideFeatures) || restriction.hideFeatures.some((f) => typeof f !== 'string')))
+    throw new CpuRestrictionError('node.json cpu.hideFeatures must be a list of feature names, as ["avx2", "fma"]');
   if (restriction.maxModel !== undefined) {
     const named = byName.get(restriction.maxModel);
     const model = named?.aliasOf ? byName.get(named.aliasOf) : named;
@@ -105,7 +109,12 @@ function modelOn(cpu: HostCpu, name: string): HostCpuModel | undefined {
 export function lacksOf(host: HostRecord, model: string): string[] | undefined {
   if (!host.cpu) return undefined;
   const m = modelOn(host.cpu, model);
-  return m ? m.blockers : [`the model itself (QEMU ${host.qemu?.version ?? ''} on ${host.name} has no model '${model}')`];
+  return m ? m.blockers : [`the model itself (its QEMU has no '${model}')`];
+}
+
+/** The warning every view gives of a host that lacks features of the cluster's model. */
+export function lacksClusterModelLine(host: string, lacks: string[], model: string): string {
+  return `${host} lacks ${lacks.join(', ')} of the cluster's CPU model ${model}: VMs of that model are not placed there (ferry cluster cpu)`;
 }
 
 /**
@@ -114,8 +123,12 @@ export function lacksOf(host: HostRecord, model: string): string[] | undefined {
  * migration leaves, for a passthrough VM, whose features must be the same on both.
  */
 export function cpuMisfit(spec: Pick<VmSpec, 'cpuModel'>, to: HostRecord, from?: HostRecord): string | undefined {
+  if (LEGACY_LAX_MODELS.includes(spec.cpuModel)) return undefined; // started without enforce (cpu-models.ts)
   if (PASSTHROUGH_MODELS.includes(spec.cpuModel)) {
-    if (!from?.cpu || !to.cpu || from.name === to.name) return undefined;
+    if (!from || from.name === to.name) return undefined;
+    const unknown = [from, to].filter((h) => !h.cpu).map((h) => h.name);
+    if (unknown.length) return `its CPU is ${from.name}'s own ('${spec.cpuModel}' passed through), and ${unknown.join(' and ')} ${unknown.length > 1 ? 'do' : 'does'} not say which CPU features ${unknown.length > 1 ? 'they have' : 'it has'} (an agent from before CPU records)`;
+    if (!from.cpu || !to.cpu) return undefined;
     const there = new Set(to.cpu.features);
     const here = new Set(from.cpu.features);
     const lacks = from.cpu.features.filter((f) => !there.has(f));
@@ -125,12 +138,12 @@ export function cpuMisfit(spec: Pick<VmSpec, 'cpuModel'>, to: HostRecord, from?:
     return `its CPU is ${from.name}'s own ('${spec.cpuModel}' passed through), and ${to.name} ${diff.join('; ')}`;
   }
   if (!to.cpu) return undefined;
-  if (!modelOn(to.cpu, spec.cpuModel)) return `QEMU ${to.qemu?.version ?? ''} on ${to.name} has no CPU model '${spec.cpuModel}'`;
-  const lacks = lacksOf(to, spec.cpuModel);
-  if (!lacks?.length) return undefined;
-  const hidden = new Set(to.cpu?.hidden ?? []);
-  const byAdmin = lacks.filter((f) => hidden.has(f));
-  return `${to.name} cannot run its CPU model ${spec.cpuModel}: it lacks ${lacks.join(', ')}${byAdmin.length ? ` (hidden by its restriction: ${to.cpu!.restriction})` : ''}`;
+  const model = modelOn(to.cpu, spec.cpuModel);
+  if (!model) return `the QEMU${to.qemu ? ` ${to.qemu.version}` : ''} of ${to.name} has no CPU model '${spec.cpuModel}'`;
+  if (!model.blockers.length) return undefined;
+  const hidden = new Set(to.cpu.hidden);
+  const byAdmin = model.blockers.some((f) => hidden.has(f));
+  return `${to.name} cannot run its CPU model ${spec.cpuModel}: it lacks ${model.blockers.join(', ')}${byAdmin ? ` (hidden by its restriction: ${to.cpu.restriction})` : ''}`;
 }
 
 /** A list of features, the first dozen named. */
@@ -174,7 +187,7 @@ export function defaultCpuModel(hosts: HostRecord[], recorded: ClusterCpuModel |
   if (recorded) return { model: recorded.model, why: `the cluster's CPU model (set by ${recorded.setBy})` };
   const best = bestCommonModel(hosts);
   if (best) return { model: best.name, why: `the best model every host runs (${hosts.filter((h) => h.cpu).length} hosts)` };
-  return { model: 'qemu64', why: 'no host says which models it runs (agents from before CPU records): the plainest model' };
+  return { model: PLAIN_MODEL, why: 'no host says which models it runs (agents from before CPU records): the plainest model' };
 }
 
 export async function readClusterCpuModel(store: Store): Promise<ClusterCpuModel | undefined> {

@@ -33,6 +33,16 @@ export interface CpuCatalog {
 /** Models that pass the host's own CPU through: a VM on them moves only between hosts with the same features. */
 export const PASSTHROUGH_MODELS: readonly string[] = ['host', 'max'];
 
+/**
+ * ferry's default before CPU models were checked. qemu64 has AMD's svm, which KVM on an Intel host
+ * drops: with `enforce` such a VM would no longer start there. Its VMs keep QEMU's lax start and are
+ * not judged by their features; new VMs get a checked model.
+ */
+export const LEGACY_LAX_MODELS: readonly string[] = ['qemu64', 'qemu64-v1'];
+
+/** The plainest checked model: what a VM gets when nothing better is known. */
+export const PLAIN_MODEL = 'x86-64-v1';
+
 /** The plain model the ISA levels are built on (no vendor extras such as svm or lahf-lm). */
 export const ISA_BASE_MODEL = 'kvm64-v1';
 
@@ -124,7 +134,7 @@ export function cpuArgument(spec: Pick<VmSpec, 'cpuModel'>, hiddenFeatures: read
   const level = parseIsaLevel(spec.cpuModel);
   const parts = level ? [ISA_BASE_MODEL, ...ISA_LEVEL_ADDS.slice(1, level).flat().map((f) => `+${f}`)] : [spec.cpuModel];
   if (PASSTHROUGH_MODELS.includes(spec.cpuModel)) parts.push(...hiddenFeatures.map((f) => `-${f}`));
-  return [...parts, 'enforce'].join(',');
+  return [...parts, ...(LEGACY_LAX_MODELS.includes(spec.cpuModel) ? [] : ['enforce'])].join(',');
 }
 
 let hostHiddenFeatures: readonly string[] = [];

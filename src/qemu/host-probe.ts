@@ -80,7 +80,7 @@ export async function probeHost(options: { cacheDir?: string; refresh?: boolean;
   const cacheDir = options.cacheDir ?? defaultCacheDir();
   const version = await qemuVersion();
   const image = guestImage();
-  // The leading 2: the probe's own format (a cached probe of an older ferry lacks fields).
+  // The leading number: the probe's own format (a cached probe of an older ferry lacks fields).
   const key = `4|${version}|${os.release()}|${image.inputsHash}`;
   const cacheFile = path.join(cacheDir, 'host-probe.json');
   if (!options.refresh) {

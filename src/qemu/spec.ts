@@ -4,7 +4,7 @@
  * actually used) belong to the runtime, not the spec, so that the same spec can
  * be started on a migration destination.
  */
-import { PASSTHROUGH_MODELS } from './cpu-models.ts';
+import { PASSTHROUGH_MODELS, PLAIN_MODEL } from './cpu-models.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 import { parseCidr } from '../util/net.ts';
 import { randomUUID } from 'node:crypto';
@@ -158,7 +158,7 @@ export function makeVmSpec(input: VmSpecInput): VmSpec {
     uuid: input.uuid ?? randomUUID(),
     memoryMiB: input.memoryMiB ?? 256,
     vcpus: input.vcpus ?? 1,
-    cpuModel: input.cpuModel ?? 'qemu64',
+    cpuModel: input.cpuModel ?? PLAIN_MODEL,
     ...(input.cpuPassthrough ? { cpuPassthrough: true } : {}),
     machine: input.machine ?? 'q35',
     accel: input.accel ?? 'auto',

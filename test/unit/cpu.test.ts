@@ -80,11 +80,11 @@ describe('the cluster model', () => {
     assert.equal(bestCommonModel([]), undefined);
   });
 
-  it('new VMs get the recorded model, else the best common one, else qemu64 when no host says', () => {
+  it('new VMs get the recorded model, else the best common one, else the plainest level when no host says', () => {
     const hosts = [host('h1'), host('h3', { maxModel: 'Old' })];
     assert.equal(defaultCpuModel(hosts, { model: 'New-v1', setBy: 'admin', setAt: '' }).model, 'New-v1');
     assert.equal(defaultCpuModel(hosts, undefined).model, 'Old-v1');
-    assert.equal(defaultCpuModel([{ ...hosts[0]!, cpu: undefined }], undefined).model, 'qemu64');
+    assert.equal(defaultCpuModel([{ ...hosts[0]!, cpu: undefined }], undefined).model, 'x86-64-v1');
   });
 });
 
@@ -108,6 +108,13 @@ describe('which host can take a VM', () => {
     assert.match(cpuMisfit({ cpuModel: 'max' }, h3, h1) ?? '', /its CPU is h1's own \('max' passed through\), and h3 lacks avx, avx2, bmi1/);
     assert.match(cpuMisfit({ cpuModel: 'max' }, h1, h3) ?? '', /h1 has avx, .* more/);
     assert.equal(cpuMisfit({ cpuModel: 'max' }, h3), undefined);
+    assert.match(cpuMisfit({ cpuModel: 'max' }, { ...h2, cpu: undefined }, h1) ?? '', /h2 does not say which CPU features it has/, 'unknown is not the same');
+  });
+
+  it("qemu64, ferry's default before CPU checks, keeps its lax start and is not judged (KVM on Intel drops its svm)", () => {
+    assert.equal(cpuArgument({ cpuModel: 'qemu64' }), 'qemu64');
+    assert.equal(cpuMisfit({ cpuModel: 'qemu64' }, host('h3', { hideFeatures: ['sse2'] })), undefined);
+    assert.equal(cpuArgument(makeVmSpec({ name: 'plain', boot: { kind: 'kernel', kernel: '/k', initrd: '/i', cmdline: '' } })), 'kvm64-v1,enforce', 'a new spec gets a vendor-neutral, checked model');
   });
 
   it('HA placement, drains and balance leave out hosts that cannot run the model', () => {

@@ -16,6 +16,8 @@ import { checkTimingChain, haTiming, TimingChainError } from '../../src/cluster/
 import { ClusterState, KEYS, type HostRecord } from '../../src/cluster/model.ts';
 import { SqliteStore } from '../../src/cluster/store/sqlite.ts';
 import { makeVmSpec } from '../../src/qemu/spec.ts';
+import { advertisedCpu } from '../../src/cluster/cpu.ts';
+import type { CpuCatalog } from '../../src/qemu/cpu-models.ts';
 import type { StoragePoolConfig } from '../../src/storage/types.ts';
 
 describe('the timing chain', () => {
@@ -111,9 +113,9 @@ describe('the HA manager', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  const host = async (name: string, startedAt = new Date()) => {
+  const host = async (name: string, startedAt = new Date(), more: Partial<HostRecord> = {}) => {
     const lease = await store.grantLease(60);
-    const record: HostRecord = { name, url: `https://${name}`, address: name, memoryMiB: 1024, startedAt: startedAt.toISOString() };
+    const record: HostRecord = { name, url: `https://${name}`, address: name, memoryMiB: 1024, startedAt: startedAt.toISOString(), ...more };
     await store.put(KEYS.host(name), JSON.stringify(record), { lease });
     return lease;
   };
@@ -316,5 +318,23 @@ describe('the HA manager', () => {
     await m2!.tick();
     assert.equal(m2!.active, true);
     assert.equal((await records.manager())?.host, 'h3');
+  });
+
+  it('a dead host\'s VM is started only where its CPU model runs, not on the roomier host that lacks a feature', async () => {
+    const [, m2] = managers;
+    calls.length = 0;
+    const catalog: CpuCatalog = { accel: 'tcg', hostFeatures: ['sse2', 'avx2'], models: [{ name: 'New-v1', migrationSafe: true, unavailableFeatures: [], features: ['sse2', 'avx2'] }] };
+    const h6 = await host('h6', new Date(), { cpu: advertisedCpu(catalog) });
+    await host('h7', new Date(), { memoryMiB: 8192, cpu: advertisedCpu(catalog, { hideFeatures: ['avx2'] }) });
+    await host('h8', new Date(), { memoryMiB: 4096, cpu: advertisedCpu(catalog) });
+    await state.createVm({ spec: makeVmSpec({ name: 'c1', memoryMiB: 256, cpuModel: 'New-v1', boot: { kind: 'kernel', kernel: '/k', initrd: '/i', cmdline: '' } }), owner: 'h6', desired: 'running' });
+    await records.putResource({ vm: 'c1', request: 'started', maxRestart: 1, maxRelocate: 1, addedAt: new Date().toISOString() });
+    await m2!.tick();
+    await records.putGuarded('h6', ['c1']);
+    await store.revokeLease(h6);
+    await m2!.tick();
+    await new Promise((r) => setTimeout(r, 350));
+    await m2!.tick();
+    assert.deepEqual(calls, ['recover c1 on h8'], 'h7 has the most memory free but hides avx2');
   });
 });

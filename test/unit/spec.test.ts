@@ -17,7 +17,7 @@ describe('VM spec', () => {
     const spec = makeVmSpec(input());
     assert.equal(spec.memoryMiB, 256);
     assert.equal(spec.vcpus, 1);
-    assert.equal(spec.cpuModel, 'qemu64');
+    assert.equal(spec.cpuModel, 'x86-64-v1');
     assert.equal(spec.accel, 'auto');
   });
 
@@ -71,7 +71,7 @@ describe('QEMU command line', () => {
     assert.match(argv, /-chardev socket,id=qmp,path=\/run\/x\/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control/);
     assert.match(argv, /-chardev socket,id=serial0,path=\/run\/x\/serial.sock,server=on,wait=off,logfile=\/run\/x\/serial.log,logappend=on/);
     assert.match(argv, /-kernel \/img\/vmlinuz -initrd \/img\/initrd.gz -append console=ttyS0/);
-    assert.match(argv, /-accel tcg -cpu qemu64,enforce -m 256M -smp 1/);
+    assert.match(argv, /-accel tcg -cpu kvm64-v1,enforce -m 256M -smp 1/);
     assert.match(argv, /-netdev tap,id=net0,ifname=ft0,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01/);
     assert.doesNotMatch(argv, /-incoming/);
   });

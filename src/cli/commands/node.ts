@@ -1,4 +1,4 @@
-import { lacksOf, type ClusterCpuModel } from '../../cluster/cpu.ts';
+import { lacksClusterModelLine, lacksOf, type ClusterCpuModel } from '../../cluster/cpu.ts';
 import { parseArgs } from 'node:util';
 import { loadClusterConfig } from '../../agent/config.ts';
 import { storeUserArgv } from '../../cluster/store/etcd-auth.ts';
@@ -115,7 +115,7 @@ export const nodeCommand: Command = {
     );
     for (const h of hosts) {
       const lacks = clusterCpuModel ? (lacksOf(h, clusterCpuModel.model) ?? []) : [];
-      if (lacks.length) console.error(`warning: ${h.name} lacks ${lacks.join(', ')} of the cluster's CPU model ${clusterCpuModel!.model}: VMs of that model are not placed there (ferry cluster cpu)`);
+      if (lacks.length) console.error(`warning: ${lacksClusterModelLine(h.name, lacks, clusterCpuModel!.model)}`);
     }
     for (const h of hosts)
       if (h.certificateExpires && daysUntil(h.certificateExpires) < CERTIFICATE_WARNING_DAYS)

@@ -133,9 +133,10 @@ export const vmCommand: Command = {
         const hosts = (await (await cli.anyAgent()).call<{ hosts: (HostRecord & { freeMemoryMiB: number })[] }>('GET', '/v1/cluster/hosts')).hosts;
         // The host with the most memory free among those that run the VM's CPU model (the agent says why, if none does).
         const cpuModel = values.cpu ?? (await (await cli.anyAgent()).call<ClusterCpuView>('GET', '/v1/cluster/cpu')).default.model;
-        const runsIt = hosts.filter((h) => !cpuMisfit({ cpuModel }, h));
+        const misfits = new Map(hosts.map((h) => [h.name, cpuMisfit({ cpuModel }, h)]));
+        const runsIt = hosts.filter((h) => !misfits.get(h.name));
         if (!values.host && !runsIt.length && hosts.some((h) => h.cpu))
-          throw new UsageError(`no host runs CPU model ${cpuModel}: ${hosts.map((h) => cpuMisfit({ cpuModel }, h)).filter(Boolean).join('; ')}; see 'ferry cluster cpu'`);
+          throw new UsageError(`no host runs CPU model ${cpuModel}: ${[...misfits.values()].filter(Boolean).join('; ')}; see 'ferry cluster cpu'`);
         const host = values.host ?? [...(runsIt.length ? runsIt : hosts)].sort((a, b) => b.freeMemoryMiB - a.freeMemoryMiB)[0]?.name;
         if (!host) throw new UsageError('no host is up; see ferry node list');
         if (!hosts.some((h) => h.name === host)) throw new UsageError(`unknown or down host '${host}'; hosts up: ${hosts.map((h) => h.name).join(', ')}`);
