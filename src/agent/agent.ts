@@ -28,6 +28,8 @@ import { LocalRuntime } from './runtime.ts';
 import { serve } from './server.ts';
 import { localQemuBuild } from '../qemu/host-probe.ts';
 import { advertiseHostCpu, describeJoin } from './cpu.ts';
+import { AgentMetrics } from '../api/metrics.ts';
+import { DEFAULT_API_PORT, serveApi } from '../api/server.ts';
 import type { HostCpu } from '../cluster/cpu.ts';
 import { formatQemuVersion } from '../qemu/version.ts';
 
@@ -78,13 +80,15 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
   };
   const stallWatch = watchEventLoop(log);
   const cpu = await advertiseHostCpu(node); // before any QEMU starts here: they hide what the host hides
+  ctx.metrics = new AgentMetrics(ctx);
   await reconcile(ctx);
   await removeStaleImports(ctx);
   ctx.replication.start();
   const membership = await keepMembership(ctx, store, mine, cpu);
   const servers = await serve(ctx, routes(ctx, new IncomingMigrations(ctx), cluster));
+  const api = node.apiPort === 0 ? undefined : await serveApi(ctx, node.apiPort ?? DEFAULT_API_PORT);
   const ha = startHaManager(ctx, store);
-  log(`agent up at https://${node.address}:${node.port}${node.socket ? ` and ${node.socket}` : ''} (store: ${cluster.store.kind})`);
+  log(`agent up at https://${node.address}:${node.port}${node.socket ? ` and ${node.socket}` : ''} (store: ${cluster.store.kind})${api ? `; REST API at https://${node.address}:${node.apiPort ?? DEFAULT_API_PORT} and ${api.socket}` : ''}`);
   return {
     ctx,
     async stop() {
@@ -94,6 +98,7 @@ export async function runAgent(node: NodeConfig): Promise<RunningAgent> {
       await membership.stop();
       await ctx.replication.stop();
       for (const s of servers) s.close();
+      await api?.close();
       await runtime.shutdownAll();
       await store.close();
     },
@@ -233,6 +238,7 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
       return;
     }
     try {
+      const renewStarted = performance.now();
       try {
         await store.keepAlive(lease);
       } catch (err) {
@@ -242,6 +248,7 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
         fencesLeft = true;
       }
       lastRenewed = performance.now();
+      if (ctx.metrics) Object.assign(ctx.metrics.lease, { renewedAt: lastRenewed, renewMs: lastRenewed - renewStarted });
       fenced = false;
       await guard();
       if (fencesLeft || ++renewals % FENCE_LOOK_EVERY === 0) liftFences();

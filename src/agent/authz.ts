@@ -9,10 +9,13 @@
  *   host   another host's agent: the destination side of a migration it is the source of
  *          (/v1/incoming...), the link probe (/v1/sink); nothing that starts, stops or changes a VM.
  *   store  an etcd member: nothing on an agent.
+ *   user   a REST API user (cluster/users.ts) whose credential a host forwards with its own
+ *          certificate: only the routes marked operator, and only with a role of operator or admin.
  */
 import type { TLSSocket } from 'node:tls';
 import { ApiError } from './errors.ts';
 import { fingerprintOf, type RevocationList } from './revocation.ts';
+import { roleAllows, type ApiUser } from '../cluster/users.ts';
 
 export interface Caller {
   role: 'admin' | 'host';
@@ -20,10 +23,20 @@ export interface Caller {
   name: string;
   /** SHA-256 of the certificate (revocation.ts). */
   fingerprint: string;
+  /** A REST API user a host acts for (its credential sent along and checked here, api/server.ts). */
+  user?: ApiUser;
 }
 
-/** Who may call a route. */
-export type Access = 'admin' | 'host' | 'admin-or-host';
+/**
+ * Who may call a route. operator: the admin's certificate, or a host's that acts for a REST API user
+ * of role operator or admin (the web UI's migrate and cancel, forwarded to the VM's host).
+ */
+export type Access = 'admin' | 'host' | 'admin-or-host' | 'operator';
+
+/** Who made a change, for the job's record: the admin, or the API user and the host that forwarded it. */
+export function callerName(caller: Caller): string {
+  return caller.user ? `${caller.user.name} (${caller.user.role}, through ${caller.name})` : caller.name;
+}
 
 /** The caller is known, and may not do this. */
 export class ForbiddenError extends ApiError {
@@ -53,6 +66,12 @@ export function callerOf(socket: TLSSocket, revocations: RevocationList): Caller
 
 /** Whether `caller` may call a route with this access; a ForbiddenError that says who may, if not. */
 export function authorize(access: Access, caller: Caller, route: string): void {
+  if (access === 'operator') {
+    if (caller.role === 'admin' || (caller.role === 'host' && caller.user && roleAllows(caller.user.role, 'operator'))) return;
+    const who = caller.user ? `user '${caller.user.name}' (${caller.user.role})` : caller.role === 'host' ? `host '${caller.name}' on its own` : 'this caller';
+    throw new ForbiddenError(`${route} is for the admin and for operators; ${who} may not call it`);
+  }
+  if (caller.user) throw new ForbiddenError(`${route} is not open to API users; user '${caller.user.name}' may not call it`);
   if (access === 'admin-or-host' || access === caller.role) return;
   const who = caller.role === 'host' ? `host '${caller.name}'` : 'the admin';
   throw new ForbiddenError(`${route} is for ${access === 'admin' ? 'the admin' : "the cluster's hosts"}; ${who} may not call it`);

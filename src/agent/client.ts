@@ -38,7 +38,13 @@ async function refusalOf(res: IncomingMessage): Promise<ApiError> {
 }
 
 export class AgentClient {
-  constructor(readonly endpoint: AgentEndpoint, private readonly identity: Identity, private readonly timeoutMs = 30_000) {}
+  /** `extraHeaders`: sent with every call (a REST API user's credential a host forwards, api/server.ts). */
+  constructor(
+    readonly endpoint: AgentEndpoint,
+    private readonly identity: Identity,
+    private readonly timeoutMs = 30_000,
+    private readonly extraHeaders: Record<string, string> = {},
+  ) {}
 
   call<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown, timeoutMs = this.timeoutMs): Promise<T> {
     return this.request<T>(method, path, body === undefined ? undefined : JSON.stringify(body), timeoutMs);
@@ -124,9 +130,12 @@ export class AgentClient {
           path,
           ...(url ? { host: url.hostname, port: url.port } : { socketPath: this.endpoint.socket }),
           ...this.tlsOptions(),
-          headers: payload
-            ? { 'content-type': typeof payload === 'string' ? 'application/json' : 'application/octet-stream', 'content-length': isFile(payload) ? payload.bytes : Buffer.byteLength(payload) }
-            : {},
+          headers: {
+            ...this.extraHeaders,
+            ...(payload
+              ? { 'content-type': typeof payload === 'string' ? 'application/json' : 'application/octet-stream', 'content-length': isFile(payload) ? payload.bytes : Buffer.byteLength(payload) }
+              : {}),
+          },
           timeout: timeoutMs,
         },
         (res) => {

@@ -51,6 +51,8 @@ export interface NodeConfig {
   storageAddress?: string;
   /** What this host's CPU advertises less (as for an older host): cluster/cpu.ts CpuRestriction. */
   cpu?: CpuRestriction;
+  /** The REST API's HTTPS port (api/server.ts; default 8006, 0: none). It also listens on state/api.sock. */
+  apiPort?: number;
 }
 
 import { ConfigError, readJson } from '../util/json-file.ts';

@@ -14,6 +14,7 @@ import type { OwnedVm } from '../cluster/model.ts';
 import { StorageCatalog } from '../storage/registry.ts';
 import { cpuMisfit } from '../cluster/cpu.ts';
 import type { VmSpec } from '../qemu/spec.ts';
+import type { AgentMetrics } from '../api/metrics.ts';
 
 export interface AgentContext {
   node: NodeConfig;
@@ -30,6 +31,8 @@ export interface AgentContext {
   log: (line: string) => void;
   /** Pets the watchdog with this host's HA guests now and tells the store which VMs it guards (after a start). */
   guard?: () => Promise<void>;
+  /** Prometheus metrics (api/metrics.ts), served by the REST API. */
+  metrics?: AgentMetrics;
 }
 
 export async function peer(ctx: AgentContext, host: string): Promise<AgentClient> {

@@ -21,6 +21,8 @@ import { HaRecords } from '../cluster/ha/records.ts';
 import { haRoutes } from './ha.ts';
 import { moveRoutes } from './moves.ts';
 import { cpuRoutes } from './cpu.ts';
+import { userRoutes } from './users.ts';
+import { callerName } from './authz.ts';
 import { readClusterCpuModel } from '../cluster/cpu.ts';
 import { MoveRecords } from '../cluster/moves/records.ts';
 import { createVm } from './vm-create.ts';
@@ -84,6 +86,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     ...haRoutes(ctx),
     ...moveRoutes(ctx),
     ...cpuRoutes(ctx),
+    ...userRoutes(ctx),
     ...imageRoutes(ctx),
     ...networkRoutes(ctx),
     {
@@ -215,12 +218,12 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     {
       method: 'POST',
       pattern: '/v1/vms/:name/migrate',
-      who: 'admin',
-      handler: async ({ name }, body) => ({ job: await startMigration(ctx, name!, { ...(body as unknown as MigrateRequest), params: migrationParams(body['params']) }) }),
+      who: 'operator',
+      handler: async ({ name }, body, caller) => ({ job: await startMigration(ctx, name!, { ...(body as unknown as MigrateRequest), params: migrationParams(body['params']) }, callerName(caller)) }),
     },
 
     // A dry run sends 3 × 16 MiB to the destination and scans the guest's RAM: one at a time per host.
-    { method: 'POST', pattern: '/v1/vms/:name/predict', who: 'admin', handler: async ({ name }, body) => oneDryRunAtATime(() => dryRun(ctx, name!, String(body['to'] ?? ''), (body['history'] ?? 'all') as HistoryChoice)) },
+    { method: 'POST', pattern: '/v1/vms/:name/predict', who: 'operator', handler: async ({ name }, body) => oneDryRunAtATime(() => dryRun(ctx, name!, String(body['to'] ?? ''), (body['history'] ?? 'all') as HistoryChoice)) },
     { method: 'GET', pattern: '/v1/jobs', who: 'admin', handler: async () => ({ jobs: await state.jobs() }) },
     {
       method: 'GET',
@@ -232,7 +235,16 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         return { job };
       },
     },
-    { method: 'POST', pattern: '/v1/jobs/:id/cancel', who: 'admin', handler: async ({ id }) => ({ cancelled: cancelMigration(id!) }) },
+    {
+      method: 'POST',
+      pattern: '/v1/jobs/:id/cancel',
+      who: 'operator',
+      handler: async ({ id }, _body, caller) => {
+        const cancelled = cancelMigration(id!);
+        if (cancelled) ctx.log(`job ${id} cancelled by ${callerName(caller)}`);
+        return { cancelled };
+      },
+    },
 
     { method: 'POST', pattern: '/v1/incoming', who: 'host', handler: async (_, body, caller) => incoming.prepare(body as unknown as IncomingRequest, caller.name) },
     // '/v1/incoming/check-storage': its name before it checked networks too, for agents of an older ferry during an upgrade.

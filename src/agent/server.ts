@@ -17,6 +17,7 @@ import { FirmwareMissingError } from '../qemu/firmware.ts';
 import { ApiError, NotFoundError } from './errors.ts';
 import type { AgentContext } from './context.ts';
 import { authorize, callerOf, type Access, type Caller } from './authz.ts';
+import { UserError, UserRecords, type ApiUser } from '../cluster/users.ts';
 
 export type Handler = (params: Record<string, string>, body: Record<string, unknown>, caller: Caller) => Promise<unknown>;
 
@@ -90,7 +91,7 @@ function decodeParam(segment: string): string {
 
 function statusOf(err: unknown): number {
   if (err instanceof ApiError) return err.status;
-  if (err instanceof MigrationRefusedError || err instanceof InvalidVmSpecError || err instanceof StorageError || err instanceof FirmwareMissingError) return 422;
+  if (err instanceof MigrationRefusedError || err instanceof InvalidVmSpecError || err instanceof StorageError || err instanceof FirmwareMissingError || err instanceof UserError) return 422;
   return 500;
 }
 
@@ -99,6 +100,16 @@ const MAX_CONNECTIONS = 256;
 
 /** A request that takes longer than this is written to the log. */
 const SLOW_REQUEST_MS = 5_000;
+
+/** A REST API user's credential that a host forwards (api/server.ts), checked against the store here. */
+export const FORWARDED_USER_HEADER = 'x-ferry-user-credential';
+
+async function forwardedUser(ctx: AgentContext, credential: string): Promise<ApiUser> {
+  const users = new UserRecords(ctx.state.store);
+  const user = credential.startsWith('ferry_') ? await users.byToken(credential) : await users.bySession(credential);
+  if (!user) throw new ApiError(401, 'the forwarded user credential is not valid (expired, revoked, or its user removed); log in again');
+  return user;
+}
 
 export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.Server[]> {
   const table = compile(routes);
@@ -124,6 +135,8 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
       for (const r of table) {
         const m = r.method === req.method ? r.regex.exec(url.pathname) : null;
         if (!m) continue;
+        const forwarded = req.headers[FORWARDED_USER_HEADER];
+        if (typeof forwarded === 'string' && caller.role === 'host') caller.user = await forwardedUser(ctx, forwarded);
         authorize(r.who, caller, `${r.method} ${r.pattern}`);
         const params = Object.fromEntries(r.names.map((n, i) => [n, decodeParam(m[i + 1]!)]));
         const t0 = performance.now();

@@ -28,7 +28,7 @@ export interface MigrateRequest {
 const running = new Map<string, AbortController>();
 
 /** Checks everything a user can get wrong, then starts the job. Throws (changing nothing) when refused. */
-export async function startMigration(ctx: AgentContext, name: string, request: MigrateRequest): Promise<Job> {
+export async function startMigration(ctx: AgentContext, name: string, request: MigrateRequest, by?: string): Promise<Job> {
   const vm = await checkToken(ctx, name, request.token);
   if (vm.owner !== ctx.node.name) throw new RefusedError(`'${name}' runs on ${vm.owner}, not on ${ctx.node.name}; send the request to its owner`);
   if (request.to === ctx.node.name) throw new RefusedError(`'${name}' already runs on ${request.to}; choose another host`);
@@ -52,7 +52,7 @@ export async function startMigration(ctx: AgentContext, name: string, request: M
   const destinationAgent = await peer(ctx, request.to);
   await requireRoom(ctx, request.to, vm.spec, { liveFrom: ctx.node.name });
 
-  const job = await ctx.state.newJob('migrate', name, ctx.node.name);
+  const job = await ctx.state.newJob('migrate', name, ctx.node.name, by);
   const record: InFlightMigration = { id: randomUUID(), vm: name, source: ctx.node.name, destination: request.to, token: vm.token, jobId: job.id, startedAt: job.createdAt };
   if (!(await ctx.state.beginMigration(record))) {
     job.state = 'failed';
@@ -124,6 +124,7 @@ async function runMigration(
   } finally {
     await ctx.state.endMigration(name).catch(() => undefined);
     await ctx.state.saveJob(job);
+    ctx.metrics?.migrationEnded(job);
   }
 }
 

@@ -205,6 +205,8 @@ export interface Job {
   log: string[];
   result?: MigrationRecord | Record<string, unknown>;
   error?: string;
+  /** Who asked for it, where a person did (the admin, or a REST API user and the host that forwarded it). */
+  by?: string;
 }
 
 /** A stored VM record, in today's shape: a CD-ROM recorded before drives could be empty held its ISO directly. */
@@ -453,9 +455,9 @@ export class ClusterState {
     await this.store.delete(KEYS.migration(vm));
   }
 
-  async newJob(kind: JobKind, vm: string, host: string): Promise<Job> {
+  async newJob(kind: JobKind, vm: string, host: string, by?: string): Promise<Job> {
     const now = new Date().toISOString();
-    const job: Job = { id: `${now.slice(0, 19).replace(/[-:T]/g, '')}-${randomUUID().slice(0, 8)}`, kind, vm, host, state: 'running', createdAt: now, updatedAt: now, log: [] };
+    const job: Job = { id: `${now.slice(0, 19).replace(/[-:T]/g, '')}-${randomUUID().slice(0, 8)}`, kind, vm, host, state: 'running', createdAt: now, updatedAt: now, log: [], ...(by ? { by } : {}) };
     await this.saveJob(job);
     return job;
   }

@@ -17,6 +17,17 @@ describe('authorize', () => {
     assert.throws(() => authorize('host', admin, 'POST /v1/incoming'), /is for the cluster's hosts; the admin may not call it/);
   });
 
+  it('a host acting for a REST API user: operator routes for operators and admins only, no other route at all', () => {
+    const as = (role: 'viewer' | 'operator' | 'admin') => ({ ...h3, user: { name: 'u1', role, via: 'token' as const } });
+    assert.doesNotThrow(() => authorize('operator', admin, 'POST /v1/vms/:name/migrate'));
+    assert.doesNotThrow(() => authorize('operator', as('operator'), 'POST /v1/vms/:name/migrate'));
+    assert.doesNotThrow(() => authorize('operator', as('admin'), 'POST /v1/vms/:name/migrate'));
+    assert.throws(() => authorize('operator', as('viewer'), 'POST /v1/vms/:name/migrate'), /for the admin and for operators; user 'u1' \(viewer\) may not call it/);
+    assert.throws(() => authorize('operator', h3, 'POST /v1/vms/:name/migrate'), /host 'h3' on its own may not call it/);
+    assert.throws(() => authorize('admin', as('admin'), 'POST /v1/vms'), /not open to API users/);
+    assert.throws(() => authorize('host', as('admin'), 'POST /v1/incoming'), /not open to API users/, 'a forwarded user never borrows the host\'s own rights');
+  });
+
   it("a migration's host-to-host routes answer its source only", () => {
     assert.doesNotThrow(() => requireSourceHost({ role: 'host', name: 'h1', fingerprint: 'cc' }, 'h1', 'incoming migration m'));
     assert.throws(() => requireSourceHost(h3, 'h1', 'incoming migration m'), /belongs to a migration from 'h1'; host 'h3' may not act on it/);

@@ -10,6 +10,7 @@
  * (which would let a recover boot a VM that still runs) or publish a replica endpoint in another
  * host's name (which would receive that host's disk writes).
  */
+import { USER_PREFIX } from '../users.ts';
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -33,6 +34,7 @@ export const STORE_USER_FILE = 'store-user';
 const SHARED_PREFIXES = [
   KEYS.vms, KEYS.migrations, KEYS.jobs, '/ferry/guest-addresses/', KEYS.pools, KEYS.volumes, '/ferry/volume-locations/',
   '/ferry/replica-outdated/', KEYS.images, KEYS.networks, '/ferry/members/', KEYS.revokedAll, HA_PREFIX,
+  USER_PREFIX,
 ];
 
 interface Permission {

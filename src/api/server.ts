@@ -1,0 +1,371 @@
+/**
+ * The REST API for people and scripts, served by every agent (as each Proxmox node serves its API):
+ * on its own HTTPS port with the host's certificate from the cluster CA, and on a unix socket that
+ * only the agent's user reaches (`ferry ui` forwards localhost to it). fastify validates every
+ * body, parameter and query against the route's JSON schema; @fastify/swagger serves the OpenAPI
+ * document made from the same schemas.
+ *
+ * Authentication: an API token (`Authorization: Bearer ferry_…`, `ferry token create`) or a login
+ * session (a Secure, HttpOnly, SameSite=Strict cookie; a change made with it must echo the session's
+ * CSRF token in `x-csrf-token`). Nothing but the login answers without one. Each route names the
+ * least role it needs (cluster/users.ts): viewer reads, operator acts, admin manages users.
+ *
+ * What only a VM's own host can do (migrate it, cancel its migration) is forwarded to that host's
+ * agent over mutual TLS with this host's certificate and the user's credential, which that agent
+ * checks itself (agent/authz.ts, access "operator"); the job records who asked.
+ */
+import { readFile } from 'node:fs/promises';
+import http from 'node:http';
+import https from 'node:https';
+import { chmod, rm } from 'node:fs/promises';
+import path from 'node:path';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import cookie from '@fastify/cookie';
+import swagger from '@fastify/swagger';
+import { AgentClient } from '../agent/client.ts';
+import type { AgentContext } from '../agent/context.ts';
+import { ApiError } from '../agent/errors.ts';
+import { FORWARDED_USER_HEADER } from '../agent/server.ts';
+import { HaRecords } from '../cluster/ha/records.ts';
+import { hostsTakingNoVm } from '../cluster/moves/records.ts';
+import { bestModelOf } from '../cluster/cpu.ts';
+import { ROLES, roleAllows, UserError, UserRecords, SESSION_MS, type ApiUser, type Role } from '../cluster/users.ts';
+import { NAME_PATTERN } from '../util/names.ts';
+import { candidateHosts } from '../agent/cpu.ts';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    user?: ApiUser;
+    credential?: string;
+  }
+  interface FastifyContextConfig {
+    /** The least role the route needs; absent: no login needed (the login itself). */
+    role?: Role;
+  }
+}
+
+export const SESSION_COOKIE = 'ferry_session';
+/** Proxmox VE's port for its API and web UI. */
+export const DEFAULT_API_PORT = 8006;
+const NAME = { type: 'string', pattern: NAME_PATTERN.source, maxLength: 63 } as const;
+const nameParams = (key: string) => ({ type: 'object', required: [key], properties: { [key]: NAME }, additionalProperties: false }) as const;
+const POLICIES = ['balanced', 'minimal-downtime', 'must-finish'] as const;
+
+export interface ApiServer {
+  app: FastifyInstance;
+  /** The unix socket the API also listens on. */
+  socket: string;
+  close(): Promise<void>;
+}
+
+/** Beside the agent's own socket where it has one (what a CLI on the machine knows), else in its state directory. */
+export function apiSocketPath(node: { socket?: string; stateDir: string }): string {
+  return path.join(node.socket ? path.dirname(node.socket) : node.stateDir, 'api.sock');
+}
+
+/** Builds the app (routes, schemas, auth); `listen` then serves it on HTTPS and the unix socket. */
+export async function buildApi(
+  ctx: AgentContext,
+  tls?: { key: string; cert: string },
+): Promise<{ app: FastifyInstance; servers: Array<http.Server | https.Server>; routes: Array<{ method: string; url: string; hidden: boolean }> }> {
+  const servers: Array<http.Server | https.Server> = [];
+  const routes: Array<{ method: string; url: string; hidden: boolean }> = [];
+  const app = Fastify({
+    logger: false,
+    bodyLimit: 64 * 1024,
+    ajv: { customOptions: { allErrors: false, coerceTypes: false, removeAdditional: false } },
+    serverFactory: (handler) => {
+      const local = http.createServer(handler);
+      servers.push(local);
+      if (tls) {
+        const secure = https.createServer({ key: tls.key, cert: tls.cert }, handler);
+        servers.push(secure);
+        return secure;
+      }
+      return local;
+    },
+  });
+  app.addHook('onRoute', (route) => {
+    for (const method of [route.method].flat()) if (method !== 'HEAD') routes.push({ method, url: route.url, hidden: Boolean((route.schema as { hide?: boolean } | undefined)?.hide) });
+  });
+  const users = new UserRecords(ctx.state.store);
+  const state = ctx.state;
+
+  await app.register(cookie);
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'ferry REST API', version: '1', description: 'Hosts, VMs, storage, jobs, HA and live migration of a ferry cluster.' },
+      components: {
+        securitySchemes: {
+          token: { type: 'http', scheme: 'bearer', description: "An API token: 'ferry token create --user NAME'" },
+          session: { type: 'apiKey', in: 'cookie', name: SESSION_COOKIE, description: 'A login session (POST /api/v1/session); changes also send x-csrf-token' },
+        },
+      },
+      security: [{ token: [] }, { session: [] }],
+    },
+  });
+
+  app.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number }, request, reply) => {
+    if (err.validation) return reply.status(400).send({ error: `bad request: ${err.message}`, kind: 'ValidationError' });
+    const status = err instanceof ApiError ? err.status : err instanceof UserError ? 400 : (err.statusCode ?? 500);
+    if (status >= 500) ctx.log(`REST API error in ${request.method} ${request.url}: ${err.stack}`);
+    return reply.status(status).send({ error: err.message, kind: err.name });
+  });
+  app.setNotFoundHandler((request, reply) => reply.status(404).send({ error: `no route ${request.method} ${request.url.split('?')[0]}`, kind: 'NotFoundError' }));
+
+  // Who calls, before any route runs: a token or a session; a change by cookie must echo its CSRF token.
+  app.addHook('onRequest', async (request) => {
+    const role = request.routeOptions.config.role;
+    if (!role) return;
+    const auth = request.headers.authorization;
+    if (auth) {
+      const token = /^Bearer (\S+)$/.exec(auth)?.[1];
+      request.user = token ? await users.byToken(token) : undefined;
+      if (!request.user) throw new ApiError(401, 'the API token is not valid (revoked, or its user removed); create one with ferry token create');
+      request.credential = token;
+    } else {
+      const session = request.cookies[SESSION_COOKIE];
+      request.user = session ? await users.bySession(session) : undefined;
+      if (!request.user) throw new ApiError(401, 'log in first (POST /api/v1/session), or send an API token (Authorization: Bearer ...)');
+      if (request.method !== 'GET' && request.headers['x-csrf-token'] !== request.user.csrfToken)
+        throw new ApiError(403, 'a change made with a session cookie must send its CSRF token in x-csrf-token (GET /api/v1/session gives it)');
+      request.credential = session;
+    }
+    if (!roleAllows(request.user.role, role)) throw new ApiError(403, `this needs the role ${role}; user '${request.user.name}' is ${request.user.role}`);
+  });
+
+  /** The VM's host's agent, asked with this host's certificate on behalf of the request's user. */
+  const ownerAgent = async (request: FastifyRequest, host: string) => {
+    const record = await state.host(host);
+    if (!record) throw new ApiError(409, `host '${host}' is down (no live lease): what only it can do must wait until it is back`);
+    return new AgentClient({ url: record.url, name: record.name }, ctx.identity, 30_000, { [FORWARDED_USER_HEADER]: request.credential! });
+  };
+  const requireVm = async (name: string) => {
+    const vm = await state.vm(name);
+    if (!vm) throw new ApiError(404, `no VM named '${name}'`);
+    return vm;
+  };
+  const viewer = { config: { role: 'viewer' as const } };
+  const operator = { config: { role: 'operator' as const } };
+  const admin = { config: { role: 'admin' as const } };
+
+  app.post(
+    '/api/v1/session',
+    {
+      schema: {
+        summary: 'Log in: a session cookie (2 hours) and its CSRF token',
+        security: [],
+        body: { type: 'object', required: ['user', 'password'], properties: { user: NAME, password: { type: 'string', minLength: 1, maxLength: 1024 } }, additionalProperties: false },
+      },
+    },
+    async (request, reply) => {
+      const { user, password } = request.body as { user: string; password: string };
+      const login = await users.login(user, password);
+      if (!login) throw new ApiError(401, 'wrong user name or password');
+      reply.setCookie(SESSION_COOKIE, login.sessionId, { httpOnly: true, secure: true, sameSite: 'strict', path: '/', maxAge: SESSION_MS / 1000 });
+      ctx.log(`REST API: ${user} (${login.user.role}) logged in`);
+      return { user: login.user.name, role: login.user.role, csrfToken: login.session.csrfToken, expiresAt: login.session.expiresAt };
+    },
+  );
+  app.get('/api/v1/session', { ...viewer, schema: { summary: 'Who the caller is (and the CSRF token of its session)' } }, async (request) => ({
+    user: request.user!.name,
+    role: request.user!.role,
+    via: request.user!.via,
+    ...(request.user!.csrfToken ? { csrfToken: request.user!.csrfToken } : {}),
+  }));
+  app.delete('/api/v1/session', { ...viewer, schema: { summary: 'Log out' } }, async (request, reply) => {
+    if (request.user!.via === 'session') await users.logout(request.credential!);
+    reply.clearCookie(SESSION_COOKIE, { path: '/' });
+    return { loggedOut: true };
+  });
+
+  app.get('/api/v1/hosts', { ...viewer, schema: { summary: 'Hosts: state, memory, QEMU, CPU, maintenance' } }, async () => {
+    const [hosts, members, vms, noVm] = await Promise.all([state.hosts(), state.members(), state.vms(), hostsTakingNoVm(state.store)]);
+    const used = new Map<string, number>();
+    for (const v of vms) used.set(v.owner, (used.get(v.owner) ?? 0) + v.spec.memoryMiB);
+    const up = new Set(hosts.map((h) => h.name));
+    return {
+      hosts: [
+        ...hosts.map((h) => ({
+          name: h.name,
+          state: 'up',
+          address: h.address,
+          memoryMiB: h.memoryMiB,
+          freeMemoryMiB: h.memoryMiB - (used.get(h.name) ?? 0),
+          vms: vms.filter((v) => v.owner === h.name).length,
+          startedAt: h.startedAt,
+          qemu: h.qemu?.version ?? null,
+          cpu: h.cpu ? { accel: h.cpu.accel, features: h.cpu.features.length, restriction: h.cpu.restriction ?? null, best: bestModelOf(h)?.name ?? null } : null,
+          takesNoVm: noVm.get(h.name) ?? null,
+        })),
+        ...members.filter((m) => !up.has(m.name)).map((m) => ({ name: m.name, state: 'down', address: m.address ?? null, vms: vms.filter((v) => v.owner === m.name).length })),
+      ],
+    };
+  });
+  app.get('/api/v1/vms', { ...viewer, schema: { summary: 'VMs: host, state, HA state' } }, async () => {
+    const [vms, statuses, migrations] = await Promise.all([state.vms(), new HaRecords(state.store).statuses(), state.migrations()]);
+    const ha = new Map(statuses.map((s) => [s.vm, s]));
+    const moving = new Map(migrations.map((m) => [m.vm, m]));
+    return {
+      vms: vms.map((v) => ({
+        name: v.spec.name,
+        host: v.owner,
+        desired: v.desired,
+        memoryMiB: v.spec.memoryMiB,
+        vcpus: v.spec.vcpus,
+        cpuModel: v.spec.cpuModel,
+        ip: v.ip ?? null,
+        ha: ha.get(v.spec.name) ? { actual: ha.get(v.spec.name)!.actual, reason: ha.get(v.spec.name)!.reason ?? null } : null,
+        migrating: moving.get(v.spec.name) ? { to: moving.get(v.spec.name)!.destination, job: moving.get(v.spec.name)!.jobId } : null,
+      })),
+    };
+  });
+  app.get('/api/v1/vms/:name', { ...viewer, schema: { summary: 'One VM: its record, its migration in flight, its jobs', params: nameParams('name') } }, async (request) => {
+    const { name } = request.params as { name: string };
+    const vm = await requireVm(name);
+    const jobs = (await state.jobs()).filter((j) => j.vm === name).slice(-20);
+    return { vm, migration: (await state.migration(name)) ?? null, jobs };
+  });
+  app.get('/api/v1/vms/:name/candidates', { ...viewer, schema: { summary: 'Every host as a live-migration destination: can it take the VM, and why not', params: nameParams('name') } }, async (request) => {
+    const { name } = request.params as { name: string };
+    await requireVm(name);
+    return candidateHosts(ctx, name);
+  });
+  app.post(
+    '/api/v1/vms/:name/migrate',
+    {
+      ...operator,
+      schema: {
+        summary: 'Live-migrate a VM (dryRun: predict each policy, nothing moves); answers with the job to follow',
+        params: nameParams('name'),
+        body: {
+          type: 'object',
+          required: ['to'],
+          properties: { to: NAME, policy: { type: 'string', enum: POLICIES }, dryRun: { type: 'boolean' } },
+          additionalProperties: false,
+        },
+      },
+    },
+    async (request) => {
+      const { name } = request.params as { name: string };
+      const { to, policy, dryRun } = request.body as { to: string; policy?: string; dryRun?: boolean };
+      const vm = await requireVm(name);
+      const agent = await ownerAgent(request, vm.owner);
+      if (dryRun) return { dryRun: await agent.call('POST', `/v1/vms/${name}/predict`, { to }, 120_000) };
+      ctx.log(`REST API: ${request.user!.name} migrates ${name} from ${vm.owner} to ${to}`);
+      return agent.call('POST', `/v1/vms/${name}/migrate`, { to, token: vm.token, params: policy ? { policy } : {} });
+    },
+  );
+
+  app.get('/api/v1/jobs', { ...viewer, schema: { summary: 'Jobs, newest last' } }, async () => ({ jobs: await state.jobs() }));
+  const jobParams = { type: 'object', required: ['id'], properties: { id: { type: 'string', pattern: '^[0-9]{14}-[0-9a-f]{8}$' } }, additionalProperties: false } as const;
+  app.get('/api/v1/jobs/:id', { ...viewer, schema: { summary: 'One job: its progress and log', params: jobParams } }, async (request) => {
+    const job = await state.job((request.params as { id: string }).id);
+    if (!job) throw new ApiError(404, `no job ${(request.params as { id: string }).id}`);
+    return { job };
+  });
+  app.post('/api/v1/jobs/:id/cancel', { ...operator, schema: { summary: 'Cancel a migration under way: it rolls back, the VM stays on its source', params: jobParams } }, async (request) => {
+    const job = await state.job((request.params as { id: string }).id);
+    if (!job) throw new ApiError(404, `no job ${(request.params as { id: string }).id}`);
+    if (job.kind !== 'migrate' || job.state !== 'running') throw new ApiError(409, `job ${job.id} is a ${job.kind} job, ${job.state}: only a running migration is cancelled here`);
+    return (await ownerAgent(request, job.host)).call('POST', `/v1/jobs/${job.id}/cancel`, {});
+  });
+
+  app.get('/api/v1/storage', { ...viewer, schema: { summary: 'Storage pools and volumes' } }, async () => ({ pools: await state.pools(), volumes: await state.volumes() }));
+  app.get('/api/v1/ha', { ...viewer, schema: { summary: 'HA: resources, their states, rules, the manager, cluster maintenance' } }, async () => {
+    const ha = new HaRecords(state.store);
+    const [resources, statuses, rules, manager, maintenance] = await Promise.all([ha.resources(), ha.statuses(), ha.rules(), ha.manager(), ha.maintenance()]);
+    return { resources, statuses, rules, manager: manager ?? null, maintenance: maintenance ?? null };
+  });
+
+  // Live events: a job's progress and state, a VM's host and state, as they change (Server-Sent Events).
+  app.get('/api/v1/events', { ...viewer, schema: { summary: 'Server-Sent Events: job (progress, state) and vm (host, desired) as they change' } }, async (request, reply) => {
+    reply.hijack();
+    reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
+    const seen = new Map<string, string>();
+    let first = true;
+    const send = async () => {
+      const [jobs, vms] = await Promise.all([state.jobs(), state.vms()]);
+      for (const job of jobs) {
+        const key = `job:${job.id}`;
+        const view = JSON.stringify({ id: job.id, kind: job.kind, vm: job.vm, host: job.host, state: job.state, progress: job.progress ?? null, updatedAt: job.updatedAt });
+        if (seen.get(key) !== view && !(first && job.state !== 'running')) reply.raw.write(`event: job\ndata: ${view}\n\n`);
+        seen.set(key, view);
+      }
+      for (const vm of vms) {
+        const key = `vm:${vm.spec.name}`;
+        const view = JSON.stringify({ name: vm.spec.name, host: vm.owner, desired: vm.desired });
+        if (seen.get(key) !== view && !first) reply.raw.write(`event: vm\ndata: ${view}\n\n`);
+        seen.set(key, view);
+      }
+      if (first) reply.raw.write(`event: ready\ndata: {}\n\n`);
+      first = false;
+    };
+    let busy = false;
+    const timer = setInterval(() => {
+      if (busy) return;
+      busy = true;
+      send()
+        .catch(() => undefined)
+        .finally(() => (busy = false));
+    }, 500);
+    request.raw.on('close', () => clearInterval(timer));
+    await send().catch(() => undefined);
+  });
+
+  app.get('/api/v1/users', { ...admin, schema: { summary: 'Users and their roles' } }, async () => ({
+    users: (await users.list()).map(({ passwordHash: _hash, ...u }) => u),
+  }));
+  app.post(
+    '/api/v1/users',
+    {
+      ...admin,
+      schema: {
+        summary: 'Add a user',
+        body: { type: 'object', required: ['name', 'role', 'password'], properties: { name: NAME, role: { type: 'string', enum: ROLES }, password: { type: 'string', minLength: 12, maxLength: 1024 } }, additionalProperties: false },
+      },
+    },
+    async (request) => {
+      const { name, role, password } = request.body as { name: string; role: Role; password: string };
+      const { passwordHash: _hash, ...user } = await users.add(name, role, password, request.user!.name);
+      return { user };
+    },
+  );
+  app.delete('/api/v1/users/:name', { ...admin, schema: { summary: 'Remove a user, with their tokens and sessions', params: nameParams('name') } }, async (request) => {
+    const { name } = request.params as { name: string };
+    if (!(await users.remove(name))) throw new ApiError(404, `no user '${name}'`);
+    return { removed: name };
+  });
+
+  app.get('/api/v1/openapi.json', { ...viewer, schema: { hide: true } }, async () => app.swagger());
+  app.get('/metrics', { ...viewer, schema: { summary: 'Prometheus metrics of this agent' } }, async (_request, reply) => {
+    if (!ctx.metrics) throw new ApiError(503, 'metrics are not kept by this agent');
+    reply.header('content-type', ctx.metrics.registry.contentType);
+    return ctx.metrics.registry.metrics();
+  });
+  return { app, servers, routes };
+}
+
+/** Serves the API on `port` (HTTPS, this host's certificate) and on the unix socket. */
+export async function serveApi(ctx: AgentContext, port: number): Promise<ApiServer> {
+  const [key, cert] = await Promise.all([readFile(path.join(ctx.node.certDir, 'key.pem'), 'utf8'), readFile(path.join(ctx.node.certDir, 'cert.pem'), 'utf8')]);
+  const { app, servers } = await buildApi(ctx, { key, cert });
+  await app.ready();
+  const socket = apiSocketPath(ctx.node);
+  await rm(socket, { force: true });
+  const [local, secure] = servers as [http.Server, https.Server];
+  await new Promise<void>((resolve, reject) => secure.once('error', reject).listen(port, ctx.node.address, () => resolve()));
+  await new Promise<void>((resolve, reject) => local.once('error', reject).listen(socket, () => resolve()));
+  await chmod(socket, 0o600);
+  return {
+    app,
+    socket,
+    async close() {
+      for (const s of servers) s.close();
+      await app.close();
+    },
+  };
+}
+
+export type { FastifyReply };
