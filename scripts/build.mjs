@@ -23,8 +23,8 @@ await build({
   platform: 'node',
   target: 'node20',
   sourcemap: true,
-  // Native and optional modules stay in node_modules.
-  external: ['better-sqlite3', 'bufferutil', 'utf-8-validate'],
+  // Native and optional modules stay in node_modules, and so do the REST API's (fastify loads its parts by name).
+  external: ['better-sqlite3', 'bufferutil', 'utf-8-validate', 'fastify', '@fastify/*', 'prom-client'],
   // Bundled CommonJS modules (ws, fast-xml-parser) call require(): give them one.
   banner: { js: "import { createRequire as __ferryRequire } from 'node:module'; const require = __ferryRequire(import.meta.url);" },
   logLevel: 'warning',
