@@ -29,6 +29,9 @@ await build({
   banner: { js: "import { createRequire as __ferryRequire } from 'node:module'; const require = __ferryRequire(import.meta.url);" },
   logLevel: 'warning',
 });
+// The web UI (React, ui/): into ui/dist, which every agent's REST API serves at /.
+const { build: buildUi } = await import('vite');
+await buildUi({ configFile: path.join(root, 'ui', 'vite.config.ts'), logLevel: 'warn' });
 // bin/ferry.mjs runs dist/ only while it is newer than every source file (else it runs the sources).
 writeFileSync(path.join(root, 'dist', '.built'), new Date().toISOString() + '\n');
-console.log(`built dist/ in ${Date.now() - started} ms`);
+console.log(`built dist/ and ui/dist/ in ${Date.now() - started} ms`);

@@ -13,9 +13,10 @@ say() { echo "==> $*"; }
 # system services are kept from starting (below).
 # ovmf: UEFI firmware; dosfstools + mtools: cloud-init seeds; grub-*, xorriso: the guest as a bootable image;
 # debootstrap + fdisk: the Debian guest image (guest/debian/build.sh); openssh-client: the test logs into it.
+# chromium: the web UI's browser tests (driven by playwright-core; no browser is downloaded).
 packages=(qemu-system-x86 qemu-block-extra qemu-utils busybox-static cpio gcc libc6-dev iproute2 ca-certificates openssl etcd-server etcd-client
   libnfs-dev nfs-ganesha nfs-ganesha-vfs rpcbind tgt libiscsi-bin ceph-mon ceph-osd ceph-common
-  ovmf mtools dosfstools xorriso grub-common grub-pc-bin grub-efi-amd64-bin debootstrap fdisk openssh-client)
+  ovmf mtools dosfstools xorriso grub-common grub-pc-bin grub-efi-amd64-bin debootstrap fdisk openssh-client chromium)
 node_ok=0
 if command -v node >/dev/null 2>&1 && [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ] && command -v npm >/dev/null 2>&1; then
   node_ok=1

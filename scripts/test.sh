@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "==> tsc --noEmit"
 npx --no-install tsc --noEmit
+npx --no-install tsc --noEmit -p ui
 echo "==> tests"
 exec npm test --silent

@@ -22,6 +22,9 @@ import path from 'node:path';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import cookie from '@fastify/cookie';
 import swagger from '@fastify/swagger';
+import fastifyStatic from '@fastify/static';
+import { existsSync } from 'node:fs';
+import { PROJECT_ROOT } from '../util/project.ts';
 import { AgentClient } from '../agent/client.ts';
 import type { AgentContext } from '../agent/context.ts';
 import { ApiError } from '../agent/errors.ts';
@@ -242,19 +245,25 @@ export async function buildApi(
         body: {
           type: 'object',
           required: ['to'],
-          properties: { to: NAME, policy: { type: 'string', enum: POLICIES }, dryRun: { type: 'boolean' } },
+          properties: {
+            to: NAME,
+            policy: { type: 'string', enum: POLICIES },
+            bandwidthMiBps: { type: 'integer', minimum: 1, maximum: 100_000, description: 'Cap on the migration stream (MiB/s); default: none' },
+            dryRun: { type: 'boolean' },
+          },
           additionalProperties: false,
         },
       },
     },
     async (request) => {
       const { name } = request.params as { name: string };
-      const { to, policy, dryRun } = request.body as { to: string; policy?: string; dryRun?: boolean };
+      const { to, policy, bandwidthMiBps, dryRun } = request.body as { to: string; policy?: string; bandwidthMiBps?: number; dryRun?: boolean };
       const vm = await requireVm(name);
       const agent = await ownerAgent(request, vm.owner);
       if (dryRun) return { dryRun: await agent.call('POST', `/v1/vms/${name}/predict`, { to }, 120_000) };
       ctx.log(`REST API: ${request.user!.name} migrates ${name} from ${vm.owner} to ${to}`);
-      return agent.call('POST', `/v1/vms/${name}/migrate`, { to, token: vm.token, params: policy ? { policy } : {} });
+      const params = { ...(policy ? { policy } : {}), ...(bandwidthMiBps ? { maxBandwidth: bandwidthMiBps * 2 ** 20 } : {}) };
+      return agent.call('POST', `/v1/vms/${name}/migrate`, { to, token: vm.token, params });
     },
   );
 
@@ -337,6 +346,11 @@ export async function buildApi(
     if (!(await users.remove(name))) throw new ApiError(404, `no user '${name}'`);
     return { removed: name };
   });
+
+  // The web UI's files (ui/dist, made by scripts/build.mjs): its login page must load before anyone logs in.
+  const ui = path.join(PROJECT_ROOT, 'ui', 'dist');
+  if (existsSync(ui)) await app.register(fastifyStatic, { root: ui, prefix: '/', schemaHide: true, maxAge: 0 });
+  else app.get('/', { schema: { hide: true } }, async () => ({ error: 'the web UI is not built here: run node scripts/build.mjs' }));
 
   app.get('/api/v1/openapi.json', { ...viewer, schema: { hide: true } }, async () => app.swagger());
   app.get('/metrics', { ...viewer, schema: { summary: 'Prometheus metrics of this agent' } }, async (_request, reply) => {
