@@ -35,9 +35,12 @@ describe('web UI in Chromium (3-host lab)', () => {
     await mkdir(ARTIFACTS, { recursive: true });
     const file = path.join(suite.dir, 'pw');
     await writeFile(file, PASSWORD, { mode: 0o600 });
-    for (const [name, role] of [['alice', 'operator'], ['victor', 'viewer']]) assert.equal((await cli('user', 'add', name!, '--role', role!, '--password-file', file)).code, 0);
-    for (const [name, extra] of [['w1', []], ['slow1', ['--memcheck', '96']]] as const) {
-      const created = await cli('vm', 'create', name, '--memory', '160', '--host', 'h1', ...extra);
+    for (const [name, role] of [['alice', 'operator'], ['victor', 'viewer']]) {
+      const added = await cli('user', 'add', name!, '--role', role!, '--password-file', file);
+      assert.equal(added.code, 0, added.stderr);
+    }
+    for (const [name, memory] of [['w1', '128'], ['slow1', '256']] as const) {
+      const created = await cli('vm', 'create', name, '--memory', memory, '--host', 'h1');
       assert.equal(created.code, 0, created.stderr);
       boots.set(name, { ip: created.json.ip as string, boot: (await suite.probe.gamesrv(created.json.ip as string)).boot });
     }
