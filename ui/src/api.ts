@@ -97,14 +97,8 @@ export interface Candidate {
   reasons: string[];
 }
 
-export interface Prediction {
-  policy: string;
-  converges: boolean;
-  totalMs: number;
-  downtimeMs: number;
-  rounds: number;
-  reason?: string;
-}
+// The server's own types, where the UI shows them as they are.
+export type { Prediction } from '../../src/migration/predict.ts';
 
 export const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 export const seconds = (ms: number | null | undefined) => (ms === null || ms === undefined ? '—' : ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`);
