@@ -35,6 +35,7 @@ import { bestModelOf } from '../cluster/cpu.ts';
 import { ROLES, roleAllows, UserError, UserRecords, SESSION_MS, type ApiUser, type Role } from '../cluster/users.ts';
 import { NAME_PATTERN } from '../util/names.ts';
 import { candidateHosts } from '../agent/cpu.ts';
+import { moveRoutes } from '../agent/moves.ts';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -280,6 +281,58 @@ export async function buildApi(
     if (job.kind !== 'migrate' || job.state !== 'running') throw new ApiError(409, `job ${job.id} is a ${job.kind} job, ${job.state}: only a running migration is cancelled here`);
     return (await ownerAgent(request, job.host)).call('POST', `/v1/jobs/${job.id}/cancel`, {});
   });
+
+  // Drains, maintenance and their jobs: the agent's own handlers (agent/moves.ts), run here with the
+  // user as the one who asked (the REST layer checked the role; the job records the name).
+  const agentMoveRoutes = moveRoutes(ctx);
+  const moveRoute = (method: string, pattern: string) => {
+    const route = agentMoveRoutes.find((r) => r.method === method && r.pattern === pattern);
+    if (!route?.handler) throw new Error(`agent/moves.ts has no ${method} ${pattern}`);
+    return (request: FastifyRequest, params: Record<string, string>, body: Record<string, unknown> = {}) =>
+      route.handler(params, body, { role: 'admin', name: `${request.user!.name} (${request.user!.role}, REST API on ${ctx.node.name})`, fingerprint: '' });
+  };
+  const drain = moveRoute('POST', '/v1/nodes/:host/drain');
+  const maintenance = moveRoute('POST', '/v1/nodes/:host/maintenance');
+  const cancelMove = moveRoute('POST', '/v1/moves/:id/cancel');
+  const listMoves = moveRoute('GET', '/v1/moves');
+  const PARALLEL = { type: 'integer', minimum: 1, maximum: 16 } as const;
+  app.post(
+    '/api/v1/nodes/:host/drain',
+    {
+      ...operator,
+      schema: {
+        summary: "Drain a host: its running VMs leave it by live migration (dryRun: the plan only); answers with the move job",
+        params: nameParams('host'),
+        body: {
+          type: 'object',
+          properties: { dryRun: { type: 'boolean' }, to: { type: 'array', items: NAME, maxItems: 64 }, parallel: PARALLEL, policy: { type: 'string', enum: POLICIES } },
+          additionalProperties: false,
+        },
+      },
+    },
+    async (request) => drain(request, request.params as { host: string }, (request.body ?? {}) as Record<string, unknown>),
+  );
+  app.post(
+    '/api/v1/nodes/:host/maintenance',
+    {
+      ...operator,
+      schema: {
+        summary: 'Maintenance on (no new VM; drained) or off (its VMs come back)',
+        params: nameParams('host'),
+        body: { type: 'object', required: ['on'], properties: { on: { type: 'boolean' }, parallel: PARALLEL }, additionalProperties: false },
+      },
+    },
+    async (request) => maintenance(request, request.params as { host: string }, request.body as Record<string, unknown>),
+  );
+  app.get('/api/v1/moves', { ...viewer, schema: { summary: 'Move jobs (drains, returns, balances) with each VM\'s progress, and the hosts in maintenance' } }, async (request) => listMoves(request, {}));
+  app.post(
+    '/api/v1/moves/:id/cancel',
+    {
+      ...operator,
+      schema: { summary: 'Cancel a move job: the migrations under way roll back, no more start', params: { type: 'object', required: ['id'], properties: { id: { type: 'string', pattern: '^(drain|return|balance)-[a-z0-9-]{1,80}$' } }, additionalProperties: false } },
+    },
+    async (request) => cancelMove(request, request.params as { id: string }),
+  );
 
   app.get('/api/v1/storage', { ...viewer, schema: { summary: 'Storage pools and volumes' } }, async () => ({ pools: await state.pools(), volumes: await state.volumes() }));
   app.get('/api/v1/ha', { ...viewer, schema: { summary: 'HA: resources, their states, rules, the manager, cluster maintenance' } }, async () => {

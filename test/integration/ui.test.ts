@@ -4,7 +4,8 @@
  * forwarding localhost to h1's REST API. An operator logs in, opens a VM, sees each host marked can
  * or cannot with why, asks for a prediction, migrates with clicks, watches the live chart fill and the
  * VM arrive (the guest answering from the same boot); a capped migration is cancelled from the UI and
- * rolls back; a viewer sees no Migrate button and the API refuses the call. Screenshots go to
+ * rolls back; a host put in maintenance from its page and taken out again (its VM leaves and comes
+ * back, live); a viewer sees no Migrate button and the API refuses the call. Screenshots go to
  * test/artifacts/ui/.
  */
 import assert from 'node:assert/strict';
@@ -133,17 +134,38 @@ describe('web UI in Chromium (3-host lab)', () => {
     await sameGuest('slow1');
   });
 
+  it("maintenance from a host's page: its VMs leave live, each VM's progress shown, and come back when it ends", async () => {
+    const page = await login('alice');
+    await page.goto(`${base}/#/host/h2`);
+    await page.getByTestId('maintenance-on').click();
+    const drain = page.locator('[data-testid=move-job][data-kind=drain][data-state=done]');
+    await drain.waitFor({ timeout: 120_000 });
+    assert.equal(await drain.locator('tr[data-vm=w1]').getAttribute('data-state'), 'moved');
+    await page.getByTestId('host-state').filter({ hasText: 'in maintenance' }).waitFor();
+    await page.screenshot({ path: path.join(ARTIFACTS, '7-maintenance.png'), fullPage: true });
+    assert.notEqual((await cli('vm', 'show', 'w1')).json.owner, 'h2');
+    await page.getByTestId('maintenance-off').click();
+    const back = page.locator('[data-testid=move-job][data-kind=return][data-state=done]');
+    await back.waitFor({ timeout: 120_000 });
+    assert.equal(await back.locator('tr[data-vm=w1]').getAttribute('data-state'), 'moved');
+    assert.equal((await cli('vm', 'show', 'w1')).json.owner, 'h2', 'back where it was');
+    await sameGuest('w1');
+  });
+
   it('a viewer sees no Migrate button, and the API refuses the call (403)', async () => {
     const page = await login('victor');
     await page.goto(`${base}/#/vm/w1`);
     await page.getByTestId('vm-host').waitFor();
     assert.equal(await page.getByTestId('migrate-open').count(), 0);
+    await page.goto(`${base}/#/host/h1`);
+    await page.getByTestId('host-state').waitFor();
+    assert.equal(await page.getByTestId('maintenance-on').count(), 0, 'nor Maintenance');
     const status = await page.evaluate(async () => {
       const session = (await (await fetch('/api/v1/session')).json()) as { csrfToken: string };
       const res = await fetch('/api/v1/vms/w1/migrate', { method: 'POST', headers: { 'content-type': 'application/json', 'x-csrf-token': session.csrfToken }, body: JSON.stringify({ to: 'h3' }) });
       return res.status;
     });
     assert.equal(status, 403);
-    await page.screenshot({ path: path.join(ARTIFACTS, '7-viewer.png'), fullPage: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, '8-viewer.png'), fullPage: true });
   });
 });

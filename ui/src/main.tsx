@@ -382,21 +382,107 @@ function MigrationRecordView({ job }: { job: JobView }) {
   );
 }
 
-function HostPage({ name }: { name: string }) {
+interface MoveJobView {
+  id: string;
+  kind: string;
+  host?: string;
+  state: string;
+  items: Array<{ vm: string; from: string; to: string; why?: string; progress: { state: string; reason?: string } }>;
+}
+
+/** A host: its VMs; Drain and Maintenance (operators), each move job's VMs as they go. */
+function HostPage({ name, session }: { name: string; session: Session }) {
   const hosts = useLoad(() => api<{ hosts: HostView[] }>('GET', '/hosts'), []);
   const vms = useLoad(() => api<{ vms: VmView[] }>('GET', '/vms'), []);
+  const moves = useLoad(() => api<{ jobs: MoveJobView[]; maintenances: Array<{ host: string; since: string; by: string }> }>('GET', '/moves'), []);
+  const [error, setError] = useState<string>();
+  const [plan, setPlan] = useState<MoveJobView['items']>();
   const host = hosts.data?.hosts.find((h) => h.name === name);
+  const inMaintenance = moves.data?.maintenances.find((m) => m.host === name);
+  const jobs = (moves.data?.jobs ?? []).filter((j) => j.host === name).slice(-3).reverse();
+  const running = jobs.some((j) => j.state === 'running' || j.state === 'cancelling');
+  useEvents((kind) => kind === 'vm' && (vms.reload(), hosts.reload()));
+  useEffect(() => {
+    if (!running) return;
+    const timer = setInterval(moves.reload, 1000); // move jobs are not on the event stream: looked at each second while one runs
+    return () => clearInterval(timer);
+  }, [running, moves.reload]);
+  const act = async (what: () => Promise<unknown>) => {
+    setError(undefined);
+    try {
+      await what();
+    } catch (err) {
+      setError((err as Error).message);
+    }
+    moves.reload();
+    hosts.reload();
+  };
+  const operator = session.role !== 'viewer';
   return (
     <>
       <h2>Host {name}</h2>
       {host && (
-        <p>
+        <p data-testid="host-state">
           {host.state}, {host.freeMemoryMiB ?? '—'} of {host.memoryMiB ?? '—'} MiB free, QEMU {host.qemu ?? '—'}
-          {host.takesNoVm ? `; takes no VM: it ${host.takesNoVm}` : ''}
+          {inMaintenance ? `; in maintenance since ${inMaintenance.since} (by ${inMaintenance.by})` : host.takesNoVm ? `; takes no VM: it ${host.takesNoVm}` : ''}
         </p>
       )}
+      {operator && (
+        <div className="buttons">
+          <button data-testid="drain-plan" disabled={running} onClick={() => act(async () => setPlan((await api<{ plan: MoveJobView['items'] }>('POST', `/nodes/${name}/drain`, { dryRun: true })).plan))}>
+            Drain…
+          </button>
+          {inMaintenance ? (
+            <button data-testid="maintenance-off" disabled={running} onClick={() => act(() => api('POST', `/nodes/${name}/maintenance`, { on: false }))}>
+              End maintenance
+            </button>
+          ) : (
+            <button data-testid="maintenance-on" disabled={running} onClick={() => act(() => api('POST', `/nodes/${name}/maintenance`, { on: true }))}>
+              Maintenance
+            </button>
+          )}
+        </div>
+      )}
+      {error && <p className="error">{error}</p>}
+      {plan && (
+        <div className="dialog" data-testid="drain-dialog">
+          <h3>Drain {name}: the plan</h3>
+          <MoveItems items={plan} />
+          <div className="buttons">
+            <button data-testid="drain-confirm" onClick={() => act(async () => (await api('POST', `/nodes/${name}/drain`, {}), setPlan(undefined)))}>
+              Drain
+            </button>
+            <button onClick={() => setPlan(undefined)}>Close</button>
+          </div>
+        </div>
+      )}
+      {jobs.map((j) => (
+        <div key={j.id} className="record" data-testid="move-job" data-state={j.state} data-kind={j.kind}>
+          <strong>{j.kind}</strong> {j.id}: {j.state}
+          {operator && (j.state === 'running' || j.state === 'cancelling') && <button onClick={() => act(() => api('POST', `/moves/${j.id}/cancel`))}>Cancel</button>}
+          <MoveItems items={j.items} />
+        </div>
+      ))}
+      <h3>VMs</h3>
       <VmTable vms={(vms.data?.vms ?? []).filter((v) => v.host === name)} />
     </>
+  );
+}
+
+function MoveItems({ items }: { items: MoveJobView['items'] }) {
+  return (
+    <table>
+      <tbody>
+        {items.map((i) => (
+          <tr key={i.vm} data-vm={i.vm} data-state={i.progress.state}>
+            <td>{i.vm}</td>
+            <td>{i.from} → {i.to || '—'}</td>
+            <td>{i.progress.state}</td>
+            <td className="reason">{i.progress.reason ?? i.why ?? ''}</td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
   );
 }
 
@@ -454,7 +540,7 @@ function App() {
       <main>
         {route.page === 'overview' && <Overview />}
         {route.page === 'vm' && <VmPage name={route.name} session={session} />}
-        {route.page === 'host' && <HostPage name={route.name} />}
+        {route.page === 'host' && <HostPage name={route.name} session={session} />}
         {route.page === 'jobs' && <JobsPage />}
       </main>
     </>
