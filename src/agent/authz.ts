@@ -11,6 +11,8 @@
  *   store  an etcd member: nothing on an agent.
  *   user   a REST API user (cluster/users.ts) whose credential a host forwards with its own
  *          certificate: only the routes marked operator, and only with a role of operator or admin.
+ *          The credential is checked against the store, which every host may write: a host is
+ *          trusted to say who an API user is (as Proxmox's nodes share one authkey), not more.
  */
 import type { TLSSocket } from 'node:tls';
 import { ApiError } from './errors.ts';

@@ -10,7 +10,7 @@ import { planDrain, replicaWarnings } from '../cluster/moves/plan.ts';
 import { predictorFrom } from '../cluster/moves/predict.ts';
 import { finished, hostsTakingNoVm, MoveRecords, type HostMaintenance, type MoveItem, type MoveJob, type MoveJobKind, type MoveLimits } from '../cluster/moves/records.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
-import type { Caller } from './authz.ts';
+import { callerName, type Caller } from './authz.ts';
 import type { AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
@@ -39,7 +39,7 @@ export function moveRoutes(ctx: AgentContext): Route[] {
     limits,
     items,
     createdAt: new Date().toISOString(),
-    by: caller.name,
+    by: callerName(caller),
     ...(forMaintenance ? { forMaintenance } : {}),
     ...(policy ? { policy } : {}),
   });
@@ -85,9 +85,9 @@ export function moveRoutes(ctx: AgentContext): Route[] {
           await refuseSecondDrain(host);
           const { items, warnings } = await plan(host);
           const job = newJob('drain', host, items, limits, caller, true);
-          const maintenance: HostMaintenance = { host, since: new Date().toISOString(), by: caller.name, drainId: job.id };
+          const maintenance: HostMaintenance = { host, since: new Date().toISOString(), by: callerName(caller), drainId: job.id };
           if (!(await moves.beginMaintenance(maintenance, job))) throw new RefusedError(`host '${host}' went into maintenance meanwhile; see 'ferry node list'`);
-          ctx.log(`host ${host} in maintenance (${caller.name}); drain ${job.id}`);
+          ctx.log(`host ${host} in maintenance (${callerName(caller)}); drain ${job.id}`);
           return { maintenance, job, warnings };
         }
         if (!current) throw new RefusedError(`host '${host}' is not in maintenance; see 'ferry node list'`);
@@ -104,7 +104,7 @@ export function moveRoutes(ctx: AgentContext): Route[] {
         });
         const job = back.length ? newJob('return', host, back, limits, caller) : undefined;
         await moves.endMaintenance(host, job);
-        ctx.log(`host ${host} out of maintenance (${caller.name}); ${back.length} VM(s) come back`);
+        ctx.log(`host ${host} out of maintenance (${callerName(caller)}); ${back.length} VM(s) come back`);
         return { maintenance: null, job: job ?? null };
       },
     },

@@ -93,6 +93,7 @@ async function runMigration(
     // Stopped or crashed while the request was being checked.
     job.state = 'failed';
     job.error = `'${name}' stopped running before the migration began; nothing was moved`;
+    ctx.metrics?.migrationEnded(job);
     await ctx.state.endMigration(name).catch(() => undefined);
     await ctx.state.saveJob(job);
     return;
@@ -122,9 +123,9 @@ async function runMigration(
     if (err instanceof MigrationRolledBackError) job.result = err.record;
     log(`failed: ${job.error}`);
   } finally {
+    ctx.metrics?.migrationEnded(job);
     await ctx.state.endMigration(name).catch(() => undefined);
     await ctx.state.saveJob(job);
-    ctx.metrics?.migrationEnded(job);
   }
 }
 

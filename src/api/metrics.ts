@@ -32,7 +32,7 @@ export class AgentMetrics {
     this.migrations = new Counter({ name: 'ferry_migrations_total', help: 'Live migrations this host ran as the source, by outcome and policy', labelNames: ['outcome', 'policy'], registers });
     this.migrationSeconds = new Histogram({
       name: 'ferry_migration_duration_seconds',
-      help: 'Total time of each migration this host ran as the source',
+      help: 'Total time of each migration this host ran as the source, all its attempts',
       labelNames: ['outcome'],
       buckets: [0.5, 1, 2, 5, 10, 30, 60, 120, 300],
       registers,
@@ -43,7 +43,7 @@ export class AgentMetrics {
       buckets: [0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2],
       registers,
     });
-    this.migrationBytes = new Counter({ name: 'ferry_migration_bytes_total', help: 'Bytes the migrations sent: RAM over the stream, disks by their mirrors', labelNames: ['kind'], registers });
+    this.migrationBytes = new Counter({ name: 'ferry_migration_bytes_total', help: "Bytes the migrations sent in their last attempt (a record keeps no earlier attempt's): RAM over the stream, disks by their mirrors", labelNames: ['kind'], registers });
     const state = ctx.state;
     const me = ctx.node.name;
     new Gauge({
@@ -95,13 +95,13 @@ export class AgentMetrics {
     });
     new Gauge({
       name: 'ferry_move_items',
-      help: 'VMs of drains, returns and balances that have not ended, by job and state',
-      labelNames: ['job', 'kind', 'state'],
+      help: "VMs of this host's drains and returns that have not ended, by kind and state",
+      labelNames: ['kind', 'state'],
       registers,
       async collect() {
         this.reset();
         for (const job of await new MoveRecords(state.store).jobs())
-          if (job.state === 'running' || job.state === 'cancelling') for (const item of job.items) this.inc({ job: job.id, kind: job.kind, state: item.progress.state });
+          if (job.host === me && (job.state === 'running' || job.state === 'cancelling')) for (const item of job.items) this.inc({ kind: job.kind, state: item.progress.state });
       },
     });
   }
@@ -112,7 +112,7 @@ export class AgentMetrics {
     const outcome = job.state === 'succeeded' ? 'completed' : record?.outcome === 'rolled-back' ? 'rolled-back' : 'failed';
     this.migrations.inc({ outcome, policy: record?.params?.policy ?? 'unknown' });
     if (!record) return;
-    this.migrationSeconds.observe({ outcome }, record.totalMs / 1000);
+    this.migrationSeconds.observe({ outcome }, (record.totalMsAllAttempts ?? record.totalMs) / 1000); // every attempt's time: what the user waited
     if (outcome === 'completed' && record.downtimeMs !== null) this.downtimeSeconds.observe(record.downtimeMs / 1000);
     this.migrationBytes.inc({ kind: 'ram' }, record.bytes);
     if (record.diskBytes) this.migrationBytes.inc({ kind: 'disk' }, record.diskBytes);

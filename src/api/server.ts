@@ -14,6 +14,7 @@
  * agent over mutual TLS with this host's certificate and the user's credential, which that agent
  * checks itself (agent/authz.ts, access "operator"); the job records who asked.
  */
+import { timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
@@ -30,6 +31,7 @@ import type { AgentContext } from '../agent/context.ts';
 import { ApiError } from '../agent/errors.ts';
 import { FORWARDED_USER_HEADER } from '../agent/server.ts';
 import { HaRecords } from '../cluster/ha/records.ts';
+import type { Job } from '../cluster/model.ts';
 import { hostsTakingNoVm } from '../cluster/moves/records.ts';
 import { bestModelOf } from '../cluster/cpu.ts';
 import { ROLES, roleAllows, UserError, UserRecords, SESSION_MS, type ApiUser, type Role } from '../cluster/users.ts';
@@ -82,7 +84,11 @@ export async function buildApi(
       const local = http.createServer(handler);
       servers.push(local);
       if (tls) {
-        const secure = https.createServer({ key: tls.key, cert: tls.cert }, handler);
+        const secure = https.createServer({ key: tls.key, cert: tls.cert, handshakeTimeout: 10_000 }, handler);
+        // As the agent's own API: a flood of connections is closed, a slow client does not hold one.
+        secure.maxConnections = 256;
+        secure.headersTimeout = 10_000;
+        secure.requestTimeout = 30_000;
         servers.push(secure);
         return secure;
       }
@@ -94,6 +100,9 @@ export async function buildApi(
   });
   const users = new UserRecords(ctx.state.store);
   const state = ctx.state;
+  const logins = new LoginLimiter();
+  const events = new EventBroadcaster(ctx, users);
+  app.addHook('onClose', async () => events.closeAll());
 
   await app.register(cookie);
   await app.register(swagger, {
@@ -113,7 +122,10 @@ export async function buildApi(
   app.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number }, request, reply) => {
     if (err.validation) return reply.status(400).send({ error: `bad request: ${err.message}`, kind: 'ValidationError' });
     const status = err instanceof ApiError ? err.status : err instanceof UserError ? 400 : (err.statusCode ?? 500);
-    if (status >= 500) ctx.log(`REST API error in ${request.method} ${request.url}: ${err.stack}`);
+    if (status >= 500) {
+      ctx.log(`REST API error in ${request.method} ${request.url}: ${err.stack}`);
+      return reply.status(status).send({ error: `internal error on ${ctx.node.name} (its agent's log has the details)`, kind: 'InternalError' });
+    }
     return reply.status(status).send({ error: err.message, kind: err.name });
   });
   app.setNotFoundHandler((request, reply) => reply.status(404).send({ error: `no route ${request.method} ${request.url.split('?')[0]}`, kind: 'NotFoundError' }));
@@ -132,7 +144,7 @@ export async function buildApi(
       const session = request.cookies[SESSION_COOKIE];
       request.user = session ? await users.bySession(session) : undefined;
       if (!request.user) throw new ApiError(401, 'log in first (POST /api/v1/session), or send an API token (Authorization: Bearer ...)');
-      if (request.method !== 'GET' && request.headers['x-csrf-token'] !== request.user.csrfToken)
+      if (request.method !== 'GET' && !sameSecret(request.headers['x-csrf-token'], request.user.csrfToken))
         throw new ApiError(403, 'a change made with a session cookie must send its CSRF token in x-csrf-token (GET /api/v1/session gives it)');
       request.credential = session;
     }
@@ -165,8 +177,11 @@ export async function buildApi(
     },
     async (request, reply) => {
       const { user, password } = request.body as { user: string; password: string };
-      const login = await users.login(user, password);
-      if (!login) throw new ApiError(401, 'wrong user name or password');
+      const login = await logins.attempt(user, request.ip, () => users.login(user, password));
+      if (!login) {
+        ctx.log(`REST API: failed login as '${user}' from ${request.ip || 'the local socket'}`);
+        throw new ApiError(401, 'wrong user name or password');
+      }
       reply.setCookie(SESSION_COOKIE, login.sessionId, { httpOnly: true, secure: true, sameSite: 'strict', path: '/', maxAge: SESSION_MS / 1000 });
       ctx.log(`REST API: ${user} (${login.user.role}) logged in`);
       return { user: login.user.name, role: login.user.role, csrfToken: login.session.csrfToken, expiresAt: login.session.expiresAt };
@@ -289,7 +304,8 @@ export async function buildApi(
     const route = agentMoveRoutes.find((r) => r.method === method && r.pattern === pattern);
     if (!route?.handler) throw new Error(`agent/moves.ts has no ${method} ${pattern}`);
     return (request: FastifyRequest, params: Record<string, string>, body: Record<string, unknown> = {}) =>
-      route.handler(params, body, { role: 'admin', name: `${request.user!.name} (${request.user!.role}, REST API on ${ctx.node.name})`, fingerprint: '' });
+      // As a forwarded call: this host acting for the user (authz.ts refuses such a caller on any route not marked operator).
+      route.handler(params, body, { role: 'host', name: ctx.node.name, fingerprint: '', user: request.user! });
   };
   const drain = moveRoute('POST', '/v1/nodes/:host/drain');
   const maintenance = moveRoute('POST', '/v1/nodes/:host/maintenance');
@@ -343,37 +359,7 @@ export async function buildApi(
 
   // Live events: a job's progress and state, a VM's host and state, as they change (Server-Sent Events).
   app.get('/api/v1/events', { ...viewer, schema: { summary: 'Server-Sent Events: job (progress, state) and vm (host, desired) as they change' } }, async (request, reply) => {
-    reply.hijack();
-    reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
-    const seen = new Map<string, string>();
-    let first = true;
-    const send = async () => {
-      const [jobs, vms] = await Promise.all([state.jobs(), state.vms()]);
-      for (const job of jobs) {
-        const key = `job:${job.id}`;
-        const view = JSON.stringify({ id: job.id, kind: job.kind, vm: job.vm, host: job.host, state: job.state, progress: job.progress ?? null, updatedAt: job.updatedAt });
-        if (seen.get(key) !== view && !(first && job.state !== 'running')) reply.raw.write(`event: job\ndata: ${view}\n\n`);
-        seen.set(key, view);
-      }
-      for (const vm of vms) {
-        const key = `vm:${vm.spec.name}`;
-        const view = JSON.stringify({ name: vm.spec.name, host: vm.owner, desired: vm.desired });
-        if (seen.get(key) !== view && !first) reply.raw.write(`event: vm\ndata: ${view}\n\n`);
-        seen.set(key, view);
-      }
-      if (first) reply.raw.write(`event: ready\ndata: {}\n\n`);
-      first = false;
-    };
-    let busy = false;
-    const timer = setInterval(() => {
-      if (busy) return;
-      busy = true;
-      send()
-        .catch(() => undefined)
-        .finally(() => (busy = false));
-    }, 500);
-    request.raw.on('close', () => clearInterval(timer));
-    await send().catch(() => undefined);
+    events.open(request, reply);
   });
 
   app.get('/api/v1/users', { ...admin, schema: { summary: 'Users and their roles' } }, async () => ({
@@ -433,6 +419,147 @@ export async function serveApi(ctx: AgentContext, port: number): Promise<ApiServ
       await app.close();
     },
   };
+}
+
+function sameSecret(given: unknown, expected: string | undefined): boolean {
+  if (typeof given !== 'string' || !expected) return false;
+  const [a, b] = [Buffer.from(given), Buffer.from(expected)];
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/**
+ * Logins cost a 32 MiB scrypt each: at most two at once (more wait, a few; beyond that 429), and a
+ * name or address that failed 5 times in 5 minutes waits a minute (429) — the agent's own work
+ * (lease renewals) shares the machine.
+ */
+class LoginLimiter {
+  private running = 0;
+  private readonly waiting: Array<() => void> = [];
+  private readonly failures = new Map<string, number[]>();
+
+  async attempt<T>(user: string, ip: string, login: () => Promise<T | undefined>): Promise<T | undefined> {
+    const now = Date.now();
+    for (const key of [`u:${user}`, `a:${ip}`]) {
+      const recent = (this.failures.get(key) ?? []).filter((t) => now - t < 5 * 60_000);
+      this.failures.set(key, recent);
+      if (recent.length >= 5 && now - recent[recent.length - 1]! < 60_000) throw new ApiError(429, 'too many failed logins; wait a minute and try again');
+    }
+    if (this.running >= 2) {
+      if (this.waiting.length >= 8) throw new ApiError(429, 'too many logins at once; try again in a moment');
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+    }
+    this.running++;
+    try {
+      const result = await login();
+      if (!result) for (const key of [`u:${user}`, `a:${ip}`]) this.failures.get(key)!.push(Date.now());
+      if (this.failures.size > 10_000) this.failures.clear();
+      return result;
+    } finally {
+      this.running--;
+      this.waiting.shift()?.();
+    }
+  }
+}
+
+/**
+ * The event stream: one poll of the store every 500 ms for the whole agent, its changes written to
+ * every open stream; each stream's credential checked again every 10 s (a logout, a removed user, a
+ * revoked token or an expired session ends it); at most 8 streams per user.
+ */
+class EventBroadcaster {
+  private readonly streams = new Set<{ reply: FastifyReply; user: ApiUser; credential: string; checkedAt: number }>();
+  private readonly seen = new Map<string, string>();
+  private timer: NodeJS.Timeout | undefined;
+  private busy = false;
+
+  constructor(
+    private readonly ctx: AgentContext,
+    private readonly users: UserRecords,
+  ) {}
+
+  open(request: FastifyRequest, reply: FastifyReply): void {
+    const user = request.user!;
+    if ([...this.streams].filter((s) => s.user.name === user.name).length >= 8) throw new ApiError(429, `user '${user.name}' has 8 event streams open already; close one`);
+    reply.hijack();
+    reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
+    const stream = { reply, user, credential: request.credential!, checkedAt: Date.now() };
+    this.streams.add(stream);
+    reply.raw.on('close', () => this.drop(stream));
+    // What runs now, then changes (first poll: VMs as they are, running jobs).
+    void this.snapshot().then((lines) => {
+      for (const line of lines) reply.raw.write(line);
+      reply.raw.write('event: ready\ndata: {}\n\n');
+    });
+    this.timer ??= setInterval(() => void this.poll(), 500);
+  }
+
+  closeAll(): void {
+    for (const s of this.streams) s.reply.raw.end();
+    this.streams.clear();
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private drop(stream: { reply: FastifyReply }): void {
+    for (const s of this.streams) if (s.reply === stream.reply) this.streams.delete(s);
+    if (!this.streams.size) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+      this.seen.clear();
+    }
+  }
+
+  private async snapshot(): Promise<string[]> {
+    const jobs = (await this.ctx.state.jobs()).filter((j) => j.state === 'running');
+    return jobs.map((j) => `event: job\ndata: ${jobView(j)}\n\n`);
+  }
+
+  private async poll(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      const first = this.seen.size === 0;
+      const [jobs, vms] = await Promise.all([this.ctx.state.jobs(), this.ctx.state.vms()]);
+      const lines: string[] = [];
+      for (const job of jobs) {
+        const view = jobView(job);
+        if (this.seen.get(`job:${job.id}`) !== view && !first) lines.push(`event: job\ndata: ${view}\n\n`);
+        this.seen.set(`job:${job.id}`, view);
+      }
+      for (const vm of vms) {
+        const view = JSON.stringify({ name: vm.spec.name, host: vm.owner, desired: vm.desired });
+        if (this.seen.get(`vm:${vm.spec.name}`) !== view && !first) lines.push(`event: vm\ndata: ${view}\n\n`);
+        this.seen.set(`vm:${vm.spec.name}`, view);
+      }
+      const now = Date.now();
+      for (const s of [...this.streams]) {
+        if (now - s.checkedAt > 10_000) {
+          s.checkedAt = now;
+          const still = s.user.via === 'token' ? await this.users.byToken(s.credential) : await this.users.bySession(s.credential);
+          if (!still || still.role !== s.user.role) {
+            s.reply.raw.end('event: end\ndata: {"reason":"the credential is no longer valid"}\n\n');
+            this.drop(s);
+            continue;
+          }
+        }
+        // A client that does not read is not written to without end: dropped.
+        if (s.reply.raw.writableLength > 1024 * 1024) {
+          s.reply.raw.destroy();
+          this.drop(s);
+          continue;
+        }
+        for (const line of lines) s.reply.raw.write(line);
+      }
+    } catch (err) {
+      this.ctx.log(`REST API event stream: ${(err as Error).message}`);
+    } finally {
+      this.busy = false;
+    }
+  }
+}
+
+function jobView(job: Job): string {
+  return JSON.stringify({ id: job.id, kind: job.kind, vm: job.vm, host: job.host, state: job.state, progress: job.progress ?? null, updatedAt: job.updatedAt });
 }
 
 export type { FastifyReply };

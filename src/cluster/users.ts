@@ -10,6 +10,10 @@
  *
  * Roles: viewer reads everything; operator also acts on VMs, jobs and hosts (migrate, cancel, drain);
  * admin also manages users and tokens.
+ *
+ * Every host's agent may write these records (any host's API takes a login): as with Proxmox's
+ * cluster-wide authkey, a host of the cluster is trusted to say who a user is. A stolen host
+ * certificate is removed with `ferry node remove` (its store user goes too, with RBAC).
  */
 import { createHash, randomBytes, scrypt as scryptCallback, timingSafeEqual, type ScryptOptions } from 'node:crypto';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
@@ -20,6 +24,8 @@ export type Role = (typeof ROLES)[number];
 
 export interface UserRecord {
   name: string;
+  /** Random, per account: a token or session of a removed user never serves a new user of the same name. */
+  uid: string;
   role: Role;
   /** scrypt$N$r$p$salt$hash, base64url. */
   passwordHash: string;
@@ -30,6 +36,7 @@ export interface UserRecord {
 export interface TokenRecord {
   id: string;
   user: string;
+  uid: string;
   label: string;
   /** SHA-256 of the secret, hex. */
   secretHash: string;
@@ -38,6 +45,7 @@ export interface TokenRecord {
 
 export interface SessionRecord {
   user: string;
+  uid: string;
   csrfToken: string;
   createdAt: string;
   expiresAt: string;
@@ -50,6 +58,8 @@ export interface ApiUser {
   via: 'session' | 'token';
   /** The session's CSRF token (a change by cookie must echo it). */
   csrfToken?: string;
+  /** When the session ends. */
+  expiresAt?: string;
 }
 
 export const USER_PREFIX = '/ferry/users/';
@@ -99,7 +109,7 @@ export class UserRecords {
     if (!NAME_PATTERN.test(name)) throw new UserError(`'${name}' is not a user name: names ${NAME_RULE}`);
     if (!ROLES.includes(role)) throw new UserError(`role '${role}': choose ${ROLES.join(', ')}`);
     if (typeof password !== 'string' || password.length < MIN_PASSWORD) throw new UserError(`a password has at least ${MIN_PASSWORD} characters`);
-    const user: UserRecord = { name, role, passwordHash: await hashPassword(password), createdAt: new Date().toISOString(), createdBy: by };
+    const user: UserRecord = { name, uid: randomBytes(12).toString('hex'), role, passwordHash: await hashPassword(password), createdAt: new Date().toISOString(), createdBy: by };
     const { succeeded } = await this.store.txn([{ key: KEYS.account(name), modRevision: 0 }], [{ type: 'put', key: KEYS.account(name), value: JSON.stringify(user) }]);
     if (!succeeded) throw new UserError(`user '${name}' exists already; remove it first (ferry user remove ${name})`);
     return user;
@@ -126,11 +136,20 @@ export class UserRecords {
 
   /** A new token for `user`: its secret is returned once ("ferry_<id>_<secret>") and never stored. */
   async createToken(user: string, label: string): Promise<{ token: string; record: TokenRecord }> {
-    if (!(await this.get(user))) throw new UserError(`no user '${user}'; add one with 'ferry user add ${user} --role viewer|operator|admin'`);
+    const account = await this.store.get(KEYS.account(user));
+    if (!NAME_PATTERN.test(user) || !account) throw new UserError(`no user '${user}'; add one with 'ferry user add ${user} --role viewer|operator|admin'`);
     const id = randomBytes(6).toString('hex');
     const secret = randomBytes(32).toString('base64url');
-    const record: TokenRecord = { id, user, label: label.slice(0, 100), secretHash: sha256(secret), createdAt: new Date().toISOString() };
-    await this.store.put(KEYS.token(id), JSON.stringify(record));
+    const record: TokenRecord = { id, user, uid: (JSON.parse(account.value) as UserRecord).uid, label: label.slice(0, 100), secretHash: sha256(secret), createdAt: new Date().toISOString() };
+    // Only while the account is as read (not removed meanwhile), and never over another token's id.
+    const { succeeded } = await this.store.txn(
+      [
+        { key: KEYS.account(user), modRevision: account.modRevision },
+        { key: KEYS.token(id), modRevision: 0 },
+      ],
+      [{ type: 'put', key: KEYS.token(id), value: JSON.stringify(record) }],
+    );
+    if (!succeeded) throw new UserError(`user '${user}' changed while its token was made; try again`);
     return { token: `ferry_${id}_${secret}`, record };
   }
 
@@ -152,7 +171,7 @@ export class UserRecords {
     const record = JSON.parse(kv.value) as TokenRecord;
     if (!timingSafeEqual(Buffer.from(record.secretHash, 'hex'), Buffer.from(sha256(m[2]!), 'hex'))) return undefined;
     const user = await this.get(record.user);
-    return user && { name: user.name, role: user.role, via: 'token' };
+    return user && user.uid === record.uid ? { name: user.name, role: user.role, via: 'token' } : undefined;
   }
 
   /** A login: the session's id (for the cookie) and CSRF token; undefined when the name or password is wrong. */
@@ -163,7 +182,7 @@ export class UserRecords {
     if (!user || !ok) return undefined;
     const sessionId = randomBytes(32).toString('base64url');
     const now = Date.now();
-    const session: SessionRecord = { user: user.name, csrfToken: randomBytes(24).toString('base64url'), createdAt: new Date(now).toISOString(), expiresAt: new Date(now + SESSION_MS).toISOString() };
+    const session: SessionRecord = { user: user.name, uid: user.uid, csrfToken: randomBytes(24).toString('base64url'), createdAt: new Date(now).toISOString(), expiresAt: new Date(now + SESSION_MS).toISOString() };
     await this.store.put(KEYS.session(sha256(sessionId)), JSON.stringify(session));
     await this.dropExpiredSessions(now);
     return { sessionId, session, user };
@@ -176,7 +195,7 @@ export class UserRecords {
     const session = JSON.parse(kv.value) as SessionRecord;
     if (Date.parse(session.expiresAt) <= Date.now()) return undefined;
     const user = await this.get(session.user);
-    return user && { name: user.name, role: user.role, via: 'session', csrfToken: session.csrfToken };
+    return user && user.uid === session.uid ? { name: user.name, role: user.role, via: 'session', csrfToken: session.csrfToken, expiresAt: session.expiresAt } : undefined;
   }
 
   async logout(sessionId: string): Promise<void> {

@@ -8,7 +8,7 @@
  * same boot; Prometheus metrics that parse and move.
  */
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { describe, it } from 'node:test';
@@ -127,6 +127,12 @@ describe('REST API (3-host lab)', () => {
     const out = await request(socketOf('h2'), 'DELETE', '/api/v1/session', { headers: withCsrf });
     assert.equal(out.status, 200);
     assert.equal((await request(socketOf('h2'), 'GET', '/api/v1/vms', { headers: { cookie } })).status, 401, 'the session ended');
+    // Password guessing: 5 failures in a row, then even the right password waits a minute.
+    for (let i = 0; i < 5; i++) assert.equal((await request(socketOf('h2'), 'POST', '/api/v1/session', { body: { user: 'victor', password: `guess number ${i}` } })).status, 401);
+    const locked = await request(socketOf('h2'), 'POST', '/api/v1/session', { body: { user: 'victor', password } });
+    assert.equal(locked.status, 429);
+    assert.match(locked.json['error'] as string, /too many failed logins/);
+    assert.match(await readFile(path.join(suite.dir, 'hosts', 'h2', 'agent.log'), 'utf8'), /failed login as 'victor'/);
   });
 
   it('the OpenAPI document lists exactly the routes the app serves', async () => {

@@ -74,7 +74,7 @@ export interface JobView {
   state: 'running' | 'succeeded' | 'failed';
   createdAt: string;
   updatedAt: string;
-  progress?: { phase: string; elapsedMs: number; ram?: RamProgress } | null;
+  progress?: { phase: string; elapsedMs: number; ram?: RamProgress; disk?: { totalBytes: number; copiedBytes: number; ready: boolean } } | null;
   log?: string[];
   error?: string;
   by?: string;

@@ -13,23 +13,49 @@ import { api, ApiError, mib, rememberSession, seconds, type Candidate, type Host
 
 type Route = { page: 'overview' } | { page: 'vm'; name: string } | { page: 'host'; name: string } | { page: 'jobs' };
 
+/** A VM's or host's name as the cluster spells them (util/names.ts); anything else in the URL is no page. */
+const NAME = /^[a-z][a-z0-9-]{0,62}$/;
+
 function routeOf(hash: string): Route {
-  const [, page, name] = hash.replace(/^#\/?/, '/').split('/');
-  if (page === 'vm' && name) return { page: 'vm', name: decodeURIComponent(name) };
-  if (page === 'host' && name) return { page: 'host', name: decodeURIComponent(name) };
+  const [, page, raw] = hash.replace(/^#\/?/, '/').split('/');
+  const name = raw && NAME.test(raw) ? raw : undefined;
+  if (page === 'vm' && name) return { page: 'vm', name };
+  if (page === 'host' && name) return { page: 'host', name };
   if (page === 'jobs') return { page: 'jobs' };
   return { page: 'overview' };
 }
 
-/** Calls `onEvent` for every event of the API's stream while mounted. */
-function useEvents(onEvent: (kind: string, data: Record<string, unknown>) => void): void {
+type EventListener = (kind: string, data: Record<string, unknown>) => void;
+const listeners = new Set<EventListener>();
+let source: EventSource | undefined;
+
+/** Calls `onEvent` for every event of the API's stream while mounted; one stream for the whole page. */
+function useEvents(onEvent: EventListener): void {
   const handler = useRef(onEvent);
   handler.current = onEvent;
   useEffect(() => {
-    const source = new EventSource('/api/v1/events');
-    for (const kind of ['job', 'vm', 'ready']) source.addEventListener(kind, (e) => handler.current(kind, JSON.parse((e as MessageEvent<string>).data) as Record<string, unknown>));
-    return () => source.close();
+    const listener: EventListener = (kind, data) => handler.current(kind, data);
+    listeners.add(listener);
+    if (!source) {
+      source = new EventSource('/api/v1/events');
+      for (const kind of ['job', 'vm', 'ready']) source.addEventListener(kind, (e) => listeners.forEach((l) => l(kind, JSON.parse((e as MessageEvent<string>).data) as Record<string, unknown>)));
+    }
+    return () => {
+      listeners.delete(listener);
+      if (!listeners.size) (source?.close(), (source = undefined));
+    };
   }, []);
+}
+
+/** `fn`, at most once a second (a migration's progress events come twice a second). */
+function useThrottled(fn: () => void): () => void {
+  const last = useRef(0);
+  const pending = useRef<ReturnType<typeof setTimeout>>(undefined);
+  return useCallback(() => {
+    const wait = 1000 - (Date.now() - last.current);
+    if (pending.current) return;
+    pending.current = setTimeout(() => ((pending.current = undefined), (last.current = Date.now()), fn()), Math.max(0, wait));
+  }, [fn]);
 }
 
 function useLoad<T>(load: () => Promise<T>, deps: unknown[]): { data: T | undefined; error: string | undefined; reload: () => void } {
@@ -77,8 +103,9 @@ function Overview() {
   const hosts = useLoad(() => api<{ hosts: HostView[] }>('GET', '/hosts'), []);
   const vms = useLoad(() => api<{ vms: VmView[] }>('GET', '/vms'), []);
   const storage = useLoad(() => api<{ pools: Array<{ name: string; type: string }> }>('GET', '/storage'), []);
+  const refresh = useThrottled(useCallback(() => (hosts.reload(), vms.reload()), [hosts.reload, vms.reload]));
   useEvents((kind) => {
-    if (kind === 'vm' || kind === 'job') (hosts.reload(), vms.reload());
+    if (kind === 'vm' || kind === 'job') refresh();
   });
   return (
     <>
@@ -140,7 +167,7 @@ function VmTable({ vms }: { vms: VmView[] }) {
 }
 
 function VmPage({ name, session }: { name: string; session: Session }) {
-  const vm = useLoad(() => api<{ vm: { spec: { name: string; memoryMiB: number; vcpus: number; cpuModel: string }; owner: string; desired: string; ip?: string }; jobs: JobView[] }>('GET', `/vms/${name}`), [name]);
+  const vm = useLoad(() => api<{ vm: { spec: { name: string; memoryMiB: number; vcpus: number; cpuModel: string }; owner: string; desired: string; ip?: string }; jobs: JobView[] }>('GET', `/vms/${encodeURIComponent(name)}`), [name]);
   const [dialog, setDialog] = useState(false);
   const [following, setFollowing] = useState<string>();
   useEvents((kind, data) => {
@@ -187,7 +214,7 @@ function VmPage({ name, session }: { name: string; session: Session }) {
 }
 
 function MigrateDialog({ name, onClose, onStarted }: { name: string; onClose: () => void; onStarted: (jobId: string) => void }) {
-  const candidates = useLoad(() => api<{ hosts: Candidate[] }>('GET', `/vms/${name}/candidates`), [name]);
+  const candidates = useLoad(() => api<{ hosts: Candidate[] }>('GET', `/vms/${encodeURIComponent(name)}/candidates`), [name]);
   const [to, setTo] = useState<string>();
   const [policy, setPolicy] = useState('balanced');
   const [bandwidth, setBandwidth] = useState('');
@@ -198,7 +225,7 @@ function MigrateDialog({ name, onClose, onStarted }: { name: string; onClose: ()
     setBusy('measuring the guest and the link…');
     setError(undefined);
     try {
-      const { dryRun } = await api<{ dryRun: { predictions: Prediction[] } }>('POST', `/vms/${name}/migrate`, { to, dryRun: true });
+      const { dryRun } = await api<{ dryRun: { predictions: Prediction[] } }>('POST', `/vms/${encodeURIComponent(name)}/migrate`, { to, dryRun: true });
       setPredictions(dryRun.predictions);
     } catch (err) {
       setError((err as Error).message);
@@ -210,7 +237,7 @@ function MigrateDialog({ name, onClose, onStarted }: { name: string; onClose: ()
     setBusy('starting…');
     setError(undefined);
     try {
-      const { job } = await api<{ job: JobView }>('POST', `/vms/${name}/migrate`, { to, policy, ...(bandwidth ? { bandwidthMiBps: Number(bandwidth) } : {}) });
+      const { job } = await api<{ job: JobView }>('POST', `/vms/${encodeURIComponent(name)}/migrate`, { to, policy, ...(bandwidth ? { bandwidthMiBps: Number(bandwidth) } : {}) });
       onStarted(job.id);
     } catch (err) {
       setError((err as Error).message);
@@ -313,6 +340,11 @@ function LiveMigration({ jobId, canCancel, onEnd }: { jobId: string; canCancel: 
       if (ram && j.progress) {
         const [x, sent, left, dirty] = series.current;
         const t = j.progress.elapsedMs / 1000;
+        if (x.length && t < x[x.length - 1]!) {
+          // A new attempt (the memory check stopped the last one): its own chart and progress.
+          for (const column of series.current) column.length = 0;
+          setDone(0);
+        }
         if (!x.length || t > x[x.length - 1]!) {
           x.push(t);
           sent.push(ram.transferredBytes / 2 ** 20);
@@ -328,17 +360,20 @@ function LiveMigration({ jobId, canCancel, onEnd }: { jobId: string; canCancel: 
     [onEnd],
   );
   useEffect(() => {
-    api<{ job: JobView }>('GET', `/jobs/${jobId}`).then((r) => take(r.job), (e: Error) => setError(e.message));
+    api<{ job: JobView }>('GET', `/jobs/${encodeURIComponent(jobId)}`).then((r) => take(r.job), (e: Error) => setError(e.message));
   }, [jobId, take]);
   useEvents((kind, data) => {
     if (kind === 'job' && data['id'] === jobId) take(data as unknown as JobView);
   });
   const ram = job?.progress?.ram;
-  const eta = ram && ram.throughputBytesPerSec > 0 ? (ram.remainingBytes / ram.throughputBytesPerSec) * 1000 : undefined;
+  const disk = job?.progress?.disk;
+  // Left over what the stream gains on the guest: the guest's dirtying is sent again.
+  const gain = ram ? ram.throughputBytesPerSec - ram.dirtyRateBytesPerSec : 0;
+  const eta = ram && gain > 0 ? (ram.remainingBytes / gain) * 1000 : undefined;
   const cancel = async () => {
     setCancelling(true);
     try {
-      await api('POST', `/jobs/${jobId}/cancel`);
+      await api('POST', `/jobs/${encodeURIComponent(jobId)}/cancel`);
     } catch (err) {
       setError((err as Error).message);
       setCancelling(false);
@@ -349,7 +384,13 @@ function LiveMigration({ jobId, canCancel, onEnd }: { jobId: string; canCancel: 
       <h3>
         Migrating {job?.vm} from {job?.host}: <span data-testid="phase">{job?.progress?.phase ?? 'starting'}</span>
       </h3>
-      <progress max={1} value={done} /> {Math.round(done * 100)}% · round {ram?.round ?? '—'} · {ram ? `${mib(ram.transferredBytes)} sent, ${mib(ram.remainingBytes)} left, dirtied ${mib(ram.dirtyRateBytesPerSec)}/s` : ''} · ETA {seconds(eta)}
+      {disk && !disk.ready && (
+        <p data-testid="disk-progress">
+          disks: <progress max={disk.totalBytes || 1} value={disk.copiedBytes} /> {mib(disk.copiedBytes)} of {mib(disk.totalBytes)} copied (RAM follows)
+        </p>
+      )}
+      <progress max={1} value={done} /> {Math.round(done * 100)}% · round {ram?.round ?? '—'} · {ram ? `${mib(ram.transferredBytes)} sent, ${mib(ram.remainingBytes)} left, dirtied ${mib(ram.dirtyRateBytesPerSec)}/s` : ''} · ETA{' '}
+      {ram && gain <= 0 && ram.round > 1 ? 'none: the guest dirties memory as fast as it is sent (the policy steps in)' : seconds(eta)}
       <div ref={chartRef} data-testid="chart" />
       {canCancel && (
         <button data-testid="cancel" disabled={cancelling} onClick={cancel}>
@@ -429,15 +470,15 @@ function HostPage({ name, session }: { name: string; session: Session }) {
       )}
       {operator && (
         <div className="buttons">
-          <button data-testid="drain-plan" disabled={running} onClick={() => act(async () => setPlan((await api<{ plan: MoveJobView['items'] }>('POST', `/nodes/${name}/drain`, { dryRun: true })).plan))}>
+          <button data-testid="drain-plan" disabled={running} onClick={() => act(async () => setPlan((await api<{ plan: MoveJobView['items'] }>('POST', `/nodes/${encodeURIComponent(name)}/drain`, { dryRun: true })).plan))}>
             Drain…
           </button>
           {inMaintenance ? (
-            <button data-testid="maintenance-off" disabled={running} onClick={() => act(() => api('POST', `/nodes/${name}/maintenance`, { on: false }))}>
+            <button data-testid="maintenance-off" disabled={running} onClick={() => act(() => api('POST', `/nodes/${encodeURIComponent(name)}/maintenance`, { on: false }))}>
               End maintenance
             </button>
           ) : (
-            <button data-testid="maintenance-on" disabled={running} onClick={() => act(() => api('POST', `/nodes/${name}/maintenance`, { on: true }))}>
+            <button data-testid="maintenance-on" disabled={running} onClick={() => act(() => api('POST', `/nodes/${encodeURIComponent(name)}/maintenance`, { on: true }))}>
               Maintenance
             </button>
           )}
@@ -449,7 +490,7 @@ function HostPage({ name, session }: { name: string; session: Session }) {
           <h3>Drain {name}: the plan</h3>
           <MoveItems items={plan} />
           <div className="buttons">
-            <button data-testid="drain-confirm" onClick={() => act(async () => (await api('POST', `/nodes/${name}/drain`, {}), setPlan(undefined)))}>
+            <button data-testid="drain-confirm" onClick={() => act(async () => (await api('POST', `/nodes/${encodeURIComponent(name)}/drain`, {}), setPlan(undefined)))}>
               Drain
             </button>
             <button onClick={() => setPlan(undefined)}>Close</button>
@@ -459,7 +500,7 @@ function HostPage({ name, session }: { name: string; session: Session }) {
       {jobs.map((j) => (
         <div key={j.id} className="record" data-testid="move-job" data-state={j.state} data-kind={j.kind}>
           <strong>{j.kind}</strong> {j.id}: {j.state}
-          {operator && (j.state === 'running' || j.state === 'cancelling') && <button onClick={() => act(() => api('POST', `/moves/${j.id}/cancel`))}>Cancel</button>}
+          {operator && (j.state === 'running' || j.state === 'cancelling') && <button onClick={() => act(() => api('POST', `/moves/${encodeURIComponent(j.id)}/cancel`))}>Cancel</button>}
           <MoveItems items={j.items} />
         </div>
       ))}
