@@ -30,7 +30,7 @@ import { AgentClient } from '../agent/client.ts';
 import type { AgentContext } from '../agent/context.ts';
 import { ApiError } from '../agent/errors.ts';
 import { FORWARDED_USER_HEADER } from '../agent/server.ts';
-import { HaRecords } from '../cluster/ha/records.ts';
+import { HA_REQUESTS, HaRecords } from '../cluster/ha/records.ts';
 import type { Job } from '../cluster/model.ts';
 import { hostsTakingNoVm } from '../cluster/moves/records.ts';
 import { bestModelOf } from '../cluster/cpu.ts';
@@ -38,6 +38,7 @@ import { ROLES, roleAllows, UserError, UserRecords, SESSION_MS, type ApiUser, ty
 import { NAME_PATTERN } from '../util/names.ts';
 import { candidateHosts } from '../agent/cpu.ts';
 import { moveRoutes } from '../agent/moves.ts';
+import { haRoutes } from '../agent/ha.ts';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -244,7 +245,9 @@ export async function buildApi(
     const { name } = request.params as { name: string };
     const vm = await requireVm(name);
     const jobs = (await state.jobs()).filter((j) => j.vm === name).slice(-20);
-    return { vm, migration: (await state.migration(name)) ?? null, jobs };
+    const ha = new HaRecords(state.store);
+    const [resource, status] = await Promise.all([ha.resource(name), ha.status(name)]);
+    return { vm, migration: (await state.migration(name)) ?? null, jobs, ha: resource ? { resource, status: status ?? null } : null };
   });
   app.get('/api/v1/vms/:name/candidates', { ...viewer, schema: { summary: 'Every host as a live-migration destination: can it take the VM, and why not', params: nameParams('name') } }, async (request) => {
     const { name } = request.params as { name: string };
@@ -297,20 +300,20 @@ export async function buildApi(
     return (await ownerAgent(request, job.host)).call('POST', `/v1/jobs/${job.id}/cancel`, {});
   });
 
-  // Drains, maintenance and their jobs: the agent's own handlers (agent/moves.ts), run here with the
-  // user as the one who asked (the REST layer checked the role; the job records the name).
-  const agentMoveRoutes = moveRoutes(ctx);
-  const moveRoute = (method: string, pattern: string) => {
-    const route = agentMoveRoutes.find((r) => r.method === method && r.pattern === pattern);
-    if (!route?.handler) throw new Error(`agent/moves.ts has no ${method} ${pattern}`);
+  // Drains, maintenance, their jobs and HA: the agent's own handlers (agent/moves.ts, ha.ts), run here
+  // as a forwarded call for the user (the REST layer checked the role; the records name the user).
+  const agentRoutes = [...moveRoutes(ctx), ...haRoutes(ctx)];
+  const agentRoute = (method: string, pattern: string) => {
+    const route = agentRoutes.find((r) => r.method === method && r.pattern === pattern);
+    if (!route?.handler) throw new Error(`the agent has no ${method} ${pattern}`);
     return (request: FastifyRequest, params: Record<string, string>, body: Record<string, unknown> = {}) =>
       // As a forwarded call: this host acting for the user (authz.ts refuses such a caller on any route not marked operator).
       route.handler(params, body, { role: 'host', name: ctx.node.name, fingerprint: '', user: request.user! });
   };
-  const drain = moveRoute('POST', '/v1/nodes/:host/drain');
-  const maintenance = moveRoute('POST', '/v1/nodes/:host/maintenance');
-  const cancelMove = moveRoute('POST', '/v1/moves/:id/cancel');
-  const listMoves = moveRoute('GET', '/v1/moves');
+  const drain = agentRoute('POST', '/v1/nodes/:host/drain');
+  const maintenance = agentRoute('POST', '/v1/nodes/:host/maintenance');
+  const cancelMove = agentRoute('POST', '/v1/moves/:id/cancel');
+  const listMoves = agentRoute('GET', '/v1/moves');
   const PARALLEL = { type: 'integer', minimum: 1, maximum: 16 } as const;
   app.post(
     '/api/v1/nodes/:host/drain',
@@ -348,6 +351,31 @@ export async function buildApi(
       schema: { summary: 'Cancel a move job: the migrations under way roll back, no more start', params: { type: 'object', required: ['id'], properties: { id: { type: 'string', pattern: '^(drain|return|balance)-[a-z0-9-]{1,80}$' } }, additionalProperties: false } },
     },
     async (request) => cancelMove(request, request.params as { id: string }),
+  );
+
+  // A VM under HA: put it there or change what is asked of it (started, stopped, disabled, ignored), or take it out.
+  const addHa = agentRoute('POST', '/v1/ha/resources');
+  const setHa = agentRoute('POST', '/v1/ha/resources/:vm');
+  const removeHa = agentRoute('DELETE', '/v1/ha/resources/:vm');
+  app.post(
+    '/api/v1/vms/:name/ha',
+    {
+      ...operator,
+      schema: {
+        summary: 'Put a VM under HA, or change what HA keeps it at (started, stopped, disabled, ignored)',
+        params: nameParams('name'),
+        body: { type: 'object', required: ['request'], properties: { request: { type: 'string', enum: HA_REQUESTS } }, additionalProperties: false },
+      },
+    },
+    async (request) => {
+      const { name } = request.params as { name: string };
+      const { request: wanted } = request.body as { request: string };
+      ctx.log(`REST API: ${request.user!.name} sets HA of ${name} to ${wanted}`);
+      return (await new HaRecords(state.store).resource(name)) ? setHa(request, { vm: name }, { request: wanted }) : addHa(request, {}, { vm: name, request: wanted });
+    },
+  );
+  app.delete('/api/v1/vms/:name/ha', { ...operator, schema: { summary: 'Take a VM out of HA (it runs on, unguarded)', params: nameParams('name') } }, async (request) =>
+    removeHa(request, { vm: (request.params as { name: string }).name }),
   );
 
   app.get('/api/v1/storage', { ...viewer, schema: { summary: 'Storage pools and volumes' } }, async () => ({ pools: await state.pools(), volumes: await state.volumes() }));

@@ -5,7 +5,8 @@
  * or cannot with why, asks for a prediction, migrates with clicks, watches the live chart fill and the
  * VM arrive (the guest answering from the same boot); a capped migration is cancelled from the UI and
  * rolls back; a host put in maintenance from its page and taken out again (its VM leaves and comes
- * back, live); a viewer sees no Migrate button and the API refuses the call. Screenshots go to
+ * back, live); a VM put under HA from its page and taken out; a viewer sees no Migrate button and
+ * the API refuses the call. Screenshots go to
  * test/artifacts/ui/.
  */
 import assert from 'node:assert/strict';
@@ -152,6 +153,24 @@ describe('web UI in Chromium (3-host lab)', () => {
     await sameGuest('w1');
   });
 
+  it("HA from a VM's page: put under HA, the manager's view shown, taken out again", async () => {
+    const page = await login('alice');
+    await page.goto(`${base}/#/vm/w1`);
+    await page.getByTestId('ha-state').filter({ hasText: 'not under HA' }).waitFor();
+    await page.getByTestId('ha-set').click();
+    // The manager looks at it within its tick, and the page shows what it found when reloaded by an event or a visit.
+    let state = '';
+    for (let i = 0; i < 60 && !/started \(now running/.test(state); i++) {
+      await new Promise((r) => setTimeout(r, 500));
+      await page.reload();
+      state = await page.getByTestId('ha-state').innerText();
+    }
+    assert.match(state, /started \(now running/);
+    await page.screenshot({ path: path.join(ARTIFACTS, '8-ha.png'), fullPage: true });
+    await page.getByTestId('ha-remove').click();
+    await page.getByTestId('ha-state').filter({ hasText: 'not under HA' }).waitFor();
+  });
+
   it('a viewer sees no Migrate button, and the API refuses the call (403)', async () => {
     const page = await login('victor');
     await page.goto(`${base}/#/vm/w1`);
@@ -166,6 +185,6 @@ describe('web UI in Chromium (3-host lab)', () => {
       return res.status;
     });
     assert.equal(status, 403);
-    await page.screenshot({ path: path.join(ARTIFACTS, '8-viewer.png'), fullPage: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, '9-viewer.png'), fullPage: true });
   });
 });

@@ -167,7 +167,15 @@ function VmTable({ vms }: { vms: VmView[] }) {
 }
 
 function VmPage({ name, session }: { name: string; session: Session }) {
-  const vm = useLoad(() => api<{ vm: { spec: { name: string; memoryMiB: number; vcpus: number; cpuModel: string }; owner: string; desired: string; ip?: string }; jobs: JobView[] }>('GET', `/vms/${encodeURIComponent(name)}`), [name]);
+  const vm = useLoad(
+    () =>
+      api<{
+        vm: { spec: { name: string; memoryMiB: number; vcpus: number; cpuModel: string }; owner: string; desired: string; ip?: string };
+        jobs: JobView[];
+        ha: { resource: { request: string; maxRestart: number; maxRelocate: number }; status: { actual: string; reason?: string; lastAction?: string } | null } | null;
+      }>('GET', `/vms/${encodeURIComponent(name)}`),
+    [name],
+  );
   const [dialog, setDialog] = useState(false);
   const [following, setFollowing] = useState<string>();
   useEvents((kind, data) => {
@@ -176,7 +184,7 @@ function VmPage({ name, session }: { name: string; session: Session }) {
   });
   if (vm.error) return <p className="error">{vm.error}</p>;
   if (!vm.data) return <p>loading…</p>;
-  const { vm: record, jobs } = vm.data;
+  const { vm: record, jobs, ha } = vm.data;
   const migrations = jobs.filter((j) => j.kind === 'migrate').reverse();
   const running = migrations.find((j) => j.state === 'running');
   const live = following ?? running?.id;
@@ -188,6 +196,7 @@ function VmPage({ name, session }: { name: string; session: Session }) {
       <p>
         {record.desired}, {record.spec.memoryMiB} MiB, {record.spec.vcpus} vCPU, CPU {record.spec.cpuModel}, address {record.ip ?? '—'}
       </p>
+      <HaPanel name={name} ha={ha} canChange={session.role !== 'viewer'} onChanged={vm.reload} />
       {session.role !== 'viewer' && !live && (
         <button data-testid="migrate-open" onClick={() => setDialog(true)}>
           Migrate…
@@ -210,6 +219,49 @@ function VmPage({ name, session }: { name: string; session: Session }) {
         <MigrationRecordView key={j.id} job={j} />
       ))}
     </>
+  );
+}
+
+/** What HA keeps the VM at and what it did last; operators change it. */
+function HaPanel({ name, ha, canChange, onChanged }: { name: string; ha: { resource: { request: string }; status: { actual: string; reason?: string; lastAction?: string } | null } | null; canChange: boolean; onChanged: () => void }) {
+  const [wanted, setWanted] = useState(ha?.resource.request ?? 'started');
+  const [error, setError] = useState<string>();
+  const act = async (what: () => Promise<unknown>) => {
+    setError(undefined);
+    try {
+      await what();
+    } catch (err) {
+      setError((err as Error).message);
+    }
+    onChanged();
+  };
+  return (
+    <div className="ha" data-testid="ha">
+      HA:{' '}
+      <span data-testid="ha-state">{ha ? `${ha.resource.request} (now ${ha.status?.actual ?? 'not looked at yet'}${ha.status?.reason ? `: ${ha.status.reason}` : ''})` : 'not under HA'}</span>
+      {ha?.status?.lastAction && <span className="muted"> · last: {ha.status.lastAction}</span>}
+      {canChange && (
+        <>
+          {' '}
+          <select name="ha-request" value={wanted} onChange={(e) => setWanted(e.target.value)}>
+            {['started', 'stopped', 'disabled', 'ignored'].map((r) => (
+              <option key={r} value={r}>
+                {r}
+              </option>
+            ))}
+          </select>{' '}
+          <button data-testid="ha-set" onClick={() => act(() => api('POST', `/vms/${encodeURIComponent(name)}/ha`, { request: wanted }))}>
+            {ha ? 'Set' : 'Put under HA'}
+          </button>
+          {ha && (
+            <button data-testid="ha-remove" onClick={() => act(() => api('DELETE', `/vms/${encodeURIComponent(name)}/ha`))}>
+              Take out of HA
+            </button>
+          )}
+        </>
+      )}
+      {error && <span className="error"> {error}</span>}
+    </div>
   );
 }
 
