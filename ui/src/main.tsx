@@ -222,9 +222,8 @@ function VmPage({ name, session }: { name: string; session: Session }) {
   );
 }
 
-/** What HA keeps the VM at and what it did last; operators change it. */
-function HaPanel({ name, ha, canChange, onChanged }: { name: string; ha: { resource: { request: string }; status: { actual: string; reason?: string; lastAction?: string } | null } | null; canChange: boolean; onChanged: () => void }) {
-  const [wanted, setWanted] = useState(ha?.resource.request ?? 'started');
+/** A button's action: its error kept to show, `after` run whatever came of it (a reload). */
+function useAction(after: () => void): [string | undefined, (what: () => Promise<unknown>) => Promise<void>] {
   const [error, setError] = useState<string>();
   const act = async (what: () => Promise<unknown>) => {
     setError(undefined);
@@ -233,8 +232,15 @@ function HaPanel({ name, ha, canChange, onChanged }: { name: string; ha: { resou
     } catch (err) {
       setError((err as Error).message);
     }
-    onChanged();
+    after();
   };
+  return [error, act];
+}
+
+/** What HA keeps the VM at and what it did last; operators change it. */
+function HaPanel({ name, ha, canChange, onChanged }: { name: string; ha: { resource: { request: string }; status: { actual: string; reason?: string; lastAction?: string } | null } | null; canChange: boolean; onChanged: () => void }) {
+  const [wanted, setWanted] = useState(ha?.resource.request ?? 'started');
+  const [error, act] = useAction(onChanged);
   return (
     <div className="ha" data-testid="ha">
       HA:{' '}
@@ -488,7 +494,6 @@ function HostPage({ name, session }: { name: string; session: Session }) {
   const hosts = useLoad(() => api<{ hosts: HostView[] }>('GET', '/hosts'), []);
   const vms = useLoad(() => api<{ vms: VmView[] }>('GET', '/vms'), []);
   const moves = useLoad(() => api<{ jobs: MoveJobView[]; maintenances: Array<{ host: string; since: string; by: string }> }>('GET', '/moves'), []);
-  const [error, setError] = useState<string>();
   const [plan, setPlan] = useState<MoveJobView['items']>();
   const host = hosts.data?.hosts.find((h) => h.name === name);
   const inMaintenance = moves.data?.maintenances.find((m) => m.host === name);
@@ -500,16 +505,7 @@ function HostPage({ name, session }: { name: string; session: Session }) {
     const timer = setInterval(moves.reload, 1000); // move jobs are not on the event stream: looked at each second while one runs
     return () => clearInterval(timer);
   }, [running, moves.reload]);
-  const act = async (what: () => Promise<unknown>) => {
-    setError(undefined);
-    try {
-      await what();
-    } catch (err) {
-      setError((err as Error).message);
-    }
-    moves.reload();
-    hosts.reload();
-  };
+  const [error, act] = useAction(() => (moves.reload(), hosts.reload()));
   const operator = session.role !== 'viewer';
   return (
     <>
