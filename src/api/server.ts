@@ -32,6 +32,7 @@ import { ApiError } from '../agent/errors.ts';
 import { FORWARDED_USER_HEADER } from '../agent/server.ts';
 import { HA_REQUESTS, HaRecords } from '../cluster/ha/records.ts';
 import type { Job } from '../cluster/model.ts';
+import { poolLocation, type StoragePoolConfig } from '../storage/types.ts';
 import { hostsTakingNoVm } from '../cluster/moves/records.ts';
 import { bestModelOf } from '../cluster/cpu.ts';
 import { ROLES, roleAllows, UserError, UserRecords, SESSION_MS, type ApiUser, type Role } from '../cluster/users.ts';
@@ -378,7 +379,10 @@ export async function buildApi(
     removeHa(request, { vm: (request.params as { name: string }).name }),
   );
 
-  app.get('/api/v1/storage', { ...viewer, schema: { summary: 'Storage pools and volumes' } }, async () => ({ pools: await state.pools(), volumes: await state.volumes() }));
+  app.get('/api/v1/storage', { ...viewer, schema: { summary: 'Storage pools (where each is, which hosts reach it) and volumes' } }, async () => ({
+    pools: (await state.pools()).map((p) => ({ ...p, location: poolLocation(p), reachedFrom: reachOf(p.type) })),
+    volumes: await state.volumes(),
+  }));
   app.get('/api/v1/ha', { ...viewer, schema: { summary: 'HA: resources, their states, rules, the manager, cluster maintenance' } }, async () => {
     const ha = new HaRecords(state.store);
     const [resources, statuses, rules, manager, maintenance] = await Promise.all([ha.resources(), ha.statuses(), ha.rules(), ha.manager(), ha.maintenance()]);
@@ -447,6 +451,13 @@ export async function serveApi(ctx: AgentContext, port: number): Promise<ApiServ
       await app.close();
     },
   };
+}
+
+/** Which hosts reach a pool's volumes, in words. */
+function reachOf(type: StoragePoolConfig['type']): string {
+  if (type === 'local') return "each host its own (a VM's disks are copied when it moves)";
+  if (type === 'replicated') return 'the two hosts of each volume (its replicas)';
+  return 'every host';
 }
 
 function sameSecret(given: unknown, expected: string | undefined): boolean {

@@ -85,7 +85,7 @@ export interface JobView {
     bytes: number;
     rounds: number;
     phases: Array<{ phase: string; ms: number }>;
-    steps: Array<{ atMs?: number; action?: string; reason?: string }>;
+    steps: Array<{ atMs: number; round: number; action: { kind: string; ms?: number; initialPercent?: number }; reason: string }>;
     attempts: number;
     failure?: { phase: string; reason: string };
   };

@@ -102,7 +102,7 @@ function Login({ onLogin }: { onLogin: (s: Session) => void }) {
 function Overview() {
   const hosts = useLoad(() => api<{ hosts: HostView[] }>('GET', '/hosts'), []);
   const vms = useLoad(() => api<{ vms: VmView[] }>('GET', '/vms'), []);
-  const storage = useLoad(() => api<{ pools: Array<{ name: string; type: string }> }>('GET', '/storage'), []);
+  const storage = useLoad(() => api<{ pools: Array<{ name: string; type: string; location: string; reachedFrom: string }> }>('GET', '/storage'), []);
   const refresh = useThrottled(useCallback(() => (hosts.reload(), vms.reload()), [hosts.reload, vms.reload]));
   useEvents((kind) => {
     if (kind === 'vm' || kind === 'job') refresh();
@@ -135,7 +135,7 @@ function Overview() {
       <ul>
         {storage.data?.pools.map((p) => (
           <li key={p.name}>
-            {p.name} ({p.type})
+            {p.name} ({p.type}, {p.location}): {p.reachedFrom}
           </li>
         ))}
       </ul>
@@ -468,6 +468,17 @@ function MigrationRecordView({ job }: { job: JobView }) {
       <strong>{job.state === 'succeeded' ? 'moved' : 'failed'}</strong> {job.createdAt.slice(0, 19).replace('T', ' ')} from {job.host}
       {job.by ? ` (asked by ${job.by})` : ''}: {r ? `total ${seconds(r.totalMs)}, QEMU downtime ${seconds(r.downtimeMs)}, ${mib(r.bytes)} in ${r.rounds} rounds, ${r.attempts} attempt${r.attempts === 1 ? '' : 's'}` : ''}
       {job.error && <span className="error"> — {job.error}</span>}
+      {r && r.steps.length > 0 && (
+        <ul className="steps" data-testid="policy-steps">
+          {r.steps.map((step, i) => (
+            <li key={i}>
+              {seconds(step.atMs)}, round {step.round}: {step.action.kind}
+              {step.action.ms !== undefined ? ` ${step.action.ms} ms` : ''}
+              {step.action.initialPercent !== undefined ? ` from ${step.action.initialPercent}%` : ''} — {step.reason}
+            </li>
+          ))}
+        </ul>
+      )}
       {r && total > 0 && (
         <div className="timeline">
           {r.phases.map((p) => (
