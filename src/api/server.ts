@@ -524,11 +524,12 @@ class EventBroadcaster {
     const stream = { reply, user, credential: request.credential!, checkedAt: Date.now() };
     this.streams.add(stream);
     reply.raw.on('close', () => this.drop(stream));
-    // What runs now, then changes (first poll: VMs as they are, running jobs).
-    void this.snapshot().then((lines) => {
-      for (const line of lines) reply.raw.write(line);
+    // The jobs running now, then 'ready': every change after it is sent (the first stream's poll sets what is known).
+    void (async () => {
+      if (!this.seen.size) await this.poll();
+      for (const line of await this.snapshot()) reply.raw.write(line);
       reply.raw.write('event: ready\ndata: {}\n\n');
-    });
+    })().catch((err: Error) => this.ctx.log(`REST API event stream: ${err.message}`));
     this.timer ??= setInterval(() => void this.poll(), 500);
   }
 
