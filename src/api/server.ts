@@ -179,9 +179,9 @@ export async function buildApi(
     },
     async (request, reply) => {
       const { user, password } = request.body as { user: string; password: string };
-      const login = await logins.attempt(user, request.ip, () => users.login(user, password));
+      const login = await logins.attempt(user, request.socket.remoteAddress, () => users.login(user, password));
       if (!login) {
-        ctx.log(`REST API: failed login as '${user}' from ${request.ip || 'the local socket'}`);
+        ctx.log(`REST API: failed login as '${user}' from ${request.socket.remoteAddress ?? 'the local socket'}`);
         throw new ApiError(401, 'wrong user name or password');
       }
       reply.setCookie(SESSION_COOKIE, login.sessionId, { httpOnly: true, secure: true, sameSite: 'strict', path: '/', maxAge: SESSION_MS / 1000 });
@@ -308,7 +308,8 @@ export async function buildApi(
     const route = agentRoutes.find((r) => r.method === method && r.pattern === pattern);
     if (!route?.handler) throw new Error(`the agent has no ${method} ${pattern}`);
     return (request: FastifyRequest, params: Record<string, string>, body: Record<string, unknown> = {}) =>
-      // As a forwarded call: this host acting for the user (authz.ts refuses such a caller on any route not marked operator).
+      // As a forwarded call: this host acting for the user, whose role the REST layer checked (these
+      // handlers read only the caller's name, for the records: 'alice (operator, through h1)').
       route.handler(params, body, { role: 'host', name: ctx.node.name, fingerprint: '', user: request.user! });
   };
   const drain = agentRoute('POST', '/v1/nodes/:host/drain');
@@ -375,9 +376,11 @@ export async function buildApi(
       return (await new HaRecords(state.store).resource(name)) ? setHa(request, { vm: name }, { request: wanted }) : addHa(request, {}, { vm: name, request: wanted });
     },
   );
-  app.delete('/api/v1/vms/:name/ha', { ...operator, schema: { summary: 'Take a VM out of HA (it runs on, unguarded)', params: nameParams('name') } }, async (request) =>
-    removeHa(request, { vm: (request.params as { name: string }).name }),
-  );
+  app.delete('/api/v1/vms/:name/ha', { ...operator, schema: { summary: 'Take a VM out of HA (it runs on, unguarded)', params: nameParams('name') } }, async (request) => {
+    const { name } = request.params as { name: string };
+    ctx.log(`REST API: ${request.user!.name} takes ${name} out of HA`);
+    return removeHa(request, { vm: name });
+  });
 
   app.get('/api/v1/storage', { ...viewer, schema: { summary: 'Storage pools (where each is, which hosts reach it) and volumes' } }, async () => ({
     pools: (await state.pools()).map((p) => ({ ...p, location: poolLocation(p), reachedFrom: reachOf(p.type) })),
@@ -468,36 +471,60 @@ function sameSecret(given: unknown, expected: string | undefined): boolean {
 
 /**
  * Logins cost a 32 MiB scrypt each: at most two at once (more wait, a few; beyond that 429), and a
- * name or address that failed 5 times in 5 minutes waits a minute (429) — the agent's own work
- * (lease renewals) shares the machine.
+ * name — or a remote address — that failed 5 times in 5 minutes waits a minute (429): the agent's
+ * own work (lease renewals) shares the machine. Logins through the local socket (`ferry ui`) have no
+ * address of their own and are limited by name only.
  */
 class LoginLimiter {
   private running = 0;
   private readonly waiting: Array<() => void> = [];
+  /** Failure times per name or address, oldest key first; only keys with a recent failure are kept. */
   private readonly failures = new Map<string, number[]>();
 
-  async attempt<T>(user: string, ip: string, login: () => Promise<T | undefined>): Promise<T | undefined> {
+  async attempt<T>(user: string, ip: string | undefined, login: () => Promise<T | undefined>): Promise<T | undefined> {
+    const keys = [`u:${user}`, ...(ip ? [`a:${ip}`] : [])];
     const now = Date.now();
-    for (const key of [`u:${user}`, `a:${ip}`]) {
-      const recent = (this.failures.get(key) ?? []).filter((t) => now - t < 5 * 60_000);
-      this.failures.set(key, recent);
+    for (const key of keys) {
+      const recent = this.recent(key, now);
       if (recent.length >= 5 && now - recent[recent.length - 1]! < 60_000) throw new ApiError(429, 'too many failed logins; wait a minute and try again');
     }
     if (this.running >= 2) {
       if (this.waiting.length >= 8) throw new ApiError(429, 'too many logins at once; try again in a moment');
-      await new Promise<void>((resolve) => this.waiting.push(resolve));
-    }
-    this.running++;
+      await new Promise<void>((resolve) => this.waiting.push(resolve)); // the slot is handed over, still counted
+    } else this.running++;
     try {
       const result = await login();
-      if (!result) for (const key of [`u:${user}`, `a:${ip}`]) this.failures.get(key)!.push(Date.now());
-      if (this.failures.size > 10_000) this.failures.clear();
+      if (!result) for (const key of keys) this.fail(key);
       return result;
     } finally {
-      this.running--;
-      this.waiting.shift()?.();
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.running--;
     }
   }
+
+  private recent(key: string, now: number): number[] {
+    const recent = (this.failures.get(key) ?? []).filter((t) => now - t < 5 * 60_000);
+    if (recent.length) this.failures.set(key, recent);
+    else this.failures.delete(key);
+    return recent;
+  }
+
+  private fail(key: string): void {
+    const times = [...(this.failures.get(key) ?? []), Date.now()];
+    this.failures.delete(key); // re-inserted last: the map stays oldest first
+    this.failures.set(key, times);
+    while (this.failures.size > 10_000) this.failures.delete(this.failures.keys().next().value!);
+  }
+}
+
+interface EventStream {
+  reply: FastifyReply;
+  user: ApiUser;
+  credential: string;
+  checkedAt: number;
+  /** Its snapshot and 'ready' are written: from now on it gets every change. */
+  ready: boolean;
 }
 
 /**
@@ -506,10 +533,12 @@ class LoginLimiter {
  * revoked token or an expired session ends it); at most 8 streams per user.
  */
 class EventBroadcaster {
-  private readonly streams = new Set<{ reply: FastifyReply; user: ApiUser; credential: string; checkedAt: number }>();
+  private readonly streams = new Set<EventStream>();
   private readonly seen = new Map<string, string>();
+  /** The first poll only learns what is there. */
+  private primed = false;
   private timer: NodeJS.Timeout | undefined;
-  private busy = false;
+  private polling: Promise<void> | undefined;
 
   constructor(
     private readonly ctx: AgentContext,
@@ -521,16 +550,17 @@ class EventBroadcaster {
     if ([...this.streams].filter((s) => s.user.name === user.name).length >= 8) throw new ApiError(429, `user '${user.name}' has 8 event streams open already; close one`);
     reply.hijack();
     reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
-    const stream = { reply, user, credential: request.credential!, checkedAt: Date.now() };
+    const stream: EventStream = { reply, user, credential: request.credential!, checkedAt: Date.now(), ready: false };
     this.streams.add(stream);
     reply.raw.on('close', () => this.drop(stream));
-    // The jobs running now, then 'ready': every change after it is sent (the first stream's poll sets what is known).
-    void (async () => {
-      if (!this.seen.size) await this.poll();
-      for (const line of await this.snapshot()) reply.raw.write(line);
-      reply.raw.write('event: ready\ndata: {}\n\n');
-    })().catch((err: Error) => this.ctx.log(`REST API event stream: ${err.message}`));
     this.timer ??= setInterval(() => void this.poll(), 500);
+    // A poll first (what is known is current), then the jobs running now, then 'ready': no change after it is missed.
+    void (async () => {
+      await this.poll();
+      for (const job of (await this.ctx.state.jobs()).filter((j) => j.state === 'running')) reply.raw.write(`event: job\ndata: ${jobView(job)}\n\n`);
+      reply.raw.write('event: ready\ndata: {}\n\n');
+      stream.ready = true;
+    })().catch((err: Error) => this.ctx.log(`REST API event stream: ${err.message}`));
   }
 
   closeAll(): void {
@@ -540,48 +570,34 @@ class EventBroadcaster {
     this.timer = undefined;
   }
 
-  private drop(stream: { reply: FastifyReply }): void {
-    for (const s of this.streams) if (s.reply === stream.reply) this.streams.delete(s);
+  private drop(stream: EventStream): void {
+    this.streams.delete(stream);
     if (!this.streams.size) {
       clearInterval(this.timer);
       this.timer = undefined;
-      this.seen.clear();
     }
   }
 
-  private async snapshot(): Promise<string[]> {
-    const jobs = (await this.ctx.state.jobs()).filter((j) => j.state === 'running');
-    return jobs.map((j) => `event: job\ndata: ${jobView(j)}\n\n`);
+  /** One poll at a time; a caller during one waits for it. */
+  private poll(): Promise<void> {
+    this.polling ??= this.pollOnce().finally(() => (this.polling = undefined));
+    return this.polling;
   }
 
-  private async poll(): Promise<void> {
-    if (this.busy) return;
-    this.busy = true;
+  private async pollOnce(): Promise<void> {
     try {
-      const first = this.seen.size === 0;
       const [jobs, vms] = await Promise.all([this.ctx.state.jobs(), this.ctx.state.vms()]);
       const lines: string[] = [];
-      for (const job of jobs) {
-        const view = jobView(job);
-        if (this.seen.get(`job:${job.id}`) !== view && !first) lines.push(`event: job\ndata: ${view}\n\n`);
-        this.seen.set(`job:${job.id}`, view);
-      }
-      for (const vm of vms) {
-        const view = JSON.stringify({ name: vm.spec.name, host: vm.owner, desired: vm.desired });
-        if (this.seen.get(`vm:${vm.spec.name}`) !== view && !first) lines.push(`event: vm\ndata: ${view}\n\n`);
-        this.seen.set(`vm:${vm.spec.name}`, view);
-      }
+      const note = (key: string, kind: string, view: string) => {
+        if (this.seen.get(key) !== view && this.primed) lines.push(`event: ${kind}\ndata: ${view}\n\n`);
+        this.seen.set(key, view);
+      };
+      for (const job of jobs) note(`job:${job.id}`, 'job', jobView(job));
+      for (const vm of vms) note(`vm:${vm.spec.name}`, 'vm', JSON.stringify({ name: vm.spec.name, host: vm.owner, desired: vm.desired }));
+      this.primed = true;
       const now = Date.now();
       for (const s of [...this.streams]) {
-        if (now - s.checkedAt > 10_000) {
-          s.checkedAt = now;
-          const still = s.user.via === 'token' ? await this.users.byToken(s.credential) : await this.users.bySession(s.credential);
-          if (!still || still.role !== s.user.role) {
-            s.reply.raw.end('event: end\ndata: {"reason":"the credential is no longer valid"}\n\n');
-            this.drop(s);
-            continue;
-          }
-        }
+        if (!s.ready) continue;
         // A client that does not read is not written to without end: dropped.
         if (s.reply.raw.writableLength > 1024 * 1024) {
           s.reply.raw.destroy();
@@ -589,11 +605,17 @@ class EventBroadcaster {
           continue;
         }
         for (const line of lines) s.reply.raw.write(line);
+        if (now - s.checkedAt > 10_000) {
+          s.checkedAt = now;
+          const still = await (s.user.via === 'token' ? this.users.byToken(s.credential) : this.users.bySession(s.credential)).catch(() => s.user); // a store hiccup keeps it, checked again later
+          if (!still || still.role !== s.user.role) {
+            s.reply.raw.end('event: end\ndata: {"reason":"the credential is no longer valid"}\n\n');
+            this.drop(s);
+          }
+        }
       }
     } catch (err) {
       this.ctx.log(`REST API event stream: ${(err as Error).message}`);
-    } finally {
-      this.busy = false;
     }
   }
 }

@@ -29,6 +29,20 @@ type EventListener = (kind: string, data: Record<string, unknown>) => void;
 const listeners = new Set<EventListener>();
 let source: EventSource | undefined;
 
+function openEvents(): void {
+  const opened = new EventSource('/api/v1/events');
+  source = opened;
+  for (const kind of ['job', 'vm', 'ready']) opened.addEventListener(kind, (e) => listeners.forEach((l) => l(kind, JSON.parse((e as MessageEvent<string>).data) as Record<string, unknown>)));
+  // Closed for good (the server ended it, or refused it): opened again in a while, while a page listens.
+  opened.addEventListener('end', () => opened.close());
+  opened.onerror = () => {
+    if (opened.readyState !== EventSource.CLOSED && source === opened) return; // the browser reconnects by itself
+    opened.close();
+    if (source === opened) source = undefined;
+    setTimeout(() => listeners.size && !source && openEvents(), 3000);
+  };
+}
+
 /** Calls `onEvent` for every event of the API's stream while mounted; one stream for the whole page. */
 function useEvents(onEvent: EventListener): void {
   const handler = useRef(onEvent);
@@ -36,10 +50,7 @@ function useEvents(onEvent: EventListener): void {
   useEffect(() => {
     const listener: EventListener = (kind, data) => handler.current(kind, data);
     listeners.add(listener);
-    if (!source) {
-      source = new EventSource('/api/v1/events');
-      for (const kind of ['job', 'vm', 'ready']) source.addEventListener(kind, (e) => listeners.forEach((l) => l(kind, JSON.parse((e as MessageEvent<string>).data) as Record<string, unknown>)));
-    }
+    if (!source) openEvents();
     return () => {
       listeners.delete(listener);
       if (!listeners.size) (source?.close(), (source = undefined));
@@ -391,8 +402,13 @@ function LiveMigration({ jobId, canCancel, onEnd }: { jobId: string; canCancel: 
     );
     return () => plot.current?.destroy();
   }, []);
+  const ended = useRef(onEnd);
+  ended.current = onEnd;
+  const lastUpdate = useRef('');
   const take = useCallback(
     (j: JobView) => {
+      if (j.updatedAt < lastUpdate.current) return; // an answer older than an event already taken
+      lastUpdate.current = j.updatedAt;
       setJob(j);
       const ram = j.progress?.ram;
       if (ram && j.progress) {
@@ -413,9 +429,9 @@ function LiveMigration({ jobId, canCancel, onEnd }: { jobId: string; canCancel: 
         const fraction = ram.totalBytes ? 1 - ram.remainingBytes / ram.totalBytes : 0;
         setDone((d) => Math.max(d, fraction)); // progress does not run backwards when a round adds dirty pages
       }
-      if (j.state !== 'running') onEnd();
+      if (j.state !== 'running') ended.current();
     },
-    [onEnd],
+    [],
   );
   useEffect(() => {
     api<{ job: JobView }>('GET', `/jobs/${encodeURIComponent(jobId)}`).then((r) => take(r.job), (e: Error) => setError(e.message));
@@ -495,6 +511,7 @@ function MigrationRecordView({ job }: { job: JobView }) {
 interface MoveJobView {
   id: string;
   kind: string;
+  createdAt: string;
   host?: string;
   state: string;
   items: Array<{ vm: string; from: string; to: string; why?: string; progress: { state: string; reason?: string } }>;
@@ -508,7 +525,10 @@ function HostPage({ name, session }: { name: string; session: Session }) {
   const [plan, setPlan] = useState<MoveJobView['items']>();
   const host = hosts.data?.hosts.find((h) => h.name === name);
   const inMaintenance = moves.data?.maintenances.find((m) => m.host === name);
-  const jobs = (moves.data?.jobs ?? []).filter((j) => j.host === name).slice(-3).reverse();
+  const jobs = (moves.data?.jobs ?? [])
+    .filter((j) => j.host === name)
+    .sort((a, b) => b.createdAt.localeCompare(a.createdAt))
+    .slice(0, 3);
   const running = jobs.some((j) => j.state === 'running' || j.state === 'cancelling');
   useEvents((kind) => kind === 'vm' && (vms.reload(), hosts.reload()));
   useEffect(() => {
