@@ -23,6 +23,7 @@ import { moveRoutes } from './moves.ts';
 import { cpuRoutes } from './cpu.ts';
 import { userRoutes } from './users.ts';
 import { callerName } from './authz.ts';
+import type { MigrationRecord } from '../migration/types.ts';
 import { readClusterCpuModel } from '../cluster/cpu.ts';
 import { MoveRecords } from '../cluster/moves/records.ts';
 import { createVm } from './vm-create.ts';
@@ -246,6 +247,24 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       },
     },
 
+    {
+      method: 'POST',
+      pattern: '/v1/jobs/:id/blackout',
+      who: 'admin',
+      // The blackout a probing client measured (the CLI's lab probe), kept in the migration's record once.
+      handler: async ({ id }, body, caller) => {
+        const job = await state.job(id!);
+        const whole = (v: unknown, max: number) => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= max;
+        if (!job || job.kind !== 'migrate' || job.host !== node.name || job.state !== 'succeeded' || !job.result) throw new NotFoundError(`no completed migration ${id} run by ${node.name}`);
+        if (!whole(body['blackoutMs'], 3_600_000) || !whole(body['packetsLost'], 1e9) || !whole(body['packetsSent'], 1e9)) throw new RefusedError('blackoutMs, packetsLost and packetsSent are whole numbers');
+        const record = job.result as MigrationRecord;
+        if (record.clientBlackout) throw new RefusedError(`migration ${id} has its client blackout already`);
+        record.clientBlackout = { ms: body['blackoutMs'] as number, packetsLost: body['packetsLost'] as number, packetsSent: body['packetsSent'] as number, reportedBy: callerName(caller) };
+        await state.saveJob(job);
+        ctx.metrics?.blackoutMeasured(record.clientBlackout.ms);
+        return { clientBlackout: record.clientBlackout };
+      },
+    },
     { method: 'POST', pattern: '/v1/incoming', who: 'host', handler: async (_, body, caller) => incoming.prepare(body as unknown as IncomingRequest, caller.name) },
     // '/v1/incoming/check-storage': its name before it checked networks too, for agents of an older ferry during an upgrade.
     ...['/v1/incoming/check', '/v1/incoming/check-storage'].map((pattern): Route => ({

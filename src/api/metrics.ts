@@ -26,6 +26,7 @@ export class AgentMetrics {
   private readonly migrationSeconds: Histogram<'outcome'>;
   private readonly downtimeSeconds: Histogram;
   private readonly migrationBytes: Counter<'kind'>;
+  private readonly blackoutSeconds: Histogram;
 
   constructor(private readonly ctx: AgentContext) {
     const registers = [this.registry];
@@ -41,6 +42,12 @@ export class AgentMetrics {
       name: 'ferry_migration_downtime_seconds',
       help: "QEMU's downtime (the guest paused) of each completed migration",
       buckets: [0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2],
+      registers,
+    });
+    this.blackoutSeconds = new Histogram({
+      name: 'ferry_migration_blackout_seconds',
+      help: "The longest gap a probing client saw in each migration this host ran (reported by 'ferry vm migrate' when it probes)",
+      buckets: [0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5],
       registers,
     });
     this.migrationBytes = new Counter({ name: 'ferry_migration_bytes_total', help: "Bytes the migrations sent in their last attempt (a record keeps no earlier attempt's): RAM over the stream, disks by their mirrors", labelNames: ['kind'], registers });
@@ -104,6 +111,11 @@ export class AgentMetrics {
           if (job.host === me && (job.state === 'running' || job.state === 'cancelling')) for (const item of job.items) this.inc({ kind: job.kind, state: item.progress.state });
       },
     });
+  }
+
+  /** A client's blackout of a migration this host ran, as reported after it. */
+  blackoutMeasured(ms: number): void {
+    this.blackoutSeconds.observe(ms / 1000);
   }
 
   /** A migration this host ran as the source has ended (its job's final record). */

@@ -103,6 +103,12 @@ export async function migrateWithProbe(cli: Cli, name: string, to: string, optio
     if (probe) {
       await new Promise((r) => setTimeout(r, 200));
       window = await probe.stopStream();
+      // Into the migration's record (and its host's metrics): what the client saw. An older agent has no such route.
+      if (job.state === 'succeeded' && window.maxGapMs !== null)
+        await cli
+          .agent(vm.owner)
+          .call('POST', `/v1/jobs/${job.id}/blackout`, { blackoutMs: Math.round(window.maxGapMs), packetsLost: window.lost, packetsSent: window.sent })
+          .catch(() => undefined);
     }
     const record = job.result as MigrationRecord | undefined;
     return {

@@ -125,6 +125,8 @@ export interface MigrationRecord {
   warnings?: string[];
   /** The switchover's moments, for the breakdown of the guest's blackout (completed migrations). */
   switchover?: SwitchoverTimeline;
+  /** What a client of the guest saw, where one was probing it (`ferry vm migrate` in the lab): its longest gap. */
+  clientBlackout?: { ms: number; packetsLost: number; packetsSent: number; reportedBy: string };
   /**
    * How many attempts the migration took, this one included (an attempt the memory check stopped
    * is tried again with a fresh destination). `totalMs` and every other figure are this attempt's.

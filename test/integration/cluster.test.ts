@@ -134,6 +134,9 @@ for (const store of ['sqlite', 'etcd'] as const) {
         assert.equal(result.json.policy, 'balanced');
         assert.equal(typeof result.json.blackoutMs, 'number', 'the lab probe must measure the blackout');
         assert.ok(result.json.blackoutMs >= result.json.downtimeMs, 'the client cannot see less than QEMU paused');
+        const kept = (await cli('job', 'show', result.json.job)).json.result.clientBlackout;
+        assert.equal(kept?.ms, Math.round(result.json.blackoutMs), 'the blackout the CLI measured is kept in the record (the UI and the metrics show it)');
+        assert.equal(kept?.packetsSent, result.json.packetsSent);
         await assertHealthyOn(to);
       }
     });

@@ -88,6 +88,7 @@ export interface JobView {
     steps: Array<{ atMs: number; round: number; action: { kind: string; ms?: number; initialPercent?: number }; reason: string }>;
     attempts: number;
     failure?: { phase: string; reason: string };
+    clientBlackout?: { ms: number; packetsLost: number; packetsSent: number };
   };
 }
 

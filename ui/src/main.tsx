@@ -482,7 +482,9 @@ function MigrationRecordView({ job }: { job: JobView }) {
   return (
     <div className="record" data-testid="migration-record" data-state={job.state}>
       <strong>{job.state === 'succeeded' ? 'moved' : 'failed'}</strong> {job.createdAt.slice(0, 19).replace('T', ' ')} from {job.host}
-      {job.by ? ` (asked by ${job.by})` : ''}: {r ? `total ${seconds(r.totalMs)}, QEMU downtime ${seconds(r.downtimeMs)}, ${mib(r.bytes)} in ${r.rounds} rounds, ${r.attempts} attempt${r.attempts === 1 ? '' : 's'}` : ''}
+      {job.by ? ` (asked by ${job.by})` : ''}: {r ? `total ${seconds(r.totalMs)}, QEMU downtime ${seconds(r.downtimeMs)}, ` : ''}
+      {r ? `client blackout ${r.clientBlackout ? `${seconds(r.clientBlackout.ms)} (${r.clientBlackout.packetsLost} of ${r.clientBlackout.packetsSent} packets lost)` : 'not probed'}, ` : ''}
+      {r ? `${mib(r.bytes)} in ${r.rounds} rounds, ${r.attempts} attempt${r.attempts === 1 ? '' : 's'}` : ''}
       {job.error && <span className="error"> — {job.error}</span>}
       {r && r.steps.length > 0 && (
         <ul className="steps" data-testid="policy-steps">
