@@ -253,6 +253,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       who: 'admin',
       // The blackout a probing client measured (the CLI's lab probe), kept in the migration's record once.
       handler: async ({ id }, body, caller) => {
+        if (!/^[0-9]{14}-[0-9a-f]{8}$/.test(id!)) throw new RefusedError(`'${id}' is not a job id (ferry job list)`); // before it becomes a store key
         const job = await state.job(id!);
         const whole = (v: unknown, max: number) => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= max;
         if (!job || job.kind !== 'migrate' || job.host !== node.name || job.state !== 'succeeded' || !job.result) throw new NotFoundError(`no completed migration ${id} run by ${node.name}`);

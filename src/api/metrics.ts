@@ -124,7 +124,7 @@ export class AgentMetrics {
     const outcome = job.state === 'succeeded' ? 'completed' : record?.outcome === 'rolled-back' ? 'rolled-back' : 'failed';
     this.migrations.inc({ outcome, policy: record?.params?.policy ?? 'unknown' });
     if (!record) return;
-    this.migrationSeconds.observe({ outcome }, (record.totalMsAllAttempts ?? record.totalMs) / 1000); // every attempt's time: what the user waited
+    this.migrationSeconds.observe({ outcome }, record.totalMsAllAttempts / 1000); // every attempt's time: what the user waited
     if (outcome === 'completed' && record.downtimeMs !== null) this.downtimeSeconds.observe(record.downtimeMs / 1000);
     this.migrationBytes.inc({ kind: 'ram' }, record.bytes);
     if (record.diskBytes) this.migrationBytes.inc({ kind: 'disk' }, record.diskBytes);
