@@ -17,7 +17,7 @@ import { readJson, writeJson, type ClusterConfig, type NodeConfig, type StoreCon
 import type { CpuRestriction } from '../cluster/cpu.ts';
 import { createCa, issueCertificate, issueStoreClientCertificate, loadIdentity } from '../cluster/pki.ts';
 import { storeUserArgv } from '../cluster/store/etcd-auth.ts';
-import { EtcdCluster } from '../cluster/store/etcd-cluster.ts';
+import { EtcdCluster, type EtcdMemberSpec } from '../cluster/store/etcd-cluster.ts';
 import { FAULT_FILE_ENV, type FaultAction, type FaultPoint } from '../agent/faults.ts';
 import { createBridge, createNetns, deleteNetns, ip, linkExists, netnsExists } from '../net/netns.ts';
 import { run } from '../util/exec.ts';
@@ -155,14 +155,7 @@ export async function labUp(options: LabOptions = {}): Promise<LabRecord> {
       // All members share the store namespace, so a peer may connect from any of its addresses: name them all.
       const storeAddresses = [5, 6, 7].map((a) => `${SUBNET}.${a}`);
       for (const i of [1, 2, 3]) await issueCertificate(clusterDir, path.join(dir, 'etcd', `tls${i}`), { name: `etcd${i}`, role: 'store', addresses: storeAddresses });
-      const cluster = await EtcdCluster.start(
-        [5, 6, 7].map((a, i) => ({
-          name: `etcd${i + 1}`, host: `${SUBNET}.${a}`, clientPort: 2379, peerPort: 2380, netns: lab.storeNetns!, tlsDir: path.join(dir, 'etcd', `tls${i + 1}`),
-        })),
-        path.join(dir, 'etcd'),
-        30_000,
-        logFd,
-      );
+      const cluster = await EtcdCluster.start(etcdSpecs(lab), path.join(dir, 'etcd'), 30_000, logFd);
       lab.etcdPids = cluster.members.map((m) => m.pid!).filter(Boolean);
       storeConfig = { kind: 'etcd', endpoints: cluster.endpoints, rbac: true };
       await save();
@@ -323,8 +316,47 @@ export function labContext(lab: LabRecord): CliContext {
 }
 
 /** Starts (or restarts) a host's agent in its namespace, detached, and waits until it answers. */
+/** The lab's three etcd members, all in the store namespace at .5, .6 and .7. */
+function etcdSpecs(lab: LabRecord): EtcdMemberSpec[] {
+  return STORE_ADDRESS_SUFFIXES.map((a, i) => ({
+    name: `etcd${i + 1}`, host: `${SUBNET}.${a}`, clientPort: 2379, peerPort: 2380, netns: lab.storeNetns!, tlsDir: path.join(lab.dir, 'etcd', `tls${i + 1}`),
+  }));
+}
+const STORE_ADDRESS_SUFFIXES = [5, 6, 7];
+
+/** Kills etcd member `index` (0-2) of an etcd lab, as a crash would (SIGKILL). */
+export async function killEtcdMember(lab: LabRecord, index: number): Promise<void> {
+  const pid = lab.etcdPids[index];
+  if (!alive(pid)) return;
+  process.kill(pid!, 'SIGKILL');
+  while (alive(pid)) await new Promise((r) => setTimeout(r, 50));
+}
+
+/** Starts etcd member `index` again on its data directory (it rejoins the cluster it was part of). */
+export async function restartEtcdMember(lab: LabRecord, index: number): Promise<void> {
+  if (alive(lab.etcdPids[index])) return;
+  const specs = etcdSpecs(lab);
+  const member = EtcdCluster.memberOf(specs, path.join(lab.dir, 'etcd'), index);
+  member.start(openSync(path.join(lab.dir, 'etcd.log'), 'a'));
+  lab.etcdPids[index] = member.pid!;
+  await writeJson(path.join(lab.dir, 'lab.json'), lab);
+}
+
+/** Which etcd member (0-2) leads now, as the members themselves say; undefined without a leader. */
+export async function etcdLeader(lab: LabRecord): Promise<number | undefined> {
+  const tls = path.join(lab.dir, 'etcd', 'tls1');
+  const endpoints = etcdSpecs(lab).map((s) => `https://${s.host}:${s.clientPort}`);
+  const out = await run('ip', [
+    'netns', 'exec', lab.storeNetns!, 'etcdctl', `--endpoints=${endpoints.join(',')}`, `--cacert=${path.join(tls, 'ca-cert.pem')}`, `--cert=${path.join(tls, 'cert.pem')}`,
+    `--key=${path.join(tls, 'key.pem')}`, '--command-timeout=2s', 'endpoint', 'status', '--write-out=json',
+  ]).catch((err: Error & { stdout?: string }) => err.stdout ?? '[]');
+  const statuses = JSON.parse(out || '[]') as Array<{ Endpoint: string; Status: { header: { member_id: number | string }; leader: number | string } }>;
+  const leader = statuses.find((s) => String(s.Status.header.member_id) === String(s.Status.leader));
+  return leader ? endpoints.indexOf(leader.Endpoint) : undefined;
+}
+
 /** The file where a lab host's agent looks for injected faults (agent/faults.ts). */
-function faultFile(lab: LabRecord, host: string): string {
+export function faultFile(lab: LabRecord, host: string): string {
   return path.join(lab.dir, 'hosts', host, 'faults.json');
 }
 
@@ -433,6 +465,13 @@ export async function labDown(dir = DEFAULT_LAB_DIR): Promise<string[]> {
       removed.push(ns);
     }
   }
+  await unmountUnder(dir);
   await rm(dir, { recursive: true, force: true });
   return removed;
+}
+
+/** Unmounts every filesystem mounted inside the lab's directory (the fault campaign's small ones), deepest first. */
+export async function unmountUnder(dir: string): Promise<void> {
+  const mounts = (await readFile('/proc/mounts', 'utf8')).split('\n').map((l) => l.split(' ')[1]).filter((m): m is string => !!m && m.startsWith(dir + '/'));
+  for (const m of mounts.sort((a, b) => b.length - a.length)) await run('umount', ['-l', m]).catch(() => undefined);
 }

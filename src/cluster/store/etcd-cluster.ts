@@ -101,13 +101,10 @@ export class EtcdCluster {
    * checked from inside it (with etcdctl): their addresses are not reachable from here.
    */
   static async start(specs: EtcdMemberSpec[], dataRoot: string, timeoutMs = 30_000, logFile?: number): Promise<EtcdCluster> {
-    const initialCluster = specs.map((s) => `${s.name}=${s.tlsDir ? 'https' : 'http'}://${s.host}:${s.peerPort}`).join(',');
-    const token = `ferry-${path.basename(dataRoot)}`;
     const members: EtcdMember[] = [];
-    for (const s of specs) {
-      const dir = path.join(dataRoot, s.name);
-      await mkdir(dir, { recursive: true, mode: 0o700 });
-      members.push(new EtcdMember(s, dir, initialCluster, token));
+    for (const [i, s] of specs.entries()) {
+      await mkdir(path.join(dataRoot, s.name), { recursive: true, mode: 0o700 });
+      members.push(EtcdCluster.memberOf(specs, dataRoot, i));
     }
     members.forEach((m) => m.start(logFile));
     const cluster = new EtcdCluster(members);
@@ -129,6 +126,12 @@ export class EtcdCluster {
         await new Promise((r) => setTimeout(r, 200));
       }
     }
+  }
+
+  /** Member `index` of a cluster started from `specs` in `dataRoot`, not running: to start one again after it died. */
+  static memberOf(specs: EtcdMemberSpec[], dataRoot: string, index: number): EtcdMember {
+    const initialCluster = specs.map((s) => `${s.name}=${s.tlsDir ? 'https' : 'http'}://${s.host}:${s.peerPort}`).join(',');
+    return new EtcdMember(specs[index]!, path.join(dataRoot, specs[index]!.name), initialCluster, `ferry-${path.basename(dataRoot)}`);
   }
 
   async stop(): Promise<void> {
