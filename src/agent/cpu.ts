@@ -15,6 +15,7 @@ import { ConfigError, type NodeConfig } from './config.ts';
 import { requireVm, type AgentContext } from './context.ts';
 import { RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
+import { fields, NO_INPUT, NOTHING, pathOnly, VM } from './request-schema.ts';
 
 /** Probes this host's CPU (cached per QEMU and kernel) and applies node.json's restriction; QEMUs started here hide what it hides. */
 export async function advertiseHostCpu(node: NodeConfig): Promise<HostCpu> {
@@ -81,6 +82,7 @@ export function cpuRoutes(ctx: AgentContext): Route[] {
       method: 'GET',
       pattern: '/v1/cluster/cpu',
       who: 'admin',
+      input: NO_INPUT,
       handler: async () => {
         const [hosts, recorded, vms] = await Promise.all([ctx.state.hosts(), readClusterCpuModel(store), ctx.state.vms()]);
         hosts.sort((a, b) => a.name.localeCompare(b.name));
@@ -102,6 +104,10 @@ export function cpuRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/cluster/cpu',
       who: 'admin',
+      input: {
+        params: NOTHING,
+        body: fields({ model: { type: ['string', 'null'], pattern: '^[A-Za-z][A-Za-z0-9._-]{0,63}$', description: "a CPU model name ('best' for the best every host runs), or null to unset it" } }, ['model']),
+      },
       handler: async (_params, body, caller) => {
         const hosts = await ctx.state.hosts();
         if (body['model'] === null) {
@@ -123,7 +129,7 @@ export function cpuRoutes(ctx: AgentContext): Route[] {
         return { clusterModel: record, flagged: lacking };
       },
     },
-    { method: 'GET', pattern: '/v1/vms/:name/candidates', who: 'admin', handler: async ({ name }) => candidateHosts(ctx, name!) },
+    { method: 'GET', pattern: '/v1/vms/:name/candidates', who: 'admin', input: pathOnly({ name: VM }), handler: async ({ name }) => candidateHosts(ctx, name!) },
   ];
 }
 

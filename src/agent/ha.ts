@@ -20,6 +20,24 @@ import { migrationParams } from './validate.ts';
 import { MoveRunner } from '../cluster/moves/runner.ts';
 import { startOwnVm, stopOwnVm } from './vm-start.ts';
 import type { Route } from './server.ts';
+import { BOOLEAN, fields, HOST, JOB_ID, listOf, NO_INPUT, NOTHING, oneOf, pathOnly, pathParams, RULE, text, VM, whole, type ObjectSchema } from './request-schema.ts';
+import { POLICY_NAMES } from '../migration/policy/policy.ts';
+
+const REQUEST = oneOf(HA_REQUESTS);
+const COUNT = whole(0, 10);
+
+/** `ferry ha rule add`: about hosts (nodes, with strict and failback) or about VMs together or apart. */
+const RULE_BODY = fields(
+  {
+    name: RULE,
+    vms: listOf(VM, 256),
+    nodes: listOf(fields({ host: HOST, priority: whole(0, 1000, 'a priority from 0 to 1000') }, ['host']), 64),
+    strict: BOOLEAN,
+    failback: BOOLEAN,
+    together: BOOLEAN,
+  },
+  ['name', 'vms'],
+);
 
 const DEFAULT_MAX_RESTART = 1;
 const DEFAULT_MAX_RELOCATE = 1;
@@ -68,10 +86,11 @@ export function haRoutes(ctx: AgentContext): Route[] {
     return record;
   };
   /** A route the manager calls on the host that owns the VM; answers the VM's record afterwards unless `act` answers. */
-  const askedOfOwner = (verb: string, act: (record: OwnedVm, body: Record<string, unknown>) => Promise<unknown>): Route => ({
+  const askedOfOwner = (verb: string, body: ObjectSchema, act: (record: OwnedVm, body: Record<string, unknown>) => Promise<unknown>): Route => ({
     method: 'POST',
     pattern: `/v1/ha/hosts/${verb}/:vm`,
     who: 'host',
+    input: { params: pathParams({ vm: VM }), body },
     handler: async (params, body, caller) => {
       const vm = nameParam(params['vm'], 'VM');
       return (await act(await ownedHereAsked(caller, vm), body)) ?? { vm: await ctx.state.vm(vm) };
@@ -82,6 +101,7 @@ export function haRoutes(ctx: AgentContext): Route[] {
       method: 'GET',
       pattern: '/v1/ha',
       who: 'admin',
+      input: NO_INPUT,
       handler: async () => ({
         manager: (await records.manager()) ?? null,
         maintenance: (await records.maintenance()) ?? null,
@@ -95,6 +115,7 @@ export function haRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/cluster/maintenance',
       who: 'admin',
+      input: { params: NOTHING, body: fields({ on: BOOLEAN, force: BOOLEAN, reason: text(1000) }, ['on']) },
       handler: async (_, body, caller) => {
         if (typeof body['on'] !== 'boolean') throw new RefusedError('cluster maintenance is switched on or off');
         const current = await records.maintenance();
@@ -120,6 +141,7 @@ export function haRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/ha/rules',
       who: 'admin',
+      input: { params: NOTHING, body: RULE_BODY },
       handler: async (_, body) => {
         const rule = await parseRule(ctx, body);
         if (!(await records.addRule(rule))) throw new RefusedError(`there is a rule named '${rule.name}' already; remove it first (ferry ha rule remove ${rule.name}) or choose another name`);
@@ -131,6 +153,7 @@ export function haRoutes(ctx: AgentContext): Route[] {
       method: 'DELETE',
       pattern: '/v1/ha/rules/:name',
       who: 'admin',
+      input: pathOnly({ name: RULE }),
       handler: async (params) => {
         const name = nameParam(params['name'], 'rule');
         if (!(await records.removeRule(name))) throw new NotFoundError(`no HA rule named '${name}'; see 'ferry ha rule list'`);
@@ -141,6 +164,7 @@ export function haRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/ha/resources',
       who: 'admin',
+      input: { params: NOTHING, body: fields({ vm: VM, request: REQUEST, maxRestart: COUNT, maxRelocate: COUNT }, ['vm']) },
       handler: async (_, body) => {
         const vm = String(body['vm'] ?? '');
         if (!NAME_PATTERN.test(vm)) throw new RefusedError(`'${vm}' is not a VM name`);
@@ -162,6 +186,7 @@ export function haRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/ha/resources/:vm',
       who: 'admin',
+      input: { params: pathParams({ vm: VM }), body: fields({ request: REQUEST, maxRestart: COUNT, maxRelocate: COUNT }) },
       handler: async (params, body) => {
         const vm = nameParam(params['vm'], 'VM');
         const current = await records.resource(vm);
@@ -186,6 +211,7 @@ export function haRoutes(ctx: AgentContext): Route[] {
       method: 'DELETE',
       pattern: '/v1/ha/resources/:vm',
       who: 'admin',
+      input: pathOnly({ vm: VM }),
       handler: async (params) => {
         const vm = nameParam(params['vm'], 'VM');
         if (!(await records.resource(vm))) throw new NotFoundError(`'${vm}' is not under HA`);
@@ -197,33 +223,34 @@ export function haRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/ha/hosts/recover/:vm',
       who: 'host',
+      input: { params: pathParams({ vm: VM }), body: fields({ start: BOOLEAN }) },
       handler: async (params, body, caller) => {
         const vm = nameParam(params['vm'], 'VM');
         await requireManager(caller);
         return { vm: await recoverVm(ctx, vm, { acceptDataLoss: false, start: body['start'] !== false, by: 'ha' }) };
       },
     },
-    askedOfOwner('start', async (record) => {
+    askedOfOwner('start', NOTHING, async (record) => {
       if (ctx.runtime.get(record.spec.name)) return;
       await ctx.state.asJob('start', record.spec.name, ctx.node.name, `the HA manager starts ${record.spec.name} on ${ctx.node.name} (HA requests it started)`, () => startOwnVm(ctx, record));
     }),
-    askedOfOwner('stop', async (record) => {
+    askedOfOwner('stop', NOTHING, async (record) => {
       const name = record.spec.name;
       if (ctx.runtime.get(name)) await ctx.state.asJob('stop', name, ctx.node.name, `the HA manager stops ${name} on ${ctx.node.name} (HA requests it stopped)`, () => stopOwnVm(ctx, record, false));
       else if (record.desired !== 'stopped') await ctx.state.updateVm(record, { desired: 'stopped' });
     }),
     // Failback: the same checks and job as the admin's `ferry vm migrate`; the manager does not wait for the end.
-    askedOfOwner('migrate', async (record, body) => ({
+    askedOfOwner('migrate', fields({ to: HOST, policy: oneOf(POLICY_NAMES) }, ['to']), async (record, body) => ({
       job: await startMigration(ctx, record.spec.name, { to: nameParam(stringOf(body['to']), 'host'), token: record.token, params: migrationParams(body['policy'] === undefined ? undefined : { policy: body['policy'] }) }),
     })),
-    askedOfOwner('cancel', async (record, body) => {
+    askedOfOwner('cancel', fields({ jobId: JOB_ID }, ['jobId']), async (record, body) => {
       const jobId = String(body['jobId'] ?? '');
       const job = /^[0-9]{14}-[0-9a-f]{8}$/.test(jobId) ? await ctx.state.job(jobId) : undefined;
       if (job?.kind !== 'migrate' || job.vm !== record.spec.name || job.host !== ctx.node.name)
         throw new RefusedError(`'${jobId}' is not a migration of '${record.spec.name}' from ${ctx.node.name}`);
       return { cancelled: cancelMigration(jobId), vm: record.spec.name };
     }),
-    askedOfOwner('release', async (record, body) => {
+    askedOfOwner('release', fields({ to: HOST }, ['to']), async (record, body) => {
       const vm = record.spec.name;
       const to = nameParam(stringOf(body['to']), 'host');
       // Recorded stopped too: a start under way says running before its QEMU exists.

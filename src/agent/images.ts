@@ -23,6 +23,7 @@ import type { Caller } from './authz.ts';
 import { storageCatalog, type AgentContext } from './context.ts';
 import { ApiError, NotFoundError, RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
+import { fields, IMAGE, NO_INPUT, pathOnly, pathParams, POOL, text } from './request-schema.ts';
 import { createVolume, removeVolume } from './storage-routes.ts';
 
 /** An upload that sends nothing for this long is given up. */
@@ -33,19 +34,32 @@ export function imageVolumeName(image: string): string {
   return `image-${image}`;
 }
 
+/** An upload says what it sends (`ferry image import` sets these): the pool, the file's SHA-256, its size and name. */
+const IMPORT_QUERY = fields(
+  {
+    pool: POOL,
+    sha256: { type: 'string', pattern: '^[0-9a-fA-F]{64}$', description: 'a SHA-256 (64 hex digits)' },
+    bytes: { type: 'string', pattern: '^[1-9][0-9]{0,15}$', description: 'a number of bytes' },
+    file: text(255),
+  },
+  ['pool', 'sha256', 'bytes'],
+);
+
 export function imageRoutes(ctx: AgentContext): Route[] {
   return [
-    { method: 'GET', pattern: '/v1/cluster/images', who: 'admin', handler: async () => ({ images: await ctx.state.images() }) },
+    { method: 'GET', pattern: '/v1/cluster/images', who: 'admin', input: NO_INPUT, handler: async () => ({ images: await ctx.state.images() }) },
     {
       method: 'POST',
       pattern: '/v1/images/:name',
       who: 'admin',
+      input: { params: pathParams({ name: IMAGE }), query: IMPORT_QUERY },
       stream: async ({ name }, request, caller, query) => ({ image: await importImage(ctx, name!, request, caller, query) }),
     },
     {
       method: 'DELETE',
       pattern: '/v1/images/:name',
       who: 'admin',
+      input: pathOnly({ name: IMAGE }),
       handler: async ({ name }) => {
         if (!NAME_PATTERN.test(name!)) throw new RefusedError(`image name '${name}' ${NAME_RULE}`);
         const image = await ctx.state.image(name!);
@@ -76,11 +90,11 @@ async function imageUsers(ctx: AgentContext, image: string): Promise<string[]> {
  * what it is from its bytes, and copies it into a new volume of the pool. The name is reserved
  * first (a second import of the same name is refused at once); any failure removes what was made.
  */
-async function importImage(ctx: AgentContext, name: string, request: IncomingMessage, caller: Caller, query: URLSearchParams): Promise<ImageRecord> {
-  const pool = query.get('pool') ?? '';
-  const sha256 = (query.get('sha256') ?? '').toLowerCase();
-  const bytes = Number(query.get('bytes'));
-  const fileName = path.basename(query.get('file') ?? name);
+async function importImage(ctx: AgentContext, name: string, request: IncomingMessage, caller: Caller, query: Record<string, string>): Promise<ImageRecord> {
+  const pool = query['pool'] ?? '';
+  const sha256 = (query['sha256'] ?? '').toLowerCase();
+  const bytes = Number(query['bytes']);
+  const fileName = path.basename(query['file'] ?? name);
   if (!NAME_PATTERN.test(name)) throw new RefusedError(`image name '${name}' ${NAME_RULE}`);
   if (imageVolumeName(name).length > 63) throw new RefusedError(`image name '${name}' is too long: at most ${63 - imageVolumeName('').length} characters (its volume is '${imageVolumeName(name)}')`);
   if (!/^[0-9a-f]{64}$/.test(sha256)) throw new RefusedError('the upload must say its SHA-256 (sha256=, 64 hex digits)');

@@ -14,10 +14,15 @@ import { callerName, type Caller } from './authz.ts';
 import type { AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
+import { BOOLEAN, fields, HOST, listOf, MOVE_JOB_ID, NO_INPUT, NOTHING, oneOf, pathOnly, pathParams, whole } from './request-schema.ts';
+import { POLICY_NAMES } from '../migration/policy/policy.ts';
 import { migrationParams } from './validate.ts';
 
 /** Two migrations at once out of the drained host, one into each destination (KubeVirt: 2 outbound per node). */
 const DEFAULT_PARALLEL = 2;
+
+const PARALLEL = whole(1, 16);
+const HOST_PATH = pathParams({ host: HOST });
 
 export function moveRoutes(ctx: AgentContext): Route[] {
   const moves = new MoveRecords(ctx.state.store);
@@ -58,6 +63,7 @@ export function moveRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/nodes/:host/drain',
       who: 'admin',
+      input: { params: HOST_PATH, body: fields({ dryRun: BOOLEAN, to: listOf(HOST, 64), parallel: PARALLEL, policy: oneOf(POLICY_NAMES) }) },
       handler: async (params, body, caller) => {
         const host = await member(ctx, params['host']);
         const to = Array.isArray(body['to']) ? body['to'].map(String) : undefined;
@@ -75,6 +81,7 @@ export function moveRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/nodes/:host/maintenance',
       who: 'admin',
+      input: { params: HOST_PATH, body: fields({ on: BOOLEAN, parallel: PARALLEL }, ['on']) },
       handler: async (params, body, caller) => {
         const host = await member(ctx, params['host']);
         if (typeof body['on'] !== 'boolean') throw new RefusedError('maintenance is switched on or off');
@@ -112,6 +119,7 @@ export function moveRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/cluster/balance',
       who: 'admin',
+      input: { params: NOTHING, body: fields({ dryRun: BOOLEAN, parallel: PARALLEL }) },
       handler: async (_, body, caller) => {
         const limits = limitsOf(body['parallel']);
         const [vms, hosts, pools, rules, noVm] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), ctx.state.pools(), ha.rules(), hostsTakingNoVm(ctx.state.store)]);
@@ -133,22 +141,25 @@ export function moveRoutes(ctx: AgentContext): Route[] {
       method: 'GET',
       pattern: '/v1/cluster/spread',
       who: 'admin',
+      input: NO_INPUT,
       handler: async () => {
         const [vms, hosts, noVm] = await Promise.all([ctx.state.vms(), ctx.state.hosts(), hostsTakingNoVm(ctx.state.store)]);
         return { spread: spreadOf(vms, hosts, new Set(noVm.keys())) };
       },
     },
-    { method: 'GET', pattern: '/v1/moves', who: 'admin', handler: async () => ({ jobs: await moves.jobs(), maintenances: await moves.maintenances() }) },
+    { method: 'GET', pattern: '/v1/moves', who: 'admin', input: NO_INPUT, handler: async () => ({ jobs: await moves.jobs(), maintenances: await moves.maintenances() }) },
     {
       method: 'GET',
       pattern: '/v1/moves/:id',
       who: 'admin',
+      input: pathOnly({ id: MOVE_JOB_ID }),
       handler: async (params) => ({ job: await requireJob(moves, params['id']) }),
     },
     {
       method: 'POST',
       pattern: '/v1/moves/:id/cancel',
       who: 'admin',
+      input: pathOnly({ id: MOVE_JOB_ID }),
       handler: async (params) => {
         const job = await requireJob(moves, params['id']);
         if (finished(job)) throw new RefusedError(`job ${job.id} has ended (${job.state}); nothing to cancel`);

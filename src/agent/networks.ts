@@ -15,17 +15,30 @@ export { inSubnet, parseCidr } from '../util/net.ts';
 import type { AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
+import { fields, NETWORK, NO_INPUT, NOTHING, pathOnly, text, whole } from './request-schema.ts';
 
 const BRIDGE = /^[A-Za-z0-9_.-]{1,15}$/;
+
+const NETWORK_BODY = fields(
+  {
+    name: NETWORK,
+    bridge: { type: 'string', pattern: BRIDGE.source, description: 'a network interface name (1–15 of A-Z a-z 0-9 _ . -)' },
+    vlan: whole(1, 4094, 'a VLAN id from 1 to 4094'),
+    // parseCidr judges it (and says what it must be).
+    subnet: text(64),
+  },
+  ['name', 'bridge'],
+);
 
 export function networkRoutes(ctx: AgentContext): Route[] {
   const { state } = ctx;
   return [
-    { method: 'GET', pattern: '/v1/cluster/networks', who: 'admin', handler: async () => ({ networks: await state.networks() }) },
+    { method: 'GET', pattern: '/v1/cluster/networks', who: 'admin', input: NO_INPUT, handler: async () => ({ networks: await state.networks() }) },
     {
       method: 'POST',
       pattern: '/v1/networks',
       who: 'admin',
+      input: { params: NOTHING, body: NETWORK_BODY },
       handler: async (_, body, caller) => {
         const network = parseNetwork(body, caller.name);
         if (!(await state.addNetwork(network))) throw new RefusedError(`a network named '${network.name}' already exists; see 'ferry network list'`);
@@ -37,6 +50,7 @@ export function networkRoutes(ctx: AgentContext): Route[] {
       method: 'DELETE',
       pattern: '/v1/networks/:name',
       who: 'admin',
+      input: pathOnly({ name: NETWORK }),
       handler: async ({ name }) => {
         if (!(await state.network(name!))) throw new NotFoundError(`no network named '${name}'; see 'ferry network list'`);
         const users = (await state.vms()).filter((vm) => vm.spec.nics.some((n) => n.backend.kind === 'network' && n.backend.network === name));
@@ -50,6 +64,7 @@ export function networkRoutes(ctx: AgentContext): Route[] {
       method: 'GET',
       pattern: '/v1/networks/status',
       who: 'admin',
+      input: NO_INPUT,
       handler: async () => ({
         host: ctx.node.name,
         networks: await Promise.all(

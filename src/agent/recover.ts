@@ -14,6 +14,7 @@ import { volumeOf } from '../storage/types.ts';
 import { requireRoom, requireVm, storageCatalog, type AgentContext } from './context.ts';
 import { RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
+import { BOOLEAN, fields, pathParams, VM } from './request-schema.ts';
 import { fenceLostHost, type FenceOutcome } from './storage-fencing.ts';
 
 export function recoverRoutes(ctx: AgentContext): Route[] {
@@ -22,6 +23,7 @@ export function recoverRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/vms/:name/recover',
       who: 'admin',
+      input: { params: pathParams({ name: VM }), body: fields({ acceptDataLoss: BOOLEAN }) },
       handler: async ({ name }, body) => ({ vm: await recoverVm(ctx, name!, { acceptDataLoss: body['acceptDataLoss'] === true, start: true, by: 'admin' }) }),
     },
   ];

@@ -31,22 +31,62 @@ import { imageRoutes } from './images.ts';
 import { networkRoutes } from './networks.ts';
 import { changeCdrom, parseCdromChange } from './cdrom.ts';
 import { storageCatalog } from './context.ts';
+import { BOOLEAN, fields, HOST, IMAGE, JOB_ID, NO_INPUT, NOTHING, oneOf, pathOnly, pathParams, text, TOKEN, VM, whole, type JsonInput, type Schema } from './request-schema.ts';
+import { VM_CREATE_BODY } from './vm-create.ts';
 
 /**
  * The routes of one incoming migration (/v1/incoming/:id/...): for hosts, and each answers only the
  * migration's source host — its certificate, not the request, says which. An id that is gone
  * already reaches the handler, which says so (or, for abort, does nothing).
  */
-function sourceOnly(incoming: IncomingMigrations, routes: Omit<JsonRoute, 'who'>[]): Route[] {
+function sourceOnly(incoming: IncomingMigrations, routes: Omit<JsonRoute, 'who' | 'input'>[]): Route[] {
   return routes.map((r) => ({
     ...r,
     who: 'host',
+    input: { params: pathParams({ id: MIGRATION_ID }), body: INCOMING_BODIES[r.pattern] ?? NOTHING },
     handler: async (params, body, caller) => {
       incoming.requireSource(params['id']!, caller);
       return r.handler(params, body, caller);
     },
   }));
 }
+
+/**
+ * An incoming migration's id: what its source host gave it (a UUID), compared with the source's
+ * in-flight record before anything is made; any id of this shape gets that answer.
+ */
+const MIGRATION_ID = { type: 'string', pattern: '^[A-Za-z0-9-]{1,64}$', description: "a migration id (1 to 64 of A-Z a-z 0-9 '-')" } as const;
+
+/** The VM a host-to-host request is about: its spec as the source sends it (only its name is read: the rest comes from the store). */
+const SENT_SPEC: Schema = { type: 'object', required: ['name'], properties: { name: VM }, description: "a VM spec naming the VM" };
+const DISK_NEEDS: Schema = {
+  type: 'array',
+  maxItems: 64,
+  items: fields({ id: { type: 'string', pattern: '^disk[0-9]{1,3}$', description: 'a disk id like disk0' }, allocatedBytes: whole(0, 2 ** 53 - 1, 'a number of bytes') }, ['id', 'allocatedBytes']),
+};
+
+/** prepare, from the migration's source host (remote-destination.ts sends it). */
+const INCOMING_PREPARE: JsonInput = {
+  params: NOTHING,
+  body: fields(
+    {
+      migrationId: MIGRATION_ID,
+      source: HOST,
+      spec: SENT_SPEC,
+      accel: oneOf(['kvm', 'tcg']),
+      token: TOKEN,
+      capabilities: { type: 'object', description: "the migration's capabilities (an object)" },
+      disks: DISK_NEEDS,
+    },
+    ['migrationId', 'spec', 'accel', 'token', 'capabilities'],
+  ),
+};
+
+/** The bodies of the routes of one incoming migration that take one. */
+const INCOMING_BODIES: Record<string, ReturnType<typeof fields>> = {
+  '/v1/incoming/:id/wait': fields({ timeoutMs: whole(0, 60_000) }),
+  '/v1/incoming/:id/resume': fields({ token: TOKEN }, ['token']),
+};
 
 let dryRunning = false;
 
@@ -81,6 +121,9 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
     }
   };
 
+  /** start, stop, destroy: a VM of this host, with its token (the CLI sends --force with each). */
+  const OWN_VM_ACTION: JsonInput = { params: pathParams({ name: VM }), body: fields({ token: TOKEN, force: BOOLEAN }, ['token']) };
+
   return [
     ...storageRoutes(ctx),
     ...recoverRoutes(ctx),
@@ -94,15 +137,17 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       method: 'GET',
       pattern: '/v1/health',
       who: 'admin-or-host',
+      input: NO_INPUT,
       handler: async () => ({ host: node.name, vms: await runtime.list(), store: await storeAnswers(ctx) }),
     },
 
-    { method: 'GET', pattern: '/v1/host/qemu', who: 'admin-or-host', handler: async () => ({ qemu: await localQemuBuild() }) },
+    { method: 'GET', pattern: '/v1/host/qemu', who: 'admin-or-host', input: NO_INPUT, handler: async () => ({ qemu: await localQemuBuild() }) },
 
     {
       method: 'GET',
       pattern: '/v1/cluster/hosts',
       who: 'admin',
+      input: NO_INPUT,
       handler: async () => ({
         hosts: await Promise.all((await state.hosts()).map(async (h) => ({ ...h, freeMemoryMiB: await freeMemoryMiB(ctx, h.name) }))),
         clusterMaintenance: (await new HaRecords(state.store).maintenance()) ?? null,
@@ -114,28 +159,35 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       method: 'POST',
       pattern: '/v1/cluster/hosts/:name/remove',
       who: 'admin',
+      input: { params: pathParams({ name: HOST }), body: fields({ reason: text(1000) }) },
       handler: async ({ name }, body) => removeHost(ctx, name!, typeof body['reason'] === 'string' ? body['reason'].slice(0, 200) : 'removed with ferry node remove'),
     },
     {
       method: 'POST',
       pattern: '/v1/cluster/certificates/revoke',
       who: 'admin',
+      input: {
+        params: NOTHING,
+        body: fields({ fingerprint: { type: 'string', pattern: '^[0-9a-f]{64}$', description: 'a SHA-256 fingerprint (64 lower-case hex digits)' }, reason: text(1000) }, ['fingerprint']),
+      },
       handler: async (_, body, caller) => ({ revoked: await revokeAdminCertificate(ctx, caller, String(body['fingerprint'] ?? ''), typeof body['reason'] === 'string' ? body['reason'].slice(0, 200) : 'revoked by the admin') }),
     },
     {
       method: 'GET',
       pattern: '/v1/cluster/vms',
       who: 'admin',
+      input: NO_INPUT,
       handler: async () => ({ vms: await state.vms(), clusterMaintenance: (await new HaRecords(state.store).maintenance()) ?? null }),
     },
-    { method: 'GET', pattern: '/v1/cluster/vms/:name', who: 'admin', handler: async ({ name }) => ({ vm: await requireVm(ctx, name!), migration: await state.migration(name!) }) },
+    { method: 'GET', pattern: '/v1/cluster/vms/:name', who: 'admin', input: pathOnly({ name: VM }), handler: async ({ name }) => ({ vm: await requireVm(ctx, name!), migration: await state.migration(name!) }) },
 
-    { method: 'POST', pattern: '/v1/vms', who: 'admin', handler: async (_, body) => createVm(ctx, cluster, body) },
+    { method: 'POST', pattern: '/v1/vms', who: 'admin', input: { params: NOTHING, body: VM_CREATE_BODY }, handler: async (_, body) => createVm(ctx, cluster, body) },
     {
       // What the guest says about itself, where it runs the QEMU guest agent.
       method: 'GET',
       pattern: '/v1/vms/:name/guest',
       who: 'admin',
+      input: pathOnly({ name: VM }),
       handler: async ({ name }) => ({ host: node.name, ...(await askGuest(name!, (socket) => guestInfo(socket))) }),
     },
     {
@@ -143,6 +195,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       method: 'POST',
       pattern: '/v1/vms/:name/guest/fsfreeze',
       who: 'admin',
+      input: { params: pathParams({ name: VM }), body: fields({ action: oneOf(['freeze', 'thaw', 'status']), token: TOKEN }, ['action']) },
       handler: async ({ name }, body) => {
         const action = String(body['action'] ?? '');
         const command = ({ freeze: 'guest-fsfreeze-freeze', thaw: 'guest-fsfreeze-thaw', status: 'guest-fsfreeze-status' } as Record<string, string>)[action];
@@ -166,12 +219,14 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       method: 'POST',
       pattern: '/v1/vms/:name/cdrom',
       who: 'admin',
+      input: { params: pathParams({ name: VM }), body: fields({ action: oneOf(['eject', 'insert']), image: IMAGE, token: TOKEN }, ['action', 'token']) },
       handler: async ({ name }, body) => ({ vm: await changeCdrom(ctx, await mine(name!, body['token']), parseCdromChange(body)) }),
     },
     {
       method: 'POST',
       pattern: '/v1/vms/:name/start',
       who: 'admin',
+      input: OWN_VM_ACTION,
       handler: async ({ name }, body) => {
         const vm = await mine(name!, body['token']);
         await refuseIfHaDecides(ctx, name!, 'start');
@@ -183,6 +238,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       method: 'POST',
       pattern: '/v1/vms/:name/stop',
       who: 'admin',
+      input: OWN_VM_ACTION,
       handler: async ({ name }, body) => {
         const vm = await mine(name!, body['token']);
         if (!runtime.get(name!)) throw new RefusedError(`'${name}' is not running`);
@@ -194,6 +250,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       method: 'DELETE',
       pattern: '/v1/vms/:name',
       who: 'admin',
+      input: OWN_VM_ACTION,
       handler: async ({ name }, body) => {
         const vm = await mine(name!, body['token']);
         if (await new HaRecords(state.store).resource(name!))
@@ -215,21 +272,33 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         return { destroyed: name, keptVolumes: kept };
       },
     },
-    { method: 'GET', pattern: '/v1/vms/:name/console', who: 'admin', handler: async ({ name }) => ({ log: await runtime.consoleLog(name!) }) },
+    { method: 'GET', pattern: '/v1/vms/:name/console', who: 'admin', input: pathOnly({ name: VM }), handler: async ({ name }) => ({ log: await runtime.consoleLog(name!) }) },
     {
       method: 'POST',
       pattern: '/v1/vms/:name/migrate',
       who: 'operator',
+      input: {
+        params: pathParams({ name: VM }),
+        // The parameters' names, types and ranges are migrationParams' to check (validate.ts).
+        body: fields({ to: HOST, token: TOKEN, params: { type: 'object', description: 'an object of migration parameters' } }, ['to', 'token']),
+      },
       handler: async ({ name }, body, caller) => ({ job: await startMigration(ctx, name!, { ...(body as unknown as MigrateRequest), params: migrationParams(body['params']) }, callerName(caller)) }),
     },
 
     // A dry run sends 3 × 16 MiB to the destination and scans the guest's RAM: one at a time per host.
-    { method: 'POST', pattern: '/v1/vms/:name/predict', who: 'operator', handler: async ({ name }, body) => oneDryRunAtATime(() => dryRun(ctx, name!, String(body['to'] ?? ''), (body['history'] ?? 'all') as HistoryChoice)) },
-    { method: 'GET', pattern: '/v1/jobs', who: 'admin', handler: async () => ({ jobs: await state.jobs() }) },
+    {
+      method: 'POST',
+      pattern: '/v1/vms/:name/predict',
+      who: 'operator',
+      input: { params: pathParams({ name: VM }), body: fields({ to: HOST, history: oneOf(['all', 'other-vms', 'none']) }, ['to']) },
+      handler: async ({ name }, body) => oneDryRunAtATime(() => dryRun(ctx, name!, String(body['to'] ?? ''), (body['history'] ?? 'all') as HistoryChoice)),
+    },
+    { method: 'GET', pattern: '/v1/jobs', who: 'admin', input: NO_INPUT, handler: async () => ({ jobs: await state.jobs() }) },
     {
       method: 'GET',
       pattern: '/v1/jobs/:id',
       who: 'admin',
+      input: pathOnly({ id: JOB_ID }),
       handler: async ({ id }) => {
         const job = await state.job(id!);
         if (!job) throw new NotFoundError(`no job ${id}; see 'ferry job list'`);
@@ -240,6 +309,7 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       method: 'POST',
       pattern: '/v1/jobs/:id/cancel',
       who: 'operator',
+      input: pathOnly({ id: JOB_ID }),
       handler: async ({ id }, _body, caller) => {
         const cancelled = cancelMigration(id!);
         if (cancelled) ctx.log(`job ${id} cancelled by ${callerName(caller)}`);
@@ -251,13 +321,14 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
       method: 'POST',
       pattern: '/v1/jobs/:id/blackout',
       who: 'admin',
+      input: {
+        params: pathParams({ id: JOB_ID }),
+        body: fields({ blackoutMs: whole(0, 3_600_000), packetsLost: whole(0, 1e9), packetsSent: whole(0, 1e9) }, ['blackoutMs', 'packetsLost', 'packetsSent']),
+      },
       // The blackout a probing client measured (the CLI's lab probe), kept in the migration's record once.
       handler: async ({ id }, body, caller) => {
-        if (!/^[0-9]{14}-[0-9a-f]{8}$/.test(id!)) throw new RefusedError(`'${id}' is not a job id (ferry job list)`); // before it becomes a store key
         const job = await state.job(id!);
-        const whole = (v: unknown, max: number) => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= max;
         if (!job || job.kind !== 'migrate' || job.host !== node.name || job.state !== 'succeeded' || !job.result) throw new NotFoundError(`no completed migration ${id} run by ${node.name}`);
-        if (!whole(body['blackoutMs'], 3_600_000) || !whole(body['packetsLost'], 1e9) || !whole(body['packetsSent'], 1e9)) throw new RefusedError('blackoutMs, packetsLost and packetsSent are whole numbers');
         const record = job.result as MigrationRecord;
         if (record.clientBlackout) throw new RefusedError(`migration ${id} has its client blackout already`);
         record.clientBlackout = { ms: body['blackoutMs'] as number, packetsLost: body['packetsLost'] as number, packetsSent: body['packetsSent'] as number, reportedBy: callerName(caller) };
@@ -266,12 +337,13 @@ export function routes(ctx: AgentContext, incoming: IncomingMigrations, cluster:
         return { clientBlackout: record.clientBlackout };
       },
     },
-    { method: 'POST', pattern: '/v1/incoming', who: 'host', handler: async (_, body, caller) => incoming.prepare(body as unknown as IncomingRequest, caller.name) },
+    { method: 'POST', pattern: '/v1/incoming', who: 'host', input: INCOMING_PREPARE, handler: async (_, body, caller) => incoming.prepare(body as unknown as IncomingRequest, caller.name) },
     // '/v1/incoming/check-storage': its name before it checked networks too, for agents of an older ferry during an upgrade.
     ...['/v1/incoming/check', '/v1/incoming/check-storage'].map((pattern): Route => ({
       method: 'POST',
       pattern,
       who: 'host',
+      input: { params: NOTHING, body: fields({ spec: SENT_SPEC, disks: DISK_NEEDS }, ['spec']) },
       handler: async (_, body, caller) => ({ problems: await incoming.check(String((body['spec'] as VmSpec | undefined)?.name ?? ''), (body['disks'] as DiskNeed[]) ?? [], caller.name) }),
     })),
     ...sourceOnly(incoming, [

@@ -18,11 +18,12 @@ import { ApiError, NotFoundError } from './errors.ts';
 import type { AgentContext } from './context.ts';
 import { authorize, callerOf, type Access, type Caller } from './authz.ts';
 import { UserError, UserRecords, type ApiUser } from '../cluster/users.ts';
+import { compilePart, InvalidRequestError, NOTHING, pathParams, VM, type JsonInput, type StreamInput } from './request-schema.ts';
 
 export type Handler = (params: Record<string, string>, body: Record<string, unknown>, caller: Caller) => Promise<unknown>;
 
 /** A route that reads its body itself (an image upload: a stream of bytes, not JSON); the query carries its parameters. */
-export type StreamHandler = (params: Record<string, string>, request: IncomingMessage, caller: Caller, query: URLSearchParams) => Promise<unknown>;
+export type StreamHandler = (params: Record<string, string>, request: IncomingMessage, caller: Caller, query: Record<string, string>) => Promise<unknown>;
 
 interface RouteBase {
   method: 'GET' | 'POST' | 'DELETE';
@@ -31,25 +32,40 @@ interface RouteBase {
   who: Access;
 }
 
-/** A route with a JSON body (read and bounded by the server). */
+/** A route with a JSON body (read and bounded by the server), both its path and its body checked against its schemas. */
 export interface JsonRoute extends RouteBase {
+  input: JsonInput;
   handler: Handler;
   stream?: never;
 }
 
-/** A route that reads its own body. */
+/** A route that reads its own body; its path and its query are checked against its schemas. */
 export interface StreamRoute extends RouteBase {
+  input: StreamInput;
   stream: StreamHandler;
   handler?: never;
 }
 
 export type Route = JsonRoute | StreamRoute;
 
-function compile(routes: Route[]) {
+/** What the route table says of a route (GET /v1/routes): enough for a client, or a fuzzer, to know what it takes. */
+export interface RouteDescription {
+  method: Route['method'];
+  pattern: string;
+  who: Access;
+  input: JsonInput | StreamInput;
+}
+
+export function compileRoutes(routes: Route[]) {
   return routes.map((r) => {
     const names: string[] = [];
     const regex = new RegExp('^' + r.pattern.replace(/:(\w+)/g, (_, n: string) => (names.push(n), '([^/]+)')) + '$');
-    return { ...r, regex, names };
+    const declared = Object.keys((r.input.params as { properties?: object }).properties ?? {});
+    if (declared.sort().join() !== [...names].sort().join()) throw new Error(`${r.method} ${r.pattern}: its params schema declares ${declared.join(', ') || 'none'}, its pattern has ${names.join(', ') || 'none'}`);
+    const checkParams = compilePart('path', r.input.params);
+    const checkBody = 'body' in r.input ? compilePart('body', r.input.body) : undefined;
+    const checkQuery = 'query' in r.input ? compilePart('query', r.input.query) : undefined;
+    return { ...r, regex, names, checkParams, checkBody, checkQuery };
   });
 }
 
@@ -61,31 +77,61 @@ const MAX_SINK_BYTES = 64 * 1024 * 1024;
 /** A JSON body must arrive within this (uploads, which stream, are bounded by the idle timeout instead). */
 const BODY_TIMEOUT_MS = 60_000;
 
-async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {
-  let text = '';
+/** The JSON body: an object, or nothing (read as {}); any other JSON value is the caller's mistake. */
+async function readBody(req: IncomingMessage): Promise<unknown> {
+  // Bytes first, decoded once: a character split between two chunks stays whole.
+  const chunks: Buffer[] = [];
+  let bytes = 0;
   const timer = setTimeout(() => req.destroy(new ApiError(408, `the request body did not arrive within ${BODY_TIMEOUT_MS / 1000} s`)), BODY_TIMEOUT_MS);
   try {
     for await (const chunk of req) {
-      text += chunk;
-      if (text.length > MAX_BODY_BYTES) throw new ApiError(413, `the request body is larger than ${MAX_BODY_BYTES / 1024} KiB`);
+      bytes += (chunk as Buffer).length;
+      if (bytes > MAX_BODY_BYTES) throw new ApiError(413, `the request body is larger than ${MAX_BODY_BYTES / 1024} KiB`);
+      chunks.push(chunk as Buffer);
     }
   } finally {
     clearTimeout(timer);
   }
-  if (!text) return {};
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (!text.trim()) return {};
+  let body: unknown;
   try {
-    return JSON.parse(text) as Record<string, unknown>;
+    body = JSON.parse(text);
   } catch {
-    throw new ApiError(400, 'the request body is not JSON');
+    throw new InvalidRequestError('the request body is not JSON');
+  }
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new InvalidRequestError(`the request body must be a JSON object, not ${Array.isArray(body) ? 'an array' : body === null ? 'null' : `a ${typeof body}`}`);
+  return body;
+}
+
+/** A stream route's query as one value per name; a name given twice is ambiguous, refused. */
+function queryOf(search: URLSearchParams): Record<string, string> {
+  const query: Record<string, string> = {};
+  for (const [key, value] of search) {
+    if (Object.hasOwn(query, key)) throw new InvalidRequestError(`query: ${JSON.stringify(key).slice(0, 60)} is given twice`);
+    query[key] = value;
+  }
+  return query;
+}
+
+/** The request's URL; a request-target that is no URL (an absolute form like 'http://[') is the caller's mistake. */
+function requestUrl(req: IncomingMessage): URL {
+  try {
+    return new URL(req.url ?? '/', 'https://agent');
+  } catch {
+    throw new InvalidRequestError(`${JSON.stringify(req.url ?? '').slice(0, 80)} is not a request path`);
   }
 }
+
+/** The console's and the display's path: the VM's name. */
+const checkUpgradeParams = compilePart('path', pathParams({ name: VM }));
 
 /** A path segment, decoded; a malformed escape is the caller's mistake (400), not the agent's. */
 function decodeParam(segment: string): string {
   try {
     return decodeURIComponent(segment);
   } catch {
-    throw new ApiError(400, `'${segment}' in the path is not valid percent-encoding`);
+    throw new InvalidRequestError(`${JSON.stringify(segment).slice(0, 80)} in the path is not valid percent-encoding`);
   }
 }
 
@@ -111,8 +157,36 @@ async function forwardedUser(ctx: AgentContext, credential: string): Promise<Api
   return user;
 }
 
+/** The routes every agent has besides its own: the link probe's far end, and the table itself. */
+function builtinRoutes(table: () => RouteDescription[]): Route[] {
+  return [
+    {
+      // The far end of a link measurement (predict.ts): take the bytes, say how many.
+      method: 'POST',
+      pattern: '/v1/sink',
+      who: 'host',
+      input: { params: NOTHING, query: NOTHING },
+      stream: async (_params, req) => {
+        let bytes = 0;
+        for await (const chunk of req) {
+          bytes += (chunk as Buffer).length;
+          if (bytes > MAX_SINK_BYTES) throw new ApiError(413, `a link probe is at most ${MAX_SINK_BYTES / 2 ** 20} MiB`);
+        }
+        return { bytes };
+      },
+    },
+    { method: 'GET', pattern: '/v1/routes', who: 'admin-or-host', input: { params: NOTHING, body: NOTHING }, handler: async () => ({ routes: table() }) },
+  ];
+}
+
+/** The full route table of an agent: `routes` and the built-in ones, as GET /v1/routes lists them. */
+export function routeTable(routes: Route[]): Route[] {
+  const all: Route[] = [...routes, ...builtinRoutes(() => all.map(({ method, pattern, who, input }) => ({ method, pattern, who, input })))];
+  return all;
+}
+
 export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.Server[]> {
-  const table = compile(routes);
+  const table = compileRoutes(routeTable(routes));
   const onRequest = async (req: IncomingMessage, res: ServerResponse) => {
     const send = (status: number, body: unknown) => {
       res.writeHead(status, { 'content-type': 'application/json' });
@@ -121,31 +195,32 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
     try {
       if (!(req.socket as TLSSocket).authorized) throw new ApiError(401, 'a client certificate from the cluster CA is required');
       const caller = callerOf(req.socket as TLSSocket, ctx.revocations);
-      const url = new URL(req.url ?? '/', 'https://agent');
-      if (req.method === 'POST' && url.pathname === '/v1/sink') {
-        authorize('host', caller, 'POST /v1/sink');
-        // The far end of a link measurement: take the bytes, say how many.
-        let bytes = 0;
-        for await (const chunk of req) {
-          bytes += (chunk as Buffer).length;
-          if (bytes > MAX_SINK_BYTES) throw new ApiError(413, `a link probe is at most ${MAX_SINK_BYTES / 2 ** 20} MiB`);
-        }
-        return send(200, { bytes });
-      }
+      const url = requestUrl(req);
       for (const r of table) {
         const m = r.method === req.method ? r.regex.exec(url.pathname) : null;
         if (!m) continue;
         const forwarded = req.headers[FORWARDED_USER_HEADER];
         if (typeof forwarded === 'string' && caller.role === 'host') caller.user = await forwardedUser(ctx, forwarded);
         authorize(r.who, caller, `${r.method} ${r.pattern}`);
+        // Checked before the handler runs, the path first: a bad name is refused before its body is read.
         const params = Object.fromEntries(r.names.map((n, i) => [n, decodeParam(m[i + 1]!)]));
+        r.checkParams(params);
         const t0 = performance.now();
-        const answer = (r.stream ? await r.stream(params, req, caller, url.searchParams) : await r.handler(params, await readBody(req), caller)) ?? {};
+        let answer: unknown;
+        if (r.stream) {
+          const query = queryOf(url.searchParams);
+          r.checkQuery!(query);
+          answer = await r.stream(params, req, caller, query);
+        } else {
+          const body = await readBody(req);
+          r.checkBody!(body);
+          answer = await r.handler(params, body as Record<string, unknown>, caller);
+        }
         const ms = performance.now() - t0;
         // Some requests wait by design (a boot, a migration); for the others, a caller that gave up
         // after 10-30 s finds why in this log.
         if (ms > SLOW_REQUEST_MS) ctx.log(`request ${req.method} ${url.pathname} took ${Math.round(ms)} ms`);
-        return send(200, answer);
+        return send(200, answer ?? {});
       }
       throw new NotFoundError(`no route ${req.method} ${url.pathname}`);
     } catch (err) {
@@ -168,14 +243,16 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
     try {
       if (!(req.socket as TLSSocket).authorized) throw new ApiError(401, 'a client certificate from the cluster CA is required');
       const caller = callerOf(req.socket as TLSSocket, ctx.revocations);
-      const url = new URL(req.url ?? '/', 'https://agent');
+      const url = requestUrl(req);
       const m = /^\/v1\/vms\/([^/]+)\/(console|vnc)$/.exec(url.pathname);
       const who = `${caller.name} (${req.socket.remoteAddress ?? 'local socket'})`;
       if (m && req.method === 'GET' && m[2] === 'console' && req.headers.upgrade === 'ferry-console') {
         authorize('admin', caller, 'GET /v1/vms/:name/console');
+        checkUpgradeParams({ name: decodeParam(m[1]!) });
         await ctx.consoles.attach(decodeParam(m[1]!), socket, head, who, url.searchParams.get('force') === '1');
       } else if (m && req.method === 'GET' && m[2] === 'vnc') {
         authorize('admin', caller, 'GET /v1/vms/:name/vnc');
+        checkUpgradeParams({ name: decodeParam(m[1]!) });
         await ctx.displays.attach(decodeParam(m[1]!), req, socket, head, who);
       } else {
         throw new NotFoundError(`no upgradable route ${req.method} ${url.pathname}`);

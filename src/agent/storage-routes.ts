@@ -11,8 +11,41 @@ import { STORAGE_TYPES, backendOf, defaultFormat, poolLocation, type StoragePool
 import { peer, storageCatalog, type AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
+import { fields, HOST, listOf, NO_INPUT, NOTHING, oneOf, pathOnly, POOL, text, VM, VOLUME, whole } from './request-schema.ts';
 
 const NAME = NAME_PATTERN;
+
+/** A host name or address, as NFS servers, iSCSI portals and Ceph pools are given. */
+const ENDPOINT = { type: 'string', maxLength: 253, description: 'a host name or an IPv4 address' } as const;
+
+/** `ferry storage add` (and the lab's pools): the fields of every type; parsePool says which a type needs. */
+const POOL_BODY = fields(
+  {
+    name: POOL,
+    type: oneOf(STORAGE_TYPES),
+    path: text(4096),
+    server: ENDPOINT,
+    export: text(4096),
+    portal: ENDPOINT,
+    target: text(223),
+    fenceCommand: listOf(text(4096), 64),
+    pool: text(255),
+    conf: text(4096),
+    user: text(255),
+  },
+  ['name', 'type'],
+);
+
+const VOLUME_BODY = fields(
+  {
+    name: VOLUME,
+    pool: POOL,
+    format: oneOf(['qcow2', 'raw']),
+    sizeBytes: { type: 'integer', minimum: 2 ** 20, maximum: Number.MAX_SAFE_INTEGER, multipleOf: 512, description: 'a size in bytes: at least 1 MiB, a multiple of 512' },
+    peer: HOST,
+  },
+  ['name', 'pool', 'sizeBytes'],
+);
 
 export function storageRoutes(ctx: AgentContext): Route[] {
   const { state } = ctx;
@@ -26,12 +59,13 @@ export function storageRoutes(ctx: AgentContext): Route[] {
   };
 
   return [
-    { method: 'GET', pattern: '/v1/cluster/storage', who: 'admin', handler: async () => ({ pools: await state.pools() }) },
-    { method: 'GET', pattern: '/v1/storage/status', who: 'admin', handler: async () => ({ host: ctx.node.name, pools: await poolStatus(ctx) }) },
+    { method: 'GET', pattern: '/v1/cluster/storage', who: 'admin', input: NO_INPUT, handler: async () => ({ pools: await state.pools() }) },
+    { method: 'GET', pattern: '/v1/storage/status', who: 'admin', input: NO_INPUT, handler: async () => ({ host: ctx.node.name, pools: await poolStatus(ctx) }) },
     {
       method: 'POST',
       pattern: '/v1/storage',
       who: 'admin',
+      input: { params: NOTHING, body: POOL_BODY },
       handler: async (_, body) => {
         const pool = parsePool(body);
         const twin = (await state.pools()).find((p) => backendOf(p) === backendOf(pool));
@@ -41,11 +75,12 @@ export function storageRoutes(ctx: AgentContext): Route[] {
         return { pool, status: (await poolStatus(ctx)).find((p) => p.pool === pool.name) };
       },
     },
-    { method: 'GET', pattern: '/v1/cluster/volumes', who: 'admin', handler: async () => ({ volumes: await state.volumes() }) },
+    { method: 'GET', pattern: '/v1/cluster/volumes', who: 'admin', input: NO_INPUT, handler: async () => ({ volumes: await state.volumes() }) },
     {
       method: 'POST',
       pattern: '/v1/volumes',
       who: 'admin',
+      input: { params: NOTHING, body: VOLUME_BODY },
       handler: async (_, body) => {
         const volume = parseVolume(body, await state.pools());
         return { volume: await createVolume(ctx, volume) };
@@ -56,6 +91,7 @@ export function storageRoutes(ctx: AgentContext): Route[] {
       method: 'POST',
       pattern: '/v1/replicas/:pool/:name',
       who: 'host',
+      input: pathOnly({ pool: POOL, name: VOLUME }),
       handler: async ({ pool, name }, _, caller) => {
         const volume = await replicaFor(pool!, name!, caller);
         await (await storageCatalog(ctx)).get(volume.pool).create(volume);
@@ -67,6 +103,7 @@ export function storageRoutes(ctx: AgentContext): Route[] {
       method: 'DELETE',
       pattern: '/v1/replicas/:pool/:name',
       who: 'host',
+      input: pathOnly({ pool: POOL, name: VOLUME }),
       handler: async ({ pool, name }, _, caller) => {
         const volume = await replicaFor(pool!, name!, caller);
         await (await storageCatalog(ctx)).get(volume.pool).delete(volume);
@@ -78,12 +115,14 @@ export function storageRoutes(ctx: AgentContext): Route[] {
       method: 'GET',
       pattern: '/v1/vms/:name/replication',
       who: 'admin',
+      input: pathOnly({ name: VM }),
       handler: async ({ name }) => ({ host: ctx.node.name, volumes: await ctx.replication.statusOf(name!) }),
     },
     {
       method: 'DELETE',
       pattern: '/v1/volumes/:pool/:name',
       who: 'admin',
+      input: pathOnly({ pool: POOL, name: VOLUME }),
       handler: async ({ pool, name }) => {
         const volume = await state.volume(pool!, name!);
         if (!volume) throw new NotFoundError(`no volume '${name}' in pool '${pool}'; see 'ferry volume list'`);

@@ -22,6 +22,45 @@ import { RefusedError } from './errors.ts';
 import { NAME_PATTERN, NAME_RULE } from '../util/names.ts';
 import { isoMedium, makeDiskFromImage, makeSeed, makeUefiVars, readyImage } from './images.ts';
 import { createVolume, removeVolume } from './storage-routes.ts';
+import { BOOLEAN, fields, HOST, IMAGE, listOf, NETWORK, oneOf, POOL, text, VM, whole } from './request-schema.ts';
+
+const MAC = { type: 'string', pattern: '^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$', description: 'a MAC address like 52:54:00:12:34:56' } as const;
+const BYTES = whole(0, Number.MAX_SAFE_INTEGER, 'a number of bytes');
+
+/**
+ * What `ferry vm create` (and `vm import`, the quake demo, the lab's demo VM) sends. The shapes and
+ * the grammar of each field; makeVmSpec and the checks below judge the values together.
+ */
+export const VM_CREATE_BODY = fields(
+  {
+    name: VM,
+    memoryMiB: whole(64, 1024 * 1024, 'a whole number of MiB from 64 to 1048576'),
+    vcpus: whole(1, 255),
+    uuid: { type: 'string', pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$', description: 'a UUID' },
+    mac: MAC,
+    // Checked by requestedIp, whose refusals say what the cluster's guest range is.
+    ip: text(64),
+    cpuModel: { type: ['string', 'null'], pattern: '^[A-Za-z][A-Za-z0-9._-]{0,63}$', description: "a CPU model name (see ferry cluster cpu), or null for the cluster's" },
+    cpuPassthrough: BOOLEAN,
+    accel: oneOf(['auto', 'kvm', 'tcg']),
+    memcheckMiB: whole(0, 1024 * 1024),
+    dirtyMiBps: whole(0, 100_000),
+    diskcheckRate: whole(0, 100_000),
+    disks: listOf(fields({ sizeBytes: BYTES, pool: POOL, format: oneOf(['qcow2', 'raw']), peer: HOST, image: IMAGE }), 16),
+    nics: listOf(fields({ network: NETWORK, ip: text(64), mac: MAC }, ['network']), 16),
+    image: IMAGE,
+    cdrom: IMAGE,
+    boot: oneOf(['kernel', 'disk', 'cdrom']),
+    firmware: oneOf(['bios', 'uefi']),
+    pool: POOL,
+    diskSizeBytes: BYTES,
+    cloudInit: {
+      anyOf: [{ const: false }, fields({ sshKeys: listOf(text(16 * 1024), 64), userData: text(64 * 1024), hostname: text(253), dhcp: BOOLEAN })],
+      description: 'false (no seed) or an object of sshKeys, userData, hostname and dhcp',
+    },
+  },
+  ['name'],
+);
 
 interface DiskRequest {
   sizeBytes: number;

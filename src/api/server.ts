@@ -36,7 +36,7 @@ import { poolLocation, type StoragePoolConfig } from '../storage/types.ts';
 import { hostsTakingNoVm } from '../cluster/moves/records.ts';
 import { bestModelOf } from '../cluster/cpu.ts';
 import { ROLES, roleAllows, UserError, UserRecords, SESSION_MS, type ApiUser, type Role } from '../cluster/users.ts';
-import { NAME_PATTERN } from '../util/names.ts';
+import { JOB_ID_PATTERN, MOVE_JOB_ID_PATTERN, nameSchema } from '../util/names.ts';
 import { candidateHosts } from '../agent/cpu.ts';
 import { moveRoutes } from '../agent/moves.ts';
 import { haRoutes } from '../agent/ha.ts';
@@ -55,7 +55,7 @@ declare module 'fastify' {
 export const SESSION_COOKIE = 'ferry_session';
 /** Proxmox VE's port for its API and web UI. */
 export const DEFAULT_API_PORT = 8006;
-const NAME = { type: 'string', pattern: NAME_PATTERN.source, maxLength: 63 } as const;
+const NAME = nameSchema();
 const nameParams = (key: string) => ({ type: 'object', required: [key], properties: { [key]: NAME }, additionalProperties: false }) as const;
 const POLICIES = ['balanced', 'minimal-downtime', 'must-finish'] as const;
 
@@ -288,7 +288,7 @@ export async function buildApi(
   );
 
   app.get('/api/v1/jobs', { ...viewer, schema: { summary: 'Jobs, newest last' } }, async () => ({ jobs: await state.jobs() }));
-  const jobParams = { type: 'object', required: ['id'], properties: { id: { type: 'string', pattern: '^[0-9]{14}-[0-9a-f]{8}$' } }, additionalProperties: false } as const;
+  const jobParams = { type: 'object', required: ['id'], properties: { id: { type: 'string', pattern: JOB_ID_PATTERN.source } }, additionalProperties: false } as const;
   app.get('/api/v1/jobs/:id', { ...viewer, schema: { summary: 'One job: its progress and log', params: jobParams } }, async (request) => {
     const job = await state.job((request.params as { id: string }).id);
     if (!job) throw new ApiError(404, `no job ${(request.params as { id: string }).id}`);
@@ -350,7 +350,7 @@ export async function buildApi(
     '/api/v1/moves/:id/cancel',
     {
       ...operator,
-      schema: { summary: 'Cancel a move job: the migrations under way roll back, no more start', params: { type: 'object', required: ['id'], properties: { id: { type: 'string', pattern: '^(drain|return|balance)-[a-z0-9-]{1,80}$' } }, additionalProperties: false } },
+      schema: { summary: 'Cancel a move job: the migrations under way roll back, no more start', params: { type: 'object', required: ['id'], properties: { id: { type: 'string', pattern: MOVE_JOB_ID_PATTERN.source } }, additionalProperties: false } },
     },
     async (request) => cancelMove(request, request.params as { id: string }),
   );

@@ -10,11 +10,12 @@ import uPlot from 'uplot';
 import 'uplot/dist/uPlot.min.css';
 import './style.css';
 import { api, ApiError, mib, rememberSession, seconds, type Candidate, type HostView, type JobView, type Prediction, type Session, type VmView } from './api.ts';
+import { NAME_PATTERN } from '../../src/util/names.ts';
 
 type Route = { page: 'overview' } | { page: 'vm'; name: string } | { page: 'host'; name: string } | { page: 'jobs' };
 
-/** A VM's or host's name as the cluster spells them (util/names.ts); anything else in the URL is no page. */
-const NAME = /^[a-z][a-z0-9-]{0,62}$/;
+/** A VM's or host's name as the cluster spells them; anything else in the URL is no page. */
+const NAME = NAME_PATTERN;
 
 function routeOf(hash: string): Route {
   const [, page, raw] = hash.replace(/^#\/?/, '/').split('/');

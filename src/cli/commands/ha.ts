@@ -1,9 +1,9 @@
 /** ferry ha add|set|remove|list|status: VMs the cluster brings back by itself when their host dies. */
 import { parseArgs } from 'node:util';
-import type { ClusterMaintenance, HaManagerRecord, HaResource, HaRule, HaStatus } from '../../cluster/ha/records.ts';
+import { HA_REQUESTS, type ClusterMaintenance, type HaManagerRecord, type HaResource, type HaRule, type HaStatus } from '../../cluster/ha/records.ts';
 import { maintenanceLine } from './cluster-state.ts';
 import { Cli } from '../context.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, wholeNumber } from '../errors.ts';
 import { table } from '../format.ts';
 import type { Command } from '../command.ts';
 
@@ -57,10 +57,11 @@ export const haCommand: Command = {
     const out = (human: string, doc: unknown) => console.log(json ? JSON.stringify(doc, null, 2) : human);
     if (!verb) throw new UsageError(USAGE);
     const cli = await Cli.load(values.context);
+    if (values.state !== undefined && !(HA_REQUESTS as readonly string[]).includes(values.state)) throw new UsageError(`--state ${values.state}: choose ${HA_REQUESTS.join(', ')}`);
     const settings = {
       ...(values.state !== undefined ? { request: values.state } : {}),
-      ...(values['max-restart'] !== undefined ? { maxRestart: values['max-restart'] } : {}),
-      ...(values['max-relocate'] !== undefined ? { maxRelocate: values['max-relocate'] } : {}),
+      ...(values['max-restart'] !== undefined ? { maxRestart: wholeNumber('max-restart', values['max-restart']) } : {}),
+      ...(values['max-relocate'] !== undefined ? { maxRelocate: wholeNumber('max-relocate', values['max-relocate']) } : {}),
     };
     switch (verb) {
       case 'add': {
