@@ -39,7 +39,7 @@ export interface QemuProcess {
   cmdline: string;
 }
 
-/** Every QEMU guest process on the machine, with the lab host it runs in. */
+/** Every QEMU guest process of this lab on the machine, with the lab host it runs in. */
 export async function qemuProcesses(lab: LabRecord): Promise<QemuProcess[]> {
   const byNetns = new Map(lab.hosts.map((h) => [h.netns, h.name]));
   const found: QemuProcess[] = [];
@@ -47,7 +47,7 @@ export async function qemuProcesses(lab: LabRecord): Promise<QemuProcess[]> {
     if (!/^\d+$/.test(entry)) continue;
     const cmdline = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0').join(' ');
     const m = /^\S*qemu-system-x86_64 -name guest=([^,\s]+),/.exec(cmdline);
-    if (!m) continue;
+    if (!m || !cmdline.includes(lab.dir + '/')) continue; // another lab's guest (its files live in its own directory)
     const netns = (await run('ip', ['netns', 'identify', entry]).catch(() => '')).trim();
     found.push({ pid: Number(entry), vm: m[1]!, host: byNetns.get(netns), cmdline });
   }

@@ -6,7 +6,7 @@
  * (latency) and drops past its limit (loss).
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm, statfs } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from '../util/exec.ts';
 import type { LabRecord } from './lab.ts';
@@ -51,12 +51,19 @@ export async function boundLocalPools(lab: LabRecord, mib: number): Promise<void
     const dir = localPoolDir(lab, h.name);
     if ((await readFile('/proc/mounts', 'utf8')).includes(` ${dir} `)) continue;
     await mkdir(dir, { recursive: true });
-    if ((await readdir(dir)).length) throw new Error(`${dir} is not empty: bound the local pools before creating VMs`);
+    const volumes = (await readdir(dir)).filter((f) => /\.(qcow2|raw|img)$/.test(f));
+    if (volumes.length) throw new Error(`${dir} holds volumes (${volumes.join(', ')}): bound the local pools before creating VMs`);
     const image = path.join(lab.dir, 'hosts', h.name, 'local-pool.ext4');
     await run('truncate', ['-s', `${mib}M`, image]);
     await run('mkfs.ext4', ['-q', '-F', image]);
+    // What the agent keeps there already (no volumes) moves onto the new filesystem.
+    const aside = `${dir}.before-mount`;
+    await rename(dir, aside);
+    await mkdir(dir);
     await run('mount', ['-o', 'loop', image, dir]);
     await rm(path.join(dir, 'lost+found'), { recursive: true, force: true });
+    await run('cp', ['-a', `${aside}/.`, dir]);
+    await rm(aside, { recursive: true, force: true });
   }
 }
 

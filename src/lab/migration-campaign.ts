@@ -58,7 +58,7 @@ export const MIGRATION_FAULTS: Record<MigrationFaultKind, FaultKindInfo> = {
   'slow-link': { describe: "source's uplink squeezed to 8 Mbit/s (200 ms queue, tail drops) for 4-10 s", appliesTo: ALL_VMS },
   'kill-store-member': { describe: 'an etcd member SIGKILLed, restarted 2-8 s later', appliesTo: ALL_VMS },
   'kill-store-leader-at-swap': { describe: "etcd's leader SIGKILLed just before the ownership swap", appliesTo: ALL_VMS },
-  'fill-destination-storage': { describe: "destination's local pool filled (512 KiB left)", appliesTo: ['local-disk'] },
+  'fill-destination-storage': { describe: "destination's local pool filled (512 KiB left) before the migration or in its first 600 ms", appliesTo: ['local-disk'] },
 };
 
 export const FAULT_KIND_NAMES = Object.keys(MIGRATION_FAULTS) as MigrationFaultKind[];
@@ -152,8 +152,9 @@ function drawPlan(rng: SeededRandom, kinds: MigrationFaultKind[], vms: CampaignV
     vm,
     toChoice: rng.int(0, 1),
     bandwidthMiBps,
-    // A capped migration of 128 MiB takes ~3-6 s, an unlimited one ~1-2 s: aim inside it, and sometimes past it.
-    delayMs: rng.int(0, bandwidthMiBps === null ? 2500 : 6000),
+    // Aim inside the migration and sometimes past it: 128 MiB moves in ~1 s unlimited, ~3 s at 48 MiB/s,
+    // ~5 s at 24 MiB/s (TCG, this machine); a disk copy is over within its first second or so.
+    delayMs: rng.int(0, kind === 'fill-destination-storage' ? 600 : bandwidthMiBps === null ? 1200 : bandwidthMiBps === 48 ? 2800 : 5000),
     outageMs: rng.int(1000, 6000),
     storeMember: rng.int(0, 2),
   };
@@ -196,7 +197,7 @@ async function momentOf(admin: LabAdmin, id: string | undefined): Promise<FaultM
 async function runOneFault(lab: LabRecord, admin: LabAdmin, agents: Map<string, AgentClient>, probe: Probe, vms: CampaignVm[], plan: FaultPlan, index: number): Promise<MigrationFaultOutcome> {
   const started = Date.now();
   const { kind, vm } = plan;
-  const from = (await admin.vm(vm.name)).owner;
+  const { owner: from, token } = await admin.vm(vm.name);
   const others = (vm.replicaHosts ?? lab.hosts.map((h) => h.name)).filter((h) => h !== from);
   const to = others[plan.toChoice % others.length]!;
   const hostPid = (name: string) => lab.hosts.find((h) => h.name === name)!.pid!;
@@ -217,16 +218,18 @@ async function runOneFault(lab: LabRecord, admin: LabAdmin, agents: Map<string, 
   if (kind === 'kill-store-leader-at-swap') await injectFault(lab, from, 'before-ownership-swap', 'hold', vm.name);
   let jobId: string | undefined;
   try {
+    // A disk copy is over within a second or so: the pool is full from the start (or within 600 ms of it).
+    if (kind === 'fill-destination-storage' && plan.delayMs < 300) undo.push(await fillLocalPool(lab, to));
     const params = { maxBandwidth: plan.bandwidthMiBps === null ? 'unlimited' : plan.bandwidthMiBps * 2 ** 20 };
     try {
-      jobId = (await agents.get(from)!.call<{ job: Job }>('POST', `/v1/vms/${vm.name}/migrate`, { to, params })).job.id;
+      jobId = (await agents.get(from)!.call<{ job: Job }>('POST', `/v1/vms/${vm.name}/migrate`, { to, token, params })).job.id;
     } catch (err) {
       outcome.migration = 'refused';
       outcome.note = `refused: ${(err as Error).message}`;
     }
     if (kind === 'kill-store-leader-at-swap') {
       const until = Date.now() + 60_000;
-      while (!existsSync(held) && Date.now() < until && (await momentOf(admin, jobId)) !== 'ended') await sleep(20);
+      while (jobId && !existsSync(held) && Date.now() < until && (await momentOf(admin, jobId)) !== 'ended') await sleep(20);
     } else await sleep(plan.delayMs);
     outcome.moment = await momentOf(admin, jobId);
 
@@ -312,7 +315,7 @@ async function runOneFault(lab: LabRecord, admin: LabAdmin, agents: Map<string, 
         break;
       }
       case 'fill-destination-storage': {
-        undo.push(await fillLocalPool(lab, to));
+        if (plan.delayMs >= 300) undo.push(await fillLocalPool(lab, to));
         break;
       }
     }
