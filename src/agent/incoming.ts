@@ -28,6 +28,9 @@ interface Incoming {
   resuming?: Promise<void> | undefined;
 }
 
+/** How often a destination checks that its migration still exists. */
+const ORPHAN_CHECK_MS = 2000;
+
 export class IncomingMigrations {
   private readonly byId = new Map<string, Incoming>();
 
@@ -112,6 +115,7 @@ export class IncomingMigrations {
         if (entry.state !== 'aborted' && entry.state !== 'running') entry.state = 'lost';
       });
       ctx.log(`incoming migration ${request.migrationId} of ${request.spec.name} from ${request.source}: listening on ${prepared.uri}`);
+      this.watchForOrphan(request.migrationId);
       return prepared;
     } catch (err) {
       await this.abort(request.migrationId);
@@ -179,6 +183,28 @@ export class IncomingMigrations {
         .then(() => this.ctx.log(`incoming migration ${id}: ownership of ${vm.spec.name} moved here but the source did not say so; resumed it`))
         .catch((err: Error) => this.ctx.log(`incoming migration ${id}: could not resume on its own: ${err.message}`));
     }, 1000);
+    timer.unref();
+  }
+
+  /**
+   * A destination whose source ended the migration without reaching it (the link was cut when it
+   * sent abort, or the answer to prepare was lost) would wait forever: once the store holds no
+   * migration of this id and the VM is not this host's, it removes itself.
+   */
+  private watchForOrphan(id: string): void {
+    const timer = setInterval(async () => {
+      const entry = this.byId.get(id);
+      if (!entry || entry.state === 'running' || entry.state === 'aborted') return clearInterval(timer);
+      if (entry.resuming) return;
+      const name = entry.request.spec.name;
+      // A store that does not answer decides nothing.
+      const [inFlight, vm] = await Promise.all([this.ctx.state.migration(name), this.ctx.state.vm(name)]).catch(() => [null, null] as const);
+      if (inFlight === null || vm === null) return;
+      if (inFlight?.id === id || vm?.owner === this.ctx.node.name) return;
+      clearInterval(timer);
+      this.ctx.log(`incoming migration ${id} of ${name}: its source ended it without telling this host (the store has no such migration; ${name} runs on ${vm?.owner ?? 'no host'}); removing the destination`);
+      await this.abort(id).catch((err: Error) => this.ctx.log(`incoming migration ${id}: could not remove the orphaned destination: ${err.message}`));
+    }, ORPHAN_CHECK_MS);
     timer.unref();
   }
 

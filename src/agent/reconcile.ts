@@ -31,7 +31,8 @@ async function reconcileInstance(ctx: AgentContext, recorded: InstanceState): Pr
   const instance = await ctx.runtime.adopt(recorded);
   const vm = await ctx.state.vm(recorded.vm);
   if (!instance) {
-    await ctx.runtime.forget(recorded.vm, recorded.role);
+    // Its taps outlive it (a destination's QEMU that exited when its stream broke while the agent was down).
+    await ctx.runtime.forgetDead(recorded);
     // Its QEMU died while no agent watched (a crash, the watchdog): the record says it is not running.
     if (recorded.role === 'running' && vm?.owner === me && vm.desired === 'running') {
       await ctx.state.updateVm(vm, { desired: 'stopped' });

@@ -7,7 +7,7 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { NetworkAttacher } from '../qemu/instance.ts';
-import { VmInstance } from '../qemu/instance.ts';
+import { releaseHostResources, VmInstance } from '../qemu/instance.ts';
 import type { Accel, VmSpec } from '../qemu/spec.ts';
 import { startVm } from '../qemu/start.ts';
 import { guestShutdown } from '../qemu/guest-agent.ts';
@@ -69,6 +69,12 @@ export class LocalRuntime {
 
   async forget(vm: string, role: InstanceRole): Promise<void> {
     await rm(this.stateFile(vm, role), { force: true });
+  }
+
+  /** An instance whose QEMU died while no agent watched: its taps and directory released, its record removed. */
+  async forgetDead(state: InstanceState): Promise<void> {
+    await releaseHostResources(state.dir, state.taps, this.network);
+    await this.forget(state.vm, state.role);
   }
 
   /** Instances an earlier run of this agent wrote down. */

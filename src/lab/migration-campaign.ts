@@ -167,10 +167,14 @@ export async function runMigrationCampaign(lab: LabRecord, probe: Probe, vms: Ca
   const agents = new Map(labContext(lab).agents.map((a) => [a.name, new AgentClient(a, identity, 15_000)]));
   const rng = new SeededRandom(options.seed);
   const outcomes: MigrationFaultOutcome[] = [];
+  const reported = new Set<string>();
   const stopAt = Date.now() + options.maxMinutes * 60_000;
   for (let i = 1; i <= options.faults && Date.now() < stopAt; i++) {
     const plan = drawPlan(rng, options.kinds, vms);
     const outcome = await runOneFault(lab, admin, agents, probe, vms, plan, i);
+    // A leftover stays until someone removes it: it is the fault's that made it, not every later one's.
+    outcome.findings = outcome.findings.filter((f) => !(f.what === 'leftover' || f.what === 'stuck-job') || !reported.has(f.detail));
+    for (const f of outcome.findings) reported.add(f.detail);
     outcomes.push(outcome);
     const found = outcome.findings.length ? ` — FOUND: ${outcome.findings.map((f) => `${f.what}: ${f.detail}`).join('; ')}` : '';
     options.log(

@@ -176,7 +176,8 @@ export class VmInstance {
   }
 }
 
-async function releaseHostResources(dir: string, taps: string[], network: NetworkAttacher | undefined): Promise<void> {
+/** Releases what a QEMU held on the host (its taps, its private directory); only once the process is gone. */
+export async function releaseHostResources(dir: string, taps: string[], network: NetworkAttacher | undefined): Promise<void> {
   for (const tap of taps) await network?.detach(tap).catch(() => undefined);
   await rm(dir, { recursive: true, force: true });
 }

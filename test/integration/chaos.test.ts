@@ -1,28 +1,116 @@
 /**
- * The short migration fault campaign (the long one: `npm run chaos -- --faults 100`). Real QEMU
- * guests in a 3-host etcd lab, real faults (SIGKILL, SIGSTOP, blackhole routes, a token bucket on
- * the uplink, a full filesystem, etcd members killed); the checker reads the machine, not the
- * agents. A fixed seed, so a failure here replays with the command the test prints.
+ * Faults during live migrations, in a 3-host etcd lab with real QEMU guests: the failures the
+ * campaign found, each replayed on purpose (named after its fault), then the short campaign itself
+ * (the long one: `npm run chaos -- --faults 100`) — real faults (SIGKILL, SIGSTOP, blackhole routes,
+ * a token bucket on the uplink, a full filesystem, etcd members killed), judged by the checker, which
+ * reads the machine (processes per namespace, taps, sockets, pool files) and the guests, not the
+ * agents. A fixed seed, so a failure replays with the command the report prints.
  */
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
-import { printChaos, runChaos } from '../../bench/chaos.ts';
-import { FAULT_KIND_NAMES } from '../../src/lab/migration-campaign.ts';
+import path from 'node:path';
+import { before, describe, it } from 'node:test';
+import { printChaos } from '../../bench/chaos.ts';
+import { AgentClient } from '../../src/agent/client.ts';
+import { loadIdentity } from '../../src/cluster/pki.ts';
+import type { Job } from '../../src/cluster/model.ts';
+import { LabAdmin } from '../../src/lab/chaos.ts';
+import { checkLab, qemuProcesses, settle, type CampaignVm, type GuestBaseline } from '../../src/lab/checker.ts';
+import { cutLink } from '../../src/lab/lab-faults.ts';
+import { killAgent, labContext, startAgent } from '../../src/lab/lab.ts';
+import { FAULT_KIND_NAMES, prepareCampaignVms, runMigrationCampaign } from '../../src/lab/migration-campaign.ts';
+import { useLab } from '../helpers/lab.ts';
 
 const SEED = 16;
 const FAULTS = 15;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-describe('migration fault campaign (short)', () => {
-  it(`${FAULTS} faults at random moments of live migrations (seed ${SEED}): no VM lost or run twice, no lost or torn write, nothing left behind`, { timeout: 30 * 60_000 }, async () => {
-    const result = await runChaos({ faults: FAULTS, seed: SEED, maxMinutes: 20, kinds: FAULT_KIND_NAMES, log: () => undefined });
-    const report = printChaos(result);
+describe('faults during live migrations (3-host etcd lab)', () => {
+  const suite = useLab('chaos', ['--store', 'etcd']);
+  let admin: LabAdmin;
+  let vms: CampaignVm[];
+
+  before(async () => {
+    admin = await LabAdmin.open(suite.lab);
+    vms = await prepareCampaignVms(suite.lab, admin, () => undefined);
+  });
+
+  /** What every guest shows now, for the checker to compare with afterwards. */
+  const baselines = async () => {
+    const all = new Map<string, GuestBaseline>();
+    for (const v of vms) all.set(v.name, { boot: (await suite.probe.gamesrv(v.ip)).boot, ...(v.kind === 'ram' ? {} : { diskSeq: (await suite.probe.diskcheckStats(v.ip)).seq }) });
+    return all;
+  };
+
+  /** Starts a slow migration (4 MiB/s: ~30 s for 128 MiB) of `name` and waits until its destination QEMU runs. */
+  const slowMigration = async (name: string) => {
+    const { owner: from, token } = await admin.vm(name);
+    const to = suite.lab.hosts.map((h) => h.name).find((h) => h !== from)!;
+    const identity = await loadIdentity(path.join(suite.dir, 'admin'));
+    const source = new AgentClient(labContext(suite.lab).agents.find((a) => a.name === from)!, identity);
+    const { job } = await source.call<{ job: Job }>('POST', `/v1/vms/${name}/migrate`, { to, token, params: { maxBandwidth: 4 * 2 ** 20 } });
+    for (let i = 0; i < 100 && (await admin.call<{ job: Job }>('GET', `/v1/jobs/${job.id}`)).job.progress?.phase !== 'perform'; i++) await sleep(100);
+    const incoming = (await qemuProcesses(suite.lab)).find((p) => p.vm === name && p.host === to);
+    assert.ok(incoming, `the destination QEMU of ${name} runs on ${to}`);
+    return { from, to, jobId: job.id, incoming };
+  };
+
+  const jobEnds = async (id: string) => {
+    for (let i = 0; i < 240; i++) {
+      const { job } = await admin.call<{ job: Job }>('GET', `/v1/jobs/${id}`);
+      if (job.state !== 'running') return job;
+      await sleep(250);
+    }
+    assert.fail(`job ${id} still running after 60 s`);
+  };
+
+  const assertNothingFound = async (before: Map<string, GuestBaseline>) => {
+    assert.ok(await settle(suite.lab, admin, suite.probe, vms, 120_000), 'the lab settles: every VM runs once and answers, no job runs');
+    const { findings, verdicts } = await checkLab(suite.lab, admin, suite.probe, vms, before, new Set());
+    assert.deepEqual(findings, []);
+    assert.ok(verdicts.every((v) => v.sameBoot), 'every guest answers from the boot it had');
+  };
+
+  it("regression kill-destination-agent at perform: the destination's QEMU ends while its agent is down, and the agent that comes back removes its tap", async () => {
+    const before = await baselines();
+    const { from, to, jobId, incoming } = await slowMigration('c-shared');
+    await killAgent(suite.lab, to);
+    const job = await jobEnds(jobId);
+    assert.equal(job.state, 'failed', 'the source gives up on a destination it cannot reach');
+    for (let i = 0; i < 60 && (await qemuProcesses(suite.lab)).some((p) => p.pid === incoming.pid); i++) await sleep(500);
+    assert.ok(!(await qemuProcesses(suite.lab)).some((p) => p.pid === incoming.pid), 'the destination QEMU ended with its stream');
+    await startAgent(suite.lab, to);
+    assert.equal((await admin.vm('c-shared')).owner, from);
+    await assertNothingFound(before);
+  });
+
+  it('regression cut-link at perform: a destination whose source could not tell it the migration failed removes itself', async () => {
+    const before = await baselines();
+    const { from, to, jobId, incoming } = await slowMigration('c-ram');
+    const restore = await cutLink(suite.lab, from, to);
+    try {
+      const job = await jobEnds(jobId);
+      assert.equal(job.state, 'failed');
+    } finally {
+      await restore();
+    }
+    // Nobody asks it: the destination notices by itself that its migration is gone.
+    for (let i = 0; i < 40 && (await qemuProcesses(suite.lab)).some((p) => p.pid === incoming.pid); i++) await sleep(500);
+    assert.ok(!(await qemuProcesses(suite.lab)).some((p) => p.pid === incoming.pid), 'the orphaned destination QEMU is gone within 20 s of the link coming back');
+    assert.equal((await admin.vm('c-ram')).owner, from);
+    await assertNothingFound(before);
+  });
+
+  it(`the short campaign: ${FAULTS} faults at random moments (seed ${SEED}): no VM lost or run twice, no lost or torn write, nothing left behind`, { timeout: 30 * 60_000 }, async () => {
+    const started = Date.now();
+    const outcomes = await runMigrationCampaign(suite.lab, suite.probe, vms, { seed: SEED, faults: FAULTS, maxMinutes: 20, kinds: FAULT_KIND_NAMES, log: () => undefined });
+    const report = printChaos({ seed: SEED, outcomes, minutes: (Date.now() - started) / 60_000 });
     console.log(report);
-    assert.equal(result.outcomes.length, FAULTS, `all ${FAULTS} faults ran:\n${report}`);
-    const findings = result.outcomes.flatMap((o) => o.findings.map((f) => `fault ${o.index} ${o.kind} at ${o.moment}: ${f.what}: ${f.detail}`));
+    assert.equal(outcomes.length, FAULTS, `all ${FAULTS} faults ran:\n${report}`);
+    const findings = outcomes.flatMap((o) => o.findings.map((f) => `fault ${o.index} ${o.kind} at ${o.moment}: ${f.what}: ${f.detail}`));
     assert.deepEqual(findings, [], report);
-    assert.ok(result.outcomes.every((o) => o.settled), `every fault settled:\n${report}`);
-    // The faults bit: some migrations were rolled back or refused, and the campaign still moved VMs.
-    assert.ok(result.outcomes.some((o) => o.migration === 'succeeded'), report);
-    assert.ok(result.outcomes.some((o) => o.migration !== 'succeeded' || o.restarted), report);
+    assert.ok(outcomes.every((o) => o.settled), `every fault settled:\n${report}`);
+    // The faults bit (some migrations rolled back, refused or a guest restarted), and VMs still moved.
+    assert.ok(outcomes.some((o) => o.migration === 'succeeded'), report);
+    assert.ok(outcomes.some((o) => o.migration !== 'succeeded' || o.restarted), report);
   });
 });
