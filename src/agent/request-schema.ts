@@ -89,9 +89,17 @@ export function compilePart(part: 'path' | 'body' | 'query', schema: ObjectSchem
   };
 }
 
-/** A value as a refusal quotes it: JSON, short, with control characters escaped. */
-function shown(value: unknown): string {
-  const json = JSON.stringify(value) ?? String(value);
+/**
+ * A value as a refusal quotes it: JSON, short, with control characters escaped. A value nested
+ * deeper than JSON.stringify goes (a few thousand levels; JSON.parse takes any depth) is named, not quoted.
+ */
+export function quoted(value: unknown): string {
+  let json: string;
+  try {
+    json = JSON.stringify(value) ?? String(value);
+  } catch {
+    return Array.isArray(value) ? 'an array nested too deep to show' : `an ${typeof value} nested too deep to show`;
+  }
   return json.length > 60 ? `${json.slice(0, 57)}…` : json;
 }
 
@@ -103,17 +111,17 @@ function describeError(part: string, error: ErrorObject | undefined): string {
     case 'required': {
       const field = (error.params as { missingProperty: string }).missingProperty;
       const what = parent.properties?.[field]?.description;
-      return `${where}/${field} is missing${what ? `: give ${what}` : ''}`;
+      return `${where}/${field} is missing${what ? ` (${what})` : ''}`;
     }
     case 'additionalProperties': {
       const known = Object.keys(parent.properties ?? {});
-      const field = shown((error.params as { additionalProperty: string }).additionalProperty);
+      const field = quoted((error.params as { additionalProperty: string }).additionalProperty);
       return `${where}: ${field} is not a field of this request (${known.length ? `it takes ${known.join(', ')}` : 'it takes none'})`;
     }
   }
   if (error.instancePath === '' && error.keyword === 'type') return `the request's ${part} must be a JSON object`;
-  if (parent.description) return `${where}: ${shown(error.data)} is not ${parent.description}`;
-  if (error.keyword === 'enum') return `${where}: ${shown(error.data)} is not one of ${(error.params as { allowedValues: unknown[] }).allowedValues.join(', ')}`;
+  if (parent.description) return `${where}: ${quoted(error.data)} is not ${parent.description}`;
+  if (error.keyword === 'enum') return `${where}: ${quoted(error.data)} is not one of ${(error.params as { allowedValues: unknown[] }).allowedValues.join(', ')}`;
   return `${where} ${error.message ?? 'is not valid'}`;
 }
 

@@ -109,9 +109,27 @@ function queryOf(search: URLSearchParams): Record<string, string> {
   const query: Record<string, string> = {};
   for (const [key, value] of search) {
     if (Object.hasOwn(query, key)) throw new InvalidRequestError(`query: ${JSON.stringify(key).slice(0, 60)} is given twice`);
-    query[key] = value;
+    // Defined, not assigned: '__proto__=x' is a field the schema refuses, not a prototype to set (and lose).
+    Object.defineProperty(query, key, { value, enumerable: true, writable: true, configurable: true });
   }
   return query;
+}
+
+/**
+ * A request Node's HTTP parser refuses before any route sees it (its request line and headers over
+ * 16 KiB, a malformed request line, headers too slow): answered like every other refusal, a JSON
+ * {error}, then the connection closed (Node's own answer has no body).
+ */
+function answerUnparsable(err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (!socket.writable || err.code === 'ECONNRESET') return void socket.destroy();
+  const [status, message] =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? [431, 'the request line and headers are larger than 16 KiB']
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, 'the request headers did not arrive in time']
+        : [400, `the request is not valid HTTP (${err.code ?? err.message})`];
+  const body = JSON.stringify({ error: message, kind: 'InvalidRequestError' });
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
 }
 
 /** The request's URL; a request-target that is no URL (an absolute form like 'http://[') is the caller's mistake. */
@@ -276,6 +294,7 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
     });
   const tcp = https.createServer(tls, (req, res) => void onRequest(req, res));
   tcp.maxConnections = MAX_CONNECTIONS;
+  tcp.on('clientError', answerUnparsable);
   tcp.on('upgrade', (req, socket, head) => void onUpgrade(req, socket, head));
   await listen(tcp, { port: ctx.node.port, host: ctx.node.address });
   servers.push(tcp);
@@ -283,6 +302,7 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
     await rm(ctx.node.socket, { force: true });
     const local = https.createServer(tls, (req, res) => void onRequest(req, res));
     local.maxConnections = MAX_CONNECTIONS;
+    local.on('clientError', answerUnparsable);
     local.on('upgrade', (req, socket, head) => void onUpgrade(req, socket, head));
     await listen(local, { path: ctx.node.socket });
     servers.push(local);

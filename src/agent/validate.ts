@@ -6,6 +6,7 @@
 import { POLICY_NAMES } from '../migration/policy/policy.ts';
 import type { MigrationParams } from '../migration/types.ts';
 import { RefusedError } from './errors.ts';
+import { quoted } from './request-schema.ts';
 
 type Check = (value: unknown) => string | undefined;
 
@@ -33,7 +34,7 @@ export function migrationParams(value: unknown): Partial<MigrationParams> {
     const check = PARAMS[key as keyof MigrationParams];
     if (!check) throw new RefusedError(`unknown migration parameter '${key}'; known: ${Object.keys(PARAMS).join(', ')}`);
     const wrong = check(v);
-    if (wrong) throw new RefusedError(`migration parameter ${key}=${JSON.stringify(v)}: must be ${wrong}`);
+    if (wrong) throw new RefusedError(`migration parameter ${key}=${quoted(v)}: must be ${wrong}`);
   }
   return value as Partial<MigrationParams>;
 }

@@ -12,7 +12,7 @@ export const NAME_RULE = "start with a letter and use only a-z, 0-9 and '-' (at 
 
 /** A JSON schema of a name; `what` says which ('a VM name') in a refusal's message and the OpenAPI document. */
 export function nameSchema(what = 'a name') {
-  return { type: 'string', pattern: NAME_PATTERN.source, maxLength: 63, description: `${what} (names ${NAME_RULE})` } as const;
+  return { type: 'string', pattern: NAME_PATTERN.source, maxLength: 63, description: `${what}: names ${NAME_RULE}` } as const;
 }
 
 /** A job's id (cluster/model.ts newJob): its creation time to the second, then 8 hex digits. */
