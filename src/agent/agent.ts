@@ -6,7 +6,7 @@ import { X509Certificate } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { ClusterState, KEYS, type HostRecord } from '../cluster/model.ts';
 import { CERTIFICATE_WARNING_DAYS, loadIdentity } from '../cluster/pki.ts';
-import { LeaseExpiredError, type Store } from '../cluster/store/types.ts';
+import { LeaseExpiredError, StoreNoQuorumError, type Store } from '../cluster/store/types.ts';
 import { BridgeTapAttacher } from '../net/tap.ts';
 import { resolvePlacement } from './networks.ts';
 import { loadClusterConfig, openHostStore, type ClusterConfig, type NodeConfig } from './config.ts';
@@ -129,6 +129,9 @@ const EVENT_LOOP_STALL_MS = 2_000;
 /** Every how many renewals an agent looks for storage fences of its own it has not lifted (about a minute). */
 const FENCE_LOOK_EVERY = 18;
 
+/** How soon a failed lease renewal is tried again. */
+const RENEW_RETRY_MS = 500;
+
 /** How often the time since the last lease renewal is checked against the fencing deadline. */
 const FENCE_CHECK_MS = 250;
 
@@ -170,10 +173,14 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
    * and then the store is told which VMs are guarded (the manager recovers no running VM of a dead
    * host that is not in that list: a VM put under HA while its host was frozen was never guarded).
    */
+  /** The watchdog's deadline moved on from the last renewal, with the guests it guarded so far. */
+  const petWatchdog = () => {
+    if (watchdog && listed) watchdog.pet(Math.max(1, Math.round(timing.watchdogMs - (performance.now() - lastRenewed))), guarded);
+  };
   const guard = async (): Promise<void> => {
     if (!watchdog) return;
     const deadline = () => Math.max(1, Math.round(timing.watchdogMs - (performance.now() - lastRenewed)));
-    if (listed) watchdog.pet(deadline(), guarded); // at once, with what it guarded: a slow read below must not delay it
+    petWatchdog(); // at once, with what it guarded: a slow read below must not delay it
     try {
       const [resources, inMaintenance] = await Promise.all([ha.resources(), ha.maintenance()]);
       maintenance = inMaintenance !== undefined;
@@ -226,6 +233,8 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
   ctx.guard = guard;
   let fenced = false;
   let renewing = false;
+  /** The store said no quorum can exist (StoreNoQuorumError.impossibleSince), and has not had one since. */
+  let quorumLost = false;
   const renew = async () => {
     const revoked = ctx.revocations.check(fingerprint);
     if (revoked) {
@@ -233,6 +242,7 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
       // away (if its store user is gone already, its lease runs out instead).
       ctx.log(new HostRemovedError(node.name, revoked.revokedAt, revoked.reason).message);
       clearInterval(renewTimer);
+      clearTimeout(retryTimer);
       clearInterval(fenceTimer);
       await ctx.state.deleteOwnHostRecord(node.name).catch(() => undefined);
       return;
@@ -253,15 +263,32 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
       await guard();
       if (fencesLeft || ++renewals % FENCE_LOOK_EVERY === 0) liftFences();
       if (fencedVms.size) await recordFenced().catch((err: Error) => ctx.log(`could not record the fenced guests as stopped yet: ${err.message}`));
+      if (quorumLost) ctx.log('the store has a quorum again: the host lease is renewed');
+      quorumLost = false;
     } catch (err) {
+      if (err instanceof StoreNoQuorumError && err.impossibleSince !== undefined) {
+        // No leader anywhere: no lease can expire before then plus its TTL, and no host can take a
+        // guest over (cluster/store/types.ts). That moment counts as a renewal; the store is not read.
+        lastRenewed = Math.max(lastRenewed, err.impossibleSince);
+        petWatchdog();
+        if (!quorumLost) ctx.log(`${err.message}. This host keeps its guests running: no other host can take them over until a quorum is back, and then its lease runs for its full TTL again`);
+        quorumLost = true;
+        return;
+      }
       ctx.log(`cannot renew the host lease for ${Math.round(performance.now() - lastRenewed)} ms: ${(err as Error).message}`);
+      // Tried again soon, not a whole interval later: two failed renewals use up the self-fence
+      // deadline, and a store that lost its leader a moment ago may say more in a second.
+      retryTimer = setTimeout(tick, RENEW_RETRY_MS);
     }
   };
-  const renewTimer = setInterval(() => {
+  let retryTimer: NodeJS.Timeout | undefined;
+  const tick = () => {
+    clearTimeout(retryTimer);
     if (renewing) return; // a store that does not answer: the call in flight has its own timeout
     renewing = true;
     void renew().finally(() => (renewing = false));
-  }, timing.renewMs);
+  };
+  const renewTimer = setInterval(tick, timing.renewMs);
   // Watched apart from the renewals: a renewal that hangs (a store cut off without a reset)
   // must not hold the fencing back until the lease has expired elsewhere.
   const fenceTimer = setInterval(async () => {
@@ -277,6 +304,7 @@ async function keepMembership(ctx: AgentContext, store: Store, fingerprint: stri
   return {
     stop: async () => {
       clearInterval(renewTimer);
+      clearTimeout(retryTimer);
       clearInterval(fenceTimer);
       // In cluster maintenance the manager recovers nothing: the store is told first that this host
       // guards nothing (so that nothing is recovered after the maintenance either, while it may run

@@ -15,6 +15,7 @@ import { MigrationRefusedError } from '../migration/errors.ts';
 import { InvalidVmSpecError } from '../qemu/errors.ts';
 import { FirmwareMissingError } from '../qemu/firmware.ts';
 import { ApiError, NotFoundError } from './errors.ts';
+import { StoreUnavailableError } from '../cluster/store/types.ts';
 import type { AgentContext } from './context.ts';
 import { authorize, callerOf, type Access, type Caller } from './authz.ts';
 import { UserError, UserRecords, type ApiUser } from '../cluster/users.ts';
@@ -156,6 +157,7 @@ function decodeParam(segment: string): string {
 function statusOf(err: unknown): number {
   if (err instanceof ApiError) return err.status;
   if (err instanceof MigrationRefusedError || err instanceof InvalidVmSpecError || err instanceof StorageError || err instanceof FirmwareMissingError || err instanceof UserError) return 422;
+  if (err instanceof StoreUnavailableError) return 503; // its message says why and what to do (no quorum, a full disk, a lock)
   return 500;
 }
 

@@ -29,6 +29,7 @@ import { PROJECT_ROOT } from '../util/project.ts';
 import { AgentClient } from '../agent/client.ts';
 import type { AgentContext } from '../agent/context.ts';
 import { ApiError } from '../agent/errors.ts';
+import { StoreUnavailableError } from '../cluster/store/types.ts';
 import { FORWARDED_USER_HEADER } from '../agent/server.ts';
 import { HA_REQUESTS, HaRecords } from '../cluster/ha/records.ts';
 import type { Job } from '../cluster/model.ts';
@@ -123,8 +124,9 @@ export async function buildApi(
 
   app.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number }, request, reply) => {
     if (err.validation) return reply.status(400).send({ error: `bad request: ${err.message}`, kind: 'ValidationError' });
-    const status = err instanceof ApiError ? err.status : err instanceof UserError ? 400 : (err.statusCode ?? 500);
-    if (status >= 500) {
+    const status = err instanceof ApiError ? err.status : err instanceof UserError ? 400 : err instanceof StoreUnavailableError ? 503 : (err.statusCode ?? 500);
+    // 503: the store (or a host) cannot serve now, and the message says why and what to do.
+    if (status >= 500 && status !== 503) {
       ctx.log(`REST API error in ${request.method} ${request.url}: ${err.stack}`);
       return reply.status(status).send({ error: `internal error on ${ctx.node.name} (its agent's log has the details)`, kind: 'InternalError' });
     }

@@ -61,6 +61,13 @@ export function useLab(tag: string, extraUpArgs: string[] = []): SuiteLab {
   return suite;
 }
 
+/** The QEMU processes of this suite's lab running `vm` (a lab of another suite on the machine may run a VM of that name). */
+export async function labQemuPids(suite: SuiteLab, vm: string): Promise<number[]> {
+  const pids = await qemuPidsOf(vm);
+  const ours = await Promise.all(pids.map(async (pid) => (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).includes(suite.dir)));
+  return pids.filter((_, i) => ours[i]);
+}
+
 /**
  * What `ferry lab down` promises, checked from outside: no network namespace of the lab (its
  * bridges, veths and taps live in them), no link of it in this namespace, no process that runs

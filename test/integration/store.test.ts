@@ -10,7 +10,8 @@ import { after, before, describe, it } from 'node:test';
 import { EtcdStore } from '../../src/cluster/store/etcd.ts';
 import { EtcdCluster } from '../../src/cluster/store/etcd-cluster.ts';
 import { SqliteStore } from '../../src/cluster/store/sqlite.ts';
-import { LeaseExpiredError, type Store, type WatchEvent } from '../../src/cluster/store/types.ts';
+import { performance } from 'node:perf_hooks';
+import { LeaseExpiredError, StoreNoQuorumError, type Store, type WatchEvent } from '../../src/cluster/store/types.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -130,6 +131,47 @@ describe('etcd quorum', () => {
       const result = await store.txn([{ key: 'q/vm', modRevision: rev }], [{ type: 'put', key: 'q/vm', value: 'h2' }]);
       assert.equal(result.succeeded, true);
       assert.equal((await store.get('q/vm'))?.value, 'h2');
+    } finally {
+      await store.close();
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('with 2 of 3 members killed: a compare-and-swap is refused at once, saying the store has no quorum and what to do; with one back it goes through', async () => {
+    const { dir, cluster } = await localEtcd('n', 26790);
+    const store = new EtcdStore(cluster.endpoints);
+    try {
+      const rev = await store.put('q/vm', 'h1');
+      const lease = await store.grantLease(10);
+      await cluster.members[1]!.stop('SIGKILL');
+      await cluster.members[2]!.stop('SIGKILL');
+      const killed = performance.now();
+      // A member holds requests for its leader until an election timeout shows it is gone (500 ms here).
+      await sleep(1500);
+      const asked = performance.now();
+      const refused = await store.txn([{ key: 'q/vm', modRevision: rev }], [{ type: 'put', key: 'q/vm', value: 'h2' }]).then(() => undefined, (err: unknown) => err);
+      const waited = performance.now() - asked;
+      assert.ok(refused instanceof StoreNoQuorumError, String(refused));
+      const [alive, ...down] = cluster.endpoints;
+      assert.equal(
+        refused.message,
+        `the store has no quorum: etcd needs 2 of its 3 members to agree on any change, and 1 runs, without a leader (${alive}); not running (connection refused): ${down.join(', ')}. ` +
+          'Nothing in the cluster can change until a majority of the etcd members runs again: start the stopped members (each on its own data directory); running VMs keep running meanwhile',
+      );
+      assert.ok(refused.impossibleSince! >= killed, 'the members showed no quorum can exist: the hosts need not fence themselves');
+      assert.ok(waited < 4000, `refused after ${Math.round(waited)} ms: it waits only for an election (3 s), not for a request timeout`);
+      // A renewal learns it at once (the agent counts that moment as a renewal).
+      const renewal = performance.now();
+      await assert.rejects(store.keepAlive(lease), StoreNoQuorumError);
+      assert.ok(performance.now() - renewal < 1000, 'a lease renewal does not wait for a leader');
+
+      cluster.members[1]!.start();
+      for (let i = 0; i < 30 && !(await store.revision().then(() => true, () => false)); i++) await sleep(500);
+      const result = await store.txn([{ key: 'q/vm', modRevision: rev }], [{ type: 'put', key: 'q/vm', value: 'h2' }]);
+      assert.equal(result.succeeded, true, 'the refused swap had not happened: it happens now, once');
+      assert.equal((await store.get('q/vm'))?.value, 'h2');
+      assert.equal(await store.keepAlive(lease), 10, 'the lease outlived the outage, with its full TTL again');
     } finally {
       await store.close();
       await cluster.stop();

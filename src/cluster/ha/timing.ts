@@ -12,6 +12,11 @@
  * - the HA manager starts the host's VMs elsewhere only after it has seen the record gone for
  *   `marginMs` more: slack for the time a renewal's answer takes to reach the host (the host's clock
  *   starts later than the store's) and for clocks that run at slightly different rates.
+ *
+ * One renewal is stood in for: when etcd's members show that no quorum exists anywhere (each refused
+ * the connection or has no leader), no lease can expire and no host can take a VM over until a new
+ * leader is elected, and that leader grants every lease its full TTL again. The moment they showed
+ * it counts as a renewal (agent.ts): a store outage stops no guest.
  */
 
 export interface HaTiming {

@@ -5,7 +5,8 @@
  * leases expire by wall clock, reaped by whichever process looks first.
  */
 import Database from 'better-sqlite3';
-import { LeaseExpiredError, type Compare, type KeyValue, type Op, type Store, type TxnResult, type WatchEvent } from './types.ts';
+import path from 'node:path';
+import { LeaseExpiredError, StoreDiskFullError, StoreLockedError, type Compare, type KeyValue, type Op, type Store, type TxnResult, type WatchEvent } from './types.ts';
 
 interface Row {
   key: string;
@@ -23,8 +24,9 @@ export class SqliteStore implements Store {
   private readonly watchers = new Set<{ prefix: string; after: number; onEvent: (e: WatchEvent) => void }>();
   private poller: NodeJS.Timeout | undefined;
 
-  constructor(readonly path: string) {
-    this.db = new Database(path, { timeout: 10_000 });
+  /** busyTimeoutMs: how long a write waits for another process's write lock before it is refused (StoreLockedError). */
+  constructor(readonly path: string, private readonly busyTimeoutMs = 10_000) {
+    this.db = new Database(path, { timeout: busyTimeoutMs });
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
     this.db.exec(`
@@ -38,15 +40,19 @@ export class SqliteStore implements Store {
   }
 
   async get(key: string): Promise<KeyValue | undefined> {
-    this.reapExpiredLeases();
-    const row = this.db.prepare('SELECT * FROM kv WHERE key = ?').get(key) as Row | undefined;
-    return row && toKv(row);
+    return this.typed(() => {
+      this.reapExpiredLeases();
+      const row = this.db.prepare('SELECT * FROM kv WHERE key = ?').get(key) as Row | undefined;
+      return row && toKv(row);
+    });
   }
 
   async list(prefix: string): Promise<KeyValue[]> {
-    this.reapExpiredLeases();
-    const rows = this.db.prepare("SELECT * FROM kv WHERE substr(key, 1, length(?)) = ? ORDER BY key").all(prefix, prefix) as Row[];
-    return rows.map(toKv);
+    return this.typed(() => {
+      this.reapExpiredLeases();
+      const rows = this.db.prepare("SELECT * FROM kv WHERE substr(key, 1, length(?)) = ? ORDER BY key").all(prefix, prefix) as Row[];
+      return rows.map(toKv);
+    });
   }
 
   async put(key: string, value: string, options: { lease?: string } = {}): Promise<number> {
@@ -97,7 +103,7 @@ export class SqliteStore implements Store {
   }
 
   async keepAlive(lease: string): Promise<number> {
-    this.reapExpiredLeases();
+    this.typed(() => this.reapExpiredLeases());
     return this.write(() => {
       const row = this.db.prepare('SELECT ttl FROM leases WHERE id = ?').get(lease) as { ttl: number } | undefined;
       if (!row) throw new LeaseExpiredError(lease);
@@ -111,7 +117,7 @@ export class SqliteStore implements Store {
   }
 
   async revision(): Promise<number> {
-    return this.currentRevision();
+    return this.typed(() => this.currentRevision());
   }
 
   async close(): Promise<void> {
@@ -139,9 +145,29 @@ export class SqliteStore implements Store {
     }
   }
 
-  /** Runs fn in a write transaction that holds SQLite's lock from the start (no lost updates between processes). */
+  /**
+   * Runs fn in a write transaction that holds SQLite's lock from the start (no lost updates between
+   * processes). A transaction that fails is rolled back whole (better-sqlite3 does, if SQLite has not).
+   */
   private write<T>(fn: () => T): T {
-    return this.db.transaction(fn).immediate();
+    return this.typed(() => this.db.transaction(fn).immediate());
+  }
+
+  /** SQLite's refusals for a full filesystem or a lock held too long, as the store's typed errors that say what to do. */
+  private typed<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (err) {
+      const code = String((err as { code?: unknown }).code ?? '');
+      if (code.startsWith('SQLITE_FULL'))
+        throw new StoreDiskFullError(`the store's database ${this.path} cannot grow: its filesystem is full (${code}); nothing of this change was written. Free space there (df ${path.dirname(this.path)}), then try again`);
+      if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED'))
+        throw new StoreLockedError(
+          `the store's database ${this.path} is locked: another process held it for more than ${this.busyTimeoutMs / 1000} s (${code}); nothing of this change was written. ` +
+            `Find what holds it (fuser ${this.path}) and let it finish or end it, then try again`,
+        );
+      throw err;
+    }
   }
 
   private reapExpiredLeases(): void {

@@ -65,6 +65,32 @@ export class LeaseExpiredError extends StoreError {
   }
 }
 
+/** The store cannot be reached or cannot take the request now; nothing was changed by it. */
 export class StoreUnavailableError extends StoreError {
   override name = 'StoreUnavailableError';
+}
+
+/**
+ * etcd has no quorum: too few of its members run to agree on anything, so nothing in the cluster can
+ * change. `impossibleSince` (performance.now() of this process) is set when the members themselves
+ * showed that no quorum can exist: every member of the cluster either refused the connection (its
+ * etcd is not running) or answered without a leader. No lease can then expire before that moment
+ * plus its TTL (a leader elected later grants every lease its full TTL again), so a host need not
+ * fence itself for it (agent.ts).
+ */
+export class StoreNoQuorumError extends StoreUnavailableError {
+  override name = 'StoreNoQuorumError';
+  constructor(message: string, readonly impossibleSince?: number) {
+    super(message);
+  }
+}
+
+/** The filesystem under the SQLite store is full: a write was refused whole (nothing of it was kept). */
+export class StoreDiskFullError extends StoreUnavailableError {
+  override name = 'StoreDiskFullError';
+}
+
+/** Another process held the SQLite store's write lock for longer than the busy timeout: nothing was written. */
+export class StoreLockedError extends StoreUnavailableError {
+  override name = 'StoreLockedError';
 }
