@@ -1,6 +1,21 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
 /** A mistake in how the command was called: printed with a hint, exit code 2. */
 export class UsageError extends Error {
   override name = 'UsageError';
+}
+
+/**
+ * node:util's parseArgs (strict: an unknown flag, a flag without its value or a value for a switch
+ * is refused), its refusals as usage errors: every way to call a command wrongly ends the same way.
+ */
+export function parseCommandLine<T extends ParseArgsConfig>(config: T): ReturnType<typeof parseArgs<T>> {
+  try {
+    return parseArgs(config);
+  } catch (err) {
+    if (String((err as NodeJS.ErrnoException).code).startsWith('ERR_PARSE_ARGS')) throw new UsageError(`${(err as Error).message} (see --help)`);
+    throw err;
+  }
 }
 
 /** The value of a --flag that must be a whole number ≥ 0; undefined when the flag was not given. */

@@ -7,11 +7,10 @@
 import { existsSync } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { fingerprintOf } from '../../agent/revocation.ts';
 import { issueCertificate, issueStoreClientCertificate, loadIdentity } from '../../cluster/pki.ts';
 import { Cli } from '../context.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import type { Command } from '../command.ts';
 
 const USAGE = `Usage:
@@ -24,7 +23,7 @@ export const certCommand: Command = {
   summary: "certificates: renew the admin's",
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { 'cluster-dir': { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } } });
+    const { values, positionals } = parseCommandLine({ args, allowPositionals: true, options: { 'cluster-dir': { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } } });
     if (positionals[0] !== 'renew-admin') throw new UsageError(USAGE);
     const cli = await Cli.load(values.context);
     const clusterDir = values['cluster-dir'] ? path.resolve(values['cluster-dir']) : cli.context.clusterDir;

@@ -1,8 +1,7 @@
 /** ferry cluster maintenance on|off|status: the whole cluster's HA manager switched off for maintenance (Pacemaker's maintenance-mode). */
-import { parseArgs } from 'node:util';
 import type { ClusterMaintenance } from '../../cluster/ha/records.ts';
 import { Cli } from '../context.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import type { Command } from '../command.ts';
 import type { Spread } from '../../cluster/moves/balance.ts';
 import type { MoveItem, MoveJob } from '../../cluster/moves/records.ts';
@@ -37,7 +36,7 @@ export const clusterCommand: Command = {
   summary: "the whole cluster: maintenance mode (the HA manager switched off), balance, CPU models",
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseCommandLine({
       args,
       allowPositionals: true,
       options: { reason: { type: 'string' }, force: { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' }, 'dry-run': { type: 'boolean' }, parallel: { type: 'string' }, 'no-wait': { type: 'boolean' }, all: { type: 'boolean' } },

@@ -2,14 +2,13 @@
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runAgent } from '../../agent/agent.ts';
 import { loadClusterConfig, loadNodeConfig, writeJson, type ClusterConfig, type NodeConfig, type StoreConfig } from '../../agent/config.ts';
 import { createCa, issueCertificate, issueStoreClientCertificate, loadIdentity } from '../../cluster/pki.ts';
 import { addStoreUser, enableStoreRbac } from '../../cluster/store/etcd-auth.ts';
 import type { CliContext } from '../../lab/lab.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import { NAME_PATTERN, NAME_RULE } from '../../util/names.ts';
 import type { Command } from '../command.ts';
 
@@ -33,7 +32,7 @@ export const initCommand: Command = {
   summary: 'create a cluster: its CA, store settings and an admin certificate',
   usage: 'Usage: ferry init --dir DIR [--name NAME] [--store sqlite|sqlite:PATH|etcd:https://A:2379,https://B:2379,...] [--insecure-store]',
   async run(args) {
-    const { values } = parseArgs({ args, options: { dir: { type: 'string' }, name: { type: 'string' }, store: { type: 'string' }, 'insecure-store': { type: 'boolean' }, json: { type: 'boolean' } } });
+    const { values } = parseCommandLine({ args, options: { dir: { type: 'string' }, name: { type: 'string' }, store: { type: 'string' }, 'insecure-store': { type: 'boolean' }, json: { type: 'boolean' } } });
     if (!values.dir) throw new UsageError('ferry init needs --dir (where the cluster CA and configuration go)');
     const dir = path.resolve(values.dir);
     const name = values.name ?? 'ferry';
@@ -65,7 +64,7 @@ export const joinCommand: Command = {
     "host (mode 0700), then start 'ferry agent --config /etc/ferry/node.json' there (contrib/ferry-agent.service).",
   ].join('\n'),
   async run(args) {
-    const { values } = parseArgs({
+    const { values } = parseCommandLine({
       args,
       options: {
         'cluster-dir': { type: 'string' }, name: { type: 'string' }, address: { type: 'string' }, port: { type: 'string' },
@@ -143,7 +142,7 @@ export const bundlesCommand: Command = {
     "of the cluster directory from the hosts, and renew the admin's certificate (ferry cert renew-admin).",
   ].join('\n'),
   async run(args) {
-    const { values } = parseArgs({ args, options: { 'cluster-dir': { type: 'string' }, out: { type: 'string' }, json: { type: 'boolean' } } });
+    const { values } = parseCommandLine({ args, options: { 'cluster-dir': { type: 'string' }, out: { type: 'string' }, json: { type: 'boolean' } } });
     const clusterDir = values['cluster-dir'] && path.resolve(values['cluster-dir']);
     if (!clusterDir) throw new UsageError('ferry bundles needs --cluster-dir DIR (the directory ferry init made)');
     const hostsDir = path.join(clusterDir, 'hosts');
@@ -176,7 +175,7 @@ export const agentCommand: Command = {
   summary: 'run the host agent in the foreground (what the systemd unit starts)',
   usage: 'Usage: ferry agent --config NODE.json',
   async run(args) {
-    const { values } = parseArgs({ args, options: { config: { type: 'string' } } });
+    const { values } = parseCommandLine({ args, options: { config: { type: 'string' } } });
     if (!values.config) throw new UsageError('ferry agent needs --config (written by ferry join or ferry lab up)');
     // A daemon that mostly waits: V8's memory-saving mode grows the heap conservatively, so garbage between
     // major GCs does not creep into the resident size (bench cli: +6 to +8 MiB over 100 migrations by

@@ -7,9 +7,8 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import type { Command } from '../command.ts';
-import { UsageError, wholeNumber } from '../errors.ts';
+import { UsageError, wholeNumber, parseCommandLine } from '../errors.ts';
 import { medianCell, mib, ms, table } from '../format.ts';
 import { ProgressDisplay, progressLine } from '../progress.ts';
 import { HostNetwork } from '../../lab/host-network.ts';
@@ -52,7 +51,7 @@ export const demoCommand: Command = {
   summary: 'live-migrate a game server back and forth on this machine and measure what a player notices',
   usage: USAGE,
   async run(args) {
-    const { values } = parseArgs({
+    const { values } = parseCommandLine({
       args,
       options: {
         hops: { type: 'string' },

@@ -1,9 +1,8 @@
 /** ferry ha add|set|remove|list|status: VMs the cluster brings back by itself when their host dies. */
-import { parseArgs } from 'node:util';
 import { HA_REQUESTS, type ClusterMaintenance, type HaManagerRecord, type HaResource, type HaRule, type HaStatus } from '../../cluster/ha/records.ts';
 import { maintenanceLine } from './cluster-state.ts';
 import { Cli } from '../context.ts';
-import { UsageError, wholeNumber } from '../errors.ts';
+import { UsageError, wholeNumber, parseCommandLine } from '../errors.ts';
 import { table } from '../format.ts';
 import type { Command } from '../command.ts';
 
@@ -43,7 +42,7 @@ export const haCommand: Command = {
   summary: 'high availability: VMs restarted elsewhere when their host dies',
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseCommandLine({
       args,
       allowPositionals: true,
       options: {

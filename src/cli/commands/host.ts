@@ -1,6 +1,5 @@
-import { parseArgs } from 'node:util';
 import type { Command } from '../command.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import { ensureGuestImage } from '../../qemu/guest-image.ts';
 import { probeHost, resolveAccel } from '../../qemu/host-probe.ts';
 import { lostPagesDefect, parseQemuVersion } from '../../qemu/version.ts';
@@ -14,7 +13,7 @@ export const hostCommand: Command = {
     '  --json     print the probe as JSON',
   ].join('\n'),
   async run(args) {
-    const { values, positionals } = parseArgs({ args, options: { refresh: { type: 'boolean' }, json: { type: 'boolean' } }, allowPositionals: true });
+    const { values, positionals } = parseCommandLine({ args, options: { refresh: { type: 'boolean' }, json: { type: 'boolean' } }, allowPositionals: true });
     if (positionals[0] !== 'probe') throw new UsageError('usage: ferry host probe [--refresh] [--json]');
     await ensureGuestImage();
     const probe = await probeHost({ refresh: values.refresh ?? false });

@@ -3,10 +3,9 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import type { ImageRecord } from '../../cluster/model.ts';
 import { Cli } from '../context.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import { mib, table } from '../format.ts';
 import type { Command } from '../command.ts';
 import { ProgressDisplay } from '../progress.ts';
@@ -26,7 +25,7 @@ export const imageCommand: Command = {
   summary: 'disk images and ISOs: import, list, delete',
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseCommandLine({
       args,
       allowPositionals: true,
       options: { pool: { type: 'string' }, host: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },

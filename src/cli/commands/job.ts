@@ -1,8 +1,7 @@
-import { parseArgs } from 'node:util';
 import type { Job } from '../../cluster/model.ts';
 import type { MoveJob } from '../../cluster/moves/records.ts';
 import { Cli } from '../context.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import { table } from '../format.ts';
 import { progressTable, summaryLine } from '../moves.ts';
 import type { Command } from '../command.ts';
@@ -14,7 +13,7 @@ export const jobCommand: Command = {
   summary: 'long operations and their records: ferry job list|show ID|cancel ID',
   usage: 'Usage: ferry job list [--json] | ferry job show ID [--json] | ferry job cancel ID\n  VM jobs (create, start, stop, migrate, recover, handover) and move jobs (drain, return, balance).',
   async run(args) {
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' }, context: { type: 'string' } } });
+    const { values, positionals } = parseCommandLine({ args, allowPositionals: true, options: { json: { type: 'boolean' }, context: { type: 'string' } } });
     const [verb, id] = positionals;
     const cli = await Cli.load(values.context);
     const agent = await cli.anyAgent();

@@ -1,7 +1,6 @@
 /** ferry lab up|down|kill-agent|start-agent|demo|chaos: many hosts on one machine. */
-import { parseArgs } from 'node:util';
 import { DEFAULT_LAB_DIR, LAB_STORAGE, killAgent, labDown, labUp, readLab, startAgent, type LabStorage } from '../../lab/lab.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import type { Command } from '../command.ts';
 import path from 'node:path';
 import { Probe } from '../../lab/probe.ts';
@@ -34,7 +33,7 @@ export const labCommand: Command = {
   summary: 'many hosts on one machine: network namespaces, a switch, agents, a probe client',
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseCommandLine({
       args,
       allowPositionals: true,
       options: {

@@ -1,9 +1,8 @@
 /** ferry network add|list|delete: named guest networks that VMs' NICs join on every host. */
-import { parseArgs } from 'node:util';
 import type { NetworkRecord } from '../../cluster/model.ts';
 import { AgentUnreachableError } from '../../agent/client.ts';
 import { Cli } from '../context.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import { table } from '../format.ts';
 import type { Command } from '../command.ts';
 
@@ -27,7 +26,7 @@ export const networkCommand: Command = {
   summary: 'named guest networks (bridge, VLAN) for VMs NICs',
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseCommandLine({
       args,
       allowPositionals: true,
       options: { bridge: { type: 'string' }, vlan: { type: 'string' }, subnet: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },

@@ -1,5 +1,4 @@
 import { lacksClusterModelLine, lacksOf, type ClusterCpuModel } from '../../cluster/cpu.ts';
-import { parseArgs } from 'node:util';
 import { loadClusterConfig } from '../../agent/config.ts';
 import { storeUserArgv } from '../../cluster/store/etcd-auth.ts';
 import { run } from '../../util/exec.ts';
@@ -10,7 +9,7 @@ import { Cli } from '../context.ts';
 import { maintenanceLine } from './cluster-state.ts';
 import type { HostMaintenance, MoveItem, MoveJob } from '../../cluster/moves/records.ts';
 import { followJob, notMoved, planTable } from '../moves.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import { table } from '../format.ts';
 import type { Command } from '../command.ts';
 
@@ -36,7 +35,7 @@ export const nodeCommand: Command = {
     "  Where etcd runs with RBAC, its etcd user goes too (ferry store-user remove). To bring it back, join it again.",
   ].join('\n'),
   async run(args) {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseCommandLine({
       args,
       allowPositionals: true,
       options: {

@@ -1,8 +1,7 @@
 /** ferry probe VM: a game-like UDP client in the lab's client namespace. */
-import { parseArgs } from 'node:util';
 import { Probe } from '../../lab/probe.ts';
 import { Cli } from '../context.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import type { Command } from '../command.ts';
 
 export const probeCommand: Command = {
@@ -14,7 +13,7 @@ export const probeCommand: Command = {
     "  --verify asks the guest's memcheck to verify its memory instead.",
   ].join('\n'),
   async run(args) {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseCommandLine({
       args,
       allowPositionals: true,
       options: { seconds: { type: 'string' }, hz: { type: 'string' }, verify: { type: 'boolean' }, json: { type: 'boolean' }, context: { type: 'string' } },

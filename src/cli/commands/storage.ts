@@ -1,10 +1,9 @@
 /** ferry storage add|list: the cluster's storage pools and how each host reaches them. */
-import { parseArgs } from 'node:util';
 import type { PoolStatusLine } from '../../agent/storage-routes.ts';
 import { AgentUnreachableError } from '../../agent/client.ts';
 import { STORAGE_TYPES, poolLocation, type StoragePoolConfig } from '../../storage/types.ts';
 import { Cli } from '../context.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import { mib, table } from '../format.ts';
 import type { Command } from '../command.ts';
 
@@ -34,7 +33,7 @@ export const storageCommand: Command = {
   summary: 'storage pools: add them, see which hosts reach them',
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseCommandLine({
       args,
       allowPositionals: true,
       options: { type: { type: 'string' }, path: { type: 'string' }, server: { type: 'string' }, export: { type: 'string' }, portal: { type: 'string' }, target: { type: 'string' }, 'fence-command': { type: 'string' }, 'ceph-pool': { type: 'string' }, conf: { type: 'string' }, user: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } },

@@ -5,11 +5,10 @@
  * namespace (etcd is reached only there).
  */
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { loadClusterConfig } from '../../agent/config.ts';
 import { loadIdentity } from '../../cluster/pki.ts';
 import { addStoreUser, enableStoreRbac, hostRole, openStoreRbac } from '../../cluster/store/etcd-auth.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import type { Command } from '../command.ts';
 
 const USAGE = `Usage:
@@ -21,7 +20,7 @@ export const storeUserCommand: Command = {
   summary: "etcd's users (RBAC): what ferry join and ferry node remove do, by hand",
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { 'cluster-dir': { type: 'string' }, 'admin-dir': { type: 'string' }, 'cert-dir': { type: 'string' } } });
+    const { values, positionals } = parseCommandLine({ args, allowPositionals: true, options: { 'cluster-dir': { type: 'string' }, 'admin-dir': { type: 'string' }, 'cert-dir': { type: 'string' } } });
     const [verb, host] = positionals;
     const clusterDir = values['cluster-dir'] && path.resolve(values['cluster-dir']);
     if (!clusterDir || !values['admin-dir']) throw new UsageError(USAGE);

@@ -4,11 +4,10 @@
  */
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
-import { parseArgs } from 'node:util';
 import { apiSocketPath, DEFAULT_API_PORT } from '../../api/server.ts';
 import type { TokenRecord, UserRecord } from '../../cluster/users.ts';
 import { Cli } from '../context.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import { table } from '../format.ts';
 import type { Command } from '../command.ts';
 
@@ -24,7 +23,7 @@ export const userCommand: Command = {
   summary: "the REST API's users: add, list, remove",
   usage: USER_USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { role: { type: 'string' }, 'password-file': { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } } });
+    const { values, positionals } = parseCommandLine({ args, allowPositionals: true, options: { role: { type: 'string' }, 'password-file': { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } } });
     const [verb, name] = positionals;
     const out = (human: string, doc: unknown) => console.log(values.json ? JSON.stringify(doc, null, 2) : human);
     if (verb === 'add') {
@@ -61,7 +60,7 @@ export const tokenCommand: Command = {
   summary: 'API tokens for scripts: create, revoke',
   usage: TOKEN_USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { user: { type: 'string' }, label: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } } });
+    const { values, positionals } = parseCommandLine({ args, allowPositionals: true, options: { user: { type: 'string' }, label: { type: 'string' }, json: { type: 'boolean' }, context: { type: 'string' } } });
     const [verb, id] = positionals;
     const agent = await (await Cli.load(values.context)).anyAgent();
     if (verb === 'create' && values.user) {
@@ -81,7 +80,7 @@ export const uiCommand: Command = {
   Listens on 127.0.0.1:PORT and forwards each connection to HOST's REST API (its unix socket on this
   machine: the lab's hosts, or the host you are on). Log in with a user (ferry user add), or send a token.`,
   async run(args) {
-    const { values } = parseArgs({ args, options: { host: { type: 'string' }, port: { type: 'string' }, context: { type: 'string' } } });
+    const { values } = parseCommandLine({ args, options: { host: { type: 'string' }, port: { type: 'string' }, context: { type: 'string' } } });
     const cli = await Cli.load(values.context);
     const endpoint = values.host ? cli.context.agents.find((a) => a.name === values.host) : cli.context.agents.find((a) => a.socket);
     if (!endpoint?.socket) throw new UsageError(values.host ? `host '${values.host}' has no socket on this machine` : 'no host of this cluster has a socket on this machine: run ferry ui on a host');

@@ -1,11 +1,10 @@
 /** ferry vm create|start|stop|destroy|show|list|console|migrate, in the habits of virsh and qm. */
 import { readFile } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import type { HostRecord, NetworkRecord, OwnedVm } from '../../cluster/model.ts';
 import type { ClusterMaintenance } from '../../cluster/ha/records.ts';
 import { maintenanceLine } from './cluster-state.ts';
 import { Cli } from '../context.ts';
-import { UsageError, sizeBytes, wholeNumber } from '../errors.ts';
+import { UsageError, sizeBytes, wholeNumber, parseCommandLine } from '../errors.ts';
 import { attemptsText, mib, ms, table } from '../format.ts';
 import type { Command } from '../command.ts';
 import type { LibvirtImportPlan } from '../libvirt-import.ts';
@@ -99,7 +98,7 @@ export const vmCommand: Command = {
   summary: 'create, start, stop, destroy, list, show and live-migrate VMs',
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseCommandLine({
       args,
       allowPositionals: true,
       options: {

@@ -1,8 +1,7 @@
 /** ferry volume create|list|delete: disks as volumes of a storage pool. */
-import { parseArgs } from 'node:util';
 import type { StoredVolume } from '../../cluster/model.ts';
 import { Cli } from '../context.ts';
-import { UsageError, sizeBytes } from '../errors.ts';
+import { UsageError, sizeBytes, parseCommandLine } from '../errors.ts';
 import { mib, table } from '../format.ts';
 import type { Command } from '../command.ts';
 
@@ -19,7 +18,7 @@ export const volumeCommand: Command = {
   summary: 'volumes (disks): create, list, delete',
   usage: USAGE,
   async run(args) {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseCommandLine({
       args,
       allowPositionals: true,
       options: {

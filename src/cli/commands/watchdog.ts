@@ -1,7 +1,6 @@
 /** ferry watchdog: the watchdog outside the agent, which the agent pets (agent/watchdog.ts). */
-import { parseArgs } from 'node:util';
 import { runWatchdog } from '../../agent/watchdog.ts';
-import { UsageError } from '../errors.ts';
+import { UsageError, parseCommandLine } from '../errors.ts';
 import type { Command } from '../command.ts';
 
 const USAGE = `Usage: ferry watchdog --socket PATH (--device /dev/watchdog | --kill-guests)
@@ -18,7 +17,7 @@ export const watchdogCommand: Command = {
   summary: "the watchdog outside the agent: resets the machine (or kills the HA guests) when the agent falls silent",
   usage: USAGE,
   async run(args) {
-    const { values } = parseArgs({ args, options: { socket: { type: 'string' }, device: { type: 'string' }, 'kill-guests': { type: 'boolean' } } });
+    const { values } = parseCommandLine({ args, options: { socket: { type: 'string' }, device: { type: 'string' }, 'kill-guests': { type: 'boolean' } } });
     if (!values.socket) throw new UsageError(USAGE);
     if (Boolean(values.device) === Boolean(values['kill-guests'])) throw new UsageError(`choose one of --device PATH and --kill-guests\n${USAGE}`);
     const log = (line: string) => console.log(`${new Date().toISOString()} watchdog: ${line}`);
