@@ -9,7 +9,7 @@ import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { Duplex } from 'node:stream';
 import { UpgradeRefusedError } from './console.ts';
 import { StorageError } from '../storage/errors.ts';
-import { rm } from 'node:fs/promises';
+import { chmod, rm } from 'node:fs/promises';
 import type { TLSSocket } from 'node:tls';
 import { MigrationRefusedError } from '../migration/errors.ts';
 import { InvalidVmSpecError } from '../qemu/errors.ts';
@@ -307,6 +307,7 @@ export async function serve(ctx: AgentContext, routes: Route[]): Promise<https.S
     local.on('clientError', answerUnparsable);
     local.on('upgrade', (req, socket, head) => void onUpgrade(req, socket, head));
     await listen(local, { path: ctx.node.socket });
+    await chmod(ctx.node.socket, 0o600); // only its owner connects (TLS checks the rest), as the REST API's api.sock
     servers.push(local);
   }
   return servers;

@@ -105,8 +105,7 @@ export function storageRoutes(ctx: AgentContext): Route[] {
       who: 'host',
       input: pathOnly({ pool: POOL, name: VOLUME }),
       handler: async ({ pool, name }, _, caller) => {
-        const volume = await replicaFor(pool!, name!, caller);
-        await (await storageCatalog(ctx)).get(volume.pool).delete(volume);
+        await removeOwnReplica(ctx, await replicaFor(pool!, name!, caller));
         return { deleted: `${pool}/${name}` };
       },
     },
@@ -130,9 +129,8 @@ export function storageRoutes(ctx: AgentContext): Route[] {
         // A volume whose VM no longer exists (a creation that failed half-way) is not in use.
         if (volume.vm && (await state.vm(volume.vm))) throw new VolumeInUseError(volume.name, volume.vm);
         if (volume.replicas) {
-          // Both replicas, then the record (a failure leaves a volume that can be deleted again).
+          // Both replicas (each host removes its own, with its endpoint record), then the record (a failure leaves a volume that can be deleted again).
           for (const host of volume.replicas) await replicaCall(ctx, host, 'DELETE', volume);
-          for (const host of volume.replicas) await state.deleteReplicaEndpoint(volume.pool, volume.name, host);
           await state.deleteReplicaOutdated(volume.pool, volume.name);
           if (!(await state.deleteVolume(volume))) throw new RefusedError(`volume '${name}' changed while being deleted; try again`);
           ctx.log(`volume ${pool}/${name} deleted (replicas on ${volume.replicas.join(' and ')})`);
@@ -248,10 +246,19 @@ async function choosePeer(ctx: AgentContext, volume: VolumeRecord): Promise<stri
 async function replicaCall(ctx: AgentContext, host: string, method: 'POST' | 'DELETE', volume: VolumeRecord): Promise<void> {
   if (host === ctx.node.name) {
     const driver = (await storageCatalog(ctx)).get(volume.pool);
-    await (method === 'POST' ? driver.create(volume) : driver.delete(volume));
+    await (method === 'POST' ? driver.create(volume) : removeOwnReplica(ctx, volume));
     return;
   }
   await (await peer(ctx, host)).call(method, `/v1/replicas/${volume.pool}/${volume.name}`, {}, 120_000);
+}
+
+/**
+ * This host's replica of a volume, and the record of where it served it: each replica host removes
+ * its own (the store lets a host write only its own replica endpoints, etcd-auth.ts).
+ */
+async function removeOwnReplica(ctx: AgentContext, volume: VolumeRecord): Promise<void> {
+  await (await storageCatalog(ctx)).get(volume.pool).delete(volume);
+  await ctx.state.deleteReplicaEndpoint(volume.pool, volume.name, ctx.node.name);
 }
 
 function parsePool(body: Record<string, unknown>): StoragePoolConfig {

@@ -4,17 +4,24 @@
  * with a password of its own (in its bundle, next to its key), and the admin is etcd's root.
  *
  * A host may read everything, write its own records — its lease-bound host record, the endpoints
- * where it serves replicas — and the shared records any agent writes for a migration or for the
- * admin's requests (VMs and their fencing tokens, jobs, volumes, images, networks, pools,
- * membership). It may not write another host's record: no host can delete another's lease record
- * (which would let a recover boot a VM that still runs) or publish a replica endpoint in another
- * host's name (which would receive that host's disk writes).
+ * where it serves replicas, the list of VMs its watchdog guards — and the shared records any agent
+ * writes for a migration or for the admin's requests (VMs and their fencing tokens, jobs, volumes,
+ * images, networks, pools, membership, HA requests). It may not write another host's record: no host
+ * can delete another's lease record (which would let a recover boot a VM that still runs), publish a
+ * replica endpoint in another host's name (which would receive that host's disk writes), or say that
+ * another host's watchdog guards a VM (which would let the HA manager start it while it still runs).
+ *
+ * etcd checks no permission on renewing a lease: a host that reads another's lease id (in its host
+ * record) can keep that lease alive. That would delay a dead host's recovery, never make a VM run
+ * twice: every host fences itself by its own clock, whatever its lease does.
  */
 import { USER_PREFIX } from '../users.ts';
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { HA_PREFIX } from '../ha/records.ts';
+import { HA_KEYS, HA_PREFIX } from '../ha/records.ts';
+import { MOVE_KEYS } from '../moves/records.ts';
+import { CLUSTER_CPU_KEY } from '../cpu.ts';
 import { KEYS } from '../model.ts';
 import type { Identity } from '../pki.ts';
 import { EtcdStore, StorePermissionError } from './etcd.ts';
@@ -33,11 +40,20 @@ export const STORE_USER_FILE = 'store-user';
 /** The records every host's agent writes (key prefixes). */
 const SHARED_PREFIXES = [
   KEYS.vms, KEYS.migrations, KEYS.jobs, '/ferry/guest-addresses/', KEYS.pools, KEYS.volumes, '/ferry/volume-locations/',
-  '/ferry/replica-outdated/', KEYS.images, KEYS.networks, '/ferry/members/', KEYS.revokedAll, HA_PREFIX,
+  '/ferry/replica-outdated/', KEYS.images, KEYS.networks, '/ferry/members/', KEYS.revokedAll,
   USER_PREFIX,
+  // The HA records, but for the lists of guarded VMs: a host says only what its own watchdog guards
+  // (the manager recovers a running VM only if its host's list names it).
+  HA_KEYS.resources, HA_KEYS.statuses, HA_KEYS.rules, '/ferry/ha/fences/', MOVE_KEYS.jobs, MOVE_KEYS.maintenances,
 ];
 
-interface Permission {
+/** Single HA keys every host's agent writes. */
+const SHARED_KEYS = [HA_KEYS.manager, HA_KEYS.maintenance, CLUSTER_CPU_KEY];
+
+/** Permissions that roles of earlier versions had and no longer have (taken away when a host joins again). */
+const WITHDRAWN: Permission[] = [{ permType: 'READWRITE', key: HA_PREFIX, prefix: true }];
+
+export interface Permission {
   permType: 'READ' | 'READWRITE';
   key: string;
   /** A whole prefix, or the one key. */
@@ -49,9 +65,16 @@ export function hostPermissions(host: string): Permission[] {
   return [
     { permType: 'READ', key: '/ferry/', prefix: true },
     ...SHARED_PREFIXES.map((key) => ({ permType: 'READWRITE' as const, key, prefix: true })),
+    ...SHARED_KEYS.map((key) => ({ permType: 'READWRITE' as const, key, prefix: false })),
     { permType: 'READWRITE', key: KEYS.host(host), prefix: false },
     { permType: 'READWRITE', key: KEYS.replicaEndpointsOf(host), prefix: true },
+    { permType: 'READWRITE', key: HA_KEYS.guarded(host), prefix: false },
   ];
+}
+
+/** Whether these permissions let their holder write `key` (as etcd decides: any one permission suffices). */
+export function mayWrite(permissions: Permission[], key: string): boolean {
+  return permissions.some((p) => p.permType === 'READWRITE' && (p.prefix ? key.startsWith(p.key) : key === p.key));
 }
 
 /** A new random password for an etcd user (kept in a 0600 file by whoever needs it). */
@@ -112,6 +135,10 @@ export class EtcdRbac {
     // Granting a permission the role has already changes nothing.
     for (const p of hostPermissions(host))
       await this.root.rpc('/v3/auth/role/grant', { name: role, perm: { permType: p.permType, key: b64(p.key), ...(p.prefix ? { range_end: rangeEnd(p.key) } : {}) } });
+    for (const p of WITHDRAWN)
+      await this.root.rpc('/v3/auth/role/revoke', { role, key: b64(p.key), ...(p.prefix ? { range_end: rangeEnd(p.key) } : {}) }).catch((err: Error) => {
+        if (!/permission is not granted/.test(err.message)) throw err;
+      });
     const user = `${role}-${randomBytes(3).toString('hex')}`;
     await this.root.rpc('/v3/auth/user/add', { name: user, password });
     await this.root.rpc('/v3/auth/user/grant', { user, role });
