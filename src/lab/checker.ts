@@ -109,7 +109,7 @@ export async function checkLab(lab: LabRecord, admin: LabAdmin, probe: Probe, vm
     verdict.sameBoot = reply.boot === baseline.boot;
     verdict.restarted = !verdict.sameBoot;
     if (verdict.restarted && !mayRestart.has(vm.name))
-      findings.push({ what: 'lost', vm: vm.name, detail: `${vm.name} answered from a new boot though no fault killed its running QEMU (its memory is lost)` });
+      findings.push({ what: 'lost', vm: vm.name, detail: `${vm.name} answered from a new boot though no fault killed its running QEMU (its memory is lost); the agents said: ${await agentLinesAbout(lab, vm.name)}` });
     if (verdict.sameBoot) {
       const memory = await probe.memcheckVerify(vm.ip).catch((err: Error) => err);
       if (memory instanceof Error) findings.push({ what: 'memory', vm: vm.name, detail: `memcheck did not answer: ${memory.message}` });
@@ -190,4 +190,14 @@ export async function settle(lab: LabRecord, admin: LabAdmin, probe: Probe, vms:
     await sleep(500);
   }
   return false;
+}
+
+/** The agents' last log lines about a VM's end, for a finding a person follows up. */
+async function agentLinesAbout(lab: LabRecord, vm: string): Promise<string> {
+  const lines: string[] = [];
+  for (const h of lab.hosts) {
+    const log = await readFile(path.join(lab.dir, 'hosts', h.name, 'agent.log'), 'utf8').catch(() => '');
+    lines.push(...log.split('\n').filter((l) => l.includes(vm) && /exited|stopped|fence|watchdog|HA manager|recovered|removed/.test(l)).slice(-3));
+  }
+  return lines.sort().slice(-4).join(' | ') || 'nothing';
 }

@@ -61,6 +61,11 @@ export async function boundLocalPools(lab: LabRecord, mib: number): Promise<void
     await rename(dir, aside);
     await mkdir(dir);
     await run('mount', ['-o', 'loop', image, dir]);
+    // The agent runs in a mount namespace of its own (`ip netns exec` makes one, and this machine's
+    // mounts do not propagate into it): it, and the QEMUs it starts, must see the same filesystem.
+    const device = (await readFile('/proc/mounts', 'utf8')).split('\n').map((l) => l.split(' ')).find((f) => f[1] === dir)?.[0];
+    if (!device) throw new Error(`${dir} is not mounted after mount`);
+    if (h.pid) await run('nsenter', ['-t', String(h.pid), '-m', 'mount', device, dir]);
     await rm(path.join(dir, 'lost+found'), { recursive: true, force: true });
     await run('cp', ['-a', `${aside}/.`, dir]);
     await rm(aside, { recursive: true, force: true });

@@ -51,8 +51,8 @@ export const MIGRATION_FAULTS: Record<MigrationFaultKind, FaultKindInfo> = {
   'kill-destination-agent': { describe: "destination's agent SIGKILLed, restarted 1-3 s later", appliesTo: ALL_VMS },
   'kill-source-qemu': { describe: "source's QEMU SIGKILLed", appliesTo: ALL_VMS },
   'kill-destination-qemu': { describe: "destination's QEMU SIGKILLed", appliesTo: ALL_VMS },
-  'freeze-source-agent': { describe: "source's agent frozen (SIGSTOP) 2-5 s", appliesTo: ALL_VMS },
-  'freeze-destination-agent': { describe: "destination's agent frozen (SIGSTOP) 2-5 s", appliesTo: ALL_VMS },
+  'freeze-source-agent': { describe: "source's agent frozen (SIGSTOP) 1.5-3.5 s", appliesTo: ALL_VMS },
+  'freeze-destination-agent': { describe: "destination's agent frozen (SIGSTOP) 1.5-3.5 s", appliesTo: ALL_VMS },
   'cut-link-briefly': { describe: 'link between the two hosts cut for 2-6 s', appliesTo: ALL_VMS },
   'cut-link': { describe: 'link between the two hosts cut until the migration ends', appliesTo: ALL_VMS },
   'slow-link': { describe: "source's uplink squeezed to 8 Mbit/s (200 ms queue, tail drops) for 4-10 s", appliesTo: ALL_VMS },
@@ -78,15 +78,17 @@ export interface MigrationFaultOutcome {
   bandwidthMiBps: number | null;
   delayMs: number;
   moment: FaultMoment;
-  /** How the migration ended: its job's state, or refused (no job: the request itself was refused). */
-  migration: 'succeeded' | 'failed' | 'refused' | 'unfinished';
+  /** How the migration ended: moved, rolled back (the VM stayed), refused before anything changed (or the request itself), or still running. */
+  migration: 'succeeded' | 'rolled-back' | 'refused' | 'unfinished';
   /** Where the VM runs after the lab settled (the checker's view). */
   endedOn: string | undefined;
   restarted: boolean;
   settled: boolean;
   findings: Finding[];
-  /** What the fault could not do (a QEMU already gone), or why the migration failed. */
+  /** What the fault could not do (a QEMU already gone), or why the request was refused. */
   note?: string;
+  /** Why the migration failed, in its job's words. */
+  failure?: string;
   seconds: number;
 }
 
@@ -180,7 +182,7 @@ export async function runMigrationCampaign(lab: LabRecord, probe: Probe, vms: Ca
     options.log(
       `fault ${i}/${options.faults} ${outcome.kind} at ${outcome.moment} (${outcome.delayMs} ms): ${outcome.vm} ${outcome.from} → ${outcome.to}` +
         `${outcome.bandwidthMiBps ? ` at ${outcome.bandwidthMiBps} MiB/s` : ''}: migration ${outcome.migration}, runs on ${outcome.endedOn ?? '-'}` +
-        `${outcome.restarted ? ' (restarted by HA)' : ''}${outcome.note ? ` [${outcome.note}]` : ''}, ${outcome.seconds.toFixed(0)} s${found}`,
+        `${outcome.restarted ? ' (restarted by HA)' : ''}${outcome.note ? ` [${outcome.note}]` : ''}${outcome.failure ? ` [failed: ${outcome.failure}]` : ''}, ${outcome.seconds.toFixed(0)} s${found}`,
     );
   }
   return outcomes;
@@ -263,7 +265,9 @@ async function runOneFault(lab: LabRecord, admin: LabAdmin, agents: Map<string, 
         const pid = hostPid(kind === 'freeze-source-agent' ? from : to);
         process.kill(pid, 'SIGSTOP');
         undo.push(async () => {
-          await sleep(Math.min(Math.max(plan.outageMs, 2000), 5000));
+          // Below the HA timing's slack (watchdog at 5/6 of the lease TTL, renewals every 1/3): an agent
+          // frozen longer is fenced by its watchdog by design — the HA campaign (chaos.ts) covers that.
+          await sleep(1500 + (plan.outageMs % 2000));
           process.kill(pid, 'SIGCONT');
         });
         break;
@@ -336,8 +340,8 @@ async function runOneFault(lab: LabRecord, admin: LabAdmin, agents: Map<string, 
       await sleep(500);
       job = await jobOf(admin, jobId);
     }
-    if (job && job.state !== 'running') outcome.migration = job.state;
-    if (job?.state === 'failed' && !outcome.note) outcome.note = job.error?.split('\n')[0]?.slice(0, 160);
+    if (job && job.state !== 'running') outcome.migration = job.state === 'succeeded' ? 'succeeded' : /^migration of '[^']+' refused/.test(job.error ?? '') ? 'refused' : 'rolled-back';
+    if (job?.state === 'failed' && job.error) outcome.failure = job.error.replace(/\s+/g, ' ').slice(0, 400);
   }
   outcome.settled = await settle(lab, admin, probe, vms, 150_000);
   const check = await checkLab(lab, admin, probe, vms, baselines, mayRestart);
@@ -364,8 +368,9 @@ export function faultOutcomeTable(outcomes: MigrationFaultOutcome[]): string[][]
     label,
     String(of.length),
     String(of.filter((o) => o.migration === 'succeeded').length),
-    String(of.filter((o) => o.migration === 'failed').length),
-    String(of.filter((o) => o.migration === 'refused' || o.migration === 'unfinished').length),
+    String(of.filter((o) => o.migration === 'rolled-back').length),
+    String(of.filter((o) => o.migration === 'refused').length),
+    String(of.filter((o) => o.migration === 'unfinished').length),
     String(of.filter((o) => o.restarted).length),
     count(of, ['lost', 'not-running']),
     count(of, ['double-run']),
@@ -375,7 +380,7 @@ export function faultOutcomeTable(outcomes: MigrationFaultOutcome[]): string[][]
   ];
   const kinds = FAULT_KIND_NAMES.filter((k) => outcomes.some((o) => o.kind === k));
   return [
-    ['fault', 'faults', 'moved', 'rolled back', 'refused/unfinished', 'restarted by HA', 'VMs lost', 'double runs', 'lost/torn writes, memory', 'store disagrees', 'leftovers'],
+    ['fault', 'faults', 'moved', 'rolled back', 'refused', 'unfinished', 'restarted by HA', 'VMs lost', 'double runs', 'lost/torn writes, memory', 'store disagrees', 'leftovers'],
     ...kinds.map((k) => row(k, outcomes.filter((o) => o.kind === k))),
     row('all faults', outcomes),
   ];

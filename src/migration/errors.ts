@@ -31,6 +31,17 @@ export class SourceLostError extends MigrationError {
   }
 }
 
+/** The rollback could not bring the source back: its QEMU lives, but did not leave the migration or resume. */
+export class RollbackIncompleteError extends MigrationError {
+  override name = 'RollbackIncompleteError';
+  constructor(readonly vm: string, readonly phase: MigrationPhase, detail: string) {
+    super(
+      `migration of '${vm}' failed in ${phase} and could not be rolled back (${detail}); the VM is still owned by the source, ` +
+        `whose QEMU may be paused: see 'ferry vm show ${vm}', and 'ferry vm stop --force' then 'ferry vm start' if its guest does not answer`,
+    );
+  }
+}
+
 /** Raised inside the engine to stop a phase; turned into a rollback. */
 export class PhaseFailure extends MigrationError {
   override name = 'PhaseFailure';

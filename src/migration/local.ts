@@ -33,6 +33,9 @@ import { volumeOf, type IncomingDisk } from '../storage/types.ts';
 import { checkIncomingStorage } from './storage-check.ts';
 import type { RamProgress } from './types.ts';
 
+/** How long migrate_cancel may take before the migration's sockets are yanked. */
+const CANCEL_BEFORE_YANK_MS = 3000;
+
 function capabilityList(capabilities: MigrationCapabilities) {
   return Object.entries(capabilities).map(([capability, state]) => ({ capability, state }));
 }
@@ -303,9 +306,16 @@ export class LocalSource implements SourceSide {
     let info = await qmp.execute<QemuMigrationInfo>('query-migrate');
     if (info.status && ACTIVE_STATUSES.has(info.status)) {
       await qmp.execute('migrate_cancel');
-      const deadline = Date.now() + 30_000;
+      const started = Date.now();
+      let yanked = false;
       while (info.status && ACTIVE_STATUSES.has(info.status)) {
-        if (Date.now() > deadline) throw new Error(`the source migration is still ${info.status} 30 s after migrate_cancel`);
+        // A stream whose peer vanished (a cut link: no RST, only retransmits) can keep the migration
+        // thread in a send that cancel does not end; QEMU's yank shuts its sockets down for good.
+        if (!yanked && Date.now() - started > CANCEL_BEFORE_YANK_MS) {
+          yanked = true;
+          await qmp.execute('yank', { instances: [{ type: 'migration' }] }).catch(() => undefined);
+        }
+        if (Date.now() - started > 30_000) throw new Error(`the source migration is still ${info.status} 30 s after migrate_cancel and yank`);
         await new Promise((r) => setTimeout(r, 20));
         info = await qmp.execute<QemuMigrationInfo>('query-migrate');
       }
