@@ -11,7 +11,7 @@ import { STORAGE_TYPES, backendOf, defaultFormat, poolLocation, type StoragePool
 import { peer, storageCatalog, type AgentContext } from './context.ts';
 import { NotFoundError, RefusedError } from './errors.ts';
 import type { Route } from './server.ts';
-import { fields, HOST, listOf, NO_INPUT, NOTHING, oneOf, pathOnly, POOL, text, VM, VOLUME, whole } from './request-schema.ts';
+import { fields, HOST, listOf, NO_INPUT, NOTHING, oneOf, pathOnly, POOL, text, VM, VOLUME } from './request-schema.ts';
 
 const NAME = NAME_PATTERN;
 
