@@ -178,6 +178,11 @@ describe('every agent route fuzzed (2-host lab)', () => {
         requests++;
         assertRefused(huge, `${name}: a body over 1 MiB`, [400, 413]);
       }
+      for (const method of ['PUT', 'PATCH', 'OPTIONS']) {
+        // A method no route has: no route (the path's own method is not tried).
+        assertRefused(await call(route, method, route.pattern.replace(/:(\w+)/g, 'fuzz'), '{}'), `${method} ${route.pattern}`, [404]);
+        requests++;
+      }
       process.kill(agentPid, 0); // still running
       const health = await send(agents.admin, socket, admin, 'GET', '/v1/health');
       assert.equal(health.status, 200, `after ${name}, /v1/health: ${health.text}`);
