@@ -15,6 +15,7 @@ import {
   MigrationRolledBackError,
   LostPagesError,
   PhaseFailure,
+  CancelPendingError,
   RollbackIncompleteError,
   SourceLostError,
 } from './errors.ts';
@@ -507,7 +508,7 @@ class MigrationRun {
     try {
       await this.o.source.cancelAndResume();
     } catch (resumeErr) {
-      throw new RollbackIncompleteError(this.o.source.spec.name, failedPhase, (resumeErr as Error).message);
+      throw new RollbackIncompleteError(this.o.source.spec.name, failedPhase, (resumeErr as Error).message, resumeErr instanceof CancelPendingError);
     }
     const summary = await this.o.source.summary().catch(() => undefined);
     const record = this.record('rolled-back', summary, { phase: failedPhase, reason, ...(err instanceof LostPagesError ? { lostPages: true } : {}) });

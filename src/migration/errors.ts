@@ -31,13 +31,20 @@ export class SourceLostError extends MigrationError {
   }
 }
 
-/** The rollback could not bring the source back: its QEMU lives, but did not leave the migration or resume. */
+/** QEMU has not ended its migration stream yet; the rollback finishes in the background once it does. */
+export class CancelPendingError extends MigrationError {
+  override name = 'CancelPendingError';
+}
+
+/** The rollback could not bring the source back (yet): its QEMU lives, but has not left the migration or resumed. */
 export class RollbackIncompleteError extends MigrationError {
   override name = 'RollbackIncompleteError';
-  constructor(readonly vm: string, readonly phase: MigrationPhase, detail: string) {
+  constructor(readonly vm: string, readonly phase: MigrationPhase, detail: string, pending: boolean) {
     super(
-      `migration of '${vm}' failed in ${phase} and could not be rolled back (${detail}); the VM is still owned by the source, ` +
-        `whose QEMU may be paused: see 'ferry vm show ${vm}', and 'ferry vm stop --force' then 'ferry vm start' if its guest does not answer`,
+      `migration of '${vm}' failed in ${phase} and its rollback is not complete (${detail}); the VM stays on the source, ` +
+        (pending
+          ? `where its guest keeps running (unless the stream was in its final pause); the agent's log says when the rollback finished`
+          : `whose QEMU may be paused: see 'ferry vm show ${vm}', and 'ferry vm stop --force' then 'ferry vm start' if its guest does not answer`),
     );
   }
 }

@@ -3,6 +3,7 @@
  * wraps a running VmInstance; the destination launches one paused. A host agent
  * uses the same classes for its own side and speaks to the peer over its API.
  */
+import { CancelPendingError } from './errors.ts';
 import path from 'node:path';
 import type { NetworkAttacher } from '../qemu/instance.ts';
 import { VmInstance } from '../qemu/instance.ts';
@@ -35,6 +36,8 @@ import type { RamProgress } from './types.ts';
 
 /** How long migrate_cancel may take before the migration's sockets are yanked. */
 const CANCEL_BEFORE_YANK_MS = 3000;
+/** How long a rollback waits for QEMU to end its stream before it finishes in the background. */
+const CANCEL_WAIT_MS = 30_000;
 
 function capabilityList(capabilities: MigrationCapabilities) {
   return Object.entries(capabilities).map(([capability, state]) => ({ capability, state }));
@@ -301,25 +304,53 @@ export class LocalSource implements SourceSide {
     return this.mirrorFailure ? { ...summary, error: `disk mirror: ${this.mirrorFailure}` } : summary;
   }
 
+  /**
+   * Rollback on the source: the stream cancelled, mirrors removed, the guest running again. A cancel
+   * QEMU cannot finish yet (a stream or TLS handshake stuck on a cut link, which neither cancel nor
+   * yank ends) is waited for here up to CANCEL_WAIT_MS; past that the rollback finishes in the
+   * background once QEMU lets go of the stream, and this says so (CancelPendingError).
+   */
   async cancelAndResume(): Promise<void> {
+    const waited = await this.cancelStream(CANCEL_WAIT_MS);
+    if (waited !== 'cancelled') {
+      const started = Date.now();
+      void this.cancelStream(Number.POSITIVE_INFINITY)
+        .then(async (outcome) => {
+          if (outcome !== 'cancelled') return;
+          await this.resumeAfterCancel();
+          this.options.log?.(`rollback of ${this.spec.name} finished: QEMU let go of the stream ${Math.round((Date.now() - started) / 1000) + CANCEL_WAIT_MS / 1000} s after the cancel`);
+        })
+        .catch((err: Error) => this.options.log?.(`rollback of ${this.spec.name} could not finish: ${err.message}`));
+      throw new CancelPendingError(`QEMU's migration is still ${waited} ${CANCEL_WAIT_MS / 1000} s after migrate_cancel and yank (its stream is stuck on a link that does not answer); the rollback finishes by itself once QEMU lets go of it`);
+    }
+    await this.resumeAfterCancel();
+  }
+
+  /** Cancels QEMU's migration and waits until it is no longer active: 'cancelled', or the status it is still in. */
+  private async cancelStream(timeoutMs: number): Promise<'cancelled' | string> {
     const qmp = this.instance.qmp;
     let info = await qmp.execute<QemuMigrationInfo>('query-migrate');
-    if (info.status && ACTIVE_STATUSES.has(info.status)) {
-      await qmp.execute('migrate_cancel');
-      const started = Date.now();
-      let yanked = false;
-      while (info.status && ACTIVE_STATUSES.has(info.status)) {
-        // A stream whose peer vanished (a cut link: no RST, only retransmits) can keep the migration
-        // thread in a send that cancel does not end; QEMU's yank shuts its sockets down for good.
-        if (!yanked && Date.now() - started > CANCEL_BEFORE_YANK_MS) {
-          yanked = true;
-          await qmp.execute('yank', { instances: [{ type: 'migration' }] }).catch(() => undefined);
-        }
-        if (Date.now() - started > 30_000) throw new Error(`the source migration is still ${info.status} 30 s after migrate_cancel and yank`);
-        await new Promise((r) => setTimeout(r, 20));
-        info = await qmp.execute<QemuMigrationInfo>('query-migrate');
+    if (!info.status || !ACTIVE_STATUSES.has(info.status)) return 'cancelled';
+    if (info.status !== 'cancelling') await qmp.execute('migrate_cancel');
+    const started = Date.now();
+    let yanked = false;
+    while (info.status && ACTIVE_STATUSES.has(info.status)) {
+      // A stream whose peer vanished (a cut link: no RST, only retransmits) can keep the migration
+      // thread in a send that cancel does not end; QEMU's yank shuts its sockets down for good.
+      if (!yanked && Date.now() - started > CANCEL_BEFORE_YANK_MS) {
+        yanked = true;
+        await qmp.execute('yank', { instances: [{ type: 'migration' }] }).catch(() => undefined);
       }
+      if (Date.now() - started > timeoutMs) return info.status;
+      await new Promise((r) => setTimeout(r, timeoutMs === Number.POSITIVE_INFINITY ? 500 : 20));
+      info = await qmp.execute<QemuMigrationInfo>('query-migrate');
     }
+    return 'cancelled';
+  }
+
+  /** After the stream is cancelled: mirrors removed, replication taken back, the guest running. */
+  private async resumeAfterCancel(): Promise<void> {
+    const qmp = this.instance.qmp;
     try {
       // The source's own volumes were only read by the mirrors: removing them leaves the volumes as they were.
       await removeAllMirrors(qmp);

@@ -7,6 +7,7 @@
  * agents. A fixed seed, so a failure replays with the command the report prints.
  */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { before, describe, it } from 'node:test';
 import { printChaos } from '../../bench/chaos.ts';
@@ -87,12 +88,21 @@ describe('faults during live migrations (3-host etcd lab)', () => {
     const before = await baselines();
     const { from, to, jobId, incoming } = await slowMigration('c-ram');
     const restore = await cutLink(suite.lab, from, to);
+    let pending = false;
     try {
       const job = await jobEnds(jobId);
       assert.equal(job.state, 'failed');
-      assert.match(job.error ?? '', /still running on the source/, 'a rollback, not a source given up for lost');
+      // QEMU may not end a stream stuck on the cut link (neither cancel nor yank ends a TLS handshake
+      // that gets no answer): then the rollback is pending, never the VM given up for lost.
+      assert.match(job.error ?? '', /still running on the source|rollback is not complete .* guest keeps running/, 'a rollback, not a source given up for lost');
+      pending = /rollback is not complete/.test(job.error ?? '');
     } finally {
       await restore();
+    }
+    if (pending) {
+      const log = path.join(suite.dir, 'hosts', from, 'agent.log');
+      for (let i = 0; i < 120 && !(await readFile(log, 'utf8')).includes('rollback of c-ram finished'); i++) await sleep(500);
+      assert.match(await readFile(log, 'utf8'), /rollback of c-ram finished/, 'the pending rollback finishes once the link is back');
     }
     // Nobody asks it: the destination notices by itself that its migration is gone.
     for (let i = 0; i < 40 && (await qemuProcesses(suite.lab)).some((p) => p.pid === incoming.pid); i++) await sleep(500);
