@@ -508,6 +508,9 @@ class MigrationRun {
     try {
       await this.o.source.cancelAndResume();
     } catch (resumeErr) {
+      // The source QEMU died during the rollback (its QMP closed): there is nothing left to resume.
+      const exited = await Promise.race([this.o.source.lost, new Promise<undefined>((r) => setTimeout(() => r(undefined), 500))]);
+      if (exited !== undefined) throw new SourceLostError(this.o.source.spec.name, failedPhase, exited);
       throw new RollbackIncompleteError(this.o.source.spec.name, failedPhase, (resumeErr as Error).message, resumeErr instanceof CancelPendingError);
     }
     const summary = await this.o.source.summary().catch(() => undefined);
