@@ -135,7 +135,7 @@ export async function prepareCampaignVms(lab: LabRecord, admin: LabAdmin, log: (
 }
 
 /** Everything one fault needs, drawn from the seed before anything happens (so timing cannot change the draw). */
-interface FaultPlan {
+export interface FaultPlan {
   kind: MigrationFaultKind;
   vm: CampaignVm;
   toChoice: number;
@@ -143,6 +143,12 @@ interface FaultPlan {
   delayMs: number;
   outageMs: number;
   storeMember: number;
+}
+
+/** The first `count` faults a campaign with this seed injects (what `npm run chaos -- --seed S` replays). */
+export function drawPlans(seed: number, count: number, kinds: MigrationFaultKind[], vms: CampaignVm[]): FaultPlan[] {
+  const rng = new SeededRandom(seed);
+  return Array.from({ length: count }, () => drawPlan(rng, kinds, vms));
 }
 
 function drawPlan(rng: SeededRandom, kinds: MigrationFaultKind[], vms: CampaignVm[]): FaultPlan {
