@@ -314,7 +314,8 @@ class MigrationRun {
       if (ram.qemuStatus === 'failed' || ram.qemuStatus === 'cancelled') {
         const summary = await this.o.source.summary();
         // QEMU 7.2 said so (a TLS handshake error); QEMU 10 sees the destination close the stream before any page went.
-        const refusedAtTls = /TLS (channel|handshake)/i.test(summary.error ?? '') || (Boolean(prepared.tlsHostname) && summary.bytes === 0 && /reset by peer|end of file|Broken pipe/i.test(summary.error ?? ''));
+        // Only before any page went: a destination that dies mid-stream also ends it with a TLS error.
+        const refusedAtTls = !summary.bytes && (/TLS (channel|handshake)/i.test(summary.error ?? '') || (Boolean(prepared.tlsHostname) && /reset by peer|end of file|Broken pipe/i.test(summary.error ?? '')));
         const hint = refusedAtTls
           ? '; the destination may have refused this host\'s certificate (it lets in only the source host it was prepared for; its QEMU log names the certificate it refused)'
           : '';
