@@ -109,7 +109,7 @@ async function runMigration(
           if (p.phase === 'confirm') ctx.runtime.release(name); // the source QEMU is being retired: not ours any more
           if (Date.now() - lastSave > 250 || !p.ram) {
             lastSave = Date.now();
-            void ctx.state.saveJob(job).catch(() => undefined);
+            void ctx.state.saveJobProgress(job).catch(() => undefined);
           }
         }),
       { signal, log },
@@ -124,8 +124,22 @@ async function runMigration(
     log(`failed: ${job.error}`);
   } finally {
     ctx.metrics?.migrationEnded(job);
-    await ctx.state.endMigration(name).catch(() => undefined);
-    await ctx.state.saveJob(job);
+    // Both must reach the store, or the VM reads as migrating and the job as running for ever.
+    await whileStoreAway(() => ctx.state.endMigration(name, record.id)).catch((err: Error) => log(`could not end the migration record: ${err.message}`));
+    await whileStoreAway(() => ctx.state.saveJob(job));
+  }
+}
+
+/** A write tried again while the store does not answer (a member died under it, no quorum yet), for up to 2 minutes. */
+async function whileStoreAway<T>(write: () => Promise<T>): Promise<T> {
+  const until = Date.now() + 120_000;
+  for (let wait = 250; ; wait = Math.min(wait * 2, 5000)) {
+    try {
+      return await write();
+    } catch (err) {
+      if (Date.now() > until) throw err;
+      await new Promise((r) => setTimeout(r, wait));
+    }
   }
 }
 

@@ -451,8 +451,15 @@ export class ClusterState {
     return (await this.store.txn([{ key, modRevision: 0 }], [{ type: 'put', key, value: JSON.stringify(m) }])).succeeded;
   }
 
-  async endMigration(vm: string): Promise<void> {
-    await this.store.delete(KEYS.migration(vm));
+  /** Ends the VM's in-flight migration; with `id`, only that one (a retried end never removes a newer migration's record). */
+  async endMigration(vm: string, id?: string): Promise<void> {
+    const key = KEYS.migration(vm);
+    if (id === undefined) {
+      await this.store.delete(key);
+      return;
+    }
+    const stored = await this.store.get(key);
+    if (stored && (JSON.parse(stored.value) as InFlightMigration).id === id) await this.store.txn([{ key, modRevision: stored.modRevision }], [{ type: 'delete', key }]);
   }
 
   async newJob(kind: JobKind, vm: string, host: string, by?: string): Promise<Job> {
@@ -484,6 +491,19 @@ export class ClusterState {
   async saveJob(job: Job): Promise<void> {
     job.updatedAt = new Date().toISOString();
     await this.store.put(KEYS.job(job.id), JSON.stringify(job));
+  }
+
+  /**
+   * A running job's progress, written only over the record it read and only while that record says
+   * running: a progress write that arrives late (a store member died under it and the client tried
+   * another) can never overwrite the job's final state. False: not written.
+   */
+  async saveJobProgress(job: Job): Promise<boolean> {
+    const key = KEYS.job(job.id);
+    const stored = await this.store.get(key);
+    if (!stored || (JSON.parse(stored.value) as Job).state !== 'running') return false;
+    job.updatedAt = new Date().toISOString();
+    return (await this.store.txn([{ key, modRevision: stored.modRevision }], [{ type: 'put', key, value: JSON.stringify(job) }])).succeeded;
   }
 
   async job(id: string): Promise<Job | undefined> {
