@@ -168,15 +168,16 @@ async function leftovers(lab: LabRecord, admin: LabAdmin, processes: QemuProcess
   return findings;
 }
 
-/** Waits until every VM runs exactly once and answers, no job runs and no migration is in flight (or the time is up). */
-export async function settle(lab: LabRecord, admin: LabAdmin, probe: Probe, vms: CampaignVm[], timeoutMs: number): Promise<boolean> {
+/** Waits until every VM runs exactly once and answers, no job (begun since `since`) runs and no migration is in flight (or the time is up). */
+export async function settle(lab: LabRecord, admin: LabAdmin, probe: Probe, vms: CampaignVm[], timeoutMs: number, since = 0): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     const ok = await (async () => {
       const hosts = await admin.hosts();
       if (!lab.hosts.every((h) => hosts.includes(h.name))) return false;
       const { jobs } = await admin.call<{ jobs: Job[] }>('GET', '/v1/jobs');
-      if (jobs.some((j) => j.state === 'running')) return false;
+      // A job stuck from before `since` is the checker's to report, not a reason to wait again.
+      if (jobs.some((j) => j.state === 'running' && Date.parse(j.createdAt) >= since)) return false;
       const processes = await qemuProcesses(lab);
       for (const vm of vms) {
         if (processes.filter((p) => p.vm === vm.name).length !== 1) return false;

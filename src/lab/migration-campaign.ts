@@ -349,7 +349,7 @@ async function runOneFault(lab: LabRecord, admin: LabAdmin, agents: Map<string, 
     if (job && job.state !== 'running') outcome.migration = job.state === 'succeeded' ? 'succeeded' : /^migration of '[^']+' refused/.test(job.error ?? '') ? 'refused' : 'rolled-back';
     if (job?.state === 'failed' && job.error) outcome.failure = job.error.replace(/\s+/g, ' ').slice(0, 400);
   }
-  outcome.settled = await settle(lab, admin, probe, vms, 150_000);
+  outcome.settled = await settle(lab, admin, probe, vms, 150_000, started - 1000);
   const check = await checkLab(lab, admin, probe, vms, baselines, mayRestart);
   outcome.findings.push(...check.findings);
   const verdict = check.verdicts.find((v) => v.vm === vm.name);
