@@ -111,8 +111,16 @@ export class IncomingMigrations {
       entry.changed = Promise.race([completed, postcopy]);
       entry.changed.catch(() => undefined);
       void postcopy.then(() => (entry.changed = completed));
-      void destination.lost.then(() => {
-        if (entry.state !== 'aborted' && entry.state !== 'running') entry.state = 'lost';
+      void destination.lost.then((why) => {
+        if (entry.state === 'aborted' || entry.state === 'running') return;
+        const before = entry.state;
+        entry.state = 'lost';
+        // A destination QEMU that ended before the guest ran here (its stream broke, it was killed) holds
+        // nothing anyone needs: its tap and half-copied volumes go now, not when its source next calls.
+        if (before === 'listening' || before === 'loaded') {
+          ctx.log(`incoming migration ${request.migrationId} of ${request.spec.name}: the destination QEMU ended (${why}); removing what it held`);
+          void this.abort(request.migrationId).catch((err: Error) => ctx.log(`incoming migration ${request.migrationId}: could not remove the ended destination: ${err.message}`));
+        }
       });
       ctx.log(`incoming migration ${request.migrationId} of ${request.spec.name} from ${request.source}: listening on ${prepared.uri}`);
       this.watchForOrphan(request.migrationId);

@@ -31,8 +31,10 @@ async function reconcileInstance(ctx: AgentContext, recorded: InstanceState): Pr
   const instance = await ctx.runtime.adopt(recorded);
   const vm = await ctx.state.vm(recorded.vm);
   if (!instance) {
-    // Its taps outlive it (a destination's QEMU that exited when its stream broke while the agent was down).
+    // Its taps outlive it (a destination's QEMU that exited when its stream broke while the agent was down),
+    // and so does the half copy of its local disks when the VM is another host's.
     await ctx.runtime.forgetDead(recorded);
+    if (vm && vm.owner !== me) await removeStaleLocalVolumes(ctx, recorded.spec, `${recorded.vm} is owned by ${vm.owner}`);
     // Its QEMU died while no agent watched (a crash, the watchdog): the record says it is not running.
     if (recorded.role === 'running' && vm?.owner === me && vm.desired === 'running') {
       await ctx.state.updateVm(vm, { desired: 'stopped' });

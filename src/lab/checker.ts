@@ -140,7 +140,7 @@ export async function checkLab(lab: LabRecord, admin: LabAdmin, probe: Probe, vm
 }
 
 /** What a migration or its failure may leave behind: processes, taps, open ports, volumes, jobs. */
-async function leftovers(lab: LabRecord, admin: LabAdmin, processes: QemuProcess[], vms: CampaignVm[], records: Map<string, OwnedVm>): Promise<Finding[]> {
+export async function leftovers(lab: LabRecord, admin: LabAdmin, processes: QemuProcess[], vms: CampaignVm[], records: Map<string, OwnedVm>): Promise<Finding[]> {
   const findings: Finding[] = [];
   const known = new Set(vms.map((v) => v.name));
   for (const p of processes) if (!known.has(p.vm)) findings.push({ what: 'leftover', vm: p.vm, detail: `QEMU pid ${p.pid} runs unknown guest ${p.vm} on ${p.host ?? 'no host'}` });
@@ -155,7 +155,7 @@ async function leftovers(lab: LabRecord, admin: LabAdmin, processes: QemuProcess
       const owner = [...records.entries()].find(([name]) => file.startsWith(`${name}-`));
       if (file.startsWith('.') || file === 'lost+found') continue;
       if (!owner) findings.push({ what: 'leftover', detail: `volume file ${file} on ${h.name} belongs to no VM` });
-      else if (owner[1].owner !== h.name) findings.push({ what: 'leftover', vm: owner[0], detail: `a copy of ${owner[0]}'s disk (${file}) remains on ${h.name}; it runs on ${owner[1].owner}` });
+      else if (owner[1].owner !== h.name) findings.push({ what: 'leftover', vm: owner[0], detail: `a copy of ${owner[0]}'s disk (${file}) remains on ${h.name}, where ${owner[0]} does not run` });
     }
     if (fillerLeft(lab, h.name)) findings.push({ what: 'leftover', detail: `the campaign's filler remains in ${h.name}'s local pool` });
   }
@@ -168,8 +168,8 @@ async function leftovers(lab: LabRecord, admin: LabAdmin, processes: QemuProcess
   return findings;
 }
 
-/** Waits until every VM runs exactly once and answers, no job (begun since `since`) runs and no migration is in flight (or the time is up). */
-export async function settle(lab: LabRecord, admin: LabAdmin, probe: Probe, vms: CampaignVm[], timeoutMs: number, since = 0): Promise<boolean> {
+/** Waits until every VM runs exactly once and answers, no job (begun since `since`) runs, no migration is in flight and nothing new is left behind (or the time is up). */
+export async function settle(lab: LabRecord, admin: LabAdmin, probe: Probe, vms: CampaignVm[], timeoutMs: number, since = 0, reported: ReadonlySet<string> = new Set()): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     const ok = await (async () => {
@@ -185,7 +185,12 @@ export async function settle(lab: LabRecord, admin: LabAdmin, probe: Probe, vms:
         if (migration) return false;
         if (!(await probe.gamesrv(vm.ip, 1000).catch(() => undefined))) return false;
       }
-      return true;
+      // What a failed migration held is released within seconds of its end, not at once: wait for it
+      // (a leftover reported by an earlier fault stays the checker's).
+      const records = new Map<string, OwnedVm>();
+      for (const vm of vms) records.set(vm.name, await admin.vm(vm.name));
+      const left = await leftovers(lab, admin, processes, vms, records);
+      return left.every((f) => reported.has(f.detail));
     })().catch(() => false);
     if (ok) return true;
     await sleep(500);

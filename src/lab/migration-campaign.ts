@@ -84,6 +84,8 @@ export interface MigrationFaultOutcome {
   endedOn: string | undefined;
   restarted: boolean;
   settled: boolean;
+  /** From the fault's end (outage undone) until the migration ended and the lab settled. */
+  settleSeconds?: number;
   findings: Finding[];
   /** What the fault could not do (a QEMU already gone), or why the request was refused. */
   note?: string;
@@ -179,7 +181,7 @@ export async function runMigrationCampaign(lab: LabRecord, probe: Probe, vms: Ca
   const stopAt = Date.now() + options.maxMinutes * 60_000;
   for (let i = 1; i <= options.faults && Date.now() < stopAt; i++) {
     const plan = drawPlan(rng, options.kinds, vms);
-    const outcome = await runOneFault(lab, admin, agents, probe, vms, plan, i);
+    const outcome = await runOneFault(lab, admin, agents, probe, vms, plan, i, reported);
     // A leftover stays until someone removes it: it is the fault's that made it, not every later one's.
     outcome.findings = outcome.findings.filter((f) => !(f.what === 'leftover' || f.what === 'stuck-job') || !reported.has(f.detail));
     for (const f of outcome.findings) reported.add(f.detail);
@@ -206,7 +208,7 @@ async function momentOf(admin: LabAdmin, id: string | undefined): Promise<FaultM
   return job.progress?.phase ?? 'begin';
 }
 
-async function runOneFault(lab: LabRecord, admin: LabAdmin, agents: Map<string, AgentClient>, probe: Probe, vms: CampaignVm[], plan: FaultPlan, index: number): Promise<MigrationFaultOutcome> {
+async function runOneFault(lab: LabRecord, admin: LabAdmin, agents: Map<string, AgentClient>, probe: Probe, vms: CampaignVm[], plan: FaultPlan, index: number, reported: ReadonlySet<string>): Promise<MigrationFaultOutcome> {
   const started = Date.now();
   const { kind, vm } = plan;
   const { owner: from, token } = await admin.vm(vm.name);
@@ -339,6 +341,7 @@ async function runOneFault(lab: LabRecord, admin: LabAdmin, agents: Map<string, 
     await rm(held, { force: true });
     await rm(faultFile(lab, from), { force: true });
   }
+  const settling = Date.now();
   if (jobId) {
     const until = Date.now() + 180_000;
     let job = await jobOf(admin, jobId);
@@ -349,7 +352,8 @@ async function runOneFault(lab: LabRecord, admin: LabAdmin, agents: Map<string, 
     if (job && job.state !== 'running') outcome.migration = job.state === 'succeeded' ? 'succeeded' : /^migration of '[^']+' refused/.test(job.error ?? '') ? 'refused' : 'rolled-back';
     if (job?.state === 'failed' && job.error) outcome.failure = job.error.replace(/\s+/g, ' ').slice(0, 400);
   }
-  outcome.settled = await settle(lab, admin, probe, vms, 150_000, started - 1000);
+  outcome.settled = await settle(lab, admin, probe, vms, 150_000, started - 1000, reported);
+  outcome.settleSeconds = Math.round((Date.now() - settling) / 100) / 10;
   const check = await checkLab(lab, admin, probe, vms, baselines, mayRestart);
   outcome.findings.push(...check.findings);
   const verdict = check.verdicts.find((v) => v.vm === vm.name);
@@ -383,11 +387,21 @@ export function faultOutcomeTable(outcomes: MigrationFaultOutcome[]): string[][]
     count(of, ['lost-writes', 'torn-or-foreign', 'memory']),
     count(of, ['store-disagrees']),
     count(of, ['leftover', 'stuck-job']),
+    settleFigure(of),
   ];
   const kinds = FAULT_KIND_NAMES.filter((k) => outcomes.some((o) => o.kind === k));
   return [
-    ['fault', 'faults', 'moved', 'rolled back', 'refused', 'unfinished', 'restarted by HA', 'VMs lost', 'double runs', 'lost/torn writes, memory', 'store disagrees', 'leftovers'],
+    ['fault', 'faults', 'moved', 'rolled back', 'refused', 'unfinished', 'restarted by HA', 'VMs lost', 'double runs', 'lost/torn writes, memory', 'store disagrees', 'leftovers', 'settled in: median / worst (n)'],
     ...kinds.map((k) => row(k, outcomes.filter((o) => o.kind === k))),
     row('all faults', outcomes),
   ];
+}
+
+/** How long the lab took to settle after the faults: median and worst over those that say, and how many. */
+function settleFigure(of: MigrationFaultOutcome[]): string {
+  const times = of.map((o) => o.settleSeconds).filter((t): t is number => t !== undefined).sort((a, b) => a - b);
+  if (!times.length) return '-';
+  const mid = Math.floor(times.length / 2);
+  const median = times.length % 2 ? times[mid]! : (times[mid - 1]! + times[mid]!) / 2;
+  return `${median.toFixed(1)} s / ${times.at(-1)!.toFixed(1)} s (${times.length})`;
 }

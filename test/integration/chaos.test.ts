@@ -71,16 +71,16 @@ describe('faults during live migrations (3-host etcd lab)', () => {
     assert.ok(verdicts.every((v) => v.sameBoot), 'every guest answers from the boot it had');
   };
 
-  it("regression kill-destination-agent at perform: the destination's QEMU ends while its agent is down, and the agent that comes back removes its tap", async () => {
+  it("regression kill-destination-agent at perform: the destination's QEMU ends while its agent is down, and the agent that comes back removes its tap and its half copy of the local disk", async () => {
     const before = await baselines();
-    const { from, to, jobId, incoming } = await slowMigration('c-shared');
+    const { from, to, jobId, incoming } = await slowMigration('c-local');
     await killAgent(suite.lab, to);
     const job = await jobEnds(jobId);
     assert.equal(job.state, 'failed', 'the source gives up on a destination it cannot reach');
     for (let i = 0; i < 60 && (await qemuProcesses(suite.lab)).some((p) => p.pid === incoming.pid); i++) await sleep(500);
     assert.ok(!(await qemuProcesses(suite.lab)).some((p) => p.pid === incoming.pid), 'the destination QEMU ended with its stream');
     await startAgent(suite.lab, to);
-    assert.equal((await admin.vm('c-shared')).owner, from);
+    assert.equal((await admin.vm('c-local')).owner, from);
     await assertNothingFound(before);
   });
 
