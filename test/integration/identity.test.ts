@@ -9,7 +9,8 @@
  * - no password, token, session, store password or private key shows in any log or store record.
  */
 import assert from 'node:assert/strict';
-import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { before, describe, it } from 'node:test';
@@ -17,9 +18,11 @@ import { AgentClient } from '../../src/agent/client.ts';
 import { ApiError } from '../../src/agent/errors.ts';
 import { HA_KEYS } from '../../src/cluster/ha/records.ts';
 import { KEYS } from '../../src/cluster/model.ts';
+import { heldMarker } from '../../src/agent/faults.ts';
+import { faultFile, injectFault } from '../../src/lab/lab.ts';
 import { loadIdentity } from '../../src/cluster/pki.ts';
 import { run } from '../../src/util/exec.ts';
-import { labQemuPids, useLab } from '../helpers/lab.ts';
+import { agentLogs, labQemuPids, useLab } from '../helpers/lab.ts';
 import { allRecords, storeAsHost, type StoreAnswer } from '../helpers/store-as-host.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -80,7 +83,7 @@ describe('identities enforced (3-host etcd lab)', () => {
   }
 
   before(async () => {
-    const created = await cli('vm', 'create', 'g1', '--memory', '192', '--memcheck', '24', '--host', 'h1');
+    const created = await cli('vm', 'create', 'g1', '--memory', '128', '--host', 'h1');
     assert.equal(created.code, 0, created.stderr);
     ip = created.json.ip;
     boot = (await suite.probe.gamesrv(ip, 60_000)).boot;
@@ -142,15 +145,15 @@ describe('identities enforced (3-host etcd lab)', () => {
     await assert.rejects((await asAdmin('h1')).call('POST', '/v1/ha/hosts/stop/g1', {}), forbidden(/POST \/v1\/ha\/hosts\/stop\/:vm is for the cluster's hosts; the admin may not call it/));
     await assert.rejects((await asAdmin('h2')).call('POST', '/v1/ha/hosts/recover/g1', { start: true }), forbidden(/is for the cluster's hosts; the admin may not call it/));
 
-    // Every route of an incoming migration answers its source only, while the migration runs.
-    const migration = cli('vm', 'migrate', 'g1', '--to', 'h2', '--bandwidth', '4');
-    let id: string | undefined;
-    for (let i = 0; i < 100 && !id; i++) {
-      await sleep(100);
-      id = (await (await asAdmin('h1')).call<{ migration?: { id: string } }>('GET', '/v1/cluster/vms/g1')).migration?.id;
-    }
-    assert.ok(id, 'the migration never began');
-    await sleep(500); // the destination listens by now
+    // Every route of an incoming migration answers its source only, while the migration runs: held
+    // at its switchover (the lab's fault point), the destination's incoming migration waits meanwhile.
+    await injectFault(suite.lab, 'h1', 'before-ownership-swap', 'hold', 'g1');
+    const held = heldMarker(faultFile(suite.lab, 'h1'));
+    const migration = cli('vm', 'migrate', 'g1', '--to', 'h2');
+    for (let i = 0; i < 300 && !existsSync(held); i++) await sleep(100);
+    assert.ok(existsSync(held), 'the migration never reached its switchover');
+    const id = (await (await asAdmin('h1')).call<{ migration?: { id: string } }>('GET', '/v1/cluster/vms/g1')).migration?.id;
+    assert.ok(id, 'the migration is written down');
     const fencingToken = (await cli('vm', 'show', 'g1')).json.token as number;
     const routes: Array<['GET' | 'POST', string, unknown]> = [
       ['GET', '', undefined], ['POST', '/wait', { timeoutMs: 10 }], ['GET', '/running', undefined], ['POST', '/recover-postcopy', {}],
@@ -167,11 +170,11 @@ describe('identities enforced (3-host etcd lab)', () => {
       const [method, tail] = routes[Math.floor(i / 2)]!;
       assert.match(refusal, i % 2 === 0 ? new RegExp(`^403 incoming migration ${id} belongs to a migration from 'h1'; host 'h3' may not act on it$`) : new RegExp(`^403 ${method} /v1/incoming/:id${tail} is for the cluster's hosts; the admin may not call it$`));
     }
+    await rm(held);
     const result = await migration;
-    assert.equal(result.code, 0, `the migration went on untouched: ${result.stderr}`);
+    assert.equal(result.code, 0, `the migration went on untouched: ${result.stderr}${result.stdout}\n${await agentLogs(suite, ['h1', 'h2'])}`);
     // A finished migration's record: only the admin reports a client's blackout into it.
-    const jobId = result.json.jobId ?? ((await cli('job', 'list')).json as Array<{ id: string; kind: string }>).filter((j) => j.kind === 'migrate').at(-1)!.id;
-    await assert.rejects((await asHost('h2', 'h1')).call('POST', `/v1/jobs/${jobId}/blackout`, { blackoutMs: 1, packetsLost: 0, packetsSent: 1 }), forbidden(/is for the admin; host 'h2' may not call it/));
+    await assert.rejects((await asHost('h2', 'h1')).call('POST', `/v1/jobs/${result.json.job}/blackout`, { blackoutMs: 1, packetsLost: 0, packetsSent: 1 }), forbidden(/is for the admin; host 'h2' may not call it/));
     await unchanged('h2');
   });
 
