@@ -12,7 +12,7 @@
  *   --keep            leave the lab up afterwards (to look at it; `ferry lab down` with its FERRY_LAB_DIR)
  */
 import { execFile, spawnSync } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -29,6 +29,10 @@ export interface ChaosRun {
   seed: number;
   outcomes: MigrationFaultOutcome[];
   minutes: number;
+  /** Why the campaign stopped before its count, if it did. */
+  halted?: string;
+  /** Where the lab's logs were kept (a campaign with findings keeps them). */
+  logs?: string;
 }
 
 export async function runChaos(options: { faults: number; seed: number; maxMinutes: number; kinds: MigrationFaultKind[]; keep?: boolean; log?: (line: string) => void }): Promise<ChaosRun> {
@@ -38,6 +42,8 @@ export async function runChaos(options: { faults: number; seed: number; maxMinut
   const started = Date.now();
   let probe: Probe | undefined;
   let outcomes: MigrationFaultOutcome[] = [];
+  const halted: { reason?: string } = {};
+  let logs: string | undefined;
   try {
     const up = spawnSync(process.execPath, [FERRY, 'lab', 'up', '--hosts', '3', '--store', 'etcd', '--json'], { env, encoding: 'utf8' });
     if (up.status !== 0) throw new Error(`ferry lab up: ${up.stderr}`);
@@ -48,16 +54,22 @@ export async function runChaos(options: { faults: number; seed: number; maxMinut
     Object.assign(process.env, { FERRY_LAB_DIR: dir, FERRY_CONTEXT: path.join(dir, 'context.json') });
     const vms = await prepareCampaignVms(lab, admin, log);
     log(`campaign: seed ${options.seed}, ${options.faults} faults of ${options.kinds.length} kinds, lab in ${dir}`);
-    outcomes = await runMigrationCampaign(lab, probe, vms, { seed: options.seed, faults: options.faults, maxMinutes: options.maxMinutes, kinds: options.kinds, log });
+    outcomes = await runMigrationCampaign(lab, probe, vms, { seed: options.seed, faults: options.faults, maxMinutes: options.maxMinutes, kinds: options.kinds, log, halted });
   } finally {
     await probe?.close();
+    if (halted.reason || outcomes.some((o) => o.findings.length)) {
+      // The agents' and watchdogs' logs explain a finding: kept before the lab goes.
+      logs = `${dir}-logs`;
+      await cp(path.join(dir, 'hosts'), logs, { recursive: true, filter: (f) => !/\.(qcow2|ext4|sock)$/.test(f) && !f.includes('/images') && !f.includes('/replicas') }).catch(() => undefined);
+      log(`the lab's logs are kept in ${logs}`);
+    }
     if (!options.keep) {
       // Not spawnSync: agents this process restarted are its children, and only a running event loop reaps them.
       await new Promise((resolve) => execFile(process.execPath, [FERRY, 'lab', 'down'], { env }, resolve));
       await rm(dir, { recursive: true, force: true });
     } else log(`lab kept in ${dir}`);
   }
-  return { seed: options.seed, outcomes, minutes: (Date.now() - started) / 60_000 };
+  return { seed: options.seed, outcomes, minutes: (Date.now() - started) / 60_000, ...(halted.reason ? { halted: halted.reason } : {}), ...(logs ? { logs } : {}) };
 }
 
 export function printChaos(result: ChaosRun): string {
@@ -70,6 +82,7 @@ export function printChaos(result: ChaosRun): string {
     'outcomes (checked independently: QEMU processes per namespace, guest boot id, memcheck, diskcheck, taps, listening sockets, pool files, jobs)',
     table(faultOutcomeTable(outcomes)[0]!, faultOutcomeTable(outcomes).slice(1)),
     found.length ? `findings:\n${found.join('\n')}` : 'findings: none',
+    ...(result.halted ? [`HALTED after ${outcomes.length} faults: ${result.halted}`] : []),
     `reproduce: npm run chaos -- --faults ${outcomes.length} --seed ${seed}`,
   ].join('\n');
 }
@@ -90,5 +103,5 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   console.log(text);
   await writeFile(path.join(PROJECT_ROOT, 'bench', 'results', `chaos-${seed}.json`), JSON.stringify(result, null, 2) + '\n');
   await writeFile(path.join(PROJECT_ROOT, 'bench', 'results', `chaos-${seed}.txt`), text + '\n');
-  process.exit(result.outcomes.some((o) => o.findings.length) ? 1 : 0);
+  process.exit(result.halted || result.outcomes.some((o) => o.findings.length) ? 1 : 0);
 }

@@ -94,7 +94,14 @@ export interface MigrationFaultOutcome {
   seconds: number;
 }
 
+/** The campaign cannot go on (a VM it needs is down); the faults so far stand. */
+export class CampaignHaltedError extends Error {
+  override name = 'CampaignHaltedError';
+}
+
 export interface MigrationCampaignOptions {
+  /** Set when the campaign stopped before its count: why. */
+  halted?: { reason?: string };
   seed: number;
   faults: number;
   maxMinutes: number;
@@ -178,10 +185,19 @@ export async function runMigrationCampaign(lab: LabRecord, probe: Probe, vms: Ca
   const rng = new SeededRandom(options.seed);
   const outcomes: MigrationFaultOutcome[] = [];
   const reported = new Set<string>();
+  const halted = options.halted ?? {};
   const stopAt = Date.now() + options.maxMinutes * 60_000;
   for (let i = 1; i <= options.faults && Date.now() < stopAt; i++) {
     const plan = drawPlan(rng, options.kinds, vms);
-    const outcome = await runOneFault(lab, admin, agents, probe, vms, plan, i, reported);
+    let outcome: MigrationFaultOutcome;
+    try {
+      outcome = await runOneFault(lab, admin, agents, probe, vms, plan, i, reported);
+    } catch (err) {
+      if (!(err instanceof CampaignHaltedError)) throw err;
+      options.log(`campaign halted: ${err.message}`);
+      halted.reason = err.message;
+      break;
+    }
     // A leftover stays until someone removes it: it is the fault's that made it, not every later one's.
     outcome.findings = outcome.findings.filter((f) => !(f.what === 'leftover' || f.what === 'stuck-job') || !reported.has(f.detail));
     for (const f of outcome.findings) reported.add(f.detail);
@@ -218,7 +234,10 @@ async function runOneFault(lab: LabRecord, admin: LabAdmin, agents: Map<string, 
 
   const baselines = new Map<string, GuestBaseline>();
   for (const v of vms) {
-    const boot = (await probe.gamesrv(v.ip, 5000)).boot;
+    const reply = await probe.gamesrv(v.ip, 5000).catch(() => undefined);
+    // A VM an earlier fault left down was reported then; a campaign cannot go on judging faults without it.
+    if (!reply) throw new CampaignHaltedError(`${v.name} does not answer before fault ${index} (an earlier fault left it down; see the findings before this one)`);
+    const boot = reply.boot;
     const diskSeq = v.kind === 'ram' ? undefined : (await probe.diskcheckStats(v.ip).catch(() => undefined))?.seq;
     baselines.set(v.name, { boot, ...(diskSeq !== undefined ? { diskSeq } : {}) });
   }
