@@ -116,6 +116,11 @@ export class LocalRuntime {
     return this.running.get(name);
   }
 
+  /** The taps of every QEMU this runtime holds. */
+  tapsInUse(): Set<string> {
+    return new Set([...this.running.values()].flatMap((i) => i.tapDevices));
+  }
+
   require(name: string): VmInstance {
     const vm = this.running.get(name);
     if (!vm) throw new NotFoundError(`VM '${name}' is not running on this host`);

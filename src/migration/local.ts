@@ -310,18 +310,18 @@ export class LocalSource implements SourceSide {
    * yank ends) is waited for here up to CANCEL_WAIT_MS; past that the rollback finishes in the
    * background once QEMU lets go of the stream, and this says so (CancelPendingError).
    */
-  async cancelAndResume(): Promise<void> {
-    const waited = await this.cancelStream(CANCEL_WAIT_MS);
+  async cancelAndResume(waitMs = CANCEL_WAIT_MS): Promise<void> {
+    const waited = await this.cancelStream(waitMs);
     if (waited !== 'cancelled') {
       const started = Date.now();
       void this.cancelStream(Number.POSITIVE_INFINITY)
         .then(async (outcome) => {
           if (outcome !== 'cancelled') return;
           await this.resumeAfterCancel();
-          this.options.log?.(`rollback of ${this.spec.name} finished: QEMU let go of the stream ${Math.round((Date.now() - started) / 1000) + CANCEL_WAIT_MS / 1000} s after the cancel`);
+          this.options.log?.(`rollback of ${this.spec.name} finished: QEMU let go of the stream ${Math.round((Date.now() - started + waitMs) / 1000)} s after the cancel`);
         })
         .catch((err: Error) => this.options.log?.(`rollback of ${this.spec.name} could not finish: ${err.message}`));
-      throw new CancelPendingError(`QEMU's migration is still ${waited} ${CANCEL_WAIT_MS / 1000} s after migrate_cancel and yank (its stream is stuck on a link that does not answer); the rollback finishes by itself once QEMU lets go of it`);
+      throw new CancelPendingError(`QEMU's migration is still ${waited} ${waitMs / 1000} s after migrate_cancel and yank (its stream is stuck on a link that does not answer); the rollback finishes by itself once QEMU lets go of it`);
     }
     await this.resumeAfterCancel();
   }

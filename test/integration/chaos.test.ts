@@ -111,6 +111,24 @@ describe('faults during live migrations (3-host etcd lab)', () => {
     await assertNothingFound(before);
   });
 
+  it('regression kill-source-agent at perform: an agent restarted while its migration stream is stuck on a cut link comes back before its watchdog fences the host (no guest there restarted), and the migration rolls back', async () => {
+    const before = await baselines();
+    const { from, to, jobId } = await slowMigration('c-ram');
+    const restore = await cutLink(suite.lab, from, to);
+    try {
+      await killAgent(suite.lab, from);
+      // Its reconcile meets a source whose stream cannot end: it must not wait on it (the lease and the
+      // watchdog's pets start only after reconcile), or the watchdog kills every HA guest of the host.
+      await startAgent(suite.lab, from);
+      const job = await jobEnds(jobId);
+      assert.equal(job.state, 'failed');
+    } finally {
+      await restore();
+    }
+    assert.equal((await admin.vm('c-ram')).owner, from);
+    await assertNothingFound(before);
+  });
+
   it(`the short campaign: ${FAULTS} faults at random moments (seed ${SEED}): no VM lost or run twice, no lost or torn write, nothing left behind`, { timeout: 30 * 60_000 }, async () => {
     const started = Date.now();
     const outcomes = await runMigrationCampaign(suite.lab, suite.probe, vms, { seed: SEED, faults: FAULTS, maxMinutes: 20, kinds: FAULT_KIND_NAMES, log: (line) => console.log(line) });
